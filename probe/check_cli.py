@@ -1,0 +1,264 @@
+"""`probe check`: validate the command line up front, run the check, report, pick the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+from . import loop as event_loop
+from .check import CheckResult, run_check
+from .cli import EXIT_INTERRUPTED, EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
+from .engine import Engine, EngineOptions, LocalShortage
+from .limits import fit_concurrency
+from .record import Record
+from .report import LIST_LIMIT, HumanReport
+from .resolve import Resolver
+from .sinks import RecordWriter, SinkClosed, SinkError, configure, stdout_writer
+from .targets import (
+    Endpoint,
+    PortRanges,
+    TargetError,
+    expand,
+    iter_targets,
+    parse_ports,
+    parse_source,
+    parse_target,
+)
+
+FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record
+PROGRESS_EVERY = 1.0
+
+
+class CheckCommand:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.default_ports = self._ports(args.ports)
+        if not args.targets:
+            raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
+        self.list_mode = self._preflight(args.targets)
+        self.family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(args.family or 0, 0)
+        self.source = self._source(args.source)
+        self.concurrency = self._concurrency(args.concurrency)
+        self.options = EngineOptions(
+            timeout=args.timeout,
+            concurrency=self.concurrency,
+            rate=args.rate,
+            retries=args.retries,
+            source=self.source,
+            graceful_close=args.graceful_close,
+        )
+        self.interrupted = False
+        self.error: str | None = None
+        self.code = EXIT_OK
+
+    @staticmethod
+    def _ports(text: str | None) -> PortRanges | None:
+        if text is None:
+            return None
+        try:
+            return parse_ports(text)
+        except TargetError as exc:
+            raise UsageError(f"-p {text!r}: {exc}") from None
+
+    def _preflight(self, tokens: list[str]) -> bool:
+        """Check what can be checked before the first attempt; True when few enough attempts
+        that each gets its own line."""
+        total = 0
+        literal_only = True
+        for token in tokens:
+            if token == "-":
+                literal_only = False
+            elif token.startswith("@"):
+                literal_only = False
+                path = token[1:]
+                if not path:
+                    raise UsageError("missing file name after '@'")
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise UsageError(f"cannot read target file {path!r}: {exc.strerror}") from None
+            else:
+                try:
+                    total += parse_target(token, self.default_ports).count()
+                except TargetError as exc:
+                    raise UsageError(str(exc)) from None
+        return literal_only and total * self.args.count <= LIST_LIMIT
+
+    def _source(self, text: str | None) -> tuple[str, int] | None:
+        if text is None:
+            return None
+        try:
+            address, port = parse_source(text)
+        except TargetError as exc:
+            raise UsageError(f"-s: {exc}") from None
+        fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+        if self.family and self.family != fam:
+            raise UsageError(f"-s {text}: source address family does not match -4/-6")
+        self.family = fam  # a source address decides the family of every attempt
+        with socket.socket(fam, socket.SOCK_STREAM) as probe_sock:
+            try:
+                if port:
+                    probe_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe_sock.bind((address, port))
+            except OSError as exc:
+                raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
+        return address, port
+
+    @staticmethod
+    def _concurrency(requested: int | None) -> int:
+        concurrency, room = fit_concurrency(requested)
+        if requested is not None and requested > concurrency:
+            sys.stderr.write(
+                f"probe: -C {requested} lowered to {concurrency}: the open-files limit "
+                f"leaves room for {room}\n"
+            )
+        return concurrency
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        writer = stdout_writer()
+        fmt = "json" if self.args.json else "human"
+        write_record = configure(writer, fmt)
+        report = None if self.args.json else HumanReport(write_record, self.list_mode,
+                                                         self.args.count)
+        on_record = write_record if report is None else report.record
+        if report is not None and self.list_mode:
+            on_record = self._flushing(on_record, writer)
+        started = time.monotonic()
+        result: CheckResult | None = None
+        try:
+            result = event_loop.run(self._main(on_record, writer, report, started))
+        except KeyboardInterrupt:  # a SIGINT before the loop took over the signal
+            self.interrupted = True
+        except SinkClosed:
+            return _quiet_pipe()
+        try:
+            if report is not None and result is not None and not self.interrupted:
+                for line in report.summary(time.monotonic() - started):
+                    writer.msg(line.encode())
+            writer.close()
+        except SinkClosed:
+            return _quiet_pipe()
+        except SinkError as exc:
+            self.error = self.error or str(exc)
+            self.code = EXIT_USAGE
+        if self.error:
+            sys.stderr.write(f"probe: error: {self.error}\n")
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return self.code
+
+    @staticmethod
+    def _flushing(
+        inner: Callable[[Record], None], writer: RecordWriter
+    ) -> Callable[[Record], None]:
+        def write(record: Record) -> None:
+            inner(record)
+            writer.flush()
+
+        return write
+
+    def _endpoints(self) -> Iterator[Endpoint]:
+        return expand(iter_targets(self.args.targets, self.default_ports))
+
+    async def _main(
+        self,
+        on_record: Callable[[Record], None],
+        writer: RecordWriter,
+        report: HumanReport | None,
+        started: float,
+    ) -> CheckResult | None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGINT, self._interrupt, task)
+        engine = Engine(self.options)
+        ticker = _Ticker(loop, engine, writer, report, started)
+        result = None
+        try:
+            result = await run_check(
+                self._endpoints(),
+                engine,
+                Resolver(self.family),
+                on_record,
+                count=self.args.count,
+                interval=self.args.interval,
+            )
+            if result.targets == 0:
+                self.error, self.code = "no targets in the input", EXIT_USAGE
+            elif result.targets_without_open:
+                self.code = EXIT_NO_OPEN
+        except asyncio.CancelledError:
+            self.interrupted = True
+        except TargetError as exc:  # a bad line in @FILE or stdin, met mid-run
+            self.error, self.code = str(exc), EXIT_USAGE
+        except SinkClosed:
+            raise  # handled outside the loop: stop quietly
+        except (SinkError, LocalShortage) as exc:
+            self.error, self.code = str(exc), EXIT_USAGE
+        finally:
+            ticker.stop()
+            loop.remove_signal_handler(signal.SIGINT)
+        return result
+
+    def _interrupt(self, task: asyncio.Task[object]) -> None:
+        self.interrupted = True
+        task.cancel()
+
+
+class _Ticker:
+    """Flushes records on a timer and draws the progress line when stderr is a terminal."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        engine: Engine,
+        writer: RecordWriter,
+        report: HumanReport | None,
+        started: float,
+    ) -> None:
+        self.loop = loop
+        self.engine = engine
+        self.writer = writer
+        self.report = report if report is not None and not report.list_mode else None
+        self.tty = sys.stderr.isatty()
+        self.started = started
+        self.last_progress = started
+        self.drew = False
+        self.handle = loop.call_later(FLUSH_EVERY, self.tick)
+
+    def tick(self) -> None:
+        try:
+            self.writer.flush()
+        except SinkError as exc:
+            self.engine.abort(exc)
+            return
+        now = time.monotonic()
+        if self.report is not None and self.tty and now - self.last_progress >= PROGRESS_EVERY:
+            self.last_progress = now
+            sys.stderr.write("\r" + self.report.progress(now - self.started) + "\033[K")
+            sys.stderr.flush()
+            self.drew = True
+        self.handle = self.loop.call_later(FLUSH_EVERY, self.tick)
+
+    def stop(self) -> None:
+        self.handle.cancel()
+        if self.drew:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _quiet_pipe() -> int:
+    """stdout's reader left (`| head -1`): no message, and a quiet interpreter exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return 141

@@ -1,0 +1,125 @@
+"""The command line: a thin shell that parses, validates, and hands over to the engine.
+
+Every mistake a user can type ends as exit 2 and one line on stderr naming the bad token;
+nothing here prints a traceback. Heavy modules are imported inside the commands, so
+`probe check host:port` starts quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+EXIT_OK, EXIT_NO_OPEN, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad usage or input: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    sys.stderr.write(f"probe: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USAGE)
+
+
+def _number(kind: Callable[[str], float], test: Callable[[float], bool], what: str):  # type: ignore[no-untyped-def]
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value != value or not test(value):  # NaN fails every test
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    convert.__name__ = what
+    return convert
+
+
+seconds = _number(float, lambda v: 0 < v <= 86400, "seconds > 0 (at most 86400)")
+pause = _number(float, lambda v: 0 <= v <= 86400, "seconds >= 0 (at most 86400)")
+positive = _number(int, lambda v: 1 <= v <= 10_000_000, "a whole number >= 1")
+count_arg = _number(int, lambda v: 1 <= v <= 1_000_000_000, "a whole number >= 1")
+retries_arg = _number(int, lambda v: 0 <= v <= 100, "a whole number 0-100")
+rate_arg = _number(float, lambda v: 0 < v <= 10_000_000, "attempts per second > 0")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="probe", description="TCP connect probes that show the local "
+                     "endpoint the kernel assigned to every attempt.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = sub.add_parser("check", help="probe targets once (or -c times) and exit",
+                           description="Probe TARGETs: HOST:PORTS, [IPV6]:PORTS, HOST (with "
+                           "-p), @FILE (one per line), or - (standard input).")
+    check.add_argument("targets", nargs="*", metavar="TARGET")
+    check.add_argument("-p", "--ports", metavar="PORTS",
+                       help="ports for targets given without one: 22,80,8000-8100")
+    check.add_argument("-t", "--timeout", type=seconds, default=1.0, metavar="SECONDS",
+                       help="give up on one attempt after this long (default 1.0)")
+    check.add_argument("-c", "--count", type=count_arg, default=1, metavar="N",
+                       help="attempts per target (default 1)")
+    check.add_argument("-i", "--interval", type=pause, default=1.0, metavar="SECONDS",
+                       help="pause between attempts to the same target (default 1.0)")
+    check.add_argument("-C", "--concurrency", type=positive, metavar="N",
+                       help="most attempts in flight (default 1000, never above the "
+                       "open-files limit)")
+    check.add_argument("--rate", type=rate_arg, metavar="N",
+                       help="most new attempts per second (default unlimited)")
+    check.add_argument("--retries", type=retries_arg, default=0, metavar="N",
+                       help="extra attempts after a timeout (default 0)")
+    check.add_argument("-s", "--source", metavar="ADDR[:PORT]",
+                       help="bind to this local address (and port) before connecting")
+    fam = check.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="family", action="store_const", const=4,
+                     help="use only IPv4 addresses of a name")
+    fam.add_argument("-6", dest="family", action="store_const", const=6,
+                     help="use only IPv6 addresses of a name")
+    check.add_argument("--json", action="store_true",
+                       help="one JSON record per attempt on stdout, nothing else")
+    check.add_argument("--graceful-close", action="store_true",
+                       help="close open connections with FIN instead of RST (leaves "
+                       "TIME_WAIT sockets behind)")
+    check.set_defaults(func=cmd_check)
+
+    validate = sub.add_parser("validate", help="check a config file and exit")
+    validate.add_argument("path", nargs="?", default="config.toml", metavar="PATH")
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config, resolved_targets
+
+    try:
+        config = load_config(args.path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{args.path}: valid, {len(resolved_targets(config))} targets")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check_cli import CheckCommand
+
+    return CheckCommand(args).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return code
+

@@ -1,0 +1,500 @@
+"""The connect engine: many non-blocking connects in flight, one record per attempt.
+
+Why not `asyncio.open_connection`: on failure it throws the socket away, and with it the
+local endpoint the kernel assigned. Here each attempt owns its socket: `connect()` is issued
+by hand, `getsockname()` is read at once (the kernel has bound the port by then, refused or
+not), and completion is watched with one epoll set shared by all attempts (Linux) or the
+loop's writer callbacks elsewhere. No task and no timer per attempt: deadlines sit in FIFO
+queues, one per timeout value, swept by a single loop timer.
+
+A shortage on this machine (no descriptor, no ephemeral port, no buffer) is never the
+target's fault: the attempt goes back to the head of the queue, concurrency is lowered to
+what is in flight, and the engine tries again after a short back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import select
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .record import ERROR, OPEN, REFUSED, TIMEOUT, UNREACHABLE, Record
+from .resolve import Address
+from .targets import Endpoint
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
+_TCPI_RTT_OFFSET = 68  # struct tcp_info: u32 tcpi_rtt (microseconds) after 8 u8 + 15 u32
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+_REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
+# Our machine ran short, not the target: wait and try the same attempt again.
+SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN}
+_SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
+
+
+def outcome_of(err: int) -> str:
+    if err == 0:
+        return OPEN
+    if err in _REFUSED:
+        return REFUSED
+    if err == errno.ETIMEDOUT:
+        return TIMEOUT
+    if err in _UNREACHABLE:
+        return UNREACHABLE
+    return ERROR
+
+
+def errno_name(err: int) -> str:
+    return errno.errorcode.get(err, f"E{err}")
+
+
+class LocalShortage(Exception):
+    """The machine stayed out of descriptors or ports with nothing of ours left to free."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    timeout: float = 1.0
+    concurrency: int = 1000
+    rate: float | None = None  # most new attempts per second
+    retries: int = 0  # extra attempts after a timeout
+    source: tuple[str, int] | None = None  # bind to (address, port) first; port 0 = kernel's
+    graceful_close: bool = False  # FIN instead of RST for open connections
+    shortage_giveup: float | None = 30.0  # seconds stuck with nothing in flight, then fail
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One connect to make: where, which try, and who to tell."""
+
+    endpoint: Endpoint
+    address: Address
+    number: int = 1  # 1-based attempt number for this target
+    timeout: float | None = None  # None: the engine's
+    retry: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # daemon: name, labels
+
+
+Done = Callable[[Record, Attempt, bool], None]  # (record, attempt, final: no retry follows)
+
+
+class _Slot:
+    __slots__ = ("attempt", "deadline", "done", "fd", "local", "on_done", "sock", "t0", "wall")
+
+    def __init__(self, attempt: Attempt, on_done: Done, sock: socket.socket) -> None:
+        self.attempt = attempt
+        self.on_done = on_done
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.t0 = 0
+        self.wall = 0.0
+        self.deadline = 0.0
+        self.local: tuple[Any, ...] | None = None
+        self.done = False
+
+
+@dataclass(slots=True)
+class EngineStats:
+    started: int = 0
+    finished: int = 0
+    shortages: int = 0
+    late: int = 0  # deadline passed but the socket had its answer: loop was behind
+    self_connects: int = 0  # the kernel connected a socket to itself; retried
+
+
+class Engine:
+    """Connect attempts with a concurrency bound, pacing, retries and shortage handling."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.loop = asyncio.get_running_loop()
+        self.ceiling = max(1, options.concurrency)
+        self.limit = self.ceiling  # lowered by shortages, creeps back up on success
+        self.inflight = 0
+        self.stats = EngineStats()
+        self._queue: deque[tuple[Attempt, Done]] = deque()
+        self._deadlines: dict[float, deque[_Slot]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._pump_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._rate_next = 0.0
+        self._backoff = 0.0
+        self._stuck_since: float | None = None
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.failure: BaseException | None = None
+        self.on_close: list[Callable[[], None]] = []  # woken when the engine stops
+        self._closed = False
+        self._watch: Callable[[_Slot], None]
+        self._unwatch: Callable[[_Slot], None]
+        self._slots: dict[int, _Slot] = {}
+        self._epoll: Any = None
+        if hasattr(select, "epoll"):
+            self._epoll = select.epoll()
+            self.loop.add_reader(self._epoll.fileno(), self._on_epoll)
+            self._watch, self._unwatch = self._watch_epoll, self._unwatch_epoll
+        else:  # pragma: no cover - macOS and others
+            self._watch, self._unwatch = self._watch_loop, self._unwatch_loop
+
+    # -- the public side -------------------------------------------------------------------
+
+    def submit(self, attempt: Attempt, on_done: Done) -> None:
+        """Queue an attempt; `on_done(record, attempt, final)` runs when it has an outcome."""
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        self._queue.append((attempt, on_done))
+        self._idle.clear()
+        if len(self._queue) >= self.limit:
+            self._room.clear()
+        self._pump()
+
+    async def room(self) -> None:
+        """Wait until the queue is short enough to take more: producers' back-pressure."""
+        while not self._room.is_set():
+            await self._room.wait()
+        self._raise_failure()
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or in flight."""
+        while not self._idle.is_set():
+            await self._idle.wait()
+        self._raise_failure()
+
+    def abort(self, exc: BaseException) -> None:
+        """Stop everything: a sink failed or the run was interrupted."""
+        if self.failure is None:
+            self.failure = exc
+        self.close()
+
+    def close(self) -> None:
+        """Drop queued attempts and close in-flight sockets without records."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        for queue in self._deadlines.values():
+            for slot in queue:
+                if not slot.done:
+                    slot.done = True
+                    self._unwatch(slot)
+                    slot.sock.close()
+        self._deadlines.clear()
+        self.inflight = 0
+        for handle in (self._timer, self._pump_handle):
+            if handle is not None:
+                handle.cancel()
+        if self._epoll is not None:
+            self.loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+        self._room.set()
+        self._idle.set()
+        for wake in self.on_close:
+            wake()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    # -- starting attempts -----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start queued attempts while slots, pacing and back-off allow."""
+        self._pump_handle = None
+        queue = self._queue
+        rate = self.options.rate
+        while queue and self.inflight < self.limit and not self._closed:
+            if rate:
+                now = self.loop.time()
+                if self._rate_next > now:
+                    self._schedule_pump(self._rate_next)
+                    break
+                # Smooth pacing: at most one attempt late is made up, never a burst.
+                self._rate_next = max(self._rate_next, now - 1.0 / rate) + 1.0 / rate
+            attempt, on_done = queue.popleft()
+            if not self._start(attempt, on_done):
+                queue.appendleft((attempt, on_done))
+                break
+        if len(queue) < self.limit:
+            self._room.set()
+        if not queue and not self.inflight:
+            self._idle.set()
+
+    def _schedule_pump(self, when: float) -> None:
+        if self._pump_handle is None and not self._closed:
+            self._pump_handle = self.loop.call_at(when, self._pump)
+
+    def _start(self, attempt: Attempt, on_done: Done) -> bool:
+        """Issue one connect. False means a local shortage: the attempt is to be retried."""
+        address = attempt.address
+        try:
+            sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:
+            if exc.errno in SHORTAGE:
+                self._shortage()
+                return False
+            self._finish_now(attempt, on_done, exc.errno or 0, None, 0)
+            return True
+        source = self.options.source
+        port = attempt.endpoint.port
+        try:
+            if source is not None:
+                self._bind(sock, source)
+            slot = _Slot(attempt, on_done, sock)
+            slot.wall = time.time()
+            slot.t0 = time.perf_counter_ns()
+            err = sock.connect_ex(address.sockaddr(port))
+            if err != errno.EINPROGRESS and err != 0:
+                t1 = time.perf_counter_ns()
+                local = sock.getsockname()
+                if err in _SHORTAGE_AT_CONNECT and (self.inflight or err != errno.EADDRNOTAVAIL):
+                    sock.close()
+                    self._shortage()
+                    return False
+                sock.close()
+                self._finish_now(attempt, on_done, err, local, t1 - slot.t0, slot.wall)
+                return True
+            slot.local = sock.getsockname()
+        except OSError as exc:
+            sock.close()
+            if exc.errno in _SHORTAGE_AT_CONNECT:
+                self._shortage()
+                return False
+            self._finish_now(attempt, on_done, exc.errno or 0, None, 0)
+            return True
+        self._backoff = 0.0
+        self._stuck_since = None
+        self.inflight += 1
+        self.stats.started += 1
+        self._idle.clear()
+        timeout = attempt.timeout or self.options.timeout
+        slot.deadline = self.loop.time() + timeout
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = deque()
+        queue.append(slot)
+        if self._timer is None or slot.deadline < self._timer_when:
+            self._arm(slot.deadline)
+        self._watch(slot)
+        return True
+
+    @staticmethod
+    def _bind(sock: socket.socket, source: tuple[str, int]) -> None:
+        address, port = source
+        if port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        elif sock.family == socket.AF_INET:
+            # Let connect() pick the port: bind() alone would reserve one per address:port.
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((address, port))
+
+    def _shortage(self) -> None:
+        """No descriptor or port here: shrink to what is in flight and retry after a pause."""
+        self.stats.shortages += 1
+        self.limit = max(1, self.inflight)
+        now = self.loop.time()
+        if self.inflight == 0:
+            if self._stuck_since is None:
+                self._stuck_since = now
+            giveup = self.options.shortage_giveup
+            if giveup is not None and now - self._stuck_since > giveup:
+                self.abort(LocalShortage("no free file descriptor or local port on this machine"))
+                return
+        self._backoff = min(1.0, max(0.005, self._backoff * 2))
+        self._schedule_pump(now + self._backoff)
+
+    # -- completion --------------------------------------------------------------------------
+
+    def _watch_epoll(self, slot: _Slot) -> None:
+        self._slots[slot.fd] = slot
+        self._epoll.register(slot.fd, select.EPOLLOUT | select.EPOLLONESHOT)
+
+    def _unwatch_epoll(self, slot: _Slot) -> None:
+        # Closing the socket removes it from the epoll set; only our map needs cleaning.
+        self._slots.pop(slot.fd, None)
+
+    def _on_epoll(self) -> None:
+        slots = self._slots
+        for fd, _ in self._epoll.poll(0, 1024):
+            slot = slots.pop(fd, None)
+            if slot is not None and not slot.done:
+                self._complete(slot, slot.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        self._after_completions()
+
+    def _watch_loop(self, slot: _Slot) -> None:  # pragma: no cover - non-Linux
+        self.loop.add_writer(slot.fd, self._on_writable, slot)
+
+    def _unwatch_loop(self, slot: _Slot) -> None:  # pragma: no cover - non-Linux
+        self.loop.remove_writer(slot.fd)
+
+    def _on_writable(self, slot: _Slot) -> None:  # pragma: no cover - non-Linux
+        self.loop.remove_writer(slot.fd)
+        if not slot.done:
+            self._complete(slot, slot.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        self._after_completions()
+
+    def _complete(self, slot: _Slot, err: int, timed_out: bool = False) -> None:
+        t1 = time.perf_counter_ns()
+        slot.done = True
+        self.inflight -= 1
+        self.stats.finished += 1
+        sock = slot.sock
+        rtt = None
+        attempt = slot.attempt
+        local = slot.local
+        if (
+            err == 0
+            and local is not None
+            and local[1] == attempt.endpoint.port
+            and local[0] == attempt.address.ip
+        ):
+            # TCP simultaneous open with itself: the kernel picked the destination port as
+            # the ephemeral port and the socket connected to itself. Nothing listens there;
+            # that is our artifact, not the target's answer, so try again with another port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.close()
+            self.stats.self_connects += 1
+            self._queue.appendleft((attempt, slot.on_done))
+            return
+        if err == 0 and not timed_out:
+            rtt = _rtt_ms(sock)
+            if not self.options.graceful_close:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        sock.close()
+        if self.limit < self.ceiling:
+            self.limit += 1  # additive recovery after a shortage
+        self._deliver(attempt, slot.on_done, err, local, t1 - slot.t0, slot.wall, rtt, timed_out)
+
+    def _after_completions(self) -> None:
+        if self._pump_handle is None:
+            self._pump()
+
+    def _finish_now(
+        self,
+        attempt: Attempt,
+        on_done: Done,
+        err: int,
+        local: tuple[Any, ...] | None,
+        elapsed_ns: int,
+        wall: float | None = None,
+    ) -> None:
+        """An attempt that ended inside connect() itself (no route, bad address)."""
+        self.stats.started += 1
+        self.stats.finished += 1
+        self._deliver(attempt, on_done, err, local, elapsed_ns, wall or time.time(), None, False)
+
+    def _deliver(
+        self,
+        attempt: Attempt,
+        on_done: Done,
+        err: int,
+        local: tuple[Any, ...] | None,
+        elapsed_ns: int,
+        wall: float,
+        rtt: float | None,
+        timed_out: bool,
+    ) -> None:
+        outcome = TIMEOUT if timed_out else outcome_of(err)
+        retry = outcome == TIMEOUT and attempt.retry < self.options.retries and not self._closed
+        endpoint = attempt.endpoint
+        address = attempt.address
+        record = Record(
+            started=wall,
+            target=endpoint.target,
+            host=endpoint.host,
+            port=endpoint.port,
+            address=address.ip,
+            family=address.family_name,
+            local_address=None if local is None else local[0],
+            local_port=None if local is None else local[1],
+            outcome=outcome,
+            error=None if outcome == OPEN else ("ETIMEDOUT" if timed_out else errno_name(err)),
+            latency_ms=elapsed_ns / 1e6,
+            rtt_ms=rtt,
+            attempt=attempt.number,
+            extra=attempt.extra,
+        )
+        try:
+            on_done(record, attempt, not retry)
+        except BaseException as exc:  # a sink failed: stop the run, keep what was written
+            self.abort(exc)
+            return
+        if retry:
+            again = Attempt(endpoint, address, attempt.number + 1, attempt.timeout,
+                            attempt.retry + 1, attempt.extra)
+            self._queue.appendleft((again, on_done))
+            self._idle.clear()
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Expire attempts past their deadline; drop finished ones from the queue heads."""
+        self._timer = None
+        now = self.loop.time()
+        earliest = None
+        for timeout, queue in list(self._deadlines.items()):
+            while queue and (queue[0].done or queue[0].deadline <= now):
+                slot = queue.popleft()
+                if not slot.done:
+                    self._expire(slot)
+            if len(queue) > 64 and len(queue) > 4 * (self.inflight + 1):
+                # Finished attempts linger until they reach the head; compact so the queue
+                # stays proportional to what is in flight, not to the attempt rate.
+                self._deadlines[timeout] = queue = deque(s for s in queue if not s.done)
+            if queue:
+                if earliest is None or queue[0].deadline < earliest:
+                    earliest = queue[0].deadline
+            else:
+                del self._deadlines[timeout]
+        if earliest is not None and not self._closed:
+            self._arm(earliest)
+        self._after_completions()
+
+    def _expire(self, slot: _Slot) -> None:
+        """A deadline passed. Ask the socket before calling it a timeout: if the loop was
+        behind, the answer may already be there, and a refused port is not a timeout."""
+        self._unwatch(slot)
+        sock = slot.sock
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            try:
+                sock.getpeername()
+            except OSError:
+                self._complete(slot, errno.ETIMEDOUT, timed_out=True)
+                return
+        self.stats.late += 1
+        self._complete(slot, err)
+
+
+def _rtt_ms(sock: socket.socket) -> float | None:
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
+    except OSError:
+        return None
+    if len(info) < _TCPI_RTT_OFFSET + 4:
+        return None
+    rtt_us: int = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)[0]
+    return rtt_us / 1000.0

@@ -1,0 +1,71 @@
+"""The attempt record: one per connect attempt, the same for `probe check` and the daemon."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+OPEN: Final = "open"
+REFUSED: Final = "refused"
+TIMEOUT: Final = "timeout"
+UNREACHABLE: Final = "unreachable"
+ERROR: Final = "error"
+OUTCOMES: Final = (OPEN, REFUSED, TIMEOUT, UNREACHABLE, ERROR)
+
+
+@dataclass(slots=True)
+class Record:
+    """What one attempt found. Plain data: sinks decide how it is written."""
+
+    started: float  # wall clock (epoch seconds) just before connect()
+    target: str
+    host: str
+    port: int
+    address: str | None
+    family: str | None  # "ipv4" | "ipv6"
+    local_address: str | None
+    local_port: int | None
+    outcome: str
+    error: str | None
+    latency_ms: float
+    rtt_ms: float | None
+    attempt: int
+    extra: dict[str, Any] = field(default_factory=dict)  # daemon: name, labels
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record's JSON object, keys in the contract's order."""
+        out: dict[str, Any] = {
+            "event": "probe",
+            "timestamp": format_timestamp(self.started),
+            "target": self.target,
+            "host": self.host,
+            "port": self.port,
+            "address": self.address,
+            "family": self.family,
+            "local_address": self.local_address,
+            "local_port": self.local_port,
+            "outcome": self.outcome,
+            "error": self.error,
+            "latency_ms": round(self.latency_ms, 3),
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "attempt": self.attempt,
+        }
+        if self.extra:
+            out.update(self.extra)
+        return out
+
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def format_timestamp(epoch: float) -> str:
+    """ISO 8601 UTC with exactly six fractional digits (isoformat drops them at .000000)."""
+    global _second_cache
+    micros = round(epoch * 1_000_000)
+    seconds, frac = divmod(micros, 1_000_000)
+    cached_second, prefix = _second_cache
+    if cached_second != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return f"{prefix}.{frac:06d}Z"

@@ -1,0 +1,644 @@
+"""Tests for probe.config: schema, defaults, one-line error messages, robustness."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probe.config import (
+    Config,
+    ConfigError,
+    Defaults,
+    Engine,
+    Log,
+    Metrics,
+    ResolvedTarget,
+    TargetConfig,
+    engine_source,
+    load_config,
+    metrics_listen,
+    parse_config,
+    probe_allow_networks,
+    resolved_targets,
+)
+
+FULL = """
+[defaults]
+interval = 5
+timeout = 0.25
+
+[engine]
+concurrency = 64
+source = "192.0.2.10"
+
+[log]
+format = "console"
+file = "/var/log/probe.log"
+
+[metrics]
+listen = "[::1]:9000"
+probe_allow = ["10.0.0.0/8", "2001:db8::/32"]
+
+[[targets]]
+address = "127.0.0.1:8080"
+name = "seed"
+interval = 2.5
+timeout = 30.0
+labels = { team = "net", _zone = "a1" }
+
+[[targets]]
+address = "[2001:db8::1]:443"
+
+[[targets]]
+address = "example.com:22"
+timeout = 3
+"""
+
+
+def error_of(text: str, path: str = "config.toml") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- valid input -------------------------------------------------------------
+
+
+def test_full_config_is_parsed_into_structs() -> None:
+    cfg = parse_config(FULL)
+    assert cfg.defaults == Defaults(interval=5.0, timeout=0.25)
+    assert isinstance(cfg.defaults.interval, float)
+    assert cfg.engine == Engine(concurrency=64, source="192.0.2.10")
+    assert cfg.log == Log(format="console", file="/var/log/probe.log")
+    assert cfg.metrics == Metrics(listen="[::1]:9000", probe_allow=("10.0.0.0/8", "2001:db8::/32"))
+    assert cfg.targets[0] == TargetConfig(
+        address="127.0.0.1:8080",
+        name="seed",
+        interval=2.5,
+        timeout=30.0,
+        labels={"team": "net", "_zone": "a1"},
+    )
+    assert cfg.targets[1].name is None
+    assert cfg.targets[1].interval is None
+    assert cfg.targets[1].labels == {}
+
+
+def test_resolved_targets_apply_defaults_and_strip_brackets() -> None:
+    cfg = parse_config(FULL)
+    seed, v6, host = resolved_targets(cfg)
+    assert seed == ResolvedTarget(
+        name="seed",
+        address="127.0.0.1:8080",
+        host="127.0.0.1",
+        port=8080,
+        interval=2.5,
+        timeout=30.0,  # timeout above interval is allowed
+        labels={"team": "net", "_zone": "a1"},
+    )
+    assert (v6.name, v6.host, v6.port, v6.interval, v6.timeout) == (
+        "[2001:db8::1]:443",
+        "2001:db8::1",
+        443,
+        5.0,
+        0.25,
+    )
+    assert (host.host, host.port, host.interval, host.timeout) == ("example.com", 22, 5.0, 3.0)
+    assert cfg.resolved_targets() == [seed, v6, host]
+    with pytest.raises(TypeError):
+        seed.labels["team"] = "other"  # type: ignore[index]
+    assert len({seed, v6, host}) == 3  # hashable despite the labels mapping
+
+
+def test_helper_views() -> None:
+    cfg = parse_config(FULL)
+    assert metrics_listen(cfg) == ("::1", 9000)
+    assert engine_source(cfg) == ("192.0.2.10", 0)
+    assert probe_allow_networks(cfg) == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+
+
+def test_empty_file_gives_documented_defaults() -> None:
+    cfg = parse_config("")
+    assert cfg == Config()
+    assert (cfg.defaults.interval, cfg.defaults.timeout) == (10.0, 1.0)
+    assert (cfg.engine.concurrency, cfg.engine.source) == (1000, "")
+    assert (cfg.log.format, cfg.log.file) == ("json", "")
+    assert cfg.metrics.listen == "127.0.0.1:9464"
+    assert cfg.metrics.probe_allow == ("127.0.0.0/8", "::1/128")
+    assert cfg.targets == ()
+    assert resolved_targets(cfg) == []
+    assert metrics_listen(cfg) == ("127.0.0.1", 9464)
+    assert engine_source(cfg) is None
+
+
+def test_partial_sections_keep_other_defaults() -> None:
+    cfg = parse_config('[engine]\nsource = "[::1]:4000"\n[metrics]\nlisten = ""\n')
+    assert cfg.engine.concurrency == 1000
+    assert engine_source(cfg) == ("::1", 4000)
+    assert metrics_listen(cfg) is None
+    assert cfg.metrics.probe_allow == ("127.0.0.0/8", "::1/128")
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("10.1.2.3", ("10.1.2.3", 0)),
+        ("10.1.2.3:5000", ("10.1.2.3", 5000)),
+        ("::1", ("::1", 0)),
+        ("[::1]", ("::1", 0)),
+        ("[fe80::1%eth0]:7", ("fe80::1%eth0", 7)),
+    ],
+)
+def test_engine_source_forms(source: str, expected: tuple[str, int]) -> None:
+    assert engine_source(parse_config(f'[engine]\nsource = "{source}"\n')) == expected
+
+
+def test_limits_are_inclusive_at_the_top() -> None:
+    cfg = parse_config(
+        "[defaults]\ninterval = 86400\ntimeout = 3600\n[engine]\nconcurrency = 1000000\n"
+        '[[targets]]\naddress = "h:65535"\n[[targets]]\naddress = "h:1"\n'
+    )
+    assert cfg.defaults.interval == 86400.0
+    assert [t.port for t in resolved_targets(cfg)] == [65535, 1]
+
+
+def test_load_config_reads_file_and_strips_bom(tmp_path: Path) -> None:
+    path = tmp_path / "probe.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + FULL.encode())
+    assert load_config(path) == parse_config(FULL)
+    assert load_config(str(path)).engine.concurrency == 64
+
+
+# --- errors: one line, "{path}: {key}: {problem}" ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[defaults]\ninterval = -1\n",
+            "config.toml: defaults.interval: expected float > 0, got -1",
+        ),
+        (
+            "[defaults]\ninterval = 86401\n",
+            "config.toml: defaults.interval: expected float <= 86400, got 86401",
+        ),
+        (
+            "[defaults]\ninterval = nan\n",
+            "config.toml: defaults.interval: expected float > 0, got nan",
+        ),
+        (
+            "[defaults]\ntimeout = 0\n",
+            "config.toml: defaults.timeout: expected float > 0, got 0",
+        ),
+        (
+            "[defaults]\ntimeout = 3600.5\n",
+            "config.toml: defaults.timeout: expected float <= 3600, got 3600.5",
+        ),
+        (
+            "[engine]\nconcurrency = 0\n",
+            "config.toml: engine.concurrency: expected integer >= 1, got 0",
+        ),
+        (
+            "[engine]\nconcurrency = 1000001\n",
+            "config.toml: engine.concurrency: expected integer <= 1000000, got 1000001",
+        ),
+        (
+            '[[targets]]\naddress = "h:1"\ninterval = 0.0\n',
+            "config.toml: targets[0].interval: expected float > 0, got 0.0",
+        ),
+        (
+            '[[targets]]\naddress = "h:1"\ntimeout = 4000\n',
+            "config.toml: targets[0].timeout: expected float <= 3600, got 4000",
+        ),
+    ],
+)
+def test_out_of_range_numbers(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[defaults]\ninterval = "fast"\n',
+            'config.toml: defaults.interval: expected float, got string "fast"',
+        ),
+        (
+            "[engine]\nconcurrency = 1.5\n",
+            "config.toml: engine.concurrency: expected integer, got float 1.5",
+        ),
+        (
+            "[engine]\nconcurrency = true\n",
+            "config.toml: engine.concurrency: expected integer, got boolean true",
+        ),
+        (
+            "[engine]\nsource = 5\n",
+            "config.toml: engine.source: expected string, got integer 5",
+        ),
+        ("defaults = 3\n", "config.toml: defaults: expected table, got integer 3"),
+        (
+            '[metrics]\nprobe_allow = "10.0.0.0/8"\n',
+            'config.toml: metrics.probe_allow: expected array, got string "10.0.0.0/8"',
+        ),
+        (
+            '[metrics]\nprobe_allow = ["10.0.0.0/8", 3]\n',
+            "config.toml: metrics.probe_allow[1]: expected string, got integer 3",
+        ),
+        (
+            "[log]\nformat = 1\n",
+            "config.toml: log.format: expected string, got integer 1",
+        ),
+        (
+            '[[targets]]\naddress = "h:1"\nname = 7\n',
+            "config.toml: targets[0].name: expected string, got integer 7",
+        ),
+        (
+            '[[targets]]\naddress = "h:1"\ninterval = 2021-01-01\n',
+            "config.toml: targets[0].interval: expected float, got date 2021-01-01",
+        ),
+        (
+            '[[targets]]\naddress = "h:1"\nlabels = { team = 1 }\n',
+            "config.toml: targets[0].labels.team: expected string, got integer 1",
+        ),
+        (
+            '[[targets]]\naddress = "h:1"\nlabels = ["a"]\n',
+            "config.toml: targets[0].labels: expected table, got array",
+        ),
+        ("[[targets]]\naddress = 8080\n", "config.toml: targets[0].address: expected string"),
+    ],
+)
+def test_wrong_types(text: str, expected: str) -> None:
+    assert error_of(text).startswith(expected)
+
+
+def test_single_bracket_targets_gets_a_hint() -> None:
+    message = error_of('[targets]\naddress = "h:1"\n')
+    assert message.startswith("config.toml: targets: expected array, got table")
+    assert "[[targets]]" in message
+
+
+def test_log_format_must_be_a_known_choice() -> None:
+    assert error_of('[log]\nformat = "xml"\n') == (
+        'config.toml: log.format: expected one of "console", "json", got "xml"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        ('colour = "red"\n', "colour", "valid keys: defaults, engine, log, metrics, targets"),
+        ('[metrics]\nlsiten = "x"\n', "metrics.lsiten", 'did you mean "listen"?'),
+        ("[defaults]\nintervall = 3\n", "defaults.intervall", 'did you mean "interval"?'),
+        ("[engine]\nzzz = 3\n", "engine.zzz", "valid keys: concurrency, source"),
+        ('[[targets]]\naddress = "h:1"\nlables = {}\n', "targets[0].lables", '"labels"'),
+        (
+            '[[targets]]\naddress = "h:1"\n[[targets]]\naddress = "g:1"\nport = 1\n',
+            "targets[1].port",
+            "",
+        ),
+    ],
+)
+def test_unknown_keys(text: str, key: str, hint: str) -> None:
+    message = error_of(text)
+    assert message.startswith(f"config.toml: {key}: unknown key (typo?)")
+    assert hint in message
+
+
+def test_unknown_key_with_odd_characters_is_quoted_and_kept_on_one_line() -> None:
+    message = error_of('"a.b\\nc" = 1\n')
+    assert message.startswith('config.toml: "a.b\\nc": unknown key (typo?)')
+
+
+def test_missing_address() -> None:
+    assert error_of('[[targets]]\nname = "x"\n') == (
+        "config.toml: targets[0].address: required key is missing"
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("127.0.0.1:70000", "port 70000 out of range 1-65535"),
+        ("127.0.0.1:0", "port 0 out of range 1-65535"),
+        ("h:99999999999999999999", "out of range 1-65535"),
+        ("h:http", 'port "http" is not a number'),
+        ("h:+80", 'port "+80" is not a number'),
+        ("h:\u0668\u0660", "is not a number"),  # Arabic-Indic digits are not a port
+        ("127.0.0.1", 'missing port in "127.0.0.1"'),
+        ("h:", "missing port"),
+        (":80", "host is empty"),
+        (" h:80", "contains whitespace or control characters"),
+        ("h\\t:80", "contains whitespace or control characters"),
+        ("::1:80", 'IPv6 addresses need brackets: write "[::1]:80"'),
+        ("fe80::zz:80", 'write IPv6 addresses in brackets, e.g. "[::1]:8080"'),
+        ("[::1]", "missing port after ']'"),
+        ("[::1]:", "missing port"),
+        ("[::1]x", "after ']'"),
+        ("[::1:80", "missing ']'"),
+        ("[1.2.3.4]:80", '"1.2.3.4" inside [...] is not an IPv6 address'),
+        ("[]:80", "host is empty"),
+        ("a]:80", "unbalanced brackets"),
+    ],
+)
+def test_bad_target_addresses(address: str, problem: str) -> None:
+    message = error_of(f'[[targets]]\naddress = "{address}"\n', "/etc/probe.toml")
+    assert message.startswith("/etc/probe.toml: targets[0].address: ")
+    assert problem in message
+
+
+def test_bad_address_in_later_target_names_its_index() -> None:
+    text = "".join(f'[[targets]]\naddress = "{a}"\n' for a in ("a:1", "b:1", "c:70000"))
+    assert error_of(text) == "config.toml: targets[2].address: port 70000 out of range 1-65535"
+
+
+def test_duplicate_names() -> None:
+    text = "".join(f'[[targets]]\naddress = "h{i}:1"\nname = "{n}"\n' for i, n in enumerate("abca"))
+    assert error_of(text) == (
+        'config.toml: targets[3].name: duplicate target name "a", already used by targets[0]'
+    )
+
+
+def test_duplicate_names_via_address_default() -> None:
+    message = error_of('[[targets]]\naddress = "h:1"\n[[targets]]\naddress = "h:1"\n')
+    assert message.startswith('config.toml: targets[1].name: duplicate target name "h:1"')
+    assert "targets[0]" in message
+
+
+def test_same_address_with_distinct_names_is_fine() -> None:
+    cfg = parse_config('[[targets]]\naddress = "h:1"\n[[targets]]\naddress = "h:1"\nname = "b"\n')
+    assert [t.name for t in resolved_targets(cfg)] == ["h:1", "b"]
+
+
+def test_empty_name_is_rejected() -> None:
+    assert error_of('[[targets]]\naddress = "h:1"\nname = ""\n').startswith(
+        "config.toml: targets[0].name: expected string of length >= 1"
+    )
+
+
+@pytest.mark.parametrize("label", ["a-b", "1abc", "", "a\\n", "é"])
+def test_bad_label_names(label: str) -> None:
+    message = error_of(f'[[targets]]\naddress = "h:1"\nlabels = {{ ok = "x", "{label}" = "y" }}\n')
+    assert message.startswith("config.toml: targets[0].labels: invalid label name ")
+    assert json.dumps(json.loads(f'"{label}"'), ensure_ascii=False) in message
+    assert "[a-zA-Z_][a-zA-Z0-9_]*" in message
+
+
+@pytest.mark.parametrize(
+    ("cidr", "problem"),
+    [
+        ("banana", '"banana" is not a valid CIDR'),
+        ("10.0.0.0/33", "is not a valid CIDR"),
+        ("10.0.0.1/8", 'has host bits set; did you mean "10.0.0.0/8"?'),
+        ("", '"" is not a valid CIDR'),
+    ],
+)
+def test_bad_cidr(cidr: str, problem: str) -> None:
+    message = error_of(f'[metrics]\nprobe_allow = ["127.0.0.0/8", "{cidr}"]\n')
+    assert message.startswith("config.toml: metrics.probe_allow[1]: ")
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("9464", "missing port"),
+        ("0.0.0.0:65536", "out of range 0-65535"),
+        ("::1:9464", "IPv6 addresses need brackets"),
+        ("[::1]", "missing port"),
+    ],
+)
+def test_bad_metrics_listen(listen: str, problem: str) -> None:
+    message = error_of(f'[metrics]\nlisten = "{listen}"\n')
+    assert message.startswith("config.toml: metrics.listen: ")
+    assert problem in message
+
+
+def test_metrics_listen_accepts_hostname_and_port_zero() -> None:
+    assert metrics_listen(parse_config('[metrics]\nlisten = "localhost:0"\n')) == ("localhost", 0)
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("eth0", '"eth0" is not an IP address'),
+        ("10.0.0.1:70000", "out of range"),
+        ("[10.0.0.1]:5", "is not an IPv6 address"),
+        ("10.0.0.1:x", 'port "x" is not a number'),
+    ],
+)
+def test_bad_engine_source(source: str, problem: str) -> None:
+    message = error_of(f'[engine]\nsource = "{source}"\n')
+    assert message.startswith("config.toml: engine.source: ")
+    assert problem in message
+
+
+def test_nul_in_log_file() -> None:
+    assert error_of('[log]\nfile = "a\\u0000b"\n') == (
+        "config.toml: log.file: path contains a NUL character"
+    )
+
+
+def test_toml_syntax_error_reports_line_and_column() -> None:
+    message = error_of('[engine]\nconcurrency = 5\nsource = = "x"\n', "my.toml")
+    assert message == "my.toml: line 3, column 10: Invalid value"
+
+
+def test_toml_syntax_error_at_end_of_document() -> None:
+    assert error_of("targets = [1,") == "config.toml: at end of document: Invalid value"
+
+
+def test_toml_duplicate_section() -> None:
+    message = error_of("[log]\n[log]\n")
+    assert message.startswith("config.toml: line 2, column ")
+    assert "twice" in message
+
+
+def test_deep_nesting_is_a_config_error() -> None:
+    message = error_of("x = " + "[" * 5000)
+    assert message.startswith("config.toml: ")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: cannot read: No such file or directory"
+    assert info.value.path == str(path)
+
+
+def test_directory_is_not_readable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r": cannot read: Is a directory$"):
+        load_config(tmp_path)
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[log]\nfile = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: line 2, column 12: not valid UTF-8 (byte 0xe9); TOML files must be UTF-8"
+    )
+
+
+def test_error_from_file_uses_path_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[defaults]\ninterval = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: defaults.interval: expected float > 0, got -1"
+    assert (info.value.key, info.value.problem) == (
+        "defaults.interval",
+        "expected float > 0, got -1",
+    )
+
+
+def test_direct_construction_still_validates() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        TargetConfig(address="h:0")
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"targets": [{"address": "h"}]}, type=Config)
+
+
+# --- robustness properties -----------------------------------------------------
+
+
+def assert_config_or_config_error(text: str) -> None:
+    try:
+        result = parse_config(text, "prop.toml")
+    except ConfigError as exc:
+        message = str(exc)
+        assert message.startswith("prop.toml: ")
+        assert message.isprintable(), message
+    else:
+        assert isinstance(result, Config)
+        resolved_targets(result)
+        metrics_listen(result)
+        engine_source(result)
+        probe_allow_networks(result)
+
+
+@settings(max_examples=300)
+@given(st.text())
+def test_arbitrary_text_never_escapes_as_another_exception(text: str) -> None:
+    assert_config_or_config_error(text)
+
+
+def toml_value(value: Any) -> str:
+    """Serialise to inline TOML; good enough for junk, not a general encoder."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, str):
+        # JSON escapes are valid TOML escapes; DEL must be escaped in TOML too.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    assert isinstance(value, dict)
+    return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+KNOWN_KEYS = [
+    "defaults",
+    "engine",
+    "log",
+    "metrics",
+    "targets",
+    "interval",
+    "timeout",
+    "concurrency",
+    "source",
+    "format",
+    "file",
+    "listen",
+    "probe_allow",
+    "address",
+    "name",
+    "labels",
+    "team",
+]
+PLAUSIBLE_STRINGS = [
+    "",
+    "json",
+    "console",
+    "127.0.0.1:80",
+    "[::1]:80",
+    "::1",
+    "10.0.0.0/8",
+    "10.0.0.1/8",
+    "h:0",
+    "h:65536",
+    "[::1",
+    "a-b",
+]
+keys = st.sampled_from(KNOWN_KEYS) | st.text(max_size=8)
+scalars = (
+    st.sampled_from(PLAUSIBLE_STRINGS)
+    | st.text(max_size=12)
+    | st.integers()
+    | st.floats()
+    | st.booleans()
+    | st.datetimes()
+    | st.dates()
+)
+junk = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+    max_leaves=20,
+)
+target_like = st.dictionaries(keys, junk, max_size=6) | junk
+document = st.dictionaries(
+    keys,
+    st.dictionaries(keys, junk, max_size=5) | st.lists(target_like, max_size=4) | junk,
+    max_size=6,
+)
+
+
+@settings(max_examples=300)
+@given(document)
+def test_arbitrary_documents_never_escape_as_another_exception(doc: dict[str, Any]) -> None:
+    text = "".join(f"{toml_value(k)} = {toml_value(v)}\n" for k, v in doc.items())
+    assert_config_or_config_error(text)
+
+
+hosts = (
+    st.ip_addresses(v=4).map(str)
+    | st.ip_addresses(v=6).map(lambda a: f"[{a}]")
+    | st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5}){0,2}", fullmatch=True)
+)
+
+
+@given(hosts, st.integers(1, 65535), st.floats(0.001, 86400), st.booleans())
+def test_valid_targets_round_trip(host: str, port: int, interval: float, named: bool) -> None:
+    address = f"{host}:{port}"
+    name = 'name = "t"\n' if named else ""
+    cfg = parse_config(f'[[targets]]\naddress = "{address}"\n{name}interval = {interval!r}\n')
+    (target,) = resolved_targets(cfg)
+    assert target.host == host.strip("[]")
+    assert target.port == port
+    assert target.interval == interval
+    assert target.timeout == 1.0
+    assert target.name == ("t" if named else address)
