@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .engine import Attempt, Engine
-from .record import ERROR, OPEN, Record
+from .record import OPEN, Record, unresolved_record
 from .resolve import Address, ResolveError, Resolver
 from .targets import Endpoint
 
@@ -42,7 +42,7 @@ class _Target:
 class _Stream:
     """The attempts to one address of one endpoint: `count` of them, `interval` apart."""
 
-    __slots__ = ("check", "endpoint", "address", "remaining", "target")
+    __slots__ = ("address", "check", "endpoint", "remaining", "target")
 
     def __init__(
         self, check: _Check, target: _Target, endpoint: Endpoint, address: Address
@@ -121,24 +121,9 @@ class _Check:
             self.finished.set()
 
     def unresolved(self, endpoint: Endpoint, code: str) -> None:
-        """Records for a name that did not resolve: no connect, nothing local to report."""
         for number in range(1, self.count + 1):
             self.emit(
-                Record(
-                    started=time.time(),
-                    target=endpoint.target,
-                    host=endpoint.host,
-                    port=endpoint.port,
-                    address=None,
-                    family=None,
-                    local_address=None,
-                    local_port=None,
-                    outcome=ERROR,
-                    error=code,
-                    latency_ms=0.0,
-                    rtt_ms=None,
-                    attempt=number,
-                )
+                unresolved_record(endpoint.target, endpoint.host, endpoint.port, code, number)
             )
         self.result.targets += 1
         self.result.targets_without_open += 1

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from . import loop as event_loop
 from .check import CheckResult, run_check
 from .cli import EXIT_INTERRUPTED, EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
-from .engine import Engine, EngineOptions, LocalShortage
+from .engine import Engine, EngineOptions, LocalShortage, check_source
 from .limits import fit_concurrency
 from .record import Record
 from .report import LIST_LIMIT, HumanReport
@@ -102,13 +102,10 @@ class CheckCommand:
         if self.family and self.family != fam:
             raise UsageError(f"-s {text}: source address family does not match -4/-6")
         self.family = fam  # a source address decides the family of every attempt
-        with socket.socket(fam, socket.SOCK_STREAM) as probe_sock:
-            try:
-                if port:
-                    probe_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe_sock.bind((address, port))
-            except OSError as exc:
-                raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
+        try:
+            check_source((address, port))
+        except OSError as exc:
+            raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
         return address, port
 
     @staticmethod
@@ -127,21 +124,21 @@ class CheckCommand:
         writer = stdout_writer()
         fmt = "json" if self.args.json else "human"
         write_record = configure(writer, fmt)
-        report = None if self.args.json else HumanReport(write_record, self.list_mode,
-                                                         self.args.count)
+        report = (
+            None if self.args.json else HumanReport(write_record, self.list_mode, self.args.count)
+        )
         on_record = write_record if report is None else report.record
         if report is not None and self.list_mode:
             on_record = self._flushing(on_record, writer)
         started = time.monotonic()
-        result: CheckResult | None = None
         try:
-            result = event_loop.run(self._main(on_record, writer, report, started))
+            event_loop.run(self._main(on_record, writer, report, started))
         except KeyboardInterrupt:  # a SIGINT before the loop took over the signal
             self.interrupted = True
         except SinkClosed:
             return _quiet_pipe()
         try:
-            if report is not None and result is not None and not self.interrupted:
+            if report is not None and not self.error:  # also on SIGINT, as ping does
                 for line in report.summary(time.monotonic() - started):
                     writer.msg(line.encode())
             writer.close()

@@ -53,42 +53,103 @@ rate_arg = _number(float, lambda v: 0 < v <= 10_000_000, "attempts per second > 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="probe", description="TCP connect probes that show the local "
-                     "endpoint the kernel assigned to every attempt.")
+    parser = _Parser(
+        prog="probe",
+        description="TCP connect probes that show the local "
+        "endpoint the kernel assigned to every attempt.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    check = sub.add_parser("check", help="probe targets once (or -c times) and exit",
-                           description="Probe TARGETs: HOST:PORTS, [IPV6]:PORTS, HOST (with "
-                           "-p), @FILE (one per line), or - (standard input).")
+    check = sub.add_parser(
+        "check",
+        help="probe targets once (or -c times) and exit",
+        description="Probe TARGETs: HOST:PORTS, [IPV6]:PORTS, HOST (with "
+        "-p), @FILE (one per line), or - (standard input).",
+    )
     check.add_argument("targets", nargs="*", metavar="TARGET")
-    check.add_argument("-p", "--ports", metavar="PORTS",
-                       help="ports for targets given without one: 22,80,8000-8100")
-    check.add_argument("-t", "--timeout", type=seconds, default=1.0, metavar="SECONDS",
-                       help="give up on one attempt after this long (default 1.0)")
-    check.add_argument("-c", "--count", type=count_arg, default=1, metavar="N",
-                       help="attempts per target (default 1)")
-    check.add_argument("-i", "--interval", type=pause, default=1.0, metavar="SECONDS",
-                       help="pause between attempts to the same target (default 1.0)")
-    check.add_argument("-C", "--concurrency", type=positive, metavar="N",
-                       help="most attempts in flight (default 1000, never above the "
-                       "open-files limit)")
-    check.add_argument("--rate", type=rate_arg, metavar="N",
-                       help="most new attempts per second (default unlimited)")
-    check.add_argument("--retries", type=retries_arg, default=0, metavar="N",
-                       help="extra attempts after a timeout (default 0)")
-    check.add_argument("-s", "--source", metavar="ADDR[:PORT]",
-                       help="bind to this local address (and port) before connecting")
+    check.add_argument(
+        "-p",
+        "--ports",
+        metavar="PORTS",
+        help="ports for targets given without one: 22,80,8000-8100",
+    )
+    check.add_argument(
+        "-t",
+        "--timeout",
+        type=seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="give up on one attempt after this long (default 1.0)",
+    )
+    check.add_argument(
+        "-c",
+        "--count",
+        type=count_arg,
+        default=1,
+        metavar="N",
+        help="attempts per target (default 1)",
+    )
+    check.add_argument(
+        "-i",
+        "--interval",
+        type=pause,
+        default=1.0,
+        metavar="SECONDS",
+        help="pause between attempts to the same target (default 1.0)",
+    )
+    check.add_argument(
+        "-C",
+        "--concurrency",
+        type=positive,
+        metavar="N",
+        help="most attempts in flight (default 1000, never above the open-files limit)",
+    )
+    check.add_argument(
+        "--rate",
+        type=rate_arg,
+        metavar="N",
+        help="most new attempts per second (default unlimited)",
+    )
+    check.add_argument(
+        "--retries",
+        type=retries_arg,
+        default=0,
+        metavar="N",
+        help="extra attempts after a timeout (default 0)",
+    )
+    check.add_argument(
+        "-s",
+        "--source",
+        metavar="ADDR[:PORT]",
+        help="bind to this local address (and port) before connecting",
+    )
     fam = check.add_mutually_exclusive_group()
-    fam.add_argument("-4", dest="family", action="store_const", const=4,
-                     help="use only IPv4 addresses of a name")
-    fam.add_argument("-6", dest="family", action="store_const", const=6,
-                     help="use only IPv6 addresses of a name")
-    check.add_argument("--json", action="store_true",
-                       help="one JSON record per attempt on stdout, nothing else")
-    check.add_argument("--graceful-close", action="store_true",
-                       help="close open connections with FIN instead of RST (leaves "
-                       "TIME_WAIT sockets behind)")
+    fam.add_argument(
+        "-4", dest="family", action="store_const", const=4, help="use only IPv4 addresses of a name"
+    )
+    fam.add_argument(
+        "-6", dest="family", action="store_const", const=6, help="use only IPv6 addresses of a name"
+    )
+    check.add_argument(
+        "--json", action="store_true", help="one JSON record per attempt on stdout, nothing else"
+    )
+    check.add_argument(
+        "--graceful-close",
+        action="store_true",
+        help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets behind)",
+    )
     check.set_defaults(func=cmd_check)
+
+    run = sub.add_parser(
+        "run",
+        help="probe the config's targets on their schedule until SIGTERM",
+        description="The daemon: probes every target of the config on its schedule, writes "
+        "a record per attempt to the log, serves /metrics, /healthz and /probe. SIGHUP "
+        "reloads the config and reopens the log file; SIGTERM or SIGINT drain and exit 0.",
+    )
+    run.add_argument("--config", default="config.toml", metavar="PATH",
+                     help="the config file (default config.toml)")  # fmt: skip
+    run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a config file and exit")
     validate.add_argument("path", nargs="?", default="config.toml", metavar="PATH")
@@ -107,14 +168,59 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .daemon import run_daemon
+
+    try:
+        return run_daemon(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .check_cli import CheckCommand
 
     return CheckCommand(args).run()
 
 
+# Options that take a value. Because -4 and -6 exist, argparse would read `-t -1` as two
+# options; joining the pair makes it report the bad value instead.
+_VALUED = {
+    "-p",
+    "-t",
+    "-c",
+    "-i",
+    "-C",
+    "-s",
+    "--ports",
+    "--timeout",
+    "--count",
+    "--interval",
+    "--concurrency",
+    "--rate",
+    "--retries",
+    "--source",
+}
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if token in _VALUED and nxt[:1] == "-" and nxt[1:2].isdigit():
+            out.append(f"{token}={nxt}" if token.startswith("--") else f"{token}{nxt}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.func(args)
     except UsageError as exc:
@@ -122,4 +228,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return code
-

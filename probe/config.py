@@ -24,6 +24,8 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 import msgspec.inspect as mi
 
+from .targets import TargetError, parse_source, parse_target
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -177,6 +179,8 @@ def _split_host_port(address: str, *, lowest_port: int) -> tuple[str, int]:
     if ":" in host:
         if _is_ipv6(host):
             raise ValueError(f'IPv6 addresses need brackets: write "[{host}]:{port_text}"')
+        if _is_ipv6(address):
+            raise ValueError(f'IPv6 addresses need brackets and a port: write "[{address}]:PORT"')
         raise ValueError(f"too many ':' in {_show(address)}; {_V6_HINT}")
     if "[" in host or "]" in host:
         raise ValueError(f"unbalanced brackets in {_show(address)}; {_V6_HINT}")
@@ -185,22 +189,24 @@ def _split_host_port(address: str, *, lowest_port: int) -> tuple[str, int]:
 
 
 def _parse_source(source: str) -> tuple[str, int]:
-    """Parse ``ADDR``, ``ADDR:PORT`` or ``[V6]:PORT``; port 0 means "kernel picks"."""
-    port_text: str | None
-    if source.startswith("["):
-        host, port_text = _split_bracketed(source)
-    elif source.count(":") == 1:
-        host, _, port_text = source.partition(":")
-    else:  # IPv4 without port, or a bare IPv6 address (unambiguous: no port allowed)
-        host, port_text = source, None
-    _check_host(host)
+    """``ADDR``, ``ADDR:PORT`` or ``[V6]:PORT``, by the same parser as ``probe check -s``."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(
-            f"{_show(host)} is not an IP address (the local address to bind must be a literal IP)"
-        ) from None
-    return host, 0 if port_text is None else _parse_port(port_text, 0)
+        return parse_source(source)
+    except TargetError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _target_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` / ``[V6]:PORT``, by the same parser as ``probe check``; one port only."""
+    try:
+        if address != address.strip():
+            raise TargetError(f"leading or trailing space in {_show(address)}")
+        target = parse_target(address, no_port_hint="")
+    except TargetError as exc:
+        raise ValueError(str(exc)) from None
+    if target.count() != 1:
+        raise ValueError(f"one port per target, got {_show(address)}")
+    return target.host, target.ports[0][0]
 
 
 def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -211,7 +217,7 @@ def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         loose = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError(f'{_show(text)} is not a valid CIDR (e.g. "10.0.0.0/8")') from None
+        raise ValueError(f'{_show(text)} is not a valid CIDR (e.g. "127.0.0.0/8")') from None
     raise ValueError(f'{_show(text)} has host bits set; did you mean "{loose}"?')
 
 
@@ -295,7 +301,7 @@ class TargetConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
 
     def __post_init__(self) -> None:
         try:
-            _split_host_port(self.address, lowest_port=1)
+            _target_address(self.address)
         except ValueError as exc:
             raise _FieldError(("address",), str(exc)) from None
 
@@ -352,7 +358,7 @@ def resolved_targets(config: Config) -> list[ResolvedTarget]:
     """Merge each target with ``[defaults]``; order follows the file."""
     out: list[ResolvedTarget] = []
     for target in config.targets:
-        host, port = _split_host_port(target.address, lowest_port=1)
+        host, port = _target_address(target.address)
         out.append(
             ResolvedTarget(
                 name=target.name if target.name is not None else target.address,

@@ -42,6 +42,11 @@ SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAI
 _SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
 
 
+# Not an errno: the socket connected to itself and a fixed source port makes that certain.
+SELF_CONNECT = -1
+_SELF_CONNECT_TRIES = 8
+
+
 def outcome_of(err: int) -> str:
     if err == 0:
         return OPEN
@@ -55,7 +60,27 @@ def outcome_of(err: int) -> str:
 
 
 def errno_name(err: int) -> str:
+    if err == SELF_CONNECT:
+        return "SELF_CONNECT"
     return errno.errorcode.get(err, f"E{err}")
+
+
+def bind_source(sock: socket.socket, source: tuple[str, int]) -> None:
+    """Bind before connect(), as the lesson allows. With an address alone, let connect()
+    pick the port: bind() by itself would reserve one port per address for every socket."""
+    address, port = source
+    if port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    elif sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((address, port))
+
+
+def check_source(source: tuple[str, int]) -> None:
+    """Bind once, up front, so a source that is not ours fails at start, not mid-run."""
+    family = socket.AF_INET6 if ":" in source[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        bind_source(sock, source)
 
 
 class LocalShortage(Exception):
@@ -83,6 +108,7 @@ class Attempt:
     timeout: float | None = None  # None: the engine's
     retry: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # daemon: name, labels
+    self_connects: int = 0  # times the kernel connected this attempt's socket to itself
 
 
 Done = Callable[[Record, Attempt, bool], None]  # (record, attempt, final: no retry follows)
@@ -204,6 +230,23 @@ class Engine:
             wake()
 
     @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def set_ceiling(self, concurrency: int) -> None:
+        """A new concurrency bound (config reload); a lower one takes effect as attempts end."""
+        self.ceiling = max(1, concurrency)
+        self.limit = min(self.limit, self.ceiling)  # grows back to a higher one as attempts end
+        self._pump()
+
+    def drop_queued(self) -> None:
+        """Forget attempts not yet started (shutdown): only those in flight are finished."""
+        self._queue.clear()
+        self._room.set()
+        if not self.inflight:
+            self._idle.set()
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -224,8 +267,8 @@ class Engine:
                 if self._rate_next > now:
                     self._schedule_pump(self._rate_next)
                     break
-                # Smooth pacing: at most one attempt late is made up, never a burst.
-                self._rate_next = max(self._rate_next, now - 1.0 / rate) + 1.0 / rate
+                # Even pacing and a true ceiling: a late start is not made up with a burst.
+                self._rate_next = max(self._rate_next, now) + 1.0 / rate
             attempt, on_done = queue.popleft()
             if not self._start(attempt, on_done):
                 queue.appendleft((attempt, on_done))
@@ -252,9 +295,17 @@ class Engine:
             return True
         source = self.options.source
         port = attempt.endpoint.port
+        if source is not None:
+            try:
+                bind_source(sock, source)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRNOTAVAIL:  # the address left this machine
+                    self.abort(LocalShortage(f"source address {source[0]}: {exc.strerror}"))
+                    return True
+                self._shortage()  # the fixed port is busy for now (TIME_WAIT, another socket)
+                return False
         try:
-            if source is not None:
-                self._bind(sock, source)
             slot = _Slot(attempt, on_done, sock)
             slot.wall = time.time()
             slot.t0 = time.perf_counter_ns()
@@ -288,20 +339,14 @@ class Engine:
         if queue is None:
             queue = self._deadlines[timeout] = deque()
         queue.append(slot)
+        if len(queue) > 2 * self.ceiling + 64:
+            # Finished attempts wait in the deadline queue until they reach its head; drop
+            # them now so memory follows what is in flight, not the attempt rate.
+            queue = self._deadlines[timeout] = deque(s for s in queue if not s.done)
         if self._timer is None or slot.deadline < self._timer_when:
             self._arm(slot.deadline)
         self._watch(slot)
         return True
-
-    @staticmethod
-    def _bind(sock: socket.socket, source: tuple[str, int]) -> None:
-        address, port = source
-        if port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        elif sock.family == socket.AF_INET:
-            # Let connect() pick the port: bind() alone would reserve one per address:port.
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((address, port))
 
     def _shortage(self) -> None:
         """No descriptor or port here: shrink to what is in flight and retry after a pause."""
@@ -357,19 +402,28 @@ class Engine:
         rtt = None
         attempt = slot.attempt
         local = slot.local
-        if (
+        self_connect = (
             err == 0
             and local is not None
             and local[1] == attempt.endpoint.port
             and local[0] == attempt.address.ip
-        ):
+        )
+        if self_connect:
             # TCP simultaneous open with itself: the kernel picked the destination port as
             # the ephemeral port and the socket connected to itself. Nothing listens there;
-            # that is our artifact, not the target's answer, so try again with another port.
+            # that is our artifact, not the target's answer, so try again with another port
+            # (unless -s fixed the port: then every try would be the same, so say so).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             sock.close()
             self.stats.self_connects += 1
-            self._queue.appendleft((attempt, slot.on_done))
+            source = self.options.source
+            if not (source and source[1]) and attempt.self_connects < _SELF_CONNECT_TRIES:
+                attempt.self_connects += 1
+                self._queue.appendleft((attempt, slot.on_done))
+                return
+            self._deliver(
+                attempt, slot.on_done, SELF_CONNECT, local, t1 - slot.t0, slot.wall, None, False
+            )
             return
         if err == 0 and not timed_out:
             rtt = _rtt_ms(sock)
@@ -435,8 +489,14 @@ class Engine:
             self.abort(exc)
             return
         if retry:
-            again = Attempt(endpoint, address, attempt.number + 1, attempt.timeout,
-                            attempt.retry + 1, attempt.extra)
+            again = Attempt(
+                endpoint,
+                address,
+                attempt.number + 1,
+                attempt.timeout,
+                attempt.retry + 1,
+                attempt.extra,
+            )
             self._queue.appendleft((again, on_done))
             self._idle.clear()
 
@@ -458,10 +518,8 @@ class Engine:
                 slot = queue.popleft()
                 if not slot.done:
                     self._expire(slot)
-            if len(queue) > 64 and len(queue) > 4 * (self.inflight + 1):
-                # Finished attempts linger until they reach the head; compact so the queue
-                # stays proportional to what is in flight, not to the attempt rate.
-                self._deadlines[timeout] = queue = deque(s for s in queue if not s.done)
+                    if self._closed:  # a sink failed on that record: the engine is gone
+                        return
             if queue:
                 if earliest is None or queue[0].deadline < earliest:
                     earliest = queue[0].deadline

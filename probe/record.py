@@ -69,3 +69,25 @@ def format_timestamp(epoch: float) -> str:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _second_cache = (seconds, prefix)
     return f"{prefix}.{frac:06d}Z"
+
+
+def unresolved_record(
+    target: str, host: str, port: int, code: str, attempt: int, extra: dict[str, Any] | None = None
+) -> Record:
+    """The record for a name that did not resolve: no connect, nothing local to report."""
+    return Record(
+        started=time.time(),
+        target=target,
+        host=host,
+        port=port,
+        address=None,
+        family=None,
+        local_address=None,
+        local_port=None,
+        outcome=ERROR,
+        error=code,
+        latency_ms=0.0,
+        rtt_ms=None,
+        attempt=attempt,
+        extra=extra or {},
+    )

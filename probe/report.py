@@ -87,10 +87,16 @@ class HumanReport:
             return lines
         total = sum(self.outcomes.values())
         rate = total / elapsed if elapsed > 0 else 0.0
-        hidden = [f"{self.outcomes[o]} {o}" for o in OUTCOMES if o != OPEN
-                  if self.outcomes[o] or o in (REFUSED, TIMEOUT)]
-        line = (f"{total} attempts in {elapsed:.2f} s ({rate:.0f}/s): "
-                f"{self.outcomes[OPEN]} open; {', '.join(hidden)} not shown")
+        hidden = [
+            f"{self.outcomes[o]} {o}"
+            for o in OUTCOMES
+            if o != OPEN
+            if self.outcomes[o] or o in (REFUSED, TIMEOUT)
+        ]
+        line = (
+            f"{total} attempts in {elapsed:.2f} s ({rate:.0f}/s): "
+            f"{self.outcomes[OPEN]} open; {', '.join(hidden)} not shown"
+        )
         if lag_ms is not None:
             line += f"; loop lag max {lag_ms:.1f} ms"
         lines.append(line)

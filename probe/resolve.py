@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -53,20 +54,41 @@ def literal(host: str, family: int = 0) -> Address | None:
 class Resolver:
     """Caches answers (and failures) per name; concurrent lookups of one name share a query."""
 
-    def __init__(self, family: int = 0, cache_size: int = 4096) -> None:
+    def __init__(self, family: int = 0, cache_size: int = 4096, ttl: float | None = None) -> None:
+        """`ttl`: seconds an answer is kept (None: the whole run, as `probe check` wants;
+        a daemon that runs for months re-resolves)."""
         self.family = family
-        self._cache: OrderedDict[str, asyncio.Future[tuple[Address, ...]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[asyncio.Future[tuple[Address, ...]], float]] = (
+            OrderedDict()
+        )
         self._size = cache_size
+        self._ttl = ttl
+
+    def _entry(self, host: str) -> asyncio.Future[tuple[Address, ...]] | None:
+        entry = self._cache.get(host)
+        if entry is None:
+            return None
+        found, expires = entry
+        if self._ttl is not None and found.done() and time.monotonic() > expires:
+            del self._cache[host]
+            return None
+        self._cache.move_to_end(host)
+        return found
+
+    def cached(self, host: str) -> tuple[Address, ...] | None:
+        """The answer if it is at hand, without awaiting: the daemon's fast path."""
+        found = self._entry(host)
+        if found is None or not found.done() or found.exception() is not None:
+            return None
+        return found.result()
 
     async def resolve(self, host: str) -> tuple[Address, ...]:
-        found = self._cache.get(host)
+        found = self._entry(host)
         if found is None:
             found = asyncio.ensure_future(self._lookup(host))
-            self._cache[host] = found
+            self._cache[host] = (found, time.monotonic() + (self._ttl or 0.0))
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(host)
         return await asyncio.shield(found)
 
     async def _lookup(self, host: str) -> tuple[Address, ...]:
@@ -75,9 +97,7 @@ class Resolver:
             return (lit,)
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(
-                host, None, family=self.family, type=socket.SOCK_STREAM
-            )
+            infos = await loop.getaddrinfo(host, None, family=self.family, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}")) from None
         except UnicodeError:

@@ -38,15 +38,19 @@ class RecordWriter:
     ) -> None:
         self.path = path
         self.name = name or path or "standard output"
-        self._stream: BinaryIO = stream if stream is not None else self._open()
+        if stream is None:
+            if path is None:
+                raise ValueError("RecordWriter needs a path or a stream")
+            stream = self._open(path)
+        self._origin = stream  # what retarget(None) returns to
+        self._stream: BinaryIO = stream
 
-    def _open(self) -> BinaryIO:
-        if self.path is None:
-            raise SinkError("no stream and no path")
+    @staticmethod
+    def _open(path: str) -> BinaryIO:
         try:
-            return open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - owned, closed later
+            return open(path, "ab", buffering=1 << 16)
         except OSError as exc:
-            raise SinkError(f"cannot open log file {self.path}: {exc.strerror}") from None
+            raise SinkError(f"cannot open log file {path}: {exc.strerror}") from None
 
     def msg(self, message: bytes) -> None:
         try:
@@ -64,12 +68,24 @@ class RecordWriter:
 
     def reopen(self) -> None:
         """Open the path anew (after logrotate moved it); a stream sink stays as it is."""
-        if self.path is None:
+        if self.path is not None:
+            self.retarget(self.path)
+
+    def retarget(self, path: str | None) -> None:
+        """Write to another file from now on (None: back to the stream we started with).
+        The new file is opened before the old one is let go, so a bad path changes nothing."""
+        if path is None and self.path is None:
             return
         self.flush()
-        new = self._open()
+        if path is None:
+            new, self.path = self._origin, None
+        else:
+            new = self._open(path)
+            self.path = path
         old, self._stream = self._stream, new
-        old.close()
+        self.name = self.path or "standard output"
+        if old is not self._origin:
+            old.close()
 
     def close(self) -> None:
         try:
@@ -88,7 +104,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 def render_json(_: Any, __: str, event_dict: EventDict) -> bytes:
-    event_dict.setdefault("timestamp", _now())
+    if "timestamp" not in event_dict:  # events other than probe records: same head keys
+        event_dict = {"event": event_dict.pop("event", None), "timestamp": _now(), **event_dict}
     return _encode(event_dict)
 
 

@@ -28,7 +28,7 @@ def _echo(token: str) -> str:
 
 
 def parse_ports(text: str) -> PortRanges:
-    """`22,80,8000-8100` → ((22, 22), (80, 80), (8000, 8100)); inclusive, 1–65535."""
+    """`22,80,8000-8100` → ((22, 22), (80, 80), (8000, 8100)); inclusive, 1-65535."""
     if not text:
         raise TargetError("empty port list")
     ranges: list[tuple[int, int]] = []
@@ -43,7 +43,7 @@ def parse_ports(text: str) -> PortRanges:
 
 
 def _port(text: str, part: str) -> int:
-    # isdecimal() + ASCII rejects '+1', ' 1', '١' and other things int() would accept.
+    # isdecimal() + ASCII rejects '+1', ' 1', non-ASCII digits and other things int() would accept.
     if not (text.isascii() and text.isdecimal()) or len(text) > 5:
         raise TargetError(f"bad port {_echo(part)}: ports are numbers 1-65535")
     value = int(text)
@@ -96,7 +96,9 @@ def _check_host(host: str, token: str) -> None:
         raise TargetError(f"bad character in host {_echo(host)}")
 
 
-def parse_target(token: str, default_ports: PortRanges | None = None) -> Target:
+def parse_target(
+    token: str, default_ports: PortRanges | None = None, no_port_hint: str = ", or give -p"
+) -> Target:
     """One `HOST:PORTS`, `[V6]:PORTS` or bare `HOST` (ports from -p)."""
     text = token.strip()
     if not text:
@@ -106,34 +108,48 @@ def parse_target(token: str, default_ports: PortRanges | None = None) -> Target:
         if close < 0:
             raise TargetError(f"missing ']' in {_echo(token)}")
         host, rest = text[1:close], text[close + 1 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise TargetError(f"bad IPv6 address {_echo(host)} in {_echo(token)}") from None
+        _check_ipv6(host, token)
         if rest.startswith(":"):
-            return Target(host, parse_ports(rest[1:]), True)
+            return Target(host, _ports_of(rest[1:], token), True)
         if rest:
             raise TargetError(f"expected ':' after ']' in {_echo(token)}")
-        return Target(host, _need_ports(default_ports, token), True)
+        return Target(host, _need_ports(default_ports, token, no_port_hint), True)
     if text.count(":") > 1:
         # A bare IPv6 address: only valid with -p, since its last ':' is not a port separator.
+        hint = f"write IPv6 addresses as [ADDR]:PORTS, e.g. [::1]:80 (got {_echo(token)})"
         try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
-            raise TargetError(
-                f"bad target {_echo(token)}: write IPv6 addresses as [ADDR]:PORTS"
-            ) from None
-        return Target(text, _need_ports(default_ports, token), True)
+            _check_ipv6(text, token)
+        except TargetError:
+            raise TargetError(f"bad target: {hint}") from None
+        if default_ports is None:
+            raise TargetError(f"no port: {hint}{no_port_hint}")
+        return Target(text, default_ports, True)
     host, colon, ports = text.partition(":")
     _check_host(host, token)
     if colon:
-        return Target(host, parse_ports(ports), False)
-    return Target(host, _need_ports(default_ports, token), False)
+        return Target(host, _ports_of(ports, token), False)
+    return Target(host, _need_ports(default_ports, token, no_port_hint), False)
 
 
-def _need_ports(default_ports: PortRanges | None, token: str) -> PortRanges:
+def _ports_of(text: str, token: str) -> PortRanges:
+    if not text:
+        raise TargetError(f"no ports after ':' in {_echo(token)}")
+    return parse_ports(text)
+
+
+def _check_ipv6(host: str, token: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise TargetError(f"bad IPv6 address {_echo(host)} in {_echo(token)}") from None
+    # ipaddress takes anything after '%' as a zone id; a zone is an interface name.
+    if not host.isprintable() or any(c.isspace() or c in "/[]@#," for c in host):
+        raise TargetError(f"bad character in host {_echo(host)}")
+
+
+def _need_ports(default_ports: PortRanges | None, token: str, hint: str) -> PortRanges:
     if default_ports is None:
-        raise TargetError(f"no port for {_echo(token)}: write HOST:PORTS or give -p")
+        raise TargetError(f"no port for {_echo(token)}: write HOST:PORTS{hint}")
     return default_ports
 
 
@@ -153,9 +169,9 @@ def read_targets(
 
 def _open_file(path: str) -> IO[str]:
     try:
-        return open(path, encoding="utf-8", errors="strict")  # noqa: SIM115 - closed by caller
+        return open(path, encoding="utf-8", errors="strict")
     except OSError as exc:
-        raise TargetError(f"cannot read target file {_echo(path)}: {exc.strerror}") from None
+        raise TargetError(f"cannot read target file {path!r}: {exc.strerror}") from None
 
 
 def iter_targets(
@@ -175,7 +191,9 @@ def iter_targets(
             yield parse_target(token, default_ports)
 
 
-def _read_stream(handle: IO[str], source: str, default_ports: PortRanges | None) -> Iterator[Target]:
+def _read_stream(
+    handle: IO[str], source: str, default_ports: PortRanges | None
+) -> Iterator[Target]:
     try:
         yield from read_targets(handle, source, default_ports)
     except UnicodeDecodeError:
@@ -194,6 +212,8 @@ def parse_source(text: str) -> tuple[str, int]:
         address, _, rest = text[1:].partition("]")
         if rest and not rest.startswith(":"):
             raise TargetError(f"bad source {_echo(text)}: write [ADDR]:PORT")
+        if ":" not in address:
+            raise TargetError(f"bad source {_echo(text)}: brackets are for IPv6 addresses")
         port_text = rest[1:] if rest else ""
     elif text.count(":") > 1:
         address, port_text = text, ""
@@ -203,9 +223,9 @@ def parse_source(text: str) -> tuple[str, int]:
         ipaddress.ip_address(address)
     except ValueError:
         raise TargetError(f"bad source address {_echo(address)}: give an IP address") from None
+    if "%" in address and not address.isprintable():
+        raise TargetError(f"bad character in source address {_echo(address)}")
     port = 0
     if port_text:
-        if not (port_text.isascii() and port_text.isdecimal()) or not 1 <= int(port_text) <= 65535:
-            raise TargetError(f"bad source port {_echo(port_text)}: ports are numbers 1-65535")
-        port = int(port_text)
+        port = _port(port_text, port_text)
     return address, port

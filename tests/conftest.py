@@ -165,8 +165,9 @@ class Netns:
         return ["ip", "netns", "exec", self.name]
 
     def run(self, *cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.prefix(), *cmd], check=True, text=True,
-                              capture_output=True, **kw)  # type: ignore[call-overload]
+        return subprocess.run(
+            [*self.prefix(), *cmd], check=True, text=True, capture_output=True, **kw
+        )  # type: ignore[call-overload]
 
     def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[str]:
         return subprocess.Popen([*self.prefix(), *cmd], text=True, **kw)  # type: ignore[call-overload]

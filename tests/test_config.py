@@ -38,7 +38,7 @@ timeout = 0.25
 
 [engine]
 concurrency = 64
-source = "192.0.2.10"
+source = "127.0.0.9"
 
 [log]
 format = "console"
@@ -46,7 +46,7 @@ file = "/var/log/probe.log"
 
 [metrics]
 listen = "[::1]:9000"
-probe_allow = ["10.0.0.0/8", "2001:db8::/32"]
+probe_allow = ["127.0.0.0/8", "2001:db8::/32"]
 
 [[targets]]
 address = "127.0.0.1:8080"
@@ -79,9 +79,9 @@ def test_full_config_is_parsed_into_structs() -> None:
     cfg = parse_config(FULL)
     assert cfg.defaults == Defaults(interval=5.0, timeout=0.25)
     assert isinstance(cfg.defaults.interval, float)
-    assert cfg.engine == Engine(concurrency=64, source="192.0.2.10")
+    assert cfg.engine == Engine(concurrency=64, source="127.0.0.9")
     assert cfg.log == Log(format="console", file="/var/log/probe.log")
-    assert cfg.metrics == Metrics(listen="[::1]:9000", probe_allow=("10.0.0.0/8", "2001:db8::/32"))
+    assert cfg.metrics == Metrics(listen="[::1]:9000", probe_allow=("127.0.0.0/8", "2001:db8::/32"))
     assert cfg.targets[0] == TargetConfig(
         address="127.0.0.1:8080",
         name="seed",
@@ -123,9 +123,9 @@ def test_resolved_targets_apply_defaults_and_strip_brackets() -> None:
 def test_helper_views() -> None:
     cfg = parse_config(FULL)
     assert metrics_listen(cfg) == ("::1", 9000)
-    assert engine_source(cfg) == ("192.0.2.10", 0)
+    assert engine_source(cfg) == ("127.0.0.9", 0)
     assert probe_allow_networks(cfg) == (
-        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("2001:db8::/32"),
     )
 
@@ -155,8 +155,8 @@ def test_partial_sections_keep_other_defaults() -> None:
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        ("10.1.2.3", ("10.1.2.3", 0)),
-        ("10.1.2.3:5000", ("10.1.2.3", 5000)),
+        ("127.1.2.3", ("127.1.2.3", 0)),
+        ("127.1.2.3:5000", ("127.1.2.3", 5000)),
         ("::1", ("::1", 0)),
         ("[::1]", ("::1", 0)),
         ("[fe80::1%eth0]:7", ("fe80::1%eth0", 7)),
@@ -251,11 +251,11 @@ def test_out_of_range_numbers(text: str, expected: str) -> None:
         ),
         ("defaults = 3\n", "config.toml: defaults: expected table, got integer 3"),
         (
-            '[metrics]\nprobe_allow = "10.0.0.0/8"\n',
-            'config.toml: metrics.probe_allow: expected array, got string "10.0.0.0/8"',
+            '[metrics]\nprobe_allow = "127.0.0.0/8"\n',
+            'config.toml: metrics.probe_allow: expected array, got string "127.0.0.0/8"',
         ),
         (
-            '[metrics]\nprobe_allow = ["10.0.0.0/8", 3]\n',
+            '[metrics]\nprobe_allow = ["127.0.0.0/8", 3]\n',
             "config.toml: metrics.probe_allow[1]: expected string, got integer 3",
         ),
         (
@@ -334,24 +334,24 @@ def test_missing_address() -> None:
     [
         ("127.0.0.1:70000", "port 70000 out of range 1-65535"),
         ("127.0.0.1:0", "port 0 out of range 1-65535"),
-        ("h:99999999999999999999", "out of range 1-65535"),
-        ("h:http", 'port "http" is not a number'),
-        ("h:+80", 'port "+80" is not a number'),
-        ("h:\u0668\u0660", "is not a number"),  # Arabic-Indic digits are not a port
-        ("127.0.0.1", 'missing port in "127.0.0.1"'),
-        ("h:", "missing port"),
-        (":80", "host is empty"),
-        (" h:80", "contains whitespace or control characters"),
-        ("h\\t:80", "contains whitespace or control characters"),
-        ("::1:80", 'IPv6 addresses need brackets: write "[::1]:80"'),
-        ("fe80::zz:80", 'write IPv6 addresses in brackets, e.g. "[::1]:8080"'),
-        ("[::1]", "missing port after ']'"),
-        ("[::1]:", "missing port"),
+        ("h:99999999999999999999", "bad port '99999999999999999999'"),
+        ("h:http", "bad port 'http': ports are numbers 1-65535"),
+        ("h:+80", "bad port '+80'"),
+        ("h:\u0668\u0660", "ports are numbers 1-65535"),  # Arabic-Indic digits are not a port
+        ("127.0.0.1", "no port for '127.0.0.1': write HOST:PORTS"),
+        ("h:", "no ports after ':' in 'h:'"),
+        (":80", "missing host in ':80'"),
+        (" h:80", "leading or trailing space"),
+        ("h\\t:80", "bad character in host"),
+        ("::1:80", "write IPv6 addresses as [ADDR]:PORTS"),
+        ("fe80::zz:80", "write IPv6 addresses as [ADDR]:PORTS"),
+        ("[::1]", "no port for '[::1]'"),
+        ("[::1]:", "no ports after ':'"),
         ("[::1]x", "after ']'"),
         ("[::1:80", "missing ']'"),
-        ("[1.2.3.4]:80", '"1.2.3.4" inside [...] is not an IPv6 address'),
-        ("[]:80", "host is empty"),
-        ("a]:80", "unbalanced brackets"),
+        ("[1.2.3.4]:80", "bad IPv6 address '1.2.3.4'"),
+        ("[]:80", "bad IPv6 address ''"),
+        ("a]:80", "bad character in host"),
     ],
 )
 def test_bad_target_addresses(address: str, problem: str) -> None:
@@ -401,8 +401,8 @@ def test_bad_label_names(label: str) -> None:
     ("cidr", "problem"),
     [
         ("banana", '"banana" is not a valid CIDR'),
-        ("10.0.0.0/33", "is not a valid CIDR"),
-        ("10.0.0.1/8", 'has host bits set; did you mean "10.0.0.0/8"?'),
+        ("127.0.0.0/33", "is not a valid CIDR"),
+        ("127.0.0.1/8", 'has host bits set; did you mean "127.0.0.0/8"?'),
         ("", '"" is not a valid CIDR'),
     ],
 )
@@ -417,7 +417,8 @@ def test_bad_cidr(cidr: str, problem: str) -> None:
     [
         ("9464", "missing port"),
         ("0.0.0.0:65536", "out of range 0-65535"),
-        ("::1:9464", "IPv6 addresses need brackets"),
+        ("::1:9464", 'IPv6 addresses need brackets: write "[::1]:9464"'),
+        ("::1", 'IPv6 addresses need brackets and a port: write "[::1]:PORT"'),
         ("[::1]", "missing port"),
     ],
 )
@@ -434,10 +435,10 @@ def test_metrics_listen_accepts_hostname_and_port_zero() -> None:
 @pytest.mark.parametrize(
     ("source", "problem"),
     [
-        ("eth0", '"eth0" is not an IP address'),
-        ("10.0.0.1:70000", "out of range"),
-        ("[10.0.0.1]:5", "is not an IPv6 address"),
-        ("10.0.0.1:x", 'port "x" is not a number'),
+        ("eth0", "bad source address 'eth0': give an IP address"),
+        ("127.0.0.1:70000", "out of range"),
+        ("[127.0.0.1]:5", "brackets are for IPv6 addresses"),
+        ("127.0.0.1:x", "bad port 'x'"),
     ],
 )
 def test_bad_engine_source(source: str, problem: str) -> None:
@@ -561,25 +562,13 @@ def toml_value(value: Any) -> str:
     return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
 
 
-KNOWN_KEYS = [
-    "defaults",
-    "engine",
-    "log",
-    "metrics",
-    "targets",
-    "interval",
-    "timeout",
-    "concurrency",
-    "source",
-    "format",
-    "file",
-    "listen",
-    "probe_allow",
-    "address",
-    "name",
-    "labels",
-    "team",
-]
+SECTIONS = {
+    "defaults": ["interval", "timeout"],
+    "engine": ["concurrency", "source"],
+    "log": ["format", "file"],
+    "metrics": ["listen", "probe_allow"],
+}
+TARGET_KEYS = ["address", "name", "interval", "timeout", "labels"]
 PLAUSIBLE_STRINGS = [
     "",
     "json",
@@ -587,34 +576,49 @@ PLAUSIBLE_STRINGS = [
     "127.0.0.1:80",
     "[::1]:80",
     "::1",
-    "10.0.0.0/8",
-    "10.0.0.1/8",
+    "127.0.0.1",
+    "127.0.0.0/8",
+    "127.0.0.1/8",
     "h:0",
     "h:65536",
     "[::1",
+    "team",
     "a-b",
 ]
-keys = st.sampled_from(KNOWN_KEYS) | st.text(max_size=8)
 scalars = (
     st.sampled_from(PLAUSIBLE_STRINGS)
     | st.text(max_size=12)
     | st.integers()
+    | st.integers(-2, 70000)
     | st.floats()
     | st.booleans()
     | st.datetimes()
     | st.dates()
 )
+junk_keys = st.sampled_from(PLAUSIBLE_STRINGS) | st.text(max_size=8)
 junk = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
-    max_leaves=20,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(junk_keys, inner, max_size=4),
+    max_leaves=12,
 )
-target_like = st.dictionaries(keys, junk, max_size=6) | junk
-document = st.dictionaries(
-    keys,
-    st.dictionaries(keys, junk, max_size=5) | st.lists(target_like, max_size=4) | junk,
-    max_size=6,
-)
+
+
+def section(names: list[str]) -> st.SearchStrategy[Any]:
+    """Mostly the right keys with junk values, sometimes a stray key or a non-table."""
+    return (
+        st.dictionaries(st.sampled_from(names), junk, max_size=len(names))
+        | st.dictionaries(st.sampled_from(names) | junk_keys, junk, max_size=3)
+        | junk
+    )
+
+
+document = st.fixed_dictionaries(
+    {},
+    optional={
+        **{name: section(keys) for name, keys in SECTIONS.items()},
+        "targets": st.lists(section(TARGET_KEYS), max_size=4) | junk,
+    },
+) | st.dictionaries(junk_keys | st.sampled_from(list(SECTIONS)), junk, max_size=4)
 
 
 @settings(max_examples=300)

@@ -1,0 +1,120 @@
+"""The daemon's schedule: each target at a fixed rate, on a phase derived from the target.
+
+The n-th attempt of a target starts at `phase + n * interval` on the wall clock, so a slow
+attempt or a busy moment never makes the schedule drift, and a restart (or a reload that
+leaves the target alone) keeps the same instants. Phases are spread across the interval by
+a hash of the target, so ten thousand targets never fire in one burst. A target whose
+previous attempt is still running skips its slot; the skip is counted, not queued.
+
+This module is arithmetic and a heap, with the clock passed in: it can be tested without a
+loop, and the daemon drives it with one timer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def phase_of(key: str, interval: float) -> float:
+    """A stable offset in [0, interval) for this target: the same key, the same phase."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * interval
+
+
+def next_start(now: float, phase: float, interval: float) -> float:
+    """The first slot `phase + n * interval` at or after `now`."""
+    n = math.ceil((now - phase) / interval)
+    return phase + n * interval
+
+
+@dataclass(eq=False)
+class Job(Generic[T]):
+    """One scheduled target. `running` is set by whoever starts its attempt."""
+
+    key: str
+    interval: float
+    item: T
+    phase: float = 0.0
+    due: float = 0.0
+    running: bool = False
+    skipped: int = 0  # slots missed because the previous attempt was still running
+    active: bool = True  # False once removed: stale heap entries are dropped lazily
+
+
+@dataclass
+class Schedule(Generic[T]):
+    """Jobs in a heap by their next slot."""
+
+    jobs: dict[str, Job[T]] = field(default_factory=dict)
+    _heap: list[tuple[float, int, Job[T]]] = field(default_factory=list)
+    _seq: int = 0
+
+    def _push(self, job: Job[T]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (job.due, self._seq, job))
+
+    def update(
+        self, items: Iterable[tuple[str, float, T]], now: float
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Replace the job list. (key, interval, item) triples; the key identifies a target
+        and must include everything that changes its schedule. Returns (added, removed,
+        kept): kept jobs keep their phase, their next slot and their running state."""
+        new: dict[str, Job[T]] = {}
+        added: list[str] = []
+        kept: list[str] = []
+        for key, interval, item in items:
+            job = self.jobs.get(key)
+            if job is not None and job.interval == interval:
+                job.item = item
+                new[key] = job
+                kept.append(key)
+                continue
+            job = Job(key, interval, item, phase=phase_of(key, interval))
+            job.due = next_start(now, job.phase, interval)
+            new[key] = job
+            self._push(job)
+            added.append(key)
+        removed = [key for key in self.jobs if key not in new]
+        for key in removed:
+            self.jobs[key].active = False
+        self.jobs = new
+        if len(self._heap) > 2 * len(new) + 64:
+            self._heap = [entry for entry in self._heap if entry[2].active]
+            heapq.heapify(self._heap)
+        return added, removed, kept
+
+    def next_due(self) -> float | None:
+        heap = self._heap
+        while heap and not heap[0][2].active:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop_due(self, now: float) -> list[tuple[Job[T], float, bool]]:
+        """Jobs whose slot has come: (job, planned time, start?). A job still running from
+        its last slot is skipped (counted in `job.skipped`); every job moves on to its next
+        slot after `now`, so a stall is never followed by a burst of make-up attempts."""
+        heap = self._heap
+        popped: list[tuple[Job[T], float, bool]] = []
+        while heap and heap[0][0] <= now:
+            planned, _, job = heapq.heappop(heap)
+            if not job.active or planned != job.due:
+                continue
+            start = not job.running
+            if not start:
+                job.skipped += 1
+            nxt = planned + job.interval
+            if nxt <= now:  # we were stalled past whole intervals: those slots are gone
+                missed = math.floor((now - planned) / job.interval)
+                job.skipped += missed
+                nxt = planned + (missed + 1) * job.interval
+            job.due = nxt
+            self._push(job)
+            popped.append((job, planned, start))
+        return popped

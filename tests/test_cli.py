@@ -1,0 +1,656 @@
+"""`probe check` end to end: the console script in a subprocess against real loopback sockets
+(and, with root, inside a throwaway network namespace)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    FullQueueListener,
+    Netns,
+    RecordingListener,
+    closed_port,
+    probe_cmd,
+)
+
+RUN_TIMEOUT = 30
+
+KEYS = {
+    "event",
+    "timestamp",
+    "target",
+    "host",
+    "port",
+    "address",
+    "family",
+    "local_address",
+    "local_port",
+    "outcome",
+    "error",
+    "latency_ms",
+    "rtt_ms",
+    "attempt",
+}
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+MS = r"\d+\.\d\d ms"
+RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"
+
+
+def probe(
+    *args: str, input: str | None = None, cwd: Path | None = None, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*probe_cmd(), *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def records(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line as a record: anything that is not one fails the test."""
+    out = []
+    assert stdout == "" or stdout.endswith("\n"), "last stdout line is cut"
+    for line in stdout.splitlines():
+        rec = json.loads(line)
+        assert isinstance(rec, dict), line
+        check_record(rec)
+        out.append(rec)
+    return out
+
+
+def check_record(rec: dict[str, Any]) -> None:
+    assert set(rec) == KEYS
+    assert rec["event"] == "probe"
+    assert TIMESTAMP.fullmatch(rec["timestamp"]), rec["timestamp"]
+    assert isinstance(rec["port"], int) and 1 <= rec["port"] <= 65535
+    assert rec["outcome"] in ("open", "refused", "timeout", "unreachable", "error")
+    assert rec["family"] in ("ipv4", "ipv6", None)
+    assert isinstance(rec["latency_ms"], int | float) and rec["latency_ms"] >= 0
+    assert isinstance(rec["attempt"], int) and rec["attempt"] >= 1
+    if rec["outcome"] == "open":
+        assert rec["error"] is None
+    else:
+        assert isinstance(rec["error"], str) and rec["error"]
+        assert rec["rtt_ms"] is None
+    if rec["outcome"] in ("open", "refused", "timeout", "unreachable"):
+        assert isinstance(rec["local_port"], int) and 1 <= rec["local_port"] <= 65535
+        assert isinstance(rec["local_address"], str)
+        assert isinstance(rec["address"], str)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The run ended in exit 2 with exactly one line on stderr and no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody has bound right now (not held: for `-s ADDR:PORT`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# -- --json records --------------------------------------------------------------------------
+
+
+def test_json_open_record_is_the_listeners_peer(listener: RecordingListener) -> None:
+    result = probe("check", listener.target, "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    [rec] = records(result.stdout)
+    assert rec["target"] == listener.target
+    assert rec["host"] == "127.0.0.1"
+    assert rec["port"] == listener.port
+    assert rec["address"] == "127.0.0.1"
+    assert rec["family"] == "ipv4"
+    assert rec["outcome"] == "open"
+    assert rec["error"] is None
+    assert rec["attempt"] == 1
+    if sys.platform == "linux":
+        assert isinstance(rec["rtt_ms"], int | float)
+    peers = listener.wait_peers(1)
+    assert (rec["local_address"], rec["local_port"]) in peers
+
+
+def test_json_repeat_every_attempt_is_a_peer(listener: RecordingListener) -> None:
+    result = probe("check", listener.target, "-c", "3", "-i", "0.01", "--json")
+    assert result.returncode == 0, result.stderr
+    recs = records(result.stdout)
+    assert [r["attempt"] for r in recs] == [1, 2, 3]
+    peers = listener.wait_peers(3)
+    for rec in recs:
+        assert rec["outcome"] == "open"
+        assert (rec["local_address"], rec["local_port"]) in peers
+
+
+def test_json_refused_has_local_port() -> None:
+    port = closed_port()
+    result = probe("check", f"127.0.0.1:{port}", "--json")
+    assert result.returncode == 1
+    [rec] = records(result.stdout)
+    assert rec["outcome"] == "refused"
+    assert rec["error"] == "ECONNREFUSED"
+    assert rec["local_address"] == "127.0.0.1"
+    assert isinstance(rec["local_port"], int)
+    assert rec["local_port"] != port
+
+
+def test_json_timeout_has_local_port(full_queue: FullQueueListener) -> None:
+    result = probe("check", full_queue.target, "-t", "0.3", "--json")
+    assert result.returncode == 1
+    [rec] = records(result.stdout)
+    assert rec["outcome"] == "timeout"
+    assert rec["error"] == "ETIMEDOUT"
+    assert rec["local_address"] == "127.0.0.1"
+    assert isinstance(rec["local_port"], int)
+    assert rec["latency_ms"] >= 250  # the time waited, not the time to give up early
+
+
+def test_json_retries_after_timeout(full_queue: FullQueueListener) -> None:
+    result = probe("check", full_queue.target, "-t", "0.2", "--retries", "2", "--json")
+    assert result.returncode == 1
+    recs = records(result.stdout)
+    assert [r["attempt"] for r in recs] == [1, 2, 3]
+    assert {r["outcome"] for r in recs} == {"timeout"}
+
+
+def test_family_mismatch_of_literal_is_error_record(listener: RecordingListener) -> None:
+    result = probe("check", "-6", listener.target, "--json")
+    assert result.returncode == 1
+    [rec] = records(result.stdout)
+    assert rec["outcome"] == "error"
+    assert rec["address"] is None
+    assert rec["local_port"] is None
+    assert listener.wait_peers(1, timeout=0.2) == []
+
+
+# -- exit codes ------------------------------------------------------------------------------
+
+
+def test_exit_0_when_every_target_open(listener: RecordingListener) -> None:
+    other = RecordingListener()
+    try:
+        result = probe("check", listener.target, other.target, "--json")
+    finally:
+        other.close()
+    assert result.returncode == 0, result.stderr
+    assert [r["outcome"] for r in records(result.stdout)] == ["open", "open"]
+
+
+def test_exit_1_when_one_target_has_no_open(listener: RecordingListener) -> None:
+    closed = f"127.0.0.1:{closed_port()}"
+    result = probe("check", listener.target, closed, "--json")
+    assert result.returncode == 1
+    assert sorted(r["outcome"] for r in records(result.stdout)) == ["open", "refused"]
+    human = probe("check", listener.target, closed)
+    assert human.returncode == 1
+
+
+T = "{closed}"  # replaced by a verified closed port: should a usage error be missed, no harm
+
+USAGE_ERRORS: list[tuple[list[str], list[str]]] = [
+    (["check", "127.0.0.1:99999"], ["99999"]),
+    (["check", "127.0.0.1:0"], ["port 0"]),
+    (["check", "127.0.0.1:a-b"], ["a-b"]),
+    (["check", "127.0.0.1:80-70"], ["80-70"]),
+    (["check", "127.0.0.1"], ["127.0.0.1"]),  # no port and no -p
+    (["check", "-p", "x", "127.0.0.1"], ["-p", "'x'"]),
+    (["check", "-p", "70000", "127.0.0.1"], ["70000"]),
+    (["check", "-p", "", "127.0.0.1"], ["-p"]),
+    (["check", "-t", "0", T], ["-t", "'0'"]),
+    (["check", "-t", "-1", T], ["-t"]),
+    (["check", "--timeout=-1", T], ["--timeout", "-1"]),
+    (["check", "-t", "abc", T], ["-t", "abc"]),
+    (["check", "-t", "nan", T], ["-t", "nan"]),
+    (["check", "-t", "inf", T], ["-t", "inf"]),
+    (["check", "-c", "0", T], ["-c", "'0'"]),
+    (["check", "-c", "1.5", T], ["-c", "1.5"]),
+    (["check", "-C", "0", T], ["-C", "'0'"]),
+    (["check", "--rate", "0", T], ["--rate", "'0'"]),
+    (["check", "--retries", "-1", T], ["--retries"]),
+    (["check", "--retries=-1", T], ["--retries", "-1"]),
+    (["check", "-i", "x", T], ["-i", "'x'"]),
+    (["check", "-4", "-6", T], ["-4", "-6"]),
+    (["check", "-s", "notanip", T], ["-s", "notanip"]),
+    (["check", "-s", "127.0.0.1:99999", T], ["-s", "99999"]),
+    (["check", "-4", "-s", "::1", T], ["-s", "::1"]),
+    (["check", "-6", "-s", "127.0.0.2", T], ["-s", "127.0.0.2"]),
+    (["check", "--bogus", T], ["--bogus"]),
+    (["check"], ["no targets"]),
+    (["check", "--json"], ["no targets"]),
+    (["check", "@missing-file.txt"], ["missing-file.txt"]),
+    (["check", "@"], ["@"]),
+    (["check", "[::1"], ["[::1"]),
+    (["check", "[::1]80"], ["[::1]80"]),
+    (["check", "::1:80"], ["::1:80"]),
+    (["check", "ho\nst:80"], ["bad character"]),
+    (["check", T, "127.0.0.1:x"], ["'x'"]),  # the second token is bad
+    ([], ["COMMAND"]),
+    (["frobnicate"], ["frobnicate"]),
+    (["validate", "/nonexistent.toml"], ["/nonexistent.toml"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"), USAGE_ERRORS, ids=[" ".join(a) or "(none)" for a, _ in USAGE_ERRORS]
+)
+def test_usage_error_is_one_line_naming_the_token(
+    args: list[str], named: list[str], tmp_path: Path
+) -> None:
+    closed = f"127.0.0.1:{closed_port()}"
+    result = probe(*[closed if a == T else a for a in args], cwd=tmp_path)
+    line = one_line_error(result)
+    assert result.stdout == ""
+    for token in named:
+        assert token in line, line
+
+
+@pytest.mark.parametrize("flag", ["-t", "--retries", "-c"])
+def test_negative_value_is_named(flag: str) -> None:
+    line = one_line_error(probe("check", flag, "-1", f"127.0.0.1:{closed_port()}"))
+    assert "-1" in line
+
+
+def test_huge_source_port_is_usage_error() -> None:
+    one_line_error(probe("check", "-s", "127.0.0.1:" + "9" * 5000, f"127.0.0.1:{closed_port()}"))
+
+
+def test_empty_stdin_is_no_targets() -> None:
+    result = probe("check", "-", "--json", input="")
+    assert "no targets" in one_line_error(result)
+    assert result.stdout == ""
+    result = probe("check", "-", "--json", input="# only a comment\n\n")
+    assert "no targets" in one_line_error(result)
+
+
+def test_bad_line_3_of_target_file(tmp_path: Path) -> None:
+    first, second = closed_port(), closed_port()
+    listing = tmp_path / "targets.txt"
+    listing.write_text(f"127.0.0.1:{first}\n127.0.0.1:{second}\n127.0.0.1:nope\n127.0.0.1:1\n")
+    result = probe("check", f"@{listing}", "--json")
+    line = one_line_error(result)
+    assert str(listing) in line
+    assert "line 3" in line
+    assert "nope" in line
+    recs = records(result.stdout)
+    assert sorted(r["port"] for r in recs) == sorted([first, second])  # lines 1-2 were probed
+
+
+def test_validate_missing_file_names_it() -> None:
+    line = one_line_error(probe("validate", "/nonexistent.toml"))
+    assert "/nonexistent.toml" in line
+
+
+# -- human output ----------------------------------------------------------------------------
+
+
+def test_human_single_line(listener: RecordingListener) -> None:
+    result = probe("check", listener.target)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    [line] = result.stdout.splitlines()
+    match = re.fullmatch(
+        rf"127\.0\.0\.1:{listener.port}  open     local 127\.0\.0\.1:(\d+)  {MS}{RTT}", line
+    )
+    assert match, line
+    assert ("127.0.0.1", int(match.group(1))) in listener.wait_peers(1)
+
+
+def test_human_refused_line() -> None:
+    port = closed_port()
+    result = probe("check", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    [line] = result.stdout.splitlines()
+    assert re.fullmatch(rf"127\.0\.0\.1:{port}  refused  local 127\.0\.0\.1:\d+  {MS}", line), line
+
+
+def test_human_repeat_summary(listener: RecordingListener) -> None:
+    result = probe("check", listener.target, "-c", "3", "-i", "0.05")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6, lines
+    line_re = rf"127\.0\.0\.1:{listener.port}  open     local 127\.0\.0\.1:(\d+)  {MS}{RTT}"
+    peers = listener.wait_peers(3)
+    for line in lines[:3]:
+        match = re.fullmatch(line_re, line)
+        assert match, line
+        assert ("127.0.0.1", int(match.group(1))) in peers
+    assert listener.target in lines[3]
+    assert lines[4].startswith("3 attempts, 3 open")
+    stats = re.fullmatch(
+        r"latency min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", lines[5]
+    )
+    assert stats, lines[5]
+    low, avg, high, mdev = map(float, stats.groups())
+    assert low <= avg <= high
+    assert mdev >= 0
+
+
+def test_human_sweep_shows_only_open(listener: RecordingListener) -> None:
+    closed = [closed_port() for _ in range(40)]
+    ports = ",".join(str(p) for p in [*closed[:20], listener.port, *closed[20:]])
+    result = probe("check", f"127.0.0.1:{ports}")
+    assert result.returncode == 1  # the closed ports have no open attempt
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(rf"127\.0\.0\.1:{listener.port}  open     local .*", lines[0]), lines[0]
+    assert "41 attempts" in lines[1]
+    assert "1 open" in lines[1]
+    assert "40 refused" in lines[1]
+    assert lines[1].endswith("not shown")
+
+
+# -- pipes and signals -----------------------------------------------------------------------
+
+
+class _Lines:
+    """Reads a child's stdout on a thread so the test can wait for lines with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            self.lines.put(line)
+        self.lines.put("")  # EOF
+
+    def get(self, timeout: float = 10.0) -> str:
+        return self.lines.get(timeout=timeout)
+
+    def rest(self) -> list[str]:
+        self.thread.join(10)
+        out = []
+        while True:
+            line = self.lines.get_nowait() if not self.lines.empty() else ""
+            if not line:
+                return out
+            out.append(line)
+
+
+@pytest.mark.parametrize("fmt", ["json", "human"])
+def test_reader_leaves_after_one_line_quietly(fmt: str, listener: RecordingListener) -> None:
+    # `probe check ... | head -1`: enough attempts that probe is still writing afterwards.
+    args = ["check", listener.target, "-c", "1000", "-i", "0.01"]
+    if fmt == "json":
+        args.append("--json")
+    proc = subprocess.Popen(
+        [*probe_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert listener.target in first
+        proc.stdout.close()
+        code = proc.wait(timeout=20)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in stderr
+    assert stderr == ""
+    assert code not in (0, 2), code  # it stopped at the broken pipe, and not as an error
+
+
+def test_sigint_writes_whole_records_and_exits_130(full_queue: FullQueueListener) -> None:
+    proc = subprocess.Popen(
+        [
+            *probe_cmd(),
+            "check",
+            full_queue.target,
+            "-c",
+            "1000",
+            "-i",
+            "0.05",
+            "-t",
+            "0.2",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        reader = _Lines(proc)
+        seen = [reader.get(), reader.get()]  # records are coming
+        assert all(seen)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+        lines = seen + reader.rest()
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130, (code, stderr)
+    assert "Traceback" not in stderr
+    recs = records("".join(lines))
+    assert len(recs) >= 2
+    assert {r["outcome"] for r in recs} == {"timeout"}
+    assert [r["attempt"] for r in recs] == list(range(1, len(recs) + 1))
+
+
+# -- source, families, target lists ---------------------------------------------------------
+
+
+def test_source_address(listener: RecordingListener) -> None:
+    result = probe("check", "-s", "127.0.0.2", listener.target, "--json")
+    assert result.returncode == 0, result.stderr
+    [rec] = records(result.stdout)
+    assert rec["local_address"] == "127.0.0.2"
+    assert ("127.0.0.2", rec["local_port"]) in listener.wait_peers(1)
+
+
+def test_source_address_and_port(listener: RecordingListener) -> None:
+    port = free_port("127.0.0.2")
+    result = probe("check", "-s", f"127.0.0.2:{port}", listener.target, "--json")
+    assert result.returncode == 0, result.stderr
+    [rec] = records(result.stdout)
+    assert (rec["local_address"], rec["local_port"]) == ("127.0.0.2", port)
+    assert ("127.0.0.2", port) in listener.wait_peers(1)
+
+
+def test_ipv4_only_name(listener: RecordingListener) -> None:
+    # localhost is in /etc/hosts as 127.0.0.1: -4 keeps the lookup off the DNS server.
+    result = probe("check", "-4", f"localhost:{listener.port}", "--json")
+    assert result.returncode == 0, result.stderr
+    [rec] = records(result.stdout)
+    assert rec["target"] == f"localhost:{listener.port}"
+    assert rec["host"] == "localhost"
+    assert rec["address"] == "127.0.0.1"
+    assert rec["family"] == "ipv4"
+    assert (rec["local_address"], rec["local_port"]) in listener.wait_peers(1)
+
+
+def test_ipv6(listener6: RecordingListener) -> None:
+    result = probe("check", f"[::1]:{listener6.port}", "--json")
+    assert result.returncode == 0, result.stderr
+    [rec] = records(result.stdout)
+    assert rec["target"] == f"[::1]:{listener6.port}"
+    assert rec["host"] == "::1"
+    assert rec["address"] == "::1"
+    assert rec["family"] == "ipv6"
+    assert rec["local_address"] == "::1"
+    assert ("::1", rec["local_port"]) in listener6.wait_peers(1)
+
+
+def test_ipv6_bare_with_ports_flag_and_human(listener6: RecordingListener) -> None:
+    result = probe("check", "-6", "-p", str(listener6.port), "::1")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert re.fullmatch(
+        rf"\[::1\]:{listener6.port}  open     local \[::1\]:\d+  {MS}{RTT}", line
+    ), line
+
+
+def test_ipv6_source(listener6: RecordingListener) -> None:
+    result = probe("check", "-s", "::1", listener6.target, "--json")
+    assert result.returncode == 0, result.stderr
+    [rec] = records(result.stdout)
+    assert rec["local_address"] == "::1"
+
+
+def test_stdin_target_list(listener: RecordingListener) -> None:
+    closed = closed_port()
+    text = f"# from stdin\n{listener.target}\n\n127.0.0.1:{closed}  # a closed one\n"
+    result = probe("check", "-", "--json", input=text)
+    assert result.returncode == 1, result.stderr
+    recs = records(result.stdout)
+    assert {(r["port"], r["outcome"]) for r in recs} == {
+        (listener.port, "open"),
+        (closed, "refused"),
+    }
+
+
+def test_target_file_with_comments(listener: RecordingListener, tmp_path: Path) -> None:
+    listing = tmp_path / "targets.txt"
+    listing.write_text(f"# comment\n\n   # indented\n{listener.target}   # trailing\n127.0.0.1\n")
+    result = probe("check", "-p", str(listener.port), f"@{listing}", "--json")
+    assert result.returncode == 0, result.stderr
+    recs = records(result.stdout)
+    assert [r["outcome"] for r in recs] == ["open", "open"]
+    assert {r["target"] for r in recs} == {listener.target}
+
+
+def test_mixed_sources_in_order(listener: RecordingListener, tmp_path: Path) -> None:
+    a, b, c = closed_port(), closed_port(), closed_port()
+    listing = tmp_path / "t.txt"
+    listing.write_text(f"127.0.0.1:{b}\n")
+    result = probe(
+        "check",
+        f"127.0.0.1:{a}",
+        f"@{listing}",
+        "-",
+        listener.target,
+        "--json",
+        "-C",
+        "1",
+        input=f"127.0.0.1:{c}\n",
+    )
+    assert result.returncode == 1, result.stderr
+    assert [r["port"] for r in records(result.stdout)] == [a, b, c, listener.port]
+
+
+# -- inside a network namespace --------------------------------------------------------------
+
+NS_LISTENERS = """
+import socket, sys, threading
+socks = []
+for _ in range(3):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4096)
+    socks.append(s)
+def serve(s):
+    while True:
+        conn, _ = s.accept()
+        conn.close()
+for s in socks:
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_full_sweep_in_namespace(netns: Netns) -> None:
+    server = netns.popen(
+        sys.executable, "-c", NS_LISTENERS, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        open_ports = {int(p) for p in server.stdout.readline().split()}
+        assert len(open_ports) == 3
+        result = subprocess.run(
+            [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p", "1-65535", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.kill()
+        server.wait()
+    assert "Traceback" not in result.stderr
+    assert result.returncode in (0, 1), result.stderr  # 1: most ports have no open attempt
+    recs = records(result.stdout)
+    assert len(recs) == 65535
+    assert sorted(r["port"] for r in recs) == list(range(1, 65536))
+    assert {r["port"] for r in recs if r["outcome"] == "open"} == open_ports
+    others = {(r["outcome"], r["error"]) for r in recs if r["port"] not in open_ports}
+    assert others == {("refused", "ECONNREFUSED")}
+    for rec in recs:
+        assert isinstance(rec["local_port"], int)
+        assert rec["local_address"] == "127.0.0.1"
+        assert rec["target"] == f"127.0.0.1:{rec['port']}"
+
+
+def test_unresolvable_name_in_namespace(netns: Netns) -> None:
+    # Only `lo` exists in the namespace and its resolver points at 127.0.0.1, where nothing
+    # answers: the lookup fails here and cannot reach the machine's DNS server.
+    etc_netns = Path("/etc/netns")
+    created_parent = not etc_netns.exists()
+    ns_etc = etc_netns / netns.name
+    ns_etc.mkdir(parents=True)
+    try:
+        (ns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        seen = netns.run("cat", "/etc/resolv.conf").stdout
+        assert seen.split() == ["nameserver", "127.0.0.1"], seen
+        result = subprocess.run(
+            [
+                *netns.prefix(),
+                *probe_cmd(),
+                "check",
+                "no-such-host.invalid:80",
+                "-c",
+                "2",
+                "-i",
+                "0.01",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(ns_etc, ignore_errors=True)
+        if created_parent:
+            with contextlib.suppress(OSError):  # someone else's namespace files are there now
+                os.rmdir(etc_netns)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    recs = records(result.stdout)
+    assert [r["attempt"] for r in recs] == [1, 2]
+    for rec in recs:
+        assert rec["target"] == "no-such-host.invalid:80"
+        assert rec["host"] == "no-such-host.invalid"
+        assert rec["outcome"] == "error"
+        assert rec["error"] in ("EAI_NONAME", "EAI_AGAIN", "EAI_NODATA", "EAI_FAIL")
+        assert rec["address"] is None
+        assert rec["family"] is None
+        assert rec["local_address"] is None
+        assert rec["local_port"] is None
