@@ -39,7 +39,7 @@ from .metrics import CONTENT_TYPE, Metrics, probe_exposition
 from .record import OPEN, Record, unresolved_record
 from .resolve import Address, ResolveError, Resolver
 from .scheduler import Job, Schedule
-from .sinks import RecordWriter, SinkError, configure, event_logger, stdout_writer
+from .sinks import SinkError, configure, event_logger, stdout_writer
 from .targets import Endpoint, TargetError, parse_target
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -77,7 +77,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
         try:
-            self.writer = RecordWriter(path=cfg.log.file) if cfg.log.file else stdout_writer()
+            self.writer = stdout_writer(cfg.log.file or None)
         except SinkError as exc:
             return self._fail(str(exc), EXIT_CONFIG)
         source = engine_source(cfg)
@@ -386,6 +386,8 @@ class Daemon:
             engine.drop_queued()
             # Every attempt in flight ends by its own deadline; this bound is a safety net.
             timeouts = [job.item.timeout for job in self.schedule.jobs.values()]
+            if self.http is not None:
+                timeouts.append(PROBE_TIMEOUT_MAX)  # a GET /probe may ask for this long
             longest = max([engine.options.timeout, *timeouts])
             with contextlib.suppress(TimeoutError, SinkError):
                 await asyncio.wait_for(engine.drain(), timeout=longest + 1.0)

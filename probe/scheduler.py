@@ -25,13 +25,21 @@ T = TypeVar("T")
 def phase_of(key: str, interval: float) -> float:
     """A stable offset in [0, interval) for this target: the same key, the same phase."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 * interval
+    fraction = (int.from_bytes(digest, "big") >> 11) / 2**53  # 53 bits: exactly below 1.0
+    return min(fraction * interval, math.nextafter(interval, 0.0))
+
+
+def slot_index(now: float, phase: float, interval: float) -> int:
+    """n of the first slot `phase + n * interval` at or after `now`, exact at the boundary."""
+    n = math.ceil((now - phase) / interval)
+    if phase + (n - 1) * interval >= now:  # the division rounded up past an exact slot
+        n -= 1
+    return n
 
 
 def next_start(now: float, phase: float, interval: float) -> float:
     """The first slot `phase + n * interval` at or after `now`."""
-    n = math.ceil((now - phase) / interval)
-    return phase + n * interval
+    return phase + slot_index(now, phase, interval) * interval
 
 
 @dataclass(eq=False)
@@ -42,6 +50,7 @@ class Job(Generic[T]):
     interval: float
     item: T
     phase: float = 0.0
+    slot: int = 0  # index of the next slot: due = phase + slot * interval, never a running sum
     due: float = 0.0
     running: bool = False
     skipped: int = 0  # slots missed because the previous attempt was still running
@@ -76,8 +85,11 @@ class Schedule(Generic[T]):
                 new[key] = job
                 kept.append(key)
                 continue
+            if job is not None:
+                job.active = False  # same target, new interval: the old grid ends here
             job = Job(key, interval, item, phase=phase_of(key, interval))
-            job.due = next_start(now, job.phase, interval)
+            job.slot = slot_index(now, job.phase, interval)
+            job.due = job.phase + job.slot * interval
             new[key] = job
             self._push(job)
             added.append(key)
@@ -109,12 +121,13 @@ class Schedule(Generic[T]):
             start = not job.running
             if not start:
                 job.skipped += 1
-            nxt = planned + job.interval
-            if nxt <= now:  # we were stalled past whole intervals: those slots are gone
-                missed = math.floor((now - planned) / job.interval)
-                job.skipped += missed
-                nxt = planned + (missed + 1) * job.interval
-            job.due = nxt
+            # The next slot after now; slots passed over while we were stalled are gone.
+            nxt = max(job.slot + 1, slot_index(now, job.phase, job.interval))
+            while job.phase + nxt * job.interval <= now:
+                nxt += 1
+            job.skipped += nxt - job.slot - 1
+            job.slot = nxt
+            job.due = job.phase + nxt * job.interval
             self._push(job)
             popped.append((job, planned, start))
         return popped

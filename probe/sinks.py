@@ -33,17 +33,12 @@ class SinkClosed(SinkError):
 class RecordWriter:
     """Buffered byte lines to a file or stream; reopenable for SIGHUP log rotation."""
 
-    def __init__(
-        self, path: str | None = None, stream: BinaryIO | None = None, name: str = ""
-    ) -> None:
+    def __init__(self, stream: BinaryIO, path: str | None = None) -> None:
+        """`stream` (standard output) is where records go while `path` is None."""
+        self._stdout = stream
         self.path = path
-        self.name = name or path or "standard output"
-        if stream is None:
-            if path is None:
-                raise ValueError("RecordWriter needs a path or a stream")
-            stream = self._open(path)
-        self._origin = stream  # what retarget(None) returns to
-        self._stream: BinaryIO = stream
+        self._stream: BinaryIO = stream if path is None else self._open(path)
+        self.name = path or "standard output"
 
     @staticmethod
     def _open(path: str) -> BinaryIO:
@@ -72,19 +67,15 @@ class RecordWriter:
             self.retarget(self.path)
 
     def retarget(self, path: str | None) -> None:
-        """Write to another file from now on (None: back to the stream we started with).
-        The new file is opened before the old one is let go, so a bad path changes nothing."""
+        """Write to another file from now on (None: standard output). The new file is
+        opened before the old one is let go, so a bad path changes nothing."""
         if path is None and self.path is None:
             return
+        new = self._stdout if path is None else self._open(path)
         self.flush()
-        if path is None:
-            new, self.path = self._origin, None
-        else:
-            new = self._open(path)
-            self.path = path
-        old, self._stream = self._stream, new
-        self.name = self.path or "standard output"
-        if old is not self._origin:
+        old, self._stream, self.path = self._stream, new, path
+        self.name = path or "standard output"
+        if old is not self._stdout:
             old.close()
 
     def close(self) -> None:
@@ -191,7 +182,8 @@ def event_logger() -> Any:
     return structlog.get_logger()
 
 
-def stdout_writer() -> RecordWriter:
-    """Standard output as raw bytes, not through sys.stdout's text layer."""
+def stdout_writer(path: str | None = None) -> RecordWriter:
+    """Records to `path`, or to standard output as raw bytes (not through sys.stdout's
+    text layer) while there is none."""
     stream = io.open(os.dup(1), "wb", buffering=1 << 16)  # noqa: SIM115, UP020
-    return RecordWriter(stream=stream)
+    return RecordWriter(stream, path)
