@@ -9,14 +9,17 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any, BinaryIO
 
 from . import loop as event_loop
 from .check import CheckResult, run_check
 from .cli import EXIT_INTERRUPTED, EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
 from .engine import Engine, EngineOptions, LocalShortage, check_source
 from .limits import fit_concurrency
-from .record import Record
+from .record import OPEN, Record
 from .report import LIST_LIMIT, HumanReport
 from .resolve import Resolver
 from .sinks import RecordWriter, SinkClosed, SinkError, configure, stdout_writer
@@ -29,7 +32,9 @@ from .targets import (
     parse_ports,
     parse_source,
     parse_target,
+    shard,
 )
+from .workers import run_workers, usable_cpus
 
 FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record
 PROGRESS_EVERY = 1.0
@@ -53,6 +58,12 @@ class CheckCommand:
             source=self.source,
             graceful_close=args.graceful_close,
         )
+        self.workers = self._workers(args.workers)
+        self.shard: tuple[int, int] | None = None  # (index, count) inside a worker process
+        self.progress: Callable[[int, int], None] | None = None  # a worker's progress report
+        self.summary = True  # a worker leaves the summary and errors to the parent
+        self.result: CheckResult | None = None
+        self.outcomes: Counter[str] = Counter()
         self.interrupted = False
         self.error: str | None = None
         self.code = EXIT_OK
@@ -108,6 +119,14 @@ class CheckCommand:
             raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
         return address, port
 
+    def _workers(self, requested: int | None) -> int:
+        """Worker processes: one per usable CPU for sweeps. A few attempts gain nothing from
+        them, and standard input can be read by one process only."""
+        wanted = usable_cpus() if requested is None else requested
+        if self.list_mode or "-" in self.args.targets:
+            return 1
+        return max(1, min(wanted, self.concurrency))
+
     @staticmethod
     def _concurrency(requested: int | None) -> int:
         concurrency, room = fit_concurrency(requested)
@@ -121,7 +140,74 @@ class CheckCommand:
     # -- running ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        writer = stdout_writer()
+        if self.workers > 1:
+            return self._run_workers()
+        return self._run(stdout_writer())
+
+    def _run_workers(self) -> int:
+        """Fork one worker per share of the sweep; merge their lines; sum their results."""
+        out = stdout_writer()
+        n = self.workers
+        self.options = replace(
+            self.options,
+            concurrency=-(-self.options.concurrency // n),
+            rate=None if self.options.rate is None else self.options.rate / n,
+        )
+        started = time.monotonic()
+        bar = _Progress(started) if not self.args.json and sys.stderr.isatty() else None
+        merged = run_workers(n, self._worker, out, bar.show if bar else None)
+        if bar is not None:
+            bar.clear()
+        if merged.pipe_closed:
+            return _quiet_pipe()
+        results = merged.results
+        self.interrupted = merged.interrupted or any(r["interrupted"] for r in results)
+        errors = [r["error"] for r in results if r["error"]] + [merged.sink_error or ""]
+        self.error = next((e for e in errors if e), None)
+        if len(results) < n and not self.interrupted and not self.error:
+            self.error = "a worker process died"
+        targets = sum(r["targets"] for r in results)
+        without_open = sum(r["targets_without_open"] for r in results)
+        if self.error:
+            self.code = EXIT_USAGE
+        elif targets == 0 and not self.interrupted:
+            self.error, self.code = "no targets in the input", EXIT_USAGE
+        elif without_open:
+            self.code = EXIT_NO_OPEN
+        try:
+            if not self.args.json and not self.error:
+                report = HumanReport(lambda _: None, False, self.args.count)
+                for r in results:
+                    report.outcomes.update(r["outcomes"])
+                for line in report.summary(time.monotonic() - started):
+                    out.msg(line.encode())
+            out.close()
+        except SinkClosed:
+            return _quiet_pipe()
+        except SinkError as exc:
+            self.error, self.code = self.error or str(exc), EXIT_USAGE
+        if self.error:
+            sys.stderr.write(f"probe: error: {self.error}\n")
+        return EXIT_INTERRUPTED if self.interrupted else self.code
+
+    def _worker(
+        self, index: int, count: int, stream: BinaryIO, progress: Callable[[int, int], None]
+    ) -> dict[str, Any]:
+        """A worker's whole run: its shard, records to its pipe, the result for the parent."""
+        self.shard = (index, count)
+        self.progress = progress
+        self.summary = False
+        self._run(RecordWriter(stream))
+        result = self.result
+        return {
+            "interrupted": self.interrupted,
+            "error": self.error,
+            "targets": result.targets if result else 0,
+            "targets_without_open": result.targets_without_open if result else 0,
+            "outcomes": dict(self.outcomes),
+        }
+
+    def _run(self, writer: RecordWriter) -> int:
         fmt = "json" if self.args.json else "human"
         write_record = configure(writer, fmt)
         report = (
@@ -130,15 +216,22 @@ class CheckCommand:
         on_record = write_record if report is None else report.record
         if report is not None and self.list_mode:
             on_record = self._flushing(on_record, writer)
+        counted = self.outcomes
+        inner = on_record
+
+        def count_record(record: Record) -> None:
+            counted[record.outcome] += 1
+            inner(record)
+
         started = time.monotonic()
         try:
-            event_loop.run(self._main(on_record, writer, report, started))
+            self.result = event_loop.run(self._main(count_record, writer, report, started))
         except KeyboardInterrupt:  # a SIGINT before the loop took over the signal
             self.interrupted = True
         except SinkClosed:
             return _quiet_pipe()
         try:
-            if report is not None and not self.error:  # also on SIGINT, as ping does
+            if report is not None and self.summary and not self.error:  # on SIGINT too
                 for line in report.summary(time.monotonic() - started):
                     writer.msg(line.encode())
             writer.close()
@@ -147,7 +240,7 @@ class CheckCommand:
         except SinkError as exc:
             self.error = self.error or str(exc)
             self.code = EXIT_USAGE
-        if self.error:
+        if self.error and self.summary:  # a worker's error is the parent's to report
             sys.stderr.write(f"probe: error: {self.error}\n")
         if self.interrupted:
             return EXIT_INTERRUPTED
@@ -164,7 +257,10 @@ class CheckCommand:
         return write
 
     def _endpoints(self) -> Iterator[Endpoint]:
-        return expand(iter_targets(self.args.targets, self.default_ports))
+        targets = iter_targets(self.args.targets, self.default_ports)
+        if self.shard is None:
+            return expand(targets)
+        return shard(targets, *self.shard)
 
     async def _main(
         self,
@@ -178,7 +274,8 @@ class CheckCommand:
         assert task is not None
         loop.add_signal_handler(signal.SIGINT, self._interrupt, task)
         engine = Engine(self.options)
-        ticker = _Ticker(loop, engine, writer, report, started)
+        loop.add_signal_handler(signal.SIGTERM, self._interrupt, task)
+        ticker = _Ticker(loop, engine, writer, report, started, self.progress, self.outcomes)
         result = None
         try:
             result = await run_check(
@@ -204,9 +301,11 @@ class CheckCommand:
         finally:
             ticker.stop()
             loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
         return result
 
     def _interrupt(self, task: asyncio.Task[object]) -> None:
+        """SIGINT or SIGTERM: stop, keep every finished record whole, exit 130."""
         self.interrupted = True
         task.cancel()
 
@@ -221,7 +320,11 @@ class _Ticker:
         writer: RecordWriter,
         report: HumanReport | None,
         started: float,
+        worker_progress: Callable[[int, int], None] | None = None,
+        outcomes: Counter[str] | None = None,
     ) -> None:
+        self.worker_progress = worker_progress
+        self.outcomes = outcomes
         self.loop = loop
         self.engine = engine
         self.writer = writer
@@ -239,6 +342,8 @@ class _Ticker:
             self.engine.abort(exc)
             return
         now = time.monotonic()
+        if self.worker_progress is not None and self.outcomes is not None:
+            self.worker_progress(sum(self.outcomes.values()), self.outcomes[OPEN])
         if self.report is not None and self.tty and now - self.last_progress >= PROGRESS_EVERY:
             self.last_progress = now
             sys.stderr.write("\r" + self.report.progress(now - self.started) + "\033[K")
@@ -248,6 +353,30 @@ class _Ticker:
 
     def stop(self) -> None:
         self.handle.cancel()
+        if self.drew:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+class _Progress:
+    """The parent's progress line on stderr, from the workers' counts."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.last = started
+        self.drew = False
+
+    def show(self, attempts: int, opened: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        rate = attempts / (now - self.started)
+        sys.stderr.write(f"\r{attempts} attempts, {opened} open, {rate:.0f}/s\033[K")
+        sys.stderr.flush()
+        self.drew = True
+
+    def clear(self) -> None:
         if self.drew:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()

@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON record per attempt on stdout, nothing else"
     )
     check.add_argument(
+        "--workers",
+        type=positive,
+        metavar="N",
+        help="worker processes for large runs, each with its own event loop (default: the "
+        "usable CPUs; runs of a few attempts and runs reading standard input use one)",
+    )
+    check.add_argument(
         "--graceful-close",
         action="store_true",
         help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets behind)",

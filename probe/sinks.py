@@ -8,6 +8,7 @@ failures into `SinkError` so a full disk stops the run loudly instead of losing 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -55,6 +56,13 @@ class RecordWriter:
 
     info = warning = error = msg
 
+    def write_lines(self, data: bytes) -> None:
+        """Complete lines, already rendered (a worker's records, merged by the parent)."""
+        try:
+            self._stream.write(data)
+        except OSError as exc:
+            raise self._failure(exc) from None
+
     def flush(self) -> None:
         try:
             self._stream.flush()
@@ -82,7 +90,9 @@ class RecordWriter:
         try:
             self.flush()
         finally:
-            self._stream.close()
+            # flush() above already reported a failure; closing would only repeat it
+            with contextlib.suppress(OSError):
+                self._stream.close()
 
     def _failure(self, exc: OSError) -> SinkError:
         if isinstance(exc, BrokenPipeError):

@@ -229,3 +229,16 @@ def parse_source(text: str) -> tuple[str, int]:
     if port_text:
         port = _port(port_text, port_text)
     return address, port
+
+
+def shard(targets: Iterable[Target], index: int, count: int) -> Iterator[Endpoint]:
+    """Every `count`-th endpoint, starting at `index`, of the expanded targets, without
+    building the endpoints that belong to other shards: worker processes split a sweep by
+    port, interleaved, so each gets its share of open and closed ranges alike."""
+    seen = 0  # endpoints before the current range, across all targets
+    for target in targets:
+        for lo, hi in target.ports:
+            first = lo + (index - seen) % count
+            for port in range(first, hi + 1, count):
+                yield Endpoint(target.label(port), target.host, port)
+            seen += hi - lo + 1
