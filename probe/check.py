@@ -17,6 +17,8 @@ from .record import OPEN, Record, unresolved_record
 from .resolve import Address, ResolveError, Resolver
 from .targets import Endpoint
 
+YIELD_EVERY = 64  # endpoints fed between two turns of the event loop
+
 
 @dataclass(slots=True)
 class CheckResult:
@@ -134,6 +136,7 @@ class _Check:
         addresses: tuple[Address, ...] = ()
         error: str | None = None
         iterator = iter(endpoints)
+        fed = 0
         while True:
             try:
                 endpoint = next(iterator)
@@ -151,6 +154,11 @@ class _Check:
             if error is not None:
                 self.unresolved(endpoint, error)
                 continue
+            fed += 1
+            if not fed % YIELD_EVERY:
+                # Attempts answered inside connect() never fill the queue, so nothing else
+                # would make this loop wait: give timers, signals and I/O their turn.
+                await asyncio.sleep(0)
             await engine.room()
             while self.active >= self.max_active and not engine.closed:
                 self.room.clear()

@@ -18,6 +18,7 @@ from . import loop as event_loop
 from .check import CheckResult, run_check
 from .cli import EXIT_INTERRUPTED, EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
 from .engine import Engine, EngineOptions, LocalShortage, check_source
+from .lag import LagMonitor
 from .limits import fit_concurrency
 from .record import OPEN, Record
 from .report import LIST_LIMIT, HumanReport
@@ -64,6 +65,7 @@ class CheckCommand:
         self.summary = True  # a worker leaves the summary and errors to the parent
         self.result: CheckResult | None = None
         self.outcomes: Counter[str] = Counter()
+        self.lag: LagMonitor | None = None
         self.interrupted = False
         self.error: str | None = None
         self.code = EXIT_OK
@@ -179,7 +181,9 @@ class CheckCommand:
                 report = HumanReport(lambda _: None, False, self.args.count)
                 for r in results:
                     report.outcomes.update(r["outcomes"])
-                for line in report.summary(time.monotonic() - started):
+                lags = [r["lag"] for r in results if r["lag"]]
+                lag = (max(p for p, _ in lags), max(m for _, m in lags)) if lags else None
+                for line in report.summary(time.monotonic() - started, lag):
                     out.msg(line.encode())
             out.close()
         except SinkClosed:
@@ -205,6 +209,7 @@ class CheckCommand:
             "targets": result.targets if result else 0,
             "targets_without_open": result.targets_without_open if result else 0,
             "outcomes": dict(self.outcomes),
+            "lag": [self.lag.quantile_ms(0.99), self.lag.max_ms] if self.lag else None,
         }
 
     def _run(self, writer: RecordWriter) -> int:
@@ -232,7 +237,8 @@ class CheckCommand:
             return _quiet_pipe()
         try:
             if report is not None and self.summary and not self.error:  # on SIGINT too
-                for line in report.summary(time.monotonic() - started):
+                lag = (self.lag.quantile_ms(0.99), self.lag.max_ms) if self.lag else None
+                for line in report.summary(time.monotonic() - started, lag):
                     writer.msg(line.encode())
             writer.close()
         except SinkClosed:
@@ -275,6 +281,7 @@ class CheckCommand:
         loop.add_signal_handler(signal.SIGINT, self._interrupt, task)
         engine = Engine(self.options)
         loop.add_signal_handler(signal.SIGTERM, self._interrupt, task)
+        self.lag = LagMonitor(loop)
         ticker = _Ticker(loop, engine, writer, report, started, self.progress, self.outcomes)
         result = None
         try:
@@ -300,6 +307,7 @@ class CheckCommand:
             self.error, self.code = str(exc), EXIT_USAGE
         finally:
             ticker.stop()
+            self.lag.stop()
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
         return result

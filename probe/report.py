@@ -78,7 +78,8 @@ class HumanReport:
                 stats = self.per_target[key] = _Stats()
             stats.add(record)
 
-    def summary(self, elapsed: float, lag_ms: float | None = None) -> list[str]:
+    def summary(self, elapsed: float, lag_ms: tuple[float, float] | None = None) -> list[str]:
+        """`lag_ms`: the event loop's lag (p99, max) while probing, beside the latencies."""
         lines: list[str] = []
         for (target, address), stats in self.per_target.items():
             label = target if address is None or address in target else f"{target} ({address})"
@@ -98,7 +99,7 @@ class HumanReport:
             f"{self.outcomes[OPEN]} open; {', '.join(hidden)} not shown"
         )
         if lag_ms is not None:
-            line += f"; loop lag max {lag_ms:.1f} ms"
+            line += f"; loop lag p99 {lag_ms[0]:.1f} ms, max {lag_ms[1]:.1f} ms"
         lines.append(line)
         return lines
 

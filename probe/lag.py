@@ -1,0 +1,55 @@
+"""Event-loop lag: how late a timer fires. A busy loop notices completions late, and every
+latency it measures then carries that lag, so the lag is measured and reported beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+TICK = 0.005  # seconds between samples
+
+
+class LagMonitor:
+    """A timer every TICK that records how late it ran, in a fixed-size histogram."""
+
+    BOUNDS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.counts = [0] * (len(self.BOUNDS_MS) + 1)
+        self.max_ms = 0.0
+        self.samples = 0
+        # time.monotonic, not loop.time: uvloop's clock is cached per turn in milliseconds.
+        self._due = time.monotonic() + TICK
+        self._handle = loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        lag_ms = max(0.0, (now - self._due) * 1000.0)
+        self.samples += 1
+        self.max_ms = max(self.max_ms, lag_ms)
+        for i, bound in enumerate(self.BOUNDS_MS):
+            if lag_ms <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self._due = now + TICK
+        self._handle = self.loop.call_later(TICK, self._tick)
+
+    def quantile_ms(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (the max for the top bucket)."""
+        if not self.samples:
+            return 0.0
+        rank = q * self.samples
+        seen = 0
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return (
+                    min(self.BOUNDS_MS[i], self.max_ms) if i < len(self.BOUNDS_MS) else self.max_ms
+                )
+        return self.max_ms
+
+    def stop(self) -> None:
+        self._handle.cancel()
