@@ -98,9 +98,9 @@ class HumanReport:
             f"{total} attempts in {elapsed:.2f} s ({rate:.0f}/s): "
             f"{self.outcomes[OPEN]} open; {', '.join(hidden)} not shown"
         )
-        if lag_ms is not None:
-            line += f"; loop lag p99 {lag_ms[0]:.1f} ms, max {lag_ms[1]:.1f} ms"
         lines.append(line)
+        if lag_ms is not None:
+            lines.append(f"event loop lag p99 {lag_ms[0]:.1f} ms, max {lag_ms[1]:.1f} ms")
         return lines
 
     def progress(self, elapsed: float) -> str:

@@ -353,12 +353,13 @@ def test_human_sweep_shows_only_open(listener: RecordingListener) -> None:
     result = probe("check", f"127.0.0.1:{ports}")
     assert result.returncode == 1  # the closed ports have no open attempt
     lines = result.stdout.splitlines()
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     assert re.fullmatch(rf"127\.0\.0\.1:{listener.port}  open     local .*", lines[0]), lines[0]
     assert "41 attempts" in lines[1]
     assert "1 open" in lines[1]
     assert "40 refused" in lines[1]
     assert lines[1].endswith("not shown")
+    assert re.fullmatch(r"event loop lag p99 \d+\.\d ms, max \d+\.\d ms", lines[2]), lines[2]
 
 
 # -- pipes and signals -----------------------------------------------------------------------
