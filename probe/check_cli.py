@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from . import loop as event_loop
 from .check import CheckResult, run_check
-from .cli import EXIT_INTERRUPTED, EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
+from .cli import EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
 from .engine import Engine, EngineOptions, LocalShortage, check_source
 from .lag import LagMonitor
 from .limits import fit_concurrency
@@ -66,7 +66,7 @@ class CheckCommand:
         self.result: CheckResult | None = None
         self.outcomes: Counter[str] = Counter()
         self.lag: LagMonitor | None = None
-        self.interrupted = False
+        self.stopped_by = 0  # the signal that stopped the run (SIGINT → exit 130)
         self.error: str | None = None
         self.code = EXIT_OK
 
@@ -163,16 +163,16 @@ class CheckCommand:
         if merged.pipe_closed:
             return _quiet_pipe()
         results = merged.results
-        self.interrupted = merged.interrupted or any(r["interrupted"] for r in results)
+        self.stopped_by = merged.stopped_by or max((r["stopped_by"] for r in results), default=0)
         errors = [r["error"] for r in results if r["error"]] + [merged.sink_error or ""]
         self.error = next((e for e in errors if e), None)
-        if len(results) < n and not self.interrupted and not self.error:
+        if len(results) < n and not self.stopped_by and not self.error:
             self.error = "a worker process died"
         targets = sum(r["targets"] for r in results)
         without_open = sum(r["targets_without_open"] for r in results)
         if self.error:
             self.code = EXIT_USAGE
-        elif targets == 0 and not self.interrupted:
+        elif targets == 0 and not self.stopped_by:
             self.error, self.code = "no targets in the input", EXIT_USAGE
         elif without_open:
             self.code = EXIT_NO_OPEN
@@ -192,7 +192,7 @@ class CheckCommand:
             self.error, self.code = self.error or str(exc), EXIT_USAGE
         if self.error:
             sys.stderr.write(f"probe: error: {self.error}\n")
-        return EXIT_INTERRUPTED if self.interrupted else self.code
+        return 128 + self.stopped_by if self.stopped_by else self.code
 
     def _worker(
         self, index: int, count: int, stream: BinaryIO, progress: Callable[[int, int], None]
@@ -204,7 +204,7 @@ class CheckCommand:
         self._run(RecordWriter(stream))
         result = self.result
         return {
-            "interrupted": self.interrupted,
+            "stopped_by": self.stopped_by,
             "error": self.error,
             "targets": result.targets if result else 0,
             "targets_without_open": result.targets_without_open if result else 0,
@@ -232,7 +232,7 @@ class CheckCommand:
         try:
             self.result = event_loop.run(self._main(count_record, writer, report, started))
         except KeyboardInterrupt:  # a SIGINT before the loop took over the signal
-            self.interrupted = True
+            self.stopped_by = signal.SIGINT
         except SinkClosed:
             return _quiet_pipe()
         try:
@@ -248,9 +248,7 @@ class CheckCommand:
             self.code = EXIT_USAGE
         if self.error and self.summary:  # a worker's error is the parent's to report
             sys.stderr.write(f"probe: error: {self.error}\n")
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return self.code
+        return 128 + self.stopped_by if self.stopped_by else self.code
 
     @staticmethod
     def _flushing(
@@ -278,9 +276,9 @@ class CheckCommand:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        loop.add_signal_handler(signal.SIGINT, self._interrupt, task)
+        loop.add_signal_handler(signal.SIGINT, self._interrupt, task, signal.SIGINT)
         engine = Engine(self.options)
-        loop.add_signal_handler(signal.SIGTERM, self._interrupt, task)
+        loop.add_signal_handler(signal.SIGTERM, self._interrupt, task, signal.SIGTERM)
         self.lag = LagMonitor(loop)
         ticker = _Ticker(loop, engine, writer, report, started, self.progress, self.outcomes)
         result = None
@@ -298,7 +296,7 @@ class CheckCommand:
             elif result.targets_without_open:
                 self.code = EXIT_NO_OPEN
         except asyncio.CancelledError:
-            self.interrupted = True
+            self.stopped_by = self.stopped_by or signal.SIGINT
         except TargetError as exc:  # a bad line in @FILE or stdin, met mid-run
             self.error, self.code = str(exc), EXIT_USAGE
         except SinkClosed:
@@ -312,9 +310,9 @@ class CheckCommand:
             loop.remove_signal_handler(signal.SIGTERM)
         return result
 
-    def _interrupt(self, task: asyncio.Task[object]) -> None:
-        """SIGINT or SIGTERM: stop, keep every finished record whole, exit 130."""
-        self.interrupted = True
+    def _interrupt(self, task: asyncio.Task[object], signum: int) -> None:
+        """SIGINT or SIGTERM: stop, keep every finished record whole, exit 128 + signal."""
+        self.stopped_by = self.stopped_by or signum
         task.cancel()
 
 

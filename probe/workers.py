@@ -27,7 +27,7 @@ Body = Callable[[int, int, BinaryIO, Callable[[int, int], None]], dict[str, Any]
 @dataclass
 class Merged:
     results: list[dict[str, Any]] = field(default_factory=list)
-    interrupted: bool = False
+    stopped_by: int = 0  # the first signal forwarded to the workers
     pipe_closed: bool = False
     sink_error: str | None = None
 
@@ -69,7 +69,7 @@ def run_workers(
     merged = Merged()
 
     def forward(signum: int, _: Any) -> None:
-        merged.interrupted = merged.interrupted or signum == signal.SIGINT
+        merged.stopped_by = merged.stopped_by or signum
         _signal_all(children, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}

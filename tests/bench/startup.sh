@@ -1,0 +1,26 @@
+#!/bin/sh
+# Start-up: `probe check 127.0.0.1:PORT` from process start to exit, against `nc -z` as the
+# floor, both to a loopback listener this script owns. Goal: at most 150 ms.
+# Needs hyperfine and nc (Debian: hyperfine, netcat-openbsd).
+# Usage: sh tests/bench/startup.sh   (from the project root, with .venv installed)
+set -eu
+probe=${PROBE:-.venv/bin/probe}
+port=$(python3 - <<'PY'
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
+PY
+)
+python3 -c "
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', $port)); s.listen(4096)
+end = time.time() + 120
+s.settimeout(1)
+while time.time() < end:
+    try: s.accept()[0].close()
+    except OSError: pass
+" &
+listener=$!
+trap 'kill $listener' EXIT
+sleep 0.3
+hyperfine -N --warmup 3 --runs 30 "nc -z 127.0.0.1 $port" "$probe check 127.0.0.1:$port"
