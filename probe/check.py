@@ -7,15 +7,19 @@ state lives only while its attempts do, so memory follows concurrency, not the t
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .engine import Attempt, Engine
 from .record import OPEN, Record, unresolved_record
 from .resolve import Address, ResolveError, Resolver
-from .targets import Endpoint
+from .targets import Endpoint, Target
+
+T = TypeVar("T")
 
 YIELD_EVERY = 64  # endpoints fed between two turns of the event loop
 
@@ -130,17 +134,18 @@ class _Check:
         self.result.targets += 1
         self.result.targets_without_open += 1
 
-    async def feed(self, endpoints: Iterable[Endpoint]) -> None:
+    async def feed(self, endpoints: Iterable[Endpoint] | AsyncIterator[Endpoint]) -> None:
         engine = self.engine
         last_host: str | None = None
         addresses: tuple[Address, ...] = ()
         error: str | None = None
-        iterator = iter(endpoints)
+        aiter_ = endpoints if isinstance(endpoints, AsyncIterator) else None
+        iterator = iter(endpoints) if not isinstance(endpoints, AsyncIterator) else iter(())
         fed = 0
         while True:
             try:
-                endpoint = next(iterator)
-            except StopIteration:
+                endpoint = next(iterator) if aiter_ is None else await anext(aiter_)
+            except (StopIteration, StopAsyncIteration):
                 break
             except Exception as exc:  # bad input mid-stream: stop feeding, finish what runs
                 self.input_error = exc
@@ -176,7 +181,7 @@ class _Check:
 
 
 async def run_check(
-    endpoints: Iterable[Endpoint],
+    endpoints: Iterable[Endpoint] | AsyncIterator[Endpoint],
     engine: Engine,
     resolver: Resolver,
     on_record: Callable[[Record], None],
@@ -195,3 +200,41 @@ async def run_check(
     finally:
         engine.close()
     return check.result
+
+
+_END = object()
+
+
+async def threaded(items: Iterator[T]) -> AsyncIterator[T]:
+    """Pull from a blocking iterator (standard input, a FIFO) on a thread of its own, so the
+    loop keeps its timers, deadlines and signals while the next line is slow to come. A
+    daemon thread: a read that never returns must not keep the process alive."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue(maxsize=64)
+
+    def put(item: object, exc: BaseException | None = None) -> None:
+        asyncio.run_coroutine_threadsafe(queue.put((item, exc)), loop).result()
+
+    def pull() -> None:
+        try:
+            for item in items:
+                put(item)
+        except Exception as exc:
+            put(_END, exc)
+        else:
+            put(_END)
+
+    threading.Thread(target=pull, name="probe-input", daemon=True).start()
+    while True:
+        item, exc = await queue.get()
+        if exc is not None:
+            raise exc
+        if item is _END:
+            return
+        yield item  # type: ignore[misc]
+
+
+async def expand_async(targets: AsyncIterator[Target]) -> AsyncIterator[Endpoint]:
+    async for target in targets:
+        for endpoint in target.endpoints():
+            yield endpoint

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
 from . import loop as event_loop
-from .check import CheckResult, run_check
+from .check import CheckResult, expand_async, run_check, threaded
 from .cli import EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
 from .engine import Engine, EngineOptions, LocalShortage, check_source
 from .lag import LagMonitor
@@ -47,6 +49,7 @@ class CheckCommand:
         self.default_ports = self._ports(args.ports)
         if not args.targets:
             raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
+        self.blocking_input = False  # standard input, a FIFO: read on a thread, by one process
         self.list_mode = self._preflight(args.targets)
         self.family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(args.family or 0, 0)
         self.source = self._source(args.source)
@@ -87,16 +90,23 @@ class CheckCommand:
         for token in tokens:
             if token == "-":
                 literal_only = False
+                self.blocking_input = True
             elif token.startswith("@"):
                 literal_only = False
                 path = token[1:]
                 if not path:
                     raise UsageError("missing file name after '@'")
+                # Checked without opening: opening and closing a FIFO would end its writer.
                 try:
-                    with open(path, "rb"):
-                        pass
+                    mode = os.stat(path).st_mode
+                    if stat.S_ISDIR(mode):
+                        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+                    if not os.access(path, os.R_OK):
+                        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
                 except OSError as exc:
                     raise UsageError(f"cannot read target file {path!r}: {exc.strerror}") from None
+                if not stat.S_ISREG(mode):
+                    self.blocking_input = True  # a FIFO or device: one reader, may block
             else:
                 try:
                     total += parse_target(token, self.default_ports).count()
@@ -125,7 +135,7 @@ class CheckCommand:
         """Worker processes: one per usable CPU for sweeps. A few attempts gain nothing from
         them, and standard input can be read by one process only."""
         wanted = usable_cpus() if requested is None else requested
-        if self.list_mode or "-" in self.args.targets:
+        if self.list_mode or self.blocking_input:
             return 1
         return max(1, min(wanted, self.concurrency))
 
@@ -260,8 +270,10 @@ class CheckCommand:
 
         return write
 
-    def _endpoints(self) -> Iterator[Endpoint]:
+    def _endpoints(self) -> Iterator[Endpoint] | AsyncIterator[Endpoint]:
         targets = iter_targets(self.args.targets, self.default_ports)
+        if self.blocking_input:
+            return expand_async(threaded(targets))
         if self.shard is None:
             return expand(targets)
         return shard(targets, *self.shard)

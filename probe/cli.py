@@ -25,7 +25,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> NoReturn:
-    sys.stderr.write(f"probe: error: {message}\n")
+    # Whatever the user typed is echoed escaped: one line, whatever the bytes.
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+    sys.stderr.write(f"probe: error: {shown}\n")
     sys.stderr.flush()
     raise SystemExit(EXIT_USAGE)
 
@@ -211,6 +213,14 @@ _VALUED = {
 }
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise KeyError(name)
+
+
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     i = 0
@@ -227,7 +237,13 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    words = _join_negative_values(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if words[:1] == ["check"]:
+        # Targets may stand on both sides of options, as with nmap and tcping.
+        args = _subparser(parser, "check").parse_intermixed_args(words[1:])
+    else:
+        args = parser.parse_args(words)
     try:
         code: int = args.func(args)
     except UsageError as exc:

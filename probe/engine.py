@@ -45,6 +45,7 @@ _SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
 # Not an errno: the socket connected to itself and a fixed source port makes that certain.
 SELF_CONNECT = -1
 _SELF_CONNECT_TRIES = 8
+RATE_SLACK = 0.002  # seconds of timer lateness that --rate still makes up
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
 
 
@@ -285,8 +286,14 @@ class Engine:
                 if self._rate_next > now:
                     self._schedule_pump(self._rate_next)
                     break
-                # Even pacing and a true ceiling: a late start is not made up with a burst.
-                self._rate_next = max(self._rate_next, now) + 1.0 / rate
+                # Even pacing on a fixed cadence: starts the timer made late by less than a
+                # slot (or RATE_SLACK) keep the cadence, since timers here tick in whole
+                # milliseconds, which would otherwise cap the rate near 1,000/s; after an
+                # idle spell the cadence restarts now, so no burst is ever made up.
+                step = 1.0 / rate
+                if self._rate_next < now - max(step, RATE_SLACK):
+                    self._rate_next = now
+                self._rate_next += step
             attempt, on_done = queue.popleft()
             if not self._start(attempt, on_done):
                 queue.appendleft((attempt, on_done))
@@ -331,7 +338,7 @@ class Engine:
             if err != errno.EINPROGRESS and err != 0:
                 t1 = time.perf_counter_ns()
                 local = sock.getsockname()
-                if err in _SHORTAGE_AT_CONNECT and (self.inflight or err != errno.EADDRNOTAVAIL):
+                if err in _SHORTAGE_AT_CONNECT:  # no free port, even if none of ours holds one
                     sock.close()
                     self._shortage()
                     return False

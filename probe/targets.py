@@ -158,6 +158,8 @@ def read_targets(
 ) -> Iterator[Target]:
     """Targets from a file or stdin, one per line; blank lines and `#` comments skipped."""
     for number, line in enumerate(lines, 1):
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a BOM, as editors on some systems write
         text = line.split("#", 1)[0].strip()
         if not text:
             continue

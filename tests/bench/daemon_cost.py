@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Daemon cost: `probe run` with 10,000 targets at a 10 s interval (1,000 attempts/s), in a
-fresh network namespace (targets 127.0.0.1:20001-29999, all refused, plus the daemon's metrics port, open).
+fresh network namespace (127.0.0.1:20001-29999, all refused, and the metrics port, open).
 Samples CPU and RSS every 10 s and reads the schedule lag histogram from /metrics at the end.
 Goals: CPU at most 25% of one core; schedule lag p99 at most 5 ms; RSS flat.
 
@@ -21,7 +21,9 @@ import uuid
 from pathlib import Path
 
 TARGETS = 10_000
-SCRAPE = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9464/metrics').read().decode())"
+SCRAPE = (
+    "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9464/metrics').read().decode())"
+)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -73,8 +73,10 @@ def main() -> int:
         for addresses in (1, 8):
             wall, peak = measure(prefix, probe, addresses, extra)
             attempts = addresses * 65535
-            print(f"{attempts:7d} attempts  {wall:6.2f} s  {attempts / wall:8.0f}/s  "
-                  f"peak RSS, all processes: {peak / 1024:6.1f} MiB")
+            print(
+                f"{attempts:7d} attempts  {wall:6.2f} s  {attempts / wall:8.0f}/s  "
+                f"peak RSS, all processes: {peak / 1024:6.1f} MiB"
+            )
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     return 0

@@ -1,0 +1,961 @@
+"""Faults made for real (issue 5): firewall answers, local shortages, signals, broken sinks,
+resource caps and the /probe allow-list, against real kernels rather than mocks.
+
+Traffic stays on loopback: inside a network namespace the test creates (iptables rules go on
+its `lo`), or on the host's 127.0.0.1 to ports the test holds. Namespace tests skip when
+there is no root, no `ip` or no `iptables`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FullQueueListener, Netns, RecordingListener, closed_port, probe_cmd
+
+Rec = dict[str, Any]
+
+KEYS = {
+    "event",
+    "timestamp",
+    "target",
+    "host",
+    "port",
+    "address",
+    "family",
+    "local_address",
+    "local_port",
+    "outcome",
+    "error",
+    "latency_ms",
+    "rtt_ms",
+    "attempt",
+}
+# urllib must not send 127.0.0.1 requests through an http_proxy from the environment.
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def parse_records(data: str | bytes, keys: set[str] = KEYS) -> list[Rec]:
+    """Every line a whole JSON record (the last one ended by a newline), or the test fails."""
+    text = data.decode() if isinstance(data, bytes) else data
+    assert text == "" or text.endswith("\n"), f"last line is cut: {text[-200:]!r}"
+    out = []
+    for line in text.split("\n")[:-1]:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"not a JSON line: {line[:200]!r}") from None
+        assert isinstance(rec, dict), line
+        assert set(rec) == keys, line
+        assert rec["event"] == "probe"
+        out.append(rec)
+    return out
+
+
+def assert_local_endpoint(rec: Rec, range_: tuple[int, int] | None = None) -> None:
+    assert isinstance(rec["local_address"], str) and rec["local_address"], rec
+    assert isinstance(rec["local_port"], int), rec
+    lo, hi = range_ or (1, 65535)
+    assert lo <= rec["local_port"] <= hi, rec
+
+
+def no_traceback(stderr: str | bytes) -> None:
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    assert "Traceback" not in text, text
+
+
+def need_iptables(ns: Netns, tool: str = "iptables") -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"no {tool} on this machine")
+    try:
+        ns.run(tool, "-L", "OUTPUT", "-n")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"{tool} does not work here: {exc.stderr.strip()}")
+
+
+def firewall(ns: Netns, *rule: str, tool: str = "iptables") -> None:
+    """One rule on the namespace's loopback, outgoing direction."""
+    ns.run(tool, "-A", "OUTPUT", "-o", "lo", "-p", "tcp", *rule)
+
+
+def ns_check(
+    ns: Netns, *args: str, timeout: float = 60, wrap: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ns.prefix(), *wrap, *probe_cmd(), "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def port_range(ns: Netns, lo: int, hi: int) -> None:
+    ns.run("sysctl", "-w", f"net.ipv4.ip_local_port_range={lo} {hi}")
+
+
+NS_SERVER = """
+import socket, sys, threading
+socks = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(4096)
+    socks.append(s)
+def serve(s):
+    while True:
+        conn, _ = s.accept()
+        conn.close()
+for s in socks:
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+class NsServer:
+    """Listeners on fixed ports inside a namespace, until closed."""
+
+    def __init__(self, ns: Netns, *ports: int) -> None:
+        self.proc = ns.popen(
+            sys.executable,
+            "-c",
+            NS_SERVER,
+            *map(str, ports),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class LineReader:
+    """Reads a child's stdout (bytes) on a thread, so a test can wait for n lines."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+        self.data = bytearray()
+        self.lines = 0
+        self.first_at: float | None = None
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            chunk = os.read(self.stream.fileno(), 1 << 16)
+            if not chunk:
+                return
+            with self.lock:
+                if self.first_at is None:
+                    self.first_at = time.monotonic()
+                self.data += chunk
+                self.lines += chunk.count(b"\n")
+
+    def wait_lines(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.lines >= n:
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f"only {self.lines} lines within {timeout} s")
+
+    def all(self) -> bytes:
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        return bytes(self.data)
+
+
+def kill(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+# -- 1. network answers --------------------------------------------------------------------------
+
+V4_RULES: list[tuple[list[str], str, str]] = [
+    (["-j", "DROP"], "timeout", "ETIMEDOUT"),
+    (["-j", "REJECT", "--reject-with", "icmp-host-unreachable"], "unreachable", "EHOSTUNREACH"),
+    (["-j", "REJECT", "--reject-with", "icmp-net-unreachable"], "unreachable", "ENETUNREACH"),
+    (["-j", "REJECT", "--reject-with", "tcp-reset"], "refused", "ECONNREFUSED"),
+    (["-j", "REJECT", "--reject-with", "icmp-port-unreachable"], "refused", "ECONNREFUSED"),
+    (["-j", "REJECT", "--reject-with", "icmp-host-prohibited"], "unreachable", "EHOSTUNREACH"),
+    (["-j", "REJECT", "--reject-with", "icmp-net-prohibited"], "unreachable", "ENETUNREACH"),
+    (["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"], "unreachable", "EHOSTUNREACH"),
+]
+
+
+def test_firewall_answers_ipv4(netns: Netns) -> None:
+    need_iptables(netns)
+    expected: dict[int, tuple[str, str]] = {}
+    for i, (rule, outcome, error) in enumerate(V4_RULES):
+        port = 5001 + i
+        firewall(netns, "--dport", str(port), *rule)
+        expected[port] = (outcome, error)
+    plain = 5001 + len(V4_RULES)  # no rule, nothing listening: the kernel's own reset
+    expected[plain] = ("refused", "ECONNREFUSED")
+    result = ns_check(netns, f"127.0.0.1:5001-{plain}", "--json", "-t", "0.5")
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    recs = parse_records(result.stdout)
+    got = {r["port"]: (r["outcome"], r["error"]) for r in recs}
+    assert len(recs) == len(expected)
+    assert got == expected
+    for rec in recs:
+        assert rec["address"] == "127.0.0.1" and rec["family"] == "ipv4"
+        assert_local_endpoint(rec)
+        assert rec["local_address"] == "127.0.0.1"
+        assert rec["rtt_ms"] is None
+    drop = next(r for r in recs if r["port"] == 5001)
+    assert drop["latency_ms"] >= 450  # it waited its timeout out
+
+
+def test_icmp_protocol_unreachable_is_an_error_of_the_target(netns: Netns) -> None:
+    need_iptables(netns)
+    firewall(netns, "--dport", "5001", "-j", "REJECT", "--reject-with", "icmp-proto-unreachable")
+    result = ns_check(netns, "127.0.0.1:5001", "--json", "-t", "0.5")
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    (rec,) = parse_records(result.stdout)
+    assert (rec["outcome"], rec["error"]) == ("error", "ENOPROTOOPT")
+
+
+V6_RULES: list[tuple[list[str], str, str]] = [
+    (["-j", "DROP"], "timeout", "ETIMEDOUT"),
+    (["-j", "REJECT", "--reject-with", "icmp6-addr-unreachable"], "unreachable", "EHOSTUNREACH"),
+    (["-j", "REJECT", "--reject-with", "icmp6-no-route"], "unreachable", "ENETUNREACH"),
+    (["-j", "REJECT", "--reject-with", "tcp-reset"], "refused", "ECONNREFUSED"),
+]
+
+
+def test_firewall_answers_ipv6(netns: Netns) -> None:
+    need_iptables(netns, "ip6tables")
+    if "::1" not in netns.run("ip", "-6", "addr", "show", "dev", "lo").stdout:
+        pytest.skip("no ::1 on the namespace's loopback (IPv6 disabled?)")
+    expected: dict[int, tuple[str, str]] = {}
+    for i, (rule, outcome, error) in enumerate(V6_RULES):
+        port = 5001 + i
+        firewall(netns, "--dport", str(port), *rule, tool="ip6tables")
+        expected[port] = (outcome, error)
+    plain = 5001 + len(V6_RULES)
+    expected[plain] = ("refused", "ECONNREFUSED")
+    # An ICMPv6 error may reach the socket as a soft error (the SYN is retried): Linux then
+    # reports it when the connect gives up, and so may probe, at the timeout.
+    result = ns_check(netns, f"[::1]:5001-{plain}", "--json", "-t", "0.5")
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    recs = parse_records(result.stdout)
+    assert len(recs) == len(expected)
+    assert {r["port"]: (r["outcome"], r["error"]) for r in recs} == expected
+    for rec in recs:
+        assert rec["address"] == "::1" and rec["family"] == "ipv6"
+        assert rec["target"] == f"[::1]:{rec['port']}"
+        assert_local_endpoint(rec)
+        assert rec["local_address"] == "::1"
+
+
+# -- 2. no free ephemeral port ---------------------------------------------------------------------
+
+
+def test_ten_local_ports_for_forty_dropped_ports(netns: Netns) -> None:
+    need_iptables(netns)
+    port_range(netns, 40000, 40009)
+    firewall(netns, "--dport", "5001:5040", "-j", "DROP")
+    result = ns_check(netns, "127.0.0.1:5001-5040", "-C", "40", "-t", "1", "--json")
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    recs = parse_records(result.stdout)
+    assert sorted(r["port"] for r in recs) == list(range(5001, 5041))
+    assert Counter((r["outcome"], r["error"]) for r in recs) == {("timeout", "ETIMEDOUT"): 40}
+    for rec in recs:
+        assert_local_endpoint(rec, (40000, 40009))
+
+
+def test_two_local_ports_for_twenty_attempts_to_one_destination(netns: Netns) -> None:
+    """Ten attempts at once to ONE dropped ip:port, ten to one closed ip:port, with two local
+    ports: at most two 4-tuples to each destination exist, so most attempts must wait for a
+    port. None may end as an error blaming the target, and the run must finish."""
+    need_iptables(netns)
+    port_range(netns, 40000, 40001)
+    firewall(netns, "--dport", "5001", "-j", "DROP")
+    tokens = ["127.0.0.1:5001"] * 10 + ["127.0.0.1:5002"] * 10
+    result = ns_check(netns, *tokens, "-C", "20", "-t", "0.5", "--json", timeout=60)
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    recs = parse_records(result.stdout)
+    outcomes = Counter((r["port"], r["outcome"], r["error"]) for r in recs)
+    assert outcomes == {(5001, "timeout", "ETIMEDOUT"): 10, (5002, "refused", "ECONNREFUSED"): 10}
+    for rec in recs:
+        assert_local_endpoint(rec, (40000, 40001))
+
+
+PORT_HOLDER = """
+import socket, sys
+held = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    held.append(s)
+print("held", flush=True)
+sys.stdin.readline()
+for s in held:
+    s.close()
+print("released", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_ports_taken_by_another_process_are_a_shortage_not_an_error(netns: Netns) -> None:
+    need_iptables(netns)
+    port_range(netns, 40000, 40001)
+    firewall(netns, "--dport", "5001", "-j", "DROP")
+    holder = netns.popen(
+        sys.executable,
+        "-c",
+        PORT_HOLDER,
+        "40000",
+        "40001",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    probe = None
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        probe = subprocess.Popen(
+            [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1:5001", "-t", "0.5", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # the machine is out of ports for a second, then they come back
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        out, err = probe.communicate(timeout=30)
+    finally:
+        if probe is not None:
+            kill(probe)
+        kill(holder)
+    no_traceback(err)
+    (rec,) = parse_records(out)
+    assert (rec["outcome"], rec["error"]) == ("timeout", "ETIMEDOUT"), rec
+    assert_local_endpoint(rec, (40000, 40001))
+
+
+# -- 3. no free file descriptor --------------------------------------------------------------------
+
+
+def test_sixty_four_descriptors_for_two_thousand_ports(netns: Netns) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("no prlimit on this machine")
+    server = NsServer(netns, 6000, 6500)
+    try:
+        result = ns_check(
+            netns,
+            "127.0.0.1",
+            "-p",
+            "5001-7000",
+            "-C",
+            "1000",
+            "--json",
+            "-t",
+            "1",
+            wrap=("prlimit", "--nofile=64:64"),
+            timeout=120,
+        )
+    finally:
+        server.close()
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert "EMFILE" not in result.stdout and "EMFILE" not in result.stderr
+    for line in result.stderr.splitlines():
+        assert re.fullmatch(r"probe: -C 1000 lowered to \d+: .*", line), result.stderr
+    recs = parse_records(result.stdout)
+    assert sorted(r["port"] for r in recs) == list(range(5001, 7001))
+    opened = {r["port"] for r in recs if r["outcome"] == "open"}
+    assert opened == {6000, 6500}
+    others = Counter((r["outcome"], r["error"]) for r in recs if r["port"] not in opened)
+    assert others == {("refused", "ECONNREFUSED"): 1998}
+    for rec in recs:
+        assert_local_endpoint(rec)
+
+
+def test_descriptor_limit_lowered_mid_run(netns: Netns) -> None:
+    """The open-files limit drops below what is in flight while attempts run (prlimit on the
+    running process): new sockets fail with EMFILE until enough attempts end. Every port
+    still gets exactly one record, none an error."""
+    need_iptables(netns)
+    if shutil.which("prlimit") is None:
+        pytest.skip("no prlimit on this machine")
+    firewall(netns, "--dport", "5001:5200", "-j", "DROP")
+    proc = subprocess.Popen(
+        [
+            *netns.prefix(),
+            *probe_cmd(),
+            "check",
+            "127.0.0.1:5001-5200",
+            "-C",
+            "200",
+            "--rate",
+            "400",
+            "-t",
+            "0.5",
+            "--workers",
+            "1",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{proc.pid}/fd")) < 60:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "never had 60 descriptors open"
+            time.sleep(0.005)
+        subprocess.run(["prlimit", "--pid", str(proc.pid), "--nofile=40:40"], check=True)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        kill(proc)
+    no_traceback(err)
+    assert proc.returncode == 1, err
+    assert "EMFILE" not in out and "EMFILE" not in err
+    recs = parse_records(out)
+    assert sorted(r["port"] for r in recs) == list(range(5001, 5201))
+    assert Counter((r["outcome"], r["error"]) for r in recs) == {("timeout", "ETIMEDOUT"): 200}
+
+
+# -- 4. signals mid-run ---------------------------------------------------------------------------
+
+
+def sweep(ns: Netns, *extra: str, session: bool = False) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*ns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p", "1-65535", "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=session,
+    )
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_sweep(netns: Netns, sig: signal.Signals, code: int) -> None:
+    """One process (--workers 1), paced so the signal lands mid-run: whole lines only, each
+    port at most once, every finished attempt written (no hole below the last port written,
+    but for the few in flight), prompt exit, 128 + signal."""
+    proc = sweep(netns, "--rate", "5000", "-C", "50", "--workers", "1")
+    try:
+        reader = LineReader(proc)
+        reader.wait_lines(1000, timeout=30)
+        proc.send_signal(sig)
+        proc.wait(timeout=2.0)
+        data = reader.all()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    finally:
+        kill(proc)
+    no_traceback(err)
+    assert proc.returncode == code, err
+    recs = parse_records(data)
+    ports = [r["port"] for r in recs]
+    assert len(ports) == len(set(ports)), "a port written twice"
+    assert 1000 <= len(ports) < 65535
+    assert {r["outcome"] for r in recs} == {"refused"}
+    top = max(ports)
+    holes = set(range(1, top + 1)) - set(ports)
+    assert all(p > top - 50 for p in holes), sorted(holes)[:20]
+
+
+def test_ctrl_c_to_the_process_group_mid_sweep(netns: Netns) -> None:
+    """Ctrl-C in a terminal signals every process of the group: the parent and its workers
+    each get SIGINT (and the parent forwards one more). Still whole lines, no duplicates,
+    nothing on stderr, 130."""
+    proc = sweep(netns, "--rate", "5000", session=True)
+    try:
+        reader = LineReader(proc)
+        reader.wait_lines(1000, timeout=30)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=2.0)
+        data = reader.all()
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err == ""
+    recs = parse_records(data)
+    ports = [r["port"] for r in recs]
+    assert len(ports) == len(set(ports))
+    assert 1000 <= len(ports) < 65535
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_waiting_for_stdin(sig: signal.Signals, code: int) -> None:
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", "-", "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)  # started, reading standard input, which has nothing yet
+        proc.send_signal(sig)
+        try:
+            rc = proc.wait(timeout=3.0)
+        except subprocess.TimeoutExpired:
+            rc = None
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        finally:
+            kill(proc)
+    assert rc == code, f"still running 3 s after {sig.name}"
+
+
+def test_slow_stdin_does_not_stretch_a_timeout(full_queue: FullQueueListener) -> None:
+    closed = closed_port()
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", "-", "--json", "-t", "0.5"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{full_queue.target}\n")
+        proc.stdin.flush()
+        time.sleep(3.0)  # the next target comes much later than the first one's timeout
+        out, err = proc.communicate(f"127.0.0.1:{closed}\n", timeout=20)
+    finally:
+        kill(proc)
+    no_traceback(err)
+    recs = {r["target"]: r for r in parse_records(out)}
+    first = recs[full_queue.target]
+    assert first["outcome"] == "timeout"
+    assert first["latency_ms"] < 2000, first  # 0.5 s asked; 4x slack for a busy machine
+
+
+# -- 5. broken sinks ------------------------------------------------------------------------------
+
+
+def pipe_into_head(
+    cmd: list[str], tmp_path: Path, prefix: list[str] | None = None
+) -> tuple[str, int, str]:
+    """`cmd 2>err | head -1` in a real shell: (head's output, cmd's exit status, cmd's stderr)."""
+    err = tmp_path / "stderr"
+    line = " ".join(map(shlex.quote, cmd))
+    script = f'{line} 2>{shlex.quote(str(err))} | head -1; echo "rc=${{PIPESTATUS[0]}}" >&2'
+    result = subprocess.run(
+        [*(prefix or []), "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    m = re.search(r"rc=(\d+)", result.stderr)
+    assert m, result.stderr
+    return result.stdout, int(m[1]), err.read_text()
+
+
+@pytest.mark.parametrize("fmt", ["json", "human"])
+def test_head_one_in_a_shell_pipeline(
+    tmp_path: Path, fmt: str, listener: RecordingListener
+) -> None:
+    cmd = [*probe_cmd(), "check", listener.target, "-c", "1000000", "-i", "0"]
+    if fmt == "json":
+        cmd.append("--json")
+    out, code, err = pipe_into_head(cmd, tmp_path)
+    assert err == ""
+    assert code not in (0, 1, 2), code  # stopped at the broken pipe, not a verdict or an error
+    assert out.count("\n") == 1
+    if fmt == "json":
+        (rec,) = parse_records(out)
+        assert rec["target"] == listener.target and rec["outcome"] == "open"
+    else:
+        assert listener.target in out and "open" in out
+
+
+def test_head_one_after_a_sweep_with_workers(netns: Netns, tmp_path: Path) -> None:
+    """The worker processes' parent is the one writing to the pipe: the same quiet exit."""
+    cmd = [*probe_cmd(), "check", "127.0.0.1", "-p", "1-65535", "--json", "--workers", "2"]
+    out, code, err = pipe_into_head(cmd, tmp_path, netns.prefix())
+    assert err == ""
+    assert code not in (0, 1, 2), code
+    (rec,) = parse_records(out)
+    assert rec["outcome"] == "refused"
+
+
+@pytest.mark.parametrize("fmt", ["json", "human"])
+def test_check_into_dev_full_is_loud(fmt: str) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    port = closed_port()
+    cmd = [*probe_cmd(), "check", f"127.0.0.1:{port}", "-c", "3", "-i", "0"]
+    if fmt == "json":
+        cmd.append("--json")
+    script = " ".join(map(shlex.quote, cmd)) + " >/dev/full"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result.stderr)
+    (line,) = result.stderr.splitlines()
+    assert "standard output" in line and "No space left" in line, line
+
+
+# -- daemons ---------------------------------------------------------------------------------------
+
+
+def daemon_config(
+    log: Path | str,
+    targets: str = "",
+    *,
+    timeout: float = 0.5,
+    interval: float = 1.0,
+    concurrency: int = 1000,
+    extra_metrics: str = "",
+) -> str:
+    return (
+        f"[defaults]\ninterval = {interval}\ntimeout = {timeout}\n\n"
+        f"[engine]\nconcurrency = {concurrency}\n\n"
+        f'[log]\nformat = "json"\nfile = {json.dumps(str(log))}\n\n'
+        f'[metrics]\nlisten = "127.0.0.1:0"\n{extra_metrics}\n' + targets
+    )
+
+
+def targets_toml(address: str, n: int) -> str:
+    return "".join(f'[[targets]]\naddress = "{address}"\nname = "t{i}"\n\n' for i in range(n))
+
+
+class Daemon:
+    """`probe run` in a subprocess; log, stdout and stderr in files under `dir`."""
+
+    def __init__(self, dir: Path, text: str, log: Path, wrap: list[str] | None = None) -> None:
+        self.dir = dir
+        self.log = log
+        self.config = dir / "config.toml"
+        self.config.write_text(text)
+        with (dir / "stdout").open("wb") as out, (dir / "stderr").open("wb") as err:
+            self.proc = subprocess.Popen(
+                [*(wrap or []), *probe_cmd(), "run", "--config", str(self.config)],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=dir,
+            )
+        self._port: int | None = None
+
+    @property
+    def stderr(self) -> str:
+        return (self.dir / "stderr").read_text(errors="replace")
+
+    def lines(self) -> list[Rec]:
+        try:
+            data = self.log.read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        for raw in data.split(b"\n")[:-1]:
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                raise AssertionError(f"not a JSON line: {raw[:200]!r}") from None
+        return out
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = check()
+            if got:
+                return got
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.stderr!r}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.02)
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+
+            def listening() -> int | None:
+                for line in self.lines():
+                    if line.get("event") == "listening":
+                        return int(line["address"].rpartition(":")[2])
+                return None
+
+            self._port = self.wait("the listening event", listening)
+        return self._port
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        try:
+            with _http.open(url, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def kill(self) -> None:
+        kill(self.proc)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.add(link[8:-1])
+    return found
+
+
+def tcp_by_inode() -> dict[str, int]:
+    """inode → remote port of every TCP socket in this namespace."""
+    table: dict[str, int] = {}
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] != "0":
+                table[fields[9]] = int(fields[2].rpartition(":")[2], 16)
+    return table
+
+
+class SocketSampler:
+    """Samples a process's sockets on a thread: all of them, and those connecting to `port`."""
+
+    def __init__(self, pid: int, port: int) -> None:
+        self.pid, self.port = pid, port
+        self.most_total = 0
+        self.most_out = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                mine = socket_inodes(self.pid)
+            except OSError:
+                return
+            table = tcp_by_inode()
+            out = sum(1 for inode in mine if table.get(inode) == self.port)
+            self.most_total = max(self.most_total, len(mine))
+            self.most_out = max(self.most_out, out)
+            self.samples += 1
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# A daemon's own sockets besides its attempts: the HTTP listener, the loop's wake-up pair,
+# a resolver socket or two. Generous, but far below what the attempts could add.
+OVERHEAD = 12
+
+
+def test_daemon_sockets_stay_within_concurrency_then_sigterm_drains(
+    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
+) -> None:
+    """200 targets that all time out, concurrency 20: the daemon never holds more than 20
+    attempt sockets. Then SIGTERM with 20 attempts in flight: they finish, exit 0, whole
+    lines, each attempt recorded once."""
+    log = tmp_path / "probe.log"
+    text = daemon_config(
+        log, targets_toml(full_queue.target, 200), timeout=0.5, interval=1.0, concurrency=20
+    )
+    d = Daemon(tmp_path, text, log)
+    daemons.append(d)
+    d.port  # noqa: B018 - waits for the listening event
+    sampler = SocketSampler(d.proc.pid, full_queue.port)
+    try:
+        d.wait("60 records", lambda: len([x for x in d.lines() if x["event"] == "probe"]) >= 60)
+    finally:
+        sampler.stop()
+    assert sampler.samples > 10
+    assert sampler.most_out == 20  # the bound was reached, and never passed
+    assert sampler.most_total <= 20 + OVERHEAD, sampler.most_total
+    sent = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=0.5 + 2.5) == 0, d.stderr
+    assert time.monotonic() - sent < 3.0
+    no_traceback(d.stderr)
+    assert d.log.read_bytes().endswith(b"\n")
+    lines = d.lines()
+    assert lines[-1]["event"] == "stopped"
+    recs = [x for x in lines if x["event"] == "probe"]
+    keys = [(r["name"], r["attempt"]) for r in recs]
+    assert len(keys) == len(set(keys)), "an attempt recorded twice"
+    assert {(r["outcome"], r["error"]) for r in recs} == {("timeout", "ETIMEDOUT")}
+    for rec in recs:
+        assert_local_endpoint(rec)
+
+
+def test_probe_flood_shares_the_concurrency_bound(
+    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
+) -> None:
+    """200 concurrent GET /probe of a target that times out, concurrency 20: every request
+    is answered 200 or 503 (never a dropped connection or a 500), no more than 20 attempt
+    sockets at once, and the daemon keeps serving afterwards."""
+    log = tmp_path / "probe.log"
+    d = Daemon(tmp_path, daemon_config(log, concurrency=20), log)
+    daemons.append(d)
+    d.port  # noqa: B018 - waits for the listening event
+    query = f"/probe?target={urllib.parse.quote(full_queue.target)}&timeout=1"
+    answers: list[tuple[int, str] | str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            got: tuple[int, str] | str = d.get(query, timeout=30)
+        except Exception as exc:  # a connection error is what this test is about
+            got = repr(exc)
+        with lock:
+            answers.append(got)
+
+    sampler = SocketSampler(d.proc.pid, full_queue.port)
+    threads = [threading.Thread(target=one) for _ in range(200)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sampler.stop()
+    assert len(answers) == 200
+    errors = [a for a in answers if isinstance(a, str)]
+    assert errors == []
+    statuses = Counter(a[0] for a in answers if not isinstance(a, str))
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= 1
+    for a in answers:
+        if not isinstance(a, str) and a[0] == 200:
+            assert "probe_success 0" in a[1], a[1]
+    assert 1 <= sampler.most_out <= 20, sampler.most_out
+    assert d.proc.poll() is None, d.stderr
+    assert d.get("/healthz")[0] == 200
+    assert d.wait("sockets back down", lambda: len(socket_inodes(d.proc.pid)) <= OVERHEAD)
+    no_traceback(d.stderr)
+
+
+def test_probe_allow_is_judged_after_name_resolution(
+    tmp_path: Path, daemons: list[Daemon], listener: RecordingListener
+) -> None:
+    """`localhost` is 127.0.0.1 (in /etc/hosts); with only ::1 allowed, the name must not be
+    a detour to an address outside probe_allow."""
+    try:
+        resolved = {str(info[4][0]) for info in socket.getaddrinfo("localhost", None)}
+    except socket.gaierror:
+        pytest.skip("localhost does not resolve here")
+    if not resolved or not all(ip.startswith("127.") for ip in resolved):
+        pytest.skip(f"localhost resolves to {sorted(resolved)} here, not only to 127.0.0.0/8")
+    log = tmp_path / "probe.log"
+    text = daemon_config(log, extra_metrics='probe_allow = ["::1/128"]\n')
+    d = Daemon(tmp_path, text, log)
+    daemons.append(d)
+    status, body = d.get(f"/probe?target=localhost:{listener.port}")
+    assert status == 403, body
+    time.sleep(0.3)  # a connection, had one been made, would have been accepted by now
+    assert listener.peers == []
+    # the listener does see connections: the silence above means something
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=2):
+        pass
+    assert len(listener.wait_peers(1)) == 1
+    assert not [x for x in d.lines() if x.get("event") == "probe"]
+
+
+def wait_exit(d: Daemon, timeout: float = 10.0) -> int:
+    try:
+        return d.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"daemon still running: {d.stderr!r}") from None
+
+
+@pytest.mark.parametrize("path", ["/proc/version", "/sys/probe-test.log"])
+def test_daemon_log_on_an_unwritable_path_is_loud(
+    tmp_path: Path, daemons: list[Daemon], path: str
+) -> None:
+    if not os.path.exists(os.path.dirname(path)):
+        pytest.skip(f"no {os.path.dirname(path)}")
+    port = closed_port()
+    d = Daemon(tmp_path, daemon_config(path, targets_toml(f"127.0.0.1:{port}", 1)), Path(path))
+    daemons.append(d)
+    assert wait_exit(d) != 0
+    err = d.stderr
+    no_traceback(err)
+    (line,) = err.splitlines()
+    assert path in line, line
+
+
+def test_daemon_log_on_a_read_only_mount_is_loud(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A bind mount remounted read-only, in a mount namespace of its own (root ignores
+    permission bits, not a read-only mount). The log file already exists there."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs root, unshare and mount")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    log = ro / "probe.log"
+    log.write_text("")
+    probe = shlex.quote(str(ro))
+    inner = f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe} {probe} && exec"
+    port = closed_port()
+    text = daemon_config(log, targets_toml(f"127.0.0.1:{port}", 1))
+    check = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"{inner} touch {probe}/x"], capture_output=True, text=True
+    )
+    if "Read-only" not in check.stderr:
+        pytest.skip(f"cannot make a read-only bind mount here: {check.stderr.strip()}")
+    d = Daemon(tmp_path, text, log, wrap=["unshare", "-m", "sh", "-c", f'{inner} "$@"', "sh"])
+    daemons.append(d)
+    assert wait_exit(d) != 0
+    err = d.stderr
+    no_traceback(err)
+    (line,) = err.splitlines()
+    assert str(log) in line and "Read-only" in line, line
+    assert log.read_text() == ""
