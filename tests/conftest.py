@@ -19,6 +19,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The record's keys, in the order of ../shared/CONTRACT.md (`name` is the daemon's only).
+# Written out here, not taken from probe/, so the tests check the code against the contract.
+CONTRACT_KEYS = [
+    "event",
+    "timestamp",
+    "target",
+    "host",
+    "port",
+    "address",
+    "family",
+    "local_address",
+    "local_port",
+    "outcome",
+    "error",
+    "latency_ms",
+    "rtt_ms",
+    "attempt",
+]
+
 
 class RecordingListener:
     """A listener on loopback that accepts and remembers each peer's address."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    CONTRACT_KEYS,
     FullQueueListener,
     Netns,
     RecordingListener,
@@ -28,22 +29,7 @@ from conftest import (
 
 RUN_TIMEOUT = 30
 
-KEYS = {
-    "event",
-    "timestamp",
-    "target",
-    "host",
-    "port",
-    "address",
-    "family",
-    "local_address",
-    "local_port",
-    "outcome",
-    "error",
-    "latency_ms",
-    "rtt_ms",
-    "attempt",
-}
+KEYS = set(CONTRACT_KEYS)
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 MS = r"\d+\.\d\d ms"
 RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"

@@ -349,7 +349,7 @@ def test_missing_address() -> None:
         ("[::1]:", "no ports after ':'"),
         ("[::1]x", "after ']'"),
         ("[::1:80", "missing ']'"),
-        ("[1.2.3.4]:80", "bad IPv6 address '1.2.3.4'"),
+        ("[127.1.2.3]:80", "bad IPv6 address '127.1.2.3'"),
         ("[]:80", "bad IPv6 address ''"),
         ("a]:80", "bad character in host"),
     ],

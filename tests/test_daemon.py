@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import ROOT, FullQueueListener, RecordingListener, closed_port, probe_cmd
+from conftest import (
+    CONTRACT_KEYS,
+    ROOT,
+    FullQueueListener,
+    RecordingListener,
+    closed_port,
+    probe_cmd,
+)
 
 from probe.config import ResolvedTarget
 from probe.daemon import _job_key
@@ -36,23 +43,7 @@ from probe.scheduler import phase_of
 T = TypeVar("T")
 Line = dict[str, Any]
 
-PROBE_KEYS = {
-    "event",
-    "timestamp",
-    "target",
-    "host",
-    "port",
-    "address",
-    "family",
-    "local_address",
-    "local_port",
-    "outcome",
-    "error",
-    "latency_ms",
-    "rtt_ms",
-    "attempt",
-    "name",
-}
+PROBE_KEYS = {*CONTRACT_KEYS, "name"}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 INTERVAL = 0.2
 GRID_SLACK = 0.05  # seconds a start may sit off its slot (a busy machine's loop lag)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import FullQueueListener, RecordingListener, closed_port
+from conftest import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
 
 from probe.check import CheckResult, run_check
 from probe.engine import Attempt, Engine, EngineOptions
@@ -35,23 +35,6 @@ from probe.record import Record
 from probe.resolve import Address, Resolver
 from probe.targets import Endpoint, expand, parse_target
 
-# The contract's record keys, in the contract's order (`name` is the daemon's only).
-CONTRACT_KEYS = [
-    "event",
-    "timestamp",
-    "target",
-    "host",
-    "port",
-    "address",
-    "family",
-    "local_address",
-    "local_port",
-    "outcome",
-    "error",
-    "latency_ms",
-    "rtt_ms",
-    "attempt",
-]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 V4 = Address(socket.AF_INET, "127.0.0.1")
 SYN_SENT = "02"

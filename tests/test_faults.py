@@ -28,26 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FullQueueListener, Netns, RecordingListener, closed_port, probe_cmd
+from conftest import (
+    CONTRACT_KEYS,
+    FullQueueListener,
+    Netns,
+    RecordingListener,
+    closed_port,
+    probe_cmd,
+)
 
 Rec = dict[str, Any]
 
-KEYS = {
-    "event",
-    "timestamp",
-    "target",
-    "host",
-    "port",
-    "address",
-    "family",
-    "local_address",
-    "local_port",
-    "outcome",
-    "error",
-    "latency_ms",
-    "rtt_ms",
-    "attempt",
-}
+KEYS = set(CONTRACT_KEYS)
 # urllib must not send 127.0.0.1 requests through an http_proxy from the environment.
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RecordingListener, closed_port, has_ipv6_loopback, probe_cmd
+from conftest import CONTRACT_KEYS, RecordingListener, closed_port, has_ipv6_loopback, probe_cmd
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -39,22 +39,7 @@ from probe.targets import PortRanges, Target, TargetError, iter_targets, parse_t
 
 Rec = dict[str, Any]
 P = ((1, 1),)  # stand-in default ports (-p): never used to connect
-KEYS = {
-    "event",
-    "timestamp",
-    "target",
-    "host",
-    "port",
-    "address",
-    "family",
-    "local_address",
-    "local_port",
-    "outcome",
-    "error",
-    "latency_ms",
-    "rtt_ms",
-    "attempt",
-}
+KEYS = set(CONTRACT_KEYS)
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # Characters that may not appear in argv or a UTF-8 file: NUL and lone surrogates.

@@ -276,9 +276,9 @@ def test_iter_targets_file_and_stdin(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     stdin = io.StringIO("#x\n127.0.0.2:6\n\n")
-    got = list(iter_targets(["10.0.0.1:7", f"@{listing}", "-"], P80, stdin=stdin))
+    got = list(iter_targets(["127.0.0.10:7", f"@{listing}", "-"], P80, stdin=stdin))
     assert got == [
-        Target("10.0.0.1", ((7, 7),), False),
+        Target("127.0.0.10", ((7, 7),), False),
         Target("127.0.0.1", ((1, 1),), False),
         Target("localhost", ((2, 2), (3, 3)), False),
         Target("::1", ((4, 4),), True),
