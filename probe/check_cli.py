@@ -68,7 +68,7 @@ class CheckCommand:
         self.summary = True  # a worker leaves the summary and errors to the parent
         self.result: CheckResult | None = None
         self.outcomes: Counter[str] = Counter()
-        self.lag: LagMonitor | None = None
+        self.lag: LagMonitor | None = None  # the engine's, for the summary
         self.stopped_by = 0  # the signal that stopped the run (SIGINT → exit 130)
         self.error: str | None = None
         self.code = EXIT_OK
@@ -291,7 +291,7 @@ class CheckCommand:
         loop.add_signal_handler(signal.SIGINT, self._interrupt, task, signal.SIGINT)
         engine = Engine(self.options)
         loop.add_signal_handler(signal.SIGTERM, self._interrupt, task, signal.SIGTERM)
-        self.lag = LagMonitor(loop)
+        self.lag = engine.lag
         ticker = _Ticker(loop, engine, writer, report, started, self.progress, self.outcomes)
         result = None
         try:
@@ -317,7 +317,6 @@ class CheckCommand:
             self.error, self.code = str(exc), EXIT_USAGE
         finally:
             ticker.stop()
-            self.lag.stop()
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
         return result

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .lag import LagMonitor
 from .record import ERROR, OPEN, REFUSED, TIMEOUT, UNREACHABLE, Record
 from .resolve import Address
 from .targets import Endpoint
@@ -47,6 +48,7 @@ SELF_CONNECT = -1
 _SELF_CONNECT_TRIES = 8
 RATE_SLACK = 0.002  # seconds of timer lateness that --rate still makes up
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
+LAG_FLOOR = 8  # lag never holds concurrency below this many attempts in flight
 
 
 def outcome_of(err: int) -> str:
@@ -98,6 +100,7 @@ class EngineOptions:
     source: tuple[str, int] | None = None  # bind to (address, port) first; port 0 = kernel's
     graceful_close: bool = False  # FIN instead of RST for open connections
     shortage_giveup: float | None = 30.0  # seconds stuck with nothing in flight, then fail
+    lag_limit_ms: float | None = 2.0  # loop lag that makes the engine hold concurrency down
 
 
 @dataclass(slots=True)
@@ -138,6 +141,7 @@ class EngineStats:
     shortages: int = 0
     late: int = 0  # deadline passed but the socket had its answer: loop was behind
     self_connects: int = 0  # the kernel connected a socket to itself; retried
+    lag_throttles: int = 0  # times loop lag made the engine lower its concurrency
 
 
 class Engine:
@@ -169,6 +173,9 @@ class Engine:
         self._watch: Callable[[_Slot], None]
         self._unwatch: Callable[[_Slot], None]
         self._slots: dict[int, _Slot] = {}
+        # A loop that runs late notices completions late and would inflate their latency:
+        # measure the lag, and past the limit hold concurrency down rather than report it.
+        self.lag = LagMonitor(self.loop, self._on_lag if options.lag_limit_ms else None)
         self._epoll: Any = None
         if hasattr(select, "epoll"):
             self._epoll = select.epoll()
@@ -224,6 +231,7 @@ class Engine:
         for handle in (self._timer, self._pump_handle):
             if handle is not None:
                 handle.cancel()
+        self.lag.stop()
         if self._epoll is not None:
             self.loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
@@ -380,6 +388,16 @@ class Engine:
             self._arm(slot.deadline)
         self._watch(slot)
         return True
+
+    def _on_lag(self, lag_ms: float) -> None:
+        """Multiplicative decrease on lag; completions add one back at a time."""
+        limit = self.options.lag_limit_ms
+        if limit is None or lag_ms <= limit or self.inflight <= LAG_FLOOR:
+            return
+        lowered = max(LAG_FLOOR, int(self.inflight * 0.75))
+        if lowered < self.limit:
+            self.limit = lowered
+            self.stats.lag_throttles += 1
 
     def _shortage(self) -> None:
         """No descriptor or port here: shrink to what is in flight and retry after a pause."""

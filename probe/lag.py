@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 TICK = 0.005  # seconds between samples
 
@@ -14,8 +15,11 @@ class LagMonitor:
 
     BOUNDS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_sample: Callable[[float], None] | None = None
+    ) -> None:
         self.loop = loop
+        self.on_sample = on_sample
         self.counts = [0] * (len(self.BOUNDS_MS) + 1)
         self.max_ms = 0.0
         self.samples = 0
@@ -36,6 +40,8 @@ class LagMonitor:
             self.counts[-1] += 1
         self._due = now + TICK
         self._handle = self.loop.call_later(TICK, self._tick)
+        if self.on_sample is not None:
+            self.on_sample(lag_ms)
 
     def quantile_ms(self, q: float) -> float:
         """Upper bound of the bucket holding the q-quantile (the max for the top bucket)."""
