@@ -186,23 +186,15 @@ class CheckCommand:
             self.error, self.code = "no targets in the input", EXIT_USAGE
         elif without_open:
             self.code = EXIT_NO_OPEN
-        try:
-            if not self.args.json and not self.error:
-                report = HumanReport(lambda _: None, False, self.args.count)
-                for r in results:
-                    report.outcomes.update(r["outcomes"])
-                lags = [r["lag"] for r in results if r["lag"]]
-                lag = (max(p for p, _ in lags), max(m for _, m in lags)) if lags else None
-                for line in report.summary(time.monotonic() - started, lag):
-                    out.msg(line.encode())
-            out.close()
-        except SinkClosed:
-            return _quiet_pipe()
-        except SinkError as exc:
-            self.error, self.code = self.error or str(exc), EXIT_USAGE
-        if self.error:
-            sys.stderr.write(f"probe: error: {self.error}\n")
-        return 128 + self.stopped_by if self.stopped_by else self.code
+        summary: list[str] = []
+        if not self.args.json and not self.error:
+            report = HumanReport(lambda _: None, False, self.args.count)
+            for r in results:
+                report.outcomes.update(r["outcomes"])
+            lags = [r["lag"] for r in results if r["lag"]]
+            lag = (max(p for p, _ in lags), max(m for _, m in lags)) if lags else None
+            summary = report.summary(time.monotonic() - started, lag)
+        return self._close(out, summary)
 
     def _worker(
         self, index: int, count: int, stream: BinaryIO, progress: Callable[[int, int], None]
@@ -245,18 +237,24 @@ class CheckCommand:
             self.stopped_by = signal.SIGINT
         except SinkClosed:
             return _quiet_pipe()
+        summary: list[str] = []
+        if report is not None and self.summary and not self.error:  # on SIGINT too
+            lag = (self.lag.quantile_ms(0.99), self.lag.max_ms) if self.lag else None
+            summary = report.summary(time.monotonic() - started, lag)
+        return self._close(writer, summary)
+
+    def _close(self, writer: RecordWriter, summary: list[str]) -> int:
+        """Write the summary, flush and close; report an error (unless a worker: the parent
+        does); the exit code."""
         try:
-            if report is not None and self.summary and not self.error:  # on SIGINT too
-                lag = (self.lag.quantile_ms(0.99), self.lag.max_ms) if self.lag else None
-                for line in report.summary(time.monotonic() - started, lag):
-                    writer.msg(line.encode())
+            for line in summary:
+                writer.msg(line.encode())
             writer.close()
         except SinkClosed:
             return _quiet_pipe()
         except SinkError as exc:
-            self.error = self.error or str(exc)
-            self.code = EXIT_USAGE
-        if self.error and self.summary:  # a worker's error is the parent's to report
+            self.error, self.code = self.error or str(exc), EXIT_USAGE
+        if self.error and self.summary:
             sys.stderr.write(f"probe: error: {self.error}\n")
         return 128 + self.stopped_by if self.stopped_by else self.code
 

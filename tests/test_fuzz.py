@@ -200,6 +200,9 @@ def consume(
 @given(st.data(), st.sampled_from([None, ((80, 80),), ((1, 3), (8080, 8080))]))
 def test_reader_yields_what_the_lines_say(data: st.DataObject, default: PortRanges | None) -> None:
     lines = data.draw(st.lists(line_st(default), max_size=12))
+    # A BOM opening the first line is the file's BOM, not part of a host: that case has its
+    # own test (test_target_file_with_a_bom).
+    assume(not (lines and lines[0].text.startswith("\ufeff")))
     newline = data.draw(st.sampled_from(["\n", "\r\n", "\r"]))
     targets, bad = expected_of(lines)
     stdin_text = "\n".join(line.text for line in lines) + data.draw(st.sampled_from(["", "\n"]))
