@@ -8,28 +8,17 @@ nothing here prints a traceback. Heavy modules are imported inside the commands,
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-EXIT_OK, EXIT_NO_OPEN, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
-    """Bad usage or input: printed as one line, exit 2."""
+from .errors import EXIT_OK, EXIT_SIGNAL_BASE, ProbeError, fail, report
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         fail(message)
-
-
-def fail(message: str) -> NoReturn:
-    # Whatever the user typed is echoed escaped: one line, whatever the bytes.
-    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
-    sys.stderr.write(f"probe: error: {shown}\n")
-    sys.stderr.flush()
-    raise SystemExit(EXIT_USAGE)
 
 
 def _number(kind: Callable[[str], float], test: Callable[[float], bool], what: str):  # type: ignore[no-untyped-def]
@@ -167,28 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config, resolved_targets
+    from .daemon.config import load_config, resolved_targets
 
-    try:
-        config = load_config(args.path)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    config = load_config(args.path)
     print(f"{args.path}: valid, {len(resolved_targets(config))} targets")
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .daemon import run_daemon
+    from .daemon.app import run_daemon
 
-    try:
-        return run_daemon(args.config)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    return run_daemon(args.config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check_cli import CheckCommand
+    from .check.command import CheckCommand
 
     return CheckCommand(args).run()
 
@@ -246,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(words)
     try:
         code: int = args.func(args)
-    except UsageError as exc:
-        fail(str(exc))
+    except ProbeError as exc:  # the one edge where an error becomes a line and an exit code
+        report(str(exc))
+        return exc.exit_code
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return EXIT_SIGNAL_BASE + signal.SIGINT
     return code

@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Final
 
-OPEN: Final = "open"
-REFUSED: Final = "refused"
-TIMEOUT: Final = "timeout"
-UNREACHABLE: Final = "unreachable"
-ERROR: Final = "error"
-OUTCOMES: Final = (OPEN, REFUSED, TIMEOUT, UNREACHABLE, ERROR)
+
+class Outcome(StrEnum):
+    """What an attempt found. A new outcome goes here, and into `outcome_of` below."""
+
+    OPEN = "open"  # the handshake completed
+    REFUSED = "refused"  # the peer answered with a reset
+    TIMEOUT = "timeout"  # no answer within the timeout
+    UNREACHABLE = "unreachable"  # ICMP unreachable, no route
+    ERROR = "error"  # anything else about the target (name did not resolve, ...)
+
+
+OPEN: Final = Outcome.OPEN
+REFUSED: Final = Outcome.REFUSED
+TIMEOUT: Final = Outcome.TIMEOUT
+UNREACHABLE: Final = Outcome.UNREACHABLE
+ERROR: Final = Outcome.ERROR
+OUTCOMES: Final = tuple(Outcome)
+
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+_REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
+
+# Not an errno: the socket connected to itself and a fixed source port makes that certain.
+SELF_CONNECT: Final = -1
+
+
+def outcome_of(err: int) -> Outcome:
+    """The outcome a connect() errno stands for (0: open)."""
+    if err == 0:
+        return Outcome.OPEN
+    if err in _REFUSED:
+        return Outcome.REFUSED
+    if err == errno.ETIMEDOUT:
+        return Outcome.TIMEOUT
+    if err in _UNREACHABLE:
+        return Outcome.UNREACHABLE
+    return Outcome.ERROR
+
+
+def errno_name(err: int) -> str:
+    """The record's `error` for an errno: `ECONNREFUSED`, ..., or `SELF_CONNECT`."""
+    if err == SELF_CONNECT:
+        return "SELF_CONNECT"
+    return errno.errorcode.get(err, f"E{err}")
 
 
 @dataclass(slots=True)
@@ -26,7 +65,7 @@ class Record:
     family: str | None  # "ipv4" | "ipv6"
     local_address: str | None
     local_port: int | None
-    outcome: str
+    outcome: Outcome
     error: str | None
     latency_ms: float
     rtt_ms: float | None

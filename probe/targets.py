@@ -12,14 +12,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from .errors import TargetError
+
 PortRanges = tuple[tuple[int, int], ...]
 
 # Longest token echoed back in an error message, so a hostile line cannot flood stderr.
 _ECHO = 60
-
-
-class TargetError(ValueError):
-    """Bad target or port text; `str()` is one line naming the token (and file:line)."""
 
 
 def _echo(token: str) -> str:

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONTRACT_KEYS, RecordingListener, closed_port, has_ipv6_loopback, probe_cmd
+from helpers import CONTRACT_KEYS, RecordingListener, closed_port, has_ipv6_loopback, probe_cmd
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from probe.config import Config, ConfigError, load_config
-from probe.sinks import console_line, render_json
+from probe.daemon.config import Config, ConfigError, load_config
+from probe.output.human import console_line
+from probe.output.jsonl import render_json
 from probe.targets import PortRanges, Target, TargetError, iter_targets, parse_target
 
 Rec = dict[str, Any]

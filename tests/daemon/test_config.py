@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe.config import (
+from probe.daemon.config import (
     Config,
     ConfigError,
     Defaults,

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .record import OPEN, OUTCOMES, REFUSED, TIMEOUT, Record
+from ..record import OPEN, OUTCOMES, REFUSED, TIMEOUT, Record
 
 # At most this many attempts in a run and every one gets its own line (nmap lists up to 25
 # closed ports before it folds them into "Not shown").

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from probe.scheduler import Job, Schedule, next_start, phase_of
+from probe.daemon.schedule import Job, Schedule, next_start, phase_of
 
 T0 = 1_700_000_000.0  # a wall-clock-sized epoch, so float rounding is realistic
 

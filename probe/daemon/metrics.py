@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .record import OPEN, OUTCOMES, REFUSED, Record
+from ..record import OPEN, OUTCOMES, REFUSED, Record
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Connect latency on loopback is tens of microseconds; across the world, hundreds of ms.

@@ -13,12 +13,12 @@ import json
 import os
 import selectors
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from .sinks import RecordWriter, SinkClosed, SinkError
+from ..errors import EXIT_PIPE, SinkClosed, SinkError, report
+from ..output.writer import RecordWriter
 
 # A worker's body: (index, count, its record stream, progress(attempts, open)) → result.
 Body = Callable[[int, int, BinaryIO, Callable[[int, int], None]], dict[str, Any]]
@@ -154,9 +154,9 @@ def _worker(index: int, count: int, body: Body, data_w: int, result_w: int) -> N
         result.write("R " + json.dumps(outcome) + "\n")
         result.flush()
     except BrokenPipeError:
-        code = 141
+        code = EXIT_PIPE
     except BaseException as exc:  # a worker must never run the parent's code after this
-        sys.stderr.write(f"probe: worker {index}: {exc}\n")
+        report(f"worker {index}: {exc}", prefix="")
         code = 70
     finally:
         os._exit(code)

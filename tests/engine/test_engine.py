@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
+from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
 
-from probe.check import CheckResult, run_check
+from probe.check.run import CheckResult, run_check
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.loop import run as run_on_production_loop
 from probe.record import Record

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
     CONTRACT_KEYS,
     FullQueueListener,
     Netns,

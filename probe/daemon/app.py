@@ -14,17 +14,23 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
-import sys
 import time
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from . import loop as event_loop
+from .. import loop as event_loop
+from ..engine import Attempt, Engine, EngineOptions, check_source
+from ..engine.limits import fit_concurrency
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, TargetError, report
+from ..output.log import configure, event_logger
+from ..output.writer import stdout_writer
+from ..record import OPEN, Record, unresolved_record
+from ..resolve import Address, ResolveError, Resolver
+from ..targets import Endpoint, parse_target
 from .config import (
     Config,
-    ConfigError,
     ResolvedTarget,
     engine_source,
     load_config,
@@ -32,17 +38,10 @@ from .config import (
     probe_allow_networks,
     resolved_targets,
 )
-from .engine import Attempt, Engine, EngineOptions, check_source
 from .http import Answer, HttpServer
-from .limits import fit_concurrency
 from .metrics import CONTENT_TYPE, Metrics, probe_exposition
-from .record import OPEN, Record, unresolved_record
-from .resolve import Address, ResolveError, Resolver
-from .scheduler import Job, Schedule
-from .sinks import SinkError, configure, event_logger, stdout_writer
-from .targets import Endpoint, TargetError, parse_target
+from .schedule import Job, Schedule
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 FLUSH_EVERY = 0.1
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
 PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
@@ -79,14 +78,14 @@ class Daemon:
         try:
             self.writer = stdout_writer(cfg.log.file or None)
         except SinkError as exc:
-            return self._fail(str(exc), EXIT_CONFIG)
+            return self._fail(str(exc), EXIT_USAGE)
         source = engine_source(cfg)
         if source is not None:
             try:
                 check_source(source)
             except OSError as exc:
                 return self._fail(
-                    f"{self.path}: engine.source: cannot bind: {exc.strerror}", EXIT_CONFIG
+                    f"{self.path}: engine.source: cannot bind: {exc.strerror}", EXIT_USAGE
                 )
         self.write_record = configure(self.writer, cfg.log.format)
         self.log = event_logger()
@@ -112,7 +111,7 @@ class Daemon:
                 host, port = await self.http.start()
             except OSError as exc:
                 return self._fail(
-                    f"cannot listen on {cfg.metrics.listen}: {exc.strerror}", EXIT_CONFIG
+                    f"cannot listen on {cfg.metrics.listen}: {exc.strerror}", EXIT_USAGE
                 )
             self.log.info("listening", address=f"{host}:{port}")
         self._install_signals()
@@ -313,8 +312,7 @@ class Daemon:
         try:
             new = load_config(self.path)
         except ConfigError as exc:
-            sys.stderr.write(f"probe: reload failed, keeping the running config: {exc}\n")
-            sys.stderr.flush()
+            report(f"reload failed, keeping the running config: {exc}", prefix="")
             self.metrics.reloads.labels("failed").inc()
             self.log.info("reload", result="failed", config=self.path, error=str(exc))
             return
@@ -345,9 +343,7 @@ class Daemon:
                 self.writer.retarget(new.log.file or None)
         except (OSError, SinkError) as exc:
             reason = exc if isinstance(exc, SinkError) else f"engine.source: {exc.strerror}"
-            sys.stderr.write(
-                f"probe: reload failed, keeping the running config: {self.path}: {reason}\n"
-            )
+            report(f"reload failed, keeping the running config: {self.path}: {reason}", "")
             self.metrics.reloads.labels("failed").inc()
             self.log.info("reload", result="failed", config=self.path, error=str(reason))
             return None
@@ -433,8 +429,7 @@ class Daemon:
 
     @staticmethod
     def _report(message: str) -> None:
-        sys.stderr.write(f"probe: error: {message}\n")
-        sys.stderr.flush()
+        report(message)
 
 
 def _extra(target: ResolvedTarget) -> dict[str, Any]:

@@ -7,19 +7,15 @@ state lives only while its attempts do, so memory follows concurrency, not the t
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from .engine import Attempt, Engine
-from .record import OPEN, Record, unresolved_record
-from .resolve import Address, ResolveError, Resolver
-from .targets import Endpoint, Target
-
-T = TypeVar("T")
+from ..engine import Attempt, Engine
+from ..record import OPEN, Record, unresolved_record
+from ..resolve import Address, ResolveError, Resolver
+from ..targets import Endpoint
 
 YIELD_EVERY = 64  # endpoints fed between two turns of the event loop
 
@@ -200,41 +196,3 @@ async def run_check(
     finally:
         engine.close()
     return check.result
-
-
-_END = object()
-
-
-async def threaded(items: Iterator[T]) -> AsyncIterator[T]:
-    """Pull from a blocking iterator (standard input, a FIFO) on a thread of its own, so the
-    loop keeps its timers, deadlines and signals while the next line is slow to come. A
-    daemon thread: a read that never returns must not keep the process alive."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue(maxsize=64)
-
-    def put(item: object, exc: BaseException | None = None) -> None:
-        asyncio.run_coroutine_threadsafe(queue.put((item, exc)), loop).result()
-
-    def pull() -> None:
-        try:
-            for item in items:
-                put(item)
-        except Exception as exc:
-            put(_END, exc)
-        else:
-            put(_END)
-
-    threading.Thread(target=pull, name="probe-input", daemon=True).start()
-    while True:
-        item, exc = await queue.get()
-        if exc is not None:
-            raise exc
-        if item is _END:
-            return
-        yield item  # type: ignore[misc]
-
-
-async def expand_async(targets: AsyncIterator[Target]) -> AsyncIterator[Endpoint]:
-    async for target in targets:
-        for endpoint in target.endpoints():
-            yield endpoint

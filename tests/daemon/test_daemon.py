@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import (
+from helpers import (
     CONTRACT_KEYS,
     ROOT,
     FullQueueListener,
@@ -36,9 +36,9 @@ from conftest import (
     probe_cmd,
 )
 
-from probe.config import ResolvedTarget
-from probe.daemon import _job_key
-from probe.scheduler import phase_of
+from probe.daemon.app import _job_key
+from probe.daemon.config import ResolvedTarget
+from probe.daemon.schedule import phase_of
 
 T = TypeVar("T")
 Line = dict[str, Any]

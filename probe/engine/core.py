@@ -18,77 +18,28 @@ import asyncio
 import errno
 import select
 import socket
-import struct
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import LocalShortage
+from ..record import OPEN, SELF_CONNECT, TIMEOUT, Record, errno_name, outcome_of
+from ..resolve import Address
+from ..targets import Endpoint
 from .lag import LagMonitor
-from .record import ERROR, OPEN, REFUSED, TIMEOUT, UNREACHABLE, Record
-from .resolve import Address
-from .targets import Endpoint
+from .sockets import LINGER_RESET, bind_source, connected, rtt_ms
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
-_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
-_TCPI_RTT_OFFSET = 68  # struct tcp_info: u32 tcpi_rtt (microseconds) after 8 u8 + 15 u32
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
-_REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
 # Our machine ran short, not the target: wait and try the same attempt again.
 SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN}
 _SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
 
 
-# Not an errno: the socket connected to itself and a fixed source port makes that certain.
-SELF_CONNECT = -1
 _SELF_CONNECT_TRIES = 8
 RATE_SLACK = 0.002  # seconds of timer lateness that --rate still makes up
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
 LAG_FLOOR = 8  # lag never holds concurrency below this many attempts in flight
-
-
-def outcome_of(err: int) -> str:
-    if err == 0:
-        return OPEN
-    if err in _REFUSED:
-        return REFUSED
-    if err == errno.ETIMEDOUT:
-        return TIMEOUT
-    if err in _UNREACHABLE:
-        return UNREACHABLE
-    return ERROR
-
-
-def errno_name(err: int) -> str:
-    if err == SELF_CONNECT:
-        return "SELF_CONNECT"
-    return errno.errorcode.get(err, f"E{err}")
-
-
-def bind_source(sock: socket.socket, source: tuple[str, int]) -> None:
-    """Bind before connect(), as the lesson allows. With an address alone, let connect()
-    pick the port: bind() by itself would reserve one port per address for every socket."""
-    address, port = source
-    if port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    elif sock.family == socket.AF_INET:
-        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-    sock.bind((address, port))
-
-
-def check_source(source: tuple[str, int]) -> None:
-    """Bind once, up front, so a source that is not ours fails at start, not mid-run."""
-    family = socket.AF_INET6 if ":" in source[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        bind_source(sock, source)
-
-
-class LocalShortage(Exception):
-    """The machine stayed out of descriptors or ports with nothing of ours left to free."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +309,7 @@ class Engine:
             # happens inside connect(). Taking it now costs two cheap syscalls and spares
             # the poller, and the latency is not inflated by a turn of the event loop.
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            answered = bool(err) or _connected(sock)
+            answered = bool(err) or connected(sock)
         except OSError as exc:
             sock.close()
             if exc.errno in _SHORTAGE_AT_CONNECT:
@@ -464,7 +415,7 @@ class Engine:
             # the ephemeral port and the socket connected to itself. Nothing listens there;
             # that is our artifact, not the target's answer, so try again with another port
             # (unless -s fixed the port: then every try would be the same, so say so).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             sock.close()
             self.stats.self_connects += 1
             source = self.options.source
@@ -477,9 +428,9 @@ class Engine:
             )
             return
         if err == 0 and not timed_out:
-            rtt = _rtt_ms(sock)
+            rtt = rtt_ms(sock)
             if not self.options.graceful_close:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         sock.close()
         if self.limit < self.ceiling:
             self.limit += 1  # additive recovery after a shortage
@@ -594,24 +545,3 @@ class Engine:
                 return
         self.stats.late += 1
         self._complete(slot, err)
-
-
-def _connected(sock: socket.socket) -> bool:
-    try:
-        sock.getpeername()
-    except OSError:
-        return False
-    return True
-
-
-def _rtt_ms(sock: socket.socket) -> float | None:
-    if _TCP_INFO is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
-    except OSError:
-        return None
-    if len(info) < _TCPI_RTT_OFFSET + 4:
-        return None
-    rtt_us: int = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)[0]
-    return rtt_us / 1000.0

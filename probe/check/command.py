@@ -16,20 +16,28 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from . import loop as event_loop
-from .check import CheckResult, expand_async, run_check, threaded
-from .cli import EXIT_NO_OPEN, EXIT_OK, EXIT_USAGE, UsageError
-from .engine import Engine, EngineOptions, LocalShortage, check_source
-from .lag import LagMonitor
-from .limits import fit_concurrency
-from .record import OPEN, Record
-from .report import LIST_LIMIT, HumanReport
-from .resolve import Resolver
-from .sinks import RecordWriter, SinkClosed, SinkError, configure, stdout_writer
-from .targets import (
+from .. import loop as event_loop
+from ..engine import Engine, EngineOptions, LocalShortage, check_source
+from ..engine.lag import LagMonitor
+from ..engine.limits import fit_concurrency
+from ..errors import (
+    EXIT_NO_OPEN,
+    EXIT_OK,
+    EXIT_PIPE,
+    EXIT_USAGE,
+    SinkClosed,
+    SinkError,
+    TargetError,
+    UsageError,
+    report,
+)
+from ..output.log import configure
+from ..output.writer import RecordWriter, stdout_writer
+from ..record import OPEN, Record
+from ..resolve import Resolver
+from ..targets import (
     Endpoint,
     PortRanges,
-    TargetError,
     expand,
     iter_targets,
     parse_ports,
@@ -37,6 +45,9 @@ from .targets import (
     parse_target,
     shard,
 )
+from .inputs import expand_async, threaded
+from .report import LIST_LIMIT, HumanReport
+from .run import CheckResult, run_check
 from .workers import run_workers, usable_cpus
 
 FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record
@@ -143,9 +154,10 @@ class CheckCommand:
     def _concurrency(requested: int | None) -> int:
         concurrency, room = fit_concurrency(requested)
         if requested is not None and requested > concurrency:
-            sys.stderr.write(
-                f"probe: -C {requested} lowered to {concurrency}: the open-files limit "
-                f"leaves room for {room}\n"
+            report(
+                f"-C {requested} lowered to {concurrency}: the open-files limit "
+                f"leaves room for {room}",
+                prefix="",
             )
         return concurrency
 
@@ -255,7 +267,7 @@ class CheckCommand:
         except SinkError as exc:
             self.error, self.code = self.error or str(exc), EXIT_USAGE
         if self.error and self.summary:
-            sys.stderr.write(f"probe: error: {self.error}\n")
+            report(self.error)
         return 128 + self.stopped_by if self.stopped_by else self.code
 
     @staticmethod
@@ -402,4 +414,4 @@ def _quiet_pipe() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
-    return 141
+    return EXIT_PIPE

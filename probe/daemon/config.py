@@ -24,7 +24,8 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 import msgspec.inspect as mi
 
-from .targets import TargetError, parse_source, parse_target
+from ..errors import ConfigError, TargetError
+from ..targets import parse_source, parse_target
 
 __all__ = [
     "Config",
@@ -49,24 +50,6 @@ __all__ = [
 
 _Segment = str | int
 _Segments = tuple[_Segment, ...]
-
-
-def _one_line(text: str) -> str:
-    """Escape anything that could break the single-line contract or a terminal."""
-    return "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
-    )
-
-
-class ConfigError(Exception):
-    """The single exception callers need to catch; ``str()`` is the whole user message."""
-
-    def __init__(self, path: str, key: str | None, problem: str) -> None:
-        self.path = path
-        self.key = key
-        self.problem = problem
-        where = f"{path}: {key}" if key else path
-        super().__init__(_one_line(f"{where}: {problem}"))
 
 
 class _FieldError(ValueError):
