@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import (
+    Daemon,
     FullQueueListener,
     Netns,
     RecordingListener,
@@ -54,3 +55,12 @@ def netns() -> Iterator[Netns]:
     ns = Netns()
     yield ns
     ns.delete()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test started; any still running at the end are killed (by their pid)."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()

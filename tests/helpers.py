@@ -4,15 +4,27 @@ namespaces for sweeps and faults (root and iproute2 needed; skipped otherwise)."
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Rec = dict[str, Any]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +46,103 @@ CONTRACT_KEYS = [
     "rtt_ms",
     "attempt",
 ]
+KEYS = set(CONTRACT_KEYS)
+OUTCOMES = ("open", "refused", "timeout", "unreachable", "error")
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+# urllib must not send 127.0.0.1 requests through an http_proxy from the environment.
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# -- records -----------------------------------------------------------------------------------
+
+
+def parse_records(
+    data: str | bytes, keys: set[str] | None = None, check: bool = False
+) -> list[Rec]:
+    """Every line a whole JSON probe record with exactly `keys` (the contract's by default),
+    the last one ended by a newline, or the test fails. `check`: each record's types and
+    invariants too (`check_record`)."""
+    text = data.decode() if isinstance(data, bytes) else data
+    assert text == "" or text.endswith("\n"), f"last line is cut: {text[-200:]!r}"
+    want = KEYS if keys is None else keys
+    out = []
+    for line in text.split("\n")[:-1]:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"not a JSON line: {line[:200]!r}") from None
+        assert isinstance(rec, dict), line
+        assert set(rec) == want, line
+        assert rec["event"] == "probe", line
+        if check:
+            check_record(rec)
+        out.append(rec)
+    return out
+
+
+def check_record(rec: Rec) -> None:
+    """The contract's types and the invariants between a record's keys."""
+    assert TIMESTAMP.fullmatch(rec["timestamp"]), rec["timestamp"]
+    assert isinstance(rec["port"], int) and 1 <= rec["port"] <= 65535
+    assert rec["outcome"] in OUTCOMES
+    assert rec["family"] in ("ipv4", "ipv6", None)
+    assert isinstance(rec["latency_ms"], int | float) and rec["latency_ms"] >= 0
+    assert isinstance(rec["attempt"], int) and rec["attempt"] >= 1
+    if rec["outcome"] == "open":
+        assert rec["error"] is None
+    else:
+        assert isinstance(rec["error"], str) and rec["error"]
+        assert rec["rtt_ms"] is None
+    if rec["outcome"] in ("open", "refused", "timeout", "unreachable"):
+        assert isinstance(rec["local_port"], int) and 1 <= rec["local_port"] <= 65535
+        assert isinstance(rec["local_address"], str)
+        assert isinstance(rec["address"], str)
+
+
+def read_lines(path: Path) -> list[Rec]:
+    """Every complete line of a JSON-lines file, parsed; a line that is not JSON fails."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    out: list[Rec] = []
+    for raw in data.split(b"\n")[:-1]:  # the last piece is empty or a line being written
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            raise AssertionError(f"{path}: not a JSON line: {raw[:200]!r}") from None
+        assert isinstance(line, dict), raw
+        out.append(line)
+    return out
+
+
+def ts(line: Rec) -> float:
+    """A record's or event's timestamp as epoch seconds."""
+    when = datetime.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.replace(tzinfo=UTC).timestamp()
+
+
+def no_traceback(stderr: str | bytes) -> None:
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    assert "Traceback" not in text, text
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str, str]:
+    """(status, content type, body) of GET http://127.0.0.1:PORT/PATH."""
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with _http.open(url, timeout=timeout) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+
+def kill(proc: subprocess.Popen[Any]) -> None:
+    """Kill a child this test started (by its own handle) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 class RecordingListener:
@@ -173,3 +282,190 @@ def probe_cmd() -> list[str]:
     """The installed console script beside this interpreter (what the README installs)."""
     exe = Path(sys.executable).with_name("probe")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "probe"]
+
+
+NS_SERVER = """
+import socket, sys, threading
+socks = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(4096)
+    socks.append(s)
+def serve(s):
+    while True:
+        conn, _ = s.accept()
+        conn.close()
+for s in socks:
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+sys.stdin.read()
+"""
+
+
+class NsServer:
+    """Listeners inside a namespace that accept and close, until closed. Port 0: the
+    kernel picks one; `ports` holds what was bound, in order."""
+
+    def __init__(self, ns: Netns, *ports: int) -> None:
+        self.proc = ns.popen(
+            sys.executable,
+            "-c",
+            NS_SERVER,
+            *map(str, ports),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        self.ports = [int(p) for p in self.proc.stdout.readline().split()]
+        assert len(self.ports) == len(ports), "the namespace server did not start"
+
+    def close(self) -> None:
+        kill(self.proc)
+
+
+# -- the daemon ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    """`probe run --config PATH` in a subprocess, with its log, stdout and stderr in files.
+    Configs listen on 127.0.0.1:0 (a free port); `port` reads the one from the log."""
+
+    dir: Path
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+    _port: int | None = field(default=None)
+
+    @classmethod
+    def start(
+        cls,
+        tmp: Path,
+        text: str | None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+        args: tuple[str, ...] | None = None,
+        wrap: list[str] | None = None,
+    ) -> Daemon:
+        """Write `text` to tmp/config.toml (None: it is already there) and run the daemon on
+        it; `args` replaces `--config PATH`; `wrap` goes before the command (unshare, ...)."""
+        config = tmp / "config.toml"
+        if text is not None:
+            config.write_text(text)
+        with (tmp / "stdout").open("wb") as stdout, (tmp / "stderr").open("wb") as stderr:
+            proc = subprocess.Popen(
+                [
+                    *(wrap or []),
+                    *probe_cmd(),
+                    "run",
+                    *(("--config", str(config)) if args is None else args),
+                ],
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd or tmp,
+            )
+        return cls(tmp, config, log or tmp / "stdout", proc)
+
+    # files
+
+    def lines(self, path: Path | None = None) -> list[Rec]:
+        return read_lines(path or self.log)
+
+    def records(self, name: str | None = None, path: Path | None = None) -> list[Rec]:
+        return [
+            line
+            for line in self.lines(path)
+            if line.get("event") == "probe" and (name is None or line.get("name") == name)
+        ]
+
+    def events(self, event: str) -> list[Rec]:
+        return [line for line in self.lines() if line.get("event") == event]
+
+    @property
+    def stderr(self) -> str:
+        return (self.dir / "stderr").read_text(errors="replace")
+
+    def rewrite(self, text: str) -> None:
+        """Replace the config file atomically, as an editor or config manager would."""
+        tmp = self.config.with_suffix(".new")
+        tmp.write_text(text)
+        os.replace(tmp, self.config)
+
+    # waiting
+
+    def wait(self, what: str, check: Callable[[], T | None], timeout: float = 10.0) -> T:
+        """Poll `check` until it returns something truthy; fail naming `what` at the deadline
+        (or at once, with stderr, if the daemon died)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = check()
+            if got:
+                return got
+            if self.proc.poll() is not None:
+                got = check()
+                if got:
+                    return got
+                raise AssertionError(
+                    f"daemon exited {self.proc.returncode} while waiting for {what}; "
+                    f"stderr: {self.stderr!r}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.02)
+
+    def wait_records(
+        self, name: str, n: int, after: float = 0.0, timeout: float = 5.0
+    ) -> list[Rec]:
+        def enough() -> list[Rec] | None:
+            recs = [r for r in self.records(name) if ts(r) > after]
+            return recs if len(recs) >= n else None
+
+        return self.wait(f"{n} records of {name!r} after {after}", enough, timeout)
+
+    def wait_event(self, event: str, timeout: float = 5.0, **fields: Any) -> Rec:
+        def found() -> Rec | None:
+            for line in self.events(event):
+                if all(line.get(k) == v for k, v in fields.items()):
+                    return line
+            return None
+
+        return self.wait(f"event {event} {fields}", found, timeout)
+
+    @property
+    def port(self) -> int:
+        """The metrics port the daemon listens on (from its `listening` event)."""
+        if self._port is None:
+            ev = self.wait_event("listening", timeout=10.0)
+            host, _, port = ev["address"].rpartition(":")
+            assert host == "127.0.0.1"
+            self._port = int(port)
+        return self._port
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str, str]:
+        return http_get(self.port, path, timeout)
+
+    # stopping
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.proc.poll() is None, f"daemon already exited: {self.stderr!r}"
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 5.0) -> int:
+        """Send `sig` (if still running) and return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        """The exit code of a daemon expected to stop by itself."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon still running: {self.stderr!r}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)

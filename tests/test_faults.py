@@ -23,45 +23,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import (
-    CONTRACT_KEYS,
+    Daemon,
     FullQueueListener,
     Netns,
+    NsServer,
     RecordingListener,
     closed_port,
+    kill,
+    no_traceback,
+    parse_records,
     probe_cmd,
 )
 
 Rec = dict[str, Any]
 
-KEYS = set(CONTRACT_KEYS)
-# urllib must not send 127.0.0.1 requests through an http_proxy from the environment.
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def parse_records(data: str | bytes, keys: set[str] = KEYS) -> list[Rec]:
-    """Every line a whole JSON record (the last one ended by a newline), or the test fails."""
-    text = data.decode() if isinstance(data, bytes) else data
-    assert text == "" or text.endswith("\n"), f"last line is cut: {text[-200:]!r}"
-    out = []
-    for line in text.split("\n")[:-1]:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise AssertionError(f"not a JSON line: {line[:200]!r}") from None
-        assert isinstance(rec, dict), line
-        assert set(rec) == keys, line
-        assert rec["event"] == "probe"
-        out.append(rec)
-    return out
 
 
 def assert_local_endpoint(rec: Rec, range_: tuple[int, int] | None = None) -> None:
@@ -69,11 +51,6 @@ def assert_local_endpoint(rec: Rec, range_: tuple[int, int] | None = None) -> No
     assert isinstance(rec["local_port"], int), rec
     lo, hi = range_ or (1, 65535)
     assert lo <= rec["local_port"] <= hi, rec
-
-
-def no_traceback(stderr: str | bytes) -> None:
-    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
-    assert "Traceback" not in text, text
 
 
 def need_iptables(ns: Netns, tool: str = "iptables") -> None:
@@ -104,45 +81,6 @@ def ns_check(
 
 def port_range(ns: Netns, lo: int, hi: int) -> None:
     ns.run("sysctl", "-w", f"net.ipv4.ip_local_port_range={lo} {hi}")
-
-
-NS_SERVER = """
-import socket, sys, threading
-socks = []
-for port in map(int, sys.argv[1:]):
-    s = socket.socket()
-    s.bind(("127.0.0.1", port))
-    s.listen(4096)
-    socks.append(s)
-def serve(s):
-    while True:
-        conn, _ = s.accept()
-        conn.close()
-for s in socks:
-    threading.Thread(target=serve, args=(s,), daemon=True).start()
-print("ready", flush=True)
-sys.stdin.read()
-"""
-
-
-class NsServer:
-    """Listeners on fixed ports inside a namespace, until closed."""
-
-    def __init__(self, ns: Netns, *ports: int) -> None:
-        self.proc = ns.popen(
-            sys.executable,
-            "-c",
-            NS_SERVER,
-            *map(str, ports),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 class LineReader:
@@ -182,12 +120,6 @@ class LineReader:
         self.thread.join(10)
         assert not self.thread.is_alive()
         return bytes(self.data)
-
-
-def kill(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
 
 
 # -- 1. network answers --------------------------------------------------------------------------
@@ -650,86 +582,6 @@ def targets_toml(address: str, n: int) -> str:
     return "".join(f'[[targets]]\naddress = "{address}"\nname = "t{i}"\n\n' for i in range(n))
 
 
-class Daemon:
-    """`probe run` in a subprocess; log, stdout and stderr in files under `dir`."""
-
-    def __init__(self, dir: Path, text: str, log: Path, wrap: list[str] | None = None) -> None:
-        self.dir = dir
-        self.log = log
-        self.config = dir / "config.toml"
-        self.config.write_text(text)
-        with (dir / "stdout").open("wb") as out, (dir / "stderr").open("wb") as err:
-            self.proc = subprocess.Popen(
-                [*(wrap or []), *probe_cmd(), "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                cwd=dir,
-            )
-        self._port: int | None = None
-
-    @property
-    def stderr(self) -> str:
-        return (self.dir / "stderr").read_text(errors="replace")
-
-    def lines(self) -> list[Rec]:
-        try:
-            data = self.log.read_bytes()
-        except FileNotFoundError:
-            return []
-        out = []
-        for raw in data.split(b"\n")[:-1]:
-            try:
-                out.append(json.loads(raw))
-            except ValueError:
-                raise AssertionError(f"not a JSON line: {raw[:200]!r}") from None
-        return out
-
-    def wait(self, what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            got = check()
-            if got:
-                return got
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.stderr!r}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.02)
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-
-            def listening() -> int | None:
-                for line in self.lines():
-                    if line.get("event") == "listening":
-                        return int(line["address"].rpartition(":")[2])
-                return None
-
-            self._port = self.wait("the listening event", listening)
-        return self._port
-
-    def get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        try:
-            with _http.open(url, timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def kill(self) -> None:
-        kill(self.proc)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def socket_inodes(pid: int) -> set[str]:
     found = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -802,7 +654,7 @@ def test_daemon_sockets_stay_within_concurrency_then_sigterm_drains(
     text = daemon_config(
         log, targets_toml(full_queue.target, 200), timeout=0.5, interval=1.0, concurrency=20
     )
-    d = Daemon(tmp_path, text, log)
+    d = Daemon.start(tmp_path, text, log)
     daemons.append(d)
     d.port  # noqa: B018 - waits for the listening event
     sampler = SocketSampler(d.proc.pid, full_queue.port)
@@ -836,16 +688,16 @@ def test_probe_flood_shares_the_concurrency_bound(
     is answered 200 or 503 (never a dropped connection or a 500), no more than 20 attempt
     sockets at once, and the daemon keeps serving afterwards."""
     log = tmp_path / "probe.log"
-    d = Daemon(tmp_path, daemon_config(log, concurrency=20), log)
+    d = Daemon.start(tmp_path, daemon_config(log, concurrency=20), log)
     daemons.append(d)
     d.port  # noqa: B018 - waits for the listening event
     query = f"/probe?target={urllib.parse.quote(full_queue.target)}&timeout=1"
-    answers: list[tuple[int, str] | str] = []
+    answers: list[tuple[int, str, str] | str] = []
     lock = threading.Lock()
 
     def one() -> None:
         try:
-            got: tuple[int, str] | str = d.get(query, timeout=30)
+            got: tuple[int, str, str] | str = d.get(query, timeout=30)
         except Exception as exc:  # a connection error is what this test is about
             got = repr(exc)
         with lock:
@@ -868,7 +720,7 @@ def test_probe_flood_shares_the_concurrency_bound(
     assert statuses[200] >= 1
     for a in answers:
         if not isinstance(a, str) and a[0] == 200:
-            assert "probe_success 0" in a[1], a[1]
+            assert "probe_success 0" in a[2], a[2]
     assert 1 <= sampler.most_out <= 20, sampler.most_out
     assert d.proc.poll() is None, d.stderr
     assert d.get("/healthz")[0] == 200
@@ -889,9 +741,9 @@ def test_probe_allow_is_judged_after_name_resolution(
         pytest.skip(f"localhost resolves to {sorted(resolved)} here, not only to 127.0.0.0/8")
     log = tmp_path / "probe.log"
     text = daemon_config(log, extra_metrics='probe_allow = ["::1/128"]\n')
-    d = Daemon(tmp_path, text, log)
+    d = Daemon.start(tmp_path, text, log)
     daemons.append(d)
-    status, body = d.get(f"/probe?target=localhost:{listener.port}")
+    status, _, body = d.get(f"/probe?target=localhost:{listener.port}")
     assert status == 403, body
     time.sleep(0.3)  # a connection, had one been made, would have been accepted by now
     assert listener.peers == []
@@ -902,13 +754,6 @@ def test_probe_allow_is_judged_after_name_resolution(
     assert not [x for x in d.lines() if x.get("event") == "probe"]
 
 
-def wait_exit(d: Daemon, timeout: float = 10.0) -> int:
-    try:
-        return d.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"daemon still running: {d.stderr!r}") from None
-
-
 @pytest.mark.parametrize("path", ["/proc/version", "/sys/probe-test.log"])
 def test_daemon_log_on_an_unwritable_path_is_loud(
     tmp_path: Path, daemons: list[Daemon], path: str
@@ -916,9 +761,10 @@ def test_daemon_log_on_an_unwritable_path_is_loud(
     if not os.path.exists(os.path.dirname(path)):
         pytest.skip(f"no {os.path.dirname(path)}")
     port = closed_port()
-    d = Daemon(tmp_path, daemon_config(path, targets_toml(f"127.0.0.1:{port}", 1)), Path(path))
+    text = daemon_config(path, targets_toml(f"127.0.0.1:{port}", 1))
+    d = Daemon.start(tmp_path, text, Path(path))
     daemons.append(d)
-    assert wait_exit(d) != 0
+    assert d.wait_exit() != 0
     err = d.stderr
     no_traceback(err)
     (line,) = err.splitlines()
@@ -943,9 +789,9 @@ def test_daemon_log_on_a_read_only_mount_is_loud(tmp_path: Path, daemons: list[D
     )
     if "Read-only" not in check.stderr:
         pytest.skip(f"cannot make a read-only bind mount here: {check.stderr.strip()}")
-    d = Daemon(tmp_path, text, log, wrap=["unshare", "-m", "sh", "-c", f'{inner} "$@"', "sh"])
+    d = Daemon.start(tmp_path, text, log, wrap=["unshare", "-m", "sh", "-c", f'{inner} "$@"', "sh"])
     daemons.append(d)
-    assert wait_exit(d) != 0
+    assert d.wait_exit() != 0
     err = d.stderr
     no_traceback(err)
     (line,) = err.splitlines()

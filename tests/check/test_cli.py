@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import re
@@ -19,18 +18,17 @@ from typing import Any
 
 import pytest
 from helpers import (
-    CONTRACT_KEYS,
     FullQueueListener,
     Netns,
+    NsServer,
     RecordingListener,
     closed_port,
+    parse_records,
     probe_cmd,
 )
 
 RUN_TIMEOUT = 30
 
-KEYS = set(CONTRACT_KEYS)
-TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 MS = r"\d+\.\d\d ms"
 RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"
 
@@ -50,34 +48,7 @@ def probe(
 
 def records(stdout: str) -> list[dict[str, Any]]:
     """Every stdout line as a record: anything that is not one fails the test."""
-    out = []
-    assert stdout == "" or stdout.endswith("\n"), "last stdout line is cut"
-    for line in stdout.splitlines():
-        rec = json.loads(line)
-        assert isinstance(rec, dict), line
-        check_record(rec)
-        out.append(rec)
-    return out
-
-
-def check_record(rec: dict[str, Any]) -> None:
-    assert set(rec) == KEYS
-    assert rec["event"] == "probe"
-    assert TIMESTAMP.fullmatch(rec["timestamp"]), rec["timestamp"]
-    assert isinstance(rec["port"], int) and 1 <= rec["port"] <= 65535
-    assert rec["outcome"] in ("open", "refused", "timeout", "unreachable", "error")
-    assert rec["family"] in ("ipv4", "ipv6", None)
-    assert isinstance(rec["latency_ms"], int | float) and rec["latency_ms"] >= 0
-    assert isinstance(rec["attempt"], int) and rec["attempt"] >= 1
-    if rec["outcome"] == "open":
-        assert rec["error"] is None
-    else:
-        assert isinstance(rec["error"], str) and rec["error"]
-        assert rec["rtt_ms"] is None
-    if rec["outcome"] in ("open", "refused", "timeout", "unreachable"):
-        assert isinstance(rec["local_port"], int) and 1 <= rec["local_port"] <= 65535
-        assert isinstance(rec["local_address"], str)
-        assert isinstance(rec["address"], str)
+    return parse_records(stdout, check=True)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -329,8 +300,12 @@ def test_human_repeat_summary(listener: RecordingListener) -> None:
     )
     assert stats, lines[5]
     low, avg, high, mdev = map(float, stats.groups())
-    assert low <= avg <= high
-    assert mdev >= 0
+    # the summary agrees with the three lines (shown to 2 decimals: 0.005 off at most)
+    shown = [float(re.findall(r"(\d+\.\d\d) ms", line)[0]) for line in lines[:3]]
+    mean = sum(shown) / 3
+    spread = (sum((x - mean) ** 2 for x in shown) / 3) ** 0.5  # ping's mdev: population
+    assert abs(low - min(shown)) <= 0.006 and abs(high - max(shown)) <= 0.006, (stats, shown)
+    assert abs(avg - mean) <= 0.006 and abs(mdev - spread) <= 0.006, (stats, shown)
 
 
 def test_human_sweep_shows_only_open(listener: RecordingListener) -> None:
@@ -546,32 +521,11 @@ def test_mixed_sources_in_order(listener: RecordingListener, tmp_path: Path) -> 
 
 # -- inside a network namespace --------------------------------------------------------------
 
-NS_LISTENERS = """
-import socket, sys, threading
-socks = []
-for _ in range(3):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(4096)
-    socks.append(s)
-def serve(s):
-    while True:
-        conn, _ = s.accept()
-        conn.close()
-for s in socks:
-    threading.Thread(target=serve, args=(s,), daemon=True).start()
-print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
-sys.stdin.read()
-"""
-
 
 def test_full_sweep_in_namespace(netns: Netns) -> None:
-    server = netns.popen(
-        sys.executable, "-c", NS_LISTENERS, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    server = NsServer(netns, 0, 0, 0)
     try:
-        assert server.stdout is not None
-        open_ports = {int(p) for p in server.stdout.readline().split()}
+        open_ports = set(server.ports)
         assert len(open_ports) == 3
         result = subprocess.run(
             [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p", "1-65535", "--json"],
@@ -580,8 +534,7 @@ def test_full_sweep_in_namespace(netns: Netns) -> None:
             timeout=120,
         )
     finally:
-        server.kill()
-        server.wait()
+        server.close()
     assert "Traceback" not in result.stderr
     assert result.returncode in (0, 1), result.stderr  # 1: most ports have no open attempt
     recs = records(result.stdout)
