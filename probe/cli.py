@@ -152,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file and exit")
     validate.add_argument("path", nargs="?", default="config.toml", metavar="PATH")
     validate.set_defaults(func=cmd_validate)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="list the shipped deployment files, or print one",
+        description="Without NAME, list the deployment files shipped with probe (systemd "
+        "unit, container file, alert rules, dashboard, Kubernetes examples); with NAME, "
+        "write that file to standard output.",
+    )
+    deploy.add_argument("name", nargs="?", metavar="NAME")
+    deploy.set_defaults(func=cmd_deploy)
     return parser
 
 
@@ -167,6 +177,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon.app import run_daemon
 
     return run_daemon(args.config)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy import command
+
+    return command(args.name)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
