@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -927,6 +928,90 @@ def test_kubernetes_scrape_config_keeps_the_probe_pods(tmp_path: Path) -> None:
     assert kept(by_kind(workloads["statefulset.yaml"], "StatefulSet")[0])
     assert kept(by_kind(workloads["daemonset.yaml"], "DaemonSet")[0])
     assert not kept(by_kind(workloads["job-sweep.yaml"], "Job")[0])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_kubernetes_scrape_relabeling_in_a_real_prometheus(tmp_path: Path) -> None:
+    """A real Prometheus runs the job's relabel rules on the labels Kubernetes discovery
+    would give the example pods (a static target each, on closed loopback ports): the
+    StatefulSet's and DaemonSet's pods are kept with their pod name as `instance`, the
+    sweep Job's pod is dropped."""
+    tool = need("prometheus")
+    config = scrape_config(tmp_path)
+    pods = [
+        ("statefulset.yaml", "StatefulSet", "probe-0"),
+        ("daemonset.yaml", "DaemonSet", "probe-vantage-x7k2p"),
+        ("job-sweep.yaml", "Job", "probe-sweep-0-q8r4d"),
+    ]
+    statics = []
+    for file_name, kind, pod in pods:
+        (workload,) = by_kind(k8s_objects(f"kubernetes/{file_name}", tmp_path), kind)
+        labels = {
+            "__meta_kubernetes_pod_name": pod,
+            "__meta_kubernetes_namespace": "default",
+            "__meta_kubernetes_pod_node_name": "node-a",
+        }
+        for key, value in workload["spec"]["template"]["metadata"]["labels"].items():
+            labels[f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"] = value
+        ports = container(workload).get("ports", [{}])
+        labels["__meta_kubernetes_pod_container_port_name"] = ports[0].get("name", "")
+        statics.append({"targets": [f"127.0.0.1:{closed_port()}"], "labels": labels})
+    static = "static_configs: " + json.dumps(statics)
+    swapped = re.sub(r"kubernetes_sd_configs:\n\s+- role: pod", static, config)
+    assert swapped != config
+    (tmp_path / "prometheus.yml").write_text(swapped)
+    port = free_port()
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                tool,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+
+        def targets() -> dict[str, Any] | None:
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "prometheus.log").read_text()[-3000:])
+            try:
+                with _http.open(
+                    f"http://127.0.0.1:{port}/api/v1/targets?state=any", timeout=2
+                ) as r:
+                    data: dict[str, Any] = json.load(r)["data"]
+            except OSError:
+                return None
+            return data if len(data["activeTargets"]) + len(data["droppedTargets"]) == 3 else None
+
+        # Prometheus hands discovered targets to its scrapers every 5 s.
+        found = wait_for("Prometheus to discover the three pods", targets, timeout=30)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    active = sorted(
+        (t["labels"] for t in found["activeTargets"]), key=lambda labels: labels["instance"]
+    )
+    common = {"job": "probe", "namespace": "default", "node": "node-a"}
+    assert active == [
+        {**common, "instance": "probe-0", "role": "shard"},
+        {**common, "instance": "probe-vantage-x7k2p", "role": "vantage"},
+    ]
+    dropped = [t["discoveredLabels"]["__meta_kubernetes_pod_name"] for t in found["droppedTargets"]]
+    assert dropped == ["probe-sweep-0-q8r4d"]
 
 
 # -- the metric names the shipped queries use -----------------------------------------------
