@@ -521,7 +521,10 @@ def test_containerfile_is_slim_non_root_and_runs_probe_run() -> None:
     users = [i for i, (w, _) in enumerate(steps) if w == "USER"]
     entry = words.index("ENTRYPOINT")
     assert users and users[-1] < entry
-    assert steps[users[-1]][1] not in {"root", "0", "0:0"}
+    # Numeric and not root: Kubernetes' runAsNonRoot cannot check a user name.
+    user, _, group = steps[users[-1]][1].partition(":")
+    assert user.isdigit() and int(user) != 0 and (not group or group.isdigit())
+    assert all(f"runAsUser: {user}" in text(name) for name in KUBERNETES if "scrape" not in name)
     assert json.loads(steps[entry][1]) == ["probe", "run"]
     cmd = json.loads(dict(steps)["CMD"])
     args = build_parser().parse_args(["run", *cmd])
@@ -783,7 +786,7 @@ def check_pod_template(workload: dict[str, Any]) -> None:
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9464}
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
     pod_security = spec["template"]["spec"]["securityContext"]
-    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] > 0
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
