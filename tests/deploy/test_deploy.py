@@ -692,6 +692,15 @@ def test_dashboard_shows_what_an_operator_asks_first() -> None:
         assert needle in exprs, needle
     for p in panels:
         assert p["targets"] and p["datasource"]["uid"] == "${datasource}", p["title"]
+    # On Grafana's 24-column grid, no two panels overlap.
+    cells: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, (p["title"], cells.get((x, y)))
+                cells[(x, y)] = p["title"]
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
