@@ -8,6 +8,7 @@ checkout path; only loopback is ever connected to, and no name is resolved.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -252,19 +253,39 @@ def test_a_built_and_installed_wheel_ships_and_prints_every_file(tmp_path: Path)
     }
 
 
+def ip_literals(line: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The IPv4 and IPv6 addresses written in a line (ports, brackets and prefixes aside)."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for token in re.findall(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])", line):
+        with contextlib.suppress(ValueError):
+            found.append(ipaddress.IPv4Address(token))
+    for token in re.findall(r"[0-9A-Fa-f]*:[0-9A-Fa-f:]*:[0-9A-Fa-f]*", line):
+        with contextlib.suppress(ValueError):
+            found.append(ipaddress.IPv6Address(token))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('targets: ["127.0.0.1:22"]', ["127.0.0.1"]),
+        ('listen = "0.0.0.0:9464"', ["0.0.0.0"]),
+        ("address = [fd00::1]:80 and 10.1.2.3", ["10.1.2.3", "fd00::1"]),
+        ('listen = "[::]:9464", "[::1]:22"', ["::", "::1"]),
+        ("version 3.11, 0.25 s, 01:13:18, python:3.11-slim, 1.2.3.4.5", []),
+    ],
+)
+def test_ip_literals_finds_what_the_rule_below_forbids(line: str, expected: list[str]) -> None:
+    assert sorted(str(ip) for ip in ip_literals(line)) == sorted(expected)
+
+
 def test_shipped_examples_connect_to_loopback_or_names_only() -> None:
     """No IP literal but loopback; a wildcard is allowed where a listener binds."""
     for name in FILES:
         for number, line in enumerate(text(name).splitlines(), 1):
-            for token in re.findall(r"[0-9A-Fa-f:.]*[:.][0-9A-Fa-f:.]*", line):
-                try:
-                    ip = ipaddress.ip_address(token.strip(".:") if "::" not in token else token)
-                except ValueError:
-                    continue
-                if ip.is_loopback:
-                    continue
+            for ip in ip_literals(line):
                 bind = ip.is_unspecified and re.search(r"listen\s*=", line)
-                assert bind, f"{name}:{number}: IP literal {token} ({line.strip()!r})"
+                assert ip.is_loopback or bind, f"{name}:{number}: {ip} in {line.strip()!r}"
 
 
 # -- systemd --------------------------------------------------------------------------------
