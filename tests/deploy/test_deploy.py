@@ -369,7 +369,7 @@ def test_unit_runs_probe_run_sandboxed_and_reloads_with_sighup() -> None:
     assert int(d["LimitNOFILE"][0]) >= 65536
 
 
-# -- logrotate, with a real daemon ----------------------------------------------------------
+# -- a real daemon: log rotation, the health check, the metric names -------------------------
 
 
 @dataclass
