@@ -15,14 +15,11 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, RecordingListener, closed_port, probe_cmd
+from helpers import ROOT, Daemon, RecordingListener, closed_port, http_get, probe_cmd, read_lines
 
 from probe.cli import _subparser, build_parser
 from probe.deploy import FILES
@@ -80,10 +77,6 @@ NOT_YET_EXPOSED = {
     "probe_config_last_reload_success_timestamp_seconds",
     'probe_attempts_total{outcome="open"} at 0 for a target never open',
 }
-
-# urllib must not send loopback requests through an http_proxy from the environment.
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 # -- the shipped files ----------------------------------------------------------------------
 
@@ -372,30 +365,6 @@ def test_unit_runs_probe_run_sandboxed_and_reloads_with_sighup() -> None:
 # -- a real daemon: log rotation, the health check, the metric names -------------------------
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    dir: Path
-    port: int
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        try:
-            with _http.open(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -407,49 +376,20 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
         time.sleep(0.02)
 
 
-def json_lines(path: Path) -> list[dict[str, Any]]:
-    """Every line of a log, each one whole JSON (a torn line fails here)."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]  # the daemon may be mid-line right now
-    return [json.loads(line) for line in raw.splitlines()]
-
-
 def start_daemon(tmp: Path, targets: str, log: Path) -> Daemon:
-    config = tmp / "config.toml"
-    config.write_text(
+    """`probe run` on a free loopback port, its log in `log`; back once it listens."""
+    config = (
         "[defaults]\ninterval = 0.05\ntimeout = 0.3\n\n"
         f'[log]\nformat = "json"\nfile = {json.dumps(str(log))}\n\n'
         '[metrics]\nlisten = "127.0.0.1:0"\n\n' + targets
     )
-    with (tmp / "stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            [*probe_cmd(), "run", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=tmp,
-        )
-
-    def listening() -> int | None:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"probe run exited {proc.returncode}: {(tmp / 'stderr').read_text()}"
-            )
-        for line in json_lines(log):
-            if line.get("event") == "listening":
-                return int(line["address"].rpartition(":")[2])
-        return None
-
+    d = Daemon.start(tmp, config, log)
     try:
-        port = wait_for("the daemon's listening event", listening)
+        assert d.port
     except BaseException:
-        proc.kill()
-        proc.wait(5)
+        d.kill()
         raise
-    return Daemon(proc, tmp, port)
+    return d
 
 
 def target_toml(name: str, address: str, labels: dict[str, str] | None = None) -> str:
@@ -457,14 +397,6 @@ def target_toml(name: str, address: str, labels: dict[str, str] | None = None) -
     if labels:
         extra = "labels = { " + ", ".join(f'{k} = "{v}"' for k, v in labels.items()) + " }\n"
     return f'[[targets]]\naddress = "{address}"\nname = "{name}"\n{extra}\n'
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def test_logrotate_renames_and_the_daemon_reopens_on_sighup(
@@ -478,7 +410,7 @@ def test_logrotate_renames_and_the_daemon_reopens_on_sighup(
     log = logs / "records.jsonl"
     d = start_daemon(tmp_path, target_toml("refused", f"127.0.0.1:{closed_port()}"), log)
     daemons.append(d)
-    wait_for("records", lambda: sum(r.get("event") == "probe" for r in json_lines(log)) >= 5)
+    wait_for("records", lambda: sum(r.get("event") == "probe" for r in read_lines(log)) >= 5)
 
     snippet = text("logrotate")
     assert "copytruncate" not in unit_directives(snippet) and re.search(
@@ -496,7 +428,7 @@ def test_logrotate_renames_and_the_daemon_reopens_on_sighup(
     assert rotated.exists(), sorted(p.name for p in logs.iterdir())
     wait_for(
         "records in the new file",
-        lambda: sum(r.get("event") == "probe" for r in json_lines(log)) >= 3,
+        lambda: sum(r.get("event") == "probe" for r in read_lines(log)) >= 3,
     )
 
     def let_go() -> bool:
@@ -505,7 +437,7 @@ def test_logrotate_renames_and_the_daemon_reopens_on_sighup(
 
     wait_for("the daemon to close the rotated file", let_go, timeout=5)
     assert d.stop() == 0
-    old, new = json_lines(rotated), json_lines(log)
+    old, new = read_lines(rotated), read_lines(log)
     for path in (rotated, log):
         assert path.read_bytes().endswith(b"\n")  # no torn last line
     numbers = [r["attempt"] for r in old + new if r.get("event") == "probe"]
@@ -1022,12 +954,12 @@ def test_kubernetes_scrape_relabeling_in_a_real_prometheus(tmp_path: Path) -> No
             if proc.poll() is not None:
                 raise AssertionError((tmp_path / "prometheus.log").read_text()[-3000:])
             try:
-                with _http.open(
-                    f"http://127.0.0.1:{port}/api/v1/targets?state=any", timeout=2
-                ) as r:
-                    data: dict[str, Any] = json.load(r)["data"]
+                status, _, body = http_get(port, "/api/v1/targets?state=any", timeout=2)
             except OSError:
                 return None
+            if status != 200:
+                return None
+            data: dict[str, Any] = json.loads(body)["data"]
             return data if len(data["activeTargets"]) + len(data["droppedTargets"]) == 3 else None
 
         # Prometheus hands discovered targets to its scrapers every 5 s.
@@ -1139,7 +1071,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
     try:
 
         def both_answered() -> str | None:
-            status, body = d.get("/metrics")
+            status, _, body = d.get("/metrics")
             ready = status == 200 and all(
                 re.search(rf'probe_connect_latency_seconds_count\{{target="{t}"\}} [1-9]', body)
                 for t in ("open", "refused")
@@ -1147,11 +1079,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
             return body if ready else None
 
         metrics = wait_for("attempts of both targets in /metrics", both_answered)
-        status, on_demand = d.get(f"/probe?target={opened.target}")
+        status, _, on_demand = d.get(f"/probe?target={opened.target}")
         assert status == 200, on_demand
         yield Exposition(exposed_names(metrics) | exposed_names(on_demand), metrics)
     finally:
-        d.stop()
+        d.kill()
         opened.close()
 
 
