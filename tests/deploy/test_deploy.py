@@ -201,10 +201,28 @@ def test_unwritable_stdout_is_exit_2_with_one_line() -> None:
 
 def test_a_built_and_installed_wheel_ships_and_prints_every_file(tmp_path: Path) -> None:
     """Non-editable: the wheel carries the files, and an install of it (away from the
-    checkout) finds them through importlib.resources."""
+    checkout) finds them through importlib.resources. It is built from what the
+    Containerfile copies, and nothing else, as its `pip install /src` is."""
+    steps = container_instructions(text("Containerfile"))
+    assert any(w == "RUN" and rest.startswith("pip install /src ") for w, rest in steps)
+    context = tmp_path / "src"
+    context.mkdir()
+    for word, rest in steps:
+        if word != "COPY":
+            continue
+        *sources, dest = rest.split()
+        assert dest.startswith("/src/") or dest == "/src", dest
+        inside = context / dest.removeprefix("/src").strip("/")
+        for source in sources:
+            into = inside / Path(source).name if dest.endswith("/") else inside
+            into.parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, into, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(ROOT / source, into)
     built = run(
         sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
-        str(ROOT),
+        str(context),
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("probe-*.whl")
