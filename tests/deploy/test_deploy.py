@@ -231,6 +231,9 @@ def test_a_built_and_installed_wheel_ships_and_prints_every_file(tmp_path: Path)
     for name in FILES:
         assert f"probe/deploy/{name}" in members, name
     assert any(m.endswith(".dist-info/licenses/LICENSE") for m in members)
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [m for m in members if m.endswith(".dist-info/METADATA")]
+        assert "\n\n# probe\n" in archive.read(metadata).decode()  # the README, as its text
 
     site = tmp_path / "site"
     installed = run(
