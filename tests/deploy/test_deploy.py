@@ -579,6 +579,77 @@ def test_promtool_check_config_of_the_scrape_example(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_shipped_scrape_config_and_rules_in_a_real_prometheus(
+    tmp_path: Path, daemons: list[Daemon], listener: RecordingListener
+) -> None:
+    """prometheus.yml and alerts.yml as shipped (addresses, ports and intervals aside), a
+    real Prometheus and a real daemon: both jobs scrape; a /probe target outside
+    probe_allow is a 403, so `up == 0` for the on-demand job, and its alert goes pending, as
+    does the refused target's ProbeTargetDown."""
+    need("prometheus")
+    refused = f"127.0.0.1:{closed_port()}"
+    forbidden = f"127.0.0.3:{closed_port()}"  # never connected to: outside probe_allow
+    config = (
+        '[defaults]\ninterval = 0.5\ntimeout = 0.3\n\n[log]\nformat = "json"\n'
+        f"file = {json.dumps(str(tmp_path / 'log.jsonl'))}\n\n"
+        '[metrics]\nlisten = "127.0.0.1:0"\nprobe_allow = ["127.0.0.1/32"]\n\n'
+        + target_toml("open", listener.target)
+        + target_toml("refused", refused)
+    )
+    d = Daemon.start(tmp_path, config, tmp_path / "log.jsonl")
+    daemons.append(d)
+    shipped = text("prometheus.yml")
+    daemon_address = f"127.0.0.1:{d.port}"
+    scrape = (
+        shipped.replace("127.0.0.1:9464", daemon_address)
+        .replace('["127.0.0.1:22", "127.0.0.1:8080"]', f'["{listener.target}", "{forbidden}"]')
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+        .replace("scrape_timeout: 5s", "scrape_timeout: 1s")
+    )
+    assert scrape.count(daemon_address) == 2 and forbidden in scrape and "15s" not in scrape
+    put(tmp_path, "alerts.yml")
+    scrape += "\nrule_files:\n  - alerts.yml\n"
+
+    with prometheus(tmp_path, scrape) as api:
+
+        def up() -> dict[tuple[str, str], float] | None:
+            data = api("/api/v1/query?query=up")
+            got = {
+                (r["metric"]["job"], r["metric"]["instance"]): float(r["value"][1])
+                for r in (data or {}).get("result", [])
+            }
+            return got if len(got) == 3 else None
+
+        assert wait_for("three scraped targets", up, timeout=30) == {
+            ("probe", daemon_address): 1.0,
+            ("probe-on-demand", listener.target): 1.0,
+            ("probe-on-demand", forbidden): 0.0,
+        }
+        targets = api("/api/v1/targets")["activeTargets"]
+        (denied,) = [t for t in targets if t["labels"]["instance"] == forbidden]
+        assert "403" in denied["lastError"], denied
+
+        success = api("/api/v1/query?query=probe_success")["result"]
+        assert [(r["metric"]["instance"], r["value"][1]) for r in success] == [
+            (listener.target, "1")
+        ]
+
+        def pending() -> set[tuple[str, str]] | None:
+            alerts = (api("/api/v1/alerts") or {}).get("alerts", [])
+            got = {
+                (a["labels"]["alertname"], a["labels"].get("target") or a["labels"]["instance"])
+                for a in alerts
+                if a["state"] == "pending"
+            }
+            want = {("ProbeOnDemandScrapeFailed", forbidden), ("ProbeTargetDown", "refused")}
+            return got if want <= got else None
+
+        got = wait_for("the two alerts to go pending", pending, timeout=30)
+    assert ("ProbeTargetDown", "open") not in got
+    assert not any(name == "ProbeDaemonDown" for name, _ in got)
+
+
 def dashboard_expressions() -> list[str]:
     """Every PromQL of dashboard.json: panel targets, annotations, and the selectors inside
     the template variables' label_values(...), Grafana's variables made concrete."""
@@ -927,12 +998,53 @@ def free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def prometheus(tmp: Path, config: str) -> Iterator[Callable[[str], Any]]:
+    """A real Prometheus on a free loopback port running `config` (written to
+    tmp/prometheus.yml, beside any rule files); yields GET of its API: path -> `data`, or
+    None while it is not answering. Stopped (by its own handle) at the end."""
+    tool = need("prometheus")
+    (tmp / "prometheus.yml").write_text(config)
+    port = free_port()
+    with (tmp / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                tool,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+
+    def api(path: str) -> Any:
+        if proc.poll() is not None:
+            raise AssertionError((tmp / "prometheus.log").read_text()[-3000:])
+        try:
+            status, _, body = http_get(port, path, timeout=2)
+        except OSError:
+            return None
+        return json.loads(body)["data"] if status == 200 else None
+
+    try:
+        yield api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def test_kubernetes_scrape_relabeling_in_a_real_prometheus(tmp_path: Path) -> None:
     """A real Prometheus runs the job's relabel rules on the labels Kubernetes discovery
     would give the example pods (a static target each, on closed loopback ports): the
     StatefulSet's and DaemonSet's pods are kept with their pod name as `instance`, the
     sweep Job's pod is dropped."""
-    tool = need("prometheus")
+    need("prometheus")
     config = scrape_config(tmp_path)
     pods = [
         ("statefulset.yaml", "StatefulSet", "probe-0"),
@@ -955,43 +1067,16 @@ def test_kubernetes_scrape_relabeling_in_a_real_prometheus(tmp_path: Path) -> No
     static = "static_configs: " + json.dumps(statics)
     swapped = re.sub(r"kubernetes_sd_configs:\n\s+- role: pod", static, config)
     assert swapped != config
-    (tmp_path / "prometheus.yml").write_text(swapped)
-    port = free_port()
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                tool,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    try:
+    with prometheus(tmp_path, swapped) as api:
 
         def targets() -> dict[str, Any] | None:
-            if proc.poll() is not None:
-                raise AssertionError((tmp_path / "prometheus.log").read_text()[-3000:])
-            try:
-                status, _, body = http_get(port, "/api/v1/targets?state=any", timeout=2)
-            except OSError:
-                return None
-            if status != 200:
-                return None
-            data: dict[str, Any] = json.loads(body)["data"]
-            return data if len(data["activeTargets"]) + len(data["droppedTargets"]) == 3 else None
+            data = api("/api/v1/targets?state=any")
+            if data and len(data["activeTargets"]) + len(data["droppedTargets"]) == 3:
+                return data  # type: ignore[no-any-return]
+            return None
 
         # Prometheus hands discovered targets to its scrapers every 5 s.
         found = wait_for("Prometheus to discover the three pods", targets, timeout=30)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
     active = sorted(
         (t["labels"] for t in found["activeTargets"]), key=lambda labels: labels["instance"]
     )
