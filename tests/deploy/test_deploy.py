@@ -531,7 +531,8 @@ def test_containerfile_healthcheck_asks_a_real_daemon(
     daemons.append(d)
     cmd = [part.replace("127.0.0.1:9464", f"127.0.0.1:{d.port}") for part in healthcheck_command()]
     assert cmd != healthcheck_command()
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    # An http_proxy in the environment must not take the check elsewhere.
+    env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
     up = run(*cmd, env=env)
     assert up.returncode == 0, up.stderr
     assert d.stop() == 0
