@@ -40,6 +40,7 @@ __all__ = [
     "parse_endpoint",
     "parse_exclusions",
     "parse_ports",
+    "parse_shard",
     "parse_source",
     "parse_source_spec",
     "parse_target",
@@ -672,6 +673,28 @@ def parse_source_spec(text: str, *, allow_range: bool = True) -> Source:
     if hi < lo:
         raise TargetError(f"source port range {_echo(port_text)} runs backwards")
     return Source(address, lo, hi)
+
+
+# -- --shard I/N, [cluster] shard ----------------------------------------------------------
+
+MAX_SHARDS = 1_000_000
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` → (I, N): share I (0-based) of N."""
+    index_s, slash, count_s = text.partition("/")
+    if not (slash and _is_small_number(index_s) and _is_small_number(count_s)):
+        raise TargetError(f"bad shard {_echo(text)}: write I/N, e.g. 0/3 (0-based)")
+    index, count = int(index_s), int(count_s)
+    if not 1 <= count <= MAX_SHARDS:
+        raise TargetError(f"bad shard {_echo(text)}: N must be 1-{MAX_SHARDS}")
+    if index >= count:
+        raise TargetError(f"bad shard {_echo(text)}: I must be below N (shards are 0-based)")
+    return index, count
+
+
+def _is_small_number(text: str) -> bool:
+    return text.isascii() and text.isdecimal() and len(text) <= 7
 
 
 # -- exclusions -----------------------------------------------------------------------------

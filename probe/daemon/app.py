@@ -87,7 +87,7 @@ class Daemon:
                 return self._fail(
                     f"{self.path}: engine.source: cannot bind: {exc.strerror}", EXIT_USAGE
                 )
-        self.write_record = configure(self.writer, cfg.log.format)
+        self.write_record = configure(self.writer, cfg.log.format or "json")
         self.log = event_logger()
         concurrency, _ = fit_concurrency(cfg.engine.concurrency)
         self.engine = Engine(

@@ -1,10 +1,17 @@
-"""Load and validate the daemon's TOML configuration.
+"""The daemon's TOML configuration: read with bounds, checked, resolved once into a frozen
+:class:`Config` (uvicorn's ``Config.load()``), which the daemon and its reloads take whole.
 
-Every problem surfaces as one :class:`ConfigError` whose ``str()`` is a single
-line ``{path}: {key}: {problem}``, so an operator can fix a typo without
-reading a traceback.  Types and numeric limits are enforced declaratively by
-msgspec; only what msgspec cannot express (address syntax, CIDRs, duplicate
-names) is checked by hand in ``__post_init__``.
+Every problem is one :class:`ConfigError` whose ``str()`` is a single line
+``{path}: {key}: {problem}``. The key travels as data: the checker walks the parsed TOML
+knowing where it is, and raises with the path segments in hand; no message is ever read
+back. Addresses, sources and shards are parsed by :mod:`probe.targets`, the one syntax of
+the whole tool.
+
+Bounds (issue 12): the file must be a regular file of at most 1 MiB (read at most that,
+plus one byte); a dotted key of more than 16 parts is refused before parsing (tomllib is
+quadratic in them); intervals are 1 ms to 1 day, timeouts above 0 up to
+:data:`probe.limits.MAX_TIMEOUT`. A timeout may exceed its interval: a slot that comes
+while the previous attempt to that target is still in flight is skipped (and counted).
 """
 
 from __future__ import annotations
@@ -14,28 +21,29 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal
-
-import msgspec
-import msgspec.inspect as mi
+from typing import Any, Final, NoReturn, TypeVar
 
 from ..errors import ConfigError, TargetError
-from ..targets import parse_source, parse_target
+from ..limits import MAX_CONFIG_BYTES, MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL
+from ..targets import Source, parse_endpoint, parse_shard, parse_source_spec
 
 __all__ = [
+    "DEFAULT_PROBE_ALLOW",
+    "ClusterConfig",
     "Config",
     "ConfigError",
-    "Defaults",
-    "Engine",
-    "Log",
-    "Metrics",
+    "EngineConfig",
+    "HostPort",
+    "LogConfig",
+    "MetricsConfig",
     "ResolvedTarget",
-    "TargetConfig",
+    "TargetDefaults",
     "engine_source",
     "load_config",
     "metrics_listen",
@@ -44,283 +52,56 @@ __all__ = [
     "resolved_targets",
 ]
 
-# ---------------------------------------------------------------------------
-# Errors
-# ---------------------------------------------------------------------------
-
-_Segment = str | int
-_Segments = tuple[_Segment, ...]
-
-
-class _FieldError(ValueError):
-    """Carries the offending key out of ``__post_init__``.
-
-    msgspec reports ``__post_init__`` failures at the struct, not the field, but
-    keeps the original exception as ``__cause__``, so the key survives the trip.
-    """
-
-    def __init__(self, field_path: _Segments, problem: str) -> None:
-        super().__init__(problem)
-        self.field_path = field_path
-
-
-# ---------------------------------------------------------------------------
-# Value rendering shared by error messages
-# ---------------------------------------------------------------------------
-
-_MAX_SHOWN: Final = 60
-
-
-def _show(value: object) -> str:
-    """Render a value the way it looked in TOML, short enough for one line."""
-    text: str
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        if len(value) > _MAX_SHOWN:
-            value = value[:_MAX_SHOWN] + "..."
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, int):
-        text = str(value) if abs(value) < 10**_MAX_SHOWN else "a huge integer"
-    elif isinstance(value, float):
-        text = {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(repr(value), repr(value))
-    elif isinstance(value, datetime | date | time):
-        text = value.isoformat()
-    elif isinstance(value, list):
-        text = "an array"
-    elif isinstance(value, dict):
-        text = "a table"
-    else:  # pragma: no cover - tomllib produces nothing else
-        text = type(value).__name__
-    return text
-
-
-# ---------------------------------------------------------------------------
-# Address syntax
-# ---------------------------------------------------------------------------
-
-_V6_HINT: Final = 'write IPv6 addresses in brackets, e.g. "[::1]:8080"'
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _parse_port(text: str, lowest: int) -> int:
-    if not text:
-        raise ValueError("missing port (expected HOST:PORT or [IPV6]:PORT)")
-    # isdigit() alone would accept non-ASCII digits such as "٨٠".
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"port {_show(text)} is not a number")
-    # Cap the length before int(): Python refuses to parse very long digit strings.
-    port = int(text) if len(text) <= 6 else 1_000_000
-    if not lowest <= port <= 65535:
-        shown = text if len(text) <= 12 else text[:12] + "..."
-        raise ValueError(f"port {shown} out of range {lowest}-65535")
-    return port
-
-
-def _check_host(host: str) -> None:
-    if not host:
-        raise ValueError("host is empty")
-    if any(ch.isspace() or not ch.isprintable() for ch in host):
-        raise ValueError(f"host {_show(host)} contains whitespace or control characters")
-
-
-def _split_bracketed(address: str) -> tuple[str, str | None]:
-    """Split ``[v6]`` or ``[v6]:port``; the port is ``None`` when absent."""
-    end = address.find("]")
-    if end < 0:
-        raise ValueError("missing ']' after IPv6 address")
-    inner, rest = address[1:end], address[end + 1 :]
-    _check_host(inner)
-    try:
-        ipaddress.IPv6Address(inner)
-    except ValueError:
-        raise ValueError(f"{_show(inner)} inside [...] is not an IPv6 address") from None
-    if not rest:
-        return inner, None
-    if not rest.startswith(":"):
-        raise ValueError(f"unexpected {_show(rest)} after ']' (expected :PORT)")
-    return inner, rest[1:]
-
-
-def _split_host_port(address: str, *, lowest_port: int) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` / ``[V6]:PORT``; host is returned without brackets."""
-    if address.startswith("["):
-        host, port_text = _split_bracketed(address)
-        if port_text is None:
-            raise ValueError(f"missing port after ']' (expected [{host}]:PORT)")
-        return host, _parse_port(port_text, lowest_port)
-    host, sep, port_text = address.rpartition(":")
-    if not sep:
-        raise ValueError(f"missing port in {_show(address)} (expected HOST:PORT or [IPV6]:PORT)")
-    if ":" in host:
-        if _is_ipv6(host):
-            raise ValueError(f'IPv6 addresses need brackets: write "[{host}]:{port_text}"')
-        if _is_ipv6(address):
-            raise ValueError(f'IPv6 addresses need brackets and a port: write "[{address}]:PORT"')
-        raise ValueError(f"too many ':' in {_show(address)}; {_V6_HINT}")
-    if "[" in host or "]" in host:
-        raise ValueError(f"unbalanced brackets in {_show(address)}; {_V6_HINT}")
-    _check_host(host)
-    return host, _parse_port(port_text, lowest_port)
-
-
-def _parse_source(source: str) -> tuple[str, int]:
-    """``ADDR``, ``ADDR:PORT`` or ``[V6]:PORT``, by the same parser as ``probe check -s``."""
-    try:
-        return parse_source(source)
-    except TargetError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _target_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` / ``[V6]:PORT``, by the same parser as ``probe check``; one port only."""
-    try:
-        if address != address.strip():
-            raise TargetError(f"leading or trailing space in {_show(address)}")
-        target = parse_target(address, no_port_hint="")
-    except TargetError as exc:
-        raise ValueError(str(exc)) from None
-    if target.count() != 1:
-        raise ValueError(f"one port per target, got {_show(address)}")
-    return target.host, target.ports[0][0]
-
-
-def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(text)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f'{_show(text)} is not a valid CIDR (e.g. "127.0.0.0/8")') from None
-    raise ValueError(f'{_show(text)} has host bits set; did you mean "{loose}"?')
-
-
-# ---------------------------------------------------------------------------
-# Schema
-# ---------------------------------------------------------------------------
-
-# \Z, not $: "$" would also accept a name with a trailing newline.
-_LABEL_NAME_PATTERN: Final = r"^[a-zA-Z_][a-zA-Z0-9_]*\Z"
-_LABEL_NAME_RE: Final = re.compile(_LABEL_NAME_PATTERN)
-
-Interval = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
-Timeout = Annotated[float, msgspec.Meta(gt=0, le=3_600)]
-Concurrency = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-LabelName = Annotated[str, msgspec.Meta(pattern=_LABEL_NAME_PATTERN)]
-TargetName = Annotated[str, msgspec.Meta(min_length=1)]
-LogFormat = Literal["json", "console"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PROBE_ALLOW: Final = ("127.0.0.0/8", "::1/128")
+DEFAULT_ALLOW_NETWORKS: Final = tuple(ipaddress.ip_network(n) for n in DEFAULT_PROBE_ALLOW)
+DEFAULT_PROBE_CONCURRENCY: Final = 10
+DEFAULT_LAG_LIMIT_MS: Final = 2.0  # the engine's own default
+MAX_DOTTED_PARTS: Final = 16
+MAX_CONCURRENCY: Final = 1_000_000
+MAX_STATE_COUNT: Final = 1_000  # down_after / up_after
+MAX_LAG_LIMIT_MS: Final = 60_000.0
+MAX_NAME: Final = 256
+MAX_LABELS: Final = 32
+MAX_LABEL_VALUE: Final = 1024
+MAX_ALLOW: Final = 1024
+MAX_PATH: Final = 4096
+FAMILIES: Final = ("any", "ipv4", "ipv6")
+ADDRESS_MODES: Final = ("all", "first")
+LOG_FORMATS: Final = ("console", "json")
+
+# \Z, not $: "$" would also accept a name with a trailing newline.
+_LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
-class Defaults(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Per-target settings that targets inherit unless they override them."""
-
-    interval: Interval = 10.0
-    timeout: Timeout = 1.0
+# -- the resolved config --------------------------------------------------------------------
 
 
-class Engine(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Global knobs of the connect engine."""
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A listening endpoint; ``str()`` is how the user wrote it (brackets for IPv6)."""
 
-    concurrency: Concurrency = 1000
-    source: str = ""
+    host: str
+    port: int
 
-    def __post_init__(self) -> None:
-        if self.source:
-            try:
-                _parse_source(self.source)
-            except ValueError as exc:
-                raise _FieldError(("source",), str(exc)) from None
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-class Log(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Where structured logs go; ``file=""`` means standard output."""
-
-    format: LogFormat = "json"
-    file: str = ""
-
-    def __post_init__(self) -> None:
-        if "\x00" in self.file:
-            raise _FieldError(("file",), "path contains a NUL character")
+DEFAULT_LISTEN: Final = HostPort("127.0.0.1", 9464)
 
 
-class Metrics(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """HTTP endpoint settings; ``probe_allow`` limits what ``GET /probe`` may reach."""
+@dataclass(frozen=True, slots=True)
+class TargetDefaults:
+    """``[defaults]``: what every target inherits unless it says otherwise."""
 
-    listen: str = "127.0.0.1:9464"
-    probe_allow: tuple[str, ...] = DEFAULT_PROBE_ALLOW
-
-    def __post_init__(self) -> None:
-        if self.listen:
-            try:
-                _split_host_port(self.listen, lowest_port=0)
-            except ValueError as exc:
-                raise _FieldError(("listen",), str(exc)) from None
-        for i, cidr in enumerate(self.probe_allow):
-            try:
-                _parse_network(cidr)
-            except ValueError as exc:
-                raise _FieldError(("probe_allow", i), str(exc)) from None
-
-
-class TargetConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """One ``[[targets]]`` entry as written; see :class:`ResolvedTarget` for the merged view."""
-
-    address: str
-    name: TargetName | None = None
-    interval: Interval | None = None
-    timeout: Timeout | None = None
-    labels: dict[LabelName, str] = msgspec.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        try:
-            _target_address(self.address)
-        except ValueError as exc:
-            raise _FieldError(("address",), str(exc)) from None
-
-
-class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The whole file; every section is optional so an empty file is a valid config."""
-
-    defaults: Defaults = msgspec.field(default_factory=Defaults)
-    engine: Engine = msgspec.field(default_factory=Engine)
-    log: Log = msgspec.field(default_factory=Log)
-    metrics: Metrics = msgspec.field(default_factory=Metrics)
-    targets: tuple[TargetConfig, ...] = ()
-
-    def __post_init__(self) -> None:
-        # Names key the metrics series and log lines, so two targets sharing one
-        # would silently merge their data.
-        seen: dict[str, int] = {}
-        for i, target in enumerate(self.targets):
-            name = target.name if target.name is not None else target.address
-            if name in seen:
-                hint = "" if target.name is not None else " (name defaults to the address)"
-                raise _FieldError(
-                    ("targets", i, "name"),
-                    f"duplicate target name {_show(name)}{hint}, "
-                    f"already used by targets[{seen[name]}]",
-                )
-            seen[name] = i
-
-    def resolved_targets(self) -> list[ResolvedTarget]:
-        """Shortcut for :func:`resolved_targets`."""
-        return resolved_targets(self)
-
-
-# ---------------------------------------------------------------------------
-# Resolved views for the rest of the daemon
-# ---------------------------------------------------------------------------
+    interval: float = 10.0
+    timeout: float = 1.0
+    family: str = "any"  # "ipv4", "ipv6" or "any"
+    addresses: str = "first"  # "first" or "all"
+    down_after: int = 1
+    up_after: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,78 +109,467 @@ class ResolvedTarget:
     """A target with defaults applied, so the scheduler never consults ``[defaults]``."""
 
     name: str
-    address: str
-    host: str
+    address: str  # as written: HOST:PORT or [IPV6]:PORT
+    host: str  # without brackets
     port: int
     interval: float
     timeout: float
     # Excluded from the hash so instances stay hashable despite holding a mapping.
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    family: str = "any"
+    addresses: str = "first"
+    down_after: int = 1
+    up_after: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    concurrency: int = 1000
+    source: Source | None = None  # None: the kernel picks; ports 0/0: only the address is set
+    lag_limit_ms: float | None = DEFAULT_LAG_LIMIT_MS  # None: the lag throttle is off
+    probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY  # the same as metrics.probe_concurrency
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str | None = None  # "json", "console", or None: the daemon decides (terminal?)
+    file: str | None = None  # None: standard output
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: HostPort | None = DEFAULT_LISTEN  # None: no HTTP endpoint
+    probe_allow: tuple[Network, ...] = DEFAULT_ALLOW_NETWORKS
+    probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY  # most GET /probe attempts at once
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    shard: tuple[int, int] | None = None  # (index, count); None: every target
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole file, resolved: every value checked, every default applied."""
+
+    defaults: TargetDefaults = TargetDefaults()
+    engine: EngineConfig = EngineConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    targets: tuple[ResolvedTarget, ...] = ()
+
+    def resolved_targets(self) -> list[ResolvedTarget]:
+        return list(self.targets)
 
 
 def resolved_targets(config: Config) -> list[ResolvedTarget]:
-    """Merge each target with ``[defaults]``; order follows the file."""
-    out: list[ResolvedTarget] = []
-    for target in config.targets:
-        host, port = _target_address(target.address)
-        out.append(
-            ResolvedTarget(
-                name=target.name if target.name is not None else target.address,
-                address=target.address,
-                host=host,
-                port=port,
-                interval=(
-                    target.interval if target.interval is not None else config.defaults.interval
-                ),
-                timeout=target.timeout if target.timeout is not None else config.defaults.timeout,
-                labels=MappingProxyType(dict(target.labels)),
-            )
-        )
-    return out
+    """The targets in file order, defaults applied."""
+    return list(config.targets)
 
 
 def metrics_listen(config: Config) -> tuple[str, int] | None:
-    """``(host, port)`` for the HTTP server, or ``None`` when it is disabled.
-
-    The host has no brackets; port 0 is allowed (the OS picks, handy in tests).
-    """
-    if not config.metrics.listen:
-        return None
-    return _split_host_port(config.metrics.listen, lowest_port=0)
+    """``(host, port)`` for the HTTP server, or ``None`` when it is disabled (port 0: the
+    kernel picks, handy in tests)."""
+    listen = config.metrics.listen
+    return None if listen is None else (listen.host, listen.port)
 
 
 def engine_source(config: Config) -> tuple[str, int] | None:
-    """``(ip, port)`` to pass as ``local_addr``, or ``None`` to let the kernel choose.
-
-    Port 0 means only the address is pinned and the kernel picks the port.
-    """
-    if not config.engine.source:
+    """``(ip, port)`` to bind, or ``None`` to let the kernel choose. Port 0 pins only the
+    address; for a port range (``ADDR:LO-HI``) it is 0 too: read ``config.engine.source``
+    (:class:`~probe.targets.Source`) to honour the range."""
+    source = config.engine.source
+    if source is None:
         return None
-    return _parse_source(config.engine.source)
+    return source.address, 0 if source.is_range else source.port_lo
 
 
-def probe_allow_networks(
-    config: Config,
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Parsed ``metrics.probe_allow``, already validated at load time."""
-    return tuple(_parse_network(cidr) for cidr in config.metrics.probe_allow)
+def probe_allow_networks(config: Config) -> tuple[Network, ...]:
+    return config.metrics.probe_allow
 
 
-# ---------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------
+# -- errors as data -------------------------------------------------------------------------
+
+_Segment = str | int
+_Path = tuple[_Segment, ...]
+
+
+class _Invalid(Exception):
+    """A problem at a key path; turned into a ConfigError (file, key, problem) at the edge."""
+
+    def __init__(self, at: _Path, problem: str) -> None:
+        super().__init__(problem)
+        self.at = at
+        self.problem = problem
+
+
+def _fail(at: _Path, problem: str) -> NoReturn:
+    raise _Invalid(at, problem)
+
+
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _render_key(segments: Sequence[_Segment]) -> str | None:
+    parts: list[str] = []
+    for seg in segments:
+        if isinstance(seg, int):
+            parts.append(f"[{seg}]")
+        else:
+            name = seg if _BARE_KEY.fullmatch(seg) else json.dumps(seg, ensure_ascii=False)
+            parts.append(f".{name}" if parts else name)
+    return "".join(parts) or None
+
+
+_MAX_SHOWN: Final = 60
+
+
+def _show(value: object) -> str:
+    """A value the way it looked in TOML, short enough for one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        if len(value) > _MAX_SHOWN:
+            value = value[:_MAX_SHOWN] + "..."
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**_MAX_SHOWN else "a huge integer"
+    if isinstance(value, float):
+        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(repr(value), repr(value))
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return _type_name(value)
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, datetime):
+        return "datetime"
+    if isinstance(value, date):
+        return "date"
+    if isinstance(value, time):
+        return "time"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__  # pragma: no cover - tomllib produces nothing else
+
+
+def _got(value: object) -> str:
+    if isinstance(value, list | dict):
+        return f"got {_type_name(value)}"
+    return f"got {_type_name(value)} {_show(value)}"
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+# -- checkers: one value at one path --------------------------------------------------------
+
+
+def _float(
+    value: object,
+    at: _Path,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(at, f"expected float, {_got(value)}")
+    # Compare as written (an int may be huge); nan fails every comparison, so it is refused.
+    if gt is not None and not value > gt:
+        _fail(at, f"expected float > {_bound(gt)}, got {_show(value)}")
+    if ge is not None and not value >= ge:
+        _fail(at, f"expected float >= {_bound(ge)}, got {_show(value)}")
+    if le is not None and not value <= le:
+        _fail(at, f"expected float <= {_bound(le)}, got {_show(value)}")
+    return float(value)
+
+
+def _int(value: object, at: _Path, *, ge: int, le: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(at, f"expected integer, {_got(value)}")
+    if value < ge:
+        _fail(at, f"expected integer >= {ge}, got {_show(value)}")
+    if value > le:
+        _fail(at, f"expected integer <= {le}, got {_show(value)}")
+    return value
+
+
+def _str(value: object, at: _Path, *, min_length: int = 0, max_length: int = MAX_PATH) -> str:
+    if not isinstance(value, str):
+        _fail(at, f"expected string, {_got(value)}")
+    if len(value) < min_length:
+        _fail(at, f"expected string of length >= {min_length}, got {_show(value)}")
+    if len(value) > max_length:
+        _fail(at, f"expected string of length <= {max_length}, got {_show(value)}")
+    return value
+
+
+def _choice(value: object, at: _Path, choices: Sequence[str]) -> str:
+    text = _str(value, at)
+    if text not in choices:
+        shown = ", ".join(_show(c) for c in sorted(choices))
+        _fail(at, f"expected one of {shown}, got {_show(text)}")
+    return text
+
+
+def _table(value: object, at: _Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(at, f"expected table, {_got(value)}")
+    return value
+
+
+def _array(value: object, at: _Path, *, max_items: int) -> list[Any]:
+    if not isinstance(value, list):
+        _fail(at, f"expected array, {_got(value)}")
+    if len(value) > max_items:
+        _fail(at, f"expected at most {max_items} entries, got {len(value)}")
+    return value
+
+
+T = TypeVar("T")
+
+
+def _via(parse: Callable[[str], T], text: str, at: _Path) -> T:
+    """Run one of probe.targets' parsers; its message is the problem at this key."""
+    try:
+        return parse(text)
+    except TargetError as exc:
+        _fail(at, str(exc))
+
+
+def _known_keys(table: dict[str, Any], at: _Path, known: Sequence[str]) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else f"; valid keys: {', '.join(known)}"
+            _fail((*at, key), f"unknown key (typo?){hint}")
+
+
+# -- sections -------------------------------------------------------------------------------
+
+_SECTIONS: Final = ("defaults", "engine", "log", "metrics", "cluster", "targets")
+_DEFAULT_KEYS: Final = ("interval", "timeout", "family", "addresses", "down_after", "up_after")
+_TARGET_KEYS: Final = ("address", "name", *_DEFAULT_KEYS, "labels")
+
+
+def _interval(value: object, at: _Path) -> float:
+    return _float(value, at, ge=MIN_INTERVAL, le=MAX_INTERVAL)
+
+
+def _timeout(value: object, at: _Path) -> float:
+    return _float(value, at, gt=0, le=MAX_TIMEOUT)
+
+
+def _state_count(value: object, at: _Path) -> int:
+    return _int(value, at, ge=1, le=MAX_STATE_COUNT)
+
+
+# key → checker, for what [defaults] and each target share
+_SHARED: Final[dict[str, Callable[[object, _Path], object]]] = {
+    "interval": _interval,
+    "timeout": _timeout,
+    "family": lambda v, at: _choice(v, at, FAMILIES),
+    "addresses": lambda v, at: _choice(v, at, ADDRESS_MODES),
+    "down_after": _state_count,
+    "up_after": _state_count,
+}
+
+
+def _defaults(raw: object) -> TargetDefaults:
+    at: _Path = ("defaults",)
+    table = _table(raw, at)
+    _known_keys(table, at, _DEFAULT_KEYS)
+    values = {k: _SHARED[k](v, (*at, k)) for k, v in table.items()}
+    return TargetDefaults(**values)  # type: ignore[arg-type]
+
+
+def _engine(raw: object, probe_concurrency: object) -> EngineConfig:
+    at: _Path = ("engine",)
+    table = _table(raw, at)
+    _known_keys(table, at, ("concurrency", "source", "lag_limit"))
+    concurrency = 1000
+    if "concurrency" in table:
+        concurrency = _int(table["concurrency"], (*at, "concurrency"), ge=1, le=MAX_CONCURRENCY)
+    source = None
+    if "source" in table:
+        text = _str(table["source"], (*at, "source"))
+        if text:
+            source = _via(parse_source_spec, text, (*at, "source"))
+    lag: float | None = DEFAULT_LAG_LIMIT_MS
+    if "lag_limit" in table:
+        value = table["lag_limit"]
+        if value is False or (not isinstance(value, bool) and value == 0):
+            lag = None  # 0 or false: never hold concurrency down for loop lag
+        elif value is True:
+            _fail((*at, "lag_limit"), "expected milliseconds > 0, or 0 or false to disable")
+        else:
+            lag = _float(value, (*at, "lag_limit"), gt=0, le=MAX_LAG_LIMIT_MS)
+    # [metrics] probe_concurrency: GET /probe's own limit, kept below the schedule's.
+    pat: _Path = ("metrics", "probe_concurrency")
+    if probe_concurrency is None:
+        probe = min(DEFAULT_PROBE_CONCURRENCY, max(1, concurrency - 1))
+    else:
+        probe = _int(probe_concurrency, pat, ge=1, le=MAX_CONCURRENCY)
+        if probe >= concurrency:
+            _fail(pat, f"must be below engine.concurrency ({concurrency}), got {probe}")
+    return EngineConfig(concurrency, source, lag, probe)
+
+
+def _log(raw: object) -> LogConfig:
+    at: _Path = ("log",)
+    table = _table(raw, at)
+    _known_keys(table, at, ("format", "file"))
+    fmt = _choice(table["format"], (*at, "format"), LOG_FORMATS) if "format" in table else None
+    path = _str(table.get("file", ""), (*at, "file"))
+    if "\x00" in path:
+        _fail((*at, "file"), "path contains a NUL character")
+    return LogConfig(fmt, path or None)
+
+
+def _network(text: str, at: _Path) -> Network:
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        _fail(at, f'{_show(text)} is not a valid CIDR (e.g. "127.0.0.0/8")')
+    _fail(at, f'{_show(text)} has host bits set; did you mean "{loose}"?')
+
+
+def _metrics(raw: object, probe_concurrency: int) -> MetricsConfig:
+    at: _Path = ("metrics",)
+    table = _table(raw, at)
+    _known_keys(table, at, ("listen", "probe_allow", "probe_concurrency"))
+    listen: HostPort | None = DEFAULT_LISTEN
+    if "listen" in table:
+        text = _str(table["listen"], (*at, "listen"))
+        listen = None
+        if text:
+            host, port = _via(
+                lambda t: parse_endpoint(t, allow_port_zero=True), text, (*at, "listen")
+            )
+            listen = HostPort(host, port)
+    allow = DEFAULT_ALLOW_NETWORKS
+    if "probe_allow" in table:
+        items = _array(table["probe_allow"], (*at, "probe_allow"), max_items=MAX_ALLOW)
+        allow = tuple(
+            _network(_str(item, (*at, "probe_allow", i)), (*at, "probe_allow", i))
+            for i, item in enumerate(items)
+        )
+    return MetricsConfig(listen, allow, probe_concurrency)
+
+
+def _cluster(raw: object) -> ClusterConfig:
+    at: _Path = ("cluster",)
+    table = _table(raw, at)
+    _known_keys(table, at, ("shard",))
+    text = _str(table.get("shard", ""), (*at, "shard"))
+    return ClusterConfig(_via(parse_shard, text, (*at, "shard")) if text else None)
+
+
+def _labels(raw: object, at: _Path) -> Mapping[str, str]:
+    table = _table(raw, at)
+    if len(table) > MAX_LABELS:
+        _fail(at, f"expected at most {MAX_LABELS} labels, got {len(table)}")
+    for name in table:
+        if not _LABEL_NAME_RE.match(name):
+            _fail(at, f"invalid label name {_show(name)}: must match [a-zA-Z_][a-zA-Z0-9_]*")
+    return MappingProxyType(
+        {k: _str(v, (*at, k), max_length=MAX_LABEL_VALUE) for k, v in table.items()}
+    )
+
+
+def _family_of(host: str) -> str | None:
+    try:
+        return f"ipv{ipaddress.ip_address(host.partition('%')[0]).version}"
+    except ValueError:
+        return None  # a name
+
+
+def _target(raw: object, index: int, defaults: TargetDefaults) -> ResolvedTarget:
+    at: _Path = ("targets", index)
+    table = _table(raw, at)
+    _known_keys(table, at, _TARGET_KEYS)
+    if "address" not in table:
+        _fail((*at, "address"), "required key is missing")
+    address = _str(table["address"], (*at, "address"))
+    host, port = _via(parse_endpoint, address, (*at, "address"))
+    name = address
+    if "name" in table:
+        name = _str(table["name"], (*at, "name"), min_length=1, max_length=MAX_NAME)
+    shared = {k: _SHARED[k](table[k], (*at, k)) for k in _DEFAULT_KEYS if k in table}
+    labels = _labels(table["labels"], (*at, "labels")) if "labels" in table else None
+    merged = {k: shared.get(k, getattr(defaults, k)) for k in _DEFAULT_KEYS}
+    literal = _family_of(host)
+    if literal is not None and merged["family"] not in ("any", literal):
+        where = (*at, "family") if "family" in table else ("defaults", "family")
+        _fail(where, f"{_show(address)} is an {literal} address, family is {merged['family']}")
+    return ResolvedTarget(
+        name=name,
+        address=address,
+        host=host,
+        port=port,
+        labels=labels if labels is not None else MappingProxyType({}),
+        **merged,  # type: ignore[arg-type]
+    )
+
+
+def _resolve(data: dict[str, Any]) -> Config:
+    _known_keys(data, (), _SECTIONS)
+    defaults = _defaults(data.get("defaults", {}))
+    metrics_raw = data.get("metrics", {})
+    probe_concurrency = (
+        metrics_raw.get("probe_concurrency") if isinstance(metrics_raw, dict) else None
+    )
+    engine = _engine(data.get("engine", {}), probe_concurrency)
+    log = _log(data.get("log", {}))
+    metrics = _metrics(metrics_raw, engine.probe_concurrency)
+    cluster = _cluster(data.get("cluster", {}))
+    raw_targets = data.get("targets", [])
+    if isinstance(raw_targets, dict):
+        _fail(
+            ("targets",),
+            "expected array, got table; write each target as a [[targets]] section "
+            "(double brackets)",
+        )
+    items = _array(raw_targets, ("targets",), max_items=1_000_000)
+    targets = tuple(_target(item, i, defaults) for i, item in enumerate(items))
+    # Names key the metrics series and log lines: two targets sharing one would merge.
+    seen: dict[str, int] = {}
+    for i, target in enumerate(targets):
+        if target.name in seen:
+            hint = "" if "name" in items[i] else " (name defaults to the address)"
+            _fail(
+                ("targets", i, "name"),
+                f"duplicate target name {_show(target.name)}{hint}, "
+                f"already used by targets[{seen[target.name]}]",
+            )
+        seen[target.name] = i
+    return Config(defaults, engine, log, metrics, cluster, targets)
+
+
+# -- reading and parsing --------------------------------------------------------------------
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read, parse and validate a config file; every failure is a :class:`ConfigError`."""
+    """Read (bounded), parse and resolve a config file; every failure is a ConfigError."""
     shown = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise ConfigError(shown, None, f"cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:  # e.g. an embedded NUL byte in the path
-        raise ConfigError(shown, None, f"cannot read: {exc}") from None
+    raw = _read_bounded(shown)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -416,11 +586,67 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(text.removeprefix("\ufeff"), shown)
 
 
+def _read_bounded(shown: str) -> bytes:
+    """At most MAX_CONFIG_BYTES + 1 bytes of a regular file: never a FIFO's or a device's
+    endless stream (opened non-blocking, so a FIFO without a writer cannot hang us)."""
+    try:
+        fd = os.open(shown, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(shown, None, f"cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # an embedded NUL byte in the path
+        raise ConfigError(shown, None, f"cannot read: {exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(shown, None, "cannot read: Is a directory")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(shown, None, "not a regular file (a FIFO, device or socket)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(shown, None, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(shown, None, f"file too large (over {MAX_CONFIG_BYTES} bytes)")
+    return b"".join(chunks)
+
+
 _TOML_LOCATION: Final = re.compile(r"(.*) \(at (line \d+, column \d+|end of document)\)", re.S)
+# Strings and comments, whose dots are not key separators.
+_TOML_STRINGS: Final = re.compile(
+    r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*'
+)
+_TOML_DELIMITERS: Final = re.compile(r"[=,\[\]{}]")
+
+
+def _check_dotted_keys(text: str, path: str) -> None:
+    """tomllib takes time quadratic in the parts of one dotted key (a 400 KB `a.a.a…` key
+    runs for minutes): refuse keys of more than MAX_DOTTED_PARTS parts before parsing."""
+    if max((line.count(".") for line in text.split("\n")), default=0) < MAX_DOTTED_PARTS:
+        return  # no line has that many dots at all: the common case, in one pass
+    # Blank out strings and comments (keeping their line breaks): their dots are no keys'.
+    bare = _TOML_STRINGS.sub(lambda m: " " + "\n" * m[0].count("\n"), text)
+    for number, line in enumerate(bare.split("\n"), 1):
+        if line.count(".") < MAX_DOTTED_PARTS:
+            continue
+        if any(token.count(".") >= MAX_DOTTED_PARTS for token in _TOML_DELIMITERS.split(line)):
+            raise ConfigError(
+                path, None, f"line {number}: a dotted key of more than {MAX_DOTTED_PARTS} parts"
+            )
 
 
 def parse_config(text: str, path: str = "config.toml") -> Config:
-    """Validate TOML text; ``path`` is only used to label error messages."""
+    """Check and resolve TOML text; ``path`` only labels error messages."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"file too large (over {MAX_CONFIG_BYTES} bytes)")
+    _check_dotted_keys(text, path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -433,165 +659,9 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         raise ConfigError(path, None, problem) from None
     except RecursionError:
         raise ConfigError(path, None, "arrays or tables are nested too deeply") from None
+    except ValueError:  # int() refuses more than 4300 digits
+        raise ConfigError(path, None, "a number has too many digits") from None
     try:
-        return msgspec.convert(data, type=Config)
-    except msgspec.ValidationError as exc:
-        key, problem = _explain(exc, data)
-        raise ConfigError(path, key, problem) from None
-
-
-# ---------------------------------------------------------------------------
-# Translating msgspec errors into "key: problem"
-# ---------------------------------------------------------------------------
-
-# msgspec formats: "<msg> - at `$.a[0].b`", "<msg> - at `key` in `$.a`", or just "<msg>".
-_MSGSPEC_ERROR: Final = re.compile(r"(.*?)(?: - at `(key|\$[^`]*)`(?: in `(\$[^`]*)`)?)?", re.S)
-_PATH_PART: Final = re.compile(r"\.([A-Za-z0-9_]+)|\[(\d+)\]|\[\.\.\.\]")
-_UNKNOWN_FIELD: Final = re.compile(r"Object contains unknown field `(.*)`", re.S)
-_MISSING_FIELD: Final = re.compile(r"Object missing required field `(.*)`", re.S)
-_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
-_TOML_TYPE_NAMES: Final = {
-    "str": "string",
-    "int": "integer",
-    "bool": "boolean",
-    "object": "table",
-}
-_SCALARS: Final = (str, int, float, datetime, date, time)
-_MISSING: Final = object()
-_ANY_DICT_KEY: Final = "[...]"
-
-
-def _parse_msgspec_path(path: str) -> list[_Segment]:
-    segments: list[_Segment] = []
-    for m in _PATH_PART.finditer(path, 1):  # skip the leading "$"
-        if m[1] is not None:
-            segments.append(m[1])
-        elif m[2] is not None:
-            segments.append(int(m[2]))
-        else:
-            segments.append(_ANY_DICT_KEY)
-    return segments
-
-
-def _render_key(segments: Sequence[_Segment]) -> str | None:
-    parts: list[str] = []
-    for seg in segments:
-        if isinstance(seg, int):
-            parts.append(f"[{seg}]")
-        else:
-            name = seg if _BARE_KEY.fullmatch(seg) else json.dumps(seg, ensure_ascii=False)
-            parts.append(f".{name}" if parts else name)
-    return "".join(parts) or None
-
-
-def _lookup(data: object, segments: Sequence[_Segment]) -> object:
-    for seg in segments:
-        if isinstance(data, dict):
-            data = data.get(seg, _MISSING)
-        elif isinstance(data, list) and isinstance(seg, int) and seg < len(data):
-            data = data[seg]
-        else:
-            return _MISSING
-    return data
-
-
-def _schema_at(segments: Sequence[_Segment]) -> mi.Type | None:
-    """The declared type at a path, so messages can list valid keys and choices."""
-    t: mi.Type | None = mi.type_info(Config)
-    for seg in segments:
-        t = _unwrap(t)
-        if isinstance(t, mi.StructType) and isinstance(seg, str):
-            t = next((f.type for f in t.fields if f.encode_name == seg), None)
-        elif isinstance(t, mi.VarTupleType | mi.ListType) and isinstance(seg, int):
-            t = t.item_type
-        elif isinstance(t, mi.DictType):
-            t = t.value_type
-        else:
-            return None
-    return _unwrap(t)
-
-
-def _unwrap(t: mi.Type | None) -> mi.Type | None:
-    while True:
-        if isinstance(t, mi.Metadata):
-            t = t.type
-        elif isinstance(t, mi.UnionType):
-            t = next((m for m in t.types if not isinstance(m, mi.NoneType)), None)
-        else:
-            return t
-
-
-def _friendly_types(match: re.Match[str]) -> str:
-    """Speak TOML ("string", "table") rather than Python/JSON ("str", "object", "null")."""
-    names: list[str] = []
-    for alternative in match[1].split(" | "):
-        head, _, rest = alternative.partition(" ")
-        if head != "null":  # optional keys are simply omitted in TOML
-            names.append(" ".join(filter(None, [_TOML_TYPE_NAMES.get(head, head), rest])))
-    return " or ".join(names)
-
-
-def _explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> tuple[str | None, str]:
-    """Turn a msgspec error into ``(key, problem)`` in the config's own vocabulary."""
-    m = _MSGSPEC_ERROR.fullmatch(str(exc))
-    assert m is not None  # the pattern matches any string
-    body = m[1]
-    if m[2] == "key":
-        segments = _parse_msgspec_path(m[3])
-        is_dict_key = True
-    else:
-        segments = _parse_msgspec_path(m[2] or "$")
-        is_dict_key = False
-
-    cause = exc.__cause__
-    if isinstance(cause, _FieldError):
-        return _render_key([*segments, *cause.field_path]), str(cause)
-
-    if _ANY_DICT_KEY in segments:
-        # msgspec does not say which entry of a table was wrong; find it ourselves.
-        at = segments.index(_ANY_DICT_KEY)
-        table = _lookup(data, segments[:at])
-        bad = (
-            next((k for k, v in table.items() if not isinstance(v, str)), None)
-            if isinstance(table, dict)
-            else None
-        )
-        segments = [*segments[:at], *([bad] if bad is not None else [])]
-
-    if is_dict_key:
-        table = _lookup(data, segments)
-        names = table if isinstance(table, dict) else {}
-        bad_name = next((k for k in names if not _LABEL_NAME_RE.match(k)), "")
-        return _render_key(segments), (
-            f"invalid label name {_show(bad_name)}: must match [a-zA-Z_][a-zA-Z0-9_]*"
-        )
-
-    if um := _UNKNOWN_FIELD.fullmatch(body):
-        schema = _schema_at(segments)
-        known = [f.encode_name for f in schema.fields] if isinstance(schema, mi.StructType) else []
-        close = difflib.get_close_matches(um[1], known, n=1)
-        hint = f'; did you mean "{close[0]}"?' if close else f"; valid keys: {', '.join(known)}"
-        return _render_key([*segments, um[1]]), "unknown key (typo?)" + (hint if known else "")
-
-    if mm := _MISSING_FIELD.fullmatch(body):
-        return _render_key([*segments, mm[1]]), "required key is missing"
-
-    value = _lookup(data, segments)
-    key = _render_key(segments)
-    if body.startswith("Invalid enum value"):
-        schema = _schema_at(segments)
-        if isinstance(schema, mi.LiteralType):
-            choices = ", ".join(_show(v) for v in schema.values)
-            return key, f"expected one of {choices}, got {_show(value)}"
-
-    problem = re.sub(r"`([^`]*)`", _friendly_types, body)
-    problem = re.sub(r"([<>]=? -?\d+)\.0\b", r"\1", problem)  # "> 0.0" reads oddly
-    problem = problem[:1].lower() + problem[1:]
-    if ", got " in problem:
-        if isinstance(value, _SCALARS):
-            problem += f" {_show(value)}"
-    elif value is not _MISSING:
-        problem += f", got {_show(value)}"
-    if segments == ["targets"] and isinstance(value, dict):
-        problem += "; write each target as a [[targets]] section (double brackets)"
-    return key, problem
+        return _resolve(data)
+    except _Invalid as exc:
+        raise ConfigError(path, _render_key(exc.at), exc.problem) from None

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
+import os
+import subprocess
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
+from helpers import probe_cmd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe.daemon.config import (
+    ClusterConfig,
     Config,
     ConfigError,
-    Defaults,
-    Engine,
-    Log,
-    Metrics,
+    EngineConfig,
+    HostPort,
+    LogConfig,
+    MetricsConfig,
     ResolvedTarget,
-    TargetConfig,
+    TargetDefaults,
     engine_source,
     load_config,
     metrics_listen,
@@ -30,6 +34,8 @@ from probe.daemon.config import (
     probe_allow_networks,
     resolved_targets,
 )
+from probe.limits import MAX_CONFIG_BYTES
+from probe.targets import Source
 
 FULL = """
 [defaults]
@@ -75,23 +81,26 @@ def error_of(text: str, path: str = "config.toml") -> str:
 # --- valid input -------------------------------------------------------------
 
 
-def test_full_config_is_parsed_into_structs() -> None:
+def test_full_config_is_resolved_once() -> None:
     cfg = parse_config(FULL)
-    assert cfg.defaults == Defaults(interval=5.0, timeout=0.25)
+    assert cfg.defaults == TargetDefaults(interval=5.0, timeout=0.25)
     assert isinstance(cfg.defaults.interval, float)
-    assert cfg.engine == Engine(concurrency=64, source="127.0.0.9")
-    assert cfg.log == Log(format="console", file="/var/log/probe.log")
-    assert cfg.metrics == Metrics(listen="[::1]:9000", probe_allow=("127.0.0.0/8", "2001:db8::/32"))
-    assert cfg.targets[0] == TargetConfig(
-        address="127.0.0.1:8080",
-        name="seed",
-        interval=2.5,
-        timeout=30.0,
-        labels={"team": "net", "_zone": "a1"},
+    assert cfg.engine == EngineConfig(concurrency=64, source=Source("127.0.0.9"))
+    assert cfg.log == LogConfig(format="console", file="/var/log/probe.log")
+    assert cfg.metrics == MetricsConfig(
+        listen=HostPort("::1", 9000),
+        probe_allow=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
     )
-    assert cfg.targets[1].name is None
-    assert cfg.targets[1].interval is None
+    assert str(cfg.metrics.listen) == "[::1]:9000"
+    assert cfg.cluster == ClusterConfig(shard=None)
+    seed = cfg.targets[0]
+    assert (seed.name, seed.interval, seed.timeout) == ("seed", 2.5, 30.0)
+    assert seed.labels == {"team": "net", "_zone": "a1"}
+    assert cfg.targets[1].name == "[2001:db8::1]:443"
+    assert cfg.targets[1].interval == 5.0
     assert cfg.targets[1].labels == {}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.engine = EngineConfig()  # type: ignore[misc]
 
 
 def test_resolved_targets_apply_defaults_and_strip_brackets() -> None:
@@ -134,10 +143,12 @@ def test_empty_file_gives_documented_defaults() -> None:
     cfg = parse_config("")
     assert cfg == Config()
     assert (cfg.defaults.interval, cfg.defaults.timeout) == (10.0, 1.0)
-    assert (cfg.engine.concurrency, cfg.engine.source) == (1000, "")
-    assert (cfg.log.format, cfg.log.file) == ("json", "")
-    assert cfg.metrics.listen == "127.0.0.1:9464"
-    assert cfg.metrics.probe_allow == ("127.0.0.0/8", "::1/128")
+    assert (cfg.engine.concurrency, cfg.engine.source, cfg.engine.lag_limit_ms) == (1000, None, 2.0)
+    assert (cfg.log.format, cfg.log.file) == (None, None)  # None: the daemon decides
+    assert cfg.metrics.listen == HostPort("127.0.0.1", 9464)
+    assert [str(n) for n in cfg.metrics.probe_allow] == ["127.0.0.0/8", "::1/128"]
+    assert cfg.metrics.probe_concurrency == cfg.engine.probe_concurrency == 10
+    assert cfg.cluster.shard is None
     assert cfg.targets == ()
     assert resolved_targets(cfg) == []
     assert metrics_listen(cfg) == ("127.0.0.1", 9464)
@@ -149,7 +160,7 @@ def test_partial_sections_keep_other_defaults() -> None:
     assert cfg.engine.concurrency == 1000
     assert engine_source(cfg) == ("::1", 4000)
     assert metrics_listen(cfg) is None
-    assert cfg.metrics.probe_allow == ("127.0.0.0/8", "::1/128")
+    assert cfg.metrics.probe_allow == probe_allow_networks(Config())
 
 
 @pytest.mark.parametrize(
@@ -190,7 +201,7 @@ def test_load_config_reads_file_and_strips_bom(tmp_path: Path) -> None:
     [
         (
             "[defaults]\ninterval = -1\n",
-            "config.toml: defaults.interval: expected float > 0, got -1",
+            "config.toml: defaults.interval: expected float >= 0.001, got -1",
         ),
         (
             "[defaults]\ninterval = 86401\n",
@@ -198,7 +209,19 @@ def test_load_config_reads_file_and_strips_bom(tmp_path: Path) -> None:
         ),
         (
             "[defaults]\ninterval = nan\n",
-            "config.toml: defaults.interval: expected float > 0, got nan",
+            "config.toml: defaults.interval: expected float >= 0.001, got nan",
+        ),
+        (
+            "[defaults]\ninterval = 1e-300\n",
+            "config.toml: defaults.interval: expected float >= 0.001, got 1e-300",
+        ),
+        (
+            "[defaults]\ntimeout = nan\n",
+            "config.toml: defaults.timeout: expected float > 0, got nan",
+        ),
+        (
+            "[defaults]\ntimeout = inf\n",
+            "config.toml: defaults.timeout: expected float <= 3600, got inf",
         ),
         (
             "[defaults]\ntimeout = 0\n",
@@ -218,7 +241,7 @@ def test_load_config_reads_file_and_strips_bom(tmp_path: Path) -> None:
         ),
         (
             '[[targets]]\naddress = "h:1"\ninterval = 0.0\n',
-            "config.toml: targets[0].interval: expected float > 0, got 0.0",
+            "config.toml: targets[0].interval: expected float >= 0.001, got 0.0",
         ),
         (
             '[[targets]]\naddress = "h:1"\ntimeout = 4000\n',
@@ -300,10 +323,14 @@ def test_log_format_must_be_a_known_choice() -> None:
 @pytest.mark.parametrize(
     ("text", "key", "hint"),
     [
-        ('colour = "red"\n', "colour", "valid keys: defaults, engine, log, metrics, targets"),
+        (
+            'zzz = "red"\n',
+            "zzz",
+            "valid keys: defaults, engine, log, metrics, cluster, targets",
+        ),
         ('[metrics]\nlsiten = "x"\n', "metrics.lsiten", 'did you mean "listen"?'),
         ("[defaults]\nintervall = 3\n", "defaults.intervall", 'did you mean "interval"?'),
-        ("[engine]\nzzz = 3\n", "engine.zzz", "valid keys: concurrency, source"),
+        ("[engine]\nzzz = 3\n", "engine.zzz", "valid keys: concurrency, source, lag_limit"),
         ('[[targets]]\naddress = "h:1"\nlables = {}\n', "targets[0].lables", '"labels"'),
         (
             '[[targets]]\naddress = "h:1"\n[[targets]]\naddress = "g:1"\nport = 1\n',
@@ -338,15 +365,20 @@ def test_missing_address() -> None:
         ("h:http", "bad port 'http': ports are numbers 1-65535"),
         ("h:+80", "bad port '+80'"),
         ("h:\u0668\u0660", "ports are numbers 1-65535"),  # Arabic-Indic digits are not a port
-        ("127.0.0.1", "no port for '127.0.0.1': write HOST:PORTS"),
-        ("h:", "no ports after ':' in 'h:'"),
+        ("127.0.0.1", "missing port in '127.0.0.1': write HOST:PORT"),
+        ("h:", "no port after ':' in 'h:'"),
         (":80", "missing host in ':80'"),
         (" h:80", "leading or trailing space"),
         ("h\\t:80", "bad character in host"),
-        ("::1:80", "write IPv6 addresses as [ADDR]:PORTS"),
-        ("fe80::zz:80", "write IPv6 addresses as [ADDR]:PORTS"),
-        ("[::1]", "no port for '[::1]'"),
-        ("[::1]:", "no ports after ':'"),
+        ("::1:80", 'IPv6 addresses need brackets: write "[::1]:80"'),
+        ("fe80::zz:80", "write IPv6 addresses as [ADDR]:PORT"),
+        ("[::1]", "missing port in '[::1]'"),
+        ("[::1]:", "no port after ':'"),
+        ("127.1:80", "four decimal octets"),
+        ("2130706433:80", "four decimal octets"),
+        ("127.0.0.0/8:80", "not a network"),
+        ("127.0.0.1-3:80", "not a range"),
+        ("127.0.0.1:80,81", "bad port '80,81'"),
         ("[::1]x", "after ']'"),
         ("[::1:80", "missing ']'"),
         ("[127.1.2.3]:80", "bad IPv6 address '127.1.2.3'"),
@@ -498,21 +530,22 @@ def test_non_utf8_file(tmp_path: Path) -> None:
 
 def test_error_from_file_uses_path_as_given(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text("[defaults]\ninterval = -1\n")
+    path.write_text("[defaults]\ntimeout = -1\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == f"{path}: defaults.interval: expected float > 0, got -1"
+    assert str(info.value) == f"{path}: defaults.timeout: expected float > 0, got -1"
     assert (info.value.key, info.value.problem) == (
-        "defaults.interval",
+        "defaults.timeout",
         "expected float > 0, got -1",
     )
 
 
-def test_direct_construction_still_validates() -> None:
-    with pytest.raises(ValueError, match="out of range"):
-        TargetConfig(address="h:0")
-    with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({"targets": [{"address": "h"}]}, type=Config)
+def test_resolved_objects_are_frozen() -> None:
+    cfg = parse_config(FULL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.targets[0].port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.targets[0].labels["x"] = "y"  # type: ignore[index]
 
 
 # --- robustness properties -----------------------------------------------------
@@ -562,13 +595,15 @@ def toml_value(value: Any) -> str:
     return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
 
 
+SHARED_KEYS = ["interval", "timeout", "family", "addresses", "down_after", "up_after"]
 SECTIONS = {
-    "defaults": ["interval", "timeout"],
-    "engine": ["concurrency", "source"],
+    "defaults": SHARED_KEYS,
+    "engine": ["concurrency", "source", "lag_limit"],
     "log": ["format", "file"],
-    "metrics": ["listen", "probe_allow"],
+    "metrics": ["listen", "probe_allow", "probe_concurrency"],
+    "cluster": ["shard"],
 }
-TARGET_KEYS = ["address", "name", "interval", "timeout", "labels"]
+TARGET_KEYS = ["address", "name", *SHARED_KEYS, "labels"]
 PLAUSIBLE_STRINGS = [
     "",
     "json",
@@ -584,6 +619,15 @@ PLAUSIBLE_STRINGS = [
     "[::1",
     "team",
     "a-b",
+    "ipv4",
+    "ipv6",
+    "any",
+    "all",
+    "first",
+    "0/2",
+    "2/2",
+    "127.0.0.1:4000-4100",
+    "127.1:80",
 ]
 scalars = (
     st.sampled_from(PLAUSIBLE_STRINGS)
@@ -646,3 +690,268 @@ def test_valid_targets_round_trip(host: str, port: int, interval: float, named: 
     assert target.interval == interval
     assert target.timeout == 1.0
     assert target.name == ("t" if named else address)
+
+
+# --- new keys (issues 9, 11, 12) -------------------------------------------------------------
+
+
+def test_target_keys_inherit_from_defaults() -> None:
+    cfg = parse_config(
+        '[defaults]\nfamily = "ipv6"\naddresses = "all"\ndown_after = 3\nup_after = 2\n'
+        '[[targets]]\naddress = "localhost:1"\n'
+        '[[targets]]\naddress = "127.0.0.1:2"\nfamily = "ipv4"\naddresses = "first"\n'
+        "down_after = 1\nup_after = 5\n"
+    )
+    a, b = cfg.targets
+    assert (a.family, a.addresses, a.down_after, a.up_after) == ("ipv6", "all", 3, 2)
+    assert (b.family, b.addresses, b.down_after, b.up_after) == ("ipv4", "first", 1, 5)
+    plain = parse_config('[[targets]]\naddress = "h:1"\n').targets[0]
+    assert (plain.family, plain.addresses, plain.down_after, plain.up_after) == (
+        "any",
+        "first",
+        1,
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[[targets]]\naddress = "h:1"\nfamily = "inet"\n',
+            'config.toml: targets[0].family: expected one of "any", "ipv4", "ipv6", got "inet"',
+        ),
+        (
+            '[defaults]\naddresses = "some"\n',
+            'config.toml: defaults.addresses: expected one of "all", "first", got "some"',
+        ),
+        (
+            '[[targets]]\naddress = "h:1"\ndown_after = 0\n',
+            "config.toml: targets[0].down_after: expected integer >= 1, got 0",
+        ),
+        (
+            "[defaults]\nup_after = 1001\n",
+            "config.toml: defaults.up_after: expected integer <= 1000, got 1001",
+        ),
+        (
+            '[[targets]]\naddress = "[::1]:1"\nfamily = "ipv4"\n',
+            'config.toml: targets[0].family: "[::1]:1" is an ipv6 address, family is ipv4',
+        ),
+        (
+            '[defaults]\nfamily = "ipv6"\n[[targets]]\naddress = "127.0.0.1:1"\n',
+            'config.toml: defaults.family: "127.0.0.1:1" is an ipv4 address, family is ipv6',
+        ),
+    ],
+)
+def test_bad_target_keys(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("5", 5.0), ("0.5", 0.5), ("0", None), ("false", None), ("60000", 60000.0)],
+)
+def test_lag_limit(value: str, expected: float | None) -> None:
+    assert parse_config(f"[engine]\nlag_limit = {value}\n").engine.lag_limit_ms == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("-1", "expected float > 0, got -1"),
+        ("true", "expected milliseconds > 0, or 0 or false to disable"),
+        ("60001", "expected float <= 60000"),
+        ('"5"', "expected float, got string"),
+    ],
+)
+def test_bad_lag_limit(value: str, problem: str) -> None:
+    assert error_of(f"[engine]\nlag_limit = {value}\n").startswith(
+        f"config.toml: engine.lag_limit: {problem}"
+    )
+
+
+def test_source_port_range() -> None:
+    cfg = parse_config('[engine]\nsource = "127.0.0.1:4000-4100"\n')
+    assert cfg.engine.source == Source("127.0.0.1", 4000, 4100)
+    assert engine_source(cfg) == ("127.0.0.1", 0)  # a range is read from engine.source
+    assert error_of('[engine]\nsource = "127.0.0.1:4100-4000"\n') == (
+        "config.toml: engine.source: source port range '4100-4000' runs backwards"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "probe"),
+    [
+        ("", 10),
+        ("[engine]\nconcurrency = 5\n", 4),
+        ("[engine]\nconcurrency = 1\n", 1),
+        ("[metrics]\nprobe_concurrency = 3\n", 3),
+        ("[engine]\nconcurrency = 50\n[metrics]\nprobe_concurrency = 49\n", 49),
+    ],
+)
+def test_probe_concurrency(text: str, probe: int) -> None:
+    cfg = parse_config(text)
+    assert cfg.metrics.probe_concurrency == cfg.engine.probe_concurrency == probe
+
+
+def test_probe_concurrency_stays_below_the_schedule() -> None:
+    assert error_of("[engine]\nconcurrency = 20\n[metrics]\nprobe_concurrency = 20\n") == (
+        "config.toml: metrics.probe_concurrency: must be below engine.concurrency (20), got 20"
+    )
+    assert error_of("[metrics]\nprobe_concurrency = 0\n") == (
+        "config.toml: metrics.probe_concurrency: expected integer >= 1, got 0"
+    )
+
+
+@pytest.mark.parametrize(("value", "shard"), [('""', None), ('"0/1"', (0, 1)), ('"2/3"', (2, 3))])
+def test_cluster_shard(value: str, shard: tuple[int, int] | None) -> None:
+    assert parse_config(f"[cluster]\nshard = {value}\n").cluster.shard == shard
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"3/3"', "I must be below N"),
+        ('"0/0"', "N must be"),
+        ('"1"', "write I/N"),
+        ('"-1/2"', "write I/N"),
+        ('"a/b"', "write I/N"),
+        ("1", "expected string, got integer 1"),
+    ],
+)
+def test_bad_cluster_shard(value: str, problem: str) -> None:
+    message = error_of(f"[cluster]\nshard = {value}\n")
+    assert message.startswith("config.toml: cluster.shard: ")
+    assert problem in message
+
+
+def test_log_format_unset_means_the_daemon_decides() -> None:
+    assert parse_config("[log]\n").log == LogConfig(format=None, file=None)
+    assert parse_config('[log]\nformat = "json"\nfile = ""\n').log == LogConfig("json", None)
+
+
+def test_sizes_are_bounded() -> None:
+    long_name = "n" * 257
+    assert error_of(f'[[targets]]\naddress = "h:1"\nname = "{long_name}"\n').startswith(
+        "config.toml: targets[0].name: expected string of length <= 256"
+    )
+    labels = ", ".join(f"l{i} = 'x'" for i in range(33))
+    assert error_of(f'[[targets]]\naddress = "h:1"\nlabels = {{ {labels} }}\n') == (
+        "config.toml: targets[0].labels: expected at most 32 labels, got 33"
+    )
+
+
+# --- files and parser bombs (issue 12 item 7) -------------------------------------------------
+
+
+def load_error(path: Path | str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    return message
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_dev_zero_is_refused() -> None:
+    assert load_error("/dev/zero") == "/dev/zero: not a regular file (a FIFO, device or socket)"
+
+
+def test_fifo_is_refused_with_or_without_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    # no writer: opening must not block
+    assert load_error(fifo).endswith("not a regular file (a FIFO, device or socket)")
+    writer = os.open(fifo, os.O_RDWR)  # a writer that never stops
+    try:
+        os.write(writer, b"[engine]\n" * 100)
+        assert load_error(fifo).endswith("not a regular file (a FIFO, device or socket)")
+    finally:
+        os.close(writer)
+
+
+def test_file_too_large(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    comment = b"# " + b"x" * 98 + b"\n"
+    path.write_bytes(comment * (MAX_CONFIG_BYTES // len(comment) + 1))
+    assert load_error(path) == f"{path}: file too large (over 1048576 bytes)"
+    path.write_bytes((comment * (MAX_CONFIG_BYTES // len(comment)))[:MAX_CONFIG_BYTES])
+    assert load_config(path) == Config()  # exactly the cap is fine
+
+
+def test_dotted_key_bomb_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.toml"
+    path.write_text("[engine]\nconcurrency = 5\n" + "a." * 200_000 + "a = 1\n")
+    assert load_error(path) == f"{path}: line 3: a dotted key of more than 16 parts"
+    path.write_text('"a".' * 100_000 + '"b" = 1\n')
+    assert load_error(path) == f"{path}: line 1: a dotted key of more than 16 parts"
+    path.write_text("[" + "a." * 100_000 + "a]\n")
+    assert load_error(path) == f"{path}: line 1: a dotted key of more than 16 parts"
+
+
+def test_dots_in_strings_and_comments_are_not_keys() -> None:
+    dots = "." * 40
+    cfg = parse_config(
+        f'# {dots}\n[log]\nfile = "/tmp/{dots}"\n[[targets]]\naddress = "h:1"\n'
+        f'labels = {{ a = \'{dots}\', b = """\n{dots}\n""" }}\n'
+    )
+    assert cfg.log.file == f"/tmp/{dots}"
+    assert cfg.targets[0].labels["a"] == dots
+    # 15 parts is a key like any other (unknown here)
+    assert error_of("[defaults]\n" + ".".join("abcdefghijklmno") + " = 1\n").startswith(
+        "config.toml: defaults.a: unknown key"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[engine]\nconcurrency = " + "9" * 5000 + "\n",
+            "config.toml: a number has too many digits",
+        ),
+        (
+            "[engine]\nconcurrency = 0x" + "f" * 5000 + "\n",
+            "config.toml: engine.concurrency: expected integer <= 1000000, got a huge integer",
+        ),
+        (
+            "[defaults]\ntimeout = 1" + "0" * 4000 + ".0\n",
+            "config.toml: defaults.timeout: expected float <= 3600, got inf",
+        ),
+    ],
+)
+def test_huge_numbers_are_one_line(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def validate(path: Path | str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*probe_cmd(), "validate", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "bomb", "digits", "tiny-interval"])
+def test_validate_refuses_hostile_files_with_one_line(tmp_path: Path, kind: str) -> None:
+    path: Path | str = tmp_path / "c.toml"
+    if kind == "dev-zero":
+        path = "/dev/zero"
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "bomb":  # the 400 KB bomb from issue 12
+        Path(path).write_text("a." * 200_000 + "a = 1\n")
+    elif kind == "digits":
+        Path(path).write_text("[engine]\nconcurrency = " + "1" * 5000 + "\n")
+    else:
+        Path(path).write_text('[defaults]\ninterval = 1e-300\n[[targets]]\naddress = "h:1"\n')
+    result = validate(path)  # the timeout above turns a hang into a failure
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"probe: error: {path}: ")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_validate_accepts_the_shipped_config() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "config.toml"
+    result = validate(shipped)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{shipped}: valid, ")
