@@ -701,6 +701,7 @@ def _is_small_number(text: str) -> bool:
 
 # An octet range that would take more intervals than this is matched octet by octet.
 _INTERVAL_LIMIT = 4096
+_MAPPED = 0xFFFF << 32  # ::ffff:0.0.0.0, where IPv4-mapped IPv6 addresses begin
 
 
 class Exclusions:
@@ -714,8 +715,13 @@ class Exclusions:
             got = addresses.intervals(_INTERVAL_LIMIT)
             if got is None:
                 self._patterns.append(addresses)
-            else:
-                spans[addresses.version].extend(got)
+                continue
+            spans[addresses.version].extend(got)
+            if addresses.version == 6:  # ::ffff:a.b.c.d entries exclude a.b.c.d too
+                for lo, hi in got:
+                    lo, hi = max(lo, _MAPPED), min(hi, _MAPPED + 0xFFFFFFFF)
+                    if lo <= hi:
+                        spans[4].append((lo - _MAPPED, hi - _MAPPED))
         self._starts: dict[int, list[int]] = {}
         self._ends: dict[int, list[int]] = {}
         for version, intervals in spans.items():

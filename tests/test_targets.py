@@ -512,7 +512,14 @@ def test_parse_target_any_text(text: str, default: PortRanges | None) -> None:
     assert _ranges_ok(target.ports)
     assert target.host
     assert target.host in text
-    if target.bracketed:
+    if target.addresses is not None:
+        assert target.count() == target.addresses.count() * count_ports(target.ports)
+        first = ipaddress.ip_address(target.addresses[0])
+        if "/" in target.host:
+            assert first in ipaddress.ip_network(target.host, strict=False)
+        else:  # an octet range starts at the low end of every octet
+            assert str(first) == ".".join(o.split("-")[0] for o in target.host.split("."))
+    elif target.bracketed:
         ipaddress.IPv6Address(target.host)
     else:
         assert ":" not in target.host
@@ -741,6 +748,13 @@ def test_exclusions_forms() -> None:
     assert [a for a in inside if not ex.contains(a)] == []
     assert [a for a in outside if ex.contains(a)] == []
     assert ex and not parse_exclusions(" , ")
+
+
+def test_ipv4_mapped_exclusions_are_judged_as_ipv4() -> None:
+    ex = parse_exclusions("::ffff:127.0.0.1,[::ffff:127.0.1.0/120]")
+    assert ex.contains("127.0.0.1") and ex.contains("::ffff:127.0.0.1")
+    assert ex.contains("127.0.1.200") and not ex.contains("127.0.2.0")
+    assert not ex.contains("127.0.0.2")
 
 
 def test_exclusions_scattered_octet_range() -> None:
