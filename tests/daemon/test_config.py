@@ -955,3 +955,20 @@ def test_validate_accepts_the_shipped_config() -> None:
     result = validate(shipped)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{shipped}: valid, ")
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "bomb", "tiny-interval"])
+def test_run_refuses_hostile_files_at_start(tmp_path: Path, kind: str) -> None:
+    path: Path | str = tmp_path / "c.toml"
+    if kind == "dev-zero":
+        path = "/dev/zero"
+    elif kind == "bomb":
+        Path(path).write_text("a." * 200_000 + "a = 1\n")
+    else:
+        Path(path).write_text('[defaults]\ninterval = 1e-300\n[[targets]]\naddress = "h:1"\n')
+    result = subprocess.run(
+        [*probe_cmd(), "run", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"probe: error: {path}: ")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
