@@ -1064,7 +1064,7 @@ v6_network = st.tuples(st.integers(0, 600), st.integers(118, 128)).map(
         st.one_of(
             small_v4,
             v4_network,
-            v4_range.map(lambda t: f"127.0.{t[0]}-{t[0] + t[1]}.{t[2]}-{t[2] + t[3]}"),
+            v4_range.map(lambda t: f"127.0.{t[0]}-{t[0] + t[1]}.{t[2]}-{min(255, t[2] + t[3])}"),
             v6_network,
         ),
         max_size=6,
