@@ -38,9 +38,54 @@ def _number(kind: Callable[[str], float], test: Callable[[float], bool], what: s
 seconds = _number(float, lambda v: 0 < v <= 86400, "seconds > 0 (at most 86400)")
 pause = _number(float, lambda v: 0 <= v <= 86400, "seconds >= 0 (at most 86400)")
 positive = _number(int, lambda v: 1 <= v <= 10_000_000, "a whole number >= 1")
-count_arg = _number(int, lambda v: 1 <= v <= 1_000_000_000, "a whole number >= 1")
+count_arg = _number(
+    int, lambda v: 0 <= v <= 1_000_000_000, "a whole number >= 0 (0: until interrupted)"
+)
 retries_arg = _number(int, lambda v: 0 <= v <= 100, "a whole number 0-100")
 rate_arg = _number(float, lambda v: 0 < v <= 10_000_000, "attempts per second > 0")
+lag_arg = _number(float, lambda v: 0 <= v <= 60_000, "milliseconds >= 0 (0: no limit)")
+
+
+def version_line() -> str:
+    """`probe VERSION`, from the installed package's metadata (the source tree's own
+    `__version__` when it is not installed)."""
+    from importlib import metadata
+
+    from . import __version__
+
+    try:
+        version = metadata.version("probe")
+    except metadata.PackageNotFoundError:
+        version = __version__
+    return f"probe {version}"
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        sys.stdout.write(version_line() + "\n")
+        sys.stdout.flush()
+        raise SystemExit(EXIT_OK)
+
+
+CHECK_EPILOG = """\
+examples:
+  probe check 127.0.0.1:22                     one attempt, one line
+  probe check localhost 8080 -c 0              tcping: every attempt until Ctrl-C, then a summary
+  probe check 127.0.0.1 -p- --open             nmap -sT -p-: the open ports, the rest summarised
+  probe check 127.0.0.0/30 -p 22,80 --exclude 127.0.0.2
+  probe check -iL hosts.txt -p 443 --rate 200 -o records.jsonl
+  some-command | probe check - --json          targets on standard input, JSON records out
+
+exit status:
+  0    every target had at least one open attempt
+  1    some target had none
+  2    bad usage or bad input (one line on stderr names it)
+  130  interrupted by SIGINT (143: SIGTERM); the summary is still printed
+  141  standard output closed by its reader
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,21 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="probe",
         description="TCP connect probes that show the local "
         "endpoint the kernel assigned to every attempt.",
+        epilog="probe check --help lists the probe options, with examples and exit codes.",
+        allow_abbrev=False,
     )
+    parser.add_argument("-V", "--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = sub.add_parser(
         "check",
         help="probe targets once (or -c times) and exit",
-        description="Probe TARGETs: HOST:PORTS, [IPV6]:PORTS, HOST (with "
-        "-p), @FILE (one per line), or - (standard input).",
+        description="Probe TARGETs: HOST:PORTS, [IPV6]:PORTS, HOST (with -p), CIDR[:PORTS] "
+        "(127.0.0.0/30, [::1]/128:22), octet ranges (127.0.0.1-3), @FILE (one per line), "
+        "or - (standard input). `HOST PORT` is taken as HOST:PORT.",
+        epilog=CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     check.add_argument("targets", nargs="*", metavar="TARGET")
     check.add_argument(
         "-p",
         "--ports",
         metavar="PORTS",
-        help="ports for targets given without one: 22,80,8000-8100",
+        help="ports for targets given without one: 22,80,8000-8100; -p- for 1-65535",
     )
     check.add_argument(
         "-t",
@@ -78,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=count_arg,
         default=1,
         metavar="N",
-        help="attempts per target (default 1)",
+        help="attempts per target (default 1; 0: until interrupted, like tcping)",
     )
     check.add_argument(
         "-i",
@@ -99,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=rate_arg,
         metavar="N",
-        help="most new attempts per second (default unlimited)",
+        help="new attempts per second, paced evenly (default unlimited)",
     )
     check.add_argument(
         "--retries",
@@ -122,20 +174,80 @@ def build_parser() -> argparse.ArgumentParser:
         "-6", dest="family", action="store_const", const=6, help="use only IPv6 addresses of a name"
     )
     check.add_argument(
-        "--json", action="store_true", help="one JSON record per attempt on stdout, nothing else"
+        "--format",
+        choices=("human", "json", "csv"),
+        default=None,
+        help="records on stdout: human lines (default), JSON lines, or CSV with a header row",
+    )
+    check.add_argument(
+        "--json",
+        action="store_const",
+        dest="format",
+        const="json",
+        help="same as --format json: one JSON record per attempt on stdout, nothing else",
+    )
+    check.add_argument(
+        "-o",
+        metavar="FILE",
+        dest="json_file",
+        help="also write the JSON records to FILE (stdout keeps the chosen form)",
+    )
+    check.add_argument(
+        "--open",
+        action="store_true",
+        dest="open_only",
+        help="write and show only open attempts (the others still count for the summary "
+        "and the exit status)",
+    )
+    check.add_argument(
+        "-iL",
+        action="append",
+        default=[],
+        dest="input_lists",
+        metavar="FILE",
+        help="read targets from FILE (same as @FILE)",
+    )
+    check.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help="addresses, CIDRs and ranges never probed, comma-separated (also after a "
+        "name resolves)",
+    )
+    check.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        dest="exclude_files",
+        metavar="FILE",
+        help="exclusions from FILE, one or more per line, # comments",
+    )
+    check.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="probe only share I of N (0-based) of the endpoints, by a stable hash",
     )
     check.add_argument(
         "--workers",
         type=positive,
         metavar="N",
         help="worker processes for large runs, each with its own event loop (default: the "
-        "usable CPUs; runs of a few attempts and runs reading standard input use one)",
+        "usable CPUs; runs of a few endpoints and runs reading standard input use one)",
+    )
+    check.add_argument(
+        "--lag-limit",
+        type=lag_arg,
+        default=2.0,
+        metavar="MS",
+        help="event loop lag that makes the engine hold concurrency down (default 2; 0: never)",
     )
     check.add_argument(
         "--graceful-close",
         action="store_true",
         help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets behind)",
     )
+    check.add_argument("-V", "--version", action=_Version)
     check.set_defaults(func=cmd_check)
 
     run = sub.add_parser(
@@ -186,31 +298,36 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check.command import CheckCommand
+    from .check.command import run_plan
+    from .check.plan import build_plan
 
-    return CheckCommand(args).run()
+    plan = build_plan(
+        args.targets,
+        ports=args.ports,
+        timeout=args.timeout,
+        count=args.count,
+        interval=args.interval,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        retries=args.retries,
+        source=args.source,
+        family=args.family,
+        fmt=args.format or "human",
+        workers=args.workers,
+        graceful_close=args.graceful_close,
+        exclude=args.exclude,
+        exclude_files=args.exclude_files,
+        input_lists=args.input_lists,
+        open_only=args.open_only,
+        json_file=args.json_file,
+        shard=args.shard,
+        lag_limit_ms=args.lag_limit,
+    )
+    return run_plan(plan)
 
 
-# Options that take a value. Because -4 and -6 exist, argparse would read `-t -1` as two
-# options; joining the pair makes it report the bad value instead.
-_VALUED = {
-    "-p",
-    "-t",
-    "-c",
-    "-i",
-    "-C",
-    "-s",
-    "--ports",
-    "--timeout",
-    "--count",
-    "--interval",
-    "--concurrency",
-    "--rate",
-    "--retries",
-    "--source",
-}
-
-
+# Because -4 and -6 exist, argparse would read `-t -1` as two options; joining the pair
+# makes it report the bad value instead.
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -219,13 +336,13 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     raise KeyError(name)
 
 
-def _join_negative_values(argv: Sequence[str]) -> list[str]:
+def _join_negative_values(argv: Sequence[str], valued: frozenset[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
         nxt = argv[i + 1] if i + 1 < len(argv) else ""
-        if token in _VALUED and nxt[:1] == "-" and nxt[1:2].isdigit():
+        if token in valued and nxt[:1] == "-" and nxt[1:2].isdigit():
             out.append(f"{token}={nxt}" if token.startswith("--") else f"{token}{nxt}")
             i += 2
             continue
@@ -235,11 +352,17 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    words = _join_negative_values(sys.argv[1:] if argv is None else argv)
+    from .check.habits import VALUED, foreign_flag, split_attached
+
+    words = _join_negative_values(sys.argv[1:] if argv is None else argv, VALUED)
     parser = build_parser()
     if words[:1] == ["check"]:
+        rest = split_attached(words[1:])
+        habit = foreign_flag(rest)
+        if habit is not None:
+            fail(habit)
         # Targets may stand on both sides of options, as with nmap and tcping.
-        args = _subparser(parser, "check").parse_intermixed_args(words[1:])
+        args = _subparser(parser, "check").parse_intermixed_args(rest)
     else:
         args = parser.parse_args(words)
     try:

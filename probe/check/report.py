@@ -1,109 +1,89 @@
-"""Human output for `probe check`: a line per attempt for a few targets, open ports and a
-count of the rest for sweeps, and a tcping-style summary in repeat mode."""
+"""The human summary of a check, from the merged result: a tcping-style block per target in
+repeat mode, and for sweeps the count of what was not shown, the non-open ports of each
+host as compact ranges, and the event loop's lag where it could matter."""
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from ..record import OPEN, OUTCOMES, REFUSED, TIMEOUT
+from .plan import Plan
+from .result import ShareResult, TargetStats, port_ranges
 
-from ..record import OPEN, OUTCOMES, REFUSED, TIMEOUT, Record
-
-# At most this many attempts in a run and every one gets its own line (nmap lists up to 25
-# closed ports before it folds them into "Not shown").
-LIST_LIMIT = 32
+LAG_SHOWN_AFTER = 5.0  # seconds: a run this long shows its loop lag
+LAG_SHOWN_ABOVE_MS = 4.0  # or one whose p99 lag was above this
+RANGES_SHOWN = 24  # most ranges on a host's line before "… (N more)"
 
 
-@dataclass(slots=True)
-class _Stats:
-    """Latency of one target's open attempts: Welford's running mean and variance."""
-
-    outcomes: Counter[str] = field(default_factory=Counter)
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    low: float = math.inf
-    high: float = 0.0
-
-    def add(self, record: Record) -> None:
-        self.outcomes[record.outcome] += 1
-        if record.outcome != OPEN:
-            return
-        x = record.latency_ms
-        self.n += 1
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
-        self.low = min(self.low, x)
-        self.high = max(self.high, x)
-
-    def lines(self, label: str) -> list[str]:
-        sent = sum(self.outcomes.values())
-        opened = self.outcomes[OPEN]
-        loss = 100.0 * (sent - opened) / sent if sent else 0.0
-        other = sent - opened - self.outcomes[REFUSED] - self.outcomes[TIMEOUT]
-        out = [
-            f"--- {label} ---",
-            f"{sent} attempts, {opened} open, {self.outcomes[REFUSED]} refused, "
-            f"{self.outcomes[TIMEOUT]} timeout, {other} other, {loss:.1f}% loss",
-        ]
-        if self.n:
-            mdev = math.sqrt(self.m2 / self.n)
-            out.append(
-                f"latency min/avg/max/mdev = {self.low:.3f}/{self.mean:.3f}/"
-                f"{self.high:.3f}/{mdev:.3f} ms"
-            )
-        return out
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-class HumanReport:
-    """Decides which records a person sees; `show` writes one through the structlog sink."""
-
-    def __init__(self, show: Callable[[Record], None], list_mode: bool, count: int) -> None:
-        self.show = show
-        self.list_mode = list_mode
-        self.repeat = list_mode and count > 1
-        self.outcomes: Counter[str] = Counter()
-        self.per_target: dict[tuple[str, str | None], _Stats] = {}
-
-    def record(self, record: Record) -> None:
-        self.outcomes[record.outcome] += 1
-        if self.list_mode or record.outcome == OPEN:
-            self.show(record)
-        if self.repeat:
-            key = (record.target, record.address)
-            stats = self.per_target.get(key)
-            if stats is None:
-                stats = self.per_target[key] = _Stats()
-            stats.add(record)
-
-    def summary(self, elapsed: float, lag_ms: tuple[float, float] | None = None) -> list[str]:
-        """`lag_ms`: the event loop's lag (p99, max) while probing, beside the latencies."""
-        lines: list[str] = []
-        for (target, address), stats in self.per_target.items():
-            label = target if address is None or address in target else f"{target} ({address})"
-            lines.extend(stats.lines(label))
-        if self.list_mode:
-            return lines
-        total = sum(self.outcomes.values())
-        rate = total / elapsed if elapsed > 0 else 0.0
-        hidden = [
-            f"{self.outcomes[o]} {o}"
-            for o in OUTCOMES
-            if o != OPEN
-            if self.outcomes[o] or o in (REFUSED, TIMEOUT)
-        ]
-        line = (
-            f"{total} attempts in {elapsed:.2f} s ({rate:.0f}/s): "
-            f"{self.outcomes[OPEN]} open; {', '.join(hidden)} not shown"
+def target_block(label: str, stats: TargetStats) -> list[str]:
+    """`--- target ---`, then tcping's counts and open latencies."""
+    outcomes = stats.outcomes
+    sent = sum(outcomes.values())
+    opened = outcomes[OPEN]
+    loss = 100.0 * (sent - opened) / sent if sent else 0.0
+    other = sent - opened - outcomes[REFUSED] - outcomes[TIMEOUT]
+    lines = [
+        f"--- {label} ---",
+        f"{plural(sent, 'attempt')}, {opened} open, {outcomes[REFUSED]} refused, "
+        f"{outcomes[TIMEOUT]} timeout, {other} other, {loss:.1f}% loss",
+    ]
+    lat = stats.latency
+    if lat.n:
+        lines.append(
+            f"latency min/avg/max/mdev = {lat.low:.3f}/{lat.mean:.3f}/{lat.high:.3f}/"
+            f"{lat.mdev:.3f} ms"
         )
-        lines.append(line)
-        if lag_ms is not None:
-            lines.append(f"event loop lag p99 {lag_ms[0]:.1f} ms, max {lag_ms[1]:.1f} ms")
-        return lines
+    return lines
 
-    def progress(self, elapsed: float) -> str:
-        total = sum(self.outcomes.values())
-        rate = total / elapsed if elapsed > 0 else 0.0
-        return f"{total} attempts, {self.outcomes[OPEN]} open, {rate:.0f}/s"
+
+def compact(ranges: list[tuple[int, int]]) -> str:
+    """`1-21,23-65535`; past RANGES_SHOWN ranges, the rest as a count."""
+    shown = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges[:RANGES_SHOWN]]
+    text = ",".join(shown)
+    if len(ranges) > RANGES_SHOWN:
+        text += f",… ({len(ranges) - RANGES_SHOWN} more ranges)"
+    return text
+
+
+def summary(plan: Plan, result: ShareResult) -> list[str]:
+    lines: list[str] = []
+    for (target, address), stats in result.per_target.items():
+        label = target if address is None or address in target else f"{target} ({address})"
+        lines.extend(target_block(label, stats))
+    output = plan.output
+    hidden = not output.list_mode or (output.open_only and result.attempts > result.outcomes[OPEN])
+    if hidden and not result.per_target:
+        lines.append(count_line(result))
+    if not output.list_mode and result.ports:
+        for (host, address), bitmaps in result.ports.items():
+            name = host if address is None or address == host else f"{host} ({address})"
+            for outcome in OUTCOMES:
+                if outcome in bitmaps:
+                    lines.append(f"{name}: {outcome} {compact(port_ranges(bitmaps[outcome]))}")
+    if result.elapsed > LAG_SHOWN_AFTER or result.lag_p99_ms > LAG_SHOWN_ABOVE_MS:
+        lines.append(
+            f"event loop lag p99 {result.lag_p99_ms:.1f} ms, max {result.lag_max_ms:.1f} ms"
+        )
+    return lines
+
+
+def count_line(result: ShareResult) -> str:
+    outcomes = result.outcomes
+    total = result.attempts
+    elapsed = result.elapsed
+    rate = total / elapsed if elapsed > 0 else 0.0
+    rest = [
+        f"{outcomes[o]} {o}"
+        for o in OUTCOMES
+        if o != OPEN
+        if outcomes[o] or o in (REFUSED, TIMEOUT)
+    ]
+    line = (
+        f"{plural(total, 'attempt')} in {elapsed:.2f} s ({rate:.0f}/s): "
+        f"{outcomes[OPEN]} open; {', '.join(rest)} not shown"
+    )
+    if result.excluded:
+        line += f"; {plural(result.excluded, 'endpoint')} excluded"
+    return line

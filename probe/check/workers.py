@@ -1,35 +1,43 @@
 """Worker processes for a large `probe check`: one event loop per core, one merged output.
 
-Each worker is forked before any loop exists, probes its shard of the endpoints and writes
-its records to a pipe of its own; the parent copies complete lines only from each pipe to
-standard output, so records from different workers never interleave or arrive torn. A
-second pipe per worker carries progress counts and, at the end, the worker's result.
+Each worker is forked before any loop exists, runs its share of the plan and writes its
+records to pipes of its own (one per output: standard output's form, and `-o FILE`'s
+JSON); the parent copies complete lines only from each pipe to the matching output, so
+records from different workers never interleave or arrive torn. One more pipe per worker
+carries progress counts and, at the end, its `ShareResult`, pickled in length-prefixed
+frames: the parent gets typed data, never text to parse.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import pickle
 import selectors
 import signal
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ..errors import EXIT_PIPE, SinkClosed, SinkError, report
 from ..output.writer import RecordWriter
+from .result import ShareResult
 
-# A worker's body: (index, count, its record stream, progress(attempts, open)) → result.
-Body = Callable[[int, int, BinaryIO, Callable[[int, int], None]], dict[str, Any]]
+# A worker's body: (index, count, its record streams, progress(attempts, open)) → result.
+Body = Callable[[int, int, list[BinaryIO], Callable[[int, int], None]], ShareResult]
+
+_FRAME = struct.Struct("!I")
+EXIT_WORKER_FAILED = 70  # EX_SOFTWARE: a worker's own bug, reported on stderr
 
 
 @dataclass
 class Merged:
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[ShareResult] = field(default_factory=list)
     stopped_by: int = 0  # the first signal forwarded to the workers
     pipe_closed: bool = False
-    sink_error: str | None = None
+    sink_error: SinkError | None = None
+    died: int = 0  # workers that ended without a result
 
 
 def usable_cpus() -> int:
@@ -39,32 +47,57 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+class _Channel:
+    """One worker's control pipe: pickled frames, read as they come."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.counts = (0, 0)
+        self.result: ShareResult | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while len(self.buffer) >= _FRAME.size:
+            (size,) = _FRAME.unpack_from(self.buffer)
+            if len(self.buffer) < _FRAME.size + size:
+                return
+            frame = pickle.loads(bytes(self.buffer[_FRAME.size : _FRAME.size + size]))
+            del self.buffer[: _FRAME.size + size]
+            if isinstance(frame, ShareResult):
+                self.result = frame
+            else:
+                self.counts = frame
+
+
 def run_workers(
     count: int,
     body: Body,
-    out: RecordWriter,
+    outs: Sequence[RecordWriter],
     progress: Callable[[int, int], None] | None = None,
+    before_stdout: Callable[[], None] | None = None,
 ) -> Merged:
+    """Fork `count` workers running `body`; copy their lines to `outs` (the first is
+    standard output); return their results."""
     children: dict[int, int] = {}  # pid → index
-    data: dict[int, bytearray] = {}  # fd → unfinished line
-    results: dict[int, bytearray] = {}  # fd → result text
-    counts: dict[int, tuple[int, int]] = {}
+    lines: dict[int, tuple[int, bytearray]] = {}  # fd → (which output, unfinished line)
+    controls: dict[int, _Channel] = {}
     for index in range(count):
-        data_r, data_w = os.pipe()
-        result_r, result_w = os.pipe()
+        pipes = [os.pipe() for _ in outs]
+        control_r, control_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
-            os.close(data_r)
-            os.close(result_r)
-            for fd in list(data) + list(results):
+            for r, _ in pipes:
+                os.close(r)
+            os.close(control_r)
+            for fd in (*lines, *controls):
                 os.close(fd)
-            _worker(index, count, body, data_w, result_w)
-        os.close(data_w)
-        os.close(result_w)
+            _worker(index, count, body, [w for _, w in pipes], control_w)
+        for which, (r, w) in enumerate(pipes):
+            os.close(w)
+            lines[r] = (which, bytearray())
+        os.close(control_w)
         children[pid] = index
-        data[data_r] = bytearray()
-        results[result_r] = bytearray()
-        counts[result_r] = (0, 0)
+        controls[control_r] = _Channel()
 
     merged = Merged()
 
@@ -74,7 +107,7 @@ def run_workers(
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     selector = selectors.DefaultSelector()
-    for fd in (*data, *results):
+    for fd in (*lines, *controls):
         selector.register(fd, selectors.EVENT_READ)
     try:
         while selector.get_map():
@@ -85,23 +118,26 @@ def run_workers(
                     selector.unregister(fd)
                     os.close(fd)
                     continue
-                if fd in data:
-                    _copy_lines(data[fd], chunk, out, merged, children)
+                if fd in lines:
+                    which, pending = lines[fd]
+                    if which == 0 and before_stdout is not None:
+                        before_stdout()
+                    _copy_lines(pending, chunk, outs[which], merged, children)
                 else:
-                    results[fd] += chunk
-                    counts[fd] = _progress(results[fd], counts[fd])
+                    controls[fd].feed(chunk)
                     if progress is not None:
-                        progress(sum(c[0] for c in counts.values()),
-                                 sum(c[1] for c in counts.values()))  # fmt: skip
+                        progress(sum(c.counts[0] for c in controls.values()),
+                                 sum(c.counts[1] for c in controls.values()))  # fmt: skip
     finally:
         for pid in children:
             os.waitpid(pid, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    for text in results.values():
-        for line in text.decode().splitlines():
-            if line.startswith("R "):
-                merged.results.append(json.loads(line[2:]))
+    for channel in controls.values():
+        if channel.result is None:
+            merged.died += 1
+        else:
+            merged.results.append(channel.result)
     return merged
 
 
@@ -120,7 +156,7 @@ def _copy_lines(
         if isinstance(exc, SinkClosed):
             merged.pipe_closed = True
         else:
-            merged.sink_error = str(exc)
+            merged.sink_error = exc
         _signal_all(children, signal.SIGTERM)  # nobody will read what they find
     del pending[:cut]
 
@@ -131,32 +167,31 @@ def _signal_all(children: dict[int, int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def _progress(text: bytearray, last: tuple[int, int]) -> tuple[int, int]:
-    """The newest `P attempts open` line a worker sent."""
-    for line in reversed(bytes(text).split(b"\n")[:-1]):
-        if line.startswith(b"P "):
-            attempts, opened = line[2:].split()
-            return int(attempts), int(opened)
-    return last
+def _send(fd: int, frame: object) -> None:
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_FRAME.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
-def _worker(index: int, count: int, body: Body, data_w: int, result_w: int) -> None:
+def _worker(index: int, count: int, body: Body, data_w: list[int], control_w: int) -> None:
     """Runs in the child; never returns."""
     code = 0
     try:
-        stream = os.fdopen(data_w, "wb", buffering=1 << 16)
-        result = os.fdopen(result_w, "w", buffering=1)
+        streams: list[BinaryIO] = [os.fdopen(fd, "wb", buffering=1 << 16) for fd in data_w]
 
         def progress(attempts: int, opened: int) -> None:
-            result.write(f"P {attempts} {opened}\n")
+            _send(control_w, (attempts, opened))
 
-        outcome = body(index, count, stream, progress)
-        result.write("R " + json.dumps(outcome) + "\n")
-        result.flush()
+        result = body(index, count, streams, progress)
+        for stream in streams:
+            with contextlib.suppress(OSError):
+                stream.close()
+        _send(control_w, result)
     except BrokenPipeError:
         code = EXIT_PIPE
     except BaseException as exc:  # a worker must never run the parent's code after this
         report(f"worker {index}: {exc}", prefix="")
-        code = 70
+        code = EXIT_WORKER_FAILED
     finally:
         os._exit(code)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import select
 import socket
 import time
@@ -37,7 +38,7 @@ _SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
 
 
 _SELF_CONNECT_TRIES = 8
-RATE_SLACK = 0.002  # seconds of timer lateness that --rate still makes up
+RATE_SLACK = 0.02  # seconds of timer lateness that --rate still makes up (a short catch-up)
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
 LAG_FLOOR = 8  # lag never holds concurrency below this many attempts in flight
 
@@ -52,6 +53,9 @@ class EngineOptions:
     graceful_close: bool = False  # FIN instead of RST for open connections
     shortage_giveup: float | None = 30.0  # seconds stuck with nothing in flight, then fail
     lag_limit_ms: float | None = 2.0  # loop lag that makes the engine hold concurrency down
+    # --rate's cadence: the loop.time() of the first slot. Worker processes share one epoch,
+    # each offset by i/R, so their starts interleave instead of bunching. None: now.
+    rate_epoch: float | None = None
 
 
 @dataclass(slots=True)
@@ -110,7 +114,8 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._pump_handle: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._rate_next = 0.0
+        self._rate_next = options.rate_epoch if options.rate_epoch is not None else -1.0
+        self._lagging = 0  # consecutive lag samples above the limit
         self._pumping = False
         self._backoff = 0.0
         self._stuck_since: float | None = None
@@ -247,11 +252,15 @@ class Engine:
                     break
                 # Even pacing on a fixed cadence: starts the timer made late by less than a
                 # slot (or RATE_SLACK) keep the cadence, since timers here tick in whole
-                # milliseconds, which would otherwise cap the rate near 1,000/s; after an
-                # idle spell the cadence restarts now, so no burst is ever made up.
+                # milliseconds and a loaded machine wakes us late; after an idle spell or a
+                # longer stall the missed slots are skipped (no burst is made up), on the
+                # same grid, so workers sharing an epoch stay interleaved.
                 step = 1.0 / rate
-                if self._rate_next < now - max(step, RATE_SLACK):
+                if self._rate_next < 0:
                     self._rate_next = now
+                behind = now - max(step, RATE_SLACK) - self._rate_next
+                if behind > 0:
+                    self._rate_next += math.ceil(behind / step) * step
                 self._rate_next += step
             attempt, on_done = queue.popleft()
             if not self._start(attempt, on_done):
@@ -341,11 +350,21 @@ class Engine:
         return True
 
     def _on_lag(self, lag_ms: float) -> None:
-        """Multiplicative decrease on lag; completions add one back at a time."""
+        """Multiplicative decrease on sustained lag; completions add one back at a time.
+        One late sample is the machine (another process had the core), not our loop; and
+        the limit never drops below what --rate needs in flight to keep its cadence."""
         limit = self.options.lag_limit_ms
-        if limit is None or lag_ms <= limit or self.inflight <= LAG_FLOOR:
+        if limit is None or lag_ms <= limit:
+            self._lagging = 0
             return
-        lowered = max(LAG_FLOOR, int(self.inflight * 0.75))
+        self._lagging += 1
+        floor = LAG_FLOOR
+        rate = self.options.rate
+        if rate:
+            floor = max(floor, min(self.ceiling, math.ceil(rate * self.options.timeout)))
+        if self._lagging < 2 or self.inflight <= floor:
+            return
+        lowered = max(floor, int(self.inflight * 0.75))
         if lowered < self.limit:
             self.limit = lowered
             self.stats.lag_throttles += 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import socket
 import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from ..record import format_timestamp
+from ..record import OPEN, REFUSED, Record, format_timestamp
 
 EventDict = MutableMapping[str, Any]
 
@@ -60,3 +62,50 @@ def render_console(_: Any, __: str, event_dict: EventDict) -> bytes:
 
 def render_human(_: Any, __: str, event_dict: EventDict) -> bytes:
     return console_line(event_dict, with_time=False).encode()
+
+
+# -- `probe check`'s lines, rendered from the Record itself ----------------------------------
+
+OUTCOME_WIDTH = len("unreachable")
+LOCAL_WIDTH = len("127.0.0.1:65535")
+LATENCY_WIDTH = len("1000.00")
+
+
+@functools.lru_cache(maxsize=4096)
+def service_name(port: int) -> str | None:
+    """The system's services database name for a TCP port (`22` → `ssh`), or None."""
+    try:
+        return socket.getservbyport(port, "tcp")
+    except (OSError, OverflowError):
+        return None
+
+
+class RecordLines:
+    """One line per attempt, columns aligned whatever the outcome: target, outcome, local
+    endpoint, latency; then the kernel's RTT and the service name for open ports, or the
+    error name for failures other than a plain refusal."""
+
+    def __init__(self, target_width: int = 21, services: bool = True) -> None:
+        self.target_width = target_width
+        self.services = services
+
+    def line(self, r: Record) -> str:
+        target = _safe(r.target)
+        if r.address and r.address != r.host:
+            target += f" [{r.address}]"
+        local = "" if r.local_port is None else _endpoint(r.local_address, r.local_port)
+        parts = [
+            f"{target:<{self.target_width}}",
+            f"{r.outcome:<{OUTCOME_WIDTH}}",
+            f"local {local:<{LOCAL_WIDTH}}",
+            f"{r.latency_ms:>{LATENCY_WIDTH}.2f} ms",
+        ]
+        if r.rtt_ms is not None:
+            parts.append(f"rtt {r.rtt_ms:.2f} ms")
+        if r.outcome == OPEN:
+            name = service_name(r.port) if self.services else None
+            if name:
+                parts.append(name)
+        elif r.error and r.outcome != REFUSED:
+            parts.append(_safe(r.error))
+        return "  ".join(parts).rstrip()

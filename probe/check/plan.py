@@ -1,0 +1,288 @@
+"""The command line of `probe check` as one frozen plan, validated once, before anything runs.
+
+Everything a run needs is here and nothing else decides: the parent and every worker run
+the same plan (a worker takes its share by index). A bad token fails here with a
+`UsageError` naming it; what cannot be known up front (a bad line deep in a file) fails
+during the run, as the same error type.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ..engine import EngineOptions, check_source
+from ..engine.limits import fit_concurrency
+from ..errors import TargetError, UsageError, report
+from ..targets import (
+    Exclusions,
+    PortRanges,
+    Target,
+    iter_targets,
+    join_host_port,
+    parse_exclusions,
+    parse_ports,
+    parse_source,
+    parse_target,
+    read_exclusions,
+)
+from .workers import usable_cpus
+
+# At most this many endpoints and every attempt gets its own line, whatever the count
+# (nmap lists up to 25 closed ports before it folds them into "Not shown").
+LIST_LIMIT = 32
+# A target column wider than this is not padded further (a long name keeps its width).
+TARGET_WIDTH_MAX = 40
+# Width for targets not known up front (files, standard input): `255.255.255.255:65535`.
+TARGET_WIDTH_DEFAULT = 21
+
+Format = Literal["human", "json", "csv"]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    format: Format = "human"
+    open_only: bool = False  # --open: write and show only open attempts
+    json_file: str | None = None  # -o FILE: the JSON records, besides the terminal's form
+    list_mode: bool = True  # every attempt gets its own human line
+    target_width: int = TARGET_WIDTH_DEFAULT
+
+
+class Excluded:
+    """Every `--exclude` and `--exclude-file`, asked as one."""
+
+    def __init__(self, parts: Sequence[Exclusions]) -> None:
+        self.parts = tuple(parts)
+
+    def contains(self, ip: str) -> bool:
+        return any(part.contains(ip) for part in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    tokens: tuple[str, ...]  # targets as given: HOST:PORTS, CIDR, ranges, @FILE, -
+    default_ports: PortRanges | None  # -p
+    count: int  # attempts per target; 0 = until interrupted
+    interval: float
+    options: EngineOptions  # the whole run's; a worker takes its share of rate and -C
+    family: int  # 0, AF_INET or AF_INET6
+    exclude: Excluded | None
+    shard: tuple[int, int] | None  # --shard I/N: only this share of the endpoints
+    workers: int
+    blocking_input: bool  # standard input or a FIFO: read on a thread, by one process
+    output: Output
+    # --rate's first slot (time.monotonic()), set when the run starts: every share paces
+    # on one grid from it.
+    rate_epoch: float | None = None
+
+    @property
+    def repeat(self) -> bool:
+        return self.count != 1
+
+
+def build_plan(
+    targets: Sequence[str],
+    *,
+    ports: str | None = None,
+    timeout: float = 1.0,
+    count: int = 1,
+    interval: float = 1.0,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    retries: int = 0,
+    source: str | None = None,
+    family: int | None = None,
+    fmt: Format = "human",
+    workers: int | None = None,
+    graceful_close: bool = False,
+    exclude: Sequence[str] = (),
+    exclude_files: Sequence[str] = (),
+    input_lists: Sequence[str] = (),
+    open_only: bool = False,
+    json_file: str | None = None,
+    shard: str | None = None,
+    lag_limit_ms: float | None = 2.0,
+) -> Plan:
+    """Validate every option and target token; the plan, or a UsageError naming the fault."""
+    default_ports = _ports(ports)
+    tokens = join_host_port([*targets, *(f"@{path}" for path in input_lists)], ports is not None)
+    if not tokens:
+        raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
+    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)
+    bound = _source(source, fam)
+    if bound is not None:
+        fam = socket.AF_INET6 if ":" in bound[0] else socket.AF_INET
+    endpoints, blocking, width = _preflight(tokens, default_ports)
+    list_mode = endpoints is not None and endpoints <= LIST_LIMIT
+    fitted = _concurrency(concurrency)
+    options = EngineOptions(
+        timeout=timeout,
+        concurrency=fitted,
+        rate=rate,
+        retries=retries,
+        source=bound,
+        graceful_close=graceful_close,
+        lag_limit_ms=lag_limit_ms or None,
+    )
+    wanted = usable_cpus() if workers is None else workers
+    processes = 1 if list_mode or blocking else max(1, min(wanted, fitted))
+    output = Output(fmt, open_only, json_file, list_mode, width)
+    return Plan(
+        tokens=tuple(tokens),
+        default_ports=default_ports,
+        count=count,
+        interval=interval,
+        options=options,
+        family=fam,
+        exclude=_exclusions(exclude, exclude_files),
+        shard=_shard(shard),
+        workers=processes,
+        blocking_input=blocking,
+        output=output,
+    )
+
+
+def _ports(text: str | None) -> PortRanges | None:
+    if text is None:
+        return None
+    try:
+        return parse_ports(text)
+    except TargetError as exc:
+        raise UsageError(f"-p {text!r}: {exc}") from None
+
+
+def _source(text: str | None, family: int) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    try:
+        address, port = parse_source(text)
+    except TargetError as exc:
+        raise UsageError(f"-s: {exc}") from None
+    fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+    if family and family != fam:
+        raise UsageError(f"-s {text}: source address family does not match -4/-6")
+    try:
+        check_source((address, port))
+    except OSError as exc:
+        raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
+    return address, port
+
+
+def _concurrency(requested: int | None) -> int:
+    concurrency, room = fit_concurrency(requested)
+    if requested is not None and requested > concurrency:
+        report(
+            f"-C {requested} lowered to {concurrency}: the open-files limit leaves room for {room}",
+            prefix="",
+        )
+    return concurrency
+
+
+def _exclusions(items: Sequence[str], files: Sequence[str]) -> Excluded | None:
+    parts: list[Exclusions] = []
+    for text in items:
+        try:
+            parts.append(parse_exclusions(text))
+        except TargetError as exc:
+            raise UsageError(f"--exclude: {exc}") from None
+    for path in files:
+        try:
+            parts.append(read_exclusions(path))
+        except TargetError as exc:
+            raise UsageError(f"--exclude-file: {exc}") from None
+    return Excluded(parts) if parts else None
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index_s, slash, count_s = text.partition("/")
+    if not (slash and index_s.isascii() and index_s.isdecimal()) or not (
+        count_s.isascii() and count_s.isdecimal()
+    ):
+        raise UsageError(f"--shard {text!r}: write I/N, e.g. 0/4 (0-based)")
+    index, count = int(index_s), int(count_s)
+    if not 0 < count <= 1_000_000 or index >= count:
+        raise UsageError(f"--shard {text!r}: I must be 0 to N-1, N at least 1")
+    return index, count
+
+
+def _preflight(
+    tokens: Sequence[str], default_ports: PortRanges | None
+) -> tuple[int | None, bool, int]:
+    """Check what can be checked before the first attempt: every literal token parses and
+    every file is readable. Returns (endpoints, when few enough to count; whether some
+    input may block; the target column's width)."""
+    total: int | None = 0
+    blocking = False
+    width = 0
+    for token in tokens:
+        if token == "-":
+            total, blocking = None, True
+        elif token.startswith("@"):
+            path = token[1:]
+            if not path:
+                raise UsageError("missing file name after '@'")
+            # Checked without opening: opening and closing a FIFO would end its writer.
+            try:
+                mode = os.stat(path).st_mode
+                if stat.S_ISDIR(mode):
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+                if not os.access(path, os.R_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            except OSError as exc:
+                raise UsageError(f"cannot read target file {path!r}: {exc.strerror}") from None
+            if not stat.S_ISREG(mode):
+                total, blocking = None, True  # a FIFO or a device: one reader, may block
+            elif total is not None:
+                counted = _count_file(token, default_ports)
+                total = None if counted is None else total + counted[0]
+                width = max(width, counted[1] if counted else TARGET_WIDTH_DEFAULT)
+            else:
+                width = max(width, TARGET_WIDTH_DEFAULT)
+        else:
+            target = parse_target(token, default_ports)  # a TargetError is a UsageError
+            if total is not None:
+                total += target.count()
+            width = max(width, _width(target))
+    return total, blocking, min(width or TARGET_WIDTH_DEFAULT, TARGET_WIDTH_MAX)
+
+
+def _count_file(token: str, default_ports: PortRanges | None) -> tuple[int, int] | None:
+    """A small regular file's endpoints and target width, read ahead; None when it holds
+    more than a list's worth or has a bad line (the run reports that line in its turn)."""
+    total = width = 0
+    try:
+        for target in iter_targets([token], default_ports):
+            total += target.count()
+            width = max(width, _width(target))
+            if total > LIST_LIMIT:
+                return None
+    except (TargetError, OSError):
+        return None
+    return total, width
+
+
+def _width(target: Target) -> int:
+    """The widest `host:port` label a target makes (names get room for their address)."""
+    host = target.host
+    addresses = target.addresses
+    if addresses is not None:
+        host = max(addresses[0], addresses[addresses.count() - 1], key=len)
+    label = target.label(max(hi for _, hi in target.ports), host)
+    literal = addresses is not None or _is_address(host)
+    return len(label) + (0 if literal else len(" [255.255.255.255]"))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

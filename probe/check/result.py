@@ -1,0 +1,174 @@
+"""What running a share of a plan found, as typed data the parent merges.
+
+A worker process sends its `ShareResult` to the parent pickled, whole; one process is the
+same with one share. Nothing here is text to be parsed back: counts are counters, the
+first error is the exception itself (its type decides the exit code), latency statistics
+merge exactly (Chan et al.'s parallel variance), and the non-open ports of a few hosts
+travel as bitmaps that merge with `|`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..errors import ProbeError
+from ..record import OPEN, Record
+
+# Hosts whose non-open ports are kept for the summary (`127.0.0.1: refused 1-21,23-65535`);
+# past this many, a sweep is over many hosts and the summary stays a count.
+HOSTS_SUMMARISED = 8
+_BITMAP = 65536 // 8
+
+HostKey = tuple[str, str | None]  # (host as written, the address it resolved to)
+
+
+@dataclass(slots=True)
+class Latency:
+    """Running min/avg/max/mdev of latencies (Welford), mergeable across shares."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    low: float = math.inf
+    high: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+        self.low = min(self.low, x)
+        self.high = max(self.high, x)
+
+    def merge(self, other: Latency) -> None:
+        if not other.n:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
+        self.mean += delta * other.n / n
+        self.n = n
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+
+    @property
+    def mdev(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n else 0.0
+
+
+@dataclass(slots=True)
+class TargetStats:
+    """One target (and address) in repeat mode: its outcomes and its open latencies."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latency: Latency = field(default_factory=Latency)
+
+    def merge(self, other: TargetStats) -> None:
+        self.outcomes.update(other.outcomes)
+        self.latency.merge(other.latency)
+
+
+@dataclass(slots=True)
+class ShareResult:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    seen: int = 0  # endpoints of the input in this share, before --shard and exclusions
+    targets: int = 0  # endpoints probed to the end (every address, every attempt)
+    targets_without_open: int = 0
+    excluded: int = 0  # endpoints skipped: every address they had is excluded
+    per_target: dict[HostKey, TargetStats] = field(default_factory=dict)  # repeat mode
+    ports: dict[HostKey, dict[str, bytearray]] | None = field(default_factory=dict)
+    error: ProbeError | None = None  # the first error; its type decides the exit code
+    stopped_by: int = 0  # the signal that stopped the run
+    lag_p99_ms: float = 0.0
+    lag_max_ms: float = 0.0
+    elapsed: float = 0.0
+
+    @property
+    def attempts(self) -> int:
+        return sum(self.outcomes.values())
+
+    def merge(self, other: ShareResult) -> None:
+        self.outcomes.update(other.outcomes)
+        self.seen += other.seen
+        self.targets += other.targets
+        self.targets_without_open += other.targets_without_open
+        self.excluded += other.excluded
+        for key, stats in other.per_target.items():
+            self.per_target.setdefault(key, TargetStats()).merge(stats)
+        if self.ports is not None and other.ports is not None:
+            for host, bitmaps in other.ports.items():
+                mine = self.ports.setdefault(host, {})
+                for outcome, bits in bitmaps.items():
+                    have = mine.setdefault(outcome, bytearray(_BITMAP))
+                    for i, byte in enumerate(bits):
+                        if byte:
+                            have[i] |= byte
+            if len(self.ports) > HOSTS_SUMMARISED:
+                self.ports = None
+        else:
+            self.ports = None
+        self.error = self.error or other.error
+        self.stopped_by = self.stopped_by or other.stopped_by
+        self.lag_p99_ms = max(self.lag_p99_ms, other.lag_p99_ms)
+        self.lag_max_ms = max(self.lag_max_ms, other.lag_max_ms)
+        self.elapsed = max(self.elapsed, other.elapsed)
+
+
+class Tally:
+    """Sees every record of a share (shown or not) and keeps what the summary needs."""
+
+    def __init__(self, result: ShareResult, repeat: bool, track_ports: bool) -> None:
+        self.result = result
+        self.repeat = repeat
+        if not track_ports:
+            result.ports = None
+
+    def add(self, record: Record) -> None:
+        result = self.result
+        outcome = record.outcome
+        result.outcomes[outcome] += 1
+        key = (record.host, record.address)
+        if self.repeat:
+            stats = result.per_target.get((record.target, record.address))
+            if stats is None:
+                stats = result.per_target[(record.target, record.address)] = TargetStats()
+            stats.outcomes[outcome] += 1
+            if outcome == OPEN:
+                stats.latency.add(record.latency_ms)
+        ports = result.ports
+        if ports is None or outcome == OPEN:
+            return
+        bitmaps = ports.get(key)
+        if bitmaps is None:
+            if len(ports) >= HOSTS_SUMMARISED:
+                result.ports = None
+                return
+            bitmaps = ports[key] = {}
+        bits = bitmaps.get(outcome)
+        if bits is None:
+            bits = bitmaps[outcome] = bytearray(_BITMAP)
+        bits[record.port >> 3] |= 1 << (record.port & 7)
+
+
+def port_ranges(bits: bytes | bytearray) -> list[tuple[int, int]]:
+    """The set ports of a bitmap as inclusive ranges, ascending."""
+    out: list[tuple[int, int]] = []
+    start = -1
+    for index, byte in enumerate(bits):
+        if byte == 0 and start < 0:
+            continue
+        if byte == 0xFF and start >= 0:
+            continue
+        for bit in range(8):
+            port = index * 8 + bit
+            if byte >> bit & 1:
+                if start < 0:
+                    start = port
+            elif start >= 0:
+                out.append((start, port - 1))
+                start = -1
+    if start >= 0:
+        out.append((start, len(bits) * 8 - 1))
+    return out
