@@ -9,7 +9,8 @@ from .plan import Plan
 from .result import ShareResult, TargetStats, port_ranges
 
 LAG_SHOWN_AFTER = 5.0  # seconds: a run this long shows its loop lag
-LAG_SHOWN_ABOVE_MS = 4.0  # or one whose p99 lag was above this
+LAG_SHOWN_ABOVE_MS = 5.0  # or one whose p99 lag was above this,
+LAG_SAMPLES = 50  # over this many samples at least (a lone late tick is not a p99)
 RANGES_SHOWN = 24  # most ranges on a host's line before "… (N more)"
 
 
@@ -62,7 +63,9 @@ def summary(plan: Plan, result: ShareResult) -> list[str]:
             for outcome in OUTCOMES:
                 if outcome in bitmaps:
                     lines.append(f"{name}: {outcome} {compact(port_ranges(bitmaps[outcome]))}")
-    if result.elapsed > LAG_SHOWN_AFTER or result.lag_p99_ms > LAG_SHOWN_ABOVE_MS:
+    if result.elapsed > LAG_SHOWN_AFTER or (
+        result.lag_p99_ms > LAG_SHOWN_ABOVE_MS and result.lag_samples >= LAG_SAMPLES
+    ):
         lines.append(
             f"event loop lag p99 {result.lag_p99_ms:.1f} ms, max {result.lag_max_ms:.1f} ms"
         )

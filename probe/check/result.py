@@ -83,6 +83,7 @@ class ShareResult:
     stopped_by: int = 0  # the signal that stopped the run
     lag_p99_ms: float = 0.0
     lag_max_ms: float = 0.0
+    lag_samples: int = 0
     elapsed: float = 0.0
 
     @property
@@ -113,6 +114,7 @@ class ShareResult:
         self.stopped_by = self.stopped_by or other.stopped_by
         self.lag_p99_ms = max(self.lag_p99_ms, other.lag_p99_ms)
         self.lag_max_ms = max(self.lag_max_ms, other.lag_max_ms)
+        self.lag_samples = max(self.lag_samples, other.lag_samples)
         self.elapsed = max(self.elapsed, other.elapsed)
 
 

@@ -375,6 +375,7 @@ async def _share(
             loop.remove_signal_handler(signum)
         result.lag_p99_ms = engine.lag.quantile_ms(0.99)
         result.lag_max_ms = engine.lag.max_ms
+        result.lag_samples = engine.lag.samples
 
 
 class _Ticker:

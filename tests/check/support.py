@@ -1,0 +1,93 @@
+"""What the `probe check` tests share: the console script in a subprocess, its records
+parsed and checked against the contract, its one-line errors, a line reader with deadlines."""
+
+from __future__ import annotations
+
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from helpers import parse_records, probe_cmd
+
+RUN_TIMEOUT = 30
+
+KEYS = set(CONTRACT_KEYS)
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+MS = r"\d+\.\d\d ms"
+RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"
+
+
+def probe(
+    *args: str, input: str | None = None, cwd: Path | None = None, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*probe_cmd(), *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def records(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line as a record: anything that is not one fails the test."""
+    return parse_records(stdout, check=True)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The run ended in exit 2 with exactly one line on stderr and no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody has bound right now (not held: for `-s ADDR:PORT`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class Lines:
+    """Reads a child's stdout on a thread so the test can wait for lines with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            self.lines.put(line)
+        self.lines.put("")  # EOF
+
+    def get(self, timeout: float = 10.0) -> str:
+        return self.lines.get(timeout=timeout)
+
+    def rest(self) -> list[str]:
+        self.thread.join(10)
+        out = []
+        while True:
+            line = self.lines.get_nowait() if not self.lines.empty() else ""
+            if not line:
+                return out
+            out.append(line)
+
+
+LAG_LINE = re.compile(r"event loop lag p99 \d+\.\d ms, max \d+\.\d ms")
+
+
+def without_lag(lines: list[str]) -> list[str]:
+    """The lines but the loop-lag line, which a loaded machine may add to any run."""
+    return [line for line in lines if not LAG_LINE.fullmatch(line)]
