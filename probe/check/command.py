@@ -37,12 +37,17 @@ from .sinks import Sinks
 from .workers import run_workers
 
 
+RATE_START = 0.05  # seconds from now to --rate's first slot
+
+
 def run_plan(plan: Plan) -> int:
     out = stdout_writer()
     json_out = _json_file(plan)
     output = plan.output
     bar = ProgressLine(enabled=output.format == "human" and not output.list_mode)
-    plan = replace(plan, rate_epoch=time.monotonic())
+    # Every share paces on one grid from here; a little ahead, so workers just forked are
+    # ready for their first slot instead of making it up in a burst.
+    plan = replace(plan, rate_epoch=time.monotonic() + RATE_START)
     total = ShareResult()
     died = 0
     try:
