@@ -17,12 +17,20 @@ from helpers import FullQueueListener, closed_port
 from support import probe, records
 
 from probe.engine import Attempt, Engine, EngineOptions
+from probe.engine.core import RATE_SLACK
 from probe.resolve import Address
 from probe.targets import Endpoint
 
 
 def _starts(stdout: str) -> list[float]:
     return sorted(datetime.fromisoformat(r["timestamp"]).timestamp() for r in records(stdout))
+
+
+def _steady_rate(starts: list[float]) -> float:
+    """Starts per second between the 5th and the 95th percentile: a worker forked late on a
+    busy machine shifts the ends, not the cadence."""
+    lo, hi = len(starts) // 20, len(starts) - 1 - len(starts) // 20
+    return (hi - lo) / (starts[hi] - starts[lo])
 
 
 def _most_in_window(starts: list[float], width: float) -> int:
@@ -44,9 +52,10 @@ def test_rate_is_delivered_with_any_number_of_workers(workers: str) -> None:
     assert result.returncode == 1, result.stderr
     starts = _starts(result.stdout)
     assert len(starts) == 1024
-    achieved = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert 0.93 * rate <= achieved <= 1.05 * rate, achieved
-    assert _most_in_window(starts, 0.25) <= 0.25 * rate * 1.1 + 4  # paced, never a burst
+    assert 0.93 * rate <= _steady_rate(starts) <= 1.05 * rate
+    # Paced, never a burst: a quarter second holds its share, plus at most the catch-up
+    # after a stall (the engine makes up RATE_SLACK of lateness, no more).
+    assert _most_in_window(starts, 0.25) <= (0.25 + RATE_SLACK) * rate + 4
 
 
 def test_workers_interleave_their_cadence() -> None:
@@ -62,8 +71,7 @@ def test_workers_interleave_their_cadence() -> None:
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert statistics.median(gaps) >= 0.6 / rate, sorted(gaps)
     assert sum(1 for g in gaps if g < 0.25 / rate) <= len(gaps) // 4, sorted(gaps)
-    achieved = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert 0.93 * rate <= achieved <= 1.07 * rate, achieved
+    assert 0.93 * rate <= _steady_rate(starts) <= 1.07 * rate
 
 
 async def test_lag_throttle_keeps_what_the_rate_needs(full_queue: FullQueueListener) -> None:
