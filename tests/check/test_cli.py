@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -482,6 +483,44 @@ def test_full_sweep_in_namespace(netns: Netns) -> None:
         assert isinstance(rec["local_port"], int)
         assert rec["local_address"] == "127.0.0.1"
         assert rec["target"] == f"127.0.0.1:{rec['port']}"
+
+
+def test_all_ports_open_only_in_namespace(netns: Netns) -> None:
+    """nmap's `-p- --open`: the open ports shown, the rest one line of ranges per host."""
+    server = netns.popen(
+        sys.executable, "-c", NS_LISTENERS, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        open_ports = sorted(int(p) for p in server.stdout.readline().split())
+        result = subprocess.run(
+            [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p-", "--open"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        as_json = subprocess.run(
+            [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p-", "--open", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.kill()
+        server.wait()
+    assert result.returncode == 1, result.stderr
+    lines = without_lag(result.stdout.splitlines())
+    assert sorted(int(line.split()[0].rsplit(":", 1)[1]) for line in lines[:3]) == open_ports
+    assert all(line.split()[1] == "open" for line in lines[:3])
+    assert re.fullmatch(
+        r"65535 attempts in \d+\.\d\d s \(\d+/s\): 3 open; 65532 refused, 0 timeout not shown",
+        lines[3],
+    ), lines[3]
+    edges = [0, *open_ports, 65536]
+    gaps = [(a + 1, b - 1) for a, b in itertools.pairwise(edges) if b - a > 1]
+    ranges = ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in gaps)
+    assert lines[4:] == [f"127.0.0.1: refused {ranges}"]
+    assert sorted(r["port"] for r in records(as_json.stdout)) == open_ports
 
 
 def test_unresolvable_name_in_namespace(netns: Netns) -> None:
