@@ -36,7 +36,6 @@ from .run import Progress, run_share
 from .sinks import Sinks
 from .workers import run_workers
 
-
 RATE_START = 0.05  # seconds from now to --rate's first slot
 
 

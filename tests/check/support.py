@@ -16,8 +16,6 @@ from helpers import parse_records, probe_cmd
 
 RUN_TIMEOUT = 30
 
-KEYS = set(CONTRACT_KEYS)
-TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 MS = r"\d+\.\d\d ms"
 RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"
 

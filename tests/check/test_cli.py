@@ -487,12 +487,9 @@ def test_full_sweep_in_namespace(netns: Netns) -> None:
 
 def test_all_ports_open_only_in_namespace(netns: Netns) -> None:
     """nmap's `-p- --open`: the open ports shown, the rest one line of ranges per host."""
-    server = netns.popen(
-        sys.executable, "-c", NS_LISTENERS, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    server = NsServer(netns, 0, 0, 0)
     try:
-        assert server.stdout is not None
-        open_ports = sorted(int(p) for p in server.stdout.readline().split())
+        open_ports = sorted(server.ports)
         result = subprocess.run(
             [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p-", "--open"],
             capture_output=True,
@@ -506,8 +503,7 @@ def test_all_ports_open_only_in_namespace(netns: Netns) -> None:
             timeout=120,
         )
     finally:
-        server.kill()
-        server.wait()
+        server.close()
     assert result.returncode == 1, result.stderr
     lines = without_lag(result.stdout.splitlines())
     assert sorted(int(line.split()[0].rsplit(":", 1)[1]) for line in lines[:3]) == open_ports
