@@ -277,7 +277,7 @@ def _width(target: Target) -> int:
         host = max(addresses[0], addresses[addresses.count() - 1], key=len)
     label = target.label(max(hi for _, hi in target.ports), host)
     literal = addresses is not None or _is_address(host)
-    return len(label) + (0 if literal else len(" [255.255.255.255]"))
+    return len(label) + (0 if literal else len(" [127.0.0.1]"))  # a typical address
 
 
 def _is_address(host: str) -> bool:
