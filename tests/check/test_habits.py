@@ -247,3 +247,12 @@ def test_help_ends_with_examples_and_exit_codes() -> None:
     for flag in ("--open", "--exclude", "--exclude-file", "-iL", "-o FILE", "--shard",
                  "--format", "--lag-limit", "--version"):  # fmt: skip
         assert flag in text, flag
+
+
+def test_lag_limit_flag(listener: RecordingListener) -> None:
+    for value in ("0", "5", "0.5"):
+        result = probe("check", listener.target, "--lag-limit", value, "--json")
+        assert result.returncode == 0, result.stderr
+        assert len(records(result.stdout)) == 1
+    for bad in ("-1", "x", "nan"):
+        assert "--lag-limit" in one_line_error(probe("check", listener.target, "--lag-limit", bad))
