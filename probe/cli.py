@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .errors import EXIT_OK, EXIT_SIGNAL_BASE, ProbeError, fail, report
+from .limits import MAX_INTERVAL, MAX_TIMEOUT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,8 +36,10 @@ def _number(kind: Callable[[str], float], test: Callable[[float], bool], what: s
     return convert
 
 
-seconds = _number(float, lambda v: 0 < v <= 86400, "seconds > 0 (at most 86400)")
-pause = _number(float, lambda v: 0 <= v <= 86400, "seconds >= 0 (at most 86400)")
+seconds = _number(float, lambda v: 0 < v <= MAX_TIMEOUT, f"seconds > 0 (at most {MAX_TIMEOUT:.0f})")
+pause = _number(
+    float, lambda v: 0 <= v <= MAX_INTERVAL, f"seconds >= 0 (at most {MAX_INTERVAL:.0f})"
+)
 positive = _number(int, lambda v: 1 <= v <= 10_000_000, "a whole number >= 1")
 count_arg = _number(
     int, lambda v: 0 <= v <= 1_000_000_000, "a whole number >= 0 (0: until interrupted)"

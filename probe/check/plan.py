@@ -28,6 +28,7 @@ from ..targets import (
     join_host_port,
     parse_exclusions,
     parse_ports,
+    parse_shard,
     parse_source,
     parse_target,
     read_exclusions,
@@ -202,15 +203,10 @@ def _exclusions(items: Sequence[str], files: Sequence[str]) -> Excluded | None:
 def _shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
-    index_s, slash, count_s = text.partition("/")
-    if not (slash and index_s.isascii() and index_s.isdecimal()) or not (
-        count_s.isascii() and count_s.isdecimal()
-    ):
-        raise UsageError(f"--shard {text!r}: write I/N, e.g. 0/4 (0-based)")
-    index, count = int(index_s), int(count_s)
-    if not 0 < count <= 1_000_000 or index >= count:
-        raise UsageError(f"--shard {text!r}: I must be 0 to N-1, N at least 1")
-    return index, count
+    try:
+        return parse_shard(text)
+    except TargetError as exc:
+        raise UsageError(f"--shard: {exc}") from None
 
 
 def _preflight(

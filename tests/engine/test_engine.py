@@ -30,6 +30,7 @@ from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_
 
 from probe.check.run import CheckResult, run_check
 from probe.engine import Attempt, Engine, EngineOptions
+from probe.engine.core import RATE_SLACK
 from probe.loop import run as run_on_production_loop
 from probe.record import Record
 from probe.resolve import Address, Resolver
@@ -518,7 +519,8 @@ async def test_rate_is_delivered_above_the_timer_resolution() -> None:
     starts = sorted(r.started for r in records)
     achieved = (len(starts) - 1) / (starts[-1] - starts[0])
     assert 0.85 * rate <= achieved <= 1.02 * rate
-    assert most_in_window(starts, 0.1) <= 0.1 * rate + 3  # paced, not bunched
+    # Paced, not bunched: a stall on a busy machine is made up, RATE_SLACK of it at most.
+    assert most_in_window(starts, 0.1) <= (0.1 + RATE_SLACK) * rate + 3
 
 
 async def test_per_attempt_timeouts_expire_in_deadline_order(
