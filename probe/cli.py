@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-s",
         "--source",
         metavar="ADDR[:PORT]",
-        help="bind to this local address (and port) before connecting",
+        help="bind to this local address (and port) before connecting; ADDR:LO-HI confines "
+        "the local port to a range",
     )
     fam = check.add_mutually_exclusive_group()
     fam.add_argument(

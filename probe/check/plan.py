@@ -29,7 +29,7 @@ from ..targets import (
     parse_exclusions,
     parse_ports,
     parse_shard,
-    parse_source,
+    parse_source_spec,
     parse_target,
     read_exclusions,
 )
@@ -116,7 +116,8 @@ def build_plan(
     if not tokens:
         raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
     fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)
-    bound = _source(source, fam)
+    bind = _source(source, fam)
+    bound, source_ports = bind if bind is not None else (None, None)
     if bound is not None:
         fam = socket.AF_INET6 if ":" in bound[0] else socket.AF_INET
     endpoints, blocking, width = _preflight(tokens, default_ports)
@@ -128,6 +129,7 @@ def build_plan(
         rate=rate,
         retries=retries,
         source=bound,
+        source_ports=source_ports,
         graceful_close=graceful_close,
         lag_limit_ms=lag_limit_ms or None,
     )
@@ -158,21 +160,25 @@ def _ports(text: str | None) -> PortRanges | None:
         raise UsageError(f"-p {text!r}: {exc}") from None
 
 
-def _source(text: str | None, family: int) -> tuple[str, int] | None:
+def _source(text: str | None, family: int) -> tuple[tuple[str, int], tuple[int, int] | None] | None:
+    """`-s ADDR`, `ADDR:PORT` or `ADDR:LO-HI` → ((address, port), port range or None)."""
     if text is None:
         return None
     try:
-        address, port = parse_source(text)
+        spec = parse_source_spec(text)
     except TargetError as exc:
         raise UsageError(f"-s: {exc}") from None
+    address = spec.address
     fam = socket.AF_INET6 if ":" in address else socket.AF_INET
     if family and family != fam:
         raise UsageError(f"-s {text}: source address family does not match -4/-6")
+    bound = (address, 0 if spec.is_range else spec.port_lo)
+    ports = (spec.port_lo, spec.port_hi) if spec.is_range else None
     try:
-        check_source((address, port))
+        check_source(bound, ports)
     except OSError as exc:
         raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
-    return address, port
+    return bound, ports
 
 
 def _concurrency(requested: int | None) -> int:

@@ -50,6 +50,7 @@ class EngineOptions:
     rate: float | None = None  # most new attempts per second
     retries: int = 0  # extra attempts after a timeout
     source: tuple[str, int] | None = None  # bind to (address, port) first; port 0 = kernel's
+    source_ports: tuple[int, int] | None = None  # with port 0: the kernel picks in LO-HI
     graceful_close: bool = False  # FIN instead of RST for open connections
     shortage_giveup: float | None = 30.0  # seconds stuck with nothing in flight, then fail
     lag_limit_ms: float | None = 2.0  # loop lag that makes the engine hold concurrency down
@@ -290,7 +291,7 @@ class Engine:
         port = attempt.endpoint.port
         if source is not None:
             try:
-                bind_source(sock, source)
+                bind_source(sock, source, self.options.source_ports)
             except OSError as exc:
                 sock.close()
                 if exc.errno == errno.EADDRNOTAVAIL:  # the address left this machine

@@ -20,6 +20,7 @@ from helpers import (
     NsServer,
     RecordingListener,
     closed_port,
+    has_ipv6_loopback,
     probe_cmd,
 )
 from support import MS, RTT, Lines, free_port, one_line_error, probe, records, without_lag
@@ -147,6 +148,7 @@ USAGE_ERRORS: list[tuple[list[str], list[str]]] = [
     (["check", "-4", "-6", T], ["-4", "-6"]),
     (["check", "-s", "notanip", T], ["-s", "notanip"]),
     (["check", "-s", "127.0.0.1:99999", T], ["-s", "99999"]),
+    (["check", "-s", "127.0.0.1:5010-5000", T], ["-s", "5010-5000"]),
     (["check", "-4", "-s", "::1", T], ["-s", "::1"]),
     (["check", "-6", "-s", "127.0.0.2", T], ["-s", "127.0.0.2"]),
     (["check", "--bogus", T], ["--bogus"]),
@@ -372,6 +374,33 @@ def test_source_address_and_port(listener: RecordingListener) -> None:
     [rec] = records(result.stdout)
     assert (rec["local_address"], rec["local_port"]) == ("127.0.0.2", port)
     assert ("127.0.0.2", port) in listener.wait_peers(1)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_source_port_range(host: str, listener: RecordingListener) -> None:
+    """`-s ADDR:LO-HI`: the kernel picks each local port inside the range."""
+    if ":" in host:
+        if not has_ipv6_loopback():
+            pytest.skip("no IPv6 loopback")
+        server = RecordingListener("::1")
+    else:
+        server = listener
+    lo = free_port()
+    lo, hi = min(lo, 65000), min(lo, 65000) + 7
+    spec = f"[{host}]:{lo}-{hi}" if ":" in host else f"{host}:{lo}-{hi}"
+    try:
+        result = probe("check", server.target, "-s", spec, "-c", "6", "-i", "0", "--json")
+        peers = server.wait_peers(6)
+    finally:
+        if server is not listener:
+            server.close()
+    assert result.returncode == 0, result.stderr
+    recs = records(result.stdout)
+    assert len(recs) == 6
+    for rec in recs:
+        assert rec["local_address"] == host
+        assert lo <= rec["local_port"] <= hi
+        assert (host, rec["local_port"]) in peers
 
 
 def test_ipv4_only_name(listener: RecordingListener) -> None:
