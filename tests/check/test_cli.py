@@ -593,3 +593,55 @@ def test_unresolvable_name_in_namespace(netns: Netns) -> None:
         assert rec["family"] is None
         assert rec["local_address"] is None
         assert rec["local_port"] is None
+
+
+def test_unresolvable_name_until_interrupted_in_namespace(netns: Netns) -> None:
+    """`-c 0` on a name that does not resolve: an `error` line every interval, then on
+    SIGINT the summary counts them as `other`, exit 130."""
+    etc_netns = Path("/etc/netns")
+    created_parent = not etc_netns.exists()
+    ns_etc = etc_netns / netns.name
+    ns_etc.mkdir(parents=True)
+    try:
+        (ns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        proc = subprocess.Popen(
+            [
+                *netns.prefix(),
+                *probe_cmd(),
+                "check",
+                "no-such-host.invalid:80",
+                "-c",
+                "0",
+                "-i",
+                "0.05",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            reader = Lines(proc)
+            seen = [reader.get(timeout=30) for _ in range(3)]
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=10)
+            lines = [line.rstrip("\n") for line in seen + reader.rest()]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(ns_etc, ignore_errors=True)
+        if created_parent:
+            with contextlib.suppress(OSError):
+                os.rmdir(etc_netns)
+    assert code == 130
+    lines = without_lag(lines)
+    attempts = [line for line in lines if line.startswith("no-such-host.invalid:80 ")]
+    assert len(attempts) >= 3
+    assert all(" error " in line and line.split()[-1].startswith("EAI_") for line in attempts)
+    n = len(attempts)
+    assert lines[n:] == [
+        "--- no-such-host.invalid:80 ---",
+        f"{n} attempts, 0 open, 0 refused, 0 timeout, {n} other, 100.0% loss",
+    ]
