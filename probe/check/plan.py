@@ -122,7 +122,9 @@ def build_plan(
         fam = socket.AF_INET6 if ":" in bound[0] else socket.AF_INET
     endpoints, blocking, width = _preflight(tokens, default_ports)
     list_mode = endpoints is not None and endpoints <= LIST_LIMIT
-    fitted = _concurrency(concurrency)
+    excluded = _exclusions(exclude, exclude_files)
+    share = _shard(shard)
+    fitted = _concurrency(concurrency)  # last: it may say on stderr that -C was lowered
     options = EngineOptions(
         timeout=timeout,
         concurrency=fitted,
@@ -143,8 +145,8 @@ def build_plan(
         interval=interval,
         options=options,
         family=fam,
-        exclude=_exclusions(exclude, exclude_files),
-        shard=_shard(shard),
+        exclude=excluded,
+        shard=share,
         workers=processes,
         blocking_input=blocking,
         output=output,
