@@ -329,6 +329,7 @@ typedef struct {
   struct sockaddr_storage source;
   socklen_t source_len;
   int graceful, extended;
+  int64_t giveup_ns; /* < 0: never give up */
   int out_fd, stop_fd;
   /* endpoint generator */
   int gt, gr;
@@ -486,7 +487,7 @@ static void shortage(sweep_t *s, int64_t now) {
   s->limit = s->inflight > 1 ? s->inflight : 1;
   if (s->inflight == 0) {
     if (s->stuck_since < 0) s->stuck_since = now;
-    if (now - s->stuck_since > 30LL * 1000000000LL) {
+    if (s->giveup_ns >= 0 && now - s->stuck_since > s->giveup_ns) {
       s->fail = "no free file descriptor or local port on this machine";
       return;
     }
@@ -913,24 +914,25 @@ fail:
 
 PyDoc_STRVAR(sweep_doc,
 "sweep(fd, targets, shard_index, shard_count, timeout, concurrency, rate, retries, source,\n"
-"      graceful, stop_fd, progress, extended) -> dict\n\n"
+"      graceful, stop_fd, progress, extended, giveup) -> dict\n\n"
 "Probe every endpoint of this shard of `targets` (host, bracketed, address, ranges) once,\n"
 "writing JSON records to fd. `source` is None or (address, port); `rate` 0 = unlimited;\n"
-"`stop_fd` readable ends the call; `progress(targets_done, open)` every 0.2 s.");
+"`stop_fd` readable ends the call; `progress(records, open)` every 0.2 s; `giveup`:\n"
+"seconds of local shortage with nothing in flight before it returns an error (< 0: never).");
 
 static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"fd", "targets", "shard_index", "shard_count", "timeout",
                            "concurrency", "rate", "retries", "source", "graceful",
-                           "stop_fd", "progress", "extended", NULL};
+                           "stop_fd", "progress", "extended", "giveup", NULL};
   int fd, shard_index = 0, shard_count = 1, concurrency = 1000, retries = 0, graceful = 0;
   int extended = 1;
   int stop_fd = -1;
-  double timeout = 1.0, rate = 0.0;
+  double timeout = 1.0, rate = 0.0, giveup = 30.0;
   PyObject *targets_obj, *source = Py_None, *progress = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOp", kwlist, &fd, &targets_obj,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOpd", kwlist, &fd, &targets_obj,
                                    &shard_index, &shard_count, &timeout, &concurrency, &rate,
                                    &retries, &source, &graceful, &stop_fd, &progress,
-                                   &extended))
+                                   &extended, &giveup))
     return NULL;
   if (shard_count < 1 || shard_index < 0 || shard_index >= shard_count || concurrency < 1 ||
       !(timeout > 0) || rate < 0 || retries < 0) {
@@ -967,6 +969,7 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->retries = retries;
   s->graceful = graceful;
   s->extended = extended;
+  s->giveup_ns = giveup < 0 ? -1 : (int64_t)(giveup * 1e9);
   s->out_fd = fd;
   s->stop_fd = stop_fd;
   s->gport = -1;

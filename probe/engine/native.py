@@ -24,12 +24,15 @@ from ..record import Record
 from ..targets import Target
 from .core import EngineOptions
 
+_native: Any
 try:
-    from . import _native  # type: ignore[attr-defined]
+    from . import _native  # type: ignore[attr-defined,no-redef]
 except ImportError:  # not built here (no compiler, not Linux): the Python engine runs
     _native = None
 else:
     _native.set_errnames(errno.errorcode)
+    if os.environ.get("PROBE_CORE") == "python":  # the Python engine, to compare the two
+        _native = None
 
 CORE = "python" if _native is None else "native"
 
@@ -125,6 +128,7 @@ def sweep(
         stop_fd=stop_fd,
         progress=progress,
         extended=EXTENDED,
+        giveup=-1.0 if options.shortage_giveup is None else options.shortage_giveup,
     )
     return SweepResult(**raw)
 
