@@ -328,7 +328,10 @@ typedef struct {
   int has_source, source_port;
   struct sockaddr_storage source;
   socklen_t source_len;
-  int graceful, extended;
+  int graceful, extended, reuse;
+  int pool[2][64]; /* refused sockets reset with connect(AF_UNSPEC), [0] IPv4, [1] IPv6 */
+  int npool[2];
+  uint64_t reused;
   int64_t giveup_ns; /* < 0: never give up */
   int out_fd, stop_fd;
   /* endpoint generator */
@@ -537,6 +540,17 @@ static void tcp_info(int fd, int64_t *rtt_us, int64_t *retrans) {
   if (rtt_us) *rtt_us = ti.tcpi_total_retrans > 0 ? -1 : (int64_t)ti.tcpi_rtt;
 }
 
+/* Keep a refused socket for the next attempt: connect(AF_UNSPEC) resets it, and the next
+ * connect() binds a new ephemeral port of its own. 0 when kept. */
+static int recycle(sweep_t *s, int fd, int family) {
+  int f = family == AF_INET6;
+  if (s->npool[f] == 64) return -1;
+  struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+  if (connect(fd, &unspec, sizeof unspec) < 0) return -1;
+  s->pool[f][s->npool[f]++] = fd;
+  return 0;
+}
+
 static void dl_unlink(sweep_t *s, int i) {
   slot_t *sl = &s->slots[i];
   if (sl->prev >= 0) s->slots[sl->prev].next = sl->next; else s->dl_first = sl->next;
@@ -573,6 +587,8 @@ static void complete(sweep_t *s, int i, int err, int timed_out) {
   tcp_info(sl->fd, err == 0 && !timed_out ? &rtt : NULL, &retrans);
   if (err == 0 && !timed_out && !s->graceful)
     rst_close(sl->fd);
+  else if (err == ECONNREFUSED && s->reuse && !recycle(s, sl->fd, t->family))
+    ;
   else
     close(sl->fd);
   if (s->limit < s->ceiling) s->limit++;
@@ -601,7 +617,9 @@ enum { STARTED, SHORT, FATAL };
 /* Issue one connect. SHORT: a local shortage, the attempt goes back to the queue. */
 static int start(sweep_t *s, const attempt_t *a, int64_t now) {
   target_t *t = &s->targets[a->target];
-  int fd = socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int f = t->family == AF_INET6;
+  int fd = s->npool[f] ? (s->reused++, s->pool[f][--s->npool[f]])
+                       : socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     int err = errno;
     if (is_shortage(err)) {
@@ -923,16 +941,16 @@ PyDoc_STRVAR(sweep_doc,
 static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"fd", "targets", "shard_index", "shard_count", "timeout",
                            "concurrency", "rate", "retries", "source", "graceful",
-                           "stop_fd", "progress", "extended", "giveup", NULL};
+                           "stop_fd", "progress", "extended", "giveup", "reuse", NULL};
   int fd, shard_index = 0, shard_count = 1, concurrency = 1000, retries = 0, graceful = 0;
-  int extended = 1;
+  int extended = 1, reuse = 0;
   int stop_fd = -1;
   double timeout = 1.0, rate = 0.0, giveup = 30.0;
   PyObject *targets_obj, *source = Py_None, *progress = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOpd", kwlist, &fd, &targets_obj,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOpdp", kwlist, &fd, &targets_obj,
                                    &shard_index, &shard_count, &timeout, &concurrency, &rate,
                                    &retries, &source, &graceful, &stop_fd, &progress,
-                                   &extended, &giveup))
+                                   &extended, &giveup, &reuse))
     return NULL;
   if (shard_count < 1 || shard_index < 0 || shard_index >= shard_count || concurrency < 1 ||
       !(timeout > 0) || rate < 0 || retries < 0) {
@@ -969,6 +987,7 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->retries = retries;
   s->graceful = graceful;
   s->extended = extended;
+  s->reuse = reuse && source == Py_None;
   s->giveup_ns = giveup < 0 ? -1 : (int64_t)(giveup * 1e9);
   s->out_fd = fd;
   s->stop_fd = stop_fd;
@@ -1002,6 +1021,8 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   PyThreadState *ts = PyEval_SaveThread();
   int rc = run(s, progress, &ts);
   close_inflight(s);
+  for (int f = 0; f < 2; f++)
+    while (s->npool[f]) close(s->pool[f][--s->npool[f]]);
   if (!s->write_errno) flush_out(s);
   PyEval_RestoreThread(ts);
 
@@ -1024,7 +1045,8 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
     Py_DECREF(v);
   }
   result = Py_BuildValue(
-      "{s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "outcomes", outcomes, "targets",
+      "{s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "outcomes", outcomes, "reused",
+      (unsigned long long)s->reused, "targets",
       (unsigned long long)s->targets_done, "targets_without_open",
       (unsigned long long)s->targets_without_open, "started", (unsigned long long)s->started,
       "shortages", (unsigned long long)s->shortages, "self_connects",

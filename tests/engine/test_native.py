@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -448,3 +449,58 @@ def test_shortage_with_nothing_in_flight_gives_up() -> None:
         "error": "no free file descriptor or local port on this machine",
         "targets": 0,
     }
+
+
+CAPTURE = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from probe.engine import EngineOptions, native
+    from probe.targets import parse_target
+    reuse, pcap, out = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
+    plan = native.plan([parse_target("127.0.0.1:1-2000")])
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    result = native.sweep(fd, plan, EngineOptions(timeout=1.0, concurrency=100), reuse=reuse)
+    os.close(fd)
+    print(json.dumps({"reused": result.reused}))
+    """
+)
+
+
+@needs_netns
+@pytest.mark.parametrize("reuse", [True, False])
+def test_every_attempt_sends_its_own_syn_from_its_recorded_port(
+    listening_ns: Netns, reuse: bool, tmp_path: Path
+) -> None:
+    """Reusing a refused attempt's socket must not share a SYN or a port between records."""
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed")
+    pcap, out = tmp_path / "syn.pcap", tmp_path / "records.jsonl"
+    syn_only = "tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack == 0"
+    # -c: exit once every SYN of the sweep is written (one per attempt: ports 1-2000 lie
+    # below the ephemeral range, so no attempt can connect to itself and send another).
+    capture = listening_ns.popen(
+        "tcpdump", "-i", "lo", "-n", "-U", "-c", "2000", "-w", str(pcap), syn_only,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert capture.stderr is not None
+    assert "listening on lo" in capture.stderr.readline()
+    ran = listening_ns.run(
+        sys.executable, "-c", CAPTURE, "1" if reuse else "0", str(pcap), str(out)
+    )
+    capture.wait(30)
+    reused = json.loads(ran.stdout)["reused"]
+    assert (reused > 1000) if reuse else (reused == 0)
+    text = subprocess.run(
+        ["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True, check=True
+    ).stdout
+    syns = []
+    for line in text.splitlines():  # "... IP 127.0.0.1.40000 > 127.0.0.1.80: Flags [S], ..."
+        src, dst = line.split()[2], line.split()[4].rstrip(":")
+        syns.append((int(src.rsplit(".", 1)[1]), int(dst.rsplit(".", 1)[1])))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(syns) == sorted((r["local_port"], r["port"]) for r in records)
+    assert len(set(syns)) == 2000
+    opened = sorted(r["port"] for r in records if r["outcome"] == "open")
+    assert opened == [22, 80, 443, 1500, 1999]  # no false open
+    time_wait = listening_ns.run("ss", "-tan", "state", "time-wait").stdout.splitlines()
+    assert len(time_wait) <= 1  # the header only: RST closes, refusals leave nothing
