@@ -52,7 +52,9 @@ from .workers import run_workers, usable_cpus
 
 FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record
 PROGRESS_EVERY = 1.0
-NATIVE_MAX_TARGETS = 4096  # more targets than this (a long file) stay on the Python engine
+NATIVE_MAX_TARGETS = 4096  # more addresses than this (a long file) stay on the Python engine
+# Options the native core does not implement: with any of them the Python engine runs.
+NATIVE_UNSUPPORTED = ("exclude", "exclude_file", "open", "output", "source_range")
 
 
 class CheckCommand:
@@ -261,21 +263,20 @@ class CheckCommand:
 
     def _native_targets(self) -> list[native.NativeTarget] | None:
         """The targets as the native core takes them, when it can serve the whole run: JSON
-        records, one attempt per endpoint, IP literals given on the command line or in a
-        small regular file. Anything else runs on the Python engine."""
-        if not native.available() or not self.args.json or self.args.count != 1:
+        records, one attempt per endpoint, IP literals (addresses, CIDRs, octet ranges) on
+        the command line or in a small regular file. Anything else runs on the Python
+        engine, as do options the native core does not know."""
+        args = self.args
+        if not native.available() or not args.json or args.count != 1 or self.blocking_input:
             return None
-        if self.blocking_input:
+        if any(getattr(args, name, None) for name in NATIVE_UNSUPPORTED):
             return None
         try:
-            targets = []
-            for target in iter_targets(self.args.targets, self.default_ports):
-                targets.append(target)
-                if len(targets) > NATIVE_MAX_TARGETS:
-                    return None
+            return native.plan(
+                iter_targets(args.targets, self.default_ports), self.family, NATIVE_MAX_TARGETS
+            )
         except TargetError:
             return None  # the Python engine reports it where it meets it, as it always has
-        return native.plan(targets, self.family)
 
     def _run_native(self, writer: RecordWriter, targets: list[native.NativeTarget]) -> int:
         """The whole share on the native core: records go straight to the writer's fd."""

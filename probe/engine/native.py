@@ -59,31 +59,40 @@ class NativeTarget:
         return (self.host, self.bracketed, self.address, self.ranges)
 
 
-def native_target(target: Target, family: int = 0) -> NativeTarget | None:
-    """The target as the native core takes it, or None when the Python engine must serve it
-    (a name to resolve, a zone id, an address of the other family)."""
-    if "%" in target.host:
+def native_targets(target: Target, family: int = 0, limit: int = 4096) -> list[NativeTarget] | None:
+    """The target as the native core takes it (a CIDR or octet range: one per address, in the
+    order `targets.shard` walks them), or None when the Python engine must serve it: a name
+    to resolve, a zone id, an address of the other family, more than `limit` addresses."""
+    if target.host_count() > limit:
         return None
-    try:
-        ip = ipaddress.ip_address(target.host)
-    except ValueError:
-        return None
-    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    if family and family != fam:
-        return None  # the Python engine writes the EAI_ADDRFAMILY record
-    return NativeTarget(target.host, target.bracketed, str(ip), fam, target.ports)
+    out: list[NativeTarget] = []
+    for host in target.hosts():
+        if "%" in host:
+            return None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        if family and family != fam:
+            return None  # the Python engine writes the EAI_ADDRFAMILY record
+        out.append(NativeTarget(host, target.bracketed, str(ip), fam, target.ports))
+    return out
 
 
-def plan(targets: Iterable[Target], family: int = 0) -> list[NativeTarget] | None:
-    """Every target as the native core takes it, or None if any one it cannot serve."""
+def plan(
+    targets: Iterable[Target], family: int = 0, limit: int = 4096
+) -> list[NativeTarget] | None:
+    """Every target as the native core takes it, or None if it cannot serve them all (or
+    they hold more than `limit` addresses: a long file stays lazy on the Python engine)."""
     if _native is None:
         return None
     out: list[NativeTarget] = []
     for target in targets:
-        native = native_target(target, family)
+        native = native_targets(target, family, limit - len(out))
         if native is None:
             return None
-        out.append(native)
+        out.extend(native)
     return out
 
 

@@ -248,8 +248,13 @@ def test_names_and_zones_stay_with_python_engine() -> None:
     assert native.plan([parse_target("localhost:80")]) is None
     assert native.plan([parse_target("[fe80::1%lo]:80")]) is None
     assert native.plan([parse_target("[::1]:80")], socket.AF_INET) is None
+    assert native.plan([parse_target("127.0.0.0/20:80")], limit=4096) is not None
+    assert native.plan([parse_target("127.0.0.0/19:80")], limit=4096) is None
     plan = native.plan([parse_target("[0:0::1]:80")])
     assert plan is not None and plan[0].address == "::1" and plan[0].host == "0:0::1"
+    plan = native.plan([parse_target("127.0.0.1-3:80"), parse_target("[::1]/127:22")])
+    assert plan is not None
+    assert [t.host for t in plan] == ["127.0.0.1", "127.0.0.2", "127.0.0.3", "::", "::1"]
 
 
 # -- interrupts -------------------------------------------------------------------------------
@@ -363,6 +368,7 @@ def sweep_in(ns: Netns, *args: str, core: str = "native") -> tuple[int, list[dic
         ("127.0.0.1:1-3000", "-C", "7", "--workers", "1"),
         ("127.0.0.1:1-600", "-s", "127.0.0.1"),
         ("127.0.0.1:1-300", "--rate", "2000"),
+        ("127.0.0.1-3:20-30,75-85", "127.0.0.0/31:440-445"),
     ],
 )
 def test_differential_sweep_in_namespace(listening_ns: Netns, args: tuple[str, ...]) -> None:
