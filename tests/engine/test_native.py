@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,53 @@ def test_names_and_zones_stay_with_python_engine() -> None:
     plan = native.plan([parse_target("127.0.0.1-3:80"), parse_target("[::1]/127:22")])
     assert plan is not None
     assert [t.host for t in plan] == ["127.0.0.1", "127.0.0.2", "127.0.0.3", "::", "::1"]
+
+
+def test_rate_is_never_exceeded() -> None:
+    """--rate R: starts on a fixed cadence, so N attempts span at least (N - 1) / R seconds."""
+    held = [closed_port() for _ in range(41)]
+    records, result = run_native([f"127.0.0.1:{p}" for p in held], rate=20.0)
+    assert result.outcomes == {"refused": 41}
+    starts = sorted(stamp(r["timestamp"]) for r in records)
+    assert starts[-1] - starts[0] >= 40 / 20 - 0.05  # a late tick may catch up one step
+    for i, first in enumerate(starts):  # at most R + 1 starts in any one-second window
+        assert sum(1 for t in starts[i:] if t < first + 1.0) <= 21
+
+
+def stamp(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_progress_reports_records_and_opens(
+    listener: RecordingListener, full_queue: FullQueueListener
+) -> None:
+    calls: list[tuple[int, int]] = []
+    plan = native.plan([parse_target(listener.target), parse_target(full_queue.target)])
+    assert plan is not None
+    with tempfile.TemporaryFile() as out:
+        native.sweep(
+            out.fileno(),
+            plan,
+            EngineOptions(timeout=0.7),
+            progress=lambda a, o: calls.append((a, o)),
+        )
+    assert calls  # at least one tick in 0.7 s
+    assert calls[0] == (1, 1)  # the open attempt, while the other waits for its deadline
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_closed_reader_exits_141_quietly(workers: str) -> None:
+    held = [closed_port() for _ in range(400)]  # ~130 KB of records: more than a pipe holds
+    proc = subprocess.run(
+        f"{' '.join(probe_cmd())} check {' '.join(f'127.0.0.1:{p}' for p in held)} --json "
+        f"--workers {workers} "
+        "| head -c 10 >/dev/null; echo ${PIPESTATUS[0]}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "141"
+    assert proc.stderr == ""
 
 
 # -- interrupts -------------------------------------------------------------------------------
