@@ -584,7 +584,8 @@ static void complete(sweep_t *s, int i, int err, int timed_out) {
     return;
   }
   int64_t rtt = -1, retrans = -1;
-  tcp_info(sl->fd, err == 0 && !timed_out ? &rtt : NULL, &retrans);
+  if ((err == 0 && !timed_out) || s->extended) /* RTT, and retransmits when recorded */
+    tcp_info(sl->fd, err == 0 && !timed_out ? &rtt : NULL, &retrans);
   if (err == 0 && !timed_out && !s->graceful)
     rst_close(sl->fd);
   else if (err == ECONNREFUSED && s->reuse && !recycle(s, sl->fd, t->family))
@@ -672,8 +673,8 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
       shortage(s, now);
       return SHORT;
     }
-    int64_t retrans;
-    tcp_info(fd, NULL, &retrans);
+    int64_t retrans = -1;
+    if (s->extended) tcp_info(fd, NULL, &retrans);
     close(fd);
     s->free_list[s->nfree++] = i;
     s->started++;
