@@ -82,7 +82,7 @@ class CheckCommand:
         self.summary = True  # a worker leaves the summary and errors to the parent
         self.result: CheckResult | None = None
         self.outcomes: Counter[str] = Counter()
-        self.lag: LagMonitor | None = None  # the engine's, for the summary
+        self.lag: LagMonitor | native.Lag | None = None  # the engine's, for the summary
         self.stopped_by = 0  # the signal that stopped the run (SIGINT → exit 130)
         self.error: str | None = None
         self.code = EXIT_OK
@@ -263,11 +263,14 @@ class CheckCommand:
 
     def _native_targets(self) -> list[native.NativeTarget] | None:
         """The targets as the native core takes them, when it can serve the whole run: JSON
-        records, one attempt per endpoint, IP literals (addresses, CIDRs, octet ranges) on
-        the command line or in a small regular file. Anything else runs on the Python
-        engine, as do options the native core does not know."""
+        records or a sweep's human output (open ports and a summary), one attempt per
+        endpoint, IP literals (addresses, CIDRs, octet ranges) on the command line or in a
+        small regular file. Anything else runs on the Python engine (a line per attempt for
+        a few targets, repeat mode, names), as do options the native core does not know."""
         args = self.args
-        if not native.available() or not args.json or args.count != 1 or self.blocking_input:
+        if not native.available() or args.count != 1 or self.blocking_input:
+            return None
+        if not args.json and self.list_mode:
             return None
         if any(getattr(args, name, None) for name in NATIVE_UNSUPPORTED):
             return None
@@ -284,6 +287,13 @@ class CheckCommand:
         def on_signal(signum: int) -> None:
             self.stopped_by = self.stopped_by or signum
 
+        human = not self.args.json
+        progress = self.progress
+        bar = None
+        if progress is None and human and sys.stderr.isatty():
+            bar = _Progress(time.monotonic())  # the line _Ticker draws on the Python engine
+            progress = bar.show
+        started = time.monotonic()
         try:
             writer.flush()
             with native.stop_on_signals(on_signal) as stop_fd:
@@ -293,7 +303,8 @@ class CheckCommand:
                     self.options,
                     self.shard or (0, 1),
                     stop_fd,
-                    self.progress,
+                    progress,
+                    human=human,
                 )
         except SinkClosed:
             return _quiet_pipe()
@@ -303,6 +314,10 @@ class CheckCommand:
             self.error = f"cannot write records to {writer.name}: {exc.strerror or exc}"
             self.code = EXIT_USAGE
             return self._close(writer, [])
+        finally:
+            if bar is not None:
+                bar.clear()
+        self.lag = done.lag
         self.outcomes.update(done.outcomes)
         self.result = CheckResult(
             outcomes=Counter(done.outcomes),
@@ -315,7 +330,13 @@ class CheckCommand:
             self.error, self.code = "no targets in the input", EXIT_USAGE
         elif done.targets_without_open:
             self.code = EXIT_NO_OPEN
-        return self._close(writer, [])
+        summary: list[str] = []
+        if human and self.summary and not self.error:  # on SIGINT too, as on the Python engine
+            report = HumanReport(lambda _: None, False, 1)
+            report.outcomes.update(done.outcomes)
+            lag = (done.lag.quantile_ms(0.99), done.lag.max_ms)
+            summary = report.summary(time.monotonic() - started, lag)
+        return self._close(writer, summary)
 
     def _close(self, writer: RecordWriter, summary: list[str]) -> int:
         """Write the summary, flush and close; report an error (unless a worker: the parent

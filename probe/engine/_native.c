@@ -286,6 +286,52 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
   PUTS(b, "}\n");
 }
 
+/* The human line of an open attempt, as output/human.py probe_line() prints the record:
+ * `target  open     [address]  local A:P  0.05 ms  rtt 0.01 ms` (the address only when it is
+ * not the host as written). Literal hosts and addresses are printable: nothing to escape. */
+static void put_human(buf_t *b, const rec_target_t *t, const rec_t *r) {
+  if (t->bracketed) PUTS(b, "[");
+  put(b, t->host, t->host_len);
+  if (t->bracketed) PUTS(b, "]");
+  PUTS(b, ":");
+  put_uint(b, (uint64_t)r->port);
+  PUTS(b, "  open   ");
+  if (t->host_len != t->address_len || memcmp(t->host, t->address, t->host_len)) {
+    PUTS(b, "  [");
+    put(b, t->address, t->address_len);
+    PUTS(b, "]");
+  }
+  if (r->local) {
+    char text[INET6_ADDRSTRLEN + 1];
+    int port;
+    PUTS(b, "  local ");
+    if (r->local->ss_family == AF_INET6) {
+      const struct sockaddr_in6 *a = (const void *)r->local;
+      inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
+      port = ntohs(a->sin6_port);
+      PUTS(b, "[");
+      put(b, text, strlen(text));
+      PUTS(b, "]:");
+    } else {
+      const struct sockaddr_in *a = (const void *)r->local;
+      inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
+      port = ntohs(a->sin_port);
+      put(b, text, strlen(text));
+      PUTS(b, ":");
+    }
+    put_uint(b, (uint64_t)port);
+  }
+  /* f"{round(x, 3):.2f}": the double nearest k/1000, printed exactly as Python does */
+  char tmp[64];
+  int n = snprintf(tmp, sizeof tmp, "  %.2f ms", (double)ms_thousandths(r->latency_ns) / 1000.0);
+  put(b, tmp, (size_t)n);
+  if (r->rtt_us >= 0) {
+    n = snprintf(tmp, sizeof tmp, "  rtt %.2f ms", (double)r->rtt_us / 1000.0);
+    put(b, tmp, (size_t)n);
+  }
+  PUTS(b, "\n");
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The sweep                                                                                  */
 
@@ -328,7 +374,7 @@ typedef struct {
   int has_source, source_port;
   struct sockaddr_storage source;
   socklen_t source_len;
-  int graceful, extended, reuse;
+  int graceful, extended, reuse, human;
   int pool[2][64]; /* refused sockets reset with connect(AF_UNSPEC), [0] IPv4, [1] IPv6 */
   int npool[2];
   uint64_t reused;
@@ -355,6 +401,10 @@ typedef struct {
   /* output */
   buf_t out;
   tscache_t ts;
+  /* how late the loop gets to a 5 ms timer, as engine/lag.py measures the event loop */
+  uint64_t lag_counts[13];
+  double lag_max_ms;
+  int64_t lag_due;
   int write_errno;
   /* results */
   uint64_t outcomes[N_OUTCOMES];
@@ -469,7 +519,10 @@ static void emit(sweep_t *s, const attempt_t *a, rec_t *r) {
   rec_target_t rt = {t->host, t->host_len, t->address, t->address_len, t->bracketed, t->family};
   r->port = a->port;
   r->attempt = a->number;
-  put_record(&s->out, &s->ts, &rt, r, s->extended);
+  if (!s->human)
+    put_record(&s->out, &s->ts, &rt, r, s->extended);
+  else if (r->outcome == O_OPEN)
+    put_human(&s->out, &rt, r);
   s->outcomes[r->outcome]++;
   int retry = r->outcome == O_TIMEOUT && a->retry < s->retries && !s->stopped;
   if (retry) {
@@ -742,12 +795,27 @@ static void close_inflight(sweep_t *s) {
   s->inflight = 0;
 }
 
+#define LAG_TICK_NS 5000000LL
+static const double LAG_BOUNDS_MS[12] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000};
+
+static void lag_sample(sweep_t *s, int64_t now) {
+  if (now < s->lag_due) return;
+  double ms = (double)(now - s->lag_due) / 1e6;
+  int i = 0;
+  while (i < 12 && ms > LAG_BOUNDS_MS[i]) i++;
+  s->lag_counts[i]++;
+  if (ms > s->lag_max_ms) s->lag_max_ms = ms;
+  s->lag_due = now + LAG_TICK_NS;
+}
+
 /* The attempt loop; returns 0, or -1 with a Python exception set (progress callback). */
 static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
   struct epoll_event evs[1024];
   int64_t next_tick = mono_ns() + TICK_NS;
+  s->lag_due = mono_ns() + LAG_TICK_NS;
   for (;;) {
     int64_t now = mono_ns();
+    lag_sample(s, now);
     /* deadlines */
     while (s->dl_first >= 0 && s->slots[s->dl_first].deadline <= now) expire(s, s->dl_first);
     /* starts */
@@ -786,7 +854,7 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
     if (s->fail) break;
     if (s->inflight == 0 && !have_pending(s)) break;
     /* wait */
-    int64_t until = next_tick;
+    int64_t until = next_tick < s->lag_due ? next_tick : s->lag_due;
     if (s->dl_first >= 0 && s->slots[s->dl_first].deadline < until)
       until = s->slots[s->dl_first].deadline;
     if (wake >= 0 && wake < until) until = wake;
@@ -806,6 +874,7 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
     if (s->write_errno) return 0;
     if (s->stopped) break;
     now = mono_ns();
+    lag_sample(s, now);
     if (now >= next_tick) {
       next_tick = now + TICK_NS;
       if (flush_out(s) < 0) return 0;
@@ -933,25 +1002,26 @@ fail:
 
 PyDoc_STRVAR(sweep_doc,
 "sweep(fd, targets, shard_index, shard_count, timeout, concurrency, rate, retries, source,\n"
-"      graceful, stop_fd, progress, extended, giveup) -> dict\n\n"
+"      graceful, stop_fd, progress, extended, giveup, reuse, human) -> dict\n\n"
 "Probe every endpoint of this shard of `targets` (host, bracketed, address, ranges) once,\n"
 "writing JSON records to fd. `source` is None or (address, port); `rate` 0 = unlimited;\n"
 "`stop_fd` readable ends the call; `progress(records, open)` every 0.2 s; `giveup`:\n"
-"seconds of local shortage with nothing in flight before it returns an error (< 0: never).");
+"seconds of local shortage with nothing in flight before it returns an error (< 0: never);\n"
+"`human`: write the human line of each open attempt instead of every JSON record.");
 
 static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"fd", "targets", "shard_index", "shard_count", "timeout",
                            "concurrency", "rate", "retries", "source", "graceful",
-                           "stop_fd", "progress", "extended", "giveup", "reuse", NULL};
+                           "stop_fd", "progress", "extended", "giveup", "reuse", "human", NULL};
   int fd, shard_index = 0, shard_count = 1, concurrency = 1000, retries = 0, graceful = 0;
-  int extended = 1, reuse = 0;
+  int extended = 1, reuse = 0, human = 0;
   int stop_fd = -1;
   double timeout = 1.0, rate = 0.0, giveup = 30.0;
   PyObject *targets_obj, *source = Py_None, *progress = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOpdp", kwlist, &fd, &targets_obj,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOpdpp", kwlist, &fd, &targets_obj,
                                    &shard_index, &shard_count, &timeout, &concurrency, &rate,
                                    &retries, &source, &graceful, &stop_fd, &progress,
-                                   &extended, &giveup, &reuse))
+                                   &extended, &giveup, &reuse, &human))
     return NULL;
   if (shard_count < 1 || shard_index < 0 || shard_index >= shard_count || concurrency < 1 ||
       !(timeout > 0) || rate < 0 || retries < 0) {
@@ -989,6 +1059,7 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->graceful = graceful;
   s->extended = extended;
   s->reuse = reuse && source == Py_None;
+  s->human = human;
   s->giveup_ns = giveup < 0 ? -1 : (int64_t)(giveup * 1e9);
   s->out_fd = fd;
   s->stop_fd = stop_fd;
@@ -1033,20 +1104,29 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
     PyErr_SetFromErrno(PyExc_OSError);
     goto fail;
   }
+  PyObject *lag_counts = PyList_New(13);
+  if (!lag_counts) goto fail;
+  for (int i = 0; i < 13; i++)
+    PyList_SET_ITEM(lag_counts, i, PyLong_FromUnsignedLongLong(s->lag_counts[i]));
   PyObject *outcomes = PyDict_New();
-  if (!outcomes) goto fail;
+  if (!outcomes) {
+    Py_DECREF(lag_counts);
+    goto fail;
+  }
   for (int o = 0; o < N_OUTCOMES; o++) {
     if (!s->outcomes[o]) continue;
     PyObject *v = PyLong_FromUnsignedLongLong(s->outcomes[o]);
     if (!v || PyDict_SetItemString(outcomes, OUTCOME_NAMES[o], v) < 0) {
       Py_XDECREF(v);
       Py_DECREF(outcomes);
+      Py_DECREF(lag_counts);
       goto fail;
     }
     Py_DECREF(v);
   }
   result = Py_BuildValue(
-      "{s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "outcomes", outcomes, "reused",
+      "{s:N,s:N,s:d,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "outcomes", outcomes, "lag_counts",
+      lag_counts, "lag_max_ms", s->lag_max_ms, "reused",
       (unsigned long long)s->reused, "targets",
       (unsigned long long)s->targets_done, "targets_without_open",
       (unsigned long long)s->targets_without_open, "started", (unsigned long long)s->started,
@@ -1121,10 +1201,10 @@ static PyObject *py_record(PyObject *self, PyObject *args) {
   PyObject *host, *address, *local;
   int bracketed, port, err, timed_out;
   unsigned attempt;
-  int extended = 1;
-  if (!PyArg_ParseTuple(args, "LLUpUiOipLLLI|p", &wall_s, &wall_ns, &host, &bracketed,
+  int extended = 1, human = 0;
+  if (!PyArg_ParseTuple(args, "LLUpUiOipLLLI|pp", &wall_s, &wall_ns, &host, &bracketed,
                         &address, &port, &local, &err, &timed_out, &latency_ns, &rtt_us,
-                        &retrans, &attempt, &extended))
+                        &retrans, &attempt, &extended, &human))
     return NULL;
   struct sockaddr_storage sa, la;
   socklen_t len;
@@ -1158,7 +1238,10 @@ static PyObject *py_record(PyObject *self, PyObject *args) {
   char *mem = malloc(OUT_ROOM + hl * 2 + al);
   buf_t b = {mem, 0, OUT_ROOM};
   tscache_t ts = {.sec = -1};
-  put_record(&b, &ts, &t, &r, extended);
+  if (human)
+    put_human(&b, &t, &r);
+  else
+    put_record(&b, &ts, &t, &r, extended);
   PyObject *out = PyBytes_FromStringAndSize(mem, (Py_ssize_t)b.len);
   free(mem);
   free(h);

@@ -23,6 +23,7 @@ from typing import Any
 from ..record import Record
 from ..targets import Target
 from .core import EngineOptions
+from .lag import LagMonitor
 
 _native: Any
 try:
@@ -96,9 +97,33 @@ def plan(
     return out
 
 
+class Lag:
+    """How late the core's loop got to a 5 ms timer: the figure `engine.lag.LagMonitor`
+    gives for the event loop, from the same histogram."""
+
+    def __init__(self, counts: list[int], max_ms: float) -> None:
+        self.counts = counts
+        self.max_ms = max_ms
+        self.samples = sum(counts)
+
+    def quantile_ms(self, q: float) -> float:
+        if not self.samples:
+            return 0.0
+        rank = q * self.samples
+        seen = 0
+        bounds = LagMonitor.BOUNDS_MS
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return min(bounds[i], self.max_ms) if i < len(bounds) else self.max_ms
+        return self.max_ms
+
+
 @dataclass(slots=True)
 class SweepResult:
     outcomes: dict[str, int] = field(default_factory=dict)
+    lag_counts: list[int] = field(default_factory=list)
+    lag_max_ms: float = 0.0
     targets: int = 0
     targets_without_open: int = 0
     started: int = 0
@@ -109,6 +134,10 @@ class SweepResult:
     stopped: bool = False
     error: str | None = None  # a local shortage it gave up on, a source address gone
 
+    @property
+    def lag(self) -> Lag:
+        return Lag(self.lag_counts, self.lag_max_ms)
+
 
 def sweep(
     fd: int,
@@ -118,6 +147,7 @@ def sweep(
     stop_fd: int = -1,
     progress: Callable[[int, int], None] | None = None,
     reuse: bool = True,
+    human: bool = False,
 ) -> SweepResult:
     """Probe this shard of `targets` once per endpoint, JSON records to `fd`.
 
@@ -125,6 +155,9 @@ def sweep(
     attempt: a third less CPU per attempt, and each attempt still sends its own SYN from its
     own kernel-assigned port (tests/engine/test_native.py checks that on a capture). Not
     with a source address: the socket would keep its bind.
+
+    `human`: the human line of each open attempt (a sweep's human output) instead of every
+    JSON record.
 
     Returns when done, when `stop_fd` becomes readable, or when a local shortage lasted
     too long (`error`). A write failure raises OSError (EPIPE: the reader left)."""
@@ -146,6 +179,7 @@ def sweep(
         extended=EXTENDED,
         giveup=-1.0 if options.shortage_giveup is None else options.shortage_giveup,
         reuse=reuse,
+        human=human,
     )
     return SweepResult(**raw)
 
@@ -160,7 +194,10 @@ def stop_on_signals(
     for a signal that came before the sweep began)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
+    seen: list[int] = []
+
     def handler(signum: int, _: FrameType | None) -> None:
+        seen.append(signum)
         on_signal(signum)
         with contextlib.suppress(OSError):  # also for a signal handled before the call
             os.write(w, b"\0")
@@ -171,7 +208,13 @@ def stop_on_signals(
         yield r
     finally:
         signal.set_wakeup_fd(old_wakeup)
-        for sig, old in previous.items():
-            signal.signal(sig, old)
         os.close(r)
         os.close(w)
+        if seen:
+            # Stopping: the same Ctrl-C reaches a worker twice (from the terminal and from
+            # the parent). A late one must not raise KeyboardInterrupt into the wind-down.
+            for sig in signals:
+                signal.signal(sig, lambda signum, _: on_signal(signum))
+        else:
+            for sig, old in previous.items():
+                signal.signal(sig, old)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from probe.engine import EngineOptions, native
+from probe.output.human import probe_line
 from probe.output.log import configure
 from probe.output.writer import RecordWriter
 from probe.record import Record, errno_name, outcome_of
@@ -150,6 +152,46 @@ def test_record_matches_python_path(case: tuple[Any, ...]) -> None:
         )  # fmt: skip
         assert line == expected
         assert list(json.loads(line)) == CONTRACT_KEYS
+
+
+@pytest.mark.parametrize(
+    ("host", "bracketed", "address", "local"),
+    [
+        ("127.0.0.1", False, "127.0.0.1", ("127.0.0.1", 40000)),
+        ("::1", True, "::1", ("::1", 1)),
+        ("0:0::1", True, "::1", ("::1", 65535)),
+    ],
+)
+def test_human_line_matches_python_path(
+    host: str, bracketed: bool, address: str, local: tuple[str, int]
+) -> None:
+    """A sweep's human output shows open attempts: the line output/human.py prints."""
+    rng = random.Random(host)
+    for _ in range(500):
+        latency_ns = rng.choice([rng.randrange(0, 10**9), rng.randrange(0, 10**4) * 1000 + 500])
+        rtt_us = rng.choice([-1, rng.randrange(0, 10**6), rng.randrange(0, 100) * 10 + 5])
+        port = rng.randrange(1, 65536)
+        record = Record(
+            started=0.0,
+            target=f"[{host}]:{port}" if bracketed else f"{host}:{port}",
+            host=host,
+            port=port,
+            address=address,
+            family="ipv6" if ":" in address else "ipv4",
+            local_address=local[0],
+            local_port=local[1],
+            outcome=outcome_of(0),
+            error=None,
+            latency_ms=latency_ns / 1e6,
+            rtt_ms=None if rtt_us < 0 else rtt_us / 1000.0,
+            attempt=1,
+        )
+        expected = probe_line(record.as_dict()).encode() + b"\n"
+        line = _native._record(
+            0, 0, host, bracketed, address, port, local, 0, False, latency_ns, rtt_us, -1, 1,
+            native.EXTENDED, True,
+        )  # fmt: skip
+        assert line == expected
 
 
 # -- sweeps on loopback, no root ------------------------------------------------------------
@@ -558,3 +600,37 @@ def test_every_attempt_sends_its_own_syn_from_its_recorded_port(
     assert opened == [22, 80, 443, 1500, 1999]  # no false open
     time_wait = listening_ns.run("ss", "-tan", "state", "time-wait").stdout.splitlines()
     assert len(time_wait) <= 1  # the header only: RST closes, refusals leave nothing
+
+
+@needs_netns
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_human_sweep_matches_python_engine(listening_ns: Netns, workers: str) -> None:
+    """`probe check 127.0.0.1 -p 1-2000`: open lines and the summary, as the Python engine
+    prints them, but for latencies, ports and the timing figures of the summary."""
+    outputs = {}
+    for core in ("native", "python"):
+        env = {**os.environ, "PROBE_CORE": core}
+        out = subprocess.run(
+            [*listening_ns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p", "1-2000",
+             "[::1]:80", "--workers", workers],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 1 and out.stderr == ""
+        outputs[core] = out.stdout.splitlines()
+
+    def shape(lines: list[str]) -> list[str]:
+        volatile = [
+            (r"local (\S+):\d+", r"local \1:P"),
+            (r"\d+\.\d\d ms", "T ms"),
+            (r"in \d+\.\d\d s \(\d+/s\)", "in S s (R/s)"),
+            (r"lag p99 \d+\.\d ms, max \d+\.\d ms", "lag p99 L ms, max L ms"),
+        ]
+        out = []
+        for line in lines:
+            for pattern, repl in volatile:
+                line = re.sub(pattern, repl, line)
+            out.append(line)
+        return sorted(out[:-2]) + out[-2:]  # workers interleave open lines; summary last
+
+    assert shape(outputs["native"]) == shape(outputs["python"])
+    assert len(outputs["native"]) == 6 + 2  # five listeners on 127.0.0.1, one on ::1
