@@ -457,6 +457,8 @@ def sweep_in(ns: Netns, *args: str, core: str = "native") -> tuple[int, list[dic
         ("[::1]:1-200", "127.0.0.1:70-90,440-450"),
         ("127.0.0.1:1-3000", "-C", "7", "--workers", "1"),
         ("127.0.0.1:1-600", "-s", "127.0.0.1"),
+        ("127.0.0.1:1-300", "-s", "127.0.0.1:40000"),
+        ("[::1]:1-300", "-s", "::1"),
         ("127.0.0.1:1-300", "--rate", "2000"),
         ("127.0.0.1-3:20-30,75-85", "127.0.0.0/31:440-445"),
     ],
@@ -634,3 +636,18 @@ def test_human_sweep_matches_python_engine(listening_ns: Netns, workers: str) ->
 
     assert shape(outputs["native"]) == shape(outputs["python"])
     assert len(outputs["native"]) == 6 + 2  # five listeners on 127.0.0.1, one on ::1
+
+
+@needs_netns
+def test_self_connect_with_fixed_source_port_matches_python_engine(netns: Netns) -> None:
+    """-s ADDR:PORT equal to the destination: the socket connects to itself; every retry
+    would be the same, so both cores report error / SELF_CONNECT, never open."""
+    args = ("127.0.0.1:7", "127.0.0.1:8", "-s", "127.0.0.1:7")
+    code_n, native_records = sweep_in(netns, *args, core="native")
+    code_p, python_records = sweep_in(netns, *args, core="python")
+    assert code_n == code_p == 1
+    assert stable(native_records) == stable(python_records)
+    by_port = {r["port"]: r for r in native_records}
+    assert (by_port[7]["outcome"], by_port[7]["error"]) == ("error", "SELF_CONNECT")
+    assert by_port[7]["local_port"] == 7
+    assert by_port[8]["outcome"] == "refused" and by_port[8]["local_port"] == 7
