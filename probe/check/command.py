@@ -274,6 +274,8 @@ class CheckCommand:
             return None
         if any(getattr(args, name, None) for name in NATIVE_UNSUPPORTED):
             return None
+        if not native.supports(self.options):
+            return None
         try:
             return native.plan(
                 iter_targets(args.targets, self.default_ports), self.family, NATIVE_MAX_TARGETS

@@ -46,6 +46,20 @@ def available() -> bool:
     return _native is not None
 
 
+def supports(options: EngineOptions) -> bool:
+    """Whether the native core implements these engine options (a source is an address and
+    one port, or none; a port range or anything newer stays with the Python engine)."""
+    source: Any = options.source
+    if source is None:
+        return True
+    return (
+        isinstance(source, tuple)
+        and len(source) == 2
+        and isinstance(source[0], str)
+        and isinstance(source[1], int)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class NativeTarget:
     """A target the native core can serve: an IP literal and its port ranges."""

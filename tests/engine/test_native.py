@@ -287,6 +287,12 @@ def run_sharded(targets: list[str], shard: tuple[int, int]) -> tuple[list[dict[s
     return [json.loads(line) for line in lines], result
 
 
+def test_options_the_core_does_not_know_stay_with_python_engine() -> None:
+    assert native.supports(EngineOptions())
+    assert native.supports(EngineOptions(source=("127.0.0.1", 0)))
+    assert not native.supports(EngineOptions(source=("127.0.0.1", (5000, 5010))))  # type: ignore[arg-type]
+
+
 def test_names_and_zones_stay_with_python_engine() -> None:
     assert native.plan([parse_target("localhost:80")]) is None
     assert native.plan([parse_target("[fe80::1%lo]:80")]) is None
