@@ -227,8 +227,16 @@ def run_python(targets: list[str], *extra: str) -> list[dict[str, Any]]:
 
 
 def stable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records but for what differs between honest runs; JSON types kept (0 is not 0.0),
+    and the volatile keys' types too."""
     return sorted(
-        ({k: v for k, v in r.items() if k not in VOLATILE} for r in records),
+        (
+            {
+                k: (type(v).__name__ if k in VOLATILE else (v, type(v).__name__))
+                for k, v in r.items()
+            }
+            for r in records
+        ),
         key=lambda r: (r["target"], r["attempt"]),
     )
 
