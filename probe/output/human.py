@@ -6,7 +6,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from ..record import Record, format_timestamp
+from ..record import Outcome, Record, format_timestamp
 
 EventDict = MutableMapping[str, Any]
 
@@ -45,7 +45,7 @@ def probe_line(r: Record) -> str:
         parts.append(f"rtt {r.rtt_ms:.2f} ms")
     if r.syn_retransmits:
         parts.append(f"SYN\u00d7{r.syn_retransmits + 1}")  # the SYN went out this many times
-    if r.error and r.outcome != "refused":
+    if r.error and r.outcome != Outcome.REFUSED:
         parts.append(r.error)
     return "  ".join(parts)
 
