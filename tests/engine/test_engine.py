@@ -464,6 +464,40 @@ async def test_retries_are_marked_not_final(full_queue: FullQueueListener) -> No
     assert {d["name"] for d in dicts} == {"fq"}
 
 
+async def test_dns_ms_rides_from_the_attempt_to_every_try(full_queue: FullQueueListener) -> None:
+    """The engine does not resolve: it carries what the caller measured onto the record,
+    on the retries too (the same lookup served them)."""
+    engine = Engine(EngineOptions(timeout=0.05, retries=1))
+    records: list[Record] = []
+    attempt = Attempt(endpoint("127.0.0.1", full_queue.port), V4, dns_ms=12.25)
+    engine.submit(attempt, lambda rec, _, __: records.append(rec))
+    await bounded(engine.drain())
+    engine.close()
+    assert [(r.attempt, r.dns_ms) for r in records] == [(1, 12.25), (2, 12.25)]
+    assert [as_json(r)["dns_ms"] for r in records] == [12.25, 12.25]
+
+
+async def test_reconfigure_applies_to_attempts_started_after_it(
+    full_queue: FullQueueListener,
+) -> None:
+    """A reload's new options go through `reconfigure`: the new timeout holds for the next
+    attempt, and a lower concurrency bound becomes the ceiling."""
+    engine = Engine(EngineOptions(timeout=0.1, concurrency=50))
+    records: list[Record] = []
+    target = endpoint("127.0.0.1", full_queue.port)
+    engine.submit(Attempt(target, V4), lambda rec, _, __: records.append(rec))
+    await bounded(engine.drain())
+    engine.reconfigure(EngineOptions(timeout=0.4, concurrency=5))
+    assert engine.ceiling == 5 and engine.limit <= 5
+    engine.submit(Attempt(target, V4, number=2), lambda rec, _, __: records.append(rec))
+    await bounded(engine.drain())
+    engine.close()
+    first, second = records
+    assert first.outcome == second.outcome == "timeout"
+    assert 95 <= first.latency_ms < 300, first
+    assert 380 <= second.latency_ms < 1000, second
+
+
 async def test_retries_do_not_repeat_answers(listener: RecordingListener) -> None:
     closed = closed_port()
     result, records = await check(
