@@ -50,17 +50,19 @@ lag_arg = _number(float, lambda v: 0 <= v <= 60_000, "milliseconds >= 0 (0: no l
 
 
 def version_line() -> str:
-    """`probe VERSION`, from the installed package's metadata (the source tree's own
-    `__version__` when it is not installed)."""
+    """`probe VERSION (core: native|python)`: the version from the installed package's
+    metadata (the source tree's own `__version__` when it is not installed), and which
+    sweep core this install runs."""
     from importlib import metadata
 
     from . import __version__
+    from .engine.native import CORE
 
     try:
         version = metadata.version("probe")
     except metadata.PackageNotFoundError:
         version = __version__
-    return f"probe {version}"
+    return f"probe {version} (core: {CORE})"
 
 
 class _Version(argparse.Action):

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from .. import loop as event_loop
-from ..engine import Attempt, Engine, EngineOptions
-from ..errors import ProbeError, SinkError
+from ..engine import Attempt, Engine, EngineOptions, native
+from ..errors import LocalShortage, ProbeError, SinkClosed, SinkError, TargetError
 from ..record import OPEN, Record, unresolved_record
 from ..resolve import Address, ResolveError, Resolver
 from ..targets import Endpoint, expand, iter_targets, shard
@@ -30,6 +30,7 @@ from .result import ShareResult, Tally
 from .sinks import Sinks
 
 FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record
+NATIVE_MAX_TARGETS = 4096  # more addresses than this (a long file) stay on the Python engine
 
 
 class Excludes(Protocol):
@@ -306,6 +307,9 @@ def run_share(
 ) -> ShareResult:
     """Run share `index` of `count` of the plan on an event loop of its own; records go to
     `sinks` as attempts finish. Errors and signals end up in the result, never raised."""
+    targets = native_targets(plan, count)
+    if targets is not None:
+        return _native_share(plan, index, count, sinks, targets, progress)
     result = ShareResult()
     output = plan.output
     tally = Tally(result, repeat=plan.repeat and output.list_mode, track_ports=not output.list_mode)
@@ -409,3 +413,81 @@ class _Ticker:
 
     def stop(self) -> None:
         self.handle.cancel()
+
+
+# -- the native core -------------------------------------------------------------------------
+
+
+def native_targets(plan: Plan, count: int) -> list[native.NativeTarget] | None:
+    """The targets as the native core takes them, when it can serve the whole share exactly
+    as the Python engine would: JSON records on stdout and nowhere else, one attempt per
+    endpoint, IP literals (addresses, CIDRs, octet ranges) on the command line or in a small
+    regular file, and none of the options it does not implement (exclusions, --shard,
+    --open, -o, a source port range, --rate's cadence shared by several workers). The human
+    form (its columns, the per-host summary) and everything else run on the Python engine."""
+    output = plan.output
+    options = plan.options
+    if not native.available() or plan.count != 1 or plan.blocking_input:
+        return None
+    if output.format != "json" or output.open_only or output.json_file is not None:
+        return None
+    if plan.exclude is not None or plan.shard is not None or options.source_ports is not None:
+        return None
+    if options.rate is not None and count > 1:
+        return None
+    if not native.supports(options):
+        return None
+    try:
+        return native.plan(
+            iter_targets(plan.tokens, plan.default_ports), plan.family, NATIVE_MAX_TARGETS
+        )
+    except TargetError:
+        return None  # the Python engine reports it where it meets it
+
+
+def _native_share(
+    plan: Plan,
+    index: int,
+    count: int,
+    sinks: Sinks,
+    targets: list[native.NativeTarget],
+    progress: Progress | None,
+) -> ShareResult:
+    """The whole share on the native core: JSON records straight to stdout's descriptor."""
+    result = ShareResult()
+
+    def on_signal(signum: int) -> None:
+        result.stopped_by = result.stopped_by or signum
+
+    started = time.monotonic()
+    try:
+        sinks.flush()
+        with native.stop_on_signals(on_signal) as stop_fd:
+            done = native.sweep(
+                sinks.out.fileno(),
+                targets,
+                share_options(plan, index, count),
+                (index, count),
+                stop_fd,
+                progress,
+            )
+    except SinkClosed as exc:
+        result.error = exc
+        return result
+    except BrokenPipeError:
+        result.error = SinkClosed(f"{sinks.out.name}: reader went away")
+        return result
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        result.error = SinkError(f"cannot write records to {sinks.out.name}: {reason}")
+        return result
+    result.elapsed = time.monotonic() - started
+    result.outcomes.update(done.outcomes)
+    result.seen = result.targets = done.targets
+    result.targets_without_open = done.targets_without_open
+    if done.error:
+        result.error = LocalShortage(done.error)
+    lag = done.lag
+    result.lag_p99_ms, result.lag_max_ms = lag.quantile_ms(0.99), lag.max_ms
+    result.lag_samples = lag.samples
+    return result

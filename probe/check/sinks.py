@@ -8,14 +8,12 @@ from collections.abc import Callable
 
 from ..output.csv import CsvRows
 from ..output.human import RecordLines
-from ..output.jsonl import render_json
+from ..output.jsonl import record_json
 from ..output.writer import RecordWriter
 from ..record import OPEN, Record
 from .plan import Output
 
-
-def json_line(record: Record) -> bytes:
-    return render_json(None, "probe", record.as_dict())
+json_line = record_json  # the one JSON form of a record
 
 
 class Sinks:

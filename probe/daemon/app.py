@@ -183,10 +183,8 @@ class Daemon:
         try:
             addresses = await self.resolver.resolve(target.host)
         except ResolveError as exc:
-            extra = _extra(target)
-            record = unresolved_record(
-                target.address, target.host, target.port, exc.code, number, extra
-            )
+            record = unresolved_record(target.address, target.host, target.port, exc.code, number)
+            record.extra = _extra(target)
             self._finished(job, record)
             return
         if not self.engine.closed:
@@ -195,9 +193,11 @@ class Daemon:
     def _submit(self, job: Job[ResolvedTarget], address: Address, number: int) -> None:
         target = job.item
         endpoint = Endpoint(target.address, target.host, target.port)
-        attempt = Attempt(endpoint, address, number, target.timeout, extra=_extra(target))
+        attempt = Attempt(endpoint, address, number, target.timeout)
+        extra = _extra(target)
 
         def done(record: Record, _: Attempt, final: bool) -> None:
+            record.extra = extra
             if final:
                 self._finished(job, record)
 
@@ -258,8 +258,8 @@ class Daemon:
                 endpoint.port,
                 exc.code,
                 1,
-                {"name": endpoint.target, "via": "http"},
             )
+            record.extra = {"name": endpoint.target, "via": "http"}
             self._write(record)
             return Answer(200, probe_exposition(record, time.perf_counter() - began), CONTENT_TYPE)
         # Checked after resolution, on the very address we will connect to: a name cannot
@@ -275,12 +275,11 @@ class Daemon:
         answered: asyncio.Future[Record] = self.loop.create_future()
 
         def done(record: Record, _: Attempt, final: bool) -> None:
+            record.extra = {"name": endpoint.target, "via": "http"}
             if final and not answered.done():  # the client may have hung up
                 answered.set_result(record)
 
-        attempt = Attempt(
-            endpoint, allowed[0], 1, timeout, extra={"name": endpoint.target, "via": "http"}
-        )
+        attempt = Attempt(endpoint, allowed[0], 1, timeout)
         engine.submit(attempt, done)
         self._answers.add(answered)
         try:
@@ -347,10 +346,14 @@ class Daemon:
             self.metrics.reloads.labels("failed").inc()
             self.log.info("reload", result="failed", config=self.path, error=str(reason))
             return None
-        if new.engine.concurrency != old.engine.concurrency:
-            self.engine.set_ceiling(fit_concurrency(new.engine.concurrency)[0])
-        self.engine.options = replace(
-            self.engine.options, source=source, timeout=new.defaults.timeout
+        concurrency = fit_concurrency(new.engine.concurrency)[0]
+        self.engine.reconfigure(
+            replace(
+                self.engine.options,
+                source=source,
+                timeout=new.defaults.timeout,
+                concurrency=concurrency,
+            )
         )
         self._allow = probe_allow_networks(new)
         self.config = new

@@ -232,7 +232,9 @@ def test_source_with_attached_address_still_works(listener: RecordingListener) -
 def test_version(args: list[str]) -> None:
     result = probe(*args)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"probe {metadata.version('probe')}\n"
+    assert re.fullmatch(
+        rf"probe {re.escape(metadata.version('probe'))} \(core: (native|python)\)\n", result.stdout
+    ), result.stdout
     assert result.stderr == ""
 
 
