@@ -36,7 +36,7 @@ from .run import Progress, run_share
 from .sinks import Sinks
 from .workers import run_workers
 
-RATE_START = 0.05  # seconds from now to --rate's first slot
+RATE_START = 0.25  # seconds from now to --rate's first slot, when workers share it
 
 
 def run_plan(plan: Plan) -> int:
@@ -44,9 +44,10 @@ def run_plan(plan: Plan) -> int:
     json_out = _json_file(plan)
     output = plan.output
     bar = ProgressLine(enabled=output.format == "human" and not output.list_mode)
-    # Every share paces on one grid from here; a little ahead, so workers just forked are
-    # ready for their first slot instead of making it up in a burst.
-    plan = replace(plan, rate_epoch=time.monotonic() + RATE_START)
+    if plan.workers > 1:
+        # Every share paces on one grid from here; ahead, so workers just forked (late, on a
+        # busy machine) are ready for their first slot instead of skipping it.
+        plan = replace(plan, rate_epoch=time.monotonic() + RATE_START)
     total = ShareResult()
     died = 0
     try:

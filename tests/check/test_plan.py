@@ -5,16 +5,16 @@ and merges exactly. An empty share is an ordinary result, not an error."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import pickle
 import statistics
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from helpers import RecordingListener, closed_port
 
-from probe.check.plan import LIST_LIMIT, build_plan
+from probe.check.plan import LIST_LIMIT, Format, Output, build_plan
 from probe.check.result import Latency, ShareResult, TargetStats, port_ranges
 from probe.check.run import in_shard, run_share, share_options
 from probe.check.sinks import Sinks
@@ -22,9 +22,9 @@ from probe.errors import TargetError, UsageError
 from probe.output.writer import RecordWriter
 
 
-def _sinks(plan_output: object) -> tuple[Sinks, io.BytesIO]:
-    buffer = io.BytesIO()
-    return Sinks(plan_output, RecordWriter(buffer)), buffer  # type: ignore[arg-type]
+def _sinks(plan_output: Output, path: Path) -> tuple[Sinks, Path]:
+    """Sinks writing to a real file (the native core writes to a descriptor)."""
+    return Sinks(plan_output, RecordWriter(path.open("wb"))), path
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -143,37 +143,75 @@ def test_merge_sums_counts_and_ors_ports() -> None:
 # -- running shares --------------------------------------------------------------------------
 
 
-def test_empty_share_is_a_plain_result(listener: RecordingListener) -> None:
-    plan = build_plan([listener.target], fmt="json")
-    sinks, buffer = _sinks(plan.output)
+@pytest.mark.parametrize("fmt", ["json", "human"])
+def test_empty_share_is_a_plain_result(
+    listener: RecordingListener, tmp_path: Path, fmt: Format
+) -> None:
+    plan = build_plan([listener.target], fmt=fmt)
+    sinks, out = _sinks(plan.output, tmp_path / "empty")
     empty = run_share(plan, 1, 2, sinks)  # the one endpoint belongs to share 0 of 2
+    sinks.out.close()
     assert (empty.seen, empty.targets, empty.attempts, empty.error) == (0, 0, 0, None)
-    assert buffer.getvalue() == b""
-    sinks, buffer = _sinks(plan.output)
+    assert out.read_bytes() == b""
+    sinks, out = _sinks(plan.output, tmp_path / "full")
     full = run_share(plan, 0, 2, sinks)
+    sinks.out.close()
     assert (full.seen, full.targets, full.targets_without_open, full.error) == (1, 1, 0, None)
-    assert buffer.getvalue().count(b"\n") == 1
+    assert out.read_bytes().count(b"\n") == 1
     empty.merge(full)
     assert (empty.seen, empty.targets, empty.outcomes) == (1, 1, Counter(open=1))
 
 
-def test_one_share_repeat_mode_collects_target_stats(listener: RecordingListener) -> None:
+def test_one_share_repeat_mode_collects_target_stats(
+    listener: RecordingListener, tmp_path: Path
+) -> None:
     plan = build_plan([listener.target], count=5, interval=0.0)
-    sinks, buffer = _sinks(plan.output)
+    sinks, out = _sinks(plan.output, tmp_path / "out")
     result = run_share(plan, 0, 1, sinks)
+    sinks.out.close()
     assert result.error is None
     [stats] = result.per_target.values()
     assert stats.outcomes == Counter(open=5)
     assert stats.latency.n == 5 and math.isfinite(stats.latency.mean)
-    assert buffer.getvalue().count(b"\n") == 5
+    assert out.read_bytes().count(b"\n") == 5
 
 
-def test_sweep_share_keeps_non_open_ports_per_host(listener: RecordingListener) -> None:
+def test_sweep_share_keeps_non_open_ports_per_host(
+    listener: RecordingListener, tmp_path: Path
+) -> None:
     closed = sorted({closed_port() for _ in range(40)})
     spec = "127.0.0.1:" + ",".join(map(str, [listener.port, *closed]))
     plan = build_plan([spec], workers=1)
-    sinks, _ = _sinks(plan.output)
+    sinks, _ = _sinks(plan.output, tmp_path / "out")
     result = run_share(plan, 0, 1, sinks)
     assert result.ports is not None
     ranges = port_ranges(result.ports[("127.0.0.1", "127.0.0.1")]["refused"])
     assert {p for lo, hi in ranges for p in range(lo, hi + 1)} == set(closed)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "count", "native_ok"),
+    [
+        ({"fmt": "json"}, 1, True),
+        ({"fmt": "json", "rate": 100.0}, 1, True),
+        ({"fmt": "json", "rate": 100.0}, 2, False),  # the shared cadence is the engine's
+        ({"fmt": "human"}, 1, False),  # aligned columns and per-host ranges
+        ({"fmt": "csv"}, 1, False),
+        ({"fmt": "json", "open_only": True}, 1, False),
+        ({"fmt": "json", "json_file": "x.jsonl"}, 1, False),
+        ({"fmt": "json", "exclude": ["127.0.0.9"]}, 1, False),
+        ({"fmt": "json", "shard": "0/2"}, 1, False),
+        ({"fmt": "json", "count": 2}, 1, False),
+        ({"fmt": "json", "source": "127.0.0.1:40000-40009"}, 1, False),
+    ],
+)
+def test_native_core_serves_only_what_it_serves_exactly(
+    kwargs: dict[str, object], count: int, native_ok: bool
+) -> None:
+    from probe.check.run import native_targets
+    from probe.engine import native
+
+    if not native.available():
+        pytest.skip("the native core is not built here")
+    plan = build_plan(["127.0.0.1:1-100"], **kwargs)  # type: ignore[arg-type]
+    assert (native_targets(plan, count) is not None) == native_ok
