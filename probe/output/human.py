@@ -92,7 +92,7 @@ class RecordLines:
             f"{target:<{self.target_width}}",
             f"{r.outcome:<{OUTCOME_WIDTH}}",
             f"local {local:<{LOCAL_WIDTH}}",
-            f"{r.latency_ms:>{LATENCY_WIDTH}.2f} ms",
+            f"{round(r.latency_ms, 3):>{LATENCY_WIDTH}.2f} ms",  # the value the JSON carries
         ]
         if r.rtt_ms is not None:
             parts.append(f"rtt {r.rtt_ms:.2f} ms")
