@@ -130,8 +130,6 @@ class Tally:
     def add(self, record: Record) -> None:
         result = self.result
         outcome = record.outcome
-        result.outcomes[outcome] += 1
-        key = (record.host, record.address)
         if self.repeat:
             stats = result.per_target.get((record.target, record.address))
             if stats is None:
@@ -139,9 +137,16 @@ class Tally:
             stats.outcomes[outcome] += 1
             if outcome == OPEN:
                 stats.latency.add(record.latency_ms)
+        self.add_port(outcome, record.host, record.address, record.port)
+
+    def add_port(self, outcome: str, host: str, address: str | None, port: int) -> None:
+        """What a sweep keeps of an attempt: its outcome and, for a few hosts, the port."""
+        result = self.result
+        result.outcomes[outcome] += 1
         ports = result.ports
         if ports is None or outcome == OPEN:
             return
+        key = (host, address)
         bitmaps = ports.get(key)
         if bitmaps is None:
             if len(ports) >= HOSTS_SUMMARISED:
@@ -151,7 +156,7 @@ class Tally:
         bits = bitmaps.get(outcome)
         if bits is None:
             bits = bitmaps[outcome] = bytearray(_BITMAP)
-        bits[record.port >> 3] |= 1 << (record.port & 7)
+        bits[port >> 3] |= 1 << (port & 7)
 
 
 def port_ranges(bits: bytes | bytearray) -> list[tuple[int, int]]:

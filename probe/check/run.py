@@ -10,18 +10,24 @@ follows concurrency, not the target count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
+
+import msgspec
 
 from .. import loop as event_loop
 from ..engine import Attempt, Engine, EngineOptions, native
 from ..errors import LocalShortage, ProbeError, SinkClosed, SinkError, TargetError
-from ..record import OPEN, Record, unresolved_record
+from ..record import OPEN, Outcome, Record, unresolved_record
 from ..resolve import Address, ResolveError, Resolver
 from ..targets import Endpoint, expand, iter_targets, shard
 from .inputs import expand_async, threaded
@@ -420,16 +426,20 @@ class _Ticker:
 
 def native_targets(plan: Plan, count: int) -> list[native.NativeTarget] | None:
     """The targets as the native core takes them, when it can serve the whole share exactly
-    as the Python engine would: JSON records on stdout and nowhere else, one attempt per
-    endpoint, IP literals (addresses, CIDRs, octet ranges) on the command line or in a small
-    regular file, and none of the options it does not implement (exclusions, --shard,
-    --open, -o, a source port range, --rate's cadence shared by several workers). The human
-    form (its columns, the per-host summary) and everything else run on the Python engine."""
+    as the Python engine would: JSON records on stdout and nowhere else (or a sweep's human
+    output, rendered here from the core's JSON records), one attempt per endpoint, IP
+    literals (addresses, CIDRs, octet ranges) on the command line or in a small regular
+    file, and none of the options it does not implement (exclusions, --shard, --open, -o, a
+    source port range, --rate's cadence shared by several workers). The rest (a line per
+    attempt, repeats, names, CSV) runs on the Python engine."""
     output = plan.output
     options = plan.options
     if not native.available() or plan.count != 1 or plan.blocking_input:
         return None
-    if output.format != "json" or output.open_only or output.json_file is not None:
+    human_sweep = output.format == "human" and not output.list_mode
+    if not (output.format == "json" or human_sweep):
+        return None
+    if output.open_only or output.json_file is not None:
         return None
     if plan.exclude is not None or plan.shard is not None or options.source_ports is not None:
         return None
@@ -453,41 +463,108 @@ def _native_share(
     targets: list[native.NativeTarget],
     progress: Progress | None,
 ) -> ShareResult:
-    """The whole share on the native core: JSON records straight to stdout's descriptor."""
+    """The whole share on the native core: JSON records straight to stdout's descriptor, or,
+    for a sweep's human output, through a pipe to a thread that tallies every record and
+    renders the open ones (the same lines and per-host summary as the Python engine's)."""
     result = ShareResult()
 
     def on_signal(signum: int) -> None:
         result.stopped_by = result.stopped_by or signum
 
+    human = plan.output.format == "human"
+    reader: _HumanReader | None = None
     started = time.monotonic()
     try:
         sinks.flush()
+        if human:
+            reader = _HumanReader(sinks, Tally(result, repeat=False, track_ports=True))
+        fd = sinks.out.fileno() if reader is None else reader.write_fd
         with native.stop_on_signals(on_signal) as stop_fd:
             done = native.sweep(
-                sinks.out.fileno(),
-                targets,
-                share_options(plan, index, count),
-                (index, count),
-                stop_fd,
-                progress,
+                fd, targets, share_options(plan, index, count), (index, count), stop_fd, progress
             )
-    except SinkClosed as exc:
-        result.error = exc
+    except (SinkClosed, BrokenPipeError, OSError) as exc:
+        failure = reader.finish() if reader is not None else None
+        result.error = failure or _write_failure(exc, sinks.out.name)
         return result
-    except BrokenPipeError:
-        result.error = SinkClosed(f"{sinks.out.name}: reader went away")
-        return result
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        result.error = SinkError(f"cannot write records to {sinks.out.name}: {reason}")
-        return result
+    failure = reader.finish() if reader is not None else None
     result.elapsed = time.monotonic() - started
-    result.outcomes.update(done.outcomes)
+    if reader is None:
+        result.outcomes.update(done.outcomes)
     result.seen = result.targets = done.targets
     result.targets_without_open = done.targets_without_open
-    if done.error:
+    if failure is not None:
+        result.error = failure
+    elif done.error:
         result.error = LocalShortage(done.error)
     lag = done.lag
     result.lag_p99_ms, result.lag_max_ms = lag.quantile_ms(0.99), lag.max_ms
     result.lag_samples = lag.samples
     return result
+
+
+def _write_failure(exc: BaseException, name: str) -> SinkError:
+    if isinstance(exc, SinkError):
+        return exc
+    if isinstance(exc, BrokenPipeError):
+        return SinkClosed(f"{name}: reader went away")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return SinkError(f"cannot write records to {name}: {reason}")
+
+
+class _Sweep(msgspec.Struct):
+    """What the tally needs of a record (the JSON's other keys are skipped unread)."""
+
+    host: str
+    address: str | None
+    port: int
+    outcome: str
+
+
+_light = msgspec.json.Decoder(_Sweep).decode
+_whole = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def _record(line: bytes) -> Record:
+    """A record back from the core's JSON line (open ones only: they get a human line)."""
+    fields = _whole(line)
+    stamp = fields.pop("timestamp")
+    del fields["event"]
+    fields["outcome"] = Outcome(fields["outcome"])
+    started = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return Record(started=started, **fields)
+
+
+class _HumanReader:
+    """Reads the core's JSON records from a pipe on a thread of its own (the core runs
+    without the GIL): every record to the tally, the open ones to the human sinks."""
+
+    def __init__(self, sinks: Sinks, tally: Tally) -> None:
+        self.sinks = sinks
+        self.tally = tally
+        read_fd, self.write_fd = os.pipe()
+        self.stream = os.fdopen(read_fd, "rb", buffering=1 << 16)
+        self.failure: SinkError | None = None
+        self.thread = threading.Thread(target=self._run, name="probe-native-records")
+        self.thread.start()
+
+    def _run(self) -> None:
+        add, write = self.tally.add_port, self.sinks.record
+        try:
+            for line in self.stream:
+                rec = _light(line)
+                add(rec.outcome, rec.host, rec.address, rec.port)
+                if rec.outcome == OPEN:
+                    write(_record(line))
+                    self.sinks.flush()
+        except SinkError as exc:
+            self.failure = exc
+        finally:
+            self.stream.close()  # a writer still going gets EPIPE and stops
+
+    def finish(self) -> SinkError | None:
+        """After the sweep: end of input for the thread; wait for it."""
+        with contextlib.suppress(OSError):
+            os.close(self.write_fd)
+        self.thread.join()
+        return self.failure

@@ -3,6 +3,7 @@ parsed and checked against the contract, its one-line errors, a line reader with
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import socket
@@ -29,6 +30,19 @@ def probe(
         text=True,
         input=input,
         cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def probe_env(
+    env: dict[str, str], *args: str, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """`probe` with these environment variables added (PROBE_CORE=python, ...)."""
+    return subprocess.run(
+        [*probe_cmd(), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
         timeout=timeout,
     )
 

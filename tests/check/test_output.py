@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
-from support import one_line_error, probe, records, without_lag
+from support import one_line_error, probe, probe_env, records, without_lag
 
 
 def _columns(line: str) -> tuple[int, int, int]:
@@ -172,4 +172,30 @@ def _compact(ports: list[int]) -> str:
             out[-1][1] = port
         else:
             out.append([port, port])
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in out)
+    parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in out]
+    more = f",… ({len(parts) - 24} more ranges)" if len(parts) > 24 else ""
+    return ",".join(parts[:24]) + more
+
+
+def test_human_sweep_is_the_same_on_both_cores(listener: RecordingListener) -> None:
+    """A sweep's human output from the native core (rendered here from its records) and from
+    the Python engine: the same open lines' targets, counts and per-host ranges."""
+    from probe.engine import native
+
+    if not native.available():
+        pytest.skip("the native core is not built here")
+    closed = sorted({closed_port() for _ in range(40)})
+    spec = "127.0.0.1:" + ",".join(map(str, [*closed[:20], listener.port, *closed[20:]]))
+    shown = {}
+    for core in ("native", "python"):
+        result = probe_env({"PROBE_CORE": core}, "check", spec, "--workers", "2")
+        assert result.returncode == 1, result.stderr
+        lines = without_lag(result.stdout.splitlines())
+        shown[core] = (
+            [line.split()[:2] for line in lines if " open " in line],
+            lines[-2].split(" in ")[0] + lines[-2].split(":", 1)[1].split(")", 1)[-1],
+            lines[-1],
+        )
+    assert shown["native"] == shown["python"]
+    assert shown["native"][0] == [[listener.target, "open"]]
+    assert shown["native"][2] == "127.0.0.1: refused " + _compact(closed)

@@ -195,7 +195,8 @@ def test_sweep_share_keeps_non_open_ports_per_host(
         ({"fmt": "json"}, 1, True),
         ({"fmt": "json", "rate": 100.0}, 1, True),
         ({"fmt": "json", "rate": 100.0}, 2, False),  # the shared cadence is the engine's
-        ({"fmt": "human"}, 1, False),  # aligned columns and per-host ranges
+        ({"fmt": "human"}, 1, True),  # a sweep: rendered here from the core's records
+        ({"fmt": "human", "count": 2}, 1, False),
         ({"fmt": "csv"}, 1, False),
         ({"fmt": "json", "open_only": True}, 1, False),
         ({"fmt": "json", "json_file": "x.jsonl"}, 1, False),
@@ -215,3 +216,5 @@ def test_native_core_serves_only_what_it_serves_exactly(
         pytest.skip("the native core is not built here")
     plan = build_plan(["127.0.0.1:1-100"], **kwargs)  # type: ignore[arg-type]
     assert (native_targets(plan, count) is not None) == native_ok
+    # A few endpoints in human form get a line each, from the Python engine.
+    assert native_targets(build_plan(["127.0.0.1:1-10"]), 1) is None
