@@ -439,8 +439,8 @@ def native_targets(plan: Plan, count: int) -> list[native.NativeTarget] | None:
     human_sweep = output.format == "human" and not output.list_mode
     if not (output.format == "json" or human_sweep):
         return None
-    if output.open_only or output.json_file is not None:
-        return None
+    if output.json_file is not None or (output.open_only and not human_sweep):
+        return None  # (a sweep's human lines are the open ones anyway)
     if plan.exclude is not None or plan.shard is not None or options.source_ports is not None:
         return None
     if options.rate is not None and count > 1:

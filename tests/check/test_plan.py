@@ -197,6 +197,7 @@ def test_sweep_share_keeps_non_open_ports_per_host(
         ({"fmt": "json", "rate": 100.0}, 2, False),  # the shared cadence is the engine's
         ({"fmt": "human"}, 1, True),  # a sweep: rendered here from the core's records
         ({"fmt": "human", "count": 2}, 1, False),
+        ({"fmt": "human", "open_only": True}, 1, True),
         ({"fmt": "csv"}, 1, False),
         ({"fmt": "json", "open_only": True}, 1, False),
         ({"fmt": "json", "json_file": "x.jsonl"}, 1, False),
