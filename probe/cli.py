@@ -11,10 +11,13 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .errors import EXIT_OK, EXIT_SIGNAL_BASE, ProbeError, fail, report
 from .limits import MAX_INTERVAL, MAX_TIMEOUT
+
+if TYPE_CHECKING:
+    from .check.plan import Format
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,9 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--json",
-        action="store_const",
-        dest="format",
-        const="json",
+        action="store_true",
         help="same as --format json: one JSON record per attempt on stdout, nothing else",
     )
     check.add_argument(
@@ -303,6 +304,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return command(args.name)
 
 
+def _format(args: argparse.Namespace) -> Format:
+    """`--format`, with `--json` as its alias (the two may not disagree)."""
+    if args.json and args.format not in (None, "json"):
+        fail(f"--json and --format {args.format} disagree: give one of them")
+    fmt: Format = args.format or ("json" if args.json else "human")
+    return fmt
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .check.command import run_plan
     from .check.plan import build_plan
@@ -318,7 +327,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         retries=args.retries,
         source=args.source,
         family=args.family,
-        fmt=args.format or "human",
+        fmt=_format(args),
         workers=args.workers,
         graceful_close=args.graceful_close,
         exclude=args.exclude,

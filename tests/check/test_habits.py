@@ -258,3 +258,9 @@ def test_lag_limit_flag(listener: RecordingListener) -> None:
         assert len(records(result.stdout)) == 1
     for bad in ("-1", "x", "nan"):
         assert "--lag-limit" in one_line_error(probe("check", listener.target, "--lag-limit", bad))
+
+
+def test_json_and_format_must_agree(listener: RecordingListener) -> None:
+    assert "--json" in one_line_error(probe("check", listener.target, "--json", "--format", "csv"))
+    result = probe("check", listener.target, "--json", "--format", "json")
+    assert result.returncode == 0 and len(records(result.stdout)) == 1
