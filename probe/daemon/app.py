@@ -38,9 +38,11 @@ from .config import (
     probe_allow_networks,
     resolved_targets,
 )
+from .history import History
 from .http import Answer, HttpServer
 from .metrics import CONTENT_TYPE, Metrics, probe_exposition
 from .schedule import Job, Schedule
+from .status import StatusPage
 
 FLUSH_EVERY = 0.1
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
@@ -69,6 +71,7 @@ class Daemon:
         self._reload_pending = False
         self._answers: set[asyncio.Future[Record]] = set()  # GET /probe waiting for a record
         self._allow: Networks = probe_allow_networks(config)
+        self.history = History()  # what the status page shows
 
     # -- startup --------------------------------------------------------------------------------
 
@@ -105,8 +108,9 @@ class Daemon:
         listen = metrics_listen(cfg)
         if listen is not None:
             self.http = HttpServer(
-                listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe
-            )
+                listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe,
+                routes=self._status_routes(),
+            )  # fmt: skip
             try:
                 host, port = await self.http.start()
             except OSError as exc:
@@ -139,6 +143,7 @@ class Daemon:
             name = previous[key]
             if name not in current:
                 self.metrics.forget(name)
+                self.history.forget(name)
                 self.state.pop(name, None)
                 self.attempts.pop(name, None)
         self.metrics.targets.set(len(targets))
@@ -226,6 +231,12 @@ class Daemon:
                 target=record.target,
                 **{"from": _updown(before), "to": _updown(up)},
             )
+        self.history.observe(name, record, self.state.get(name))
+
+    def _status_routes(self) -> list[web.RouteDef]:
+        """`GET /` and `/api/targets`: the status page, over the targets being scheduled."""
+        page = StatusPage(lambda: [job.item for job in self.schedule.jobs.values()], self.history)
+        return page.routes()
 
     # -- GET /probe ------------------------------------------------------------------------------
 
