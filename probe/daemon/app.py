@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import signal
 import time
 from dataclasses import replace
@@ -90,7 +91,7 @@ class Daemon:
                 return self._fail(
                     f"{self.path}: engine.source: cannot bind: {exc.strerror}", EXIT_USAGE
                 )
-        self.write_record = configure(self.writer, cfg.log.format or "json")
+        self.write_record = configure(self.writer, log_format(cfg))
         self.log = event_logger()
         concurrency, _ = fit_concurrency(cfg.engine.concurrency)
         self.engine = Engine(
@@ -444,6 +445,17 @@ class Daemon:
     @staticmethod
     def _report(message: str) -> None:
         report(message)
+
+
+def log_format(cfg: Config) -> str:
+    """The renderer: `[log] format` when set; when not, the console form for a person at a
+    terminal (in colour unless NO_COLOR is set or TERM=dumb), JSON for files and pipes."""
+    fmt = cfg.log.format
+    to_tty = not cfg.log.file and os.isatty(1)
+    if fmt is None:
+        fmt = "console" if to_tty else "json"
+    colour = to_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    return "console-colour" if fmt == "console" and colour else fmt
 
 
 def _extra(target: ResolvedTarget) -> dict[str, Any]:
