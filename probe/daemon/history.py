@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..record import OPEN, OUTCOMES, REFUSED, Record
 
@@ -44,9 +44,8 @@ class Change:
     reason: str | None  # None when it came up
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """One minute of a target, as read for the page."""
+class Bucket(NamedTuple):
+    """One minute of a target, as read for the page (a tuple: cheap to make by the hour)."""
 
     start: float  # epoch seconds
     attempts: int
@@ -155,28 +154,34 @@ class TargetHistory:
         if slot >= 0 and self.samples and self.slots[slot % BUCKETS] == slot:
             self.median[slot % BUCKETS] = _median(self.samples)
 
-    def buckets(self, now: float) -> Iterator[Bucket | None]:
+    def buckets(self, now: float) -> list[Bucket | None]:
         """The window ending at `now`, oldest first; None for a minute with no record."""
         current = int(now // BUCKET_SECONDS)
+        slots, counts, medians, highs = self.slots, self.counts, self.median, self.high
+        isnan = math.isnan
+        out: list[Bucket | None] = []
         for slot in range(current - BUCKETS + 1, current + 1):
             i = slot % BUCKETS
-            if self.slots[i] != slot:
-                yield None
+            if slots[i] != slot:
+                out.append(None)
                 continue
-            counts = tuple(self.counts[i * _N : i * _N + _N])
-            attempts = sum(counts)
-            median = self.median[i]
+            outcomes = tuple(counts[i * _N : i * _N + _N])
+            attempts = sum(outcomes)
+            median = medians[i]
             if slot == self.sample_slot and self.samples:
                 median = _median(self.samples)
-            high = self.high[i]
-            yield Bucket(
-                start=float(slot * BUCKET_SECONDS),
-                attempts=attempts,
-                failures=attempts - counts[_OPEN],
-                outcomes=counts,
-                p50_ms=None if math.isnan(median) else median,
-                max_ms=None if math.isnan(high) else high,
+            high = highs[i]
+            out.append(
+                Bucket(
+                    float(slot * BUCKET_SECONDS),
+                    attempts,
+                    attempts - outcomes[_OPEN],
+                    outcomes,
+                    None if isnan(median) else median,
+                    None if isnan(high) else high,
+                )
             )
+        return out
 
 
 def _median(values: array[float]) -> float:

@@ -166,4 +166,4 @@ def test_chart_marks_failures_and_scales_to_the_max() -> None:
     chart = status._chart(buckets)
     assert chart.scale_ms == 5.0
     assert chart.p50.count("M") == 1 and chart.smoke.count("M") == 1
-    assert chart.fail.startswith("M44.0 0.0")  # bucket 11, full height: all failed
+    assert chart.fail.startswith("M44 0.0")  # bucket 11, full height: all failed
