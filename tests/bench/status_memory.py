@@ -58,11 +58,11 @@ async def page_cost(page: StatusPage, kind: str, rounds: int = 5) -> tuple[float
     gaps: list[float] = []
     for _ in range(rounds):
         page._cache.clear()
-        stop = False
+        done = asyncio.Event()
 
         async def ticker() -> None:
             last = time.perf_counter()
-            while not stop:
+            while not done.is_set():
                 await asyncio.sleep(0)
                 now = time.perf_counter()
                 gaps.append(now - last)
@@ -73,7 +73,7 @@ async def page_cost(page: StatusPage, kind: str, rounds: int = 5) -> tuple[float
         t = time.perf_counter()
         await page.answer(kind, Query())
         builds.append(time.perf_counter() - t)
-        stop = True
+        done.set()
         await task
     builds.sort()
     return 1000 * builds[len(builds) // 2], 1000 * max(gaps)
@@ -114,7 +114,7 @@ def main() -> None:
             10.0,
             1.0,
             MappingProxyType({"team": f"t{k % 10}"}),
-        )  # fmt: skip
+        )  
         for k, name in enumerate(names)
     ]
     page = StatusPage(lambda: targets, history, clock=lambda: now)
