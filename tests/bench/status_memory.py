@@ -60,7 +60,7 @@ async def page_cost(page: StatusPage, kind: str, rounds: int = 5) -> tuple[float
         page._cache.clear()
         done = asyncio.Event()
 
-        async def ticker() -> None:
+        async def ticker(done: asyncio.Event) -> None:
             last = time.perf_counter()
             while not done.is_set():
                 await asyncio.sleep(0)
@@ -68,7 +68,7 @@ async def page_cost(page: StatusPage, kind: str, rounds: int = 5) -> tuple[float
                 gaps.append(now - last)
                 last = now
 
-        task = asyncio.create_task(ticker())
+        task = asyncio.create_task(ticker(done))
         await asyncio.sleep(0)
         t = time.perf_counter()
         await page.answer(kind, Query())
@@ -114,7 +114,7 @@ def main() -> None:
             10.0,
             1.0,
             MappingProxyType({"team": f"t{k % 10}"}),
-        )  
+        )
         for k, name in enumerate(names)
     ]
     page = StatusPage(lambda: targets, history, clock=lambda: now)
