@@ -28,8 +28,7 @@ TARGETS = 10_000
 BASE = "http://127.0.0.1:9464"
 # Runs inside the namespace: GET / and /api/targets once a second each, for N seconds;
 # prints one JSON line of what it saw.
-POLLER = (
-    """
+POLLER = """
 import json, sys, time, urllib.request as u
 opener = u.build_opener(u.ProxyHandler({}))
 took = {"/": [], "/api/targets": []}
@@ -45,8 +44,6 @@ while time.monotonic() < end:
     time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
 print(json.dumps({"took": took, "size": size}))
 """
-    % BASE
-)
 SCRAPE = f"import urllib.request as u; print(u.urlopen('{BASE}/metrics').read().decode())"
 
 
