@@ -161,33 +161,29 @@ class StatusPage:
         self._history = history
         self._clock = clock
         self._cache: dict[tuple[str, Query], tuple[float, bytes]] = {}
-        self._building: dict[tuple[str, Query], asyncio.Future[bytes]] = {}
+        self._building: dict[tuple[str, Query], asyncio.Task[bytes]] = {}
 
     async def answer(self, kind: str, query: Query) -> bytes:
-        """The rendered page ("html") or JSON ("json"), from the cache when fresh enough."""
+        """The rendered page ("html") or JSON ("json"), from the cache when fresh enough.
+        The build is a task of its own: a client that hangs up does not cancel it for the
+        others waiting on it."""
         key = (kind, query)
-        now = time.monotonic()
         cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < MAX_AGE:
+        if cached is not None and time.monotonic() - cached[0] < MAX_AGE:
             return cached[1]
-        pending = self._building.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._building[key] = future
-        try:
-            page = await self.build(query)
-            body = await render_html(page, query) if kind == "html" else _encode(page)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning when no one waits
-            raise
-        finally:
-            del self._building[key]
-        future.set_result(body)
+        task = self._building.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._make(kind, query))
+            self._building[key] = task
+            task.add_done_callback(lambda _: self._building.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _make(self, kind: str, query: Query) -> bytes:
+        page = await self.build(query)
+        body = await render_html(page, query) if kind == "html" else _encode(page)
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()  # crafted query strings cannot grow it without bound
-        self._cache[key] = (time.monotonic(), body)
+        self._cache[(kind, query)] = (time.monotonic(), body)
         return body
 
     async def build(self, query: Query) -> Page:

@@ -3,6 +3,7 @@ whole daemon; these pin the details: escaping, filters, grouping, pages, the cac
 
 from __future__ import annotations
 
+import asyncio
 import html.parser
 import json
 from types import MappingProxyType
@@ -167,3 +168,31 @@ def test_chart_marks_failures_and_scales_to_the_max() -> None:
     assert chart.scale_ms == 5.0
     assert chart.p50.count("M") == 1 and chart.smoke.count("M") == 1
     assert chart.fail.startswith("M44 0.0")  # bucket 11, full height: all failed
+
+
+async def test_concurrent_requests_share_one_build(three: Three) -> None:
+    targets, history = three
+    calls = 0
+
+    def listed() -> list[ResolvedTarget]:
+        nonlocal calls
+        calls += 1
+        return targets * 200  # enough rows that the build yields to the loop between slices
+
+    sp = StatusPage(listed, history, clock=lambda: NOW)
+    answers = await asyncio.gather(*(sp.answer("json", Query()) for _ in range(5)))
+    assert calls == 1 and len(set(answers)) == 1
+    await sp.answer("html", Query())
+    assert calls == 2  # another rendering is another cache entry
+
+
+async def test_a_client_that_hangs_up_does_not_cancel_the_others(three: Three) -> None:
+    targets, history = three
+    sp = StatusPage(lambda: targets * 200, history, clock=lambda: NOW)
+    first = asyncio.ensure_future(sp.answer("json", Query()))
+    second = asyncio.ensure_future(sp.answer("json", Query()))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    first.cancel()
+    body = await second
+    assert json.loads(body)["total"] == len(targets) * 200
