@@ -33,6 +33,7 @@ ROW_CHUNK = 2  # rows built or rendered between two yields (a full hour's row: ~
 PER_PAGE = 100  # rows on one page; the rest are a click (or ?page=N) away
 LABELS_SHOWN = 50  # label filters offered as links
 CACHE_ENTRIES = 64  # distinct query strings cached at once
+ROW_CACHE = 20 * PER_PAGE  # rows kept for reuse
 CHART_W, CHART_H = 240, 36
 _RANK = {"down": 0, "unknown": 1, "up": 2}  # the ones that need a look first
 
@@ -162,6 +163,7 @@ class StatusPage:
         self._clock = clock
         self._cache: dict[tuple[str, Query], tuple[float, bytes]] = {}
         self._building: dict[tuple[str, Query], asyncio.Task[bytes]] = {}
+        self._rows: dict[str, tuple[tuple[float | None, int], ResolvedTarget, Row]] = {}
 
     async def answer(self, kind: str, query: Query) -> bytes:
         """The rendered page ("html") or JSON ("json"), from the cache when fresh enough.
@@ -218,7 +220,7 @@ class StatusPage:
             name = f"{query.group}: {group or '(none)'}" if query.group else ""
             if not groups or groups[-1].name != name:
                 groups.append(Group(name, []))
-            groups[-1].rows.append(_row(target, history, now))
+            groups[-1].rows.append(self._row(target, history, now))
         return Page(
             generated=_iso(now),
             window_s=BUCKETS * BUCKET_SECONDS,
@@ -234,6 +236,25 @@ class StatusPage:
             offered=sorted(f"{k}:{v}" for k, v in offered),
             groups=groups,
         )
+
+    def _row(self, target: ResolvedTarget, history: TargetHistory | None, now: float) -> Row:
+        """A row changes when a record comes or a minute ends; between, only its "since"
+        does. Rows are kept and reused until then (most targets are polled more often
+        than they are probed)."""
+        if history is None:
+            return _row(target, None, now)
+        version = (history.last_at, int(now // BUCKET_SECONDS))
+        kept = self._rows.get(target.name)
+        if kept is not None and kept[0] == version and kept[1] is target:
+            row = kept[2]
+            if history.since is not None:
+                row.cells[3] = _duration(now - history.since)
+            return row
+        row = _row(target, history, now)
+        if len(self._rows) >= ROW_CACHE:
+            self._rows.clear()
+        self._rows[target.name] = (version, target, row)
+        return row
 
     # -- aiohttp ---------------------------------------------------------------------------------
 

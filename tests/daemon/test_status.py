@@ -196,3 +196,20 @@ async def test_a_client_that_hangs_up_does_not_cancel_the_others(three: Three) -
     first.cancel()
     body = await second
     assert json.loads(body)["total"] == len(targets) * 200
+
+
+async def test_a_kept_row_still_counts_its_time_and_takes_new_records(three: Three) -> None:
+    targets, history = three
+    now = [NOW]
+    sp = StatusPage(lambda: targets, history, clock=lambda: now[0])
+
+    async def down_row() -> status.Row:
+        page = await sp.build(Query())
+        return next(r for r in page.groups[0].rows if r.name == EVIL)
+
+    assert (await down_row()).cells[3] == "10s"
+    now[0] += 5
+    assert (await down_row()).cells[3] == "15s"
+    history.observe(EVIL, rec(targets[1], OPEN, now[0] - 1), True)
+    row = await down_row()
+    assert (row.state, row.cells[3], row.outcome) == ("up", "1s", OPEN)
