@@ -62,6 +62,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=120)
     ap.add_argument("--no-poll", action="store_true")
+    ap.add_argument("--targets", type=int, default=TARGETS)
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
@@ -71,7 +72,7 @@ def main() -> int:
              '[metrics]\nlisten = "127.0.0.1:9464"\n']  # fmt: skip
     lines += [
         f'[[targets]]\naddress = "127.0.0.1:{p}"\nlabels = {{ team = "t{p % 10}" }}\n'
-        for p in range(20001, 20000 + TARGETS)
+        for p in range(20001, 20000 + a.targets)
     ]
     lines.append('[[targets]]\naddress = "127.0.0.1:9464"\n')
     config.write_text("".join(lines))
@@ -95,7 +96,7 @@ def main() -> int:
         after = lag_buckets(prefix)
         buckets = [(le, n - b) for (le, n), (_, b) in zip(after, before, strict=True)]
         total = buckets[-1][1]
-        print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {TARGETS} targets")
+        print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets")
         if seen is not None:
             for path, took in seen["took"].items():
                 took.sort()
