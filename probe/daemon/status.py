@@ -14,10 +14,10 @@ import asyncio
 import html
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import msgspec
@@ -27,6 +27,7 @@ from multidict import MultiMapping
 from .config import ResolvedTarget
 from .history import BUCKET_SECONDS, BUCKETS, Bucket, History, TargetHistory, updown
 
+T = TypeVar("T")
 MAX_AGE = 1.0  # seconds a rendered page or JSON answer is reused
 CHUNK = 100  # targets looked at between two yields to the loop
 ROW_CHUNK = 2  # rows built or rendered between two yields (a full hour's row: ~0.5 ms)
@@ -161,32 +162,38 @@ class StatusPage:
         self._targets = targets
         self._history = history
         self._clock = clock
-        self._cache: dict[tuple[str, Query], tuple[float, bytes]] = {}
-        self._building: dict[tuple[str, Query], asyncio.Task[bytes]] = {}
+        self._cache: dict[tuple[str, Query], tuple[float, object]] = {}
+        self._building: dict[tuple[str, Query], asyncio.Task[Any]] = {}
         self._rows: dict[str, tuple[tuple[float | None, int], ResolvedTarget, Row]] = {}
 
     async def answer(self, kind: str, query: Query) -> bytes:
-        """The rendered page ("html") or JSON ("json"), from the cache when fresh enough.
-        The build is a task of its own: a client that hangs up does not cancel it for the
-        others waiting on it."""
-        key = (kind, query)
+        """The rendered page ("html") or JSON ("json"), from the cache when fresh enough;
+        both are rendered from one build of the page."""
+        return await self._once((kind, query), lambda: self._render(kind, query))
+
+    async def _render(self, kind: str, query: Query) -> bytes:
+        page = await self._once(("page", query), lambda: self.build(query))
+        return await render_html(page, query) if kind == "html" else _encode(page)
+
+    async def _once(self, key: tuple[str, Query], make: Callable[[], Awaitable[T]]) -> T:
+        """`make()` at most once per MAX_AGE per key, however many ask. It runs as a task of
+        its own: a client that hangs up does not cancel it for the others waiting on it."""
         cached = self._cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < MAX_AGE:
-            return cached[1]
+            return cast(T, cached[1])
         task = self._building.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._make(kind, query))
+            task = asyncio.get_running_loop().create_task(self._keep(key, make()))
             self._building[key] = task
             task.add_done_callback(lambda _: self._building.pop(key, None))
-        return await asyncio.shield(task)
+        return cast(T, await asyncio.shield(task))
 
-    async def _make(self, kind: str, query: Query) -> bytes:
-        page = await self.build(query)
-        body = await render_html(page, query) if kind == "html" else _encode(page)
+    async def _keep(self, key: tuple[str, Query], made: Awaitable[T]) -> T:
+        value = await made
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()  # crafted query strings cannot grow it without bound
-        self._cache[(kind, query)] = (time.monotonic(), body)
-        return body
+        self._cache[key] = (time.monotonic(), value)
+        return value
 
     async def build(self, query: Query) -> Page:
         now = self._clock()

@@ -183,7 +183,9 @@ async def test_concurrent_requests_share_one_build(three: Three) -> None:
     answers = await asyncio.gather(*(sp.answer("json", Query()) for _ in range(5)))
     assert calls == 1 and len(set(answers)) == 1
     await sp.answer("html", Query())
-    assert calls == 2  # another rendering is another cache entry
+    assert calls == 1  # the page and its JSON come from one build
+    await sp.answer("json", Query(page=2))
+    assert calls == 2  # another query is another build
 
 
 async def test_a_client_that_hangs_up_does_not_cancel_the_others(three: Three) -> None:
