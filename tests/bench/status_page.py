@@ -63,8 +63,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=120)
     ap.add_argument("--no-poll", action="store_true")
     ap.add_argument("--targets", type=int, default=TARGETS)
-    ap.add_argument("--nice", type=int, default=0,
-                    help="run the daemon at this niceness (e.g. -10 on a shared machine)")  # fmt: skip
+    ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
