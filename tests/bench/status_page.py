@@ -63,13 +63,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=120)
     ap.add_argument("--no-poll", action="store_true")
     ap.add_argument("--targets", type=int, default=TARGETS)
+    ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
     probe = str(Path(sys.executable).with_name("probe"))
     config = Path(tempfile.mkdtemp()) / "config.toml"
-    lines = ['[defaults]\ninterval = 10.0\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
+    lines = [f'[defaults]\ninterval = {a.interval}\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
              '[metrics]\nlisten = "127.0.0.1:9464"\n']  # fmt: skip
     lines += [
         f'[[targets]]\naddress = "127.0.0.1:{p}"\nlabels = {{ team = "t{p % 10}" }}\n'
@@ -84,7 +85,7 @@ def main() -> int:
     nice = ["nice", "-n", str(a.nice)] if a.nice else []
     daemon = subprocess.Popen([*prefix, *nice, probe, "run", "--config", str(config)])
     try:
-        time.sleep(15)  # start-up and one full interval before measuring
+        time.sleep(5 + a.interval)  # start-up and one full interval before measuring
         if daemon.poll() is not None:
             sys.exit("probe run exited early")
         before = lag_buckets(prefix)
@@ -98,7 +99,8 @@ def main() -> int:
         after = lag_buckets(prefix)
         buckets = [(le, n - b) for (le, n), (_, b) in zip(after, before, strict=True)]
         total = buckets[-1][1]
-        print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets")
+        print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets "
+              f"every {a.interval:g} s")  # fmt: skip
         if seen is not None:
             for path, took in seen["took"].items():
                 took.sort()
