@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..record import OPEN, OUTCOMES, REFUSED, Record
@@ -34,9 +33,9 @@ def updown(up: bool | None) -> str:
     return "unknown" if up is None else ("up" if up else "down")
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A state change and what caused it: the error of the record that made it."""
+class Change(NamedTuple):
+    """A state change and what caused it: the error of the record that made it. (A tuple
+    of plain values: the garbage collector stops tracking it, 10 per target add no scan.)"""
 
     at: float  # the record's start, epoch seconds
     before: str  # "up", "down" or "unknown"
