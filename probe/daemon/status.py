@@ -58,7 +58,7 @@ class QueryError(ValueError):
 # -- what the page shows (also the JSON of /api/targets) ---------------------------------------
 
 
-class Chart(msgspec.Struct):
+class Chart(msgspec.Struct, gc=False):
     """SVG path data (viewBox 0 0 CHART_W CHART_H): the p50 line, the p50..max smoke, and a
     red mark per minute with failures (its height the share failed)."""
 
@@ -68,7 +68,7 @@ class Chart(msgspec.Struct):
     fail: str
 
 
-class ChangeRow(msgspec.Struct, rename={"before": "from", "after": "to"}):
+class ChangeRow(msgspec.Struct, gc=False, rename={"before": "from", "after": "to"}):
     at: str
     before: str
     after: str
@@ -76,7 +76,7 @@ class ChangeRow(msgspec.Struct, rename={"before": "from", "after": "to"}):
     text: str
 
 
-class Row(msgspec.Struct):
+class Row(msgspec.Struct, gc=False):  # no cycles: the collector need not look
     name: str
     address: str
     labels: dict[str, str]
@@ -96,12 +96,12 @@ class Row(msgspec.Struct):
     changes: list[ChangeRow]  # newest first
 
 
-class Group(msgspec.Struct):
+class Group(msgspec.Struct, gc=False):
     name: str  # "" when not grouped
     rows: list[Row]
 
 
-class Page(msgspec.Struct):
+class Page(msgspec.Struct, gc=False):
     generated: str
     window_s: int
     bucket_s: int
@@ -202,7 +202,10 @@ class StatusPage:
         counts = {"down": 0, "unknown": 0, "up": 0}
         offered: set[tuple[str, str]] = set()
         wanted = query.labels
-        matched: list[tuple[str, int, int, ResolvedTarget, TargetHistory | None]] = []
+        # Indices only, in one list per (group, state): ints are not tracked by the garbage
+        # collector, where 10,000 tuples kept across the pass's yields would be promoted
+        # and make full collections (which scan every target's objects) come sooner.
+        by_group: dict[str, tuple[list[int], list[int], list[int]]] = {}
         for n, target in enumerate(targets):
             if n % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)
@@ -215,25 +218,37 @@ class StatusPage:
             state = updown(None if history is None else history.state)
             counts[state] += 1
             group = labels.get(query.group, "") if query.group else ""
-            matched.append((group, _RANK[state], n, target, history))
-        matched.sort(key=lambda m: (m[0] == "" and bool(query.group), m[0], m[1], m[2]))
-        pages = max(1, math.ceil(len(matched) / PER_PAGE))
+            lists = by_group.get(group)
+            if lists is None:
+                lists = by_group[group] = ([], [], [])
+            lists[_RANK[state]].append(n)
+        order = sorted(by_group, key=lambda g: (g == "" and bool(query.group), g))
+        matched = sum(counts.values())
+        pages = max(1, math.ceil(matched / PER_PAGE))
         page = min(query.page, pages)
-        shown = matched[(page - 1) * PER_PAGE : page * PER_PAGE]
+        skip, room = (page - 1) * PER_PAGE, PER_PAGE
         groups: list[Group] = []
-        for n, (group, _, _, target, history) in enumerate(shown):
-            if n % ROW_CHUNK == ROW_CHUNK - 1:
-                await asyncio.sleep(0)
-            name = f"{query.group}: {group or '(none)'}" if query.group else ""
-            if not groups or groups[-1].name != name:
-                groups.append(Group(name, []))
-            groups[-1].rows.append(self._row(target, history, now))
+        made = 0
+        for group in order:
+            for indices in by_group[group]:  # down, unknown, up; config order within
+                taken = indices[skip : skip + room]
+                skip = max(0, skip - len(indices))
+                room -= len(taken)
+                for n in taken:
+                    made += 1
+                    if made % ROW_CHUNK == 0:
+                        await asyncio.sleep(0)
+                    name = f"{query.group}: {group or '(none)'}" if query.group else ""
+                    if not groups or groups[-1].name != name:
+                        groups.append(Group(name, []))
+                    target = targets[n]
+                    groups[-1].rows.append(self._row(target, histories.get(target.name), now))
         return Page(
             generated=_iso(now),
             window_s=BUCKETS * BUCKET_SECONDS,
             bucket_s=BUCKET_SECONDS,
             total=len(targets),
-            matched=len(matched),
+            matched=matched,
             counts=counts,
             page=page,
             pages=pages,
