@@ -29,7 +29,7 @@ def record(port: int, at: float, outcome: str, latency: float) -> Record:
     error = {OPEN: None, REFUSED: "ECONNREFUSED", TIMEOUT: "ETIMEDOUT"}[outcome]
     return Record(at, f"127.0.0.1:{port}", "127.0.0.1", port, "127.0.0.1", "ipv4",
                   "127.0.0.1", 30000 + int(at * 7) % 30000, outcome, error,  # type: ignore[arg-type]
-                  latency, latency / 2 if outcome == OPEN else None, 1)  # fmt: skip
+                  latency, latency / 2 if outcome == OPEN else None, 0, 0.0, 1)  # fmt: skip
 
 
 def fill(history: History, names: list[str], now: float) -> int:

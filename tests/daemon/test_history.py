@@ -31,6 +31,8 @@ def rec(at: float, outcome: Outcome, latency: float = 1.0, error: str | None = N
         error=error,
         latency_ms=latency,
         rtt_ms=latency / 2 if outcome == OPEN else None,
+        syn_retransmits=0,
+        dns_ms=0.0,
         attempt=1,
     )
 

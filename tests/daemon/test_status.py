@@ -28,7 +28,7 @@ def target(name: str, port: int, **labels: str) -> ResolvedTarget:
 
 def rec(t: ResolvedTarget, outcome: Outcome, at: float, error: str | None = None) -> Record:
     return Record(at, t.address, t.host, t.port, "127.0.0.1", "ipv4", "127.0.0.1", 45678,
-                  outcome, error, 0.25, 0.125 if outcome == OPEN else None, 1)  # fmt: skip
+                  outcome, error, 0.25, 0.125 if outcome == OPEN else None, 0, 0.0, 1)  # fmt: skip
 
 
 def page_for(targets: list[ResolvedTarget], history: History) -> StatusPage:
