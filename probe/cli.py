@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets behind)",
     )
+    check.add_argument(
+        "--histogram",
+        action="store_true",
+        help="with -c: each target's open latencies in buckets after its summary (psping -h)",
+    )
     check.add_argument("-V", "--version", action=_Version)
     check.set_defaults(func=cmd_check)
 
@@ -337,6 +342,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         json_file=args.json_file,
         shard=args.shard,
         lag_limit_ms=args.lag_limit,
+        histogram=args.histogram,
     )
     return run_plan(plan)
 

@@ -53,6 +53,7 @@ class Output:
     json_file: str | None = None  # -o FILE: the JSON records, besides the terminal's form
     list_mode: bool = True  # every attempt gets its own human line
     target_width: int = TARGET_WIDTH_DEFAULT
+    histogram: bool = False  # --histogram: latency buckets after each target's summary
 
 
 class Excluded:
@@ -109,6 +110,7 @@ def build_plan(
     json_file: str | None = None,
     shard: str | None = None,
     lag_limit_ms: float | None = 2.0,
+    histogram: bool = False,
 ) -> Plan:
     """Validate every option and target token; the plan, or a UsageError naming the fault."""
     default_ports = _ports(ports)
@@ -137,7 +139,7 @@ def build_plan(
     )
     wanted = usable_cpus() if workers is None else workers
     processes = 1 if list_mode or blocking else max(1, min(wanted, fitted))
-    output = Output(fmt, open_only, json_file, list_mode, width)
+    output = Output(fmt, open_only, json_file, list_mode, width, histogram)
     return Plan(
         tokens=tuple(tokens),
         default_ports=default_ports,

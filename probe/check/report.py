@@ -4,6 +4,7 @@ host as compact ranges, and the event loop's lag where it could matter."""
 
 from __future__ import annotations
 
+from ..output.histogram import histogram_lines
 from ..record import OPEN, OUTCOMES, REFUSED, TIMEOUT
 from .plan import Plan
 from .result import ShareResult, TargetStats, port_ranges
@@ -36,6 +37,8 @@ def target_block(label: str, stats: TargetStats) -> list[str]:
             f"latency min/avg/max/mdev = {lat.low:.3f}/{lat.mean:.3f}/{lat.high:.3f}/"
             f"{lat.mdev:.3f} ms"
         )
+    if stats.kept is not None:
+        lines.extend(histogram_lines(stats.kept.values))  # --histogram
     return lines
 
 

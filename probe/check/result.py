@@ -10,8 +10,11 @@ travel as bitmaps that merge with `|`.
 from __future__ import annotations
 
 import math
+import random
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..errors import ProbeError
 from ..record import OPEN, Record
@@ -59,15 +62,41 @@ class Latency:
 
 
 @dataclass(slots=True)
+class Latencies:
+    """What --histogram draws from: every latency up to KEEP of them, a uniform sample of
+    KEEP beyond (`-c 0` runs for days; its memory must not)."""
+
+    KEEP: ClassVar[int] = 100_000
+    values: array[float] = field(default_factory=lambda: array("d"))
+    seen: int = 0
+
+    def add(self, x: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.KEEP:
+            self.values.append(x)
+        elif (j := random.randrange(self.seen)) < self.KEEP:
+            self.values[j] = x
+
+    def merge(self, other: Latencies) -> None:
+        for x in other.values:
+            self.add(x)
+
+
+@dataclass(slots=True)
 class TargetStats:
     """One target (and address) in repeat mode: its outcomes and its open latencies."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     latency: Latency = field(default_factory=Latency)
+    kept: Latencies | None = None  # --histogram: the open latencies themselves
 
     def merge(self, other: TargetStats) -> None:
         self.outcomes.update(other.outcomes)
         self.latency.merge(other.latency)
+        if other.kept is not None:
+            if self.kept is None:
+                self.kept = Latencies()
+            self.kept.merge(other.kept)
 
 
 @dataclass(slots=True)
@@ -121,9 +150,12 @@ class ShareResult:
 class Tally:
     """Sees every record of a share (shown or not) and keeps what the summary needs."""
 
-    def __init__(self, result: ShareResult, repeat: bool, track_ports: bool) -> None:
+    def __init__(
+        self, result: ShareResult, repeat: bool, track_ports: bool, histogram: bool = False
+    ) -> None:
         self.result = result
         self.repeat = repeat
+        self.histogram = histogram
         if not track_ports:
             result.ports = None
 
@@ -134,9 +166,13 @@ class Tally:
             stats = result.per_target.get((record.target, record.address))
             if stats is None:
                 stats = result.per_target[(record.target, record.address)] = TargetStats()
+                if self.histogram:
+                    stats.kept = Latencies()
             stats.outcomes[outcome] += 1
             if outcome == OPEN:
                 stats.latency.add(record.latency_ms)
+                if stats.kept is not None:
+                    stats.kept.add(record.latency_ms)
         self.add_port(outcome, record.host, record.address, record.port)
 
     def add_port(self, outcome: str, host: str, address: str | None, port: int) -> None:

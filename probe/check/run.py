@@ -318,7 +318,12 @@ def run_share(
         return _native_share(plan, index, count, sinks, targets, progress)
     result = ShareResult()
     output = plan.output
-    tally = Tally(result, repeat=plan.repeat and output.list_mode, track_ports=not output.list_mode)
+    tally = Tally(
+        result,
+        repeat=plan.repeat and output.list_mode,
+        track_ports=not output.list_mode,
+        histogram=output.histogram,
+    )
     started = time.monotonic()
     try:
         event_loop.run(_share(plan, index, count, sinks, tally, progress))
