@@ -114,7 +114,9 @@ def build_plan(
 ) -> Plan:
     """Validate every option and target token; the plan, or a UsageError naming the fault."""
     default_ports = _ports(ports)
-    tokens = join_host_port([*targets, *(f"@{path}" for path in input_lists)], ports is not None)
+    tokens = _join(
+        [*targets, *(f"@{path}" for path in input_lists)], default_ports, ports is not None
+    )
     if not tokens:
         raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
     fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)
@@ -153,6 +155,18 @@ def build_plan(
         blocking_input=blocking,
         output=output,
     )
+
+
+def _join(tokens: list[str], default_ports: PortRanges | None, have_ports: bool) -> list[str]:
+    """`HOST PORT` → `HOST:PORT`. A number that cannot be a port (`2130706433`) is refused
+    as what it looks like, a bad IPv4 literal, by the target parser's own message."""
+    try:
+        return join_host_port(tokens, have_ports)
+    except TargetError as joined:
+        for token in tokens:
+            if token.isascii() and token.isdecimal() and (len(token) > 5 or int(token) > 65535):
+                parse_target(token, default_ports or ((1, 1),))  # raises the literal's error
+        raise joined from None
 
 
 def _ports(text: str | None) -> PortRanges | None:
