@@ -43,6 +43,12 @@ retries_arg = _number(int, lambda v: 0 <= v <= 100, "a whole number 0-100")
 rate_arg = _number(float, lambda v: 0 < v <= 10_000_000, "attempts per second > 0")
 
 
+def _shard(text: str):  # type: ignore[no-untyped-def]  # argparse type for run --shard
+    from .daemon.fleet import shard_arg
+
+    return shard_arg(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="probe",
@@ -147,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", default="config.toml", metavar="PATH",
                      help="the config file (default config.toml)")  # fmt: skip
+    run.add_argument("--shard", type=_shard, metavar="I/N",
+                     help="keep only share I of N (0-based) of the config's targets, by a "
+                     "stable hash of each target's name; overrides PROBE_SHARD and "
+                     "[cluster] shard")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a config file and exit")
@@ -176,7 +186,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon.app import run_daemon
 
-    return run_daemon(args.config)
+    return run_daemon(args.config, args.shard)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -23,12 +23,13 @@ from aiohttp import web
 from .. import loop as event_loop
 from ..engine import Attempt, Engine, EngineOptions, check_source
 from ..engine.limits import fit_concurrency
-from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, TargetError, report
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, report
 from ..output.log import configure, event_logger
 from ..output.writer import stdout_writer
 from ..record import OPEN, Record, unresolved_record
 from ..resolve import Address, ResolveError, Resolver
-from ..targets import Endpoint, parse_target
+from ..targets import Endpoint
+from . import fleet, ondemand
 from .config import (
     Config,
     ResolvedTarget,
@@ -39,12 +40,12 @@ from .config import (
     resolved_targets,
 )
 from .http import Answer, HttpServer
-from .metrics import CONTENT_TYPE, Metrics, probe_exposition
+from .metrics import Metrics, check_labels
 from .schedule import Job, Schedule
 
 FLUSH_EVERY = 0.1
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
-PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
+PROBE_TIMEOUT_MAX = ondemand.PROBE_TIMEOUT_MAX
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
@@ -55,8 +56,10 @@ def _job_key(target: ResolvedTarget) -> str:
 
 
 class Daemon:
-    def __init__(self, path: str, config: Config) -> None:
+    def __init__(self, path: str, config: Config, shard: fleet.Shard | None = None) -> None:
         self.path = path
+        self.shard_override = shard  # --shard or the environment: wins over [cluster] shard
+        self.shard = shard
         self.config = config
         self.schedule: Schedule[ResolvedTarget] = Schedule()
         self.state: dict[str, bool] = {}  # name → up at the last attempt
@@ -115,10 +118,16 @@ class Daemon:
                 )
             self.log.info("listening", address=f"{host}:{port}")
         self._install_signals()
-        self._apply_targets(resolved_targets(cfg))
+        self._apply_targets(self._own_targets(cfg))
+        self.metrics.config_loaded(True, reload=False)
         self.running = True
         self._flush_handle = self.loop.call_later(FLUSH_EVERY, self._flush_tick)
-        self.log.info("started", config=self.path, targets=len(self.schedule.jobs))
+        self.log.info(
+            "started",
+            config=self.path,
+            targets=len(self.schedule.jobs),
+            **({"shard": str(self.shard)} if self.shard is not None else {}),
+        )
         await self._stopped.wait()
         return await self._shutdown()
 
@@ -141,9 +150,13 @@ class Daemon:
                 self.metrics.forget(name)
                 self.state.pop(name, None)
                 self.attempts.pop(name, None)
-        self.metrics.targets.set(len(targets))
+        self.metrics.set_targets(targets)
         self._arm()
         return len(added), len(removed), len(kept)
+
+    def _own_targets(self, config: Config) -> list[ResolvedTarget]:
+        targets, self.shard = own_targets(self.path, config, self.shard_override)
+        return targets
 
     def _arm(self) -> None:
         if self._timer is not None:
@@ -227,46 +240,43 @@ class Daemon:
                 **{"from": _updown(before), "to": _updown(up)},
             )
 
-    # -- GET /probe ------------------------------------------------------------------------------
+    # -- GET /probe: the query and the answer are ondemand.py's ---------------------------------
 
     async def _probe(self, request: web.Request) -> Answer:
-        text = request.query.get("target", "")
-        if not text:
-            return _text(400, "missing ?target=HOST:PORT")
         try:
-            target = parse_target(text, no_port_hint="")
-        except TargetError as exc:
-            return _text(400, f"bad target: {exc}")
-        if target.count() != 1:
-            return _text(400, "bad target: give exactly one port")
-        timeout = self.config.defaults.timeout
-        if "timeout" in request.query:
-            try:
-                timeout = float(request.query["timeout"])
-            except ValueError:
-                timeout = -1.0
-            if not 0 < timeout <= PROBE_TIMEOUT_MAX:
-                return _text(400, f"bad timeout: seconds > 0, at most {PROBE_TIMEOUT_MAX:g}")
-        endpoint = next(target.endpoints())
+            query = ondemand.parse_query(
+                request.query, request.headers, self.config.defaults.timeout
+            )
+        except ondemand.BadQuery as exc:
+            return _text(400, str(exc))
+        endpoint = query.endpoint
+        extra = {"name": endpoint.target, "via": "http"}
         began = time.perf_counter()
         try:
-            addresses = await self.resolver.resolve(target.host)
+            addresses = await self.resolver.resolve(endpoint.host)
         except ResolveError as exc:
+            dns = time.perf_counter() - began
+            query.step(f"resolve {endpoint.host}: failed, {exc.code} ({dns * 1000:.3f} ms)")
             record = unresolved_record(
-                endpoint.target,
-                endpoint.host,
-                endpoint.port,
-                exc.code,
-                1,
-                {"name": endpoint.target, "via": "http"},
+                endpoint.target, endpoint.host, endpoint.port, exc.code, 1, extra
             )
             self._write(record)
-            return Answer(200, probe_exposition(record, time.perf_counter() - began), CONTENT_TYPE)
+            return self._probe_answer(query, record, began, dns)
+        dns = time.perf_counter() - began
+        shown = ", ".join(a.ip for a in addresses)
+        query.step(f"resolve {endpoint.host}: {shown} ({dns * 1000:.3f} ms)")
         # Checked after resolution, on the very address we will connect to: a name cannot
         # smuggle in an address outside probe_allow.
         allowed = [a for a in addresses if _allowed(a.ip, self._allow)]
+        nets = ", ".join(str(n) for n in self._allow)
         if not allowed:
-            return _text(403, f"{text} is outside probe_allow; no connection was made")
+            query.step(f"allow: no address inside probe_allow ({nets}): refused, no connection")
+            message = f"{query.text} is outside probe_allow; no connection was made"
+            if query.debug:
+                return Answer(403, ondemand.debug_text(query, None, None))
+            return _text(403, message)
+        query.step(f"allow: {allowed[0].ip} is inside probe_allow ({nets})")
+        query.step(f"address chosen: {allowed[0].ip} ({allowed[0].family_name})")
         engine = self.engine
         if engine.closed or not self.running:
             return _text(503, "shutting down")
@@ -278,9 +288,7 @@ class Daemon:
             if final and not answered.done():  # the client may have hung up
                 answered.set_result(record)
 
-        attempt = Attempt(
-            endpoint, allowed[0], 1, timeout, extra={"name": endpoint.target, "via": "http"}
-        )
+        attempt = Attempt(endpoint, allowed[0], 1, query.timeout, extra=extra)
         engine.submit(attempt, done)
         self._answers.add(answered)
         try:
@@ -290,7 +298,13 @@ class Daemon:
         finally:
             self._answers.discard(answered)
         self._write(record)
-        return Answer(200, probe_exposition(record, time.perf_counter() - began), CONTENT_TYPE)
+        return self._probe_answer(query, record, began, dns)
+
+    @staticmethod
+    def _probe_answer(query: ondemand.Query, record: Record, began: float, dns: float) -> Answer:
+        took = time.perf_counter() - began
+        body = ondemand.answer_body(query, record, took, dns)
+        return Answer(200, body, ondemand.answer_type(query))
 
     # -- signals and reload -----------------------------------------------------------------------
 
@@ -311,16 +325,17 @@ class Daemon:
             return
         try:
             new = load_config(self.path)
+            targets = self._own_targets(new)
         except ConfigError as exc:
             report(f"reload failed, keeping the running config: {exc}", prefix="")
-            self.metrics.reloads.labels("failed").inc()
+            self.metrics.config_loaded(False)
             self.log.info("reload", result="failed", config=self.path, error=str(exc))
             return
         notes = self._apply_config(new)
         if notes is None:
             return
-        added, removed, kept = self._apply_targets(resolved_targets(new))
-        self.metrics.reloads.labels("ok").inc()
+        added, removed, kept = self._apply_targets(targets)
+        self.metrics.config_loaded(True)
         self.log.info(
             "reload",
             result="ok",
@@ -344,7 +359,7 @@ class Daemon:
         except (OSError, SinkError) as exc:
             reason = exc if isinstance(exc, SinkError) else f"engine.source: {exc.strerror}"
             report(f"reload failed, keeping the running config: {self.path}: {reason}", "")
-            self.metrics.reloads.labels("failed").inc()
+            self.metrics.config_loaded(False)
             self.log.info("reload", result="failed", config=self.path, error=str(reason))
             return None
         if new.engine.concurrency != old.engine.concurrency:
@@ -454,7 +469,30 @@ def _text(status: int, message: str) -> Answer:
     return Answer(status, (message + "\n").encode())
 
 
-def run_daemon(path: str) -> int:
-    """Load the config (ConfigError escapes: the caller reports it) and serve until a signal."""
+def own_targets(
+    path: str, config: Config, override: fleet.Shard | None
+) -> tuple[list[ResolvedTarget], fleet.Shard | None]:
+    """The config's targets a daemon keeps: its shard's share (the override, else the
+    config's [cluster] shard), label names checked for metrics. ConfigError otherwise."""
+    check_labels(path, (t.labels for t in config.targets))
+    shard = override
+    text = fleet.config_shard(config)
+    if shard is None and text:
+        try:
+            shard = fleet.parse_shard(text)
+        except ValueError as exc:
+            raise ConfigError(path, "cluster.shard", str(exc)) from None
+    targets = resolved_targets(config)
+    if shard is not None:
+        targets = [t for t in targets if shard.owns(t.name)]
+    return targets, shard
+
+
+def run_daemon(path: str, shard: fleet.Shard | None = None) -> int:
+    """Load the config (ConfigError escapes: the caller reports it) and serve until a signal.
+    `shard`: --shard; when None, the environment's PROBE_SHARD (UsageError if malformed)."""
     config = load_config(path)
-    return event_loop.run(Daemon(path, config).serve())
+    if shard is None:
+        shard = fleet.shard_from_env()
+    own_targets(path, config, shard)  # refuse a config whose labels or shard are bad, now
+    return event_loop.run(Daemon(path, config, shard).serve())

@@ -1,0 +1,174 @@
+"""GET /probe, blackbox-exporter style: the query, the timeout, the answer and its trace.
+
+What the daemon does in between (resolve, check probe_allow, connect) stays in app.py; this
+module turns the request into a `Query` and the attempt into Prometheus text, or, with
+`debug=true`, into the steps taken in plain words.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from ..errors import TargetError
+from ..record import OPEN, Record
+from ..targets import Endpoint, parse_target
+from .metrics import CONTENT_TYPE, error_label
+
+PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
+# Seconds kept back from Prometheus' scrape timeout for the answer to travel, as
+# blackbox_exporter's --timeout-offset (default 0.5).
+TIMEOUT_OFFSET = 0.5
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+TEXT = "text/plain; charset=utf-8"
+
+
+class BadQuery(ValueError):
+    """The request cannot be probed: answered 400 with this message."""
+
+
+@dataclass
+class Query:
+    """One GET /probe: what to probe, for how long, and whether to explain."""
+
+    text: str
+    endpoint: Endpoint
+    timeout: float
+    debug: bool
+    steps: list[str] = field(default_factory=list)
+
+    def step(self, line: str) -> None:
+        self.steps.append(line)
+
+
+def parse_query(
+    params: Mapping[str, str], headers: Mapping[str, str], default_timeout: float
+) -> Query:
+    """The request's target and timeout; BadQuery says what is wrong (400)."""
+    text = params.get("target", "")
+    if not text:
+        raise BadQuery("missing ?target=HOST:PORT")
+    try:
+        target = parse_target(text, no_port_hint="")
+    except TargetError as exc:
+        raise BadQuery(f"bad target: {exc}") from None
+    if target.count() != 1:
+        raise BadQuery("bad target: give exactly one port")
+    debug = params.get("debug", "").lower() in ("true", "1", "yes")
+    steps: list[str] = []
+    timeout = default_timeout
+    why = f"the config's defaults.timeout {default_timeout:g} s"
+    if "timeout" in params:
+        timeout = _seconds(params["timeout"], "timeout")
+        if timeout > PROBE_TIMEOUT_MAX:
+            raise BadQuery(f"bad timeout: seconds > 0, at most {PROBE_TIMEOUT_MAX:g}")
+        why = f"timeout={params['timeout']}"
+    header = headers.get(SCRAPE_TIMEOUT_HEADER)
+    if header is not None:
+        scrape = _seconds(header, SCRAPE_TIMEOUT_HEADER)
+        budget = scrape - TIMEOUT_OFFSET if scrape > 2 * TIMEOUT_OFFSET else scrape / 2
+        if budget < timeout:
+            timeout = budget
+            why = f"{SCRAPE_TIMEOUT_HEADER}: {header} less the margin"
+    steps.append(f"timeout: {timeout:g} s ({why})")
+    return Query(text, next(target.endpoints()), timeout, debug, steps)
+
+
+def _seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise BadQuery(f"bad {what}: seconds > 0, got {text[:40]!r}")
+    return value
+
+
+def ip_hash(ip: str) -> float:
+    """blackbox_exporter's probe_ip_addr_hash: FNV-1a (32 bit) of the address's bytes, so a
+    change of the address a name resolves to shows as a change of this value."""
+    h = 0x811C9DC5
+    for byte in ipaddress.ip_address(ip).packed:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return float(h)
+
+
+def exposition(record: Record, duration: float, dns_seconds: float) -> bytes:
+    """The answer to GET /probe for one attempt, in Prometheus text."""
+    registry = CollectorRegistry(auto_describe=True)
+
+    def gauge(name: str, doc: str, value: float) -> None:
+        Gauge(name, doc, registry=registry).set(value)
+
+    gauge("probe_success", "1 when the connect succeeded (outcome open).",
+          1 if record.outcome == OPEN else 0)  # fmt: skip
+    gauge("probe_duration_seconds", "How long the probe took, resolution included.", duration)
+    gauge("probe_dns_lookup_time_seconds", "Time spent resolving the name.", dns_seconds)
+    family = {"ipv4": 4, "ipv6": 6}.get(record.family or "", 0)
+    gauge("probe_ip_protocol", "IP version of the address probed (0: none).", family)
+    if record.address is not None:
+        gauge("probe_ip_addr_hash", "FNV-1a hash of the address probed (as blackbox).",
+              ip_hash(record.address))  # fmt: skip
+    if record.local_port is not None:
+        gauge("probe_local_port", "Local port the kernel assigned.", record.local_port)
+    if record.rtt_ms is not None:
+        gauge("probe_rtt_seconds", "Kernel handshake RTT (TCP_INFO).", record.rtt_ms / 1000.0)
+    retransmits = getattr(record, "syn_retransmits", None)
+    if isinstance(retransmits, int):
+        gauge("probe_syn_retransmits", "SYNs sent again (TCP_INFO).", retransmits)
+    reason = error_label(record.error)
+    if reason is not None:
+        failed = Gauge(
+            "probe_failed_due_to",
+            "Why the probe failed: the record's error (errno or resolver code name).",
+            ["reason"],
+            registry=registry,
+        )
+        failed.labels(reason).set(1)
+    return generate_latest(registry)
+
+
+def answer_body(query: Query, record: Record, duration: float, dns_seconds: float) -> bytes:
+    """The 200 answer's body: Prometheus text, or with debug=true the steps, the record and
+    the metrics that would have been returned, in plain text."""
+    metrics = exposition(record, duration, dns_seconds)
+    if not query.debug:
+        return metrics
+    query.step(connect_step(record))
+    return debug_text(query, record, metrics)
+
+
+def answer_type(query: Query) -> str:
+    return TEXT if query.debug else CONTENT_TYPE
+
+
+def connect_step(record: Record) -> str:
+    local = (
+        f"local {record.local_address}:{record.local_port}"
+        if record.local_port is not None
+        else "no local endpoint"
+    )
+    parts = [
+        f"connect: {record.outcome}",
+        *([record.error] if record.error else []),
+        local,
+        f"latency {record.latency_ms:.3f} ms",
+        "rtt " + ("none" if record.rtt_ms is None else f"{record.rtt_ms:.3f} ms"),
+    ]
+    retransmits = getattr(record, "syn_retransmits", None)
+    if retransmits is not None:
+        parts.append(f"syn_retransmits {retransmits}")
+    return ", ".join(parts)
+
+
+def debug_text(query: Query, record: Record | None, metrics: bytes | None) -> bytes:
+    lines = [f"Probe of {query.text}:", *(f"  {s}" for s in query.steps)]
+    if record is not None:
+        lines += ["", "Record:", json.dumps(record.as_dict(), default=str)]
+    if metrics is not None:
+        lines += ["", "Metrics that would have been returned:", metrics.decode().rstrip()]
+    return ("\n".join(lines) + "\n").encode()
