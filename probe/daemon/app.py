@@ -476,10 +476,9 @@ def own_targets(
     config's [cluster] shard), label names checked for metrics. ConfigError otherwise."""
     check_labels(path, (t.labels for t in config.targets))
     shard = override
-    text = fleet.config_shard(config)
-    if shard is None and text:
+    if shard is None:
         try:
-            shard = fleet.parse_shard(text)
+            shard = fleet.config_shard(config)
         except ValueError as exc:
             raise ConfigError(path, "cluster.shard", str(exc)) from None
     targets = resolved_targets(config)

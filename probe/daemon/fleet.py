@@ -97,8 +97,16 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
         raise UsageError(f"{ENV_INDEX}/{ENV_COUNT}: {exc}") from None
 
 
-def config_shard(config: object) -> str:
-    """The config's `[cluster] shard` text ("" when absent or empty)."""
+def config_shard(config: object) -> Shard | None:
+    """The config's `[cluster] shard`: None when absent or empty. Taken as the parsed
+    (index, count) pair or as its "I/N" text; ValueError when the text is malformed."""
     cluster = getattr(config, "cluster", None)
-    text = getattr(cluster, "shard", "") if cluster is not None else ""
-    return text if isinstance(text, str) else ""
+    shard = getattr(cluster, "shard", None) if cluster is not None else None
+    if not shard:
+        return None
+    if isinstance(shard, str):
+        return parse_shard(shard)
+    if isinstance(shard, Shard):
+        return shard
+    index, count = shard
+    return _checked(int(index), int(count))

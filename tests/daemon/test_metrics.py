@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from daemon_proc import (
@@ -491,6 +492,19 @@ def test_shard_parsing_and_environment() -> None:
     ):
         with pytest.raises(UsageError):
             fleet.shard_from_env(bad_env)
+
+
+def test_config_shard_takes_text_or_the_parsed_pair() -> None:
+    def config(shard: object) -> object:
+        return SimpleNamespace(cluster=SimpleNamespace(shard=shard))
+
+    assert fleet.config_shard(SimpleNamespace()) is None  # no [cluster] section at all
+    assert fleet.config_shard(config("")) is None
+    assert fleet.config_shard(config(None)) is None
+    assert fleet.config_shard(config("1/3")) == fleet.Shard(1, 3)
+    assert fleet.config_shard(config((2, 3))) == fleet.Shard(2, 3)
+    with pytest.raises(ValueError):
+        fleet.config_shard(config("3/3"))
 
 
 def has_cluster_key() -> bool:
