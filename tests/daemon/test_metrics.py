@@ -389,7 +389,7 @@ def test_probe_timeout_is_the_smaller_of_query_and_scrape_header(
     s = parse_prometheus(body)
     assert value(s, "probe_failed_due_to", reason="ETIMEDOUT") == 1.0
     took = value(s, "probe_duration_seconds")
-    assert took is not None and expected - 0.02 <= took < expected + 0.25, (took, expected)
+    assert took is not None and expected - 0.02 <= took < expected + 0.6, (took, expected)
     _, _, text = probe(p, targets["slow"], query + "&debug=true", **headers)
     assert f"timeout: {expected:g} s" in text
 
