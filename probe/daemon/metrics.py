@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -128,7 +128,9 @@ class TargetInfo(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = self._family()
-        for name, labels in self.labels.items():
+        # a snapshot (one C-level copy under the GIL): /metrics may render on a thread
+        # while the loop changes the targets
+        for name, labels in list(self.labels.items()):
             family.add_sample(INFO_NAME, {"target": name, **labels}, 1.0)
         return [family]
 
@@ -293,8 +295,8 @@ def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
         metric.remove(*labels)
 
 
-def samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str], float]]:
-    """Every sample of a registry: for tests and the debug answer."""
-    for family in registry.collect():
-        for s in family.samples:
-            yield s.name, dict(s.labels), s.value
+def probe_exposition(record: Record, duration: float, dns_seconds: float = 0.0) -> bytes:
+    """GET /probe's Prometheus text for one attempt (ondemand.exposition)."""
+    from .ondemand import exposition
+
+    return exposition(record, duration, dns_seconds)
