@@ -58,24 +58,40 @@ def parse_query(
         raise BadQuery(f"bad target: {exc}") from None
     if target.count() != 1:
         raise BadQuery("bad target: give exactly one port")
-    debug = params.get("debug", "").lower() in ("true", "1", "yes")
-    steps: list[str] = []
-    timeout = default_timeout
-    why = f"the config's defaults.timeout {default_timeout:g} s"
+    timeout: float | None = None
     if "timeout" in params:
         timeout = _seconds(params["timeout"], "timeout")
         if timeout > PROBE_TIMEOUT_MAX:
             raise BadQuery(f"bad timeout: seconds > 0, at most {PROBE_TIMEOUT_MAX:g}")
-        why = f"timeout={params['timeout']}"
     header = headers.get(SCRAPE_TIMEOUT_HEADER)
-    if header is not None:
-        scrape = _seconds(header, SCRAPE_TIMEOUT_HEADER)
-        budget = scrape - TIMEOUT_OFFSET if scrape > 2 * TIMEOUT_OFFSET else scrape / 2
-        if budget < timeout:
-            timeout = budget
-            why = f"{SCRAPE_TIMEOUT_HEADER}: {header} less the margin"
-    steps.append(f"timeout: {timeout:g} s ({why})")
-    return Query(text, next(target.endpoints()), timeout, debug, steps)
+    scrape = None if header is None else _seconds(header, SCRAPE_TIMEOUT_HEADER)
+    debug = params.get("debug", "").lower() in ("true", "1", "yes")
+    return plan(text, next(target.endpoints()), timeout, scrape, debug, default_timeout)
+
+
+def plan(
+    text: str,
+    endpoint: Endpoint,
+    timeout: float | None,
+    scrape_timeout: float | None,
+    debug: bool,
+    default_timeout: float,
+) -> Query:
+    """The Query for a parsed request: its timeout is `timeout=` (else the config's
+    default) or, when smaller, the scrape timeout less TIMEOUT_OFFSET (half of it when
+    that would leave nothing), so the answer arrives inside Prometheus' scrape."""
+    seconds, why = default_timeout, f"the config's defaults.timeout {default_timeout:g} s"
+    if timeout is not None:
+        seconds, why = timeout, f"timeout={timeout:g}"
+    if scrape_timeout is not None:
+        if scrape_timeout > 2 * TIMEOUT_OFFSET:
+            budget = scrape_timeout - TIMEOUT_OFFSET
+        else:
+            budget = scrape_timeout / 2
+        if budget < seconds:
+            seconds = budget
+            why = f"{SCRAPE_TIMEOUT_HEADER}: {scrape_timeout:g} less the margin"
+    return Query(text, endpoint, seconds, debug, [f"timeout: {seconds:g} s ({why})"])
 
 
 def _seconds(text: str, what: str) -> float:
