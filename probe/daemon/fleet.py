@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..targets import parse_shard as parse_share
 
 ENV_SHARD = "PROBE_SHARD"
 ENV_INDEX = "PROBE_SHARD_INDEX"
 ENV_COUNT = "PROBE_SHARD_COUNT"
-MAX_SHARDS = 100_000
-_SHARD = re.compile(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +46,13 @@ def shard_of(name: str, count: int) -> int:
 
 
 def parse_shard(text: str) -> Shard:
-    """`I/N` with 0 <= I < N; ValueError says what is wrong."""
-    m = _SHARD.match(text)
-    if m is None:
-        raise ValueError(f'expected "I/N" (e.g. "0/3"), got {text[:40]!r}')
-    return _checked(int(m[1]), int(m[2]))
+    """`I/N` with 0 <= I < N, by the one shard syntax (targets.py); ValueError says what is
+    wrong."""
+    return Shard(*parse_share(text.strip()))
 
 
 def _checked(index: int, count: int) -> Shard:
-    if not 1 <= count <= MAX_SHARDS:
-        raise ValueError(f"shard count {count} out of range 1-{MAX_SHARDS}")
-    if not 0 <= index < count:
-        raise ValueError(f"shard index {index} out of range 0-{count - 1} (0-based)")
-    return Shard(index, count)
+    return parse_shard(f"{index}/{count}")
 
 
 def shard_arg(text: str) -> Shard:
@@ -89,7 +81,7 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> Shard | None:
         missing = ENV_INDEX if not index else ENV_COUNT
         raise UsageError(f"{missing} is not set: set both {ENV_INDEX} and {ENV_COUNT}")
     for name, value in ((ENV_INDEX, index), (ENV_COUNT, count)):
-        if not (value.isascii() and value.isdigit() and len(value) <= 6):
+        if not (value.isascii() and value.isdecimal() and len(value) <= 7):
             raise UsageError(f"{name}: expected a whole number, got {value[:40]!r}")
     try:
         return _checked(int(index), int(count))

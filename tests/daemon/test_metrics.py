@@ -175,6 +175,8 @@ def test_a_target_label_in_the_config_is_exit_2_naming_the_key(tmp_path: Path) -
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "config.toml: targets[1].labels.target: label 'target' is reserved" in done.stderr
+    checked = run_probe("validate", "config.toml", cwd=tmp_path)
+    assert checked.returncode == 2 and "targets[1].labels.target" in checked.stderr
 
 
 def test_build_info_names_version_and_core() -> None:
@@ -566,9 +568,9 @@ def test_run_shard_flag_and_env_keep_their_share(tmp_path: Path, procs: list[Pro
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (("--shard", "3/3"), {}, "--shard: shard index 3 out of range 0-2"),
-        (("--shard", "x"), {}, '--shard: expected "I/N"'),
-        ((), {"PROBE_SHARD": "1/0"}, "PROBE_SHARD: shard count 0 out of range"),
+        (("--shard", "3/3"), {}, "--shard: bad shard '3/3': I must be below N"),
+        (("--shard", "x"), {}, "--shard: bad shard 'x': write I/N"),
+        ((), {"PROBE_SHARD": "1/0"}, "PROBE_SHARD: bad shard '1/0': N must be"),
         ((), {"PROBE_SHARD_COUNT": "3"}, "PROBE_SHARD_INDEX is not set"),
     ],
 )
