@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..errors import ConfigError
@@ -287,7 +288,54 @@ class Metrics:
             self.reload_ok_time.set(time.time())
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(self.registry)
+
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """prometheus-client's text format, byte for byte (a test compares), about twice as fast:
+    a page of thousands of targets spends its time formatting samples, and ours never need
+    the name escaping that generate_latest does for every sample. Anything unusual (an
+    OpenMetrics-only sample, a timestamp, a name outside the legacy set) falls back to it."""
+    out: list[str] = []
+    for metric in registry.collect():
+        name, kind = metric.name, metric.type
+        if kind == "counter":
+            name += "_total"
+        elif kind == "info":
+            name += "_info"
+        kind = _TYPES.get(kind, kind)
+        if not _NAME.match(name):
+            return generate_latest(registry)
+        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+        prefix = metric.name
+        for sample in metric.samples:
+            sname = sample.name
+            if sample.timestamp is not None or (
+                sname.startswith(prefix)
+                and sname[len(prefix) :] in ("_created", "_gsum", "_gcount")
+            ):
+                return generate_latest(registry)
+            value = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
+            if not sample.labels:
+                out.append(f"{sname} {value}\n")
+                continue
+            items = sorted(sample.labels.items())
+            if not all(_LABEL_NAME.match(k) for k, _ in items):
+                return generate_latest(registry)
+            labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in items)
+            out.append(f"{sname}{{{labels}}} {value}\n")
+    return "".join(out).encode("utf-8")
+
+
+def _escape_value(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:

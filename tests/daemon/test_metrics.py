@@ -30,6 +30,7 @@ from daemon_proc import (
     with_label,
 )
 from helpers import FullQueueListener, RecordingListener, closed_port, has_ipv6_loopback
+from prometheus_client import generate_latest
 
 from probe import __version__
 from probe.daemon import fleet
@@ -40,6 +41,7 @@ from probe.daemon.metrics import (
     core_name,
     error_label,
     info_labels,
+    render,
     sanitize_label_name,
 )
 from probe.daemon.ondemand import TIMEOUT_OFFSET
@@ -127,6 +129,22 @@ def test_observe_counts_errors_latency_rtt_and_retransmits() -> None:
     assert value(s, "probe_tcp_rtt_seconds_bucket", target="a", le="0.0001") == 1.0
     assert value(s, "probe_syn_retransmits_total", target="a") == 1.0
     assert value(s, "probe_up", target="a") == 1.0
+
+
+def test_render_is_prometheus_clients_text_byte_for_byte() -> None:
+    m = Metrics(lambda: 0.0)
+    for name in ("ProcessCollector", "GCCollector", "PlatformCollector"):  # values move
+        for c in [c for c in m.registry._collector_to_names if type(c).__name__ == name]:
+            m.registry.unregister(c)
+    m.set_targets([T("a", team='q"uote\\back\nline', zone="é"), T("b")])
+    m.observe("a", record("refused", "ECONNREFUSED", 0.2, None))
+    m.observe("b", record("open", None, 0.25, 0.01))
+    m.add_skipped("b", 3)
+    m.config_loaded(False)
+    m.lag.observe(0.003)
+    text = render(m.registry)
+    assert text == generate_latest(m.registry)
+    assert b'team="q\\"uote\\\\back\\nline"' in text
 
 
 def test_error_label_is_bounded_to_code_names() -> None:
