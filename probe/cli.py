@@ -49,12 +49,27 @@ def _shard(text: str):  # type: ignore[no-untyped-def]  # argparse type for run 
     return shard_arg(text)
 
 
+class _Version(argparse.Action):
+    """`probe VERSION (core: native|python)`: which sweep core this install runs."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        from . import __version__
+        from .engine.native import CORE
+
+        print(f"probe {__version__} (core: {CORE})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="probe",
         description="TCP connect probes that show the local "
         "endpoint the kernel assigned to every attempt.",
     )
+    parser.add_argument("-V", "--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = sub.add_parser(

@@ -196,10 +196,8 @@ class Daemon:
         try:
             addresses = await self.resolver.resolve(target.host)
         except ResolveError as exc:
-            extra = _extra(target)
-            record = unresolved_record(
-                target.address, target.host, target.port, exc.code, number, extra
-            )
+            record = unresolved_record(target.address, target.host, target.port, exc.code, number)
+            record.extra = _extra(target)
             self._finished(job, record)
             return
         if not self.engine.closed:
@@ -208,9 +206,11 @@ class Daemon:
     def _submit(self, job: Job[ResolvedTarget], address: Address, number: int) -> None:
         target = job.item
         endpoint = Endpoint(target.address, target.host, target.port)
-        attempt = Attempt(endpoint, address, number, target.timeout, extra=_extra(target))
+        attempt = Attempt(endpoint, address, number, target.timeout)
+        extra = _extra(target)
 
         def done(record: Record, _: Attempt, final: bool) -> None:
+            record.extra = extra
             if final:
                 self._finished(job, record)
 
@@ -258,8 +258,9 @@ class Daemon:
             dns = time.perf_counter() - began
             query.step(f"resolve {endpoint.host}: failed, {exc.code} ({dns * 1000:.3f} ms)")
             record = unresolved_record(
-                endpoint.target, endpoint.host, endpoint.port, exc.code, 1, extra
+                endpoint.target, endpoint.host, endpoint.port, exc.code, 1, dns * 1000
             )
+            record.extra = extra
             self._write(record)
             return self._probe_answer(query, record, began, dns)
         dns = time.perf_counter() - began
@@ -285,10 +286,11 @@ class Daemon:
         answered: asyncio.Future[Record] = self.loop.create_future()
 
         def done(record: Record, _: Attempt, final: bool) -> None:
+            record.extra = extra
             if final and not answered.done():  # the client may have hung up
                 answered.set_result(record)
 
-        attempt = Attempt(endpoint, allowed[0], 1, query.timeout, extra=extra)
+        attempt = Attempt(endpoint, allowed[0], 1, query.timeout, dns_ms=dns * 1000)
         engine.submit(attempt, done)
         self._answers.add(answered)
         try:
@@ -362,10 +364,14 @@ class Daemon:
             self.metrics.config_loaded(False)
             self.log.info("reload", result="failed", config=self.path, error=str(reason))
             return None
-        if new.engine.concurrency != old.engine.concurrency:
-            self.engine.set_ceiling(fit_concurrency(new.engine.concurrency)[0])
-        self.engine.options = replace(
-            self.engine.options, source=source, timeout=new.defaults.timeout
+        concurrency = fit_concurrency(new.engine.concurrency)[0]
+        self.engine.reconfigure(
+            replace(
+                self.engine.options,
+                source=source,
+                timeout=new.defaults.timeout,
+                concurrency=concurrency,
+            )
         )
         self._allow = probe_allow_networks(new)
         self.config = new

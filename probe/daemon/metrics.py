@@ -268,7 +268,7 @@ class Metrics:
             self.latency.labels(name).observe(record.latency_ms / 1000.0)
         if record.outcome == OPEN and record.rtt_ms is not None:
             self.rtt.labels(name).observe(record.rtt_ms / 1000.0)
-        retransmits = getattr(record, "syn_retransmits", None)
+        retransmits = record.syn_retransmits
         if isinstance(retransmits, int) and retransmits > 0:
             self.syn_retransmits.labels(name).inc(retransmits)
         self.up.labels(name).set(1 if record.outcome == OPEN else 0)

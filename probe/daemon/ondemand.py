@@ -8,13 +8,13 @@ module turns the request into a `Query` and the attempt into Prometheus text, or
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from ..errors import TargetError
+from ..output.jsonl import record_json
 from ..record import OPEN, Record
 from ..targets import Endpoint, parse_target
 from .metrics import CONTENT_TYPE, error_label
@@ -133,7 +133,7 @@ def exposition(record: Record, duration: float, dns_seconds: float) -> bytes:
         gauge("probe_local_port", "Local port the kernel assigned.", record.local_port)
     if record.rtt_ms is not None:
         gauge("probe_rtt_seconds", "Kernel handshake RTT (TCP_INFO).", record.rtt_ms / 1000.0)
-    retransmits = getattr(record, "syn_retransmits", None)
+    retransmits = record.syn_retransmits
     if isinstance(retransmits, int):
         gauge("probe_syn_retransmits", "SYNs sent again (TCP_INFO).", retransmits)
     reason = error_label(record.error)
@@ -175,7 +175,7 @@ def connect_step(record: Record) -> str:
         f"latency {record.latency_ms:.3f} ms",
         "rtt " + ("none" if record.rtt_ms is None else f"{record.rtt_ms:.3f} ms"),
     ]
-    retransmits = getattr(record, "syn_retransmits", None)
+    retransmits = record.syn_retransmits
     if retransmits is not None:
         parts.append(f"syn_retransmits {retransmits}")
     return ", ".join(parts)
@@ -184,7 +184,7 @@ def connect_step(record: Record) -> str:
 def debug_text(query: Query, record: Record | None, metrics: bytes | None) -> bytes:
     lines = [f"Probe of {query.text}:", *(f"  {s}" for s in query.steps)]
     if record is not None:
-        lines += ["", "Record:", json.dumps(record.as_dict(), default=str)]
+        lines += ["", "Record:", record_json(record).decode()]
     if metrics is not None:
         lines += ["", "Metrics that would have been returned:", metrics.decode().rstrip()]
     return ("\n".join(lines) + "\n").encode()

@@ -59,12 +59,14 @@ def procs() -> Iterator[list[Proc]]:
         p.stop()
 
 
-class Retransmitted(Record):
-    """No __slots__: carries `syn_retransmits` whether or not Record has the field yet."""
-
-
-def record(outcome: str, error: str | None, latency_ms: float, rtt_ms: float | None) -> Record:
-    return Retransmitted(
+def record(
+    outcome: str,
+    error: str | None,
+    latency_ms: float,
+    rtt_ms: float | None,
+    syn_retransmits: int | None = 0,
+) -> Record:
+    return Record(
         started=time.time(),
         target="127.0.0.1:1",
         host="127.0.0.1",
@@ -77,6 +79,8 @@ def record(outcome: str, error: str | None, latency_ms: float, rtt_ms: float | N
         error=error,
         latency_ms=latency_ms,
         rtt_ms=rtt_ms,
+        syn_retransmits=syn_retransmits,
+        dns_ms=0.0,
         attempt=1,
     )
 
@@ -114,9 +118,7 @@ def test_observe_counts_errors_latency_rtt_and_retransmits() -> None:
     m.observe("a", record("refused", "ECONNREFUSED", 0.2, None))
     m.observe("a", record("refused", "ECONNREFUSED", 0.3, None))
     m.observe("a", record("timeout", "ETIMEDOUT", 300.0, None))
-    ok = record("open", None, 1005.0, None)
-    ok.syn_retransmits = 1  # type: ignore[attr-defined]  # the record's field, when it lands
-    m.observe("a", ok)
+    m.observe("a", record("open", None, 1005.0, None, syn_retransmits=1))
     m.observe("a", record("open", None, 0.5, 0.04))
     _, s = scrape(m)
     assert value(s, "probe_errors_total", target="a", error="ECONNREFUSED") == 2.0
@@ -353,6 +355,7 @@ def test_probe_answers_blackbox_series(live: tuple[Proc, dict[str, str]]) -> Non
     assert 0 <= v["probe_dns_lookup_time_seconds"] <= v["probe_duration_seconds"]
     assert 0 < v["probe_local_port"] < 65536
     assert v["probe_rtt_seconds"] >= 0
+    assert v["probe_syn_retransmits"] == 0.0
     assert "probe_failed_due_to" not in body
 
 
@@ -432,7 +435,7 @@ def test_probe_debug_explains_the_steps(live: tuple[Proc, dict[str, str]]) -> No
         "address chosen: 127.0.0.1 (ipv4)",
         "connect: refused, ECONNREFUSED, local 127.0.0.1:",
         "latency ",
-        '"outcome": "refused"',
+        '"outcome":"refused"',
         "Metrics that would have been returned:",
         'probe_failed_due_to{reason="ECONNREFUSED"} 1.0',
     ):
