@@ -329,6 +329,10 @@ static void put_human(buf_t *b, const rec_target_t *t, const rec_t *r) {
     n = snprintf(tmp, sizeof tmp, "  rtt %.2f ms", (double)r->rtt_us / 1000.0);
     put(b, tmp, (size_t)n);
   }
+  if (r->syn_retransmits > 0) { /* the SYN went out this many times: "SYN\u00d7N" */
+    n = snprintf(tmp, sizeof tmp, "  SYN\xc3\x97%lld", (long long)r->syn_retransmits + 1);
+    put(b, tmp, (size_t)n);
+  }
   PUTS(b, "\n");
 }
 
@@ -623,6 +627,8 @@ static void complete(sweep_t *s, int i, int err, int timed_out) {
     /* Simultaneous open with itself: the kernel chose the destination port as the
      * ephemeral port. Our artifact, not the target's answer: try again with another port,
      * unless -s fixed the port, where every try would be the same. */
+    int64_t sretrans = -1;
+    if (s->extended) tcp_info(sl->fd, NULL, &sretrans); /* the record, if one is written */
     rst_close(sl->fd);
     s->self_connects++;
     if (!(s->has_source && s->source_port) && sl->a.self_connects < SELF_CONNECT_TRIES) {
@@ -632,7 +638,7 @@ static void complete(sweep_t *s, int i, int err, int timed_out) {
       return;
     }
     rec_t r = {.wall = &sl->wall, .local = &sl->local, .outcome = O_ERROR, .err = SELF_CONNECT,
-               .latency_ns = (uint64_t)(t1 - sl->t0), .rtt_us = -1, .syn_retransmits = -1};
+               .latency_ns = (uint64_t)(t1 - sl->t0), .rtt_us = -1, .syn_retransmits = sretrans};
     emit(s, &sl->a, &r);
     return;
   }

@@ -383,6 +383,7 @@ class Engine:
         fixed the port: then every try would be the same, so say so)."""
         sock = slot.sock
         attempt = slot.attempt
+        result.syn_retransmits = syn_retransmits(sock)  # the record, if one is written
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         sock.close()
         self.stats.self_connects += 1

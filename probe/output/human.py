@@ -40,7 +40,7 @@ def probe_line(r: Record) -> str:
         parts.append(f"[{r.address}]")
     if r.local_port is not None:
         parts.append(f"local {_endpoint(r.local_address, r.local_port)}")
-    parts.append(f"{r.latency_ms:.2f} ms")
+    parts.append(f"{round(r.latency_ms, 3):.2f} ms")  # the value the JSON record carries
     if r.rtt_ms is not None:
         parts.append(f"rtt {r.rtt_ms:.2f} ms")
     if r.syn_retransmits:

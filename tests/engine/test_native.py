@@ -126,6 +126,7 @@ def test_record_matches_python_path(case: tuple[Any, ...]) -> None:
         wall_s = rng.randrange(0, 4_000_000_000)
         wall_us = rng.randrange(0, 1_000_000)
         latency_ns = rng.choice([0, rng.randrange(0, 10**10), rng.randrange(0, 10**6) * 1000 + 500])
+        retrans = rng.choice([-1, 0, 0, 1, rng.randrange(2, 7)])
         family = "ipv6" if ":" in address else "ipv4"
         outcome = "timeout" if timed_out else outcome_of(err)
         record = Record(
@@ -141,6 +142,8 @@ def test_record_matches_python_path(case: tuple[Any, ...]) -> None:
             error=None if outcome == "open" else ("ETIMEDOUT" if timed_out else errno_name(err)),
             latency_ms=latency_ns / 1e6,
             rtt_ms=None if rtt_us < 0 else rtt_us / 1000.0,
+            syn_retransmits=None if retrans < 0 else retrans,
+            dns_ms=0.0,
             attempt=attempt,
         )
         expected = python_line(record)
@@ -148,7 +151,7 @@ def test_record_matches_python_path(case: tuple[Any, ...]) -> None:
         wall_ns = wall_us * 1000
         line = _native._record(
             wall_s, wall_ns, host, bracketed, address, port, local, err, timed_out,
-            latency_ns, rtt_us, -1, attempt, native.EXTENDED,
+            latency_ns, rtt_us, retrans, attempt, native.EXTENDED,
         )  # fmt: skip
         assert line == expected
         assert list(json.loads(line)) == CONTRACT_KEYS
@@ -171,6 +174,7 @@ def test_human_line_matches_python_path(
         latency_ns = rng.choice([rng.randrange(0, 10**9), rng.randrange(0, 10**4) * 1000 + 500])
         rtt_us = rng.choice([-1, rng.randrange(0, 10**6), rng.randrange(0, 100) * 10 + 5])
         port = rng.randrange(1, 65536)
+        retrans = rng.choice([-1, 0, 0, 1, rng.randrange(2, 7)])
         record = Record(
             started=0.0,
             target=f"[{host}]:{port}" if bracketed else f"{host}:{port}",
@@ -184,12 +188,14 @@ def test_human_line_matches_python_path(
             error=None,
             latency_ms=latency_ns / 1e6,
             rtt_ms=None if rtt_us < 0 else rtt_us / 1000.0,
+            syn_retransmits=None if retrans < 0 else retrans,
+            dns_ms=0.0,
             attempt=1,
         )
-        expected = probe_line(record.as_dict()).encode() + b"\n"
+        expected = probe_line(record).encode() + b"\n"
         line = _native._record(
-            0, 0, host, bracketed, address, port, local, 0, False, latency_ns, rtt_us, -1, 1,
-            native.EXTENDED, True,
+            0, 0, host, bracketed, address, port, local, 0, False, latency_ns, rtt_us, retrans,
+            1, native.EXTENDED, True,
         )  # fmt: skip
         assert line == expected
 
