@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets behind)",
     )
+    check.add_argument(
+        "--histogram",
+        action="store_true",
+        help="with -c: each target's open latencies in buckets after its summary (psping -h)",
+    )
     check.set_defaults(func=cmd_check)
 
     run = sub.add_parser(

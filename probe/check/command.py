@@ -236,7 +236,9 @@ class CheckCommand:
         fmt = "json" if self.args.json else "human"
         write_record = configure(writer, fmt)
         report = (
-            None if self.args.json else HumanReport(write_record, self.list_mode, self.args.count)
+            None
+            if self.args.json
+            else HumanReport(write_record, self.list_mode, self.args.count, self.args.histogram)
         )
         on_record = write_record if report is None else report.record
         if report is not None and self.list_mode:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import signal
 import time
 from dataclasses import replace
@@ -39,9 +40,11 @@ from .config import (
     probe_allow_networks,
     resolved_targets,
 )
+from .history import History
 from .http import Answer, HttpServer
 from .metrics import Metrics, check_labels
 from .schedule import Job, Schedule
+from .status import StatusPage
 
 FLUSH_EVERY = 0.1
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
@@ -72,6 +75,7 @@ class Daemon:
         self._reload_pending = False
         self._answers: set[asyncio.Future[Record]] = set()  # GET /probe waiting for a record
         self._allow: Networks = probe_allow_networks(config)
+        self.history = History()  # what the status page shows
 
     # -- startup --------------------------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class Daemon:
                 return self._fail(
                     f"{self.path}: engine.source: cannot bind: {exc.strerror}", EXIT_USAGE
                 )
-        self.write_record = configure(self.writer, cfg.log.format or "json")
+        self.write_record = configure(self.writer, log_format(cfg))
         self.log = event_logger()
         concurrency, _ = fit_concurrency(cfg.engine.concurrency)
         self.engine = Engine(
@@ -108,8 +112,9 @@ class Daemon:
         listen = metrics_listen(cfg)
         if listen is not None:
             self.http = HttpServer(
-                listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe
-            )
+                listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe,
+                routes=self._status_routes(),
+            )  # fmt: skip
             try:
                 host, port = await self.http.start()
             except OSError as exc:
@@ -148,6 +153,7 @@ class Daemon:
             name = previous[key]
             if name not in current:
                 self.metrics.forget(name)
+                self.history.forget(name)
                 self.state.pop(name, None)
                 self.attempts.pop(name, None)
         self.metrics.set_targets(targets)
@@ -239,6 +245,12 @@ class Daemon:
                 target=record.target,
                 **{"from": _updown(before), "to": _updown(up)},
             )
+        self.history.observe(name, record, self.state.get(name))
+
+    def _status_routes(self) -> list[web.RouteDef]:
+        """`GET /` and `/api/targets`: the status page, over the targets being scheduled."""
+        page = StatusPage(lambda: [job.item for job in self.schedule.jobs.values()], self.history)
+        return page.routes()
 
     # -- GET /probe: the query and the answer are ondemand.py's ---------------------------------
 
@@ -451,6 +463,17 @@ class Daemon:
     @staticmethod
     def _report(message: str) -> None:
         report(message)
+
+
+def log_format(cfg: Config) -> str:
+    """The renderer: `[log] format` when set; when not, the console form for a person at a
+    terminal (in colour unless NO_COLOR is set or TERM=dumb), JSON for files and pipes."""
+    fmt = cfg.log.format
+    to_tty = not cfg.log.file and os.isatty(1)
+    if fmt is None:
+        fmt = "console" if to_tty else "json"
+    colour = to_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    return "console-colour" if fmt == "console" and colour else fmt
 
 
 def _extra(target: ResolvedTarget) -> dict[str, Any]:

@@ -7,7 +7,7 @@ The handlers only translate HTTP; what a probe is and who may be probed is decid
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -33,6 +33,7 @@ class HttpServer:
         exposition: Callable[[], bytes],
         healthy: Callable[[], bool],
         on_probe: ProbeHandler,
+        routes: Iterable[web.RouteDef] = (),
     ) -> None:
         self.host, self.port = host, port
         self._exposition = exposition
@@ -42,6 +43,7 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/probe", self._probe)
+        app.add_routes(routes)  # the status page's, when the daemon has one
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self) -> tuple[str, int]:

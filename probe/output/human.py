@@ -21,18 +21,30 @@ def _safe(value: Any) -> str:
     return text if text.isprintable() else repr(text)[1:-1]
 
 
-def console_line(event_dict: EventDict, with_time: bool = True) -> str:
-    """`key=value` pairs for an event other than a record (records: `probe_line`)."""
+def console_line(event_dict: EventDict, with_time: bool = True, colour: bool = False) -> str:
+    """`key=value` pairs for an event other than a record (records: `probe_line`).
+    `colour`: a state event's new state in ANSI colour, for terminals."""
     head = f"{event_dict.get('timestamp') or _now()}  " if with_time else ""
     rest = "  ".join(
-        f"{k}={_safe(v)}" for k, v in event_dict.items() if k not in ("event", "timestamp")
+        f"{k}={_paint(_safe(v), v) if colour and k == 'to' else _safe(v)}"
+        for k, v in event_dict.items()
+        if k not in ("event", "timestamp")
     )
     return f"{head}{_safe(event_dict.get('event'))}  {rest}"
 
 
-def probe_line(r: Record) -> str:
-    """The lesson's printout for one attempt."""
-    parts = [_safe(r.target), f"{r.outcome:<7}"]
+# SGR colours: green for open/up, red for refused/down, yellow for a timeout, magenta else.
+_COLOURS = {"open": "32", "up": "32", "refused": "31", "down": "31", "timeout": "33"}
+
+
+def _paint(text: str, key: Any) -> str:
+    return f"\x1b[{_COLOURS.get(str(key), '35')}m{text}\x1b[0m"
+
+
+def probe_line(r: Record, colour: bool = False) -> str:
+    """The lesson's printout for one attempt; `colour`: the outcome in ANSI colour."""
+    outcome = f"{r.outcome:<7}"
+    parts = [_safe(r.target), _paint(outcome, r.outcome) if colour else outcome]
     name = r.extra.get("name") if r.extra else None
     if name and name != r.target:
         parts.insert(0, _safe(name))

@@ -28,6 +28,14 @@ def _console_event(event_dict: EventDict) -> bytes:
     return console_line(event_dict).encode()
 
 
+def _colour_record(r: Record) -> bytes:
+    return f"{format_timestamp(r.started)}  {probe_line(r, colour=True)}".encode()
+
+
+def _colour_event(event_dict: EventDict) -> bytes:
+    return console_line(event_dict, colour=True).encode()
+
+
 def _human_record(r: Record) -> bytes:
     return probe_line(r).encode()
 
@@ -37,6 +45,7 @@ def _human_record(r: Record) -> bytes:
 FORMATS: dict[str, tuple[Callable[[Record], bytes], Callable[[EventDict], bytes]]] = {
     "json": (record_json, event_json),
     "console": (_console_record, _console_event),
+    "console-colour": (_colour_record, _colour_event),  # not a config value: at a colour tty
     "human": (_human_record, _human_event),
 }
 
