@@ -1,18 +1,31 @@
 """The daemon's HTTP side, on aiohttp and the daemon's own loop: /metrics, /healthz, /probe.
 
 The handlers only translate HTTP; what a probe is and who may be probed is decided by the
-`on_probe` callback the daemon passes in.
+`on_probe` callback the daemon passes in, which gets a `ProbeRequest` (plain data, so the
+daemon does not know aiohttp). The server is hardened so that no client can take what the
+schedule needs: at most `max_connections` connections (more are closed at once, inside the
+descriptor budget the daemon set aside), request headers must arrive within
+`header_timeout` (slowloris), and /metrics is rendered on a thread, one render at a time,
+shared by concurrent scrapes, so a big page never holds up the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from .metrics import CONTENT_TYPE
+
+PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
+MAX_CONNECTIONS = 64  # HTTP connections at once; the daemon reserves descriptors for them
+HEADER_TIMEOUT = 5.0  # seconds a connection may take to send a request's headers, or idle
+SHUTDOWN_GRACE = 1.0  # seconds handlers still running at shutdown get to answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +35,76 @@ class Answer:
     content_type: str = "text/plain; charset=utf-8"
 
 
-ProbeHandler = Callable[[web.Request], Awaitable[Answer]]
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """GET /probe, parsed: what the daemon needs, nothing of HTTP."""
+
+    target: str
+    timeout: float | None = None  # None: the config's default
+    debug: bool = False
+    scrape_timeout: float | None = None  # Prometheus' X-Prometheus-Scrape-Timeout-Seconds
+
+
+ProbeHandler = Callable[[ProbeRequest], Awaitable[Answer]]
+
+
+def parse_probe(query: Mapping[str, str], headers: Mapping[str, str]) -> ProbeRequest | Answer:
+    """The request, or the 400 answer that says what is wrong with it."""
+    target = query.get("target", "")
+    if not target:
+        return text_answer(400, "missing ?target=HOST:PORT")
+    timeout: float | None = None
+    if "timeout" in query:
+        try:
+            timeout = float(query["timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= PROBE_TIMEOUT_MAX:
+            return text_answer(400, f"bad timeout: seconds > 0, at most {PROBE_TIMEOUT_MAX:g}")
+    scrape: float | None = None
+    raw = headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    if raw is not None:
+        try:
+            scrape = float(raw)
+        except ValueError:
+            scrape = None
+        if scrape is not None and not (math.isfinite(scrape) and scrape > 0):
+            scrape = None
+    debug = query.get("debug", "").lower() in ("1", "true", "yes")
+    return ProbeRequest(target, timeout, debug, scrape)
+
+
+def text_answer(status: int, message: str) -> Answer:
+    return Answer(status, (message + "\n").encode())
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the cap: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class SharedRender:
+    """Render on a thread; a scrape arriving while a render runs shares that render."""
+
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        self._render = render
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
+        self._pending: asyncio.Future[bytes] | None = None
+
+    async def get(self) -> bytes:
+        if self._pending is None:
+            pending = asyncio.get_running_loop().run_in_executor(self._pool, self._render)
+            self._pending = pending
+            pending.add_done_callback(self._forget)
+        return await asyncio.shield(self._pending)
+
+    def _forget(self, _: asyncio.Future[bytes]) -> None:
+        self._pending = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class HttpServer:
@@ -33,16 +115,29 @@ class HttpServer:
         exposition: Callable[[], bytes],
         healthy: Callable[[], bool],
         on_probe: ProbeHandler,
+        max_connections: int = MAX_CONNECTIONS,
+        header_timeout: float = HEADER_TIMEOUT,
     ) -> None:
         self.host, self.port = host, port
-        self._exposition = exposition
+        self.max_connections = max_connections
+        self.refused = 0  # connections closed at once because the cap was reached
+        self._render = SharedRender(exposition)
         self._healthy = healthy
         self._on_probe = on_probe
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/probe", self._probe)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # aiohttp closes a connection still waiting for a whole request when its keep-alive
+        # timer runs out, whatever it sent meanwhile: that timer is the header timeout.
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=header_timeout,
+            shutdown_timeout=SHUTDOWN_GRACE,
+        )
+        self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> tuple[str, int]:
         """Listen; returns the address bound (the port is the kernel's when 0 was asked)."""
@@ -58,14 +153,27 @@ class HttpServer:
             raise
         self.port = sock.getsockname()[1]
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._connection, sock=sock, backlog=128)
         return self.host, self.port
 
+    def _connection(self) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        assert server is not None
+        if len(server.connections) >= self.max_connections:
+            self.refused += 1
+            return _Refused()
+        return server()
+
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         await self._runner.cleanup()
+        self._render.close()
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=self._exposition(), headers={"Content-Type": CONTENT_TYPE})
+        body = await self._render.get()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         if self._healthy():
@@ -73,6 +181,7 @@ class HttpServer:
         return web.Response(status=503, text="stopping\n")
 
     async def _probe(self, request: web.Request) -> web.Response:
-        answer = await self._on_probe(request)
+        parsed = parse_probe(request.query, request.headers)
+        answer = parsed if isinstance(parsed, Answer) else await self._on_probe(parsed)
         return web.Response(status=answer.status, body=answer.body,
                             headers={"Content-Type": answer.content_type})  # fmt: skip

@@ -66,6 +66,18 @@ class Metrics:
         self.reloads = Counter(
             "probe_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
+        self.late_starts = Counter(
+            "probe_late_starts",
+            "Scheduled attempts that started more than 0.1 s after their slot.",
+            registry=r,
+        )
+        self.resolve_failures = Counter(
+            "probe_resolve_failures",
+            "Re-resolutions of the target's name that failed or hung; the last good "
+            "addresses were kept.",
+            ["target"],
+            registry=r,
+        )
 
     def observe(self, name: str, record: Record) -> None:
         self.attempts.labels(name, record.outcome).inc()
@@ -81,7 +93,7 @@ class Metrics:
         """Drop a removed target's series, so dashboards do not show it frozen forever."""
         for outcome in OUTCOMES:
             _remove(self.attempts, name, outcome)
-        for metric in (self.latency, self.up, self.skipped):
+        for metric in (self.latency, self.up, self.skipped, self.resolve_failures):
             _remove(metric, name)
 
     def exposition(self) -> bytes:

@@ -201,6 +201,12 @@ class Engine:
         self.limit = min(self.limit, self.ceiling)  # grows back to a higher one as attempts end
         self._pump()
 
+    def reconfigure(self, options: EngineOptions) -> None:
+        """New options (a config reload): the concurrency bound as `set_ceiling` takes it;
+        timeout and source apply to attempts started from now on."""
+        self.options = options
+        self.set_ceiling(options.concurrency)
+
     def drop_queued(self) -> None:
         """Forget attempts not yet started (shutdown): only those in flight are finished."""
         self._queue.clear()
