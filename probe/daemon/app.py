@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
+import sys
 from typing import Any
 
 from .. import loop as event_loop
@@ -49,6 +50,7 @@ RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
 RESOLVE_DEADLINE = 5.0  # seconds a scheduled name's re-resolution may take
 LOOKUP_THREADS = 4  # getaddrinfo threads for the schedule, and as many for GET /probe
 LATE_START = 0.1  # seconds: a scheduled start later than this is counted and logged
+GIL_SWITCH = 0.001  # seconds (CPython's default is 0.005): a scheduled start waits no longer
 ABANDON_NAMES = 20  # names listed in the "abandoned" event
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -465,16 +467,8 @@ class Daemon:
             if self.http is not None:
                 timeouts.append(PROBE_TIMEOUT_MAX)  # a GET /probe may ask for this long
             longest = max([self.engine.options.timeout, *timeouts])
-            drained: asyncio.Future[Any] = asyncio.gather(*(e.drain() for e in engines))
-            abandon: asyncio.Future[Any] = self.loop.create_task(self._abandon.wait())
-            done, _ = await asyncio.wait({drained, abandon}, timeout=longest + 1.0,
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-            abandon.cancel()
-            if drained not in done:
-                drained.cancel()
+            if not await self._drain(engines, longest + 1.0):
                 self._report_abandoned()
-            if drained.done() and not drained.cancelled():
-                drained.exception()  # a sink failure is already in self.fatal
         for engine in engines:
             engine.close()
         for answered in self._answers:
@@ -497,6 +491,29 @@ class Daemon:
             self.loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)  # from here to exit, nothing left to interrupt
         return self.exit_code
+
+    async def _drain(self, engines: tuple[Engine, ...], bound: float) -> bool:
+        """Wait for the attempts in flight; False when a second signal (or the safety-net
+        bound) ended the wait first."""
+        drains = {self.loop.create_task(engine.drain()) for engine in engines}
+        abandon = self.loop.create_task(self._abandon.wait())
+        pending = set(drains)
+        deadline = self.loop.time() + bound
+        while pending and not abandon.done():
+            left = deadline - self.loop.time()
+            if left <= 0:
+                break
+            done, _ = await asyncio.wait(
+                {*pending, abandon}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            pending -= done
+        abandon.cancel()
+        for task in drains:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # a sink failure: already in self.fatal
+        return not pending
 
     def _report_abandoned(self) -> None:
         names = sorted({job.item.name for job in self.schedule.jobs.values() if job.running})
@@ -573,6 +590,8 @@ def _text(status: int, message: str) -> Answer:
 
 async def _serve(path: str, config: Config) -> int:
     """Open what can fail with a usage error first, then build the daemon and serve."""
+    # /metrics renders on a thread; the loop waits at most this long for the GIL back.
+    sys.setswitchinterval(GIL_SWITCH)
     try:
         writer = stdout_writer(config.log.file or None)
     except SinkError as exc:

@@ -3,9 +3,11 @@
 The handlers only translate HTTP; what a probe is and who may be probed is decided by the
 `on_probe` callback the daemon passes in, which gets a `ProbeRequest` (plain data, so the
 daemon does not know aiohttp). The server is hardened so that no client can take what the
-schedule needs: at most `max_connections` connections (more are closed at once, inside the
-descriptor budget the daemon set aside), request headers must arrive within
-`header_timeout` (slowloris), and /metrics is rendered on a thread, one render at a time,
+schedule needs: at most `max_connections` connections, inside the descriptor budget the
+daemon set aside (a new one past the cap takes the place of the oldest connection that is
+not handling a request, so half-sent requests cannot lock a scraper out; when every one is
+busy, the new one is closed at once), request headers must arrive within `header_timeout`
+(slowloris), and /metrics is rendered on a thread, one render at a time,
 shared by concurrent scrapes, so a big page never holds up the event loop.
 """
 
@@ -120,11 +122,13 @@ class HttpServer:
     ) -> None:
         self.host, self.port = host, port
         self.max_connections = max_connections
-        self.refused = 0  # connections closed at once because the cap was reached
+        self.refused = 0  # connections closed at once: the cap was reached, all busy
+        self.evicted = 0  # idle connections closed to make room for a new one
         self._render = SharedRender(exposition)
         self._healthy = healthy
         self._on_probe = on_probe
-        app = web.Application()
+        self._busy: set[object] = set()  # connections whose request is being handled
+        app = web.Application(middlewares=[self._mark_busy])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/probe", self._probe)
@@ -160,10 +164,27 @@ class HttpServer:
     def _connection(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None
-        if len(server.connections) >= self.max_connections:
-            self.refused += 1
-            return _Refused()
+        # oldest first; one closed a moment ago is still listed until its connection_lost
+        connections = [c for c in server.connections if c.transport is not None]
+        if len(connections) >= self.max_connections:
+            idle = next((c for c in connections if c not in self._busy), None)
+            if idle is None:
+                self.refused += 1
+                return _Refused()
+            idle.force_close()  # a half-sent request or an idle keep-alive: make room
+            self.evicted += 1
         return server()
+
+    @web.middleware
+    async def _mark_busy(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        protocol = request.protocol
+        self._busy.add(protocol)
+        try:
+            return await handler(request)
+        finally:
+            self._busy.discard(protocol)
 
     async def stop(self) -> None:
         if self._server is not None:
