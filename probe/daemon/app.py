@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
-import sys
 from typing import Any
 
 from .. import loop as event_loop
@@ -50,7 +49,6 @@ RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
 RESOLVE_DEADLINE = 5.0  # seconds a scheduled name's re-resolution may take
 LOOKUP_THREADS = 4  # getaddrinfo threads for the schedule, and as many for GET /probe
 LATE_START = 0.1  # seconds: a scheduled start later than this is counted and logged
-GIL_SWITCH = 0.001  # seconds (CPython's default is 0.005): a scheduled start waits no longer
 ABANDON_NAMES = 20  # names listed in the "abandoned" event
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -590,8 +588,6 @@ def _text(status: int, message: str) -> Answer:
 
 async def _serve(path: str, config: Config) -> int:
     """Open what can fail with a usage error first, then build the daemon and serve."""
-    # /metrics renders on a thread; the loop waits at most this long for the GIL back.
-    sys.setswitchinterval(GIL_SWITCH)
     try:
         writer = stdout_writer(config.log.file or None)
     except SinkError as exc:

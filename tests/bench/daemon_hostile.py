@@ -35,25 +35,26 @@ PORT = 9464
 CLIENT = r"""
 import json, sys, threading, time, urllib.request, urllib.error
 seconds, rate, port = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+every = float(sys.argv[4])
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 base = f"http://127.0.0.1:{port}"
 stop = time.monotonic() + seconds
 scrapes, probes, lock = [], {}, threading.Lock()
 
 def scraper():
-    while time.monotonic() < stop:
+    while every and time.monotonic() < stop:
         t0 = time.monotonic()
         try:
             size = len(opener.open(base + "/metrics", timeout=30).read())
             scrapes.append((time.monotonic() - t0, size))
         except Exception as exc:
             scrapes.append((time.monotonic() - t0, repr(exc)))
-        time.sleep(max(0.0, 5.0 - (time.monotonic() - t0)))
+        time.sleep(max(0.0, every - (time.monotonic() - t0)))
 
 def prober(k, n):
     start = time.monotonic()
     i = 0
-    while True:
+    while rate:
         due = start + (i * n + k) / rate
         if due >= stop:
             return
@@ -102,7 +103,8 @@ def read_metrics(prefix: list[str]) -> tuple[list[tuple[float, float]], float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--rate", type=float, default=100.0, help="GET /probe per second")
+    ap.add_argument("--rate", type=float, default=100.0, help="GET /probe per second (0: none)")
+    ap.add_argument("--scrape-every", type=float, default=5.0, help="seconds (0: no scrapes)")
     ap.add_argument("--tree", help="run the daemon from this checkout (PYTHONPATH)")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
@@ -128,7 +130,8 @@ def main() -> int:
             sys.exit("probe run exited early")
         b0, s0 = read_metrics(prefix)
         load = subprocess.run(
-            [*prefix, sys.executable, "-c", CLIENT, str(a.seconds), str(a.rate), str(PORT)],
+            [*prefix, sys.executable, "-c", CLIENT, str(a.seconds), str(a.rate), str(PORT),
+             str(a.scrape_every)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         b1, s1 = read_metrics(prefix)
