@@ -29,12 +29,21 @@ class RecordWriter:
 
     @staticmethod
     def _open(path: str) -> BinaryIO:
-        # Read and write: after a failed write the file's tail is read back to cut it.
+        # Read and write: after a failed write the file's tail is read back to cut it (a
+        # write-only file is still taken, without that).
+        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fd = os.open(path, os.O_RDWR | flags, 0o666)
+            except PermissionError:
+                fd = os.open(path, os.O_WRONLY | flags, 0o666)
         except OSError as exc:
             raise SinkError(f"cannot open log file {path}: {exc.strerror}") from None
-        return open(fd, "ab", buffering=1 << 16)
+        try:
+            return open(fd, "ab", buffering=1 << 16)
+        except OSError as exc:  # e.g. a /proc file that cannot seek to its end
+            os.close(fd)
+            raise SinkError(f"cannot open log file {path}: {exc.strerror}") from None
 
     def follow(self) -> bool:
         """Is the file still the one at `path`? If its directory entry was removed or
