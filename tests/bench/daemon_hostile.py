@@ -76,6 +76,7 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
+time.sleep(max(0.0, stop - time.monotonic()))  # the window lasts --seconds, load or none
 print(json.dumps({"scrapes": scrapes, "probes": {str(k): v for k, v in probes.items()}}))
 """
 
