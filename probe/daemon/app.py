@@ -94,6 +94,7 @@ class Daemon:
                 concurrency=concurrency,
                 source=source,
                 shortage_giveup=None,  # a daemon waits out a shortage, however long
+                lag_limit_ms=config.engine.lag_limit_ms,
             )
         )
         # GET /probe's own engine: its attempts can never take the schedule's slots.
@@ -103,7 +104,7 @@ class Daemon:
                 concurrency=probes,
                 source=source,
                 shortage_giveup=None,
-                lag_limit_ms=None,  # one lag monitor (the schedule's) is enough
+                lag_limit_ms=None,  # loop lag holds the schedule's engine down, not this one
             )
         )
         self.probe_limit = probes
