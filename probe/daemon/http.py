@@ -28,6 +28,7 @@ from .metrics import CONTENT_TYPE
 PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
 MAX_CONNECTIONS = 64  # HTTP connections at once; the daemon reserves descriptors for them
 HEADER_TIMEOUT = 5.0  # seconds a connection may take to send a request's headers, or idle
+RENDER_NICE = 10  # the /metrics renderer yields the CPU to the daemon's loop
 SHUTDOWN_GRACE = 1.0  # seconds handlers still running at shutdown get to answer
 
 
@@ -147,9 +148,11 @@ class SharedRender:
 
 
 def _child(render: Callable[[], bytes], read_end: int, write_end: int) -> None:
-    """In the forked child: signals are the parent's business, not ours."""
+    """In the forked child: signals are the parent's business, not ours, and the CPU is the
+    schedule's first (a page of 10,000 targets is seconds of work)."""
     code = 1
     try:
+        os.nice(RENDER_NICE)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)

@@ -116,19 +116,20 @@ def main() -> int:
     lines += [f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in range(20001, 20001 + TARGETS)]
     config.write_text("".join(lines))
     env = dict(os.environ)
-    if a.tree:
-        env["PYTHONPATH"] = a.tree
+    tree = Path(a.tree).resolve() if a.tree else Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = str(tree)  # and the cwd: `python -m` puts the cwd first on the path
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     prefix = ["ip", "netns", "exec", ns]
     subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
     daemon = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "probe", "run", "--config", str(config)], env=env
+        [*prefix, sys.executable, "-m", "probe", "run", "--config", str(config)], env=env, cwd=tree
     )
     try:
         time.sleep(15)  # start-up and one full interval before measuring
         if daemon.poll() is not None:
             sys.exit("probe run exited early")
+        print(f"daemon from {tree}")
         b0, s0 = read_metrics(prefix)
         load = subprocess.run(
             [*prefix, sys.executable, "-c", CLIENT, str(a.seconds), str(a.rate), str(PORT),
