@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from .metrics import CONTENT_TYPE
 PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
 MAX_CONNECTIONS = 64  # HTTP connections at once; the daemon reserves descriptors for them
 HEADER_TIMEOUT = 5.0  # seconds a connection may take to send a request's headers, or idle
+_LENGTH = struct.Struct("!Q")  # the renderer's header: the page's length in bytes
+MAX_FD = 1 << 20  # the child closes every descriptor up to this one but its pipe
 RENDER_NICE = 10  # the /metrics renderer yields the CPU to the daemon's loop
 SHUTDOWN_GRACE = 1.0  # seconds handlers still running at shutdown get to answer
 
@@ -143,8 +146,14 @@ class SharedRender:
             loop.remove_reader(read_end)
             os.close(read_end)
             _reap(loop, pid)
-        if not chunks:
+        # The child writes the page's length first: a page cut short (the child killed) is
+        # an error, never served as if whole.
+        if not chunks or len(chunks[0]) < _LENGTH.size:
             raise RuntimeError("the metrics renderer wrote nothing")
+        (length,) = _LENGTH.unpack_from(chunks[0])
+        chunks[0] = chunks[0][_LENGTH.size :]
+        if sum(len(chunk) for chunk in chunks) != length:
+            raise RuntimeError("the metrics renderer was cut short")
         return chunks
 
     def close(self) -> None:
@@ -161,8 +170,12 @@ def _child(render: Callable[[], bytes], read_end: int, write_end: int) -> None:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
+        # Hold nothing of the parent's (its listener, its sockets) past the parent's exit.
+        os.closerange(3, min(read_end, write_end))
+        os.closerange(max(read_end, write_end) + 1, MAX_FD)
         os.close(read_end)
-        view = memoryview(render())
+        body = render()
+        view = memoryview(_LENGTH.pack(len(body)) + body)
         while view:
             view = view[os.write(write_end, view) :]
         code = 0
