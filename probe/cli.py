@@ -43,12 +43,27 @@ retries_arg = _number(int, lambda v: 0 <= v <= 100, "a whole number 0-100")
 rate_arg = _number(float, lambda v: 0 < v <= 10_000_000, "attempts per second > 0")
 
 
+class _Version(argparse.Action):
+    """`probe VERSION (core: native|python)`: which sweep core this install runs."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        from . import __version__
+        from .engine.native import CORE
+
+        print(f"probe {__version__} (core: {CORE})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="probe",
         description="TCP connect probes that show the local "
         "endpoint the kernel assigned to every attempt.",
     )
+    parser.add_argument("-V", "--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = sub.add_parser(
@@ -135,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--graceful-close",
         action="store_true",
         help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets behind)",
+    )
+    check.add_argument(
+        "--histogram",
+        action="store_true",
+        help="with -c: each target's open latencies in buckets after its summary (psping -h)",
     )
     check.set_defaults(func=cmd_check)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
@@ -55,7 +55,8 @@ def errno_name(err: int) -> str:
 
 @dataclass(slots=True)
 class Record:
-    """What one attempt found. Plain data: sinks decide how it is written."""
+    """What one attempt found. Plain data: renderers in probe/output decide how it is
+    written (the JSON form's keys and their order are `output.jsonl.record_json`'s)."""
 
     started: float  # wall clock (epoch seconds) just before connect()
     target: str
@@ -68,31 +69,13 @@ class Record:
     outcome: Outcome
     error: str | None
     latency_ms: float
-    rtt_ms: float | None
+    rtt_ms: float | None  # None: no kernel sample (not Linux, not open, SYN retransmitted)
+    syn_retransmits: int | None  # None: the platform cannot say
+    dns_ms: float  # time the caller spent resolving the name; 0 for literals
     attempt: int
-    extra: dict[str, Any] = field(default_factory=dict)  # daemon: name, labels
-
-    def as_dict(self) -> dict[str, Any]:
-        """The record's JSON object, keys in the contract's order."""
-        out: dict[str, Any] = {
-            "event": "probe",
-            "timestamp": format_timestamp(self.started),
-            "target": self.target,
-            "host": self.host,
-            "port": self.port,
-            "address": self.address,
-            "family": self.family,
-            "local_address": self.local_address,
-            "local_port": self.local_port,
-            "outcome": self.outcome,
-            "error": self.error,
-            "latency_ms": round(self.latency_ms, 3),
-            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
-            "attempt": self.attempt,
-        }
-        if self.extra:
-            out.update(self.extra)
-        return out
+    # Keys a caller adds after the engine is done (the daemon: name, labels); the engine
+    # never reads or sets them.
+    extra: dict[str, Any] | None = None
 
 
 _second_cache: tuple[int, str] = (-1, "")
@@ -111,7 +94,7 @@ def format_timestamp(epoch: float) -> str:
 
 
 def unresolved_record(
-    target: str, host: str, port: int, code: str, attempt: int, extra: dict[str, Any] | None = None
+    target: str, host: str, port: int, code: str, attempt: int, dns_ms: float = 0.0
 ) -> Record:
     """The record for a name that did not resolve: no connect, nothing local to report."""
     return Record(
@@ -127,6 +110,7 @@ def unresolved_record(
         error=code,
         latency_ms=0.0,
         rtt_ms=None,
+        syn_retransmits=None,
+        dns_ms=dns_ms,
         attempt=attempt,
-        extra=extra or {},
     )

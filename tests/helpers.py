@@ -44,6 +44,8 @@ CONTRACT_KEYS = [
     "error",
     "latency_ms",
     "rtt_ms",
+    "syn_retransmits",
+    "dns_ms",
     "attempt",
 ]
 KEYS = set(CONTRACT_KEYS)
@@ -89,11 +91,18 @@ def check_record(rec: Rec) -> None:
     assert rec["family"] in ("ipv4", "ipv6", None)
     assert isinstance(rec["latency_ms"], int | float) and rec["latency_ms"] >= 0
     assert isinstance(rec["attempt"], int) and rec["attempt"] >= 1
+    assert isinstance(rec["dns_ms"], int | float) and rec["dns_ms"] >= 0
     if rec["outcome"] == "open":
         assert rec["error"] is None
     else:
         assert isinstance(rec["error"], str) and rec["error"]
         assert rec["rtt_ms"] is None
+    retransmits = rec["syn_retransmits"]
+    assert retransmits is None or (isinstance(retransmits, int) and retransmits >= 0)
+    if retransmits:  # Karn's rule: no RTT sample from a resent SYN
+        assert rec["rtt_ms"] is None
+    if rec["local_port"] is None:  # never reached connect(): nothing to count
+        assert retransmits is None
     if rec["outcome"] in ("open", "refused", "timeout", "unreachable"):
         assert isinstance(rec["local_port"], int) and 1 <= rec["local_port"] <= 65535
         assert isinstance(rec["local_address"], str)
@@ -266,13 +275,13 @@ class Netns:
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.name]
 
-    def run(self, *cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    def run(self, *cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.prefix(), *cmd], check=True, text=True, capture_output=True, **kw
-        )  # type: ignore[call-overload]
+        )
 
-    def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[str]:
-        return subprocess.Popen([*self.prefix(), *cmd], text=True, **kw)  # type: ignore[call-overload]
+    def popen(self, *cmd: str, **kw: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen([*self.prefix(), *cmd], text=True, **kw)
 
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False)

@@ -40,8 +40,9 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from probe.daemon.config import Config, ConfigError, load_config
-from probe.output.human import console_line
-from probe.output.jsonl import render_json
+from probe.output.human import console_line, probe_line
+from probe.output.jsonl import event_json, record_json
+from probe.record import Outcome, Record
 from probe.targets import PortRanges, Target, TargetError, iter_targets, parse_target
 
 Rec = dict[str, Any]
@@ -363,27 +364,30 @@ def test_a_record_renders_as_one_line(
 ) -> None:
     """What a user or a config can write (target, host, name) cannot break a line; the
     address, local endpoint and error come from the kernel."""
-    record: dict[str, Any] = {
-        "event": "probe",
-        "timestamp": "2026-11-24T10:00:00.123456Z",
-        "target": target,
-        "host": host,
-        "port": 80,
-        "address": address,
-        "family": "ipv4",
-        "local_address": "127.0.0.1",
-        "local_port": 40000,
-        "outcome": "timeout",
-        "error": "ETIMEDOUT",
-        "latency_ms": 1.5,
-        "rtt_ms": None,
-        "attempt": 1,
-        "name": name,
-    }
-    line = render_json(None, "info", dict(record))
+    record = Record(
+        started=1795514400.123456,  # 2026-11-24T10:00:00.123456Z
+        target=target,
+        host=host,
+        port=80,
+        address=address,
+        family="ipv4",
+        local_address="127.0.0.1",
+        local_port=40000,
+        outcome=Outcome.TIMEOUT,
+        error="ETIMEDOUT",
+        latency_ms=1.5,
+        rtt_ms=None,
+        syn_retransmits=1,
+        dns_ms=0.0,
+        attempt=1,
+        extra={"name": name},
+    )
+    line = record_json(record)
     assert b"\n" not in line and b"\r" not in line
-    assert json.loads(line) == record
-    text = console_line(dict(record))
+    out = json.loads(line)
+    assert (out["target"], out["host"], out["name"]) == (target, host, name)
+    assert out["timestamp"] == "2026-11-24T10:00:00.123456Z"
+    text = probe_line(record)
     assert len(text.splitlines()) == 1 and text.isprintable(), repr(text)
 
 
@@ -395,7 +399,7 @@ def test_a_record_renders_as_one_line(
 def test_an_event_renders_as_one_line(fields: dict[str, str], event: str) -> None:
     fields.pop("event", None)
     fields.pop("timestamp", None)
-    line = render_json(None, "info", {"event": event, **fields})
+    line = event_json({"event": event, **fields})
     assert b"\n" not in line and b"\r" not in line
     assert json.loads(line)["event"] == event
     text = console_line({"event": event, **fields})

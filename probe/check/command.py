@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, BinaryIO
 
 from .. import loop as event_loop
-from ..engine import Engine, EngineOptions, LocalShortage, check_source
+from ..engine import Engine, EngineOptions, LocalShortage, check_source, native
 from ..engine.lag import LagMonitor
 from ..engine.limits import fit_concurrency
 from ..errors import (
@@ -52,6 +52,9 @@ from .workers import run_workers, usable_cpus
 
 FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record
 PROGRESS_EVERY = 1.0
+NATIVE_MAX_TARGETS = 4096  # more addresses than this (a long file) stay on the Python engine
+# Options the native core does not implement: with any of them the Python engine runs.
+NATIVE_UNSUPPORTED = ("exclude", "exclude_file", "open", "output", "source_range")
 
 
 class CheckCommand:
@@ -79,7 +82,7 @@ class CheckCommand:
         self.summary = True  # a worker leaves the summary and errors to the parent
         self.result: CheckResult | None = None
         self.outcomes: Counter[str] = Counter()
-        self.lag: LagMonitor | None = None  # the engine's, for the summary
+        self.lag: LagMonitor | native.Lag | None = None  # the engine's, for the summary
         self.stopped_by = 0  # the signal that stopped the run (SIGINT → exit 130)
         self.error: str | None = None
         self.code = EXIT_OK
@@ -227,10 +230,15 @@ class CheckCommand:
         }
 
     def _run(self, writer: RecordWriter) -> int:
+        targets = self._native_targets()
+        if targets is not None:
+            return self._run_native(writer, targets)
         fmt = "json" if self.args.json else "human"
         write_record = configure(writer, fmt)
         report = (
-            None if self.args.json else HumanReport(write_record, self.list_mode, self.args.count)
+            None
+            if self.args.json
+            else HumanReport(write_record, self.list_mode, self.args.count, self.args.histogram)
         )
         on_record = write_record if report is None else report.record
         if report is not None and self.list_mode:
@@ -252,6 +260,85 @@ class CheckCommand:
         summary: list[str] = []
         if report is not None and self.summary and not self.error:  # on SIGINT too
             lag = (self.lag.quantile_ms(0.99), self.lag.max_ms) if self.lag else None
+            summary = report.summary(time.monotonic() - started, lag)
+        return self._close(writer, summary)
+
+    def _native_targets(self) -> list[native.NativeTarget] | None:
+        """The targets as the native core takes them, when it can serve the whole run: JSON
+        records or a sweep's human output (open ports and a summary), one attempt per
+        endpoint, IP literals (addresses, CIDRs, octet ranges) on the command line or in a
+        small regular file. Anything else runs on the Python engine (a line per attempt for
+        a few targets, repeat mode, names), as do options the native core does not know."""
+        args = self.args
+        if not native.available() or args.count != 1 or self.blocking_input:
+            return None
+        if not args.json and self.list_mode:
+            return None
+        if any(getattr(args, name, None) for name in NATIVE_UNSUPPORTED):
+            return None
+        if not native.supports(self.options):
+            return None
+        try:
+            return native.plan(
+                iter_targets(args.targets, self.default_ports), self.family, NATIVE_MAX_TARGETS
+            )
+        except TargetError:
+            return None  # the Python engine reports it where it meets it, as it always has
+
+    def _run_native(self, writer: RecordWriter, targets: list[native.NativeTarget]) -> int:
+        """The whole share on the native core: records go straight to the writer's fd."""
+
+        def on_signal(signum: int) -> None:
+            self.stopped_by = self.stopped_by or signum
+
+        human = not self.args.json
+        progress = self.progress
+        bar = None
+        if progress is None and human and sys.stderr.isatty():
+            bar = _Progress(time.monotonic())  # the line _Ticker draws on the Python engine
+            progress = bar.show
+        started = time.monotonic()
+        try:
+            writer.flush()
+            with native.stop_on_signals(on_signal) as stop_fd:
+                done = native.sweep(
+                    writer.fileno(),
+                    targets,
+                    self.options,
+                    self.shard or (0, 1),
+                    stop_fd,
+                    progress,
+                    human=human,
+                )
+        except SinkClosed:
+            return _quiet_pipe()
+        except BrokenPipeError:
+            return _quiet_pipe()
+        except OSError as exc:
+            self.error = f"cannot write records to {writer.name}: {exc.strerror or exc}"
+            self.code = EXIT_USAGE
+            return self._close(writer, [])
+        finally:
+            if bar is not None:
+                bar.clear()
+        self.lag = done.lag
+        self.outcomes.update(done.outcomes)
+        self.result = CheckResult(
+            outcomes=Counter(done.outcomes),
+            targets=done.targets,
+            targets_without_open=done.targets_without_open,
+        )
+        if done.error:
+            self.error, self.code = done.error, EXIT_USAGE
+        elif done.targets == 0 and not self.stopped_by:
+            self.error, self.code = "no targets in the input", EXIT_USAGE
+        elif done.targets_without_open:
+            self.code = EXIT_NO_OPEN
+        summary: list[str] = []
+        if human and self.summary and not self.error:  # on SIGINT too, as on the Python engine
+            report = HumanReport(lambda _: None, False, 1)
+            report.outcomes.update(done.outcomes)
+            lag = (done.lag.quantile_ms(0.99), done.lag.max_ms)
             summary = report.summary(time.monotonic() - started, lag)
         return self._close(writer, summary)
 

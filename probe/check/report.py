@@ -4,10 +4,14 @@ count of the rest for sweeps, and a tcping-style summary in repeat mode."""
 from __future__ import annotations
 
 import math
+import random
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from ..output.histogram import histogram_lines
 from ..record import OPEN, OUTCOMES, REFUSED, TIMEOUT, Record
 
 # At most this many attempts in a run and every one gets its own line (nmap lists up to 25
@@ -25,6 +29,7 @@ class _Stats:
     m2: float = 0.0
     low: float = math.inf
     high: float = 0.0
+    kept: Latencies | None = None  # --histogram: the open latencies
 
     def add(self, record: Record) -> None:
         self.outcomes[record.outcome] += 1
@@ -37,6 +42,8 @@ class _Stats:
         self.m2 += delta * (x - self.mean)
         self.low = min(self.low, x)
         self.high = max(self.high, x)
+        if self.kept is not None:
+            self.kept.add(x)
 
     def lines(self, label: str) -> list[str]:
         sent = sum(self.outcomes.values())
@@ -54,14 +61,40 @@ class _Stats:
                 f"latency min/avg/max/mdev = {self.low:.3f}/{self.mean:.3f}/"
                 f"{self.high:.3f}/{mdev:.3f} ms"
             )
+        if self.kept is not None:
+            out.extend(histogram_lines(self.kept.values))
         return out
+
+
+@dataclass(slots=True)
+class Latencies:
+    """What --histogram draws from: every latency up to KEEP of them, a uniform sample of
+    KEEP beyond (`-c 0` runs for days; its memory must not)."""
+
+    KEEP: ClassVar[int] = 100_000
+    values: array[float] = field(default_factory=lambda: array("d"))
+    seen: int = 0
+
+    def add(self, x: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.KEEP:
+            self.values.append(x)
+        elif (j := random.randrange(self.seen)) < self.KEEP:
+            self.values[j] = x
 
 
 class HumanReport:
     """Decides which records a person sees; `show` writes one through the structlog sink."""
 
-    def __init__(self, show: Callable[[Record], None], list_mode: bool, count: int) -> None:
+    def __init__(
+        self,
+        show: Callable[[Record], None],
+        list_mode: bool,
+        count: int,
+        histogram: bool = False,
+    ) -> None:
         self.show = show
+        self.histogram = histogram  # latency buckets after each target's summary
         self.list_mode = list_mode
         self.repeat = list_mode and count > 1
         self.outcomes: Counter[str] = Counter()
@@ -76,6 +109,8 @@ class HumanReport:
             stats = self.per_target.get(key)
             if stats is None:
                 stats = self.per_target[key] = _Stats()
+                if self.histogram:
+                    stats.kept = Latencies()
             stats.add(record)
 
     def summary(self, elapsed: float, lag_ms: tuple[float, float] | None = None) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import os
 import signal
 from typing import Any
 
@@ -41,9 +42,11 @@ from .config import (
     probe_allow_networks,
     resolved_targets,
 )
+from .history import History
 from .http import MAX_CONNECTIONS, PROBE_TIMEOUT_MAX, Answer, HttpServer, ProbeRequest
 from .metrics import CONTENT_TYPE, Metrics, probe_exposition
 from .schedule import Clock, Job, Schedule
+from .status import StatusPage
 
 FLUSH_EVERY = 0.1  # seconds between log flushes, log-file checks and clock-step checks
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
@@ -78,13 +81,14 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self.clock = Clock()
         self.schedule: Schedule[ResolvedTarget] = Schedule()
+        self.history = History()  # what the status page shows
         self.state: dict[str, bool] = {}  # name → up at the last attempt
         self.attempts: dict[str, int] = {}  # name → attempts made, for the record's number
         self.running = False
         self.exit_code = EXIT_OK
         self.fatal: str | None = None
         self.writer = writer
-        self.write_record = configure(writer, config.log.format or "json")
+        self.write_record = configure(writer, log_format(config))
         self.log = event_logger()
         listen = metrics_listen(config)
         concurrency, probes = _budget(config, listen is not None)
@@ -125,8 +129,9 @@ class Daemon:
         self.http: HttpServer | None = None
         if listen is not None:
             self.http = HttpServer(
-                listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe
-            )
+                listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe,
+                routes=self._status_routes(),
+            )  # fmt: skip
         self._stopped = asyncio.Event()
         self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
         self._timer: asyncio.TimerHandle | None = None
@@ -178,6 +183,7 @@ class Daemon:
                 self.metrics.forget(name)
                 self.state.pop(name, None)
                 self.attempts.pop(name, None)
+                self.history.forget(name)
         self._hosts = {}
         for t in targets:
             self._hosts.setdefault(t.host, []).append(t.name)
@@ -237,10 +243,8 @@ class Daemon:
         try:
             addresses = await self.names.first(target.host, target.timeout)
         except ResolveError as exc:
-            extra = _extra(target)
-            record = unresolved_record(
-                target.address, target.host, target.port, exc.code, number, extra
-            )
+            record = unresolved_record(target.address, target.host, target.port, exc.code, number)
+            record.extra = _extra(target)
             self._finished(job, record)
             return
         if self.running and not self.engine.closed:
@@ -258,9 +262,11 @@ class Daemon:
     def _submit(self, job: Job[ResolvedTarget], address: Address, number: int) -> None:
         target = job.item
         endpoint = Endpoint(target.address, target.host, target.port)
-        attempt = Attempt(endpoint, address, number, target.timeout, extra=_extra(target))
+        attempt = Attempt(endpoint, address, number, target.timeout)
+        extra = _extra(target)
 
         def done(record: Record, _: Attempt, final: bool) -> None:
+            record.extra = extra
             if final:
                 self._finished(job, record)
 
@@ -289,6 +295,12 @@ class Daemon:
                 target=record.target,
                 **{"from": _updown(before), "to": _updown(up)},
             )
+        self.history.observe(name, record, self.state.get(name))
+
+    def _status_routes(self) -> list[Any]:
+        """`GET /` and `/api/targets`: the status page, over the targets being scheduled."""
+        page = StatusPage(lambda: [job.item for job in self.schedule.jobs.values()], self.history)
+        return page.routes()
 
     # -- GET /probe ------------------------------------------------------------------------------
 
@@ -323,8 +335,8 @@ class Daemon:
                 endpoint.port,
                 exc.code,
                 1,
-                {"name": endpoint.target, "via": "http"},
             )
+            record.extra = {"name": endpoint.target, "via": "http"}
             self._write(record)
             return Answer(200, probe_exposition(record, self.clock.mono() - began), CONTENT_TYPE)
         except asyncio.CancelledError:
@@ -342,12 +354,11 @@ class Daemon:
         answered: asyncio.Future[Record] = self.loop.create_future()
 
         def done(record: Record, _: Attempt, final: bool) -> None:
+            record.extra = {"name": endpoint.target, "via": "http"}
             if final and not answered.done():  # the client may have hung up
                 answered.set_result(record)
 
-        attempt = Attempt(
-            endpoint, allowed[0], 1, timeout, extra={"name": endpoint.target, "via": "http"}
-        )
+        attempt = Attempt(endpoint, allowed[0], 1, timeout)
         engine.submit(attempt, done)
         self._answers.add(answered)
         try:
@@ -606,6 +617,17 @@ async def _serve(path: str, config: Config) -> int:
             report(f"{path}: engine.source: cannot bind: {exc.strerror}")
             return EXIT_USAGE
     return await Daemon(path, config, writer).serve()
+
+
+def log_format(cfg: Config) -> str:
+    """The renderer: `[log] format` when set; when not, the console form for a person at a
+    terminal (in colour unless NO_COLOR is set or TERM=dumb), JSON for files and pipes."""
+    fmt = cfg.log.format
+    to_tty = not cfg.log.file and os.isatty(1)
+    if fmt is None:
+        fmt = "console" if to_tty else "json"
+    colour = to_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    return "console-colour" if fmt == "console" and colour else fmt
 
 
 def run_daemon(path: str) -> int:

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -201,6 +201,7 @@ class HttpServer:
         exposition: Callable[[], bytes],
         healthy: Callable[[], bool],
         on_probe: ProbeHandler,
+        routes: Iterable[web.RouteDef] = (),
         max_connections: int = MAX_CONNECTIONS,
         header_timeout: float = HEADER_TIMEOUT,
     ) -> None:
@@ -216,6 +217,7 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/probe", self._probe)
+        app.add_routes(routes)  # the status page's, when the daemon has one
         # aiohttp closes a connection still waiting for a whole request when its keep-alive
         # timer runs out, whatever it sent meanwhile: that timer is the header timeout.
         self._runner = web.AppRunner(

@@ -1,14 +1,18 @@
 """The connect engine: attempts in, records out. Knows nothing of the CLI or the daemon.
 
-- `core`: the queue, pacing (`--rate`), the concurrency limit, polling and deadlines;
-  a post-connect stage (banner read, TLS) would go in `core.Engine._complete`, between the
-  answer and the close.
+- `core`: the queue, pacing (`--rate`), the concurrency limit and shortage handling; each
+  attempt's `Result` becomes a `Record` there. A post-connect stage (banner read, TLS)
+  goes in `core.Engine._post_connect`, between the answer and the close.
+- `attempt`: what goes in (`Attempt`) and what one connect found (`Result`).
+- `deadlines`: timeouts, a FIFO queue per timeout and one sweep timer.
+- `poller`: which sockets have their answer (one epoll set, or the loop's writers).
 - `sockets`: the socket calls of one attempt (bind a source, read TCP_INFO).
 - `lag`: how late the event loop runs; `limits`: what the open-files limit allows.
 """
 
 from ..errors import LocalShortage
-from .core import Attempt, Done, Engine, EngineOptions, EngineStats
+from .attempt import Attempt, Done, Result
+from .core import Engine, EngineOptions, EngineStats
 from .sockets import check_source
 
 __all__ = [
@@ -18,5 +22,6 @@ __all__ = [
     "EngineOptions",
     "EngineStats",
     "LocalShortage",
+    "Result",
     "check_source",
 ]

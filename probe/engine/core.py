@@ -3,9 +3,9 @@
 Why not `asyncio.open_connection`: on failure it throws the socket away, and with it the
 local endpoint the kernel assigned. Here each attempt owns its socket: `connect()` is issued
 by hand, `getsockname()` is read at once (the kernel has bound the port by then, refused or
-not), and completion is watched with one epoll set shared by all attempts (Linux) or the
-loop's writer callbacks elsewhere. No task and no timer per attempt: deadlines sit in FIFO
-queues, one per timeout value, swept by a single loop timer.
+not), completion is watched by the `poller` and timeouts by `deadlines` (no task and no
+timer per attempt). This module keeps the queue, pacing, the concurrency limit and shortage
+handling, and turns each attempt's `Result` into a `Record`.
 
 A shortage on this machine (no descriptor, no ephemeral port, no buffer) is never the
 target's fault: the attempt goes back to the head of the queue, concurrency is lowered to
@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import select
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from ..errors import LocalShortage
 from ..record import OPEN, SELF_CONNECT, TIMEOUT, Record, errno_name, outcome_of
-from ..resolve import Address
-from ..targets import Endpoint
+from .attempt import Attempt, Done, Result, Slot
+from .deadlines import Deadlines
 from .lag import LagMonitor
-from .sockets import LINGER_RESET, bind_source, connected, rtt_ms
+from .poller import make_poller
+from .sockets import LINGER_RESET, bind_source, connected, handshake, syn_retransmits
 
 # Our machine ran short, not the target: wait and try the same attempt again.
 SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN}
@@ -55,37 +54,6 @@ class EngineOptions:
 
 
 @dataclass(slots=True)
-class Attempt:
-    """One connect to make: where, which try, and who to tell."""
-
-    endpoint: Endpoint
-    address: Address
-    number: int = 1  # 1-based attempt number for this target
-    timeout: float | None = None  # None: the engine's
-    retry: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # daemon: name, labels
-    self_connects: int = 0  # times the kernel connected this attempt's socket to itself
-
-
-Done = Callable[[Record, Attempt, bool], None]  # (record, attempt, final: no retry follows)
-
-
-class _Slot:
-    __slots__ = ("attempt", "deadline", "done", "fd", "local", "on_done", "sock", "t0", "wall")
-
-    def __init__(self, attempt: Attempt, on_done: Done, sock: socket.socket) -> None:
-        self.attempt = attempt
-        self.on_done = on_done
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.t0 = 0
-        self.wall = 0.0
-        self.deadline = 0.0
-        self.local: tuple[Any, ...] | None = None
-        self.done = False
-
-
-@dataclass(slots=True)
 class EngineStats:
     started: int = 0
     finished: int = 0
@@ -106,9 +74,6 @@ class Engine:
         self.inflight = 0
         self.stats = EngineStats()
         self._queue: deque[tuple[Attempt, Done]] = deque()
-        self._deadlines: dict[float, deque[_Slot]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
         self._pump_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._rate_next = 0.0
         self._pumping = False
@@ -121,19 +86,11 @@ class Engine:
         self.failure: BaseException | None = None
         self.on_close: list[Callable[[], None]] = []  # woken when the engine stops
         self._closed = False
-        self._watch: Callable[[_Slot], None]
-        self._unwatch: Callable[[_Slot], None]
-        self._slots: dict[int, _Slot] = {}
+        self._deadlines = Deadlines(self.loop, self._expire, self._after_completions)
+        self._poller = make_poller(self.loop, self._ready, self._after_completions)
         # A loop that runs late notices completions late and would inflate their latency:
         # measure the lag, and past the limit hold concurrency down rather than report it.
         self.lag = LagMonitor(self.loop, self._on_lag if options.lag_limit_ms else None)
-        self._epoll: Any = None
-        if hasattr(select, "epoll"):
-            self._epoll = select.epoll()
-            self.loop.add_reader(self._epoll.fileno(), self._on_epoll)
-            self._watch, self._unwatch = self._watch_epoll, self._unwatch_epoll
-        else:  # pragma: no cover - macOS and others
-            self._watch, self._unwatch = self._watch_loop, self._unwatch_loop
 
     # -- the public side -------------------------------------------------------------------
 
@@ -171,21 +128,15 @@ class Engine:
             return
         self._closed = True
         self._queue.clear()
-        for queue in self._deadlines.values():
-            for slot in queue:
-                if not slot.done:
-                    slot.done = True
-                    self._unwatch(slot)
-                    slot.sock.close()
-        self._deadlines.clear()
+        for slot in self._deadlines.close():
+            slot.done = True
+            self._poller.unwatch(slot)
+            slot.sock.close()
         self.inflight = 0
-        for handle in (self._timer, self._pump_handle):
-            if handle is not None:
-                handle.cancel()
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
         self.lag.stop()
-        if self._epoll is not None:
-            self.loop.remove_reader(self._epoll.fileno())
-            self._epoll.close()
+        self._poller.close()
         self._room.set()
         self._idle.set()
         for wake in self.on_close:
@@ -202,8 +153,10 @@ class Engine:
         self._pump()
 
     def reconfigure(self, options: EngineOptions) -> None:
-        """New options (a config reload): the concurrency bound as `set_ceiling` takes it;
-        timeout and source apply to attempts started from now on."""
+        """New options (a config reload), instead of outside code writing them: the
+        concurrency bound as `set_ceiling` takes it; timeout, source, rate, retries and
+        closing apply to attempts started from now on. The lag monitor keeps what it was
+        started with (on or off)."""
         self.options = options
         self.set_ceiling(options.concurrency)
 
@@ -281,7 +234,7 @@ class Engine:
             if exc.errno in SHORTAGE:
                 self._shortage()
                 return False
-            self._finish_now(attempt, on_done, exc.errno or 0, None, 0)
+            self._finish_now(attempt, on_done, Result(exc.errno or 0, None, 0, time.time()))
             return True
         source = self.options.source
         port = attempt.endpoint.port
@@ -296,7 +249,7 @@ class Engine:
                 self._shortage()  # the fixed port is busy for now (TIME_WAIT, another socket)
                 return False
         try:
-            slot = _Slot(attempt, on_done, sock)
+            slot = Slot(attempt, on_done, sock)
             slot.wall = time.time()
             slot.t0 = time.perf_counter_ns()
             err = sock.connect_ex(address.sockaddr(port))
@@ -308,7 +261,9 @@ class Engine:
                     self._shortage()
                     return False
                 sock.close()
-                self._finish_now(attempt, on_done, err, local, t1 - slot.t0, slot.wall)
+                # The answer came inside connect(): no SYN was ever sent again.
+                result = Result(err, local, t1 - slot.t0, slot.wall, None, 0)
+                self._finish_now(attempt, on_done, result)
                 return True
             slot.local = sock.getsockname()
             # Often the answer is already in: on loopback the whole handshake (or the reset)
@@ -321,7 +276,7 @@ class Engine:
             if exc.errno in _SHORTAGE_AT_CONNECT:
                 self._shortage()
                 return False
-            self._finish_now(attempt, on_done, exc.errno or 0, None, 0)
+            self._finish_now(attempt, on_done, Result(exc.errno or 0, None, 0, time.time()))
             return True
         self._backoff = 0.0
         self._stuck_since = None
@@ -329,21 +284,10 @@ class Engine:
         self.stats.started += 1
         self._idle.clear()
         if answered:
-            self._complete(slot, err)
+            self._complete(slot, err, at_connect=True)
             return True
-        timeout = attempt.timeout or self.options.timeout
-        slot.deadline = self.loop.time() + timeout
-        queue = self._deadlines.get(timeout)
-        if queue is None:
-            queue = self._deadlines[timeout] = deque()
-        queue.append(slot)
-        if len(queue) > 2 * self.ceiling + 64:
-            # Finished attempts wait in the deadline queue until they reach its head; drop
-            # them now so memory follows what is in flight, not the attempt rate.
-            queue = self._deadlines[timeout] = deque(s for s in queue if not s.done)
-        if self._timer is None or slot.deadline < self._timer_when:
-            self._arm(slot.deadline)
-        self._watch(slot)
+        self._deadlines.add(slot, attempt.timeout or self.options.timeout, 2 * self.ceiling + 64)
+        self._poller.watch(slot)
         return True
 
     def _on_lag(self, lag_ms: float) -> None:
@@ -373,110 +317,104 @@ class Engine:
 
     # -- completion --------------------------------------------------------------------------
 
-    def _watch_epoll(self, slot: _Slot) -> None:
-        self._slots[slot.fd] = slot
-        self._epoll.register(slot.fd, select.EPOLLOUT | select.EPOLLONESHOT)
+    def _ready(self, slot: Slot) -> None:
+        """The poller saw the socket's answer."""
+        self._complete(slot, slot.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
-    def _unwatch_epoll(self, slot: _Slot) -> None:
-        # Closing the socket removes it from the epoll set; only our map needs cleaning.
-        self._slots.pop(slot.fd, None)
+    def _expire(self, slot: Slot) -> None:
+        """A deadline passed. Ask the socket before calling it a timeout: if the loop was
+        behind, the answer may already be there, and a refused port is not a timeout."""
+        self._poller.unwatch(slot)
+        sock = slot.sock
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            try:
+                sock.getpeername()
+            except OSError:
+                self._complete(slot, errno.ETIMEDOUT, timed_out=True)
+                return
+        self.stats.late += 1
+        self._complete(slot, err)
 
-    def _on_epoll(self) -> None:
-        slots = self._slots
-        for fd, _ in self._epoll.poll(0, 1024):
-            slot = slots.pop(fd, None)
-            if slot is not None and not slot.done:
-                self._complete(slot, slot.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-        self._after_completions()
-
-    def _watch_loop(self, slot: _Slot) -> None:  # pragma: no cover - non-Linux
-        self.loop.add_writer(slot.fd, self._on_writable, slot)
-
-    def _unwatch_loop(self, slot: _Slot) -> None:  # pragma: no cover - non-Linux
-        self.loop.remove_writer(slot.fd)
-
-    def _on_writable(self, slot: _Slot) -> None:  # pragma: no cover - non-Linux
-        self.loop.remove_writer(slot.fd)
-        if not slot.done:
-            self._complete(slot, slot.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-        self._after_completions()
-
-    def _complete(self, slot: _Slot, err: int, timed_out: bool = False) -> None:
+    def _complete(
+        self, slot: Slot, err: int, timed_out: bool = False, at_connect: bool = False
+    ) -> None:
+        """The attempt has its answer (`at_connect`: already inside connect()): read what
+        the kernel knows of the handshake, close, deliver."""
         t1 = time.perf_counter_ns()
         slot.done = True
         self.inflight -= 1
         self.stats.finished += 1
         sock = slot.sock
-        rtt = None
         attempt = slot.attempt
         local = slot.local
-        self_connect = (
-            err == 0
-            and local is not None
-            and local[1] == attempt.endpoint.port
-            and local[0] == attempt.address.ip
-        )
-        if self_connect:
-            # TCP simultaneous open with itself: the kernel picked the destination port as
-            # the ephemeral port and the socket connected to itself. Nothing listens there;
-            # that is our artifact, not the target's answer, so try again with another port
-            # (unless -s fixed the port: then every try would be the same, so say so).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-            sock.close()
-            self.stats.self_connects += 1
-            source = self.options.source
-            if not (source and source[1]) and attempt.self_connects < _SELF_CONNECT_TRIES:
-                attempt.self_connects += 1
-                self._queue.appendleft((attempt, slot.on_done))
-                return
-            self._deliver(
-                attempt, slot.on_done, SELF_CONNECT, local, t1 - slot.t0, slot.wall, None, False
-            )
-            return
+        result = Result(err, local, t1 - slot.t0, slot.wall, None, 0 if at_connect else None)
         if err == 0 and not timed_out:
-            rtt = rtt_ms(sock)
-            if not self.options.graceful_close:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-        sock.close()
+            port, ip = attempt.endpoint.port, attempt.address.ip
+            if local is not None and local[1] == port and local[0] == ip:
+                self._self_connected(slot, result)
+                return
+            result.rtt_ms, result.syn_retransmits = handshake(sock)
+            self._post_connect(slot, result)
+        else:
+            if not at_connect:  # a reset after a resent SYN, or SYNs that went unanswered
+                result.syn_retransmits = syn_retransmits(sock)
+            result.timed_out = timed_out
+            sock.close()
         if self.limit < self.ceiling:
             self.limit += 1  # additive recovery after a shortage
-        self._deliver(attempt, slot.on_done, err, local, t1 - slot.t0, slot.wall, rtt, timed_out)
+        self._deliver(attempt, slot.on_done, result)
+
+    def _post_connect(self, slot: Slot, result: Result) -> None:
+        """Where a post-connect stage would go (a banner read, a TLS handshake): here the
+        socket is connected and its handshake figures are in `result`. Such a stage would
+        take `slot.sock` over instead of closing it, keep the slot in flight (its deadline
+        in `self._deadlines` still running) and call `_deliver` when it has its answer.
+        Today there is none: close at once, with a reset unless `graceful_close`."""
+        sock = slot.sock
+        if not self.options.graceful_close:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        sock.close()
+
+    def _self_connected(self, slot: Slot, result: Result) -> None:
+        """TCP simultaneous open with itself: the kernel picked the destination port as the
+        ephemeral port and the socket connected to itself. Nothing listens there; that is
+        our artifact, not the target's answer, so try again with another port (unless -s
+        fixed the port: then every try would be the same, so say so)."""
+        sock = slot.sock
+        attempt = slot.attempt
+        result.syn_retransmits = syn_retransmits(sock)  # the record, if one is written
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        sock.close()
+        self.stats.self_connects += 1
+        source = self.options.source
+        if not (source and source[1]) and attempt.self_connects < _SELF_CONNECT_TRIES:
+            attempt.self_connects += 1
+            self._queue.appendleft((attempt, slot.on_done))
+            return
+        result.err = SELF_CONNECT
+        self._deliver(attempt, slot.on_done, result)
 
     def _after_completions(self) -> None:
         if self._pump_handle is None:
             self._pump()
 
-    def _finish_now(
-        self,
-        attempt: Attempt,
-        on_done: Done,
-        err: int,
-        local: tuple[Any, ...] | None,
-        elapsed_ns: int,
-        wall: float | None = None,
-    ) -> None:
+    def _finish_now(self, attempt: Attempt, on_done: Done, result: Result) -> None:
         """An attempt that ended inside connect() itself (no route, bad address)."""
         self.stats.started += 1
         self.stats.finished += 1
-        self._deliver(attempt, on_done, err, local, elapsed_ns, wall or time.time(), None, False)
+        self._deliver(attempt, on_done, result)
 
-    def _deliver(
-        self,
-        attempt: Attempt,
-        on_done: Done,
-        err: int,
-        local: tuple[Any, ...] | None,
-        elapsed_ns: int,
-        wall: float,
-        rtt: float | None,
-        timed_out: bool,
-    ) -> None:
+    def _deliver(self, attempt: Attempt, on_done: Done, result: Result) -> None:
+        timed_out = result.timed_out
+        err = result.err
         outcome = TIMEOUT if timed_out else outcome_of(err)
         retry = outcome == TIMEOUT and attempt.retry < self.options.retries and not self._closed
         endpoint = attempt.endpoint
         address = attempt.address
+        local = result.local
         record = Record(
-            started=wall,
+            started=result.wall,
             target=endpoint.target,
             host=endpoint.host,
             port=endpoint.port,
@@ -486,10 +424,11 @@ class Engine:
             local_port=None if local is None else local[1],
             outcome=outcome,
             error=None if outcome == OPEN else ("ETIMEDOUT" if timed_out else errno_name(err)),
-            latency_ms=elapsed_ns / 1e6,
-            rtt_ms=rtt,
+            latency_ms=result.elapsed_ns / 1e6,
+            rtt_ms=result.rtt_ms,
+            syn_retransmits=result.syn_retransmits,
+            dns_ms=attempt.dns_ms,
             attempt=attempt.number,
-            extra=attempt.extra,
         )
         try:
             on_done(record, attempt, not retry)
@@ -503,51 +442,7 @@ class Engine:
                 attempt.number + 1,
                 attempt.timeout,
                 attempt.retry + 1,
-                attempt.extra,
+                attempt.dns_ms,
             )
             self._queue.appendleft((again, on_done))
             self._idle.clear()
-
-    # -- deadlines ---------------------------------------------------------------------------
-
-    def _arm(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_when = when
-        self._timer = self.loop.call_at(when, self._sweep)
-
-    def _sweep(self) -> None:
-        """Expire attempts past their deadline; drop finished ones from the queue heads."""
-        self._timer = None
-        now = self.loop.time()
-        earliest = None
-        for timeout, queue in list(self._deadlines.items()):
-            while queue and (queue[0].done or queue[0].deadline <= now):
-                slot = queue.popleft()
-                if not slot.done:
-                    self._expire(slot)
-                    if self._closed:  # a sink failed on that record: the engine is gone
-                        return
-            if queue:
-                if earliest is None or queue[0].deadline < earliest:
-                    earliest = queue[0].deadline
-            else:
-                del self._deadlines[timeout]
-        if earliest is not None and not self._closed:
-            self._arm(earliest)
-        self._after_completions()
-
-    def _expire(self, slot: _Slot) -> None:
-        """A deadline passed. Ask the socket before calling it a timeout: if the loop was
-        behind, the answer may already be there, and a refused port is not a timeout."""
-        self._unwatch(slot)
-        sock = slot.sock
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err == 0:
-            try:
-                sock.getpeername()
-            except OSError:
-                self._complete(slot, errno.ETIMEDOUT, timed_out=True)
-                return
-        self.stats.late += 1
-        self._complete(slot, err)

@@ -9,7 +9,12 @@ import sys
 
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER 0: close() sends RST, no TIME_WAIT
 _TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
-_TCPI_RTT_OFFSET = 68  # struct tcp_info: u32 tcpi_rtt (microseconds) after 8 u8 + 15 u32
+# struct tcp_info (linux/tcp.h): 8 u8, then u32s. tcpi_rtt (microseconds) is the 16th u32,
+# tcpi_total_retrans (segments sent again, the SYN included) the 24th, after tcpi_rcv_space.
+_TCPI_RTT_OFFSET = 8 + 15 * 4  # 68
+_TCPI_TOTAL_RETRANS_OFFSET = 8 + 23 * 4  # 100
+_TCPI_LEN = _TCPI_TOTAL_RETRANS_OFFSET + 4
+_u32 = struct.Struct("I").unpack_from
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
@@ -39,14 +44,35 @@ def connected(sock: socket.socket) -> bool:
     return True
 
 
-def rtt_ms(sock: socket.socket) -> float | None:
+def _tcp_info(sock: socket.socket) -> bytes | None:
     if _TCP_INFO is None:
         return None
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
+        info: bytes = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_LEN)
     except OSError:
         return None
-    if len(info) < _TCPI_RTT_OFFSET + 4:
+    return info if len(info) >= _TCPI_LEN else None
+
+
+def handshake(sock: socket.socket) -> tuple[float | None, int | None]:
+    """(rtt_ms, syn_retransmits) of a connected socket, from one TCP_INFO read. No RTT
+    when the SYN was sent again: the kernel took no sample from a retransmitted segment
+    (Karn's rule) and `tcpi_rtt` still holds its initial value, not a measurement."""
+    info = _tcp_info(sock)
+    if info is None:
+        return None, None
+    retransmits: int = _u32(info, _TCPI_TOTAL_RETRANS_OFFSET)[0]
+    if retransmits:
+        return None, retransmits
+    rtt_us: int = _u32(info, _TCPI_RTT_OFFSET)[0]
+    return rtt_us / 1000.0, 0
+
+
+def syn_retransmits(sock: socket.socket) -> int | None:
+    """How many times the SYN was sent again, for an attempt that did not connect
+    (timeout, or a reset after a retransmit); None where the platform cannot say."""
+    info = _tcp_info(sock)
+    if info is None:
         return None
-    rtt_us: int = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)[0]
-    return rtt_us / 1000.0
+    count: int = _u32(info, _TCPI_TOTAL_RETRANS_OFFSET)[0]
+    return count

@@ -6,7 +6,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from ..record import format_timestamp
+from ..record import Outcome, Record, format_timestamp
 
 EventDict = MutableMapping[str, Any]
 
@@ -21,30 +21,44 @@ def _safe(value: Any) -> str:
     return text if text.isprintable() else repr(text)[1:-1]
 
 
-def console_line(event_dict: EventDict, with_time: bool = True) -> str:
-    """The lesson's printout for a probe; `key=value` pairs for every other event."""
+def console_line(event_dict: EventDict, with_time: bool = True, colour: bool = False) -> str:
+    """`key=value` pairs for an event other than a record (records: `probe_line`).
+    `colour`: a state event's new state in ANSI colour, for terminals."""
     head = f"{event_dict.get('timestamp') or _now()}  " if with_time else ""
-    if event_dict.get("event") == "probe":
-        return head + probe_line(event_dict)
     rest = "  ".join(
-        f"{k}={_safe(v)}" for k, v in event_dict.items() if k not in ("event", "timestamp")
+        f"{k}={_paint(_safe(v), v) if colour and k == 'to' else _safe(v)}"
+        for k, v in event_dict.items()
+        if k not in ("event", "timestamp")
     )
     return f"{head}{_safe(event_dict.get('event'))}  {rest}"
 
 
-def probe_line(r: EventDict) -> str:
-    parts = [_safe(r["target"]), f"{r['outcome']:<7}"]
-    if r.get("name") and r["name"] != r["target"]:
-        parts.insert(0, _safe(r["name"]))
-    if r.get("address") and r["address"] != r["host"]:
-        parts.append(f"[{r['address']}]")
-    if r.get("local_port") is not None:
-        parts.append(f"local {_endpoint(r['local_address'], r['local_port'])}")
-    parts.append(f"{r['latency_ms']:.2f} ms")
-    if r.get("rtt_ms") is not None:
-        parts.append(f"rtt {r['rtt_ms']:.2f} ms")
-    if r.get("error") and r["outcome"] != "refused":
-        parts.append(str(r["error"]))
+# SGR colours: green for open/up, red for refused/down, yellow for a timeout, magenta else.
+_COLOURS = {"open": "32", "up": "32", "refused": "31", "down": "31", "timeout": "33"}
+
+
+def _paint(text: str, key: Any) -> str:
+    return f"\x1b[{_COLOURS.get(str(key), '35')}m{text}\x1b[0m"
+
+
+def probe_line(r: Record, colour: bool = False) -> str:
+    """The lesson's printout for one attempt; `colour`: the outcome in ANSI colour."""
+    outcome = f"{r.outcome:<7}"
+    parts = [_safe(r.target), _paint(outcome, r.outcome) if colour else outcome]
+    name = r.extra.get("name") if r.extra else None
+    if name and name != r.target:
+        parts.insert(0, _safe(name))
+    if r.address and r.address != r.host:
+        parts.append(f"[{r.address}]")
+    if r.local_port is not None:
+        parts.append(f"local {_endpoint(r.local_address, r.local_port)}")
+    parts.append(f"{round(r.latency_ms, 3):.2f} ms")  # the value the JSON record carries
+    if r.rtt_ms is not None:
+        parts.append(f"rtt {r.rtt_ms:.2f} ms")
+    if r.syn_retransmits:
+        parts.append(f"SYN\u00d7{r.syn_retransmits + 1}")  # the SYN went out this many times
+    if r.error and r.outcome != Outcome.REFUSED:
+        parts.append(r.error)
     return "  ".join(parts)
 
 
@@ -52,11 +66,3 @@ def _endpoint(address: str | None, port: int) -> str:
     if address and ":" in address:
         return f"[{address}]:{port}"
     return f"{address}:{port}"
-
-
-def render_console(_: Any, __: str, event_dict: EventDict) -> bytes:
-    return console_line(event_dict).encode()
-
-
-def render_human(_: Any, __: str, event_dict: EventDict) -> bytes:
-    return console_line(event_dict, with_time=False).encode()

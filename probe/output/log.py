@@ -1,5 +1,7 @@
-"""structlog, configured once per process: the renderer for the chosen format, writing
-to a `RecordWriter`. Records and the daemon's own events go out the same way."""
+"""structlog, configured once per process with our renderer, writing to a `RecordWriter`.
+Records and the daemon's own events go out the same way; a record travels as itself (the
+`record` value of its event), never as a dict of its fields, and the renderer writes it
+in the chosen format."""
 
 from __future__ import annotations
 
@@ -8,33 +10,73 @@ from typing import Any
 
 import structlog
 
-from ..record import Record
-from .human import EventDict, render_console, render_human
-from .jsonl import render_json
+from ..record import Record, format_timestamp
+from .human import EventDict, console_line, probe_line
+from .jsonl import event_json, record_json
 from .writer import RecordWriter
 
-_RENDERERS: dict[str, Callable[[Any, str, EventDict], bytes]] = {
-    "json": render_json,
-    "console": render_console,
-    "human": render_human,
+
+def _human_event(event_dict: EventDict) -> bytes:
+    return console_line(event_dict, with_time=False).encode()
+
+
+def _console_record(r: Record) -> bytes:
+    return f"{format_timestamp(r.started)}  {probe_line(r)}".encode()
+
+
+def _console_event(event_dict: EventDict) -> bytes:
+    return console_line(event_dict).encode()
+
+
+def _colour_record(r: Record) -> bytes:
+    return f"{format_timestamp(r.started)}  {probe_line(r, colour=True)}".encode()
+
+
+def _colour_event(event_dict: EventDict) -> bytes:
+    return console_line(event_dict, colour=True).encode()
+
+
+def _human_record(r: Record) -> bytes:
+    return probe_line(r).encode()
+
+
+# A new output format: its record and event renderers here (a module of its own beside
+# jsonl and human when it is more than a line).
+FORMATS: dict[str, tuple[Callable[[Record], bytes], Callable[[EventDict], bytes]]] = {
+    "json": (record_json, event_json),
+    "console": (_console_record, _console_event),
+    "console-colour": (_colour_record, _colour_event),  # not a config value: at a colour tty
+    "human": (_human_record, _human_event),
 }
+
+
+class Renderer:
+    """structlog's one processor: the last, so it returns the line's bytes."""
+
+    __slots__ = ("_event", "_record")
+
+    def __init__(self, fmt: str) -> None:
+        self._record, self._event = FORMATS[fmt]
+
+    def __call__(self, _: Any, __: str, event_dict: EventDict) -> bytes:
+        record = event_dict.get("record")
+        if record.__class__ is Record:
+            return self._record(record)
+        return self._event(event_dict)
 
 
 def configure(writer: RecordWriter, fmt: str = "json") -> Callable[[Record], None]:
     """Configure structlog once for this process; returns the function that writes a record."""
     structlog.configure(
-        processors=[_RENDERERS[fmt]],
+        processors=[Renderer(fmt)],
         logger_factory=lambda *_: writer,
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=True,
     )
-    # Binding `event` first keeps it the first key: structlog overwrites it in place.
-    log = structlog.get_logger().bind(event="probe")
+    info = structlog.get_logger().bind().info
 
     def write(record: Record) -> None:
-        fields = record.as_dict()
-        del fields["event"]
-        log.info("probe", **fields)
+        info("probe", record=record)
 
     return write
 

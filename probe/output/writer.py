@@ -80,6 +80,10 @@ class RecordWriter:
         except OSError as exc:
             raise self._failure(exc) from None
 
+    def fileno(self) -> int:
+        """The descriptor records go to (the native core writes to it directly)."""
+        return self._stream.fileno()
+
     def flush(self) -> None:
         if self._broken is not None:
             raise self._broken

@@ -55,6 +55,7 @@ def main() -> int:
     try:
         assert listeners.stdout is not None and listeners.stdout.readline().strip() == "ready"
         walls = []
+        cpus = []
         for n in range(a.rounds):
             out = Path(f"/tmp/{ns}-{n}.jsonl")
             cmd = [*prefix, str(probe), "check", "127.0.0.1", "-p", "1-65535", "--json", *a.extra]
@@ -64,14 +65,19 @@ def main() -> int:
                 _, status, usage = os.wait4(p.pid, 0)
             wall = time.perf_counter() - t0
             walls.append(wall)
+            cpu = usage.ru_utime + usage.ru_stime  # the process and its workers
+            cpus.append(cpu)
             verdict = check(out)
             out.unlink()
             print(
-                f"round {n + 1}: {wall:.2f} s  {65535 / wall:.0f} attempts/s  "
+                f"round {n + 1}: {wall:.2f} s  {65535 / wall:.0f} attempts/s  cpu {cpu:.2f} s  "
                 f"peak {usage.ru_maxrss / 1024:.0f} MiB  exit {os.waitstatus_to_exitcode(status)}"
                 f"  {verdict}"
             )
-        print(f"median {statistics.median(walls):.2f} s over {a.rounds} rounds")
+        print(
+            f"median {statistics.median(walls):.2f} s, cpu {statistics.median(cpus):.2f} s "
+            f"over {a.rounds} rounds"
+        )
     finally:
         listeners.kill()
         subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -31,6 +31,7 @@ from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_
 from probe.check.run import CheckResult, run_check
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.loop import run as run_on_production_loop
+from probe.output.jsonl import record_json
 from probe.record import Record
 from probe.resolve import Address, Resolver
 from probe.targets import Endpoint, expand, parse_target
@@ -43,6 +44,12 @@ T = TypeVar("T")
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def as_json(rec: Record) -> dict[str, Any]:
+    """The record as written in JSON, parsed back (key order kept)."""
+    out: dict[str, Any] = json.loads(record_json(rec))
+    return out
 
 
 async def check(
@@ -216,8 +223,10 @@ async def test_open_record(listener: RecordingListener) -> None:
         # offset reads rto or mss, far larger).
         assert isinstance(rec.rtt_ms, float)
         assert 0 < rec.rtt_ms <= rec.latency_ms
+        assert rec.syn_retransmits == 0  # one SYN, answered: the RTT is a real sample
+    assert rec.dns_ms == 0.0  # an address literal
 
-    out = rec.as_dict()
+    out = as_json(rec)
     assert list(out) == CONTRACT_KEYS
     assert out["event"] == "probe"
     assert TIMESTAMP.match(out["timestamp"])
@@ -244,8 +253,9 @@ async def test_refused_record() -> None:
     assert rec.local_port != port
     assert rec.rtt_ms is None
     assert rec.address == "127.0.0.1" and rec.family == "ipv4" and rec.attempt == 1
+    assert rec.syn_retransmits == 0  # the reset answered the first SYN
     assert 0 < rec.latency_ms < 1000
-    out = rec.as_dict()
+    out = as_json(rec)
     assert list(out) == CONTRACT_KEYS
     assert out["error"] == "ECONNREFUSED" and out["rtt_ms"] is None
 
@@ -268,6 +278,8 @@ async def test_timeout_record(full_queue: FullQueueListener) -> None:
     assert lo <= rec.local_port <= hi
     # The port reported is the one the kernel's SYN_SENT socket really had.
     assert rec.local_port in waiting
+    if sys.platform == "linux":  # 0.2 s is well inside the first SYN's 1 s RTO
+        assert rec.syn_retransmits == 0
     assert timeout * 1000 * 0.95 <= rec.latency_ms < timeout * 1000 + 500
     # ...and that socket is gone once the record is written.
     assert syn_sent_gone(full_queue.port)
@@ -288,7 +300,7 @@ async def test_ipv6_open_and_refused(listener6: RecordingListener) -> None:
         assert rec.target == f"[::1]:{rec.port}"
         assert rec.local_address == "::1"
         assert isinstance(rec.local_port, int)
-        assert list(rec.as_dict()) == CONTRACT_KEYS
+        assert list(as_json(rec)) == CONTRACT_KEYS
     assert opened.outcome == "open" and opened.error is None
     assert listener6.wait_peers(1) == [("::1", opened.local_port)]
     assert refused.outcome == "refused" and refused.error == "ECONNREFUSED"
@@ -357,7 +369,7 @@ async def test_family_mismatch_is_an_error_record(family: int, spec: str) -> Non
         assert rec.local_address is None and rec.local_port is None
         assert rec.rtt_ms is None
         assert rec.port == port
-        assert list(rec.as_dict()) == CONTRACT_KEYS
+        assert list(as_json(rec)) == CONTRACT_KEYS
     assert socket_fds() == before  # no socket was ever made
 
 
@@ -439,15 +451,51 @@ async def test_retries_are_marked_not_final(full_queue: FullQueueListener) -> No
 
     def done(rec: Record, attempt: Attempt, final: bool) -> None:
         seen.append((rec.attempt, rec.outcome, final))
-        dicts.append(rec.as_dict())
+        # The daemon's `name` is added in its own callback, outside the engine, on every
+        # try; it is written after the contract keys.
+        rec.extra = {"name": "fq"}
+        dicts.append(as_json(rec))
 
-    # `extra` is the daemon's `name`: it rides along on every try, after the contract keys.
-    engine.submit(Attempt(endpoint("127.0.0.1", full_queue.port), V4, extra={"name": "fq"}), done)
+    engine.submit(Attempt(endpoint("127.0.0.1", full_queue.port), V4), done)
     await bounded(engine.drain())
     engine.close()
     assert seen == [(1, "timeout", False), (2, "timeout", False), (3, "timeout", True)]
     assert [list(d) for d in dicts] == [[*CONTRACT_KEYS, "name"]] * 3
     assert {d["name"] for d in dicts} == {"fq"}
+
+
+async def test_dns_ms_rides_from_the_attempt_to_every_try(full_queue: FullQueueListener) -> None:
+    """The engine does not resolve: it carries what the caller measured onto the record,
+    on the retries too (the same lookup served them)."""
+    engine = Engine(EngineOptions(timeout=0.05, retries=1))
+    records: list[Record] = []
+    attempt = Attempt(endpoint("127.0.0.1", full_queue.port), V4, dns_ms=12.25)
+    engine.submit(attempt, lambda rec, _, __: records.append(rec))
+    await bounded(engine.drain())
+    engine.close()
+    assert [(r.attempt, r.dns_ms) for r in records] == [(1, 12.25), (2, 12.25)]
+    assert [as_json(r)["dns_ms"] for r in records] == [12.25, 12.25]
+
+
+async def test_reconfigure_applies_to_attempts_started_after_it(
+    full_queue: FullQueueListener,
+) -> None:
+    """A reload's new options go through `reconfigure`: the new timeout holds for the next
+    attempt, and a lower concurrency bound becomes the ceiling."""
+    engine = Engine(EngineOptions(timeout=0.1, concurrency=50))
+    records: list[Record] = []
+    target = endpoint("127.0.0.1", full_queue.port)
+    engine.submit(Attempt(target, V4), lambda rec, _, __: records.append(rec))
+    await bounded(engine.drain())
+    engine.reconfigure(EngineOptions(timeout=0.4, concurrency=5))
+    assert engine.ceiling == 5 and engine.limit <= 5
+    engine.submit(Attempt(target, V4, number=2), lambda rec, _, __: records.append(rec))
+    await bounded(engine.drain())
+    engine.close()
+    first, second = records
+    assert first.outcome == second.outcome == "timeout"
+    assert 95 <= first.latency_ms < 300, first
+    assert 380 <= second.latency_ms < 1000, second
 
 
 async def test_retries_do_not_repeat_answers(listener: RecordingListener) -> None:

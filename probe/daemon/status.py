@@ -1,0 +1,541 @@
+"""The status page: `GET /` (HTML, inline SVG charts) and `GET /api/targets` (the same, JSON).
+
+Built from the history the daemon keeps, on the daemon's loop, in slices: the pass over the
+targets and the rows yield to the loop every CHUNK targets, so a page of 10,000 targets never
+holds a scheduled start for longer than one slice. A rendered answer is kept for MAX_AGE
+seconds and concurrent requests for the same one share a single build, so browsers left open
+cost one build a second at most. Every text from the config (names, addresses, labels) is
+escaped; the page runs only our own script, from /static/status.js, under a strict CSP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar, cast
+from urllib.parse import urlencode
+
+import msgspec
+from aiohttp import web
+from multidict import MultiMapping
+
+from .config import ResolvedTarget
+from .history import BUCKET_SECONDS, BUCKETS, Bucket, History, TargetHistory, updown
+
+T = TypeVar("T")
+MAX_AGE = 1.0  # seconds a rendered page or JSON answer is reused
+CHUNK = 100  # targets looked at between two yields to the loop
+ROW_CHUNK = 2  # rows built or rendered between two yields (a full hour's row: ~0.5 ms)
+PER_PAGE = 100  # rows on one page; the rest are a click (or ?page=N) away
+LABELS_SHOWN = 50  # label filters offered as links
+CACHE_ENTRIES = 64  # distinct query strings cached at once
+ROW_CACHE = 20 * PER_PAGE  # rows kept for reuse
+CHART_W, CHART_H = 240, 36
+_RANK = {"down": 0, "unknown": 1, "up": 2}  # the ones that need a look first
+
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+COLUMNS = ("name", "address", "state", "since", "last outcome", "local endpoint", "latency",
+           "RTT", "uptime", "last hour", "state changes")  # fmt: skip
+
+
+class QueryError(ValueError):
+    """A malformed query string: 400 with this message."""
+
+
+# -- what the page shows (also the JSON of /api/targets) ---------------------------------------
+
+
+class Chart(msgspec.Struct, gc=False):
+    """SVG path data (viewBox 0 0 CHART_W CHART_H): the p50 line, the p50..max smoke, and a
+    red mark per minute with failures (its height the share failed)."""
+
+    scale_ms: float
+    p50: str
+    smoke: str
+    fail: str
+
+
+class ChangeRow(msgspec.Struct, gc=False, rename={"before": "from", "after": "to"}):
+    at: str
+    before: str
+    after: str
+    reason: str | None
+    text: str
+
+
+class Row(msgspec.Struct, gc=False):  # no cycles: the collector need not look
+    name: str
+    address: str
+    labels: dict[str, str]
+    state: str
+    since: str | None
+    outcome: str | None
+    error: str | None
+    local: str | None
+    latency_ms: float | None
+    rtt_ms: float | None
+    last: str | None
+    uptime_pct: float | None
+    attempts: int  # in the window
+    cells: list[str]  # the text columns as shown, in COLUMNS order up to "uptime"
+    chart: Chart
+    buckets: list[tuple[float, int, int, float | None, float | None] | None]
+    changes: list[ChangeRow]  # newest first
+
+
+class Group(msgspec.Struct, gc=False):
+    name: str  # "" when not grouped
+    rows: list[Row]
+
+
+class Page(msgspec.Struct, gc=False):
+    generated: str
+    window_s: int
+    bucket_s: int
+    total: int  # targets in the config
+    matched: int  # after the label filter
+    counts: dict[str, int]  # up/down/unknown among the matched
+    page: int
+    pages: int
+    per_page: int
+    labels: list[str]  # the filters asked for, KEY:VALUE
+    group: str
+    offered: list[str]  # label filters the config has (capped)
+    groups: list[Group]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    labels: tuple[tuple[str, str], ...] = ()
+    group: str = ""
+    page: int = 1
+
+    @classmethod
+    def parse(cls, query: MultiMapping[str]) -> Query:
+        labels: list[tuple[str, str]] = []
+        for text in query.getall("label", []):
+            key, sep, value = text.partition(":")
+            if not sep or not key:
+                raise QueryError(f"bad label filter {text!r}: write KEY:VALUE, e.g. team:net")
+            labels.append((key, value))
+        group = query.get("group", "")
+        page_text = query.get("page", "1")
+        if not (page_text.isascii() and page_text.isdigit()) or len(page_text) > 6:
+            raise QueryError(f"bad page {page_text!r}: a number from 1")
+        return cls(tuple(labels), group, max(1, int(page_text)))
+
+    def string(self, **change: Any) -> str:
+        labels = change.get("labels", self.labels)
+        pairs = [("label", f"{k}:{v}") for k, v in labels]
+        group = change.get("group", self.group)
+        if group:
+            pairs.append(("group", group))
+        page = change.get("page", self.page)
+        if page != 1:
+            pairs.append(("page", str(page)))
+        return "?" + urlencode(pairs) if pairs else "?"
+
+
+# -- building -----------------------------------------------------------------------------------
+
+
+class StatusPage:
+    def __init__(
+        self,
+        targets: Callable[[], Iterable[ResolvedTarget]],
+        history: History,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._targets = targets
+        self._history = history
+        self._clock = clock
+        self._cache: dict[tuple[str, Query], tuple[float, object]] = {}
+        self._building: dict[tuple[str, Query], asyncio.Task[Any]] = {}
+        self._rows: dict[str, tuple[tuple[float | None, int], ResolvedTarget, Row]] = {}
+
+    async def answer(self, kind: str, query: Query) -> bytes:
+        """The rendered page ("html") or JSON ("json"), from the cache when fresh enough;
+        both are rendered from one build of the page."""
+        return await self._once((kind, query), lambda: self._render(kind, query))
+
+    async def _render(self, kind: str, query: Query) -> bytes:
+        page = await self._once(("page", query), lambda: self.build(query))
+        return await render_html(page, query) if kind == "html" else _encode(page)
+
+    async def _once(self, key: tuple[str, Query], make: Callable[[], Awaitable[T]]) -> T:
+        """`make()` at most once per MAX_AGE per key, however many ask. It runs as a task of
+        its own: a client that hangs up does not cancel it for the others waiting on it."""
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < MAX_AGE:
+            return cast(T, cached[1])
+        task = self._building.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._keep(key, make()))
+            self._building[key] = task
+            task.add_done_callback(lambda _: self._building.pop(key, None))
+        return cast(T, await asyncio.shield(task))
+
+    async def _keep(self, key: tuple[str, Query], made: Awaitable[T]) -> T:
+        value = await made
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()  # crafted query strings cannot grow it without bound
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+    async def build(self, query: Query) -> Page:
+        now = self._clock()
+        targets = list(self._targets())
+        histories = self._history.targets
+        counts = {"down": 0, "unknown": 0, "up": 0}
+        offered: set[tuple[str, str]] = set()
+        wanted = query.labels
+        # Indices only, in one list per (group, state): ints are not tracked by the garbage
+        # collector, where 10,000 tuples kept across the pass's yields would be promoted
+        # and make full collections (which scan every target's objects) come sooner.
+        by_group: dict[str, tuple[list[int], list[int], list[int]]] = {}
+        for n, target in enumerate(targets):
+            if n % CHUNK == CHUNK - 1:
+                await asyncio.sleep(0)
+            labels = target.labels
+            if labels and len(offered) < LABELS_SHOWN:
+                offered.update(labels.items())
+            if wanted and any(labels.get(k) != v for k, v in wanted):
+                continue
+            history = histories.get(target.name)
+            state = updown(None if history is None else history.state)
+            counts[state] += 1
+            group = labels.get(query.group, "") if query.group else ""
+            lists = by_group.get(group)
+            if lists is None:
+                lists = by_group[group] = ([], [], [])
+            lists[_RANK[state]].append(n)
+        order = sorted(by_group, key=lambda g: (g == "" and bool(query.group), g))
+        matched = sum(counts.values())
+        pages = max(1, math.ceil(matched / PER_PAGE))
+        page = min(query.page, pages)
+        skip, room = (page - 1) * PER_PAGE, PER_PAGE
+        groups: list[Group] = []
+        made = 0
+        for group in order:
+            for indices in by_group[group]:  # down, unknown, up; config order within
+                taken = indices[skip : skip + room]
+                skip = max(0, skip - len(indices))
+                room -= len(taken)
+                for n in taken:
+                    made += 1
+                    if made % ROW_CHUNK == 0:
+                        await asyncio.sleep(0)
+                    name = f"{query.group}: {group or '(none)'}" if query.group else ""
+                    if not groups or groups[-1].name != name:
+                        groups.append(Group(name, []))
+                    target = targets[n]
+                    groups[-1].rows.append(self._row(target, histories.get(target.name), now))
+        return Page(
+            generated=_iso(now),
+            window_s=BUCKETS * BUCKET_SECONDS,
+            bucket_s=BUCKET_SECONDS,
+            total=len(targets),
+            matched=matched,
+            counts=counts,
+            page=page,
+            pages=pages,
+            per_page=PER_PAGE,
+            labels=[f"{k}:{v}" for k, v in query.labels],
+            group=query.group,
+            offered=sorted(f"{k}:{v}" for k, v in offered),
+            groups=groups,
+        )
+
+    def _row(self, target: ResolvedTarget, history: TargetHistory | None, now: float) -> Row:
+        """A row changes when a record comes or a minute ends; between, only its "since"
+        does. Rows are kept and reused until then (most targets are polled more often
+        than they are probed)."""
+        if history is None:
+            return _row(target, None, now)
+        version = (history.last_at, int(now // BUCKET_SECONDS))
+        kept = self._rows.get(target.name)
+        if kept is not None and kept[0] == version and kept[1] is target:
+            row = kept[2]
+            if history.since is not None:
+                row.cells[3] = _duration(now - history.since)
+            return row
+        row = _row(target, history, now)
+        if len(self._rows) >= ROW_CACHE:
+            self._rows.clear()
+        self._rows[target.name] = (version, target, row)
+        return row
+
+    # -- aiohttp ---------------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self._html),
+            web.get("/api/targets", self._json),
+            web.get("/static/status.js", _static("status.js", "text/javascript")),
+            web.get("/static/status.css", _static("status.css", "text/css")),
+        ]
+
+    async def _html(self, request: web.Request) -> web.Response:
+        return await self._respond(request, "html", "text/html; charset=utf-8")
+
+    async def _json(self, request: web.Request) -> web.Response:
+        return await self._respond(request, "json", "application/json")
+
+    async def _respond(self, request: web.Request, kind: str, ctype: str) -> web.Response:
+        try:
+            query = Query.parse(request.query)
+        except QueryError as exc:
+            return _response(400, (str(exc) + "\n").encode(), "text/plain; charset=utf-8")
+        return _response(200, await self.answer(kind, query), ctype)
+
+
+def _response(status: int, body: bytes, ctype: str) -> web.Response:
+    return web.Response(status=status, body=body, headers={"Content-Type": ctype, **HEADERS})
+
+
+def _static(name: str, ctype: str) -> Callable[[web.Request], Any]:
+    body = resources.files(__package__).joinpath("static", name).read_bytes()
+
+    async def handler(_: web.Request) -> web.Response:
+        return _response(200, body, f"{ctype}; charset=utf-8")
+
+    return handler
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> Row:
+    labels = dict(target.labels)
+    if history is None:
+        cells = [target.name, target.address, "unknown", "", "", "", "", "", ""]
+        return Row(target.name, target.address, labels, "unknown", None, None, None, None,
+                   None, None, None, None, 0, cells, _chart([]), [None] * BUCKETS, [])  # fmt: skip
+    buckets = history.buckets(now)
+    attempts = failures = 0
+    for b in buckets:
+        if b is not None:
+            attempts += b.attempts
+            failures += b.failures
+    opened = attempts - failures
+    uptime = 100.0 * opened / attempts if attempts else None
+    state = updown(history.state)
+    local = None
+    if history.local_port is not None:
+        address = history.local_address or "?"
+        local = f"[{address}]:{history.local_port}" if ":" in address else (
+            f"{address}:{history.local_port}")  # fmt: skip
+    outcome = history.outcome or ""
+    if history.error:
+        outcome = f"{outcome} {history.error}"
+    cells = [
+        target.name,
+        target.address,
+        state,
+        "" if history.since is None else _duration(now - history.since),
+        outcome,
+        local or "",
+        _ms(history.latency_ms),
+        _ms(history.rtt_ms),
+        "" if uptime is None else f"{uptime:.1f} %",
+    ]
+    changes = [
+        ChangeRow(_iso(c.at), c.before, c.after, c.reason,
+                  f"{_clock(c.at)} {c.before}→{c.after}" + (f" {c.reason}" if c.reason else ""))
+        for c in reversed(history.changes)
+    ]  # fmt: skip
+    return Row(
+        name=target.name,
+        address=target.address,
+        labels=labels,
+        state=state,
+        since=None if history.since is None else _iso(history.since),
+        outcome=history.outcome,
+        error=history.error,
+        local=local,
+        latency_ms=_round(history.latency_ms),
+        rtt_ms=_round(history.rtt_ms),
+        last=None if history.last_at is None else _iso(history.last_at),
+        uptime_pct=None if uptime is None else round(uptime, 3),
+        attempts=attempts,
+        cells=cells,
+        chart=_chart(buckets),
+        buckets=[
+            None
+            if b is None
+            else (b.start, b.attempts, b.failures, _round(b.p50_ms), _round(b.max_ms))
+            for b in buckets
+        ],
+        changes=changes,
+    )
+
+
+_STEP = f"{CHART_W / BUCKETS:g}"
+_LEFT = [f"{i * CHART_W / BUCKETS:g}" for i in range(BUCKETS)]
+
+
+def _chart(buckets: list[Bucket | None]) -> Chart:
+    """SmokePing's picture in a few paths: linear scale from 0 to the window's max."""
+    highs = [b.max_ms for b in buckets if b is not None and b.max_ms is not None]
+    scale = _nice(max(highs)) if highs else 1.0
+    per_ms = CHART_H / scale
+    p50: list[str] = []
+    smoke: list[str] = []
+    fail: list[str] = []
+    pen_down = False
+    for left, b in zip(_LEFT, buckets, strict=False):
+        if b is None:
+            pen_down = False
+            continue
+        mid = b.p50_ms
+        if mid is None:
+            pen_down = False
+        else:  # a step line: one flat stroke per minute, joined to its neighbours
+            y = f"{CHART_H - per_ms * min(mid, scale):.1f}"
+            p50.append(f"{'L' if pen_down else 'M'}{left} {y}h{_STEP}")
+            pen_down = True
+            top = b.max_ms
+            if top is not None and top > mid:
+                smoke.append(f"M{left} {CHART_H - per_ms * top:.1f}h{_STEP}V{y}h-{_STEP}z")
+        if b.failures:
+            h = max(2.0, CHART_H * b.failures / b.attempts)
+            fail.append(f"M{left} {CHART_H - h:.1f}h{_STEP}v{h:.1f}h-{_STEP}z")
+    return Chart(scale, "".join(p50), "".join(smoke), "".join(fail))
+
+
+def _nice(value: float) -> float:
+    """The next 1, 2 or 5 times a power of ten at or above `value` (a readable axis top)."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    for m in (1, 2, 5, 10):
+        if value <= m * power:
+            return float(m * power)
+    return float(10 * power)  # pragma: no cover - the loop always returns
+
+
+def _round(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 3)
+
+
+def _ms(ms: float | None) -> str:
+    return "" if ms is None else f"{ms:.2f} ms"
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(epoch))
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+
+_e = html.escape  # quote=True: safe in text and in double-quoted attributes
+
+
+async def render_html(page: Page, query: Query) -> bytes:
+    out: list[str] = [
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>probe status</title>"
+        '<link rel="stylesheet" href="/static/status.css">'
+        '<script src="/static/status.js" defer></script></head><body>'
+        '<header><h1>probe</h1><p id="summary">',
+        _e(summary(page)),
+        '</p><nav id="filters">',
+    ]
+    out.append(f'<a href="{_e(query.string(labels=(), page=1))}">all</a>')
+    for text in page.offered:
+        key, _, value = text.partition(":")
+        href = query.string(labels=((key, value),), page=1)
+        current = ' class="current"' if text in page.labels else ""
+        out.append(f' <a href="{_e(href)}"{current}>{_e(text)}</a>')
+    keys = sorted({t.partition(":")[0] for t in page.offered})
+    if keys:
+        out.append(' <span class="sep">group by</span>')
+        out.append(f' <a href="{_e(query.string(group="", page=1))}">none</a>')
+        for key in keys:
+            current = ' class="current"' if key == page.group else ""
+            href = _e(query.string(group=key, page=1))
+            out.append(f' <a href="{href}"{current}>{_e(key)}</a>')
+    out.append('</nav></header><main><table id="targets"><thead><tr>')
+    out.extend(f"<th>{_e(c)}</th>" for c in COLUMNS)
+    out.append("</tr></thead>")
+    n = 0
+    for group in page.groups:
+        out.append("<tbody>")
+        if group.name:
+            out.append(f'<tr class="group"><th colspan="{len(COLUMNS)}">{_e(group.name)}</th></tr>')
+        for row in group.rows:
+            n += 1
+            if n % ROW_CHUNK == 0:
+                await asyncio.sleep(0)
+            out.append(row_html(row))
+        out.append("</tbody>")
+    out.append("</table>")
+    if page.pages > 1:
+        out.append('<nav id="pages">')
+        for p in range(1, page.pages + 1):
+            current = ' class="current"' if p == page.page else ""
+            out.append(f' <a href="{_e(query.string(page=p))}"{current}>{p}</a>')
+        out.append("</nav>")
+    out.append("</main></body></html>\n")
+    return "".join(out).encode()
+
+
+def summary(page: Page) -> str:
+    c = page.counts
+    head = f"{page.matched} targets" if page.matched == page.total else (
+        f"{page.matched} of {page.total} targets")  # fmt: skip
+    text = f"{head}: {c['up']} up, {c['down']} down, {c['unknown']} unknown"
+    if page.pages > 1:
+        text += f" · page {page.page} of {page.pages}"
+    return f"{text} · {page.generated}"
+
+
+def row_html(row: Row) -> str:
+    c = [_e(text) for text in row.cells]
+    labels = " ".join(f"{k}={v}" for k, v in row.labels.items())
+    name = c[0] + (f'<div class="labels">{_e(labels)}</div>' if labels else "")
+    state = _e(row.state)
+    changes = "".join(f"<li>{_e(ch.text)}</li>" for ch in row.changes)
+    ch = row.chart
+    svg = (
+        f'<svg class="chart" viewBox="0 0 {CHART_W} {CHART_H}" width="{CHART_W}" '
+        f'height="{CHART_H}" role="img"><title>p50 and max per minute, 0 to '
+        f"{ch.scale_ms:g} ms; red: failures</title>"
+        f'<path class="fail" d="{_e(ch.fail)}"/><path class="smoke" d="{_e(ch.smoke)}"/>'
+        f'<path class="p50" d="{_e(ch.p50)}"/></svg>'
+    )
+    return (
+        f'<tr class="target state-{state}"><td class="name">{name}</td><td>{c[1]}</td>'
+        f'<td class="state">{c[2]}</td><td>{c[3]}</td><td>{c[4]}</td><td>{c[5]}</td>'
+        f'<td class="num">{c[6]}</td><td class="num">{c[7]}</td><td class="num">{c[8]}</td>'
+        f'<td>{svg}</td><td><ul class="changes">{changes}</ul></td></tr>'
+    )

@@ -1,0 +1,234 @@
+"""The native sweep core (`_native.c`), where it was built: a worker's whole share of a sweep
+of literal addresses x port ranges, one attempt each, run in C with the GIL released.
+
+The extension is optional at build time; without it `available()` is False and the Python
+engine (`core`) does everything. What the native core serves is decided by `plan()`: IP
+literals (no zone id), one attempt per endpoint (`--retries` allowed), JSON records. The
+rest stays with the Python engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from types import FrameType
+from typing import Any
+
+from ..record import Record
+from ..targets import Target
+from .core import EngineOptions
+from .lag import LagMonitor
+
+_native: Any
+try:
+    from . import _native  # type: ignore[attr-defined,no-redef]
+except ImportError:  # not built here (no compiler, not Linux): the Python engine runs
+    _native = None
+else:
+    _native.set_errnames(errno.errorcode)
+    if os.environ.get("PROBE_CORE") == "python":  # the Python engine, to compare the two
+        _native = None
+
+CORE = "python" if _native is None else "native"
+
+# The C writer adds the contract's `syn_retransmits` and `dns_ms` keys only when the Python
+# record has them too, so that both cores write the same bytes.
+EXTENDED = "syn_retransmits" in {f.name for f in fields(Record)}
+
+
+def available() -> bool:
+    return _native is not None
+
+
+def supports(options: EngineOptions) -> bool:
+    """Whether the native core implements these engine options (a source is an address and
+    one port, or none; a port range or anything newer stays with the Python engine)."""
+    source: Any = options.source
+    if source is None:
+        return True
+    return (
+        isinstance(source, tuple)
+        and len(source) == 2
+        and isinstance(source[0], str)
+        and isinstance(source[1], int)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NativeTarget:
+    """A target the native core can serve: an IP literal and its port ranges."""
+
+    host: str  # as written
+    bracketed: bool
+    address: str  # as the Python engine writes it (ipaddress's text)
+    family: int
+    ranges: tuple[tuple[int, int], ...]
+
+    def as_tuple(self) -> tuple[str, bool, str, tuple[tuple[int, int], ...]]:
+        return (self.host, self.bracketed, self.address, self.ranges)
+
+
+def native_targets(target: Target, family: int = 0, limit: int = 4096) -> list[NativeTarget] | None:
+    """The target as the native core takes it (a CIDR or octet range: one per address, in the
+    order `targets.shard` walks them), or None when the Python engine must serve it: a name
+    to resolve, a zone id, an address of the other family, more than `limit` addresses."""
+    if target.host_count() > limit:
+        return None
+    out: list[NativeTarget] = []
+    for host in target.hosts():
+        if "%" in host:
+            return None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        if family and family != fam:
+            return None  # the Python engine writes the EAI_ADDRFAMILY record
+        out.append(NativeTarget(host, target.bracketed, str(ip), fam, target.ports))
+    return out
+
+
+def plan(
+    targets: Iterable[Target], family: int = 0, limit: int = 4096
+) -> list[NativeTarget] | None:
+    """Every target as the native core takes it, or None if it cannot serve them all (or
+    they hold more than `limit` addresses: a long file stays lazy on the Python engine)."""
+    if _native is None:
+        return None
+    out: list[NativeTarget] = []
+    for target in targets:
+        native = native_targets(target, family, limit - len(out))
+        if native is None:
+            return None
+        out.extend(native)
+    return out
+
+
+class Lag:
+    """How late the core's loop got to a 5 ms timer: the figure `engine.lag.LagMonitor`
+    gives for the event loop, from the same histogram."""
+
+    def __init__(self, counts: list[int], max_ms: float) -> None:
+        self.counts = counts
+        self.max_ms = max_ms
+        self.samples = sum(counts)
+
+    def quantile_ms(self, q: float) -> float:
+        if not self.samples:
+            return 0.0
+        rank = q * self.samples
+        seen = 0
+        bounds = LagMonitor.BOUNDS_MS
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return min(bounds[i], self.max_ms) if i < len(bounds) else self.max_ms
+        return self.max_ms
+
+
+@dataclass(slots=True)
+class SweepResult:
+    outcomes: dict[str, int] = field(default_factory=dict)
+    lag_counts: list[int] = field(default_factory=list)
+    lag_max_ms: float = 0.0
+    targets: int = 0
+    targets_without_open: int = 0
+    started: int = 0
+    shortages: int = 0
+    self_connects: int = 0
+    late: int = 0
+    reused: int = 0  # attempts that took a refused attempt's socket (reuse=True)
+    stopped: bool = False
+    error: str | None = None  # a local shortage it gave up on, a source address gone
+
+    @property
+    def lag(self) -> Lag:
+        return Lag(self.lag_counts, self.lag_max_ms)
+
+
+def sweep(
+    fd: int,
+    targets: list[NativeTarget],
+    options: EngineOptions,
+    shard: tuple[int, int] = (0, 1),
+    stop_fd: int = -1,
+    progress: Callable[[int, int], None] | None = None,
+    reuse: bool = True,
+    human: bool = False,
+) -> SweepResult:
+    """Probe this shard of `targets` once per endpoint, JSON records to `fd`.
+
+    `reuse`: a refused attempt's socket is reset (connect with AF_UNSPEC) and serves the next
+    attempt: a third less CPU per attempt, and each attempt still sends its own SYN from its
+    own kernel-assigned port (tests/engine/test_native.py checks that on a capture). Not
+    with a source address: the socket would keep its bind.
+
+    `human`: the human line of each open attempt (a sweep's human output) instead of every
+    JSON record.
+
+    Returns when done, when `stop_fd` becomes readable, or when a local shortage lasted
+    too long (`error`). A write failure raises OSError (EPIPE: the reader left)."""
+    if _native is None:
+        raise RuntimeError("the native sweep core is not built")
+    raw: dict[str, Any] = _native.sweep(
+        fd,
+        [t.as_tuple() for t in targets],
+        shard_index=shard[0],
+        shard_count=shard[1],
+        timeout=options.timeout,
+        concurrency=options.concurrency,
+        rate=options.rate or 0.0,
+        retries=options.retries,
+        source=options.source,
+        graceful=options.graceful_close,
+        stop_fd=stop_fd,
+        progress=progress,
+        extended=EXTENDED,
+        giveup=-1.0 if options.shortage_giveup is None else options.shortage_giveup,
+        reuse=reuse,
+        human=human,
+    )
+    return SweepResult(**raw)
+
+
+@contextlib.contextmanager
+def stop_on_signals(
+    on_signal: Callable[[int], None], signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+) -> Iterator[int]:
+    """A stop fd for `sweep`: readable once one of `signals` arrived. The handler only notes
+    the signal (`on_signal`); the byte that wakes the C loop is written by the interpreter's
+    own C-level handler to its wakeup fd, which is this pipe (and by the handler itself,
+    for a signal that came before the sweep began)."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    seen: list[int] = []
+
+    def handler(signum: int, _: FrameType | None) -> None:
+        seen.append(signum)
+        on_signal(signum)
+        with contextlib.suppress(OSError):  # also for a signal handled before the call
+            os.write(w, b"\0")
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    try:
+        yield r
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(r)
+        os.close(w)
+        if seen:
+            # Stopping: the same Ctrl-C reaches a worker twice (from the terminal and from
+            # the parent). A late one must not raise KeyboardInterrupt into the wind-down.
+            for sig in signals:
+                signal.signal(sig, lambda signum, _: on_signal(signum))
+        else:
+            for sig, old in previous.items():
+                signal.signal(sig, old)

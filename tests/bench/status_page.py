@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The status page left open: `probe run` with 10,000 targets at a 10 s interval (1,000
+attempts/s), in a fresh network namespace (127.0.0.1:20001-29999, all refused, and the
+metrics port, open), while a client polls `GET /` and `GET /api/targets` once a second each
+(what a browser on the page does, and more). Reads the schedule lag histogram from /metrics
+at the end (the whole run, start-up included, as daemon_cost.py does).
+Goal: schedule lag p99 at most 5 ms. `--no-poll` measures the same without the page.
+
+Needs root and iproute2. Usage:
+  sudo .venv/bin/python tests/bench/status_page.py [--seconds 120] [--no-poll]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+TARGETS = 10_000
+BASE = "http://127.0.0.1:9464"
+# Runs inside the namespace: GET / and /api/targets once a second each, for N seconds;
+# prints one JSON line of what it saw.
+POLLER = """
+import json, sys, time, urllib.request as u
+opener = u.build_opener(u.ProxyHandler({}))
+took = {"/": [], "/api/targets": []}
+size = {}
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    tick = time.monotonic()
+    for path in took:
+        t = time.perf_counter()
+        body = opener.open(sys.argv[2] + path, timeout=10).read()
+        took[path].append(time.perf_counter() - t)
+        size[path] = len(body)
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+print(json.dumps({"took": took, "size": size}))
+"""
+SCRAPE = f"import urllib.request as u; print(u.urlopen('{BASE}/metrics').read().decode())"
+
+
+def lag_buckets(prefix: list[str]) -> list[tuple[float, float]]:
+    text = subprocess.run([*prefix, sys.executable, "-c", SCRAPE], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    out = []
+    for line in text.splitlines():
+        if line.startswith("probe_schedule_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            out.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--no-poll", action="store_true")
+    ap.add_argument("--targets", type=int, default=TARGETS)
+    ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
+    a = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        sys.exit("needs root and iproute2: the targets live in their own network namespace")
+    probe = str(Path(sys.executable).with_name("probe"))
+    config = Path(tempfile.mkdtemp()) / "config.toml"
+    lines = [f'[defaults]\ninterval = {a.interval}\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
+             '[metrics]\nlisten = "127.0.0.1:9464"\n']  # fmt: skip
+    lines += [
+        f'[[targets]]\naddress = "127.0.0.1:{p}"\nlabels = {{ team = "t{p % 10}" }}\n'
+        for p in range(20001, 20000 + a.targets)
+    ]
+    lines.append('[[targets]]\naddress = "127.0.0.1:9464"\n')
+    config.write_text("".join(lines))
+    ns = f"bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    prefix = ["ip", "netns", "exec", ns]
+    subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
+    nice = ["nice", "-n", str(a.nice)] if a.nice else []
+    daemon = subprocess.Popen([*prefix, *nice, probe, "run", "--config", str(config)])
+    try:
+        time.sleep(5 + a.interval)  # start-up and one full interval before measuring
+        if daemon.poll() is not None:
+            sys.exit("probe run exited early")
+        if a.no_poll:
+            time.sleep(a.seconds)
+            seen = None
+        else:
+            out = subprocess.run([*prefix, sys.executable, "-c", POLLER, str(a.seconds), BASE],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+            seen = json.loads(out)
+        # Read once, at the end, like daemon_cost.py: a scrape of 10,000 targets' series
+        # holds the loop for a while, and the starts it delays are counted after it, so a
+        # scrape before the polling would be measured, not the page.
+        buckets = lag_buckets(prefix)
+        total = buckets[-1][1]
+        print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets "
+              f"every {a.interval:g} s")  # fmt: skip
+        if seen is not None:
+            for path, took in seen["took"].items():
+                took.sort()
+                print(f"  GET {path}: {len(took)} answers, {seen['size'][path] / 1024:.0f} KiB, "
+                      f"median {1000 * took[len(took) // 2]:.1f} ms, "
+                      f"max {1000 * took[-1]:.1f} ms")  # fmt: skip
+        print(f"scheduled starts: {total:.0f}")
+        for le, count in buckets:
+            print(f"  lag <= {le * 1000:7.1f} ms: {100 * count / total:6.2f}%")
+        p99 = next(le for le, count in buckets if count >= 0.99 * total)
+        print(f"schedule lag p99 <= {p99 * 1000:.1f} ms")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(15)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

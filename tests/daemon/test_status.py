@@ -1,0 +1,217 @@
+"""The status page's builder and renderers, fed real records (the browser test drives the
+whole daemon; these pin the details: escaping, filters, grouping, pages, the cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import html.parser
+import json
+from types import MappingProxyType
+
+import pytest
+from multidict import MultiDict
+
+from probe.daemon import status
+from probe.daemon.config import ResolvedTarget
+from probe.daemon.history import History
+from probe.daemon.status import PER_PAGE, Query, QueryError, StatusPage
+from probe.record import OPEN, REFUSED, TIMEOUT, Outcome, Record
+
+NOW = 1_800_000_030.0
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def target(name: str, port: int, **labels: str) -> ResolvedTarget:
+    address = f"127.0.0.1:{port}"
+    return ResolvedTarget(name, address, "127.0.0.1", port, 1.0, 0.5, MappingProxyType(labels))
+
+
+def rec(t: ResolvedTarget, outcome: Outcome, at: float, error: str | None = None) -> Record:
+    return Record(at, t.address, t.host, t.port, "127.0.0.1", "ipv4", "127.0.0.1", 45678,
+                  outcome, error, 0.25, 0.125 if outcome == OPEN else None, 0, 0.0, 1)  # fmt: skip
+
+
+def page_for(targets: list[ResolvedTarget], history: History) -> StatusPage:
+    return StatusPage(lambda: targets, history, clock=lambda: NOW)
+
+
+class Collect(html.parser.HTMLParser):
+    """Every start tag of a document, and its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(body: bytes) -> Collect:
+    c = Collect()
+    c.feed(body.decode())
+    return c
+
+
+Three = tuple[list[ResolvedTarget], History]
+
+
+@pytest.fixture
+def three() -> Three:
+    up = target("web", 8080, team="net")
+    down = target(EVIL, 1, team="<b>x</b>")
+    never = target("quiet", 2)
+    history = History()
+    history.observe(up.name, rec(up, OPEN, NOW - 20), True)
+    history.observe(down.name, rec(down, OPEN, NOW - 20), True)
+    history.observe(down.name, rec(down, REFUSED, NOW - 10, "ECONNREFUSED"), False)
+    return [up, down, never], history
+
+
+async def test_rows_down_first_with_state_error_endpoint(three: Three) -> None:
+    targets, history = three
+    page = await page_for(targets, history).build(Query())
+    rows = page.groups[0].rows
+    assert [r.state for r in rows] == ["down", "unknown", "up"]
+    down, quiet, up = rows
+    assert (down.name, down.outcome, down.error) == (EVIL, REFUSED, "ECONNREFUSED")
+    assert down.local == "127.0.0.1:45678" and down.cells[3] == "10s"
+    assert [(c.before, c.after, c.reason) for c in down.changes] == [
+        ("up", "down", "ECONNREFUSED"),
+        ("unknown", "up", None),
+    ]
+    assert down.uptime_pct == 50.0 and up.uptime_pct == 100.0 and quiet.uptime_pct is None
+    assert up.rtt_ms == 0.125 and up.cells[7] == "0.12 ms"
+    assert page.counts == {"down": 1, "unknown": 1, "up": 1}
+
+
+async def test_names_and_labels_are_text_never_markup(three: Three) -> None:
+    targets, history = three
+    body = await page_for(targets, history).answer("html", Query())
+    doc = parse(body)
+    assert "img" not in [tag for tag, _ in doc.tags]
+    assert "b" not in [tag for tag, _ in doc.tags]
+    text = "".join(doc.text)
+    assert EVIL in text and "team=<b>x</b>" in text
+    # the only script is ours, by URL; nothing inline, nothing from elsewhere
+    scripts = [a for tag, a in doc.tags if tag == "script"]
+    assert scripts == [{"src": "/static/status.js", "defer": None}]
+    assert not any(a.get("style") for _, a in doc.tags)
+    for tag, attrs in doc.tags:
+        for key in ("src", "href"):
+            value = attrs.get(key)
+            assert value is None or value.startswith(("/", "?")), (tag, attrs)
+
+
+async def test_label_filter_and_groups(three: Three) -> None:
+    targets, history = three
+    sp = page_for(targets, history)
+    page = await sp.build(Query.parse(MultiDict([("label", "team:net")])))
+    assert [r.name for g in page.groups for r in g.rows] == ["web"]
+    assert page.matched == 1 and page.total == 3
+    grouped = await sp.build(Query(group="team"))
+    assert [g.name for g in grouped.groups] == ["team: <b>x</b>", "team: net", "team: (none)"]
+    body = (await sp.answer("html", Query(group="team"))).decode()
+    assert "team: &lt;b&gt;x&lt;/b&gt;" in body
+    assert 'href="?label=team%3Anet&amp;group=team"' in body
+
+
+def test_bad_queries_are_named() -> None:
+    with pytest.raises(QueryError, match="KEY:VALUE"):
+        Query.parse(MultiDict([("label", "team")]))
+    with pytest.raises(QueryError, match="bad page"):
+        Query.parse(MultiDict([("page", "-1")]))
+    assert Query.parse(MultiDict([("page", "3")])).page == 3
+
+
+async def test_pages_cap_the_rows() -> None:
+    targets = [target(f"t{i:05d}", 10000 + i) for i in range(PER_PAGE * 2 + 5)]
+    sp = page_for(targets, History())
+    first = await sp.build(Query())
+    last = await sp.build(Query(page=99))
+    assert first.pages == 3 and len(first.groups[0].rows) == PER_PAGE
+    assert last.page == 3 and [r.name for r in last.groups[0].rows][-1] == targets[-1].name
+
+
+async def test_json_is_the_same_page(three: Three) -> None:
+    targets, history = three
+    data = json.loads(await page_for(targets, history).answer("json", Query()))
+    row = data["groups"][0]["rows"][0]
+    assert row["name"] == EVIL and row["state"] == "down"
+    change = row["changes"][0]
+    assert (change["at"], change["from"], change["to"]) == (row["since"], "up", "down")
+    assert change["reason"] == "ECONNREFUSED"
+    assert len(row["buckets"]) == 60 and row["buckets"][-1][1:3] == [2, 1]
+    assert row["chart"]["fail"] and row["chart"]["p50"]
+
+
+async def test_answers_are_cached_briefly(three: Three) -> None:
+    targets, history = three
+    sp = page_for(targets, history)
+    first = await sp.answer("json", Query())
+    history.observe("web", rec(targets[0], TIMEOUT, NOW - 1, "ETIMEDOUT"), False)
+    assert await sp.answer("json", Query()) == first  # within MAX_AGE: the same bytes
+    sp._cache.clear()
+    assert await sp.answer("json", Query()) != first
+
+
+def test_chart_marks_failures_and_scales_to_the_max() -> None:
+    from probe.daemon.history import Bucket
+
+    buckets: list[Bucket | None] = [None] * 60
+    buckets[10] = Bucket(0.0, 4, 0, (4, 0, 0, 0, 0), 1.0, 3.0)
+    buckets[11] = Bucket(60.0, 4, 4, (0, 0, 4, 0, 0), None, None)
+    chart = status._chart(buckets)
+    assert chart.scale_ms == 5.0
+    assert chart.p50.count("M") == 1 and chart.smoke.count("M") == 1
+    assert chart.fail.startswith("M44 0.0")  # bucket 11, full height: all failed
+
+
+async def test_concurrent_requests_share_one_build(three: Three) -> None:
+    targets, history = three
+    calls = 0
+
+    def listed() -> list[ResolvedTarget]:
+        nonlocal calls
+        calls += 1
+        return targets * 200  # enough rows that the build yields to the loop between slices
+
+    sp = StatusPage(listed, history, clock=lambda: NOW)
+    answers = await asyncio.gather(*(sp.answer("json", Query()) for _ in range(5)))
+    assert calls == 1 and len(set(answers)) == 1
+    await sp.answer("html", Query())
+    assert calls == 1  # the page and its JSON come from one build
+    await sp.answer("json", Query(page=2))
+    assert calls == 2  # another query is another build
+
+
+async def test_a_client_that_hangs_up_does_not_cancel_the_others(three: Three) -> None:
+    targets, history = three
+    sp = StatusPage(lambda: targets * 200, history, clock=lambda: NOW)
+    first = asyncio.ensure_future(sp.answer("json", Query()))
+    second = asyncio.ensure_future(sp.answer("json", Query()))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    first.cancel()
+    body = await second
+    assert json.loads(body)["total"] == len(targets) * 200
+
+
+async def test_a_kept_row_still_counts_its_time_and_takes_new_records(three: Three) -> None:
+    targets, history = three
+    now = [NOW]
+    sp = StatusPage(lambda: targets, history, clock=lambda: now[0])
+
+    async def down_row() -> status.Row:
+        page = await sp.build(Query())
+        return next(r for r in page.groups[0].rows if r.name == EVIL)
+
+    assert (await down_row()).cells[3] == "10s"
+    now[0] += 5
+    assert (await down_row()).cells[3] == "15s"
+    history.observe(EVIL, rec(targets[1], OPEN, now[0] - 1), True)
+    row = await down_row()
+    assert (row.state, row.cells[3], row.outcome) == ("up", "1s", OPEN)

@@ -1,0 +1,673 @@
+"""The native sweep core against the Python engine: same records, byte for byte where they
+can be (every field but timings, timestamps and local ports), the writer's formatting
+against msgspec's, interrupts, and local shortages that never become records."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from helpers import (
+    CONTRACT_KEYS,
+    FullQueueListener,
+    Netns,
+    RecordingListener,
+    can_netns,
+    closed_port,
+    probe_cmd,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from probe.engine import EngineOptions, native
+from probe.output.human import probe_line
+from probe.output.log import configure
+from probe.output.writer import RecordWriter
+from probe.record import Record, errno_name, outcome_of
+from probe.targets import parse_target
+
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason="the native core is not built here (no C compiler?)"
+)
+
+if native.available():
+    from probe.engine import _native  # type: ignore[attr-defined]
+
+# What differs between two honest runs: when, how long, and which port the kernel picked.
+VOLATILE = {"timestamp", "latency_ms", "rtt_ms", "local_port"}
+
+
+def python_line(record: Record) -> bytes:
+    """The record as the Python path writes it (structlog + msgspec)."""
+    buf = io.BytesIO()
+    write = configure(RecordWriter(buf), "json")
+    write(record)
+    return buf.getvalue()
+
+
+# -- the writer ---------------------------------------------------------------------------
+
+
+@given(st.text())
+def test_escape_matches_msgspec(text: str) -> None:
+    try:
+        expected = msgspec.json.encode(text)[1:-1]
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        return  # lone surrogates: not text the core is ever given
+    assert _native._escape(text) == expected
+
+
+def test_escape_every_control_character() -> None:
+    text = "".join(chr(c) for c in range(0x80)) + '"\\/é\u2028\U0001f600'
+    assert _native._escape(text) == msgspec.json.encode(text)[1:-1]
+
+
+def _latency_samples() -> Iterator[int]:
+    rng = random.Random(13)
+    yield from range(0, 20_000)
+    for _ in range(50_000):
+        yield rng.randrange(0, 10**13)
+    for _ in range(20_000):  # ties: exactly half a microsecond off a thousandth
+        yield rng.randrange(0, 10**10) * 1000 + 500
+    for k in range(0, 44):  # up to ~200 days, past where the fast path hands over
+        yield 2**k
+        yield 2**k * 1000 + 500
+
+
+def test_latency_formatting_matches_python_and_msgspec() -> None:
+    for ns in _latency_samples():
+        expected = msgspec.json.encode(round(ns / 1e6, 3))
+        assert _native._format_latency(ns) == expected, ns
+
+
+def test_rtt_formatting_matches_python_and_msgspec() -> None:
+    rng = random.Random(7)
+    values = [*range(0, 5000), *(rng.randrange(0, 2**32) for _ in range(20_000)), 2**32 - 1]
+    for us in values:
+        assert _native._format_rtt(us) == msgspec.json.encode(round(us / 1000.0, 3)), us
+
+
+CASES = [
+    # host, bracketed, address, port, local, err, timed_out, rtt_us, attempt
+    ("127.0.0.1", False, "127.0.0.1", 80, ("127.0.0.1", 40000), 0, False, 21, 1),
+    ("127.0.0.1", False, "127.0.0.1", 1, ("127.0.0.1", 65535), 111, False, -1, 1),
+    ("::1", True, "::1", 65535, ("::1", 1), 110, True, -1, 3),
+    ("0:0::1", True, "::1", 22, ("::1", 50000), 113, False, -1, 1),
+    ("127.0.0.1", False, "127.0.0.1", 9, None, 24, False, -1, 1),
+    ("127.0.0.1", False, "127.0.0.1", 9, ("0.0.0.0", 0), 101, False, -1, 2),
+    ("127.0.0.1", False, "127.0.0.1", 5000, ("127.0.0.1", 5000), -1, False, -1, 1),
+    ("127.0.0.1", False, "127.0.0.1", 5000, ("127.0.0.1", 5000), 999, False, -1, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_record_matches_python_path(case: tuple[Any, ...]) -> None:
+    host, bracketed, address, port, local, err, timed_out, rtt_us, attempt = case
+    rng = random.Random(port)
+    for _ in range(200):
+        wall_s = rng.randrange(0, 4_000_000_000)
+        wall_us = rng.randrange(0, 1_000_000)
+        latency_ns = rng.choice([0, rng.randrange(0, 10**10), rng.randrange(0, 10**6) * 1000 + 500])
+        retrans = rng.choice([-1, 0, 0, 1, rng.randrange(2, 7)])
+        family = "ipv6" if ":" in address else "ipv4"
+        outcome = "timeout" if timed_out else outcome_of(err)
+        record = Record(
+            started=wall_s + wall_us / 1e6,
+            target=f"[{host}]:{port}" if bracketed else f"{host}:{port}",
+            host=host,
+            port=port,
+            address=address,
+            family=family,
+            local_address=None if local is None else local[0],
+            local_port=None if local is None else local[1],
+            outcome=outcome,  # type: ignore[arg-type]
+            error=None if outcome == "open" else ("ETIMEDOUT" if timed_out else errno_name(err)),
+            latency_ms=latency_ns / 1e6,
+            rtt_ms=None if rtt_us < 0 else rtt_us / 1000.0,
+            syn_retransmits=None if retrans < 0 else retrans,
+            dns_ms=0.0,
+            attempt=attempt,
+        )
+        expected = python_line(record)
+        # The Python path takes its timestamp from a float; the core from a timespec.
+        wall_ns = wall_us * 1000
+        line = _native._record(
+            wall_s, wall_ns, host, bracketed, address, port, local, err, timed_out,
+            latency_ns, rtt_us, retrans, attempt, native.EXTENDED,
+        )  # fmt: skip
+        assert line == expected
+        assert list(json.loads(line)) == CONTRACT_KEYS
+
+
+@pytest.mark.parametrize(
+    ("host", "bracketed", "address", "local"),
+    [
+        ("127.0.0.1", False, "127.0.0.1", ("127.0.0.1", 40000)),
+        ("::1", True, "::1", ("::1", 1)),
+        ("0:0::1", True, "::1", ("::1", 65535)),
+    ],
+)
+def test_human_line_matches_python_path(
+    host: str, bracketed: bool, address: str, local: tuple[str, int]
+) -> None:
+    """A sweep's human output shows open attempts: the line output/human.py prints."""
+    rng = random.Random(host)
+    for _ in range(500):
+        latency_ns = rng.choice([rng.randrange(0, 10**9), rng.randrange(0, 10**4) * 1000 + 500])
+        rtt_us = rng.choice([-1, rng.randrange(0, 10**6), rng.randrange(0, 100) * 10 + 5])
+        port = rng.randrange(1, 65536)
+        retrans = rng.choice([-1, 0, 0, 1, rng.randrange(2, 7)])
+        record = Record(
+            started=0.0,
+            target=f"[{host}]:{port}" if bracketed else f"{host}:{port}",
+            host=host,
+            port=port,
+            address=address,
+            family="ipv6" if ":" in address else "ipv4",
+            local_address=local[0],
+            local_port=local[1],
+            outcome=outcome_of(0),
+            error=None,
+            latency_ms=latency_ns / 1e6,
+            rtt_ms=None if rtt_us < 0 else rtt_us / 1000.0,
+            syn_retransmits=None if retrans < 0 else retrans,
+            dns_ms=0.0,
+            attempt=1,
+        )
+        expected = probe_line(record).encode() + b"\n"
+        line = _native._record(
+            0, 0, host, bracketed, address, port, local, 0, False, latency_ns, rtt_us, retrans,
+            1, native.EXTENDED, True,
+        )  # fmt: skip
+        assert line == expected
+
+
+# -- sweeps on loopback, no root ------------------------------------------------------------
+
+
+def run_native(targets: list[str], **kw: Any) -> tuple[list[dict[str, Any]], native.SweepResult]:
+    plan = native.plan([parse_target(t) for t in targets])
+    assert plan is not None
+    r, w = os.pipe()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(r, 1 << 16), b"")))
+    reader.start()
+    try:
+        options = EngineOptions(**{"timeout": 0.5, "concurrency": 100, **kw})
+        result = native.sweep(w, plan, options)
+    finally:
+        os.close(w)
+        reader.join()
+        os.close(r)
+    lines = b"".join(chunks).splitlines()
+    return [json.loads(line) for line in lines], result
+
+
+def run_python(targets: list[str], *extra: str) -> list[dict[str, Any]]:
+    env = {**os.environ, "PROBE_CORE": "python"}
+    out = subprocess.run(
+        [*probe_cmd(), "check", *targets, "--json", "-t", "0.5", *extra],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def stable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records but for what differs between honest runs; JSON types kept (0 is not 0.0),
+    and the volatile keys' types too."""
+    return sorted(
+        (
+            {
+                k: (type(v).__name__ if k in VOLATILE else (v, type(v).__name__))
+                for k, v in r.items()
+            }
+            for r in records
+        ),
+        key=lambda r: (r["target"], r["attempt"]),
+    )
+
+
+def test_loopback_sweep_matches_python_engine(
+    listener: RecordingListener, full_queue: FullQueueListener
+) -> None:
+    closed = closed_port()
+    targets = [listener.target, f"127.0.0.1:{closed}", full_queue.target]
+    records, result = run_native(targets)
+    by_port = {r["port"]: r for r in records}
+    assert by_port[listener.port]["outcome"] == "open"
+    assert by_port[listener.port]["rtt_ms"] is not None
+    assert by_port[closed]["outcome"] == "refused"
+    assert by_port[full_queue.port]["outcome"] == "timeout"
+    assert by_port[full_queue.port]["error"] == "ETIMEDOUT"
+    assert by_port[full_queue.port]["latency_ms"] >= 500
+    for r in records:
+        assert r["local_address"] == "127.0.0.1"
+        assert isinstance(r["local_port"], int) and r["local_port"] > 0
+    assert result.outcomes == {"open": 1, "refused": 1, "timeout": 1}
+    assert (result.targets, result.targets_without_open) == (3, 2)
+    # The peer the listener saw is the local endpoint the record reports.
+    peers = listener.wait_peers(1)
+    assert ("127.0.0.1", by_port[listener.port]["local_port"]) in peers
+    assert stable(records) == stable(run_python(targets))
+
+
+def test_retries_after_timeout_match_python_engine(full_queue: FullQueueListener) -> None:
+    records, result = run_native([full_queue.target], retries=2, timeout=0.2)
+    assert [r["attempt"] for r in records] == [1, 2, 3]
+    assert {r["outcome"] for r in records} == {"timeout"}
+    assert (result.targets, result.targets_without_open) == (1, 1)
+    assert stable(records) == stable(run_python([full_queue.target], "--retries", "2"))
+
+
+def test_shards_cover_every_endpoint_once() -> None:
+    """Three shards of one sweep: every endpoint in exactly one, as targets.shard() splits."""
+    held = sorted(closed_port() for _ in range(7))
+    tokens = [f"127.0.0.1:{held[0]},{held[1]}-{held[1]},{','.join(map(str, held[2:]))}"]
+    seen: list[int] = []
+    for index in range(3):
+        records, result = run_sharded(tokens, (index, 3))
+        assert result.targets == len(records)
+        seen.extend(r["port"] for r in records)
+    assert sorted(seen) == held
+
+
+def run_sharded(targets: list[str], shard: tuple[int, int]) -> tuple[list[dict[str, Any]], Any]:
+    plan = native.plan([parse_target(t) for t in targets])
+    assert plan is not None
+    with tempfile.TemporaryFile() as out:
+        result = native.sweep(out.fileno(), plan, EngineOptions(timeout=0.5), shard)
+        out.seek(0)
+        lines = out.read().splitlines()
+    return [json.loads(line) for line in lines], result
+
+
+def test_options_the_core_does_not_know_stay_with_python_engine() -> None:
+    assert native.supports(EngineOptions())
+    assert native.supports(EngineOptions(source=("127.0.0.1", 0)))
+    assert not native.supports(EngineOptions(source=("127.0.0.1", (5000, 5010))))  # type: ignore[arg-type]
+
+
+def test_names_and_zones_stay_with_python_engine() -> None:
+    assert native.plan([parse_target("localhost:80")]) is None
+    assert native.plan([parse_target("[fe80::1%lo]:80")]) is None
+    assert native.plan([parse_target("[::1]:80")], socket.AF_INET) is None
+    assert native.plan([parse_target("127.0.0.0/20:80")], limit=4096) is not None
+    assert native.plan([parse_target("127.0.0.0/19:80")], limit=4096) is None
+    plan = native.plan([parse_target("[0:0::1]:80")])
+    assert plan is not None and plan[0].address == "::1" and plan[0].host == "0:0::1"
+    plan = native.plan([parse_target("127.0.0.1-3:80"), parse_target("[::1]/127:22")])
+    assert plan is not None
+    assert [t.host for t in plan] == ["127.0.0.1", "127.0.0.2", "127.0.0.3", "::", "::1"]
+
+
+def test_rate_is_never_exceeded() -> None:
+    """--rate R: starts on a fixed cadence, so N attempts span at least (N - 1) / R seconds."""
+    held = [closed_port() for _ in range(41)]
+    records, result = run_native([f"127.0.0.1:{p}" for p in held], rate=20.0)
+    assert result.outcomes == {"refused": 41}
+    starts = sorted(stamp(r["timestamp"]) for r in records)
+    assert starts[-1] - starts[0] >= 40 / 20 - 0.05  # a late tick may catch up one step
+    for i, first in enumerate(starts):  # at most R + 1 starts in any one-second window
+        assert sum(1 for t in starts[i:] if t < first + 1.0) <= 21
+
+
+def stamp(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_progress_reports_records_and_opens(
+    listener: RecordingListener, full_queue: FullQueueListener
+) -> None:
+    calls: list[tuple[int, int]] = []
+    plan = native.plan([parse_target(listener.target), parse_target(full_queue.target)])
+    assert plan is not None
+    with tempfile.TemporaryFile() as out:
+        native.sweep(
+            out.fileno(),
+            plan,
+            EngineOptions(timeout=0.7),
+            progress=lambda a, o: calls.append((a, o)),
+        )
+    assert calls  # at least one tick in 0.7 s
+    assert calls[0] == (1, 1)  # the open attempt, while the other waits for its deadline
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_closed_reader_exits_141_quietly(workers: str) -> None:
+    held = [closed_port() for _ in range(400)]  # ~130 KB of records: more than a pipe holds
+    proc = subprocess.run(
+        f"{' '.join(probe_cmd())} check {' '.join(f'127.0.0.1:{p}' for p in held)} --json "
+        f"--workers {workers} "
+        "| head -c 10 >/dev/null; echo ${PIPESTATUS[0]}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "141"
+    assert proc.stderr == ""
+
+
+# -- interrupts -------------------------------------------------------------------------------
+
+
+def test_stop_fd_ends_a_sweep_of_timeouts_promptly(full_queue: FullQueueListener) -> None:
+    plan = native.plan([parse_target(full_queue.target)])
+    assert plan is not None
+    stop_r, stop_w = os.pipe()
+    out = os.open(os.devnull, os.O_WRONLY)
+    box: dict[str, Any] = {}
+
+    def sweep() -> None:
+        box["result"] = native.sweep(out, plan, EngineOptions(timeout=60.0), stop_fd=stop_r)
+        box["at"] = time.monotonic()
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    time.sleep(0.3)  # the attempt is in flight: its deadline is a minute away
+    stopped_at = time.monotonic()
+    os.write(stop_w, b"x")
+    thread.join(10)
+    os.close(stop_r)
+    os.close(stop_w)
+    os.close(out)
+    assert not thread.is_alive()
+    assert box["result"].stopped
+    assert box["at"] - stopped_at < 1.0
+    assert box["result"].targets == 0  # nothing finished, nothing written
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_probe_check_promptly(full_queue: FullQueueListener, signum: int) -> None:
+    closed = closed_port()
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", f"127.0.0.1:{closed}", full_queue.target, "--json", "-t", "60"],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the refused record: flushed within 0.2 s
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    rest = proc.stdout.read()
+    code = proc.wait(10)
+    assert time.monotonic() - sent < 2.0
+    assert code == 128 + signum
+    record = json.loads(first)
+    assert record["port"] == closed and record["outcome"] == "refused"
+    assert rest == b""  # the unfinished attempt leaves no record, torn or whole
+
+
+# -- the whole command ------------------------------------------------------------------------
+
+
+def test_version_names_the_core() -> None:
+    out = subprocess.run([*probe_cmd(), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stdout.strip().endswith("(core: native)")
+    env = {**os.environ, "PROBE_CORE": "python"}
+    out = subprocess.run([*probe_cmd(), "-V"], capture_output=True, text=True, env=env)
+    assert out.stdout.strip().endswith("(core: python)")
+
+
+# -- inside a namespace (root) ------------------------------------------------------------------
+
+needs_netns = pytest.mark.skipif(can_netns() is not None, reason=str(can_netns()))
+
+LISTEN = textwrap.dedent(
+    """
+    import socket, sys, time
+    socks = []
+    for host, port in [("127.0.0.1", p) for p in (22, 80, 443, 1500, 1999)] + [("::1", 80)]:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.bind((host, port))
+        s.listen(512)
+        socks.append(s)
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@pytest.fixture
+def listening_ns(netns: Netns) -> Iterator[Netns]:
+    proc = netns.popen(sys.executable, "-c", LISTEN, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "ready"
+    yield netns
+    proc.stdin.close()
+    proc.wait(5)
+
+
+def sweep_in(ns: Netns, *args: str, core: str = "native") -> tuple[int, list[dict[str, Any]]]:
+    env = {**os.environ, "PROBE_CORE": core}
+    out = subprocess.run(
+        [*ns.prefix(), *probe_cmd(), "check", *args, "--json"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    return out.returncode, [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@needs_netns
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("127.0.0.1", "-p", "1-2000"),
+        ("[::1]:1-200", "127.0.0.1:70-90,440-450"),
+        ("127.0.0.1:1-3000", "-C", "7", "--workers", "1"),
+        ("127.0.0.1:1-600", "-s", "127.0.0.1"),
+        ("127.0.0.1:1-300", "-s", "127.0.0.1:40000"),
+        ("[::1]:1-300", "-s", "::1"),
+        ("127.0.0.1:1-300", "--rate", "2000"),
+        ("127.0.0.1-3:20-30,75-85", "127.0.0.0/31:440-445"),
+    ],
+)
+def test_differential_sweep_in_namespace(listening_ns: Netns, args: tuple[str, ...]) -> None:
+    code_n, native_records = sweep_in(listening_ns, *args, core="native")
+    code_p, python_records = sweep_in(listening_ns, *args, core="python")
+    assert code_n == code_p == 1  # closed ports: some targets had no open attempt
+    assert len(native_records) == len(python_records) > 0
+    assert stable(native_records) == stable(python_records)
+    for r in native_records:
+        assert list(r) == list(python_records[0])
+        assert r["local_port"] > 0
+        assert r["outcome"] in ("open", "refused")
+        assert (r["rtt_ms"] is not None) == (r["outcome"] == "open")
+    opened = {r["target"] for r in native_records if r["outcome"] == "open"}
+    assert opened <= {f"127.0.0.1:{p}" for p in (22, 80, 443, 1500, 1999)} | {"[::1]:80"}
+
+
+SHORT_OF_FDS = textwrap.dedent(
+    """
+    import json, sys
+    from probe.engine import EngineOptions, native
+    from probe.targets import parse_target
+    dropped, closed = sys.argv[1], sys.argv[2]
+    # 200 attempts whose SYNs are dropped stay in flight: far more than 64 descriptors.
+    plan = native.plan([parse_target(dropped)] * 200 + [parse_target(closed)] * 50)
+    result = native.sweep(1, plan, EngineOptions(timeout=0.3, concurrency=500))
+    sys.stderr.write(json.dumps({"shortages": result.shortages, "error": result.error}))
+    """
+)
+
+
+def test_descriptor_shortage_is_never_a_record(full_queue: FullQueueListener) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed")
+    closed = f"127.0.0.1:{closed_port()}"
+    out = subprocess.run(
+        ["prlimit", "--nofile=64", sys.executable, "-c", SHORT_OF_FDS, full_queue.target, closed],
+        capture_output=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    stats = json.loads(out.stderr)
+    assert stats["shortages"] > 0  # the limit was met...
+    assert stats["error"] is None
+    assert len(records) == 250  # ...and never became a record
+    assert sum(r["outcome"] == "timeout" for r in records) == 200
+    assert sum(r["outcome"] == "refused" for r in records) == 50
+
+
+GIVE_UP = textwrap.dedent(
+    """
+    import json, os, sys, resource
+    from probe.engine import EngineOptions, native
+    from probe.targets import parse_target
+    plan = native.plan([parse_target(f"127.0.0.1:{sys.argv[1]}")])
+    out = os.open(os.devnull, os.O_WRONLY)
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        os.close(held.pop())  # one for the core's epoll set; none for a socket
+    result = native.sweep(out, plan, EngineOptions(timeout=1.0, shortage_giveup=0.5))
+    for fd in held:
+        os.close(fd)
+    print(json.dumps({"error": result.error, "targets": result.targets}))
+    """
+)
+
+
+def test_shortage_with_nothing_in_flight_gives_up() -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed")
+    out = subprocess.run(
+        ["prlimit", "--nofile=64", sys.executable, "-c", GIVE_UP, str(closed_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result == {
+        "error": "no free file descriptor or local port on this machine",
+        "targets": 0,
+    }
+
+
+CAPTURE = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from probe.engine import EngineOptions, native
+    from probe.targets import parse_target
+    reuse, pcap, out = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
+    plan = native.plan([parse_target("127.0.0.1:1-2000")])
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    result = native.sweep(fd, plan, EngineOptions(timeout=1.0, concurrency=100), reuse=reuse)
+    os.close(fd)
+    print(json.dumps({"reused": result.reused}))
+    """
+)
+
+
+@needs_netns
+@pytest.mark.parametrize("reuse", [True, False])
+def test_every_attempt_sends_its_own_syn_from_its_recorded_port(
+    listening_ns: Netns, reuse: bool, tmp_path: Path
+) -> None:
+    """Reusing a refused attempt's socket must not share a SYN or a port between records."""
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed")
+    pcap, out = tmp_path / "syn.pcap", tmp_path / "records.jsonl"
+    syn_only = "tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack == 0"
+    # -c: exit once every SYN of the sweep is written (one per attempt: ports 1-2000 lie
+    # below the ephemeral range, so no attempt can connect to itself and send another).
+    capture = listening_ns.popen(
+        "tcpdump", "-i", "lo", "-n", "-U", "-c", "2000", "-w", str(pcap), syn_only,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert capture.stderr is not None
+    assert "listening on lo" in capture.stderr.readline()
+    ran = listening_ns.run(
+        sys.executable, "-c", CAPTURE, "1" if reuse else "0", str(pcap), str(out)
+    )
+    capture.wait(30)
+    reused = json.loads(ran.stdout)["reused"]
+    assert (reused > 1000) if reuse else (reused == 0)
+    text = subprocess.run(
+        ["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True, check=True
+    ).stdout
+    syns = []
+    for line in text.splitlines():  # "... IP 127.0.0.1.40000 > 127.0.0.1.80: Flags [S], ..."
+        src, dst = line.split()[2], line.split()[4].rstrip(":")
+        syns.append((int(src.rsplit(".", 1)[1]), int(dst.rsplit(".", 1)[1])))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(syns) == sorted((r["local_port"], r["port"]) for r in records)
+    assert len(set(syns)) == 2000
+    opened = sorted(r["port"] for r in records if r["outcome"] == "open")
+    assert opened == [22, 80, 443, 1500, 1999]  # no false open
+    time_wait = listening_ns.run("ss", "-tan", "state", "time-wait").stdout.splitlines()
+    assert len(time_wait) <= 1  # the header only: RST closes, refusals leave nothing
+
+
+@needs_netns
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_human_sweep_matches_python_engine(listening_ns: Netns, workers: str) -> None:
+    """`probe check 127.0.0.1 -p 1-2000`: open lines and the summary, as the Python engine
+    prints them, but for latencies, ports and the timing figures of the summary."""
+    outputs = {}
+    for core in ("native", "python"):
+        env = {**os.environ, "PROBE_CORE": core}
+        out = subprocess.run(
+            [*listening_ns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p", "1-2000",
+             "[::1]:80", "--workers", workers],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 1 and out.stderr == ""
+        outputs[core] = out.stdout.splitlines()
+
+    def shape(lines: list[str]) -> list[str]:
+        volatile = [
+            (r"local (\S+):\d+", r"local \1:P"),
+            (r"\d+\.\d\d ms", "T ms"),
+            (r"in \d+\.\d\d s \(\d+/s\)", "in S s (R/s)"),
+            (r"lag p99 \d+\.\d ms, max \d+\.\d ms", "lag p99 L ms, max L ms"),
+        ]
+        out = []
+        for line in lines:
+            for pattern, repl in volatile:
+                line = re.sub(pattern, repl, line)
+            out.append(line)
+        return sorted(out[:-2]) + out[-2:]  # workers interleave open lines; summary last
+
+    assert shape(outputs["native"]) == shape(outputs["python"])
+    assert len(outputs["native"]) == 6 + 2  # five listeners on 127.0.0.1, one on ::1
+
+
+@needs_netns
+def test_self_connect_with_fixed_source_port_matches_python_engine(netns: Netns) -> None:
+    """-s ADDR:PORT equal to the destination: the socket connects to itself; every retry
+    would be the same, so both cores report error / SELF_CONNECT, never open."""
+    args = ("127.0.0.1:7", "127.0.0.1:8", "-s", "127.0.0.1:7")
+    code_n, native_records = sweep_in(netns, *args, core="native")
+    code_p, python_records = sweep_in(netns, *args, core="python")
+    assert code_n == code_p == 1
+    assert stable(native_records) == stable(python_records)
+    by_port = {r["port"]: r for r in native_records}
+    assert (by_port[7]["outcome"], by_port[7]["error"]) == ("error", "SELF_CONNECT")
+    assert by_port[7]["local_port"] == 7
+    assert by_port[8]["outcome"] == "refused" and by_port[8]["local_port"] == 7
