@@ -225,6 +225,18 @@ class Metrics:
             registry=r,
         )
         self.build.labels(__version__, core_name()).set(1)
+        self.late_starts = Counter(
+            "probe_late_starts",
+            "Scheduled attempts that started more than 0.1 s after their slot.",
+            registry=r,
+        )
+        self.resolve_failures = Counter(
+            "probe_resolve_failures",
+            "Re-resolutions of the target's name that failed or hung; the last good "
+            "addresses were kept.",
+            ["target"],
+            registry=r,
+        )
         self._errors_seen: dict[str, set[str]] = {}  # name → error labels it has
 
     # -- targets -----------------------------------------------------------------------------
@@ -252,7 +264,14 @@ class Metrics:
             _remove(self.attempts, name, outcome)
         for error in self._errors_seen.pop(name, ()):
             _remove(self.errors, name, error)
-        for metric in (self.latency, self.rtt, self.syn_retransmits, self.up, self.skipped):
+        for metric in (
+            self.latency,
+            self.rtt,
+            self.syn_retransmits,
+            self.up,
+            self.skipped,
+            self.resolve_failures,
+        ):
             _remove(metric, name)
         self.info.labels.pop(name, None)
 
