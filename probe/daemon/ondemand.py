@@ -1,22 +1,21 @@
-"""GET /probe, blackbox-exporter style: the query, the timeout, the answer and its trace.
+"""GET /probe, blackbox-exporter style: the timeout, the answer and its trace.
 
-What the daemon does in between (resolve, check probe_allow, connect) stays in app.py; this
-module turns the request into a `Query` and the attempt into Prometheus text, or, with
-`debug=true`, into the steps taken in plain words.
+http.py parses the request (ProbeRequest); what the daemon does then (resolve, check
+probe_allow, connect) stays in app.py. This module decides the attempt's timeout, keeps
+the steps taken, and turns the attempt into Prometheus text or, with `debug=true`, into
+the steps in plain words.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from ..errors import TargetError
 from ..output.jsonl import record_json
 from ..record import OPEN, Record
-from ..targets import Endpoint, parse_target
+from ..targets import Endpoint
 from .metrics import CONTENT_TYPE, error_label
 
 PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
@@ -25,10 +24,6 @@ PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
 TIMEOUT_OFFSET = 0.5
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 TEXT = "text/plain; charset=utf-8"
-
-
-class BadQuery(ValueError):
-    """The request cannot be probed: answered 400 with this message."""
 
 
 @dataclass
@@ -43,30 +38,6 @@ class Query:
 
     def step(self, line: str) -> None:
         self.steps.append(line)
-
-
-def parse_query(
-    params: Mapping[str, str], headers: Mapping[str, str], default_timeout: float
-) -> Query:
-    """The request's target and timeout; BadQuery says what is wrong (400)."""
-    text = params.get("target", "")
-    if not text:
-        raise BadQuery("missing ?target=HOST:PORT")
-    try:
-        target = parse_target(text, no_port_hint="")
-    except TargetError as exc:
-        raise BadQuery(f"bad target: {exc}") from None
-    if target.count() != 1:
-        raise BadQuery("bad target: give exactly one port")
-    timeout: float | None = None
-    if "timeout" in params:
-        timeout = _seconds(params["timeout"], "timeout")
-        if timeout > PROBE_TIMEOUT_MAX:
-            raise BadQuery(f"bad timeout: seconds > 0, at most {PROBE_TIMEOUT_MAX:g}")
-    header = headers.get(SCRAPE_TIMEOUT_HEADER)
-    scrape = None if header is None else _seconds(header, SCRAPE_TIMEOUT_HEADER)
-    debug = params.get("debug", "").lower() in ("true", "1", "yes")
-    return plan(text, next(target.endpoints()), timeout, scrape, debug, default_timeout)
 
 
 def plan(
@@ -92,16 +63,6 @@ def plan(
             seconds = budget
             why = f"{SCRAPE_TIMEOUT_HEADER}: {scrape_timeout:g} less the margin"
     return Query(text, endpoint, seconds, debug, [f"timeout: {seconds:g} s ({why})"])
-
-
-def _seconds(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise BadQuery(f"bad {what}: seconds > 0, got {text[:40]!r}")
-    return value
 
 
 def ip_hash(ip: str) -> float:

@@ -418,10 +418,14 @@ def test_probe_timeout_is_the_smaller_of_query_and_scrape_header(
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf"])
-def test_probe_bad_scrape_header_is_400(live: tuple[Proc, dict[str, str]], bad: str) -> None:
+def test_probe_unusable_scrape_header_is_ignored(
+    live: tuple[Proc, dict[str, str]], bad: str
+) -> None:
     p, targets = live
-    status, _, body = probe(p, targets["web"], "", **{"X-Prometheus-Scrape-Timeout-Seconds": bad})
-    assert status == 400 and "X-Prometheus-Scrape-Timeout-Seconds" in body
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": bad}
+    status, _, body = probe(p, targets["web"], "&debug=true", **headers)
+    assert status == 200, body
+    assert "timeout: 0.3 s (the config's defaults.timeout 0.3 s)" in body
 
 
 def test_probe_debug_explains_the_steps(live: tuple[Proc, dict[str, str]]) -> None:
