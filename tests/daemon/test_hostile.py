@@ -393,9 +393,12 @@ def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
     d.wait("a first round", lambda: len(d.records()) >= n, timeout=20)
     scrape = lambda path: d.get(path, timeout=30)  # noqa: E731  a 3 MB page on a busy machine
     before = metrics_of(scrape)
-    deadline = time.monotonic() + 6.0
+    # At least three scrapes back to back and at least 6 s of schedule beside them: the
+    # window is counted in pages and seconds both, so a slow machine lengthens it instead of
+    # failing it.
+    began = time.monotonic()
     pages = 0
-    while time.monotonic() < deadline:
+    while pages < 3 or time.monotonic() - began < 6.0:
         status, _, _ = scrape("/metrics")
         assert status == 200
         pages += 1
@@ -410,7 +413,7 @@ def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
         sample(before, "probe_schedule_lag_seconds_count") or 0
     )
     late = over(after, "0.25") - over(before, "0.25")
-    assert pages >= 3 and starts >= 2 * n
+    assert starts >= 2 * n, (starts, pages)
     assert late <= starts * 0.001, (late, starts, pages)
 
 
