@@ -68,6 +68,12 @@ def version_line() -> str:
     return f"probe {version} (core: {CORE})"
 
 
+def _shard(text: str):  # type: ignore[no-untyped-def]  # argparse type for run --shard
+    from .daemon.fleet import shard_arg
+
+    return shard_arg(text)
+
+
 class _Version(argparse.Action):
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
         super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
@@ -271,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", default="config.toml", metavar="PATH",
                      help="the config file (default config.toml)")  # fmt: skip
+    run.add_argument("--shard", type=_shard, metavar="I/N",
+                     help="keep only share I of N (0-based) of the config's targets, by a "
+                     "stable hash of each target's name; overrides PROBE_SHARD and "
+                     "[cluster] shard")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a config file and exit")
@@ -300,7 +310,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon.app import run_daemon
 
-    return run_daemon(args.config)
+    return run_daemon(args.config, args.shard)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -1,19 +1,34 @@
-"""Name resolution, once per name per run, on the loop's non-blocking getaddrinfo."""
+"""Names → addresses: getaddrinfo on threads of our own, with deadlines.
+
+`probe check` resolves each name once per run (`Resolver()` on the loop's getaddrinfo). The
+daemon needs more: a lookup that hangs (a dead DNS server) must neither hold an attempt past
+its timeout nor take the threads other lookups need, and it must not keep the process from
+exiting. So the daemon gives each side its own `LookupPool` (daemon threads: a hung
+getaddrinfo cannot be cancelled, only abandoned, and concurrent.futures would join it at
+exit), every wait has a deadline, and `KeptNames` keeps a scheduled name's last good answer
+while its re-resolution fails or hangs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import queue
 import socket
+import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 _EAI_NAMES = {
     getattr(socket, name): name
     for name in dir(socket)
     if name.startswith("EAI_") and isinstance(getattr(socket, name), int)
 }
+TIMED_OUT = "EAI_AGAIN"  # what getaddrinfo itself says when the servers do not answer in time
+Infos = list[tuple[Any, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,18 +66,82 @@ def literal(host: str, family: int = 0) -> Address | None:
     return Address(fam, str(ip))
 
 
+class LookupPool:
+    """A fixed number of daemon threads running getaddrinfo. Bounded, so hung lookups on one
+    side cannot starve the other side's pool; daemon threads, so a lookup that never returns
+    is abandoned at exit instead of joined."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+        self._closed = False
+        for thread in self._threads:
+            thread.start()
+
+    def getaddrinfo(self, host: str, family: int) -> asyncio.Future[Infos]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Infos] = loop.create_future()
+        if self._closed:
+            done.set_exception(ResolveError(TIMED_OUT))
+        else:
+            self._jobs.put((loop, done, host, family))
+        return done
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, done, host, family = job
+            if done.done():  # its waiter gave up while it sat in the queue
+                continue
+            try:
+                result: Any = socket.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
+                failed = False
+            except BaseException as exc:  # handed to the loop as the future's exception
+                result, failed = exc, True
+            try:
+                loop.call_soon_threadsafe(_settle, done, result, failed)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    def close(self) -> None:
+        """Stop taking lookups; idle threads end, a thread stuck in getaddrinfo is left."""
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _settle(done: asyncio.Future[Infos], result: Any, failed: bool) -> None:
+    if done.done():
+        return
+    if failed:
+        done.set_exception(result)
+    else:
+        done.set_result(result)
+
+
 class Resolver:
     """Caches answers (and failures) per name; concurrent lookups of one name share a query."""
 
-    def __init__(self, family: int = 0, cache_size: int = 4096, ttl: float | None = None) -> None:
+    def __init__(
+        self,
+        family: int = 0,
+        cache_size: int = 4096,
+        ttl: float | None = None,
+        pool: LookupPool | None = None,
+    ) -> None:
         """`ttl`: seconds an answer is kept (None: the whole run, as `probe check` wants;
-        a daemon that runs for months re-resolves)."""
+        a daemon that runs for months re-resolves). `pool`: threads of our own (None: the
+        loop's getaddrinfo)."""
         self.family = family
         self._cache: OrderedDict[str, tuple[asyncio.Future[tuple[Address, ...]], float]] = (
             OrderedDict()
         )
         self._size = cache_size
         self._ttl = ttl
+        self._pool = pool
+        self._waiting: set[asyncio.Future[tuple[Address, ...]]] = set()
 
     def _entry(self, host: str) -> asyncio.Future[tuple[Address, ...]] | None:
         entry = self._cache.get(host)
@@ -82,22 +161,35 @@ class Resolver:
             return None
         return found.result()
 
-    async def resolve(self, host: str) -> tuple[Address, ...]:
+    async def resolve(self, host: str, deadline: float | None = None) -> tuple[Address, ...]:
+        """The addresses of `host`; past `deadline` seconds, ResolveError(EAI_AGAIN) (the
+        lookup itself goes on, shared, for whoever asks next)."""
         found = self._entry(host)
         if found is None:
             found = asyncio.ensure_future(self._lookup(host))
+            found.add_done_callback(_retrieve)
             self._cache[host] = (found, time.monotonic() + (self._ttl or 0.0))
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        return await asyncio.shield(found)
+        if deadline is None:
+            return await asyncio.shield(found)
+        try:
+            return await asyncio.wait_for(asyncio.shield(found), deadline)
+        except TimeoutError:
+            raise ResolveError(TIMED_OUT) from None
 
     async def _lookup(self, host: str) -> tuple[Address, ...]:
         lit = literal(host, self.family)
         if lit is not None:
             return (lit,)
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, None, family=self.family, type=socket.SOCK_STREAM)
+            if self._pool is not None:
+                infos = await self._pool.getaddrinfo(host, self.family)
+            else:
+                loop = asyncio.get_running_loop()
+                infos = await loop.getaddrinfo(
+                    host, None, family=self.family, type=socket.SOCK_STREAM
+                )
         except socket.gaierror as exc:
             raise ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}")) from None
         except UnicodeError:
@@ -109,3 +201,103 @@ class Resolver:
         if not seen:
             raise ResolveError("EAI_NODATA")
         return tuple(Address(fam, ip) for fam, ip in seen)
+
+
+def _retrieve(found: asyncio.Future[tuple[Address, ...]]) -> None:
+    """A lookup nobody waits for any more still fails quietly (no 'never retrieved')."""
+    if not found.cancelled():
+        found.exception()
+
+
+@dataclass
+class _Name:
+    addresses: tuple[Address, ...]
+    refresh_at: float  # monotonic
+    refreshing: bool = False
+
+
+class KeptNames:
+    """The scheduled targets' names. A name's first lookup is awaited (with its attempt's
+    deadline); after that the schedule always has an answer at hand: the name is re-resolved
+    in the background every `ttl`, and a re-resolution that fails or outlasts `deadline`
+    keeps the last good addresses (reported through `on_stale(host, code)`), so a DNS
+    outage never costs a slot. One lookup per name at a time, whoever waits for it."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        ttl: float,
+        deadline: float,
+        on_stale: Callable[[str, str], None],
+        retry: float = 10.0,
+    ) -> None:
+        self._resolver = resolver
+        self._ttl = ttl
+        self._deadline = deadline
+        self._retry = min(retry, ttl)
+        self._on_stale = on_stale
+        self._names: dict[str, _Name] = {}
+        self._lookups: dict[str, asyncio.Task[tuple[Address, ...]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, host: str) -> tuple[Address, ...] | None:
+        """The addresses to use now (None: never resolved yet); starts a re-resolution when
+        the answer is older than the ttl."""
+        lit = literal(host)
+        if lit is not None:
+            return (lit,)
+        name = self._names.get(host)
+        if name is None:
+            return None
+        if not name.refreshing and time.monotonic() >= name.refresh_at:
+            name.refreshing = True
+            task = asyncio.get_running_loop().create_task(self._refresh(host, name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return name.addresses
+
+    async def first(self, host: str, deadline: float) -> tuple[Address, ...]:
+        """A name not resolved yet: its addresses within `deadline` seconds, else
+        ResolveError(EAI_AGAIN). The lookup goes on, and its answer is kept when it lands."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._lookup(host)), deadline)
+        except TimeoutError:
+            raise ResolveError(TIMED_OUT) from None
+
+    def _lookup(self, host: str) -> asyncio.Task[tuple[Address, ...]]:
+        task = self._lookups.get(host)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._resolver.resolve(host))
+            self._lookups[host] = task
+            task.add_done_callback(lambda done: self._landed(host, done))
+        return task
+
+    def _landed(self, host: str, task: asyncio.Task[tuple[Address, ...]]) -> None:
+        self._lookups.pop(host, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        addresses = task.result()
+        name = self._names.get(host)
+        if name is None:
+            self._names[host] = _Name(addresses, time.monotonic() + self._ttl)
+        else:
+            name.addresses, name.refresh_at = addresses, time.monotonic() + self._ttl
+
+    async def _refresh(self, host: str, name: _Name) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lookup(host)), self._deadline)
+        except (ResolveError, TimeoutError) as exc:
+            name.refresh_at = time.monotonic() + self._retry
+            self._on_stale(host, exc.code if isinstance(exc, ResolveError) else TIMED_OUT)
+        finally:
+            name.refreshing = False
+
+    def keep_only(self, hosts: set[str]) -> None:
+        """Forget names no target uses any more."""
+        for host in [h for h in self._names if h not in hosts]:
+            del self._names[host]
+
+    def cancel(self) -> None:
+        """Shutdown: nobody waits for a lookup any more."""
+        for task in [*self._tasks, *self._lookups.values()]:
+            task.cancel()

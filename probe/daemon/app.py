@@ -2,34 +2,38 @@
 
 The same engine, concurrency bound and record as `probe check`; the schedule decides when,
 the metrics and the log sink hear about every attempt. Signals are captured once, on the
-loop: SIGHUP reloads the config and reopens the log file (coalesced, so a storm of them is
-one reload per loop turn), SIGTERM and SIGINT stop scheduling, let the attempts in flight
-finish (bounded by their timeout), flush, and exit 0. A log that cannot be written stops
-the daemon loudly: a prober that silently drops its records is worse than one that stops.
+loop, and stay captured until exit: SIGHUP reloads the config and reopens the log file
+(coalesced, so a storm of them is one reload per loop turn), SIGTERM and SIGINT stop
+scheduling, let the attempts in flight finish (bounded by their timeout), flush, and exit 0.
+During that drain SIGHUP is ignored, and a second SIGTERM/SIGINT ends it at once: attempts
+still in flight are abandoned without a record (their outcome is unknown, and any outcome
+written would be false), named in one "abandoned" event, then "stopped", exit 0.
+
+Whatever arrives over HTTP, scheduled probes keep their slots: `GET /probe` has an engine,
+a concurrency limit and a lookup pool of its own, and scheduled names keep their last good
+addresses while DNS fails or hangs. A log that cannot be written stops the daemon loudly: a
+prober that silently drops its records is worse than one that stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
 import ipaddress
 import os
 import signal
-import time
-from dataclasses import replace
 from typing import Any
-
-from aiohttp import web
 
 from .. import loop as event_loop
 from ..engine import Attempt, Engine, EngineOptions, check_source
 from ..engine.limits import fit_concurrency
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, TargetError, report
 from ..output.log import configure, event_logger
-from ..output.writer import stdout_writer
+from ..output.writer import RecordWriter, stdout_writer
 from ..record import OPEN, Record, unresolved_record
-from ..resolve import Address, ResolveError, Resolver
+from ..resolve import Address, KeptNames, LookupPool, ResolveError, Resolver
 from ..targets import Endpoint, parse_target
+from . import fleet, ondemand
 from .config import (
     Config,
     ResolvedTarget,
@@ -40,14 +44,17 @@ from .config import (
     resolved_targets,
 )
 from .history import History
-from .http import Answer, HttpServer
-from .metrics import CONTENT_TYPE, Metrics, probe_exposition
-from .schedule import Job, Schedule
+from .http import MAX_CONNECTIONS, PROBE_TIMEOUT_MAX, Answer, HttpServer, ProbeRequest
+from .metrics import Metrics, check_labels
+from .schedule import Clock, Job, Schedule
 from .status import StatusPage
 
-FLUSH_EVERY = 0.1
+FLUSH_EVERY = 0.1  # seconds between log flushes, log-file checks and clock-step checks
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
-PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
+RESOLVE_DEADLINE = 5.0  # seconds a scheduled name's re-resolution may take
+LOOKUP_THREADS = 4  # getaddrinfo threads for the schedule, and as many for GET /probe
+LATE_START = 0.1  # seconds: a scheduled start later than this is counted and logged
+ABANDON_NAMES = 20  # names listed in the "abandoned" event
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
@@ -57,73 +64,114 @@ def _job_key(target: ResolvedTarget) -> str:
     return f"{target.name}\0{target.address}"
 
 
+def _budget(config: Config, http: bool) -> tuple[int, int]:
+    """(schedule's concurrency, /probe's): what fits in the descriptors once the HTTP
+    connections and /probe's attempts have theirs."""
+    probes = config.metrics.probe_concurrency if http else 0  # below engine.concurrency
+    reserved = probes + (MAX_CONNECTIONS if http else 0)
+    _, room = fit_concurrency(None)
+    schedule = max(1, min(config.engine.concurrency, room - reserved))
+    return schedule, max(1, min(probes, room - schedule - (MAX_CONNECTIONS if http else 0)))
+
+
 class Daemon:
-    def __init__(self, path: str, config: Config) -> None:
+    def __init__(
+        self, path: str, config: Config, writer: RecordWriter, shard: fleet.Shard | None = None
+    ) -> None:
+        """Builds every part; `serve()` starts them. Runs on the daemon's loop."""
         self.path = path
+        self.shard_override = shard  # --shard or the environment: wins over [cluster] shard
+        self.shard = shard
         self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.clock = Clock()
         self.schedule: Schedule[ResolvedTarget] = Schedule()
+        self.history = History()  # what the status page shows
         self.state: dict[str, bool] = {}  # name → up at the last attempt
         self.attempts: dict[str, int] = {}  # name → attempts made, for the record's number
         self.running = False
         self.exit_code = EXIT_OK
         self.fatal: str | None = None
-        self._stopped = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self._reload_pending = False
-        self._answers: set[asyncio.Future[Record]] = set()  # GET /probe waiting for a record
-        self._allow: Networks = probe_allow_networks(config)
-        self.history = History()  # what the status page shows
-
-    # -- startup --------------------------------------------------------------------------------
-
-    async def serve(self) -> int:
-        self.loop = asyncio.get_running_loop()
-        cfg = self.config
-        try:
-            self.writer = stdout_writer(cfg.log.file or None)
-        except SinkError as exc:
-            return self._fail(str(exc), EXIT_USAGE)
-        source = engine_source(cfg)
-        if source is not None:
-            try:
-                check_source(source)
-            except OSError as exc:
-                return self._fail(
-                    f"{self.path}: engine.source: cannot bind: {exc.strerror}", EXIT_USAGE
-                )
-        self.write_record = configure(self.writer, log_format(cfg))
+        self.writer = writer
+        self.write_record = configure(writer, log_format(config))
         self.log = event_logger()
-        concurrency, _ = fit_concurrency(cfg.engine.concurrency)
+        listen = metrics_listen(config)
+        concurrency, probes = _budget(config, listen is not None)
+        source = engine_source(config)
         self.engine = Engine(
             EngineOptions(
-                timeout=cfg.defaults.timeout,
+                timeout=config.defaults.timeout,
                 concurrency=concurrency,
                 source=source,
                 shortage_giveup=None,  # a daemon waits out a shortage, however long
+                lag_limit_ms=config.engine.lag_limit_ms,
             )
         )
-        self.engine.on_close.append(self._engine_closed)
-        self.resolver = Resolver(ttl=RESOLVE_TTL)
-        self.metrics = Metrics(lambda: float(self.engine.inflight))
+        # GET /probe's own engine: its attempts can never take the schedule's slots.
+        self.probe_engine = Engine(
+            EngineOptions(
+                timeout=config.defaults.timeout,
+                concurrency=probes,
+                source=source,
+                shortage_giveup=None,
+                lag_limit_ms=None,  # loop lag holds the schedule's engine down, not this one
+            )
+        )
+        self.probe_limit = probes
+        self.probe_active = 0  # GET /probe requests resolving or connecting now
+        for engine in (self.engine, self.probe_engine):
+            engine.on_close.append(self._engine_closed)
+        self._pools = (
+            LookupPool("resolve-schedule", LOOKUP_THREADS),
+            LookupPool("resolve-probe", LOOKUP_THREADS),
+        )
+        self.names = KeptNames(
+            Resolver(ttl=0.0, pool=self._pools[0]), RESOLVE_TTL, RESOLVE_DEADLINE, self._stale
+        )
+        self.probe_resolver = Resolver(ttl=0.0, pool=self._pools[1])
+        self._hosts: dict[str, list[str]] = {}  # host → names of the targets on it
+        self.metrics = Metrics(lambda: float(self.engine.inflight + self.probe_engine.inflight))
         self.http: HttpServer | None = None
-        listen = metrics_listen(cfg)
         if listen is not None:
             self.http = HttpServer(
                 listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe,
                 routes=self._status_routes(),
             )  # fmt: skip
+        self._stopped = asyncio.Event()
+        self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._reload_pending = False
+        self._answers: set[asyncio.Future[Record]] = set()  # GET /probe waiting for a record
+        self._lookups: set[asyncio.Task[Any]] = set()  # waiting on a name: cancelled at stop
+        self._allow: Networks = probe_allow_networks(config)
+
+    # -- startup --------------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        if self.http is not None:
             try:
                 host, port = await self.http.start()
             except OSError as exc:
+                self._close_parts()
                 return self._fail(
-                    f"cannot listen on {cfg.metrics.listen}: {exc.strerror}", EXIT_USAGE
+                    f"cannot listen on {self.config.metrics.listen}: {exc.strerror}", EXIT_USAGE
                 )
             self.log.info("listening", address=f"{host}:{port}")
         self._install_signals()
-        self._apply_targets(resolved_targets(cfg))
+        self._apply_targets(self._own_targets(self.config))
+        self.metrics.config_loaded(True, reload=False)
+        # What start-up built lives as long as the daemon: out of the cyclic collector's way,
+        # so a full collection never walks 10,000 targets' objects while starts wait.
+        gc.freeze()
         self.running = True
         self._flush_handle = self.loop.call_later(FLUSH_EVERY, self._flush_tick)
-        self.log.info("started", config=self.path, targets=len(self.schedule.jobs))
+        self.log.info(
+            "started",
+            config=self.path,
+            targets=len(self.schedule.jobs),
+            **({"shard": str(self.shard)} if self.shard is not None else {}),
+        )
         await self._stopped.wait()
         return await self._shutdown()
 
@@ -135,7 +183,7 @@ class Daemon:
     # -- scheduling -----------------------------------------------------------------------------
 
     def _apply_targets(self, targets: list[ResolvedTarget]) -> tuple[int, int, int]:
-        now = time.time()
+        now = self.clock.now()
         items = [(_job_key(t), t.interval, t) for t in targets]
         previous = {job.key: job.item.name for job in self.schedule.jobs.values()}
         added, removed, kept = self.schedule.update(items, now)
@@ -144,12 +192,20 @@ class Daemon:
             name = previous[key]
             if name not in current:
                 self.metrics.forget(name)
-                self.history.forget(name)
                 self.state.pop(name, None)
                 self.attempts.pop(name, None)
-        self.metrics.targets.set(len(targets))
+                self.history.forget(name)
+        self._hosts = {}
+        for t in targets:
+            self._hosts.setdefault(t.host, []).append(t.name)
+        self.names.keep_only(set(self._hosts))
+        self.metrics.set_targets(targets)
         self._arm()
         return len(added), len(removed), len(kept)
+
+    def _own_targets(self, config: Config) -> list[ResolvedTarget]:
+        targets, self.shard = own_targets(self.path, config, self.shard_override)
+        return targets
 
     def _arm(self) -> None:
         if self._timer is not None:
@@ -158,19 +214,27 @@ class Daemon:
         due = self.schedule.next_due()
         if due is None or self._stopped.is_set():
             return
-        delay = max(0.0, due - time.time())
+        delay = max(0.0, due - self.clock.now())
         self._timer = self.loop.call_at(self.loop.time() + delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        now = time.time()
+        now = self.clock.now()
+        late, worst = 0, 0.0
         for job, planned, start in self.schedule.pop_due(now):
             if job.skipped:
                 self.metrics.add_skipped(job.item.name, job.skipped)
                 job.skipped = 0
             if start:
-                self.metrics.lag.observe(max(0.0, now - planned))
+                lag = max(0.0, now - planned)
+                self.metrics.lag.observe(lag)
+                if lag > LATE_START:
+                    late += 1
+                    worst = max(worst, lag)
                 self._start(job)
+        if late:
+            self.metrics.late_starts.inc(late)
+            self.log.info("late", starts=late, worst_ms=round(worst * 1000.0, 1))
         self._arm()
 
     def _start(self, job: Job[ResolvedTarget]) -> None:
@@ -178,23 +242,37 @@ class Daemon:
         job.running = True
         number = self.attempts.get(target.name, 0) + 1
         self.attempts[target.name] = number
-        addresses = self.resolver.cached(target.host)
+        addresses = self.names.get(target.host)
         if addresses is not None:
             self._submit(job, addresses[0], number)
         else:
-            self.loop.create_task(self._resolve_then_submit(job, number))
+            self._track(self.loop.create_task(self._resolve_then_submit(job, number)))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
 
     async def _resolve_then_submit(self, job: Job[ResolvedTarget], number: int) -> None:
+        """A name never resolved yet: the lookup gets the attempt's timeout, no longer."""
         target = job.item
         try:
-            addresses = await self.resolver.resolve(target.host)
+            addresses = await self.names.first(target.host, target.timeout)
         except ResolveError as exc:
             record = unresolved_record(target.address, target.host, target.port, exc.code, number)
             record.extra = _extra(target)
             self._finished(job, record)
             return
-        if not self.engine.closed:
+        if self.running and not self.engine.closed:
             self._submit(job, addresses[0], number)
+        else:
+            job.running = False
+
+    def _stale(self, host: str, code: str) -> None:
+        """A scheduled name's re-resolution failed or hung: its last good addresses stay."""
+        names = self._hosts.get(host, [])
+        for name in names:
+            self.metrics.resolve_failures.labels(name).inc()
+        self.log.info("resolve", host=host, result="stale", error=code, names=names)
 
     def _submit(self, job: Job[ResolvedTarget], address: Address, number: int) -> None:
         target = job.item
@@ -234,64 +312,84 @@ class Daemon:
             )
         self.history.observe(name, record, self.state.get(name))
 
-    def _status_routes(self) -> list[web.RouteDef]:
+    def _status_routes(self) -> list[Any]:
         """`GET /` and `/api/targets`: the status page, over the targets being scheduled."""
         page = StatusPage(lambda: [job.item for job in self.schedule.jobs.values()], self.history)
         return page.routes()
 
-    # -- GET /probe ------------------------------------------------------------------------------
+    # -- GET /probe: the timeout and the answer are ondemand.py's -------------------------------
 
-    async def _probe(self, request: web.Request) -> Answer:
-        text = request.query.get("target", "")
-        if not text:
-            return _text(400, "missing ?target=HOST:PORT")
+    async def _probe(self, request: ProbeRequest) -> Answer:
         try:
-            target = parse_target(text, no_port_hint="")
+            target = parse_target(request.target, no_port_hint="")
         except TargetError as exc:
             return _text(400, f"bad target: {exc}")
         if target.count() != 1:
             return _text(400, "bad target: give exactly one port")
-        timeout = self.config.defaults.timeout
-        if "timeout" in request.query:
-            try:
-                timeout = float(request.query["timeout"])
-            except ValueError:
-                timeout = -1.0
-            if not 0 < timeout <= PROBE_TIMEOUT_MAX:
-                return _text(400, f"bad timeout: seconds > 0, at most {PROBE_TIMEOUT_MAX:g}")
-        endpoint = next(target.endpoints())
-        began = time.perf_counter()
+        if not self.running:
+            return _text(503, "shutting down")
+        if self.probe_active >= self.probe_limit:
+            return _text(503, "busy: every /probe slot is taken, try again")
+        self.probe_active += 1
         try:
-            addresses = await self.resolver.resolve(target.host)
+            return await self._probe_one(request, next(target.endpoints()))
+        finally:
+            self.probe_active -= 1
+
+    async def _probe_one(self, request: ProbeRequest, endpoint: Endpoint) -> Answer:
+        query = ondemand.plan(
+            request.target,
+            endpoint,
+            request.timeout,
+            request.scrape_timeout,
+            request.debug,
+            self.config.defaults.timeout,
+        )
+        timeout = query.timeout
+        extra = {"name": endpoint.target, "via": "http"}
+        began = self.clock.mono()
+        lookup = self.loop.create_task(self.probe_resolver.resolve(endpoint.host, timeout))
+        self._track(lookup)
+        try:
+            addresses = await lookup
         except ResolveError as exc:
+            dns = self.clock.mono() - began
+            query.step(f"resolve {endpoint.host}: failed, {exc.code} ({dns * 1000:.3f} ms)")
             record = unresolved_record(
-                endpoint.target,
-                endpoint.host,
-                endpoint.port,
-                exc.code,
-                1,
+                endpoint.target, endpoint.host, endpoint.port, exc.code, 1, dns * 1000
             )
-            record.extra = {"name": endpoint.target, "via": "http"}
+            record.extra = extra
             self._write(record)
-            return Answer(200, probe_exposition(record, time.perf_counter() - began), CONTENT_TYPE)
+            return self._probe_answer(query, record, began, dns)
+        except asyncio.CancelledError:
+            if self.running:
+                raise  # not ours: the request itself was cancelled
+            return _text(503, "shutting down")  # shutdown abandons pending lookups at once
+        dns = self.clock.mono() - began
+        shown = ", ".join(a.ip for a in addresses)
+        query.step(f"resolve {endpoint.host}: {shown} ({dns * 1000:.3f} ms)")
         # Checked after resolution, on the very address we will connect to: a name cannot
         # smuggle in an address outside probe_allow.
         allowed = [a for a in addresses if _allowed(a.ip, self._allow)]
+        nets = ", ".join(str(n) for n in self._allow)
         if not allowed:
-            return _text(403, f"{text} is outside probe_allow; no connection was made")
-        engine = self.engine
+            query.step(f"allow: no address inside probe_allow ({nets}): refused, no connection")
+            if query.debug:
+                return Answer(403, ondemand.debug_text(query, None, None))
+            return _text(403, f"{request.target} is outside probe_allow; no connection was made")
+        query.step(f"allow: {allowed[0].ip} is inside probe_allow ({nets})")
+        query.step(f"address chosen: {allowed[0].ip} ({allowed[0].family_name})")
+        engine = self.probe_engine
         if engine.closed or not self.running:
             return _text(503, "shutting down")
-        if engine.inflight + engine.queued >= engine.ceiling:
-            return _text(503, "busy: every attempt slot is taken, try again")
         answered: asyncio.Future[Record] = self.loop.create_future()
 
         def done(record: Record, _: Attempt, final: bool) -> None:
-            record.extra = {"name": endpoint.target, "via": "http"}
+            record.extra = extra
             if final and not answered.done():  # the client may have hung up
                 answered.set_result(record)
 
-        attempt = Attempt(endpoint, allowed[0], 1, timeout)
+        attempt = Attempt(endpoint, allowed[0], 1, timeout, dns_ms=dns * 1000)
         engine.submit(attempt, done)
         self._answers.add(answered)
         try:
@@ -301,7 +399,14 @@ class Daemon:
         finally:
             self._answers.discard(answered)
         self._write(record)
-        return Answer(200, probe_exposition(record, time.perf_counter() - began), CONTENT_TYPE)
+        return self._probe_answer(query, record, began, dns)
+
+    def _probe_answer(
+        self, query: ondemand.Query, record: Record, began: float, dns: float
+    ) -> Answer:
+        took = self.clock.mono() - began
+        body = ondemand.answer_body(query, record, took, dns)
+        return Answer(200, body, ondemand.answer_type(query))
 
     # -- signals and reload -----------------------------------------------------------------------
 
@@ -322,16 +427,17 @@ class Daemon:
             return
         try:
             new = load_config(self.path)
+            targets = self._own_targets(new)
         except ConfigError as exc:
             report(f"reload failed, keeping the running config: {exc}", prefix="")
-            self.metrics.reloads.labels("failed").inc()
+            self.metrics.config_loaded(False)
             self.log.info("reload", result="failed", config=self.path, error=str(exc))
             return
         notes = self._apply_config(new)
         if notes is None:
             return
-        added, removed, kept = self._apply_targets(resolved_targets(new))
-        self.metrics.reloads.labels("ok").inc()
+        added, removed, kept = self._apply_targets(targets)
+        self.metrics.config_loaded(True)
         self.log.info(
             "reload",
             result="ok",
@@ -355,18 +461,21 @@ class Daemon:
         except (OSError, SinkError) as exc:
             reason = exc if isinstance(exc, SinkError) else f"engine.source: {exc.strerror}"
             report(f"reload failed, keeping the running config: {self.path}: {reason}", "")
-            self.metrics.reloads.labels("failed").inc()
+            self.metrics.config_loaded(False)
             self.log.info("reload", result="failed", config=self.path, error=str(reason))
             return None
-        concurrency = fit_concurrency(new.engine.concurrency)[0]
-        self.engine.reconfigure(
-            replace(
-                self.engine.options,
-                source=source,
-                timeout=new.defaults.timeout,
-                concurrency=concurrency,
+        concurrency, probes = _budget(new, self.http is not None)
+        for engine, limit in ((self.engine, concurrency), (self.probe_engine, probes)):
+            engine.reconfigure(
+                EngineOptions(
+                    timeout=new.defaults.timeout,
+                    concurrency=limit,
+                    source=source,
+                    shortage_giveup=None,
+                    lag_limit_ms=engine.options.lag_limit_ms,
+                )
             )
-        )
+        self.probe_limit = probes
         self._allow = probe_allow_networks(new)
         self.config = new
         return [
@@ -388,26 +497,40 @@ class Daemon:
 
     # -- shutdown -------------------------------------------------------------------------------
 
+    def _abandon_drain(self) -> None:
+        """A second SIGTERM/SIGINT: the operator will not wait for the drain."""
+        self._abandon.set()
+
     async def _shutdown(self) -> int:
         self.running = False
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            self.loop.remove_signal_handler(sig)
-        engine = self.engine
-        if not engine.closed:
-            engine.drop_queued()
+        # Handlers stay installed until exit: during the drain a SIGHUP is ignored and a
+        # second SIGTERM/SIGINT ends the drain, instead of killing us mid-record.
+        self.loop.add_signal_handler(signal.SIGTERM, self._abandon_drain)
+        self.loop.add_signal_handler(signal.SIGINT, self._abandon_drain)
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        for task in list(self._lookups):
+            task.cancel()  # pending lookups are abandoned at once; their /probe gets 503
+        self.names.cancel()
+        engines = (self.engine, self.probe_engine)
+        if not any(engine.closed for engine in engines):
+            for engine in engines:
+                engine.drop_queued()
             # Every attempt in flight ends by its own deadline; this bound is a safety net.
             timeouts = [job.item.timeout for job in self.schedule.jobs.values()]
             if self.http is not None:
                 timeouts.append(PROBE_TIMEOUT_MAX)  # a GET /probe may ask for this long
-            longest = max([engine.options.timeout, *timeouts])
-            with contextlib.suppress(TimeoutError, SinkError):
-                await asyncio.wait_for(engine.drain(), timeout=longest + 1.0)
+            longest = max([self.engine.options.timeout, *timeouts])
+            if not await self._drain(engines, longest + 1.0):
+                self._report_abandoned()
+        for engine in engines:
             engine.close()
         for answered in self._answers:
-            answered.cancel()  # its attempt was queued, never started: the client gets 503
-        self._flush_handle.cancel()
+            answered.cancel()  # its attempt never started, or was abandoned: the client gets 503
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         if self.http is not None:
             await self.http.stop()
+        self._close_parts()
         if self.fatal is None:
             self.log.info("stopped", config=self.path)
             try:
@@ -417,19 +540,68 @@ class Daemon:
                 self.exit_code = EXIT_FAILED
         if self.fatal is not None:
             self._report(self.fatal)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)  # from here to exit, nothing left to interrupt
         return self.exit_code
+
+    async def _drain(self, engines: tuple[Engine, ...], bound: float) -> bool:
+        """Wait for the attempts in flight; False when a second signal (or the safety-net
+        bound) ended the wait first."""
+        drains = {self.loop.create_task(engine.drain()) for engine in engines}
+        abandon = self.loop.create_task(self._abandon.wait())
+        pending = set(drains)
+        deadline = self.loop.time() + bound
+        while pending and not abandon.done():
+            left = deadline - self.loop.time()
+            if left <= 0:
+                break
+            done, _ = await asyncio.wait(
+                {*pending, abandon}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            pending -= done
+        abandon.cancel()
+        for task in drains:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # a sink failure: already in self.fatal
+        return not pending
+
+    def _report_abandoned(self) -> None:
+        names = sorted({job.item.name for job in self.schedule.jobs.values() if job.running})
+        probes = len(self._answers)
+        if names or probes:
+            self.log.info(
+                "abandoned",
+                attempts=self.engine.inflight + self.probe_engine.inflight,
+                names=names[:ABANDON_NAMES],
+                probe_requests=probes,
+            )
+
+    def _close_parts(self) -> None:
+        for pool in self._pools:
+            pool.close()
 
     def _flush_tick(self) -> None:
         try:
+            if self.writer.follow():
+                self.log.info("log", result="reopened", file=self.writer.path)
             self.writer.flush()
         except SinkError as exc:
             self._die(str(exc))
             return
+        step = self.clock.step()
+        if step is not None and not self._stopped.is_set():
+            self.schedule.reanchor(self.clock.now())
+            self.log.info("clock", step_s=round(step, 3))
+            self._arm()
         self._flush_handle = self.loop.call_later(FLUSH_EVERY, self._flush_tick)
 
     def _engine_closed(self) -> None:
-        if self.engine.failure is not None and self.fatal is None:
-            self._die(str(self.engine.failure))
+        for engine in (self.engine, self.probe_engine):
+            if engine.failure is not None and self.fatal is None:
+                self._die(str(engine.failure))
 
     def _die(self, message: str) -> None:
         """The log cannot be written: stop now and say so, naming the file."""
@@ -445,17 +617,6 @@ class Daemon:
     @staticmethod
     def _report(message: str) -> None:
         report(message)
-
-
-def log_format(cfg: Config) -> str:
-    """The renderer: `[log] format` when set; when not, the console form for a person at a
-    terminal (in colour unless NO_COLOR is set or TERM=dumb), JSON for files and pipes."""
-    fmt = cfg.log.format
-    to_tty = not cfg.log.file and os.isatty(1)
-    if fmt is None:
-        fmt = "console" if to_tty else "json"
-    colour = to_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
-    return "console-colour" if fmt == "console" and colour else fmt
 
 
 def _extra(target: ResolvedTarget) -> dict[str, Any]:
@@ -480,7 +641,57 @@ def _text(status: int, message: str) -> Answer:
     return Answer(status, (message + "\n").encode())
 
 
-def run_daemon(path: str) -> int:
-    """Load the config (ConfigError escapes: the caller reports it) and serve until a signal."""
+def own_targets(
+    path: str, config: Config, override: fleet.Shard | None
+) -> tuple[list[ResolvedTarget], fleet.Shard | None]:
+    """The config's targets a daemon keeps: its shard's share (the override, else the
+    config's [cluster] shard), label names checked for metrics. ConfigError otherwise."""
+    check_labels(path, (t.labels for t in config.targets))
+    shard = override
+    if shard is None:
+        try:
+            shard = fleet.config_shard(config)
+        except ValueError as exc:
+            raise ConfigError(path, "cluster.shard", str(exc)) from None
+    targets = resolved_targets(config)
+    if shard is not None:
+        targets = [t for t in targets if shard.owns(t.name)]
+    return targets, shard
+
+
+async def _serve(path: str, config: Config, shard: fleet.Shard | None) -> int:
+    """Open what can fail with a usage error first, then build the daemon and serve."""
+    try:
+        writer = stdout_writer(config.log.file or None)
+    except SinkError as exc:
+        report(str(exc))
+        return EXIT_USAGE
+    source = engine_source(config)
+    if source is not None:
+        try:
+            check_source(source)
+        except OSError as exc:
+            report(f"{path}: engine.source: cannot bind: {exc.strerror}")
+            return EXIT_USAGE
+    return await Daemon(path, config, writer, shard).serve()
+
+
+def log_format(cfg: Config) -> str:
+    """The renderer: `[log] format` when set; when not, the console form for a person at a
+    terminal (in colour unless NO_COLOR is set or TERM=dumb), JSON for files and pipes."""
+    fmt = cfg.log.format
+    to_tty = not cfg.log.file and os.isatty(1)
+    if fmt is None:
+        fmt = "console" if to_tty else "json"
+    colour = to_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    return "console-colour" if fmt == "console" and colour else fmt
+
+
+def run_daemon(path: str, shard: fleet.Shard | None = None) -> int:
+    """Load the config (ConfigError escapes: the caller reports it) and serve until a signal.
+    `shard`: --shard; when None, the environment's PROBE_SHARD (UsageError if malformed)."""
     config = load_config(path)
-    return event_loop.run(Daemon(path, config).serve())
+    if shard is None:
+        shard = fleet.shard_from_env()
+    own_targets(path, config, shard)  # refuse a config whose labels or shard are bad, now
+    return event_loop.run(_serve(path, config, shard))

@@ -489,6 +489,8 @@ def _labels(raw: object, at: _Path) -> Mapping[str, str]:
     for name in table:
         if not _LABEL_NAME_RE.match(name):
             _fail(at, f"invalid label name {_show(name)}: must match [a-zA-Z_][a-zA-Z0-9_]*")
+        if name == "target":  # metrics: the label of the target's name (probe_target_info)
+            _fail((*at, name), "label 'target' is reserved: metrics use it for the target's name")
     return MappingProxyType(
         {k: _str(v, (*at, k), max_length=MAX_LABEL_VALUE) for k, v in table.items()}
     )

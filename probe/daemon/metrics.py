@@ -1,16 +1,24 @@
 """The daemon's Prometheus metrics, in a registry of their own, apart from the code measured.
 
-The daemon calls `observe` with each finished record; exposition is prometheus-client's.
-The `target` label is the target's name (unique in the config; it defaults to the address).
+The daemon tells `set_targets` which targets it schedules (every outcome series of a target
+exists at 0 from then on, so ratios include targets that never succeeded) and calls
+`observe` with each finished record; exposition is prometheus-client's. The `target` label
+is the target's name (unique in the config; it defaults to the address).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -18,16 +26,123 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from .. import __version__
+from ..errors import ConfigError
 from ..record import OPEN, OUTCOMES, REFUSED, Record
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Connect latency on loopback is tens of microseconds; across the world, hundreds of ms.
+# The kernel RTT shares the buckets, so the two histograms compare bucket by bucket.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0,
 )  # fmt: skip
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+RELOAD_RESULTS = ("ok", "failed")
+INFO_NAME = "probe_target_info"
+
+# The `error` label takes errno and resolver code names only (ECONNREFUSED, EAI_NONAME,
+# SELF_CONNECT, E123 for an errno without a name): a bounded set. Anything else is OTHER.
+_ERROR_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}\Z")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_NOT_LABEL_CHAR = re.compile(r"[^a-zA-Z0-9_]")
+RESERVED_LABELS = frozenset({"target"})
+
+
+class Target(Protocol):
+    """What the metrics need of a scheduled target (ResolvedTarget has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+def core_name() -> str:
+    """Which engine core serves the sweeps: the native one when it is built, else python."""
+    try:
+        from ..engine import native  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return "python"
+    core = getattr(native, "CORE", "python")
+    return core if isinstance(core, str) else "python"
+
+
+def error_label(error: str | None) -> str | None:
+    """The `error` label of a record's error, from a bounded set of names."""
+    if error is None:
+        return None
+    return error if _ERROR_NAME.match(error) else "OTHER"
+
+
+def sanitize_label_name(name: str) -> str:
+    """A Prometheus label name for a config label name: invalid characters become `_`, a
+    leading digit gets a `_` before it, and the reserved `__` prefix shrinks to one `_`."""
+    out = _NOT_LABEL_CHAR.sub("_", name) or "_"
+    if out[0].isdigit():
+        out = "_" + out
+    if out.startswith("__"):
+        out = "_" + out.lstrip("_")
+    return out
+
+
+def info_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The config labels as `probe_target_info` labels; ValueError names a label that would
+    clash with `target` (or with another label after sanitizing)."""
+    out: dict[str, str] = {}
+    for name, value in labels.items():
+        clean = sanitize_label_name(name)
+        if clean in RESERVED_LABELS:
+            raise ValueError(f"label {name!r} is reserved: metrics use it for the target's name")
+        if clean in out:
+            raise ValueError(f"labels {name!r} and another one both become {clean!r} in metrics")
+        assert _LABEL_NAME.match(clean)
+        out[clean] = value
+    return out
+
+
+def check_labels(path: str, label_sets: Iterable[Mapping[str, str]]) -> None:
+    """ConfigError naming `targets[i].labels.NAME` for a label metrics cannot carry."""
+    for i, labels in enumerate(label_sets):
+        try:
+            info_labels(labels)
+        except ValueError as exc:
+            bad = next((n for n in labels if sanitize_label_name(n) in RESERVED_LABELS), None)
+            key = f"targets[{i}].labels" + (f".{bad}" if bad else "")
+            raise ConfigError(path, key, str(exc)) from None
+
+
+class TargetInfo(Collector):
+    """`probe_target_info{target, <config labels>} 1`: label sets differ per target, which
+    a labelled Gauge (one fixed label list) cannot express."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, dict[str, str]] = {}  # name → info labels (without target)
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        # a snapshot (one C-level copy under the GIL): /metrics may render on a thread
+        # while the loop changes the targets
+        for name, labels in list(self.labels.items()):
+            family.add_sample(INFO_NAME, {"target": name, **labels}, 1.0)
+        return [family]
+
+    @staticmethod
+    def _family() -> Metric:
+        return Metric(
+            INFO_NAME,
+            "Config labels of each target, always 1: join with "
+            "`* on(target) group_left(LABEL) probe_target_info`.",
+            "gauge",
+        )
 
 
 class Metrics:
@@ -35,8 +150,17 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            # the same collectors as prometheus-client's default registry, in ours
+            r.register(standard)
         self.attempts = Counter(
             "probe_attempts", "Connect attempts by outcome.", ["target", "outcome"], registry=r
+        )
+        self.errors = Counter(
+            "probe_errors",
+            "Failed attempts by reason: the record's error (errno or resolver code name).",
+            ["target", "error"],
+            registry=r,
         )
         self.latency = Histogram(
             "probe_connect_latency_seconds",
@@ -45,8 +169,23 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.rtt = Histogram(
+            "probe_tcp_rtt_seconds",
+            "Kernel handshake round-trip time (TCP_INFO) of open attempts with a real sample.",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.syn_retransmits = Counter(
+            "probe_syn_retransmits",
+            "SYNs sent again (TCP_INFO), summed over the target's attempts.",
+            ["target"],
+            registry=r,
+        )
         self.up = Gauge("probe_up", "1 when the target's last attempt was open.", ["target"],
                         registry=r)  # fmt: skip
+        self.info = TargetInfo()
+        r.register(self.info)
         self.inflight = Gauge("probe_inflight", "Attempts in flight now.", registry=r)
         self.inflight.set_function(inflight)
         self.skipped = Counter(
@@ -66,26 +205,156 @@ class Metrics:
         self.reloads = Counter(
             "probe_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
+        self.reload_ok = Gauge(
+            "probe_config_last_reload_successful",
+            "1 when the last config load (start or SIGHUP) succeeded; 0 while an invalid "
+            "new config is refused and the old one runs.",
+            registry=r,
+        )
+        self.reload_ok_time = Gauge(
+            "probe_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded successfully (start or SIGHUP), Unix time.",
+            registry=r,
+        )
+        self.build = Gauge(
+            "probe_build_info",
+            "Always 1: the running version and engine core.",
+            ["version", "core"],
+            registry=r,
+        )
+        self.build.labels(__version__, core_name()).set(1)
+        self.late_starts = Counter(
+            "probe_late_starts",
+            "Scheduled attempts that started more than 0.1 s after their slot.",
+            registry=r,
+        )
+        self.resolve_failures = Counter(
+            "probe_resolve_failures",
+            "Re-resolutions of the target's name that failed or hung; the last good "
+            "addresses were kept.",
+            ["target"],
+            registry=r,
+        )
+        self._errors_seen: dict[str, set[str]] = {}  # name → error labels it has
+
+    # -- targets -----------------------------------------------------------------------------
+
+    def set_targets(self, targets: Iterable[Target]) -> None:
+        """The scheduled targets now: new ones get every outcome series at 0, kept ones their
+        current info labels, removed ones lose all their series."""
+        wanted: dict[str, dict[str, str]] = {}
+        for target in targets:
+            wanted[target.name] = info_labels(target.labels)
+        for name in [n for n in self.info.labels if n not in wanted]:
+            self.forget(name)
+        for name, labels in wanted.items():
+            if name not in self.info.labels:
+                for outcome in OUTCOMES:
+                    self.attempts.labels(name, outcome)
+                self.syn_retransmits.labels(name)
+                self.skipped.labels(name)
+            self.info.labels[name] = labels
+        self.targets.set(len(wanted))
+
+    def forget(self, name: str) -> None:
+        """Drop a removed target's series, so dashboards do not show it frozen forever."""
+        for outcome in OUTCOMES:
+            _remove(self.attempts, name, outcome)
+        for error in self._errors_seen.pop(name, ()):
+            _remove(self.errors, name, error)
+        for metric in (
+            self.latency,
+            self.rtt,
+            self.syn_retransmits,
+            self.up,
+            self.skipped,
+            self.resolve_failures,
+        ):
+            _remove(metric, name)
+        self.info.labels.pop(name, None)
+
+    # -- attempts ----------------------------------------------------------------------------
 
     def observe(self, name: str, record: Record) -> None:
         self.attempts.labels(name, record.outcome).inc()
+        error = error_label(record.error)
+        if error is not None:
+            self.errors.labels(name, error).inc()
+            self._errors_seen.setdefault(name, set()).add(error)
         if record.outcome in (OPEN, REFUSED):
             self.latency.labels(name).observe(record.latency_ms / 1000.0)
+        if record.outcome == OPEN and record.rtt_ms is not None:
+            self.rtt.labels(name).observe(record.rtt_ms / 1000.0)
+        retransmits = record.syn_retransmits
+        if isinstance(retransmits, int) and retransmits > 0:
+            self.syn_retransmits.labels(name).inc(retransmits)
         self.up.labels(name).set(1 if record.outcome == OPEN else 0)
 
     def add_skipped(self, name: str, n: int) -> None:
         if n:
             self.skipped.labels(name).inc(n)
 
-    def forget(self, name: str) -> None:
-        """Drop a removed target's series, so dashboards do not show it frozen forever."""
-        for outcome in OUTCOMES:
-            _remove(self.attempts, name, outcome)
-        for metric in (self.latency, self.up, self.skipped):
-            _remove(metric, name)
+    # -- config ------------------------------------------------------------------------------
+
+    def config_loaded(self, ok: bool, reload: bool = True) -> None:
+        """A config load's result: at start (reload=False) and on every SIGHUP."""
+        if reload:
+            self.reloads.labels("ok" if ok else "failed").inc()
+        self.reload_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_ok_time.set(time.time())
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(self.registry)
+
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """prometheus-client's text format, byte for byte (a test compares), about twice as fast:
+    a page of thousands of targets spends its time formatting samples, and ours never need
+    the name escaping that generate_latest does for every sample. Anything unusual (an
+    OpenMetrics-only sample, a timestamp, a name outside the legacy set) falls back to it."""
+    out: list[str] = []
+    for metric in registry.collect():
+        name, kind = metric.name, metric.type
+        if kind == "counter":
+            name += "_total"
+        elif kind == "info":
+            name += "_info"
+        kind = _TYPES.get(kind, kind)
+        if not _NAME.match(name):
+            return generate_latest(registry)
+        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+        prefix = metric.name
+        for sample in metric.samples:
+            sname = sample.name
+            if sample.timestamp is not None or (
+                sname.startswith(prefix)
+                and sname[len(prefix) :] in ("_created", "_gsum", "_gcount")
+            ):
+                return generate_latest(registry)
+            value = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
+            if not sample.labels:
+                out.append(f"{sname} {value}\n")
+                continue
+            items = sorted(sample.labels.items())
+            if not all(_LABEL_NAME.match(k) for k, _ in items):
+                return generate_latest(registry)
+            labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in items)
+            out.append(f"{sname}{{{labels}}} {value}\n")
+    return "".join(out).encode("utf-8")
+
+
+def _escape_value(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
@@ -93,17 +362,8 @@ def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
         metric.remove(*labels)
 
 
-def probe_exposition(record: Record | None, duration: float) -> bytes:
-    """The blackbox-exporter-style answer to GET /probe, for one attempt."""
-    registry = CollectorRegistry(auto_describe=True)
-    success = Gauge("probe_success", "1 when the connect succeeded.", registry=registry)
-    took = Gauge("probe_duration_seconds", "How long the probe took.", registry=registry)
-    success.set(1 if record is not None and record.outcome == OPEN else 0)
-    took.set(duration)
-    if record is not None and record.local_port is not None:
-        port = Gauge("probe_local_port", "Local port the kernel assigned.", registry=registry)
-        port.set(record.local_port)
-    if record is not None and record.rtt_ms is not None:
-        rtt = Gauge("probe_rtt_seconds", "Kernel handshake RTT (TCP_INFO).", registry=registry)
-        rtt.set(record.rtt_ms / 1000.0)
-    return generate_latest(registry)
+def probe_exposition(record: Record, duration: float, dns_seconds: float = 0.0) -> bytes:
+    """GET /probe's Prometheus text for one attempt (ondemand.exposition)."""
+    from .ondemand import exposition
+
+    return exposition(record, duration, dns_seconds)

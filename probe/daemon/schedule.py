@@ -8,6 +8,12 @@ previous attempt is still running skips its slot; the skip is counted, not queue
 
 This module is arithmetic and a heap, with the clock passed in: it can be tested without a
 loop, and the daemon drives it with one timer.
+
+The wall clock can step (an operator, a VM resumed, NTP's first sync); the monotonic clock
+cannot. `Clock` reads the wall clock once, then follows the monotonic one: slots are paced
+on it, so an hour's step back neither stops probing for an hour nor, forward, bursts it. A
+step is noticed by comparing the two (`Clock.step`), and `Schedule.reanchor` moves every job
+to its first slot after the new time, without counting the slots in between as skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -40,6 +47,40 @@ def slot_index(now: float, phase: float, interval: float) -> int:
 def next_start(now: float, phase: float, interval: float) -> float:
     """The first slot `phase + n * interval` at or after `now`."""
     return phase + slot_index(now, phase, interval) * interval
+
+
+STEP = 0.25  # seconds the wall clock may move against the monotonic one before it is a step
+
+
+class Clock:
+    """Wall-clock instants paced on the monotonic clock; both sources injectable for tests."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float] | None = None,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall or (lambda: time.time())  # looked up at call time, like the kernel's
+        self._mono = mono
+        self._anchor_wall = self._wall()
+        self._anchor_mono = mono()
+
+    def now(self) -> float:
+        """The wall time as of the last anchor, advanced by the monotonic clock."""
+        return self._anchor_wall + (self._mono() - self._anchor_mono)
+
+    def mono(self) -> float:
+        return self._mono()
+
+    def step(self) -> float | None:
+        """How far the wall clock stepped since the last anchor (None: it did not); a step
+        re-anchors the clock on the new wall time."""
+        wall, mono = self._wall(), self._mono()
+        offset = wall - (self._anchor_wall + (mono - self._anchor_mono))
+        if abs(offset) <= STEP:
+            return None
+        self._anchor_wall, self._anchor_mono = wall, mono
+        return offset
 
 
 @dataclass(eq=False)
@@ -101,6 +142,16 @@ class Schedule(Generic[T]):
             self._heap = [entry for entry in self._heap if entry[2].active]
             heapq.heapify(self._heap)
         return added, removed, kept
+
+    def reanchor(self, now: float) -> None:
+        """The clock stepped to `now`: every job goes to its first slot at or after `now`.
+        Nothing is skipped or made up: a step is not a stall."""
+        for job in self.jobs.values():
+            job.slot = slot_index(now, job.phase, job.interval)
+            job.due = job.phase + job.slot * job.interval
+        self._heap = [(job.due, i, job) for i, job in enumerate(self.jobs.values())]
+        self._seq = len(self._heap)
+        heapq.heapify(self._heap)
 
     def next_due(self) -> float | None:
         heap = self._heap

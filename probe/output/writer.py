@@ -25,15 +25,45 @@ class RecordWriter:
         self.path = path
         self._stream: BinaryIO = stream if path is None else self._open(path)
         self.name = path or "standard output"
+        self._broken: SinkError | None = None  # a write failed: nothing more goes out
 
     @staticmethod
     def _open(path: str) -> BinaryIO:
+        # Read and write: after a failed write the file's tail is read back to cut it (a
+        # write-only file is still taken, without that).
+        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            return open(path, "ab", buffering=1 << 16)
+            try:
+                fd = os.open(path, os.O_RDWR | flags, 0o666)
+            except PermissionError:
+                fd = os.open(path, os.O_WRONLY | flags, 0o666)
         except OSError as exc:
             raise SinkError(f"cannot open log file {path}: {exc.strerror}") from None
+        try:
+            return open(fd, "ab", buffering=1 << 16)
+        except OSError as exc:  # e.g. a /proc file that cannot seek to its end
+            os.close(fd)
+            raise SinkError(f"cannot open log file {path}: {exc.strerror}") from None
+
+    def follow(self) -> bool:
+        """Is the file still the one at `path`? If its directory entry was removed or
+        replaced, open the path anew (True); SinkError when that cannot be done. Called on
+        the flush tick: a writer that wrote on into a deleted file would lose everything."""
+        if self.path is None or self._broken is not None:
+            return False
+        try:
+            here = os.fstat(self._stream.fileno())
+            there = os.stat(self.path)
+            if (here.st_ino, here.st_dev) == (there.st_ino, there.st_dev):
+                return False
+        except OSError:
+            pass  # gone (or unreadable): try to create it again below
+        self.reopen()
+        return True
 
     def msg(self, message: bytes) -> None:
+        if self._broken is not None:
+            raise self._broken
         try:
             self._stream.write(message + b"\n")
         except OSError as exc:
@@ -43,6 +73,8 @@ class RecordWriter:
 
     def write_lines(self, data: bytes) -> None:
         """Complete lines, already rendered (a worker's records, merged by the parent)."""
+        if self._broken is not None:
+            raise self._broken
         try:
             self._stream.write(data)
         except OSError as exc:
@@ -53,6 +85,8 @@ class RecordWriter:
         return self._stream.fileno()
 
     def flush(self) -> None:
+        if self._broken is not None:
+            raise self._broken
         try:
             self._stream.flush()
         except OSError as exc:
@@ -76,6 +110,8 @@ class RecordWriter:
             old.close()
 
     def close(self) -> None:
+        if self._broken is not None:
+            return  # already reported, and the file already cut back to whole lines
         try:
             self.flush()
         finally:
@@ -87,7 +123,33 @@ class RecordWriter:
         if isinstance(exc, BrokenPipeError):
             return SinkClosed(f"{self.name}: reader went away")
         reason = exc.strerror or str(exc)
-        return SinkError(f"cannot write records to {self.name}: {reason}")
+        error = SinkError(f"cannot write records to {self.name}: {reason}")
+        if self.path is not None:
+            self._cut_to_whole_lines()
+            self._broken = error
+        return error
+
+    def _cut_to_whole_lines(self) -> None:
+        """A short write (full disk) may have left half a record at the end of the file:
+        cut back to its last newline, so the file holds whole lines and the next run
+        appends cleanly. What is still buffered is sent to /dev/null, never to the file."""
+        try:
+            fd = self._stream.fileno()
+            end = pos = os.fstat(fd).st_size
+            while pos > 0:
+                start = max(0, pos - (1 << 16))
+                newline = os.pread(fd, pos - start, start).rfind(b"\n")
+                if newline >= 0:
+                    pos = start + newline + 1
+                    break
+                pos = start
+            if pos < end:
+                os.ftruncate(fd, pos)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except (OSError, ValueError):
+            pass  # nothing more can be done for this file; the failure is reported anyway
 
 
 def stdout_writer(path: str | None = None) -> RecordWriter:

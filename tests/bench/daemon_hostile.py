@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""The daemon under hostile load (issue 12): `probe run` with 10,000 targets at a 10 s
+interval (1,000 attempts/s; 127.0.0.1:20001-30000 inside a fresh network namespace, all
+refused), `/metrics` scraped every 5 s and 100 `GET /probe` requests per second beside it,
+for --seconds. Reads the daemon's own `probe_schedule_lag_seconds` histogram and
+`probe_skipped_slots_total` at the start and at the end of the window, and reports the
+difference: schedule lag p99 and skipped slots. Goal: p99 <= 5 ms, no skipped slot.
+
+`--tree DIR` runs the daemon from another checkout (PYTHONPATH=DIR), e.g. the layout commit
+in a temporary worktree, for the "before" figure.
+
+Needs root and iproute2. Usage:
+    sudo .venv/bin/python tests/bench/daemon_hostile.py [--seconds 60] [--tree DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+TARGETS = 10_000
+PORT = 9464
+
+# The load, run inside the namespace: one thread scrapes /metrics every 5 s, eight threads
+# send /probe requests paced to 100/s in all. Prints one JSON line at the end.
+CLIENT = r"""
+import json, sys, threading, time, urllib.request, urllib.error
+seconds, rate, port = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+every = float(sys.argv[4])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+base = f"http://127.0.0.1:{port}"
+stop = time.monotonic() + seconds
+scrapes, probes, lock = [], {}, threading.Lock()
+
+def scraper():
+    while every and time.monotonic() < stop:
+        t0 = time.monotonic()
+        try:
+            size = len(opener.open(base + "/metrics", timeout=30).read())
+            scrapes.append((time.monotonic() - t0, size))
+        except Exception as exc:
+            scrapes.append((time.monotonic() - t0, repr(exc)))
+        time.sleep(max(0.0, every - (time.monotonic() - t0)))
+
+def prober(k, n):
+    start = time.monotonic()
+    i = 0
+    while rate:
+        due = start + (i * n + k) / rate
+        if due >= stop:
+            return
+        time.sleep(max(0.0, due - time.monotonic()))
+        try:
+            status = opener.open(base + "/probe?target=127.0.0.1:19999", timeout=10).status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except Exception as exc:
+            status = type(exc).__name__
+        with lock:
+            probes[status] = probes.get(status, 0) + 1
+        i += 1
+
+threads = [threading.Thread(target=scraper)] + [
+    threading.Thread(target=prober, args=(k, 8)) for k in range(8)
+]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+time.sleep(max(0.0, stop - time.monotonic()))  # the window lasts --seconds, load or none
+print(json.dumps({"scrapes": scrapes, "probes": {str(k): v for k, v in probes.items()}}))
+"""
+
+SCRAPE = (
+    "import urllib.request as u; "
+    f"print(u.urlopen('http://127.0.0.1:{PORT}/metrics', timeout=120).read().decode())"
+)
+
+
+def read_metrics(prefix: list[str]) -> tuple[list[tuple[float, float]], float]:
+    """(lag histogram buckets as (le, cumulative count), skipped slots in all)."""
+    text = subprocess.run([*prefix, sys.executable, "-c", SCRAPE], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    buckets: list[tuple[float, float]] = []
+    skipped = 0.0
+    for line in text.splitlines():
+        if line.startswith("probe_schedule_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith("probe_skipped_slots_total"):
+            skipped += float(line.rsplit(" ", 1)[1])
+    return buckets, skipped
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--rate", type=float, default=100.0, help="GET /probe per second (0: none)")
+    ap.add_argument("--scrape-every", type=float, default=5.0, help="seconds (0: no scrapes)")
+    ap.add_argument("--tree", help="run the daemon from this checkout (PYTHONPATH)")
+    a = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        sys.exit("needs root and iproute2: the targets live in their own network namespace")
+    config = Path(tempfile.mkdtemp()) / "config.toml"
+    lines = ['[defaults]\ninterval = 10.0\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
+             f'[metrics]\nlisten = "127.0.0.1:{PORT}"\n']  # fmt: skip
+    lines += [f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in range(20001, 20001 + TARGETS)]
+    config.write_text("".join(lines))
+    env = dict(os.environ)
+    tree = Path(a.tree).resolve() if a.tree else Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = str(tree)  # and the cwd: `python -m` puts the cwd first on the path
+    ns = f"bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    prefix = ["ip", "netns", "exec", ns]
+    subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
+    daemon = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "probe", "run", "--config", str(config)], env=env, cwd=tree
+    )
+    try:
+        time.sleep(15)  # start-up and one full interval before measuring
+        if daemon.poll() is not None:
+            sys.exit("probe run exited early")
+        print(f"daemon from {tree}")
+        b0, s0 = read_metrics(prefix)
+        load = subprocess.run(
+            [*prefix, sys.executable, "-c", CLIENT, str(a.seconds), str(a.rate), str(PORT),
+             str(a.scrape_every)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        b1, s1 = read_metrics(prefix)
+        result = json.loads(load.stdout)
+        starts = b1[-1][1] - b0[-1][1]
+        print(f"window: {a.seconds:.0f} s, scheduled starts in it: {starts:.0f}")
+        ok = [d for d, size in result["scrapes"] if isinstance(size, int)]
+        failed = [size for _, size in result["scrapes"] if not isinstance(size, int)]
+        sizes = [size for _, size in result["scrapes"] if isinstance(size, int)]
+        print(f"/metrics scrapes: {len(ok)} answered (max {max(ok, default=0):.2f} s, "
+              f"{max(sizes, default=0) / 1e6:.1f} MB), {len(failed)} failed "
+              f"{failed[:2]}")  # fmt: skip
+        print(f"/probe answers: {result['probes']}")
+        for (le, c1), (_, c0) in zip(b1, b0, strict=True):
+            print(f"  lag <= {le * 1000:7.1f} ms: {100 * (c1 - c0) / max(starts, 1):6.2f}%")
+        p99 = next((le for (le, c1), (_, c0) in zip(b1, b0, strict=True)
+                    if c1 - c0 >= 0.99 * starts), float("inf"))  # fmt: skip
+        print(f"schedule lag p99 <= {p99 * 1000:.1f} ms")
+        print(f"skipped slots in the window: {s1 - s0:.0f}")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(10)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

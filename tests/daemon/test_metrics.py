@@ -1,0 +1,608 @@
+"""The daemon's metrics, GET /probe's answer, and sharding (`probe run --shard`).
+
+In-process tests feed `Metrics` real records of real loopback connects (refused, open) or
+records built as the engine builds them; end-to-end tests run `probe run` as a subprocess
+against real listeners, closed ports and full accept queues on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from daemon_proc import (
+    Proc,
+    Samples,
+    config_toml,
+    parse_prometheus,
+    run_probe,
+    target_toml,
+    value,
+    with_label,
+)
+from helpers import FullQueueListener, RecordingListener, closed_port, has_ipv6_loopback
+from prometheus_client import generate_latest
+
+from probe import __version__
+from probe.daemon import fleet
+from probe.daemon.app import own_targets
+from probe.daemon.config import parse_config
+from probe.daemon.metrics import (
+    Metrics,
+    core_name,
+    error_label,
+    info_labels,
+    render,
+    sanitize_label_name,
+)
+from probe.daemon.ondemand import TIMEOUT_OFFSET
+from probe.errors import ConfigError, UsageError
+from probe.record import OUTCOMES, Record
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def record(
+    outcome: str,
+    error: str | None,
+    latency_ms: float,
+    rtt_ms: float | None,
+    syn_retransmits: int | None = 0,
+) -> Record:
+    return Record(
+        started=time.time(),
+        target="127.0.0.1:1",
+        host="127.0.0.1",
+        port=1,
+        address="127.0.0.1",
+        family="ipv4",
+        local_address="127.0.0.1",
+        local_port=40000,
+        outcome=outcome,  # type: ignore[arg-type]
+        error=error,
+        latency_ms=latency_ms,
+        rtt_ms=rtt_ms,
+        syn_retransmits=syn_retransmits,
+        dns_ms=0.0,
+        attempt=1,
+    )
+
+
+class T:
+    def __init__(self, name: str, **labels: str) -> None:
+        self.name = name
+        self.labels = labels
+
+
+def scrape(m: Metrics) -> tuple[str, Samples]:
+    text = m.exposition().decode()
+    return text, parse_prometheus(text)
+
+
+# -- the series ---------------------------------------------------------------------------------
+
+
+def test_every_outcome_series_exists_at_zero_from_the_first_schedule() -> None:
+    m = Metrics(lambda: 0.0)
+    m.set_targets([T("never", team="net")])
+    _, s = scrape(m)
+    for outcome in OUTCOMES:
+        assert value(s, "probe_attempts_total", target="never", outcome=outcome) == 0.0
+    assert value(s, "probe_syn_retransmits_total", target="never") == 0.0
+    assert value(s, "probe_skipped_slots_total", target="never") == 0.0
+    assert value(s, "probe_target_info", target="never", team="net") == 1.0
+    assert value(s, "probe_targets") == 1.0
+    assert value(s, "probe_up", target="never") is None  # unknown until the first attempt
+
+
+def test_observe_counts_errors_latency_rtt_and_retransmits() -> None:
+    m = Metrics(lambda: 0.0)
+    m.set_targets([T("a")])
+    m.observe("a", record("refused", "ECONNREFUSED", 0.2, None))
+    m.observe("a", record("refused", "ECONNREFUSED", 0.3, None))
+    m.observe("a", record("timeout", "ETIMEDOUT", 300.0, None))
+    m.observe("a", record("open", None, 1005.0, None, syn_retransmits=1))
+    m.observe("a", record("open", None, 0.5, 0.04))
+    _, s = scrape(m)
+    assert value(s, "probe_errors_total", target="a", error="ECONNREFUSED") == 2.0
+    assert value(s, "probe_errors_total", target="a", error="ETIMEDOUT") == 1.0
+    assert with_label(s, "probe_errors_total", "error", "None") == {}
+    # latency: open and refused only (4 of 5); RTT: open attempts with a sample only
+    assert value(s, "probe_connect_latency_seconds_count", target="a") == 4.0
+    assert value(s, "probe_tcp_rtt_seconds_count", target="a") == 1.0
+    assert value(s, "probe_tcp_rtt_seconds_sum", target="a") == pytest.approx(0.00004)
+    assert value(s, "probe_tcp_rtt_seconds_bucket", target="a", le="0.0001") == 1.0
+    assert value(s, "probe_syn_retransmits_total", target="a") == 1.0
+    assert value(s, "probe_up", target="a") == 1.0
+
+
+def test_render_is_prometheus_clients_text_byte_for_byte() -> None:
+    m = Metrics(lambda: 0.0)
+    for name in ("ProcessCollector", "GCCollector", "PlatformCollector"):  # values move
+        for c in [c for c in m.registry._collector_to_names if type(c).__name__ == name]:
+            m.registry.unregister(c)
+    m.set_targets([T("a", team='q"uote\\back\nline', zone="é"), T("b")])
+    m.observe("a", record("refused", "ECONNREFUSED", 0.2, None))
+    m.observe("b", record("open", None, 0.25, 0.01))
+    m.add_skipped("b", 3)
+    m.config_loaded(False)
+    m.lag.observe(0.003)
+    text = render(m.registry)
+    assert text == generate_latest(m.registry)
+    assert b'team="q\\"uote\\\\back\\nline"' in text
+
+
+def test_error_label_is_bounded_to_code_names() -> None:
+    assert error_label(None) is None
+    for name in ("ECONNREFUSED", "EAI_NONAME", "SELF_CONNECT", "E123"):
+        assert error_label(name) == name
+    for odd in ("connection refused", "x" * 5, "E" * 40, 'E"}', ""):
+        assert error_label(odd) == "OTHER"
+
+
+def test_removed_targets_drop_every_series() -> None:
+    m = Metrics(lambda: 0.0)
+    m.set_targets([T("gone", team="x"), T("kept", team="y")])
+    for name in ("gone", "kept"):
+        m.observe(name, record("refused", "ECONNREFUSED", 0.2, None))
+        m.observe(name, record("open", None, 0.2, 0.01))
+        m.add_skipped(name, 2)
+    m.set_targets([T("kept", team="z")])
+    text, s = scrape(m)
+    assert 'target="gone"' not in text
+    assert value(s, "probe_errors_total", target="kept", error="ECONNREFUSED") == 1.0
+    assert value(s, "probe_target_info", target="kept", team="z") == 1.0  # relabelled
+    assert value(s, "probe_target_info", target="kept", team="y") is None
+    assert value(s, "probe_targets") == 1.0
+
+
+def test_info_label_names_are_sanitized_and_target_is_refused() -> None:
+    assert sanitize_label_name("team") == "team"
+    assert sanitize_label_name("a-b.c") == "a_b_c"
+    assert sanitize_label_name("9lives") == "_9lives"
+    assert sanitize_label_name("__meta") == "_meta"
+    assert info_labels({"team": "net", "__x": "1"}) == {"team": "net", "_x": "1"}
+    with pytest.raises(ValueError, match="reserved"):
+        info_labels({"target": "x"})
+    with pytest.raises(ValueError, match="both become"):
+        info_labels({"__x": "1", "_x": "2"})
+
+
+def test_a_target_label_in_the_config_is_exit_2_naming_the_key(tmp_path: Path) -> None:
+    text = config_toml(
+        target_toml("a", "127.0.0.1:1") + target_toml("b", "127.0.0.1:2", {"target": "x"}),
+        tmp_path / "probe.log",
+    )
+    (tmp_path / "config.toml").write_text(text)
+    done = run_probe("run", "--config", "config.toml", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "config.toml: targets[1].labels.target: label 'target' is reserved" in done.stderr
+    checked = run_probe("validate", "config.toml", cwd=tmp_path)
+    assert checked.returncode == 2 and "targets[1].labels.target" in checked.stderr
+
+
+def test_build_info_names_version_and_core() -> None:
+    try:
+        native = importlib.import_module("probe.engine.native")
+    except ImportError:
+        expected = "python"
+    else:
+        expected = getattr(native, "CORE", "python")
+    assert core_name() == expected
+    _, s = scrape(Metrics(lambda: 0.0))
+    assert value(s, "probe_build_info", version=__version__, core=expected) == 1.0
+
+
+def test_process_and_platform_collectors_are_in_our_registry() -> None:
+    _, s = scrape(Metrics(lambda: 0.0))
+    names = {name for name, _ in s}
+    assert {"process_cpu_seconds_total", "process_open_fds", "python_info"} <= names
+
+
+# -- a real daemon ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, dict[str, str]]]:
+    """One daemon on an open, a refused and a timing-out target, plus a labelled one."""
+    tmp = tmp_path_factory.mktemp("live")
+    web = RecordingListener()
+    full = FullQueueListener()
+    shut = closed_port()
+    targets = {"web": web.target, "shut": f"127.0.0.1:{shut}", "slow": full.target}
+    text = config_toml(
+        target_toml("web", web.target, {"team": "core", "tier": "1"})
+        + target_toml("shut", targets["shut"], {"team": "edge"})
+        + target_toml("slow", full.target),
+        tmp / "probe.log",
+        extra='probe_allow = ["127.0.0.1/32", "::1/128"]\n',
+    )
+    p = Proc.start(tmp, text)
+    try:
+        p.listening()
+        p.wait("records of every target", lambda: all(len(p.records(n)) >= 3 for n in targets))
+        yield p, targets
+    finally:
+        p.stop()
+        web.close()
+        full.close()
+
+
+def test_metrics_page_of_a_real_daemon(live: tuple[Proc, dict[str, str]]) -> None:
+    p, _ = live
+    _, s = p.metrics()
+    for name in ("web", "shut", "slow"):
+        for outcome in OUTCOMES:
+            assert value(s, "probe_attempts_total", target=name, outcome=outcome) is not None
+    assert (value(s, "probe_attempts_total", target="shut", outcome="open")) == 0.0
+    assert (value(s, "probe_errors_total", target="shut", error="ECONNREFUSED") or 0) >= 3
+    assert (value(s, "probe_errors_total", target="slow", error="ETIMEDOUT") or 0) >= 3
+    assert with_label(s, "probe_errors_total", "target", "web") == {}
+    assert (value(s, "probe_tcp_rtt_seconds_count", target="web") or 0) >= 1
+    assert value(s, "probe_target_info", target="web", team="core", tier="1") == 1.0
+    assert value(s, "probe_target_info", target="shut", team="edge") == 1.0
+    assert value(s, "probe_target_info", target="slow") == 1.0
+    assert value(s, "probe_config_last_reload_successful") == 1.0
+    started = value(s, "probe_config_last_reload_success_timestamp_seconds")
+    assert started is not None and time.time() - 60 < started <= time.time()
+    assert value(s, "probe_build_info", version=__version__, core=core_name()) == 1.0
+    assert value(s, "process_resident_memory_bytes")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+def test_promtool_check_metrics_is_clean_on_a_real_page(live: tuple[Proc, dict[str, str]]) -> None:
+    p, targets = live
+    body, _ = p.metrics()
+    assert "probe_target_info{" in body and "probe_errors_total{" in body
+    done = subprocess.run(
+        [str(PROMTOOL), "check", "metrics"], input=body, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done
+    # the /probe answer too
+    _, _, answer = p.get("/probe?target=" + urllib.parse.quote(targets["shut"]))
+    done = subprocess.run(
+        [str(PROMTOOL), "check", "metrics"], input=answer, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done
+
+
+def reload_shown(p: Proc, ok: float) -> Samples:
+    def check() -> Samples | None:
+        s = p.metrics()[1]
+        return s if value(s, "probe_config_last_reload_successful") == ok else None
+
+    return p.wait(f"probe_config_last_reload_successful {ok}", check)
+
+
+def test_reload_status_metrics(tmp_path: Path, procs: list[Proc]) -> None:
+    shut = closed_port()
+    good = config_toml(target_toml("a", f"127.0.0.1:{shut}"), tmp_path / "probe.log")
+    p = Proc.start(tmp_path, good)
+    procs.append(p)
+    p.listening()
+    _, s = p.metrics()
+    first = value(s, "probe_config_last_reload_success_timestamp_seconds")
+    assert value(s, "probe_config_last_reload_successful") == 1.0
+    assert value(s, "probe_config_reloads_total", result="failed") == 0.0
+    p.rewrite(good + "[[targets]]\naddress = 'nonsense'\n")
+    p.send(signal.SIGHUP)
+    s = reload_shown(p, 0.0)
+    assert value(s, "probe_config_reloads_total", result="failed") == 1.0
+    assert value(s, "probe_config_last_reload_success_timestamp_seconds") == first
+    time.sleep(0.01)
+    p.rewrite(good + target_toml("b", f"127.0.0.1:{shut}", {"team": "t"}))
+    p.send(signal.SIGHUP)
+    s = reload_shown(p, 1.0)
+    assert value(s, "probe_config_reloads_total", result="ok") == 1.0
+    later = value(s, "probe_config_last_reload_success_timestamp_seconds")
+    assert first is not None and later is not None and later > first
+    assert value(s, "probe_target_info", target="b", team="t") == 1.0
+    for outcome in OUTCOMES:
+        assert value(s, "probe_attempts_total", target="b", outcome=outcome) is not None
+    # a reload that brings a reserved label is refused like any invalid config
+    p.rewrite(good + target_toml("c", f"127.0.0.1:{shut}", {"target": "x"}))
+    p.send(signal.SIGHUP)
+    s = reload_shown(p, 0.0)
+    assert value(s, "probe_target_info", target="b", team="t") == 1.0
+    assert "targets[1].labels.target" in p.stderr
+    assert p.stop() == 0
+
+
+# -- GET /probe ---------------------------------------------------------------------------------
+
+
+def probe(p: Proc, target: str, query: str = "", **headers: str) -> tuple[int, str, str]:
+    return p.get(f"/probe?target={urllib.parse.quote(target, safe='')}{query}", headers)
+
+
+def plain(body: str) -> dict[str, float]:
+    return {name: v for (name, labels), v in parse_prometheus(body).items() if not labels}
+
+
+def fnv1a32(data: bytes) -> int:
+    h = 2166136261
+    for b in data:
+        h = ((h ^ b) * 16777619) % 2**32
+    return h
+
+
+def test_probe_answers_blackbox_series(live: tuple[Proc, dict[str, str]]) -> None:
+    p, targets = live
+    status, ctype, body = probe(p, targets["web"])
+    assert status == 200 and ctype.startswith("text/plain; version="), body
+    v = plain(body)
+    assert v["probe_success"] == 1.0
+    assert v["probe_ip_protocol"] == 4.0
+    assert v["probe_ip_addr_hash"] == float(fnv1a32(socket.inet_aton("127.0.0.1")))
+    assert 0 <= v["probe_dns_lookup_time_seconds"] <= v["probe_duration_seconds"]
+    assert 0 < v["probe_local_port"] < 65536
+    assert v["probe_rtt_seconds"] >= 0
+    assert v["probe_syn_retransmits"] == 0.0
+    assert "probe_failed_due_to" not in body
+
+
+def test_probe_failure_reason(live: tuple[Proc, dict[str, str]]) -> None:
+    p, targets = live
+    _, _, body = probe(p, targets["shut"])
+    s = parse_prometheus(body)
+    assert value(s, "probe_success") == 0.0
+    assert value(s, "probe_failed_due_to", reason="ECONNREFUSED") == 1.0
+    assert len(with_label(s, "probe_failed_due_to", "reason", "ECONNREFUSED")) == 1
+
+
+def test_probe_localhost_has_a_dns_time(live: tuple[Proc, dict[str, str]]) -> None:
+    p, targets = live
+    port = targets["web"].rpartition(":")[2]
+    status, _, body = probe(p, f"localhost:{port}")
+    assert status == 200, body
+    v = plain(body)
+    assert v["probe_ip_protocol"] in (4.0, 6.0)
+    assert v["probe_dns_lookup_time_seconds"] > 0
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_probe_ipv6_protocol(live: tuple[Proc, dict[str, str]]) -> None:
+    p, _ = live
+    web6 = RecordingListener("::1")
+    try:
+        status, _, body = probe(p, web6.target)
+        assert status == 200, body
+        v = plain(body)
+        assert v["probe_success"] == 1.0 and v["probe_ip_protocol"] == 6.0
+        packed = socket.inet_pton(socket.AF_INET6, "::1")
+        assert v["probe_ip_addr_hash"] == float(fnv1a32(packed))
+    finally:
+        web6.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "header", "expected"),
+    [
+        ("&timeout=0.4", None, 0.4),  # the request's timeout
+        ("&timeout=2", "1.2", 1.2 - TIMEOUT_OFFSET),  # the scrape timeout less the margin
+        ("&timeout=0.4", "10", 0.4),  # the smaller of the two
+        ("", "0.6", 0.3),  # a header smaller than twice the margin: half of it
+    ],
+)
+def test_probe_timeout_is_the_smaller_of_query_and_scrape_header(
+    live: tuple[Proc, dict[str, str]], query: str, header: str | None, expected: float
+) -> None:
+    p, targets = live
+    headers = {} if header is None else {"X-Prometheus-Scrape-Timeout-Seconds": header}
+    status, _, body = probe(p, targets["slow"], query, **headers)
+    assert status == 200, body
+    s = parse_prometheus(body)
+    assert value(s, "probe_failed_due_to", reason="ETIMEDOUT") == 1.0
+    took = value(s, "probe_duration_seconds")
+    assert took is not None and expected - 0.02 <= took < expected + 0.6, (took, expected)
+    _, _, text = probe(p, targets["slow"], query + "&debug=true", **headers)
+    assert f"timeout: {expected:g} s" in text
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf"])
+def test_probe_unusable_scrape_header_is_ignored(
+    live: tuple[Proc, dict[str, str]], bad: str
+) -> None:
+    p, targets = live
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": bad}
+    status, _, body = probe(p, targets["web"], "&debug=true", **headers)
+    assert status == 200, body
+    assert "timeout: 0.3 s (the config's defaults.timeout 0.3 s)" in body
+
+
+def test_probe_debug_explains_the_steps(live: tuple[Proc, dict[str, str]]) -> None:
+    p, targets = live
+    status, ctype, body = probe(p, targets["shut"], "&debug=true")
+    assert status == 200 and ctype.startswith("text/plain; charset=utf-8")
+    for step in (
+        "timeout: 0.3 s",
+        "resolve 127.0.0.1: 127.0.0.1",
+        "allow: 127.0.0.1 is inside probe_allow (127.0.0.1/32, ::1/128)",
+        "address chosen: 127.0.0.1 (ipv4)",
+        "connect: refused, ECONNREFUSED, local 127.0.0.1:",
+        "latency ",
+        '"outcome":"refused"',
+        "Metrics that would have been returned:",
+        'probe_failed_due_to{reason="ECONNREFUSED"} 1.0',
+    ):
+        assert step in body, (step, body)
+
+
+def test_probe_forbidden_keeps_403_and_connects_nowhere(
+    live: tuple[Proc, dict[str, str]],
+) -> None:
+    p, _ = live
+    other = RecordingListener("127.0.0.2")
+    try:
+        for query in ("", "&debug=true"):
+            status, _, body = probe(p, other.target, query)
+            assert status == 403, body
+        assert "allow: no address inside probe_allow" in body
+        time.sleep(0.3)  # a connection, had one been made, would have been accepted by now
+        assert other.peers == []
+        with socket.create_connection(("127.0.0.2", other.port), timeout=2):
+            pass  # the listener does see connections: the silence above means something
+        assert len(other.wait_peers(1)) == 1
+    finally:
+        other.close()
+
+
+# -- sharding -----------------------------------------------------------------------------------
+
+
+def names_config(names: list[str], shard: str = "") -> str:
+    text = "".join(target_toml(n, f"127.0.0.1:{1000 + i}") for i, n in enumerate(names))
+    return text
+
+
+def test_three_shards_partition_the_targets_and_adding_one_moves_no_other() -> None:
+    names = [f"svc-{i}" for i in range(300)]
+    config = parse_config(names_config(names))
+    shares = [
+        {t.name for t in own_targets("c.toml", config, fleet.Shard(i, 3))[0]} for i in range(3)
+    ]
+    assert set().union(*shares) == set(names)
+    assert sum(len(s) for s in shares) == len(names)  # disjoint: each has one owner
+    assert all(60 < len(s) < 140 for s in shares), [len(s) for s in shares]
+    grown = parse_config(names_config([*names, "new-one"]))
+    after = [{t.name for t in own_targets("c.toml", grown, fleet.Shard(i, 3))[0]} for i in range(3)]
+    for before, now in zip(shares, after, strict=True):
+        assert before <= now and len(now - before) <= 1
+    assert sum(len(now - before) for before, now in zip(shares, after, strict=True)) == 1
+
+
+def test_shard_hash_is_stable_across_processes() -> None:
+    # blake2b of the name, not Python's salted hash(): another interpreter agrees
+    code = (
+        "from probe.daemon.fleet import shard_of; print([shard_of(f'n{i}', 7) for i in range(50)])"
+    )
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str([fleet.shard_of(f"n{i}", 7) for i in range(50)])
+
+
+def test_shard_parsing_and_environment() -> None:
+    assert fleet.parse_shard("2/3") == fleet.Shard(2, 3)
+    for bad in ("3/3", "0/0", "-1/3", "1", "a/b", "1/3/4"):
+        with pytest.raises(ValueError):
+            fleet.parse_shard(bad)
+    assert fleet.shard_from_env({}) is None
+    assert fleet.shard_from_env({"PROBE_SHARD": "1/4"}) == fleet.Shard(1, 4)
+    env = {"PROBE_SHARD_INDEX": "2", "PROBE_SHARD_COUNT": "5"}
+    assert fleet.shard_from_env(env) == fleet.Shard(2, 5)
+    both = {"PROBE_SHARD": "0/2", **env}
+    assert fleet.shard_from_env(both) == fleet.Shard(0, 2)  # the one-variable form wins
+    for bad_env in (
+        {"PROBE_SHARD": "5/5"},
+        {"PROBE_SHARD_INDEX": "1"},
+        {"PROBE_SHARD_INDEX": "x", "PROBE_SHARD_COUNT": "3"},
+        {"PROBE_SHARD_INDEX": "3", "PROBE_SHARD_COUNT": "3"},
+    ):
+        with pytest.raises(UsageError):
+            fleet.shard_from_env(bad_env)
+
+
+def test_config_shard_takes_text_or_the_parsed_pair() -> None:
+    def config(shard: object) -> object:
+        return SimpleNamespace(cluster=SimpleNamespace(shard=shard))
+
+    assert fleet.config_shard(SimpleNamespace()) is None  # no [cluster] section at all
+    assert fleet.config_shard(config("")) is None
+    assert fleet.config_shard(config(None)) is None
+    assert fleet.config_shard(config("1/3")) == fleet.Shard(1, 3)
+    assert fleet.config_shard(config((2, 3))) == fleet.Shard(2, 3)
+    with pytest.raises(ValueError):
+        fleet.config_shard(config("3/3"))
+
+
+def has_cluster_key() -> bool:
+    try:
+        parse_config('[cluster]\nshard = "0/2"\n')
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_cluster_key(), reason="[cluster] shard is not in the config yet")
+def test_shard_precedence_flag_over_env_over_config(tmp_path: Path, procs: list[Proc]) -> None:
+    names = [f"t{i}" for i in range(12)]
+    text = config_toml(names_config(names), tmp_path / "probe.log", interval=60)
+    with_config = text.replace("[metrics]", '[cluster]\nshard = "0/2"\n\n[metrics]')
+
+    def kept(shard: fleet.Shard) -> float:
+        return float(sum(1 for n in names if shard.owns(n)))
+
+    cases = [
+        ((), {}, fleet.Shard(0, 2)),  # config only
+        ((), {"PROBE_SHARD": "1/3"}, fleet.Shard(1, 3)),  # env over config
+        (("--shard", "2/4"), {"PROBE_SHARD": "1/3"}, fleet.Shard(2, 4)),  # flag over env
+        ((), {"PROBE_SHARD_INDEX": "1", "PROBE_SHARD_COUNT": "2"}, fleet.Shard(1, 2)),
+    ]
+    for i, (args, env, shard) in enumerate(cases):
+        p = Proc.start(
+            tmp_path / str(i), with_config.replace(str(tmp_path), str(tmp_path / str(i))), args, env
+        )
+        procs.append(p)
+        started = p.event("started")
+        assert started["shard"] == str(shard)
+        assert started["targets"] == kept(shard)
+        assert value(p.metrics()[1], "probe_targets") == kept(shard)
+        p.stop()
+
+
+def test_run_shard_flag_and_env_keep_their_share(tmp_path: Path, procs: list[Proc]) -> None:
+    names = [f"t{i}" for i in range(12)]
+    text = config_toml(names_config(names), tmp_path / "probe.log", interval=60)
+    got: dict[str, set[str]] = {}
+    for i in range(3):
+        d = tmp_path / str(i)
+        args: tuple[str, ...] = ("--shard", f"{i}/3") if i < 2 else ()
+        env = {} if i < 2 else {"PROBE_SHARD_INDEX": "2", "PROBE_SHARD_COUNT": "3"}
+        p = Proc.start(
+            d, text.replace(str(tmp_path / "probe.log"), str(d / "probe.log")), args, env
+        )
+        procs.append(p)
+        assert p.event("started")["shard"] == f"{i}/3"
+        _, s = p.metrics()
+        got[str(i)] = {
+            dict(labels)["target"] for (n, labels), _ in s.items() if n == "probe_target_info"
+        }
+        assert got[str(i)] == {n for n in names if fleet.shard_of(n, 3) == i}
+    assert set().union(*got.values()) == set(names)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--shard", "3/3"), {}, "--shard: bad shard '3/3': I must be below N"),
+        (("--shard", "x"), {}, "--shard: bad shard 'x': write I/N"),
+        ((), {"PROBE_SHARD": "1/0"}, "PROBE_SHARD: bad shard '1/0': N must be"),
+        ((), {"PROBE_SHARD_COUNT": "3"}, "PROBE_SHARD_INDEX is not set"),
+    ],
+)
+def test_bad_shard_is_exit_2_with_one_line(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    (tmp_path / "config.toml").write_text(config_toml("", tmp_path / "probe.log"))
+    done = run_probe("run", "--config", "config.toml", *args, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr

@@ -1,0 +1,277 @@
+"""A real Prometheus (Debian's 2.42 package) scraping three sharded daemons.
+
+Shards 0/3, 1/3 and 2/3 of one config run as `probe run --shard I/3`; Prometheus scrapes
+them every second on loopback and evaluates a rule file every second. Everything is
+asserted through Prometheus' HTTP API, with the queries the README gives operators. The
+test polls the API rather than sleeping fixed times; it takes about 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from daemon_proc import Proc, config_toml, http_get, target_toml
+from helpers import ROOT, FullQueueListener, RecordingListener, closed_port
+
+from probe.daemon.fleet import shard_of
+
+PROMETHEUS = shutil.which("prometheus") or (
+    "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+)
+DEPLOY_ALERTS = ROOT / "probe" / "deploy" / "alerts.yml"
+SHARDS = 3
+DEADLINE = 25.0  # seconds for everything Prometheus must show
+
+FAILURE_RATIO = (
+    '1 - sum by(target)(rate(probe_attempts_total{outcome="open"}[1m]))'
+    " / sum by(target)(rate(probe_attempts_total[1m]))"
+)
+LABEL_JOIN = "probe_up * on(target) group_left(team) probe_target_info"
+MEDIAN = (
+    "histogram_quantile(0.5, sum by(le,target)(rate(probe_connect_latency_seconds_bucket[1m])))"
+)
+
+RULES = """\
+groups:
+  - name: probe-test
+    interval: 1s
+    rules:
+      - alert: ProbeRefusedTargetDown
+        expr: probe_up{target="refused"} == 0
+        for: 0s
+        labels:
+          severity: test
+"""
+
+T = TypeVar("T")
+Vector = list[dict[str, Any]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Prometheus:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        status, _, body = http_get(url)
+        assert status == 200, (url, status, body)
+        answer = json.loads(body)
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def ready(self) -> bool:
+        try:
+            return http_get(f"http://127.0.0.1:{self.port}/-/ready", timeout=2)[0] == 200
+        except OSError:  # not listening yet
+            return False
+
+    def query(self, expr: str) -> Vector:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", data
+        result: Vector = data["result"]
+        return result
+
+    def poll(self, what: str, check: Callable[[], T | None], deadline: float) -> T:
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"prometheus exited: {self.log.read_text()[-2000:]}")
+            got = check()
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"prometheus never showed {what}")
+            time.sleep(0.25)
+
+
+def by_target(vector: Vector) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for sample in vector:
+        out.setdefault(sample["metric"].get("target", ""), []).append(sample)
+    return out
+
+
+def names_for_every_shard(prefix: str, n: int) -> list[str]:
+    """At least `n` names, with every shard owning at least one of them."""
+    names: list[str] = []
+    i = 0
+    while len(names) < n or {shard_of(x, SHARDS) for x in names} != set(range(SHARDS)):
+        names.append(f"{prefix}-{i}")
+        i += 1
+    return names
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Proc], dict[str, str]]]:
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    web = RecordingListener()
+    full = FullQueueListener()
+    refused = closed_port()
+    labelled = {name: web.target for name in names_for_every_shard("svc", 3)}
+    targets = {"open": web.target, "refused": f"127.0.0.1:{refused}", "slow": full.target}
+    teams = {"open": "web", "refused": "edge", **dict.fromkeys(labelled, "svc")}
+    text = "".join(
+        target_toml(name, address, {"team": teams[name]} if name != "slow" else None)
+        for name, address in {**targets, **labelled}.items()
+    )
+    daemons: list[Proc] = []
+    prom: Prometheus | None = None
+    try:
+        for i in range(SHARDS):
+            d = tmp_path / f"shard{i}"
+            daemons.append(
+                Proc.start(
+                    d,
+                    config_toml(text, d / "probe.log", interval=0.5, timeout=0.3),
+                    ("--shard", f"{i}/{SHARDS}"),
+                )
+            )
+        ports = [p.listening() for p in daemons]
+        rule_files = [str(tmp_path / "rules.yml")]
+        (tmp_path / "rules.yml").write_text(RULES)
+        if DEPLOY_ALERTS.exists():
+            rule_files.append(str(DEPLOY_ALERTS))
+        (tmp_path / "prometheus.yml").write_text(
+            json.dumps(  # YAML is a superset of JSON
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": rule_files,
+                    "scrape_configs": [
+                        {
+                            "job_name": "probe",
+                            "scrape_timeout": "1s",
+                            "static_configs": [
+                                {"targets": [f"127.0.0.1:{port}" for port in ports]}
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+        port = free_port()
+        log = tmp_path / "prometheus.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        prom = Prometheus(proc, port, log)
+        prom.poll("ready", prom.ready, time.monotonic() + 15)
+        yield prom, daemons, {**targets, **labelled}
+    finally:
+        if prom is not None:
+            prom.proc.terminate()
+            try:
+                prom.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                prom.proc.kill()
+                prom.proc.wait(5)
+        for p in daemons:
+            p.stop()
+        web.close()
+        full.close()
+
+
+def test_prometheus_scrapes_three_shards(
+    world: tuple[Prometheus, list[Proc], dict[str, str]],
+) -> None:
+    prom, daemons, targets = world
+    deadline = time.monotonic() + DEADLINE
+    instance = {f"127.0.0.1:{p.listening()}": i for i, p in enumerate(daemons)}
+
+    # Every scrape works and every target is reported by exactly one daemon: its shard's.
+    def all_up() -> Vector | None:
+        up = prom.query('up{job="probe"}')
+        return up if len(up) == SHARDS and all(s["value"][1] == "1" for s in up) else None
+
+    prom.poll("the three daemons up", all_up, deadline)
+    owners = prom.poll(
+        "every target's outcome series",
+        lambda: (
+            got
+            if set(got := by_target(prom.query('probe_attempts_total{outcome="open"}')))
+            == set(targets)
+            else None
+        ),
+        deadline,
+    )
+    for name, samples in owners.items():
+        assert len(samples) == 1, (name, samples)
+        assert instance[samples[0]["metric"]["instance"]] == shard_of(name, SHARDS), name
+    info = by_target(prom.query("probe_target_info"))
+    assert set(info) == set(targets) and all(len(s) == 1 for s in info.values())
+
+    # The failure ratio has a value for the target that never succeeded (and the others).
+    def ratios() -> dict[str, float] | None:
+        got = {s["metric"]["target"]: float(s["value"][1]) for s in prom.query(FAILURE_RATIO)}
+        return got if set(got) == set(targets) else None
+
+    ratio = prom.poll("a failure ratio for every target", ratios, deadline)
+    assert ratio["slow"] == 1.0 and ratio["refused"] == 1.0
+    assert ratio["open"] == 0.0
+
+    # Config labels join onto any series by target.
+    joined = {s["metric"]["target"]: s["metric"] for s in prom.query(LABEL_JOIN)}
+    assert joined["open"]["team"] == "web" and joined["refused"]["team"] == "edge"
+    assert all(joined[name]["team"] == "svc" for name in targets if name.startswith("svc"))
+    assert "team" not in joined["slow"]
+    assert float(prom.query(LABEL_JOIN + '{target="open"}')[0]["value"][1]) == 1.0
+
+    # The latency histogram answers a quantile for the targets that answered.
+    def medians() -> dict[str, float] | None:
+        got = {s["metric"]["target"]: float(s["value"][1]) for s in prom.query(MEDIAN)}
+        ok = all(n in got and got[n] == got[n] for n in ("open", "refused"))  # not NaN
+        return got if ok else None
+
+    median = prom.poll("a median connect latency", medians, deadline)
+    assert 0 < median["open"] < 0.1 and 0 < median["refused"] < 0.1
+    assert "slow" not in median or median["slow"] != median["slow"]  # timeouts: no latency
+
+    # The alert on the refused target fires.
+    def firing() -> list[dict[str, Any]] | None:
+        alerts = prom.api("alerts")["alerts"]
+        hits = [
+            a
+            for a in alerts
+            if a["labels"]["alertname"] == "ProbeRefusedTargetDown" and a["state"] == "firing"
+        ]
+        return hits or None
+
+    alert = prom.poll("the refused target's alert firing", firing, deadline)[0]
+    assert alert["labels"]["target"] == "refused"
+    assert instance[alert["labels"]["instance"]] == shard_of("refused", SHARDS)
+
+    # The shipped alert rules load into a real Prometheus and evaluate without errors.
+    groups = prom.api("rules")["groups"]
+    assert all(r.get("health") in ("ok", "unknown") for g in groups for r in g["rules"]), groups
+    if DEPLOY_ALERTS.exists():
+        assert any(g["file"] == str(DEPLOY_ALERTS) for g in groups)
