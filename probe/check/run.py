@@ -435,7 +435,7 @@ def native_targets(plan: Plan, count: int) -> list[native.NativeTarget] | None:
     output, rendered here from the core's JSON records), one attempt per endpoint, IP
     literals (addresses, CIDRs, octet ranges) on the command line or in a small regular
     file, and none of the options it does not implement (exclusions, --shard, --open, -o, a
-    source port range, --rate's cadence shared by several workers). The rest (a line per
+    source port range, --rate). The rest (a line per
     attempt, repeats, names, CSV) runs on the Python engine."""
     output = plan.output
     options = plan.options
@@ -448,8 +448,8 @@ def native_targets(plan: Plan, count: int) -> list[native.NativeTarget] | None:
         return None  # (a sweep's human lines are the open ones anyway)
     if plan.exclude is not None or plan.shard is not None or options.source_ports is not None:
         return None
-    if options.rate is not None and count > 1:
-        return None
+    if options.rate is not None:
+        return None  # the engine's pacing makes up a busy machine's stalls; the core's not
     if not native.supports(options):
         return None
     try:

@@ -193,8 +193,8 @@ def test_sweep_share_keeps_non_open_ports_per_host(
     ("kwargs", "count", "native_ok"),
     [
         ({"fmt": "json"}, 1, True),
-        ({"fmt": "json", "rate": 100.0}, 1, True),
-        ({"fmt": "json", "rate": 100.0}, 2, False),  # the shared cadence is the engine's
+        ({"fmt": "json", "rate": 100.0}, 1, False),  # --rate is the engine's pacing
+        ({"fmt": "json", "rate": 100.0}, 2, False),
         ({"fmt": "human"}, 1, True),  # a sweep: rendered here from the core's records
         ({"fmt": "human", "count": 2}, 1, False),
         ({"fmt": "human", "open_only": True}, 1, True),
