@@ -26,15 +26,13 @@ from ..errors import (
     SinkError,
     report,
 )
-from ..output.csv import CsvRows
 from ..output.writer import RecordWriter, stdout_writer
 from .plan import Plan
 from .progress import ProgressLine
 from .report import summary
 from .result import ShareResult
 from .run import Progress, run_share
-from .sinks import Sinks
-from .workers import run_workers
+from .sinks import Sinks, csv_rows
 
 RATE_START = 0.25  # seconds from now to --rate's first slot, when workers share it
 
@@ -52,7 +50,7 @@ def run_plan(plan: Plan) -> int:
     died = 0
     try:
         if output.format == "csv":
-            out.write_lines(CsvRows().header())
+            out.write_lines(csv_rows().header())
         if plan.workers == 1:
             sinks = Sinks(output, out, json_out, bar.before_stdout)
             total.merge(run_share(plan, 0, 1, sinks, bar.update))
@@ -65,6 +63,8 @@ def run_plan(plan: Plan) -> int:
                 writers = [RecordWriter(s) for s in streams]
                 sinks = Sinks(output, writers[0], writers[1] if len(writers) > 1 else None)
                 return run_share(plan, index, count, sinks, progress)
+
+            from .workers import run_workers  # worker processes: only a run that forks them
 
             merged = run_workers(plan.workers, body, outs, bar.update, bar.before_stdout)
             for result in merged.results:

@@ -33,7 +33,6 @@ from ..targets import (
     parse_target,
     read_exclusions,
 )
-from .workers import usable_cpus
 
 # At most this many endpoints and every attempt gets its own line, whatever the count
 # (nmap lists up to 25 closed ports before it folds them into "Not shown").
@@ -155,6 +154,14 @@ def build_plan(
         blocking_input=blocking,
         output=output,
     )
+
+
+def usable_cpus() -> int:
+    """The default number of worker processes."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
 
 
 def _join(tokens: list[str], default_ports: PortRanges | None, have_ports: bool) -> list[str]:

@@ -1,19 +1,33 @@
 """Where a share's records go: the chosen form on standard output (human lines, JSON or
 CSV), and the JSON records to `-o FILE` besides. `--open` keeps only open attempts here;
-every record still reaches the tally before this point."""
+every record still reaches the tally before this point. The JSON and CSV encoders
+(msgspec, csv) are imported by the runs that write them: human lines start without them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..output.csv import CsvRows
 from ..output.human import RecordLines
-from ..output.jsonl import record_json
 from ..output.writer import RecordWriter
 from ..record import OPEN, Record
 from .plan import Output
 
-json_line = record_json  # the one JSON form of a record
+if TYPE_CHECKING:
+    from ..output.csv import CsvRows
+
+
+def json_encoder() -> Callable[[Record], bytes]:
+    """The one JSON form of a record (msgspec)."""
+    from ..output.jsonl import record_json
+
+    return record_json
+
+
+def csv_rows() -> CsvRows:
+    from ..output.csv import CsvRows
+
+    return CsvRows()
 
 
 class Sinks:
@@ -29,7 +43,10 @@ class Sinks:
         self.json_out = json_out
         self.before_stdout = before_stdout
         self.lines = RecordLines(output.target_width)
-        self.csv = CsvRows()
+        fmt = output.format
+        self.csv = csv_rows() if fmt == "csv" else None
+        wants_json = fmt == "json" or json_out is not None
+        self.json_line = json_encoder() if wants_json else _no_json
         self.live = output.list_mode  # a few endpoints: each line as it happens (tcping)
 
     def record(self, record: Record) -> None:
@@ -43,11 +60,11 @@ class Sinks:
                     self.before_stdout()
                 self.out.msg(self.lines.line(record).encode())
         elif fmt == "json":
-            self.out.msg(json_line(record))
-        else:
+            self.out.msg(self.json_line(record))
+        elif self.csv is not None:
             self.out.write_lines(self.csv.row(record))
         if self.json_out is not None:
-            self.json_out.msg(json_line(record))
+            self.json_out.msg(self.json_line(record))
         if self.live:
             self.flush()
 
@@ -55,3 +72,7 @@ class Sinks:
         self.out.flush()
         if self.json_out is not None:
             self.json_out.flush()
+
+
+def _no_json(record: Record) -> bytes:
+    raise AssertionError("no JSON output was planned")

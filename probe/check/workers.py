@@ -40,13 +40,6 @@ class Merged:
     died: int = 0  # workers that ended without a result
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
 class _Channel:
     """One worker's control pipe: pickled frames, read as they come."""
 

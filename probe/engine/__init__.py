@@ -7,13 +7,41 @@
 - `deadlines`: timeouts, a FIFO queue per timeout and one sweep timer.
 - `poller`: which sockets have their answer (one epoll set, or the loop's writers).
 - `sockets`: the socket calls of one attempt (bind a source, read TCP_INFO).
+- `options`: what an engine is asked to do (no asyncio: the native core shares it).
 - `lag`: how late the event loop runs; `limits`: what the open-files limit allows.
 """
 
-from ..errors import LocalShortage
-from .attempt import Attempt, Done, Result
-from .core import Engine, EngineOptions, EngineStats
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .options import EngineOptions
 from .sockets import check_source
+
+if TYPE_CHECKING:
+    from ..errors import LocalShortage
+    from .attempt import Attempt, Done, Result
+    from .core import Engine, EngineStats
+
+# The asyncio engine is imported on first use: the native core and the CLI's plan need only
+# the options, and asyncio is ~25 ms of start-up (issue 13).
+_LAZY = {
+    "Attempt": ".attempt",
+    "Done": ".attempt",
+    "Result": ".attempt",
+    "Engine": ".core",
+    "EngineStats": ".core",
+    "LocalShortage": "..errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(where, __name__), name)
+
 
 __all__ = [
     "Attempt",

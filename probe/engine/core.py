@@ -28,6 +28,7 @@ from ..record import OPEN, SELF_CONNECT, TIMEOUT, Record, errno_name, outcome_of
 from .attempt import Attempt, Done, Result, Slot
 from .deadlines import Deadlines
 from .lag import LagMonitor
+from .options import EngineOptions
 from .poller import make_poller
 from .sockets import LINGER_RESET, bind_source, connected, handshake, syn_retransmits
 
@@ -40,22 +41,6 @@ _SELF_CONNECT_TRIES = 8
 RATE_SLACK = 0.05  # seconds of lateness --rate still makes up (a loaded machine wakes us late)
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
 LAG_FLOOR = 8  # lag never holds concurrency below this many attempts in flight
-
-
-@dataclass(frozen=True, slots=True)
-class EngineOptions:
-    timeout: float = 1.0
-    concurrency: int = 1000
-    rate: float | None = None  # most new attempts per second
-    retries: int = 0  # extra attempts after a timeout
-    source: tuple[str, int] | None = None  # bind to (address, port) first; port 0 = kernel's
-    source_ports: tuple[int, int] | None = None  # with port 0: the kernel picks in LO-HI
-    graceful_close: bool = False  # FIN instead of RST for open connections
-    shortage_giveup: float | None = 30.0  # seconds stuck with nothing in flight, then fail
-    lag_limit_ms: float | None = 2.0  # loop lag that makes the engine hold concurrency down
-    # --rate's cadence: the loop.time() of the first slot. Worker processes share one epoch,
-    # each offset by i/R, so their starts interleave instead of bunching. None: now.
-    rate_epoch: float | None = None
 
 
 @dataclass(slots=True)

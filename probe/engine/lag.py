@@ -3,9 +3,12 @@ latency it measures then carries that lag, so the lag is measured and reported b
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 TICK = 0.005  # seconds between samples
 

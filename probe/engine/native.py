@@ -22,12 +22,12 @@ from typing import Any
 
 from ..record import Record
 from ..targets import Target
-from .core import EngineOptions
 from .lag import LagMonitor
+from .options import EngineOptions
 
 _native: Any
 try:
-    from . import _native  # type: ignore[attr-defined,no-redef]
+    from . import _native  # type: ignore[attr-defined,no-redef,unused-ignore]
 except ImportError:  # not built here (no compiler, not Linux): the Python engine runs
     _native = None
 else:

@@ -1,10 +1,12 @@
 #!/bin/sh
 # Start-up: `probe check 127.0.0.1:PORT` from process start to exit, against `nc -z` as the
-# floor, both to a loopback listener this script owns. Goal: at most 150 ms.
-# Needs hyperfine and nc (Debian: hyperfine, netcat-openbsd).
+# floor, both to a loopback listener this script owns, and to a closed port; the interpreter
+# alone (`python -c pass`, with and without site) as the floor of any Python command.
+# Goal (issue 13): at most 60 ms. Needs hyperfine and nc (Debian: hyperfine, netcat-openbsd).
 # Usage: sh tests/bench/startup.sh   (from the project root, with .venv installed)
 set -eu
 probe=${PROBE:-.venv/bin/probe}
+python=$(dirname "$probe")/python
 port=$(python3 - <<'PY'
 import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
@@ -23,4 +25,17 @@ while time.time() < end:
 listener=$!
 trap 'kill $listener' EXIT
 sleep 0.3
-hyperfine -N --warmup 3 --runs 30 "nc -z 127.0.0.1 $port" "$probe check 127.0.0.1:$port"
+closed=$(python3 - <<'PY'
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
+PY
+)
+uptime
+# -i: a closed port exits 1 (no open attempt), as it should.
+hyperfine -N -i --warmup 3 --runs ${RUNS:-30} "nc -z 127.0.0.1 $port" \
+    "$python -S -c pass" "$python -c pass" \
+    "$probe check 127.0.0.1:$port" "$probe check 127.0.0.1:$closed"
+uptime
+# Where the rest goes: the imports of the check path, largest cumulative first.
+"$python" -X importtime -m probe check "127.0.0.1:$port" 2>&1 >/dev/null |
+    sort -t'|' -k2 -n -r | head -12

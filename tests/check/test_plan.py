@@ -217,5 +217,8 @@ def test_native_core_serves_only_what_it_serves_exactly(
         pytest.skip("the native core is not built here")
     plan = build_plan(["127.0.0.1:1-100"], **kwargs)  # type: ignore[arg-type]
     assert (native_targets(plan, count) is not None) == native_ok
-    # A few endpoints in human form get a line each, from the Python engine.
-    assert native_targets(build_plan(["127.0.0.1:1-10"]), 1) is None
+    # A few endpoints in human form get a line each, rendered from the core's records
+    # (a one-shot check starts without the Python engine's event loop: issue 13); a name
+    # still goes to the Python engine, which resolves it.
+    assert native_targets(build_plan(["127.0.0.1:1-10"]), 1) is not None
+    assert native_targets(build_plan(["localhost:1-10"]), 1) is None

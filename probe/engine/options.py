@@ -1,0 +1,22 @@
+"""What an engine is asked to do. Kept apart from `core` so that the CLI's plan and the
+native core can hold engine options without importing asyncio (start-up, issue 13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    timeout: float = 1.0
+    concurrency: int = 1000
+    rate: float | None = None  # most new attempts per second
+    retries: int = 0  # extra attempts after a timeout
+    source: tuple[str, int] | None = None  # bind to (address, port) first; port 0 = kernel's
+    source_ports: tuple[int, int] | None = None  # with port 0: the kernel picks in LO-HI
+    graceful_close: bool = False  # FIN instead of RST for open connections
+    shortage_giveup: float | None = 30.0  # seconds stuck with nothing in flight, then fail
+    lag_limit_ms: float | None = 2.0  # loop lag that makes the engine hold concurrency down
+    # --rate's cadence: the loop.time() of the first slot. Worker processes share one epoch,
+    # each offset by i/R, so their starts interleave instead of bunching. None: now.
+    rate_epoch: float | None = None

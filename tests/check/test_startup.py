@@ -1,0 +1,71 @@
+"""Start-up stays lean (issue 13): a one-shot check of literal endpoints, served by the native
+core, must not import the Python engine's event loop (asyncio, uvloop), structlog or
+msgspec. Read from the interpreter's own import log (`PYTHONPROFILEIMPORTTIME`, the same as
+`-X importtime`) of the installed console script, so an eager import added anywhere on the
+path fails here instead of quietly costing every `probe check` tens of milliseconds."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from helpers import RecordingListener
+from support import free_port, probe_env
+
+HEAVY = ("asyncio", "uvloop", "structlog", "msgspec")
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$")
+
+
+def _native_available() -> bool:
+    from probe.engine import native
+
+    return native.available()
+
+
+pytestmark = pytest.mark.skipif(
+    not _native_available(), reason="the native core is not built in this install"
+)
+
+
+def imported(*args: str) -> tuple[set[str], str]:
+    """The top-level packages a `probe` run imported, and its standard output."""
+    result = probe_env({"PYTHONPROFILEIMPORTTIME": "1"}, *args)
+    names = set()
+    for line in result.stderr.splitlines():
+        match = IMPORT_LINE.match(line)
+        if match:
+            names.add(match.group(2).split(".")[0])
+    assert "probe" in names, result.stderr[-2000:]  # the log was read at all
+    return names, result.stdout
+
+
+def test_literal_check_of_an_open_port_imports_no_event_loop(
+    listener: RecordingListener,
+) -> None:
+    names, out = imported("check", f"127.0.0.1:{listener.port}")
+    assert re.match(rf"127\.0\.0\.1:{listener.port}\s+open\b", out), out
+    assert sorted(names.intersection(HEAVY)) == []
+
+
+def test_literal_checks_of_closed_ports_import_no_event_loop() -> None:
+    port = free_port()
+    names, out = imported("check", f"127.0.0.1:{port}", f"127.0.0.2:{port}")
+    assert re.search(rf"^127\.0\.0\.1:{port}\s+refused\b", out, re.M), out
+    assert re.search(rf"^127\.0\.0\.2:{port}\s+refused\b", out, re.M), out
+    assert sorted(names.intersection(HEAVY)) == []
+
+
+def test_json_of_literal_endpoints_imports_no_event_loop() -> None:
+    port = free_port()
+    names, out = imported("check", f"127.0.0.1:{port}", "--json")
+    assert '"outcome":"refused"' in out, out
+    assert sorted(names.intersection(("asyncio", "uvloop", "structlog"))) == []
+
+
+def test_the_python_engine_still_imports_its_loop_when_it_runs() -> None:
+    """The other side: a run the core cannot serve (repeats) loads the engine and its loop,
+    so the checks above would see an eager import if one came back."""
+    port = free_port()
+    names, out = imported("check", f"127.0.0.1:{port}", "-c", "2", "-i", "0.01")
+    assert out.count("  refused  ") == 2, out
+    assert "asyncio" in names
