@@ -2,13 +2,14 @@
 
 Per target, `family` ("ipv4", "ipv6", "any") filters the name's addresses and `addresses`
 ("first", "all") picks from what is left. With "first" the target is one series, as it
-always was: its metrics carry no address (the `address` and `family` labels are empty,
-which PromQL treats as absent, so `probe_up{target="web"}` reads as before). With "all"
-every address is probed on the target's schedule and is a series of its own, told apart by
-the `address` and `family` labels beside `target`: a broken IPv6 path behind a working IPv4
-one shows as `probe_up{target="web",family="ipv6"} 0`. Labels, not a suffixed `target`,
-because that is Prometheus practice: `sum by (target)` still gathers a name's paths, and
-`target` keeps meaning the configured name that `probe_target_info` joins on.
+always was (`probe_up{target="web"}`). With "all" every address is probed on the target's
+schedule and is a series of its own, told apart by the `address` and `family` labels beside `target` in the `probe_path_*` metrics: a broken
+IPv6 path behind a working IPv4 one shows as `probe_path_up{target="web",family="ipv6"} 0`,
+and the target's own `probe_up` goes to 0 (down when any path is down, up when all are).
+Labels, not a suffixed `target`, because that is Prometheus practice: `target` keeps
+meaning the configured name that `probe_target_info` and every alert join on. Separate
+`probe_path_*` families, not `address`/`family` labels on every per-target metric, so a
+"first" target's series stay exactly what they were (no empty labels in the text).
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ class Health:
     def state(self, path: Path) -> bool | None:
         damper = self._by_name.get(path.name, {}).get(path)
         return None if damper is None else damper.state
+
+    def combined(self, name: str) -> bool | None:
+        """The target's state over its paths: down when any is down, up when all are up,
+        unknown otherwise. With one path (addresses = "first") simply that path's."""
+        states = [d.state for d in self._by_name.get(name, {}).values()]
+        if False in states:
+            return False
+        if states and None not in states:
+            return True
+        return None
 
     def paths(self, name: str) -> list[Path]:
         return list(self._by_name.get(name, ()))

@@ -59,3 +59,18 @@ def test_new_thresholds_apply_to_a_running_series() -> None:
     assert h.observe(p, False, 3, 1) is None
     t = h.observe(p, False, 2, 1)  # reloaded with down_after = 2: this is the second failure
     assert t is not None and t.after is False
+
+
+def test_the_target_is_down_when_any_path_is_down_and_up_when_all_are() -> None:
+    h = Health()
+    v4, v6 = path_of("web", "all", A4), path_of("web", "all", A6)
+    assert h.combined("web") is None
+    h.observe(v4, True, 1, 1)
+    assert h.combined("web") is True
+    h.observe(v6, True, 1, 2)
+    assert h.combined("web") is None  # v6 not decided yet
+    h.observe(v6, False, 1, 2)
+    assert h.combined("web") is False
+    h.observe(v6, True, 1, 2)
+    h.observe(v6, True, 1, 2)
+    assert h.combined("web") is True
