@@ -49,6 +49,8 @@ def supports(options: EngineOptions) -> bool:
     """Whether the native core implements these engine options (a source is an address and
     one port, or none; a port range or anything newer stays with the Python engine)."""
     source: Any = options.source
+    if getattr(options, "source_ports", None) is not None:
+        return False  # -s ADDR:LO-HI: ports from engine/ports.py, Python engine only
     if source is None:
         return True
     return (

@@ -201,3 +201,10 @@ async def test_a_port_whose_4_tuple_is_taken_is_skipped_not_blamed(
     assert [r.outcome for r in records] == ["open"] * 6
     assert {r.local_port for r in records} == {lo + 1, lo + 2}
     assert ports_in_engine.skipped >= 2  # round-robin came back to lo at least twice
+
+
+def test_the_native_core_leaves_a_port_range_to_the_python_engine() -> None:
+    from probe.engine import native
+
+    assert not native.supports(EngineOptions(source=("127.0.0.1", 0), source_ports=(5000, 5010)))
+    assert native.supports(EngineOptions(source=("127.0.0.1", 0)))
