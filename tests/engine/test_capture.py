@@ -136,3 +136,24 @@ def test_a_timeout_counts_every_unanswered_syn_on_the_wire(
     assert rec["syn_retransmits"] >= 2, rec
     assert len(syns) == rec["syn_retransmits"] + 1, (syns, rec)
     assert set(syns) == {("127.0.0.1", rec["local_port"], "127.0.0.1", port)}, syns
+
+
+def test_the_human_line_of_a_retransmitted_attempt_says_so(
+    capture_ns: tuple[Netns, Path],
+) -> None:
+    ns, _ = capture_ns
+    server = NsServer(ns, 0)
+    (port,) = server.ports
+    drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
+    try:
+        result = subprocess.run(
+            [*ns.prefix(), *probe_cmd(), "check", f"127.0.0.1:{port}", "-t", "5"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        server.close()
+    no_traceback(result.stderr)
+    assert result.returncode == 0, result.stderr
+    [line] = [x for x in result.stdout.splitlines() if f":{port}" in x]
+    assert re.search(r"\bopen\b.*local 127\.0\.0\.1:\d+ +\d+\.\d\d ms +SYN\u00d72$", line), line
+    assert "rtt" not in line  # no sample: nothing to show
