@@ -29,7 +29,7 @@ from .attempt import Attempt, Done, Result, Slot
 from .deadlines import Deadlines
 from .lag import LagMonitor
 from .poller import make_poller
-from .ports import BUSY_AT_CONNECT, PortRange, fit_to_range
+from .ports import BUSY_AT_CONNECT, PortRange, fit_to_range, shared_range
 from .sockets import LINGER_RESET, bind_source, connected, handshake, syn_retransmits
 
 # Our machine ran short, not the target: wait and try the same attempt again.
@@ -141,6 +141,8 @@ class Engine:
             slot.done = True
             self._poller.unwatch(slot)
             slot.sock.close()
+            if self._ports is not None and slot.local is not None:
+                self._ports.release(slot.local[1])  # the range may be shared: give it back
         self.inflight = 0
         if self._pump_handle is not None:
             self._pump_handle.cancel()
@@ -503,4 +505,4 @@ class Engine:
 def _port_range(options: EngineOptions) -> PortRange | None:
     if options.source is None or options.source_ports is None:
         return None
-    return PortRange(options.source[0], *options.source_ports)
+    return shared_range(options.source[0], *options.source_ports)

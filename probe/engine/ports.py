@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import weakref
 
 # bind(): the port is held by a socket that does not share it (a listener, another program).
 BUSY_AT_BIND = frozenset({errno.EADDRINUSE})
@@ -27,7 +28,7 @@ BUSY_AT_CONNECT = frozenset({errno.EADDRNOTAVAIL, errno.EADDRINUSE})
 class PortRange:
     """The ports LO..HI of one local address, round-robin, one attempt per port at a time."""
 
-    __slots__ = ("_in_use", "_next", "address", "hi", "lo", "skipped")
+    __slots__ = ("__weakref__", "_in_use", "_next", "address", "hi", "lo", "skipped")
 
     def __init__(self, address: str, lo: int, hi: int) -> None:
         if not 1 <= lo <= hi <= 65535:
@@ -80,6 +81,20 @@ class PortRange:
                 raise
             return port
         return None
+
+
+_shared: weakref.WeakValueDictionary[tuple[str, int, int], PortRange] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def shared_range(address: str, lo: int, hi: int) -> PortRange:
+    """The one allocator of this range in this process: engines that share a source range
+    (the daemon's schedule and its GET /probe) share its ports, one attempt per port."""
+    found = _shared.get((address, lo, hi))
+    if found is None:
+        found = _shared[(address, lo, hi)] = PortRange(address, lo, hi)
+    return found
 
 
 def fit_to_range(concurrency: int, ports: PortRange | None) -> int:

@@ -208,3 +208,18 @@ def test_the_native_core_leaves_a_port_range_to_the_python_engine() -> None:
 
     assert not native.supports(EngineOptions(source=("127.0.0.1", 0), source_ports=(5000, 5010)))
     assert native.supports(EngineOptions(source=("127.0.0.1", 0)))
+
+
+async def test_engines_with_one_range_share_its_ports(full_queue: FullQueueListener) -> None:
+    """The daemon's schedule and its GET /probe each have an engine: on one source range
+    they hand out its ports from one allocator, so a port is never in two attempts."""
+    lo = free_block(4)
+    opts = EngineOptions(concurrency=4, source=("127.0.0.1", 0), source_ports=(lo, lo + 3))
+    a, b = Engine(opts), Engine(opts)
+    assert a._ports is not None and a._ports is b._ports
+    recs = await asyncio.gather(
+        run_attempts(a, [attempt(full_queue.port, timeout=0.3) for _ in range(2)]),
+        run_attempts(b, [attempt(full_queue.port, timeout=0.3) for _ in range(2)]),
+    )
+    ports = [r.local_port for rs in recs for r in rs]
+    assert sorted(ports) == list(range(lo, lo + 4))  # four at once, four distinct ports
