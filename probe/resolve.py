@@ -214,6 +214,7 @@ class _Name:
     addresses: tuple[Address, ...]
     refresh_at: float  # monotonic
     refreshing: bool = False
+    cost_ms: float = 0.0  # how long the lookup that gave `addresses` took (records' dns_ms)
 
 
 class KeptNames:
@@ -256,6 +257,12 @@ class KeptNames:
             task.add_done_callback(self._tasks.discard)
         return name.addresses
 
+    def cost_ms(self, host: str) -> float:
+        """What the lookup behind the addresses now in use cost (0 for literals and names
+        never resolved): the `dns_ms` of the attempts it serves."""
+        name = self._names.get(host)
+        return 0.0 if name is None else name.cost_ms
+
     async def first(self, host: str, deadline: float) -> tuple[Address, ...]:
         """A name not resolved yet: its addresses within `deadline` seconds, else
         ResolveError(EAI_AGAIN). The lookup goes on, and its answer is kept when it lands."""
@@ -269,19 +276,24 @@ class KeptNames:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._resolver.resolve(host))
             self._lookups[host] = task
-            task.add_done_callback(lambda done: self._landed(host, done))
+            began = time.perf_counter()
+            task.add_done_callback(lambda done: self._landed(host, done, began))
         return task
 
-    def _landed(self, host: str, task: asyncio.Task[tuple[Address, ...]]) -> None:
+    def _landed(
+        self, host: str, task: asyncio.Task[tuple[Address, ...]], began: float = 0.0
+    ) -> None:
         self._lookups.pop(host, None)
         if task.cancelled() or task.exception() is not None:
             return
         addresses = task.result()
+        cost = (time.perf_counter() - began) * 1000.0 if began else 0.0
         name = self._names.get(host)
         if name is None:
-            self._names[host] = _Name(addresses, time.monotonic() + self._ttl)
+            self._names[host] = _Name(addresses, time.monotonic() + self._ttl, cost_ms=cost)
         else:
             name.addresses, name.refresh_at = addresses, time.monotonic() + self._ttl
+            name.cost_ms = cost
 
     async def _refresh(self, host: str, name: _Name) -> None:
         try:

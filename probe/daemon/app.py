@@ -90,7 +90,6 @@ class Daemon:
         self.schedule: Schedule[ResolvedTarget] = Schedule()
         self.history = History()  # what the status page shows
         self.health = Health()  # damped up/down state of every series (down_after/up_after)
-        self._dns_ms: dict[str, float] = {}  # host → cost of the lookup its answer came from
         self.attempts: dict[str, int] = {}  # name → attempts made, for the record's number
         self.running = False
         self.exit_code = EXIT_OK
@@ -252,7 +251,7 @@ class Daemon:
         self.attempts[target.name] = number
         addresses = self.names.get(target.host)
         if addresses is not None:
-            self._submit_paths(job, addresses, number, self._dns_ms.get(target.host, 0.0))
+            self._submit_paths(job, addresses, number, self.names.cost_ms(target.host))
         else:
             self._track(self.loop.create_task(self._resolve_then_submit(job, number)))
 
@@ -272,9 +271,8 @@ class Daemon:
             record.dns_ms = (time.perf_counter() - began) * 1000.0
             self._finished(job, record, Path(target.name))
             return
-        # The lookup that serves this attempt and, from the kept answer, those after it.
-        dns_ms = 0.0 if literal(target.host) else (time.perf_counter() - began) * 1000.0
-        self._dns_ms[target.host] = dns_ms
+        # The lookup that serves this attempt (and, kept, those after it until the next one).
+        dns_ms = 0.0 if literal(target.host) else self.names.cost_ms(target.host)
         if self.running and not self.engine.closed:
             self._submit_paths(job, addresses, number, dns_ms)
         else:

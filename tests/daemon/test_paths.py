@@ -74,3 +74,18 @@ def test_the_target_is_down_when_any_path_is_down_and_up_when_all_are() -> None:
     h.observe(v6, True, 1, 2)
     h.observe(v6, True, 1, 2)
     assert h.combined("web") is True
+
+
+async def test_kept_names_know_what_their_lookup_cost() -> None:
+    """dns_ms in the daemon: the cost of the lookup whose answer an attempt used."""
+    from probe.resolve import KeptNames, Resolver
+
+    stale: list[str] = []
+    names = KeptNames(Resolver(ttl=0.0), 60.0, 5.0, lambda host, code: stale.append(host))
+    assert names.cost_ms("localhost") == 0.0  # never resolved
+    await names.first("localhost", 5.0)
+    assert names.get("localhost")
+    assert names.cost_ms("localhost") > 0.0
+    assert names.cost_ms("127.0.0.1") == 0.0  # a literal needs no lookup
+    names.cancel()
+    assert not stale
