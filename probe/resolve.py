@@ -12,7 +12,6 @@ while its re-resolution fails or hangs.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import queue
 import socket
 import threading
@@ -22,6 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# IP literals need no resolver: kept apart so the native core imports them without asyncio.
+from .address import Address as Address
+from .address import ResolveError as ResolveError
+from .address import literal as literal
+
 _EAI_NAMES = {
     getattr(socket, name): name
     for name in dir(socket)
@@ -29,41 +33,6 @@ _EAI_NAMES = {
 }
 TIMED_OUT = "EAI_AGAIN"  # what getaddrinfo itself says when the servers do not answer in time
 Infos = list[tuple[Any, ...]]
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    family: int  # socket.AF_INET | socket.AF_INET6
-    ip: str
-
-    @property
-    def family_name(self) -> str:
-        return "ipv6" if self.family == socket.AF_INET6 else "ipv4"
-
-    def sockaddr(self, port: int) -> tuple[str, int] | tuple[str, int, int, int]:
-        if self.family == socket.AF_INET6:
-            return (self.ip, port, 0, 0)
-        return (self.ip, port)
-
-
-class ResolveError(Exception):
-    """The name did not resolve; `code` is the resolver's name for why (EAI_NONAME, …)."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def literal(host: str, family: int = 0) -> Address | None:
-    """An IP literal without asking the resolver; raises ResolveError on a family mismatch."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    if family and family != fam:
-        raise ResolveError("EAI_ADDRFAMILY")
-    return Address(fam, str(ip))
 
 
 class LookupPool:
@@ -214,6 +183,7 @@ class _Name:
     addresses: tuple[Address, ...]
     refresh_at: float  # monotonic
     refreshing: bool = False
+    cost_ms: float = 0.0  # how long the lookup that gave `addresses` took (records' dns_ms)
 
 
 class KeptNames:
@@ -256,6 +226,12 @@ class KeptNames:
             task.add_done_callback(self._tasks.discard)
         return name.addresses
 
+    def cost_ms(self, host: str) -> float:
+        """What the lookup behind the addresses now in use cost (0 for literals and names
+        never resolved): the `dns_ms` of the attempts it serves."""
+        name = self._names.get(host)
+        return 0.0 if name is None else name.cost_ms
+
     async def first(self, host: str, deadline: float) -> tuple[Address, ...]:
         """A name not resolved yet: its addresses within `deadline` seconds, else
         ResolveError(EAI_AGAIN). The lookup goes on, and its answer is kept when it lands."""
@@ -269,19 +245,24 @@ class KeptNames:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._resolver.resolve(host))
             self._lookups[host] = task
-            task.add_done_callback(lambda done: self._landed(host, done))
+            began = time.perf_counter()
+            task.add_done_callback(lambda done: self._landed(host, done, began))
         return task
 
-    def _landed(self, host: str, task: asyncio.Task[tuple[Address, ...]]) -> None:
+    def _landed(
+        self, host: str, task: asyncio.Task[tuple[Address, ...]], began: float = 0.0
+    ) -> None:
         self._lookups.pop(host, None)
         if task.cancelled() or task.exception() is not None:
             return
         addresses = task.result()
+        cost = (time.perf_counter() - began) * 1000.0 if began else 0.0
         name = self._names.get(host)
         if name is None:
-            self._names[host] = _Name(addresses, time.monotonic() + self._ttl)
+            self._names[host] = _Name(addresses, time.monotonic() + self._ttl, cost_ms=cost)
         else:
             name.addresses, name.refresh_at = addresses, time.monotonic() + self._ttl
+            name.cost_ms = cost
 
     async def _refresh(self, host: str, name: _Name) -> None:
         try:

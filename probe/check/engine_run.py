@@ -22,7 +22,7 @@ from .. import loop as event_loop
 from ..engine import Attempt, Engine
 from ..errors import ProbeError, SinkError
 from ..record import OPEN, Record, unresolved_record
-from ..resolve import Address, ResolveError, Resolver
+from ..resolve import Address, ResolveError, Resolver, literal
 from ..targets import Endpoint, expand, iter_targets, shard
 from .inputs import expand_async, threaded
 from .plan import Plan
@@ -147,22 +147,26 @@ class _Check:
         if self.fed and self.active == 0:
             self.finished.set()
 
-    def unresolved(self, endpoint: Endpoint, code: str) -> None:
+    def unresolved(self, endpoint: Endpoint, code: str, dns_ms: float = 0.0) -> None:
         if not self.count:  # -c 0: one record per interval until the run is stopped
             self.active += 1
-            self._unresolved_again(endpoint, code, 1)
+            self._unresolved_again(endpoint, code, 1, dns_ms)
             return
         for number in range(1, self.count + 1):
-            self.emit(
-                unresolved_record(endpoint.target, endpoint.host, endpoint.port, code, number)
-            )
+            record = unresolved_record(endpoint.target, endpoint.host, endpoint.port, code, number)
+            record.dns_ms, dns_ms = dns_ms, 0.0  # the failed lookup's cost, on its first record
+            self.emit(record)
         self.result.targets += 1
         self.result.targets_without_open += 1
 
-    def _unresolved_again(self, endpoint: Endpoint, code: str, number: int) -> None:
+    def _unresolved_again(
+        self, endpoint: Endpoint, code: str, number: int, dns_ms: float = 0.0
+    ) -> None:
         if self.engine.closed:
             return
-        self.emit(unresolved_record(endpoint.target, endpoint.host, endpoint.port, code, number))
+        record = unresolved_record(endpoint.target, endpoint.host, endpoint.port, code, number)
+        record.dns_ms = dns_ms  # the failed lookup's cost, on its first record
+        self.emit(record)
         self.engine.loop.call_later(
             self.interval, self._unresolved_again, endpoint, code, number + 1
         )
@@ -172,6 +176,7 @@ class _Check:
         last_host: str | None = None
         addresses: tuple[Address, ...] = ()
         error: str | None = None
+        dns_ms = 0.0  # the last lookup's cost, carried by the first attempts it serves
         aiter_ = endpoints if isinstance(endpoints, AsyncIterator) else None
         iterator = iter(endpoints) if not isinstance(endpoints, AsyncIterator) else iter(())
         fed = 0
@@ -185,12 +190,17 @@ class _Check:
                 break
             if endpoint.host != last_host:
                 last_host, error = endpoint.host, None
+                began = time.perf_counter()
                 try:
                     addresses = await self.resolver.resolve(endpoint.host)
                 except ResolveError as exc:
                     error = exc.code
+                # A literal needs no lookup; a name answered from the cache costs ~0.
+                lit = literal(endpoint.host) is not None
+                dns_ms = 0.0 if lit else (time.perf_counter() - began) * 1000.0
             if error is not None:
-                self.unresolved(endpoint, error)
+                self.unresolved(endpoint, error, dns_ms)
+                dns_ms = 0.0
                 continue
             targets = addresses
             if self.exclude is not None:
@@ -214,7 +224,8 @@ class _Check:
             self.active += 1
             for address in targets:
                 stream = _Stream(self, target, endpoint, address)
-                engine.submit(Attempt(endpoint, address), stream.done)
+                engine.submit(Attempt(endpoint, address, dns_ms=dns_ms), stream.done)
+            dns_ms = 0.0
         self.fed = True
         if self.active == 0:
             self.finished.set()

@@ -127,7 +127,8 @@ def build_plan(
     list_mode = endpoints is not None and endpoints <= LIST_LIMIT
     excluded = _exclusions(exclude, exclude_files)
     share = _shard(shard)
-    fitted = _concurrency(concurrency)  # last: it may say on stderr that -C was lowered
+    # last: they may say on stderr that -C was lowered
+    fitted = _fit_range(_concurrency(concurrency), concurrency, source_ports)
     options = EngineOptions(
         timeout=timeout,
         concurrency=fitted,
@@ -139,7 +140,9 @@ def build_plan(
         lag_limit_ms=lag_limit_ms or None,
     )
     wanted = usable_cpus() if workers is None else workers
-    processes = 1 if list_mode or blocking else max(1, min(wanted, fitted))
+    # A source range: one allocator hands out its ports, one per attempt, in one process.
+    one = list_mode or blocking or source_ports is not None
+    processes = 1 if one else max(1, min(wanted, fitted))
     output = Output(fmt, open_only, json_file, list_mode, width, histogram)
     return Plan(
         tokens=tuple(tokens),
@@ -204,6 +207,20 @@ def _source(text: str | None, family: int) -> tuple[tuple[str, int], tuple[int, 
     except OSError as exc:
         raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
     return bound, ports
+
+
+def _fit_range(concurrency: int, requested: int | None, ports: tuple[int, int] | None) -> int:
+    """One attempt per port of `-s ADDR:LO-HI`: a smaller range lowers -C, said once."""
+    if ports is None or ports[1] - ports[0] + 1 >= concurrency:
+        return concurrency
+    lo, hi = ports
+    size = hi - lo + 1
+    report(
+        f"-C {requested if requested is not None else concurrency} lowered to {size}: the "
+        f"source range {lo}-{hi} has {size} ports (one attempt per port)",
+        prefix="",
+    )
+    return size
 
 
 def _concurrency(requested: int | None) -> int:

@@ -22,6 +22,7 @@ import gc
 import ipaddress
 import os
 import signal
+import time
 from typing import Any
 
 from .. import loop as event_loop
@@ -31,7 +32,7 @@ from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, T
 from ..output.log import configure, event_logger
 from ..output.writer import RecordWriter, stdout_writer
 from ..record import OPEN, Record, unresolved_record
-from ..resolve import Address, KeptNames, LookupPool, ResolveError, Resolver
+from ..resolve import Address, KeptNames, LookupPool, ResolveError, Resolver, literal
 from ..targets import Endpoint, parse_target
 from . import fleet, ondemand
 from .config import (
@@ -46,6 +47,7 @@ from .config import (
 from .history import History
 from .http import MAX_CONNECTIONS, PROBE_TIMEOUT_MAX, Answer, HttpServer, ProbeRequest
 from .metrics import Metrics, check_labels
+from .paths import Health, Path, path_of, select
 from .schedule import Clock, Job, Schedule
 from .status import StatusPage
 
@@ -87,7 +89,7 @@ class Daemon:
         self.clock = Clock()
         self.schedule: Schedule[ResolvedTarget] = Schedule()
         self.history = History()  # what the status page shows
-        self.state: dict[str, bool] = {}  # name → up at the last attempt
+        self.health = Health()  # damped up/down state of every series (down_after/up_after)
         self.attempts: dict[str, int] = {}  # name → attempts made, for the record's number
         self.running = False
         self.exit_code = EXIT_OK
@@ -97,12 +99,15 @@ class Daemon:
         self.log = event_logger()
         listen = metrics_listen(config)
         concurrency, probes = _budget(config, listen is not None)
+        concurrency = self._fit_source_range(config, concurrency)
         source = engine_source(config)
+        ports = source_ports(config)
         self.engine = Engine(
             EngineOptions(
                 timeout=config.defaults.timeout,
                 concurrency=concurrency,
                 source=source,
+                source_ports=ports,
                 shortage_giveup=None,  # a daemon waits out a shortage, however long
                 lag_limit_ms=config.engine.lag_limit_ms,
             )
@@ -113,6 +118,7 @@ class Daemon:
                 timeout=config.defaults.timeout,
                 concurrency=probes,
                 source=source,
+                source_ports=ports,  # the same allocator as the schedule's (engine/ports.py)
                 shortage_giveup=None,
                 lag_limit_ms=None,  # loop lag holds the schedule's engine down, not this one
             )
@@ -192,9 +198,10 @@ class Daemon:
             name = previous[key]
             if name not in current:
                 self.metrics.forget(name)
-                self.state.pop(name, None)
                 self.attempts.pop(name, None)
                 self.history.forget(name)
+                for path in self.health.forget(name):
+                    self._forget_path(path)
         self._hosts = {}
         for t in targets:
             self._hosts.setdefault(t.host, []).append(t.name)
@@ -244,7 +251,7 @@ class Daemon:
         self.attempts[target.name] = number
         addresses = self.names.get(target.host)
         if addresses is not None:
-            self._submit(job, addresses[0], number)
+            self._submit_paths(job, addresses, number, self.names.cost_ms(target.host))
         else:
             self._track(self.loop.create_task(self._resolve_then_submit(job, number)))
 
@@ -255,15 +262,19 @@ class Daemon:
     async def _resolve_then_submit(self, job: Job[ResolvedTarget], number: int) -> None:
         """A name never resolved yet: the lookup gets the attempt's timeout, no longer."""
         target = job.item
+        began = time.perf_counter()
         try:
             addresses = await self.names.first(target.host, target.timeout)
         except ResolveError as exc:
             record = unresolved_record(target.address, target.host, target.port, exc.code, number)
             record.extra = _extra(target)
-            self._finished(job, record)
+            record.dns_ms = (time.perf_counter() - began) * 1000.0
+            self._finished(job, record, Path(target.name))
             return
+        # The lookup that serves this attempt (and, kept, those after it until the next one).
+        dns_ms = 0.0 if literal(target.host) else self.names.cost_ms(target.host)
         if self.running and not self.engine.closed:
-            self._submit(job, addresses[0], number)
+            self._submit_paths(job, addresses, number, dns_ms)
         else:
             job.running = False
 
@@ -274,16 +285,49 @@ class Daemon:
             self.metrics.resolve_failures.labels(name).inc()
         self.log.info("resolve", host=host, result="stale", error=code, names=names)
 
-    def _submit(self, job: Job[ResolvedTarget], address: Address, number: int) -> None:
+    def _submit_paths(
+        self, job: Job[ResolvedTarget], addresses: tuple[Address, ...], number: int, dns_ms: float
+    ) -> None:
+        """One attempt per chosen address (`family`, `addresses`); the job runs until the
+        last of them is recorded."""
+        target = job.item
+        chosen = select(addresses, target.family, target.addresses)
+        if chosen:
+            live = [path_of(target.name, target.addresses, a) for a in chosen]
+            for path in self.health.keep(target.name, live):
+                self._forget_path(path)  # the address left the name (or the mode changed)
+        else:  # the name has no address of this family
+            record = unresolved_record(
+                target.address, target.host, target.port, "EAI_ADDRFAMILY", number
+            )
+            record.extra = _extra(target)
+            record.dns_ms = dns_ms
+            self._finished(job, record, Path(target.name))
+            return
+        pending = [len(chosen)]
+        for address in chosen:
+            self._submit(job, address, number, dns_ms, pending)
+
+    def _submit(
+        self,
+        job: Job[ResolvedTarget],
+        address: Address,
+        number: int,
+        dns_ms: float = 0.0,
+        pending: list[int] | None = None,
+    ) -> None:
         target = job.item
         endpoint = Endpoint(target.address, target.host, target.port)
-        attempt = Attempt(endpoint, address, number, target.timeout)
+        attempt = Attempt(endpoint, address, number, target.timeout, dns_ms=dns_ms)
         extra = _extra(target)
+        path = path_of(target.name, target.addresses, address)
 
         def done(record: Record, _: Attempt, final: bool) -> None:
             record.extra = extra
             if final:
-                self._finished(job, record)
+                if pending is not None:
+                    pending[0] -= 1
+                self._finished(job, record, path, pending is not None and pending[0] > 0)
 
         self.engine.submit(attempt, done)
 
@@ -293,24 +337,59 @@ class Daemon:
         except SinkError as exc:
             self._die(str(exc))
 
-    def _finished(self, job: Job[ResolvedTarget], record: Record) -> None:
-        job.running = False
-        name = job.item.name
+    def _finished(
+        self, job: Job[ResolvedTarget], record: Record, path: Path, more: bool = False
+    ) -> None:
+        """`more`: other addresses of this round are still in flight."""
+        job.running = more
+        target = job.item
         self._write(record)
         if not job.active:
             return  # removed by a reload while in flight: record it, keep no state
-        self.metrics.observe(name, record)
         up = record.outcome == OPEN
-        before = self.state.get(name)
-        if before is not up:
-            self.state[name] = up
-            self.log.info(
-                "state",
-                name=name,
-                target=record.target,
-                **{"from": _updown(before), "to": _updown(up)},
-            )
-        self.history.observe(name, record, self.state.get(name))
+        paths = [path]
+        if record.address is None and not path.address:
+            # No address to connect to (the name did not resolve): every path it had fails.
+            paths = self.health.paths(path.name) or paths
+        for path in paths:
+            change = self.health.observe(path, up, target.down_after, target.up_after)
+            if path.address:
+                state = self.health.state(path)
+                self.metrics.observe_path(path.name, path.address, path.family, record, state)
+            if change is not None:
+                where = {"address": path.address, "family": path.family} if path.address else {}
+                self.log.info(
+                    "state",
+                    name=path.name,
+                    target=record.target,
+                    **where,
+                    **{"from": _updown(change.before), "to": _updown(change.after)},
+                )
+        self.metrics.observe(target.name, record)
+        combined = self.health.combined(target.name)  # down when any path is down
+        self.metrics.set_up(target.name, combined)
+        self.history.observe(target.name, record, combined)
+
+    def _forget_path(self, path: Path) -> None:
+        if path.address:
+            self.metrics.forget_path(*path.labels())
+
+    def _fit_source_range(self, config: Config, concurrency: int) -> int:
+        """One attempt per port of `engine.source = "ADDR:LO-HI"`: a smaller range lowers
+        the concurrency, said once (at start, or when a reload changes either)."""
+        ports = source_ports(config)
+        if ports is None or ports[1] - ports[0] + 1 >= concurrency:
+            return concurrency
+        size = ports[1] - ports[0] + 1
+        address = config.engine.source.address if config.engine.source else ""
+        self.log.info(
+            "source_range",
+            source=f"{address}:{ports[0]}-{ports[1]}",
+            ports=size,
+            concurrency=size,
+            requested=concurrency,
+        )
+        return size
 
     def _status_routes(self) -> list[Any]:
         """`GET /` and `/api/targets`: the status page, over the targets being scheduled."""
@@ -465,12 +544,18 @@ class Daemon:
             self.log.info("reload", result="failed", config=self.path, error=str(reason))
             return None
         concurrency, probes = _budget(new, self.http is not None)
+        if (new.engine.source, new.engine.concurrency) != (
+            old.engine.source,
+            old.engine.concurrency,
+        ):
+            concurrency = self._fit_source_range(new, concurrency)
         for engine, limit in ((self.engine, concurrency), (self.probe_engine, probes)):
             engine.reconfigure(
                 EngineOptions(
                     timeout=new.defaults.timeout,
                     concurrency=limit,
                     source=source,
+                    source_ports=source_ports(new),
                     shortage_giveup=None,
                     lag_limit_ms=engine.options.lag_limit_ms,
                 )
@@ -624,6 +709,14 @@ def _extra(target: ResolvedTarget) -> dict[str, Any]:
     if target.labels:
         extra["labels"] = dict(target.labels)
     return extra
+
+
+def source_ports(config: Config) -> tuple[int, int] | None:
+    """The local port range of `engine.source = "ADDR:LO-HI"`, None without one."""
+    source = config.engine.source
+    if source is None or not source.is_range:
+        return None
+    return source.port_lo, source.port_hi
 
 
 def _updown(up: bool | None) -> str:

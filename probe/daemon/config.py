@@ -242,26 +242,22 @@ def _show(value: object) -> str:
     return _type_name(value)
 
 
+# TOML's names for what tomllib returns; order matters (bool before int, datetime before date).
+_TYPE_NAMES: Final = (
+    (bool, "boolean"),
+    (str, "string"),
+    (int, "integer"),
+    (float, "float"),
+    (datetime, "datetime"),
+    (date, "date"),
+    (time, "time"),
+    (list, "array"),
+    (dict, "table"),
+)
+
+
 def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, datetime):
-        return "datetime"
-    if isinstance(value, date):
-        return "date"
-    if isinstance(value, time):
-        return "time"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    return type(value).__name__  # pragma: no cover - tomllib produces nothing else
+    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), "value")
 
 
 def _got(value: object) -> str:

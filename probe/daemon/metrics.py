@@ -4,6 +4,8 @@ The daemon tells `set_targets` which targets it schedules (every outcome series 
 exists at 0 from then on, so ratios include targets that never succeeded) and calls
 `observe` with each finished record; exposition is prometheus-client's. The `target` label
 is the target's name (unique in the config; it defaults to the address).
+A target with `addresses = "all"` has, besides, one series per address in the `probe_path_*`
+metrics (labels `target`, `address`, `family`; daemon/paths.py says why).
 """
 
 from __future__ import annotations
@@ -182,8 +184,34 @@ class Metrics:
             ["target"],
             registry=r,
         )
-        self.up = Gauge("probe_up", "1 when the target's last attempt was open.", ["target"],
-                        registry=r)  # fmt: skip
+        self.up = Gauge(
+            "probe_up",
+            "1 when the target is up: up_after open attempts in a row make it 1, down_after "
+            "failed ones 0 (with addresses = all: every address up); absent until decided.",
+            ["target"],
+            registry=r,
+        )
+        path = ["target", "address", "family"]
+        self.path_up = Gauge(
+            "probe_path_up",
+            "Like probe_up, for one address of a target with addresses = all.",
+            path,
+            registry=r,
+        )
+        self.path_attempts = Counter(
+            "probe_path_attempts",
+            "Connect attempts by outcome, for one address of a target with addresses = all.",
+            [*path, "outcome"],
+            registry=r,
+        )
+        self.path_latency = Histogram(
+            "probe_path_connect_latency_seconds",
+            "Connect latency (open or refused), for one address of a target with addresses = all.",
+            path,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._paths: dict[str, set[tuple[str, str]]] = {}  # name → (address, family) seen
         self.info = TargetInfo()
         r.register(self.info)
         self.inflight = Gauge("probe_inflight", "Attempts in flight now.", registry=r)
@@ -273,6 +301,10 @@ class Metrics:
             self.resolve_failures,
         ):
             _remove(metric, name)
+        for address, family in list(self._paths.pop(name, ())):
+            self._paths[name] = set()
+            self.forget_path(name, address, family)
+        self._paths.pop(name, None)
         self.info.labels.pop(name, None)
 
     # -- attempts ----------------------------------------------------------------------------
@@ -291,6 +323,35 @@ class Metrics:
         if isinstance(retransmits, int) and retransmits > 0:
             self.syn_retransmits.labels(name).inc(retransmits)
         self.up.labels(name).set(1 if record.outcome == OPEN else 0)
+
+    def set_up(self, name: str, up: bool | None) -> None:
+        """The damped state (daemon/state.py), which the daemon sets after `observe` (whose
+        `probe_up` is the last attempt's); None (not decided yet) leaves no series."""
+        if up is None:
+            _remove(self.up, name)
+        else:
+            self.up.labels(name).set(1 if up else 0)
+
+    def observe_path(
+        self, name: str, address: str, family: str, record: Record, up: bool | None
+    ) -> None:
+        """One address's attempt (addresses = all), with that address's damped state."""
+        self._paths.setdefault(name, set()).add((address, family))
+        self.path_attempts.labels(name, address, family, record.outcome).inc()
+        if record.outcome in (OPEN, REFUSED):
+            self.path_latency.labels(name, address, family).observe(record.latency_ms / 1000.0)
+        if up is None:
+            _remove(self.path_up, name, address, family)
+        else:
+            self.path_up.labels(name, address, family).set(1 if up else 0)
+
+    def forget_path(self, name: str, address: str, family: str) -> None:
+        """Drop one address's series: it left the name, or the target changed mode."""
+        self._paths.get(name, set()).discard((address, family))
+        for outcome in OUTCOMES:
+            _remove(self.path_attempts, name, address, family, outcome)
+        for metric in (self.path_latency, self.path_up):
+            _remove(metric, name, address, family)
 
     def add_skipped(self, name: str, n: int) -> None:
         if n:

@@ -30,6 +30,7 @@ from .deadlines import Deadlines
 from .lag import LagMonitor
 from .options import EngineOptions
 from .poller import make_poller
+from .ports import BUSY_AT_CONNECT, PortRange, fit_to_range, shared_range
 from .sockets import LINGER_RESET, bind_source, connected, handshake, syn_retransmits
 
 # Our machine ran short, not the target: wait and try the same attempt again.
@@ -38,6 +39,7 @@ _SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
 
 
 _SELF_CONNECT_TRIES = 8
+_PORT_SKIPS = 64  # busy ports of a -s range skipped in a row before a short back-off
 RATE_SLACK = 0.05  # seconds of lateness --rate still makes up (a loaded machine wakes us late)
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
 LAG_FLOOR = 8  # lag never holds concurrency below this many attempts in flight
@@ -59,7 +61,8 @@ class Engine:
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         self.loop = asyncio.get_running_loop()
-        self.ceiling = max(1, options.concurrency)
+        self._ports = _port_range(options)
+        self.ceiling = fit_to_range(max(1, options.concurrency), self._ports)
         self.limit = self.ceiling  # lowered by shortages, creeps back up on success
         self.inflight = 0
         self.stats = EngineStats()
@@ -123,6 +126,8 @@ class Engine:
             slot.done = True
             self._poller.unwatch(slot)
             slot.sock.close()
+            if self._ports is not None and slot.local is not None:
+                self._ports.release(slot.local[1])  # the range may be shared: give it back
         self.inflight = 0
         if self._pump_handle is not None:
             self._pump_handle.cancel()
@@ -139,7 +144,7 @@ class Engine:
 
     def set_ceiling(self, concurrency: int) -> None:
         """A new concurrency bound (config reload); a lower one takes effect as attempts end."""
-        self.ceiling = max(1, concurrency)
+        self.ceiling = fit_to_range(max(1, concurrency), self._ports)
         self.limit = min(self.limit, self.ceiling)  # grows back to a higher one as attempts end
         self._pump()
 
@@ -148,7 +153,10 @@ class Engine:
         concurrency bound as `set_ceiling` takes it; timeout, source, rate, retries and
         closing apply to attempts started from now on. The lag monitor keeps what it was
         started with (on or off)."""
+        old = self.options
         self.options = options
+        if (options.source, options.source_ports) != (old.source, old.source_ports):
+            self._ports = _port_range(options)  # ports in flight are released into the old one
         self.set_ceiling(options.concurrency)
 
     def drop_queued(self) -> None:
@@ -220,7 +228,7 @@ class Engine:
         if self._pump_handle is None and not self._closed:
             self._pump_handle = self.loop.call_at(when, self._pump)
 
-    def _start(self, attempt: Attempt, on_done: Done) -> bool:
+    def _start(self, attempt: Attempt, on_done: Done, port_tries: int = 0) -> bool:
         """Issue one connect. False means a local shortage: the attempt is to be retried."""
         address = attempt.address
         try:
@@ -233,9 +241,22 @@ class Engine:
             return True
         source = self.options.source
         port = attempt.endpoint.port
-        if source is not None:
+        ports = self._ports
+        bound = None  # our port from -s ADDR:LO-HI, held until the attempt ends
+        if ports is not None:
             try:
-                bind_source(sock, source, self.options.source_ports)
+                bound = ports.bind(sock)
+            except OSError as exc:
+                sock.close()
+                self.abort(LocalShortage(f"source address {ports.address}: {exc.strerror}"))
+                return True
+            if bound is None:  # every port of the range is held or busy right now
+                sock.close()
+                self._shortage()
+                return False
+        elif source is not None:
+            try:
+                bind_source(sock, source)
             except OSError as exc:
                 sock.close()
                 if exc.errno == errno.EADDRNOTAVAIL:  # the address left this machine
@@ -253,9 +274,18 @@ class Engine:
                 local = sock.getsockname()
                 if err in _SHORTAGE_AT_CONNECT:  # no free port, even if none of ours holds one
                     sock.close()
+                    if bound is not None and ports is not None:
+                        ports.release(bound)
+                        if err in BUSY_AT_CONNECT and port_tries < min(_PORT_SKIPS, ports.size - 1):
+                            # This 4-tuple is taken (TIME_WAIT after a graceful close):
+                            # our port's state, not the target's. Skip to the next port.
+                            ports.skipped += 1
+                            return self._start(attempt, on_done, port_tries + 1)
                     self._shortage()
                     return False
                 sock.close()
+                if bound is not None and ports is not None:
+                    ports.release(bound)
                 # The answer came inside connect(): no SYN was ever sent again.
                 result = Result(err, local, t1 - slot.t0, slot.wall, None, 0)
                 self._finish_now(attempt, on_done, result)
@@ -268,6 +298,8 @@ class Engine:
             answered = bool(err) or connected(sock)
         except OSError as exc:
             sock.close()
+            if bound is not None and ports is not None:
+                ports.release(bound)
             if exc.errno in _SHORTAGE_AT_CONNECT:
                 self._shortage()
                 return False
@@ -354,6 +386,8 @@ class Engine:
         attempt = slot.attempt
         local = slot.local
         result = Result(err, local, t1 - slot.t0, slot.wall, None, 0 if at_connect else None)
+        if self._ports is not None and local is not None:
+            self._ports.release(local[1])
         if err == 0 and not timed_out:
             port, ip = attempt.endpoint.port, attempt.address.ip
             if local is not None and local[1] == port and local[0] == ip:
@@ -451,3 +485,9 @@ class Engine:
             )
             self._queue.appendleft((again, on_done))
             self._idle.clear()
+
+
+def _port_range(options: EngineOptions) -> PortRange | None:
+    if options.source is None or options.source_ports is None:
+        return None
+    return shared_range(options.source[0], *options.source_ports)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from types import FrameType
 from typing import Any
 
+from ..address import ResolveError, literal
 from ..record import Record
 from ..targets import Target
 from .lag import LagMonitor
@@ -50,6 +49,8 @@ def supports(options: EngineOptions) -> bool:
     """Whether the native core implements these engine options (a source is an address and
     one port, or none; a port range or anything newer stays with the Python engine)."""
     source: Any = options.source
+    if getattr(options, "source_ports", None) is not None:
+        return False  # -s ADDR:LO-HI: ports from engine/ports.py, Python engine only
     if source is None:
         return True
     return (
@@ -85,13 +86,12 @@ def native_targets(target: Target, family: int = 0, limit: int = 4096) -> list[N
         if "%" in host:
             return None
         try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return None
-        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        if family and family != fam:
-            return None  # the Python engine writes the EAI_ADDRFAMILY record
-        out.append(NativeTarget(host, target.bracketed, str(ip), fam, target.ports))
+            address = literal(host, family)
+        except ResolveError:
+            return None  # the other family: the Python engine writes the EAI_ADDRFAMILY record
+        if address is None:
+            return None  # a name: the Python engine resolves it
+        out.append(NativeTarget(host, target.bracketed, address.ip, address.family, target.ports))
     return out
 
 

@@ -13,7 +13,7 @@ class EngineOptions:
     rate: float | None = None  # most new attempts per second
     retries: int = 0  # extra attempts after a timeout
     source: tuple[str, int] | None = None  # bind to (address, port) first; port 0 = kernel's
-    source_ports: tuple[int, int] | None = None  # with port 0: the kernel picks in LO-HI
+    source_ports: tuple[int, int] | None = None  # -s ADDR:LO-HI: local ports from this range
     graceful_close: bool = False  # FIN instead of RST for open connections
     shortage_giveup: float | None = 30.0  # seconds stuck with nothing in flight, then fail
     lag_limit_ms: float | None = 2.0  # loop lag that makes the engine hold concurrency down

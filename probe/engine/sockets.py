@@ -16,35 +16,26 @@ _TCPI_TOTAL_RETRANS_OFFSET = 8 + 23 * 4  # 100
 _TCPI_LEN = _TCPI_TOTAL_RETRANS_OFFSET + 4
 _u32 = struct.Struct("I").unpack_from
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-# Linux 6.3+: the ephemeral range of one socket, (hi << 16) | lo; IPv6 sockets too.
-IP_LOCAL_PORT_RANGE = getattr(socket, "IP_LOCAL_PORT_RANGE", 51)
 
 
-def bind_source(
-    sock: socket.socket, source: tuple[str, int], ports: tuple[int, int] | None = None
-) -> None:
+def bind_source(sock: socket.socket, source: tuple[str, int]) -> None:
     """Bind before connect(), as the lesson allows. With an address alone, let connect()
     pick the port: bind() by itself would reserve one port per address for every socket.
-    `ports` (`-s ADDR:LO-HI`) confines the port connect() picks to that range; a range with
-    no free port is a shortage (EADDRNOTAVAIL at connect), like the system's own range."""
+    A port range (`-s ADDR:LO-HI`) is bound by `ports.PortRange`, one port at a time."""
     address, port = source
     if port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    else:
-        if ports is not None:
-            lo, hi = ports
-            sock.setsockopt(socket.IPPROTO_IP, IP_LOCAL_PORT_RANGE, struct.pack("I", hi << 16 | lo))
-        if sock.family == socket.AF_INET or ports is not None:
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    elif sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
     sock.bind((address, port))
 
 
 def check_source(source: tuple[str, int], ports: tuple[int, int] | None = None) -> None:
-    """Bind once, up front, so a source that is not ours (or a port range this kernel cannot
-    confine a socket to) fails at start, not mid-run."""
+    """Bind once, up front, so a source that is not ours fails at start, not mid-run. With
+    a port range, the address is checked here; a busy port of it is skipped at run time."""
     family = socket.AF_INET6 if ":" in source[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        bind_source(sock, source, ports)
+        bind_source(sock, source)
 
 
 def connected(sock: socket.socket) -> bool:

@@ -208,10 +208,11 @@ def test_progress_on_a_terminal_never_runs_into_records(
     os.close(secondary)
     raw = bytearray()
     deadline = time.monotonic() + 30
+    poller = select.poll()  # not select(): descriptor numbers may pass its 1024 limit
+    poller.register(primary, select.POLLIN)
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([primary], [], [], 0.5)
-            if not ready:
+            if not poller.poll(500):
                 if proc.poll() is not None:
                     break
                 continue

@@ -33,7 +33,7 @@ def config(tmp_path: Path, listener: RecordingListener) -> Iterator[Path]:
 
 def run_on_pty(config: Path, env: dict[str, str], until: int = 6) -> list[str]:
     """Run the daemon with its standard output on a new pty until `until` probe lines (or
-    5 s) have come, stop it with SIGTERM; the lines it wrote there."""
+    15 s on a slow machine) have come, stop it with SIGTERM; the lines it wrote there."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [*probe_cmd(), "run", "--config", str(config)],
@@ -43,19 +43,21 @@ def run_on_pty(config: Path, env: dict[str, str], until: int = 6) -> list[str]:
         env=env,
     )
     os.close(slave)
+    # poll, not select: in a long test run descriptor numbers pass select()'s 1024 limit
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
     data = b""
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline and data.count(b"127.0.0.1:") < until:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
+            if poller.poll(100):
                 try:
                     data += os.read(master, 65536)
                 except OSError:  # EIO: the daemon has gone and closed its end
                     break
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else b""
-        while select.select([master], [], [], 0.2)[0]:
+        while poller.poll(200):
             try:
                 chunk = os.read(master, 65536)
             except OSError:

@@ -1,0 +1,43 @@
+"""An address as probe connects to it, and IP literals read without a resolver. Apart from
+`resolve` (asyncio, threads) so that the native core's path starts without them."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    family: int  # socket.AF_INET | socket.AF_INET6
+    ip: str
+
+    @property
+    def family_name(self) -> str:
+        return "ipv6" if self.family == socket.AF_INET6 else "ipv4"
+
+    def sockaddr(self, port: int) -> tuple[str, int] | tuple[str, int, int, int]:
+        if self.family == socket.AF_INET6:
+            return (self.ip, port, 0, 0)
+        return (self.ip, port)
+
+
+class ResolveError(Exception):
+    """The name did not resolve; `code` is the resolver's name for why (EAI_NONAME, …)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def literal(host: str, family: int = 0) -> Address | None:
+    """An IP literal without asking the resolver; raises ResolveError on a family mismatch."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    if family and family != fam:
+        raise ResolveError("EAI_ADDRFAMILY")
+    return Address(fam, str(ip))

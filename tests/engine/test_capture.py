@@ -1,0 +1,159 @@
+"""What the wire shows, against what the record says: a packet capture inside a namespace of
+our own (root, iproute2, iptables and tcpdump; skipped otherwise). SYNs are dropped on the
+way *in* (INPUT), after tcpdump has seen them leave on `lo`, so every SYN sent is in the
+capture. The basic retransmit tests are in test_syn_retransmits.py; these add the wire."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import Netns, NsServer, no_traceback, parse_records, probe_cmd
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
+
+# "12:00:00.000000 IP 127.0.0.1.43282 > 127.0.0.1.5001: Flags [S], seq ..."
+SYN_LINE = re.compile(r"IP6? (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[S\],")
+
+
+def need(ns: Netns, *tools: str) -> None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool} on this machine")
+    try:
+        ns.run("iptables", "-L", "INPUT", "-n")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
+
+
+class Capture:
+    """tcpdump on the namespace's `lo`, SYNs (without ACK) to one port, into a file."""
+
+    def __init__(self, ns: Netns, port: int, path: Path) -> None:
+        self.path = path
+        self.proc = ns.popen(
+            "tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-w", str(path),
+            f"tcp dst port {port} and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn",
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert self.proc.stderr is not None
+        # tcpdump says "listening on lo" once the capture is armed
+        line = self.proc.stderr.readline()
+        assert "listening on" in line, line
+
+    def syns(self) -> list[tuple[str, int, str, int]]:
+        """Stop, read the file back: (src, sport, dst, dport) of every SYN, in order."""
+        time.sleep(0.5)  # let the last packet reach the file (-U writes per packet)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(5)
+        out = subprocess.run(
+            ["tcpdump", "-r", str(self.path), "-nn"], capture_output=True, text=True, check=True
+        ).stdout
+        found = []
+        for line in out.splitlines():
+            m = SYN_LINE.search(line)
+            assert m, line
+            found.append((m[1], int(m[2]), m[3], int(m[4])))
+        return found
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def capture_ns(netns: Netns, tmp_path: Path) -> Iterator[tuple[Netns, Path]]:
+    need(netns, "iptables", "tcpdump")
+    yield netns, tmp_path
+
+
+def check_in(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*ns.prefix(), *probe_cmd(), "check", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    no_traceback(result.stderr)
+    return result
+
+
+def drop_syns(ns: Netns, port: int, *match: str) -> None:
+    ns.run(
+        "iptables", "-A", "INPUT", "-i", "lo", "-p", "tcp", "--syn", "--dport", str(port),
+        *match, "-j", "DROP",
+    )  # fmt: skip
+
+
+def test_both_syns_of_a_retransmitted_attempt_leave_from_the_recorded_port(
+    capture_ns: tuple[Netns, Path],
+) -> None:
+    ns, tmp = capture_ns
+    server = NsServer(ns, 0)
+    (port,) = server.ports
+    drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
+    cap = Capture(ns, port, tmp / "syn.pcap")
+    try:
+        result = check_in(ns, f"127.0.0.1:{port}", "-t", "5")
+        syns = cap.syns()
+    finally:
+        cap.close()
+        server.close()
+    assert result.returncode == 0, result.stderr
+    (rec,) = parse_records(result.stdout, check=True)
+    assert (rec["outcome"], rec["syn_retransmits"], rec["rtt_ms"]) == ("open", 1, None), rec
+    # The wire: two SYNs, one 4-tuple, and its source port is the record's local_port.
+    assert syns == [("127.0.0.1", rec["local_port"], "127.0.0.1", port)] * 2, syns
+
+
+def test_a_timeout_counts_every_unanswered_syn_on_the_wire(
+    capture_ns: tuple[Netns, Path],
+) -> None:
+    """Every SYN dropped, 3.5 s to wait: the kernel sent the SYN at 0, 1 and 3 s (the RTO
+    doubles from 1 s), so the record says 2 retransmits, and the capture shows 3 SYNs from
+    the record's port."""
+    ns, tmp = capture_ns
+    port = 5002
+    drop_syns(ns, port)
+    cap = Capture(ns, port, tmp / "timeout.pcap")
+    try:
+        result = check_in(ns, f"127.0.0.1:{port}", "-t", "3.5")
+        syns = cap.syns()
+    finally:
+        cap.close()
+    assert result.returncode == 1, result.stderr
+    (rec,) = parse_records(result.stdout, check=True)
+    assert (rec["outcome"], rec["error"], rec["rtt_ms"]) == ("timeout", "ETIMEDOUT", None), rec
+    assert rec["syn_retransmits"] >= 2, rec
+    assert len(syns) == rec["syn_retransmits"] + 1, (syns, rec)
+    assert set(syns) == {("127.0.0.1", rec["local_port"], "127.0.0.1", port)}, syns
+
+
+def test_the_human_line_of_a_retransmitted_attempt_says_so(
+    capture_ns: tuple[Netns, Path],
+) -> None:
+    ns, _ = capture_ns
+    server = NsServer(ns, 0)
+    (port,) = server.ports
+    drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
+    try:
+        result = subprocess.run(
+            [*ns.prefix(), *probe_cmd(), "check", f"127.0.0.1:{port}", "-t", "5"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        server.close()
+    no_traceback(result.stderr)
+    assert result.returncode == 0, result.stderr
+    [line] = [x for x in result.stdout.splitlines() if f":{port}" in x]
+    assert re.search(r"\bopen\b.*local 127\.0\.0\.1:\d+ +\d+\.\d\d ms +SYN\u00d72$", line), line
+    assert "rtt" not in line  # no sample: nothing to show
