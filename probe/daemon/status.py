@@ -3,10 +3,10 @@
 Built from the history the daemon keeps, on the daemon's loop, touching only what the page
 shows: the order and the counts come from status_order (a byte per target, kept current from
 the history's log of state changes, no pass over 10,000 targets per build), and only the
-requested page's rows are built, a few between two yields to the loop. A rendered answer is kept for MAX_AGE
-seconds and concurrent requests for the same one share a single build, so browsers left open
-cost one build a second at most. Every text from the config (names, addresses, labels) is
-escaped; the page runs only our own script, from /static/status.js, under a strict CSP.
+requested page's rows are built, a few between two yields to the loop. A rendered answer is
+kept for MAX_AGE seconds and concurrent requests for the same one share a single build, so
+browsers left open cost one build a second at most. Every text from the config (names,
+addresses, labels) is escaped; the page runs only our own script, from /static/status.js, under a strict CSP.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class StatusPage:
         self._building: dict[tuple[str, Query], asyncio.Task[Any]] = {}
         self._rows: dict[str, tuple[tuple[float | None, int], ResolvedTarget, Row]] = {}
         self._order = Order(history)
-        self._html: dict[str, tuple[Row, tuple[str, str]]] = {}
+        self._kept_html: dict[str, tuple[Row, tuple[str, str]]] = {}
 
     async def answer(self, kind: str, query: Query) -> bytes:
         """The rendered page ("html") or JSON ("json"), from the cache when fresh enough;
@@ -265,13 +265,13 @@ class StatusPage:
 
     def _parts(self, row: Row) -> tuple[str, str]:
         """row_parts, kept for as long as the row itself is kept."""
-        kept = self._html.get(row.name)
+        kept = self._kept_html.get(row.name)
         if kept is not None and kept[0] is row:
             return kept[1]
         parts = row_parts(row)
-        if len(self._html) >= ROW_CACHE:
-            self._html.clear()
-        self._html[row.name] = (row, parts)
+        if len(self._kept_html) >= ROW_CACHE:
+            self._kept_html.clear()
+        self._kept_html[row.name] = (row, parts)
         return parts
 
     # -- aiohttp ---------------------------------------------------------------------------------
