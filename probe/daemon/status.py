@@ -6,7 +6,8 @@ the history's log of state changes, no pass over 10,000 targets per build), and 
 requested page's rows are built, a few between two yields to the loop. A rendered answer is
 kept for MAX_AGE seconds and concurrent requests for the same one share a single build, so
 browsers left open cost one build a second at most. Every text from the config (names,
-addresses, labels) is escaped; the page runs only our own script, from /static/status.js, under a strict CSP.
+addresses, labels) is escaped; the page runs only our own script, from /static/status.js,
+under a strict CSP.
 """
 
 from __future__ import annotations
