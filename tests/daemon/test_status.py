@@ -347,3 +347,24 @@ async def test_json_in_slices_is_the_page_encoded_whole() -> None:
     for query in (Query(), Query(group="zone", page=2)):
         page = await sp.build(query)
         assert json.loads(await status.render_json(page)) == json.loads(msgspec.json.encode(page))
+
+
+async def test_state_is_the_daemons_damped_state_not_the_last_outcome(three: Three) -> None:
+    """With down_after/up_after the daemon passes its damped state: failures that have not
+    yet brought the target down leave it up (and in the up part of the order)."""
+    targets, history = three
+    sp = page_for(targets, history)
+    web = targets[0]
+    for i in range(2):  # down_after = 3: two failures, still up
+        history.observe("web", rec(web, REFUSED, NOW - 5 + i, "ECONNREFUSED"), True)
+    page = await sp.build(Query())
+    row = next(r for r in page.groups[0].rows if r.name == "web")
+    assert (row.state, row.error) == ("up", "ECONNREFUSED") and page.counts["up"] == 1
+    history.observe("web", rec(web, REFUSED, NOW - 2, "ECONNREFUSED"), False)  # the third
+    sp._cache.clear()
+    page = await sp.build(Query())
+    assert [r.name for r in page.groups[0].rows][:2] == ["web", EVIL]  # config order
+    assert page.counts == {"down": 2, "unknown": 1, "up": 0}
+    row = page.groups[0].rows[0]
+    assert (row.changes[0].before, row.changes[0].after, row.changes[0].reason) == (
+        "up", "down", "ECONNREFUSED")  # fmt: skip
