@@ -61,6 +61,12 @@ def lag_buckets(prefix: list[str]) -> list[tuple[float, float]]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=120)
@@ -92,6 +98,7 @@ def main() -> int:
         if daemon.poll() is not None:
             sys.exit("probe run exited early")
         before = lag_buckets(prefix)
+        cpu = cpu_seconds(daemon.pid)  # `ip netns exec` and `nice` exec: this is probe run
         if a.no_poll:
             time.sleep(a.seconds)
             seen = None
@@ -102,6 +109,7 @@ def main() -> int:
         # A scrape of 10,000 targets' series holds the loop for a while, and the starts it
         # delays are counted after it: the window below includes the first scrape's stall
         # (with and without polling alike); the whole run does not.
+        cpu = cpu_seconds(daemon.pid) - cpu
         buckets = lag_buckets(prefix)
         print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets "
               f"every {a.interval:g} s")  # fmt: skip
@@ -111,6 +119,7 @@ def main() -> int:
                 print(f"  GET {path}: {len(took)} answers, {seen['size'][path] / 1024:.0f} KiB, "
                       f"median {1000 * took[len(took) // 2]:.1f} ms, "
                       f"max {1000 * took[-1]:.1f} ms")  # fmt: skip
+        print(f"daemon CPU in the window: {cpu:.1f} s ({100 * cpu / a.seconds:.1f} % of a core)")
         window = [(le, count - was) for (le, count), (_, was) in zip(buckets, before, strict=True)]
         for title, counts in (("whole run", buckets), ("measured window", window)):
             total = counts[-1][1]
