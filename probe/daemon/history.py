@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from array import array
+from collections import deque
 from typing import NamedTuple
 
 from ..record import OPEN, OUTCOMES, REFUSED, Record
@@ -20,6 +21,7 @@ BUCKET_SECONDS = 60
 BUCKETS = 60  # one hour
 SAMPLES = 32  # latencies kept for the open bucket's p50
 CHANGES = 10  # state changes kept per target
+MOVED = 4096  # names of targets whose state changed, kept for the page to catch up on
 COUNT_MAX = 0xFFFF  # per-bucket counters saturate here (an interval under ~1 ms)
 # Keyed by the enum members and by their strings (hashes differ): either finds the index.
 _OUTCOME: dict[str, int] = {o: i for i, o in enumerate(OUTCOMES)} | {
@@ -96,8 +98,9 @@ class TargetHistory:
         self.latency_ms: float | None = None
         self.rtt_ms: float | None = None
 
-    def add(self, record: Record, up: bool | None) -> None:
-        """Take one finished record; `up` is the daemon's state for the target after it."""
+    def add(self, record: Record, up: bool | None) -> bool:
+        """Take one finished record; `up` is the daemon's state for the target after it.
+        True when that state changed."""
         started = record.started
         self.last_at = started
         self.outcome, self.error = record.outcome, record.error
@@ -110,12 +113,15 @@ class TargetHistory:
             if len(self.changes) > CHANGES:
                 del self.changes[0]
             self.state, self.since = up, started
+            moved = True
+        else:
+            moved = False
         slot = int(started // BUCKET_SECONDS)
         i = slot % BUCKETS
         held = self.slots[i]
         if held != slot:
             if held > slot:
-                return  # older than the window (a clock step back): nothing to add it to
+                return moved  # older than the window (a clock step back): nothing to add it to
             self.slots[i] = slot
             base = i * _N
             for k in range(base, base + _N):
@@ -125,12 +131,13 @@ class TargetHistory:
         if self.counts[k] < COUNT_MAX:
             self.counts[k] += 1
         if record.outcome != OPEN and record.outcome != REFUSED:
-            return  # no answer: its latency is the time we waited, not the target's
+            return moved  # no answer: its latency is the time we waited, not the target's
         latency = record.latency_ms
         high = self.high[i]
         if not latency <= high:  # also when high is NaN
             self.high[i] = latency
         self._sample(slot, latency)
+        return moved
 
     def _sample(self, slot: int, latency: float) -> None:
         if slot != self.sample_slot:
@@ -191,19 +198,29 @@ def _median(values: array[float]) -> float:
 
 
 class History:
-    """Every target's history, by name (the same key as the metrics' `target` label)."""
+    """Every target's history, by name (the same key as the metrics' `target` label).
+
+    `moved` names the targets whose state changed (the newest MOVED of them) and `moves`
+    counts every such change: the status page keeps its up/down order by catching up on
+    these, instead of looking at every target for every build."""
 
     def __init__(self) -> None:
         self.targets: dict[str, TargetHistory] = {}
+        self.moved: deque[str] = deque(maxlen=MOVED)
+        self.moves = 0
 
     def observe(self, name: str, record: Record, up: bool | None) -> None:
         history = self.targets.get(name)
         if history is None:
             history = self.targets[name] = TargetHistory()
-        history.add(record, up)
+        if history.add(record, up):
+            self.moved.append(name)
+            self.moves += 1
 
     def get(self, name: str) -> TargetHistory | None:
         return self.targets.get(name)
 
     def forget(self, name: str) -> None:
-        self.targets.pop(name, None)
+        if self.targets.pop(name, None) is not None:
+            self.moved.append(name)  # back to unknown
+            self.moves += 1

@@ -1,11 +1,13 @@
 """The status page: `GET /` (HTML, inline SVG charts) and `GET /api/targets` (the same, JSON).
 
-Built from the history the daemon keeps, on the daemon's loop, in slices: the pass over the
-targets and the rows yield to the loop every CHUNK targets, so a page of 10,000 targets never
-holds a scheduled start for longer than one slice. A rendered answer is kept for MAX_AGE
-seconds and concurrent requests for the same one share a single build, so browsers left open
-cost one build a second at most. Every text from the config (names, addresses, labels) is
-escaped; the page runs only our own script, from /static/status.js, under a strict CSP.
+Built from the history the daemon keeps, on the daemon's loop, touching only what the page
+shows: the order and the counts come from status_order (a byte per target, kept current from
+the history's log of state changes, no pass over 10,000 targets per build), and only the
+requested page's rows are built, a few between two yields to the loop. A rendered answer is
+kept for MAX_AGE seconds and concurrent requests for the same one share a single build, so
+browsers left open cost one build a second at most. Every text from the config (names,
+addresses, labels) is escaped; the page runs only our own script, from /static/status.js,
+under a strict CSP.
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from multidict import MultiMapping
 
 from .config import ResolvedTarget
 from .history import BUCKET_SECONDS, BUCKETS, Bucket, History, TargetHistory, updown
+from .status_order import DOWN, UNKNOWN, UP, Order
 
 T = TypeVar("T")
 MAX_AGE = 1.0  # seconds a rendered page or JSON answer is reused
-CHUNK = 100  # targets looked at between two yields to the loop
-ROW_CHUNK = 2  # rows built or rendered between two yields (a full hour's row: ~0.5 ms)
+ROW_CHUNK = 2  # rows built between two yields (a full hour's row: ~0.3 ms)
+HTML_CHUNK = 10  # rows rendered between two yields (a new row's HTML: ~30 µs)
+JSON_CHUNK = 20  # rows encoded between two yields (~14 µs a row)
 PER_PAGE = 100  # rows on one page; the rest are a click (or ?page=N) away
 LABELS_SHOWN = 50  # label filters offered as links
 CACHE_ENTRIES = 64  # distinct query strings cached at once
 ROW_CACHE = 20 * PER_PAGE  # rows kept for reuse
 CHART_W, CHART_H = 240, 36
-_RANK = {"down": 0, "unknown": 1, "up": 2}  # the ones that need a look first
 
 HEADERS = {
     "Content-Security-Policy": (
@@ -90,10 +93,12 @@ class Row(msgspec.Struct, gc=False):  # no cycles: the collector need not look
     last: str | None
     uptime_pct: float | None
     attempts: int  # in the window
-    cells: list[str]  # the text columns as shown, in COLUMNS order up to "uptime"
+    # Tuples, not lists: once the collector has seen a row it stops tracking it, so rows
+    # kept for reuse are not scanned by every full collection.
+    cells: tuple[str, ...]  # the text columns as shown, in COLUMNS order up to "uptime"
     chart: Chart
-    buckets: list[tuple[float, int, int, float | None, float | None] | None]
-    changes: list[ChangeRow]  # newest first
+    buckets: tuple[tuple[float, int, int, float | None, float | None] | None, ...]
+    changes: tuple[ChangeRow, ...]  # newest first
 
 
 class Group(msgspec.Struct, gc=False):
@@ -165,6 +170,8 @@ class StatusPage:
         self._cache: dict[tuple[str, Query], tuple[float, object]] = {}
         self._building: dict[tuple[str, Query], asyncio.Task[Any]] = {}
         self._rows: dict[str, tuple[tuple[float | None, int], ResolvedTarget, Row]] = {}
+        self._order = Order(history)
+        self._kept_html: dict[str, tuple[Row, tuple[str, str]]] = {}
 
     async def answer(self, kind: str, query: Query) -> bytes:
         """The rendered page ("html") or JSON ("json"), from the cache when fresh enough;
@@ -173,7 +180,9 @@ class StatusPage:
 
     async def _render(self, kind: str, query: Query) -> bytes:
         page = await self._once(("page", query), lambda: self.build(query))
-        return await render_html(page, query) if kind == "html" else _encode(page)
+        if kind == "html":
+            return await render_html(page, query, self._parts)
+        return await render_json(page)
 
     async def _once(self, key: tuple[str, Query], make: Callable[[], Awaitable[T]]) -> T:
         """`make()` at most once per MAX_AGE per key, however many ask. It runs as a task of
@@ -197,52 +206,27 @@ class StatusPage:
 
     async def build(self, query: Query) -> Page:
         now = self._clock()
-        targets = list(self._targets())
-        histories = self._history.targets
-        counts = {"down": 0, "unknown": 0, "up": 0}
-        offered: set[tuple[str, str]] = set()
-        wanted = query.labels
-        # Indices only, in one list per (group, state): ints are not tracked by the garbage
-        # collector, where 10,000 tuples kept across the pass's yields would be promoted
-        # and make full collections (which scan every target's objects) come sooner.
-        by_group: dict[str, tuple[list[int], list[int], list[int]]] = {}
-        for n, target in enumerate(targets):
-            if n % CHUNK == CHUNK - 1:
-                await asyncio.sleep(0)
-            labels = target.labels
-            if labels and len(offered) < LABELS_SHOWN:
-                offered.update(labels.items())
-            if wanted and any(labels.get(k) != v for k, v in wanted):
-                continue
-            history = histories.get(target.name)
-            state = updown(None if history is None else history.state)
-            counts[state] += 1
-            group = labels.get(query.group, "") if query.group else ""
-            lists = by_group.get(group)
-            if lists is None:
-                lists = by_group[group] = ([], [], [])
-            lists[_RANK[state]].append(n)
-        order = sorted(by_group, key=lambda g: (g == "" and bool(query.group), g))
-        matched = sum(counts.values())
+        order = self._order
+        await order.sync(list(self._targets()), LABELS_SHOWN)
+        selection = await order.selection(query.labels, query.group)
+        matched = sum(len(order.targets) if p is None else len(p) for _, p in selection)
         pages = max(1, math.ceil(matched / PER_PAGE))
         page = min(query.page, pages)
-        skip, room = (page - 1) * PER_PAGE, PER_PAGE
+        counted, picked = order.pick(selection, (page - 1) * PER_PAGE, PER_PAGE)
+        counts = {"down": counted[DOWN], "unknown": counted[UNKNOWN], "up": counted[UP]}
+        targets, histories = order.targets, self._history.targets
         groups: list[Group] = []
         made = 0
-        for group in order:
-            for indices in by_group[group]:  # down, unknown, up; config order within
-                taken = indices[skip : skip + room]
-                skip = max(0, skip - len(indices))
-                room -= len(taken)
-                for n in taken:
-                    made += 1
-                    if made % ROW_CHUNK == 0:
-                        await asyncio.sleep(0)
-                    name = f"{query.group}: {group or '(none)'}" if query.group else ""
-                    if not groups or groups[-1].name != name:
-                        groups.append(Group(name, []))
-                    target = targets[n]
-                    groups[-1].rows.append(self._row(target, histories.get(target.name), now))
+        for group, positions in picked:
+            name = f"{query.group}: {group or '(none)'}" if query.group else ""
+            rows: list[Row] = []
+            groups.append(Group(name, rows))
+            for n in positions:
+                made += 1
+                if made % ROW_CHUNK == 0:
+                    await asyncio.sleep(0)
+                target = targets[n]
+                rows.append(self._row(target, histories.get(target.name), now))
         return Page(
             generated=_iso(now),
             window_s=BUCKETS * BUCKET_SECONDS,
@@ -255,7 +239,7 @@ class StatusPage:
             per_page=PER_PAGE,
             labels=[f"{k}:{v}" for k, v in query.labels],
             group=query.group,
-            offered=sorted(f"{k}:{v}" for k, v in offered),
+            offered=order.offered,
             groups=groups,
         )
 
@@ -270,13 +254,26 @@ class StatusPage:
         if kept is not None and kept[0] == version and kept[1] is target:
             row = kept[2]
             if history.since is not None:
-                row.cells[3] = _duration(now - history.since)
+                since = _duration(now - history.since)
+                if since != row.cells[3]:
+                    row.cells = (*row.cells[:3], since, *row.cells[4:])
             return row
         row = _row(target, history, now)
         if len(self._rows) >= ROW_CACHE:
             self._rows.clear()
         self._rows[target.name] = (version, target, row)
         return row
+
+    def _parts(self, row: Row) -> tuple[str, str]:
+        """row_parts, kept for as long as the row itself is kept."""
+        kept = self._kept_html.get(row.name)
+        if kept is not None and kept[0] is row:
+            return kept[1]
+        parts = row_parts(row)
+        if len(self._kept_html) >= ROW_CACHE:
+            self._kept_html.clear()
+        self._kept_html[row.name] = (row, parts)
+        return parts
 
     # -- aiohttp ---------------------------------------------------------------------------------
 
@@ -318,12 +315,27 @@ def _static(name: str, ctype: str) -> Callable[[web.Request], Any]:
 _encode = msgspec.json.Encoder().encode
 
 
+async def render_json(page: Page) -> bytes:
+    """The page as JSON, its rows encoded a few at a time between yields to the loop (the
+    whole page at once, ~120 KiB, held the loop for over a millisecond)."""
+    groups: list[msgspec.Raw] = []
+    for group in page.groups:
+        rows: list[bytes] = []
+        for n, row in enumerate(group.rows, 1):
+            rows.append(_encode(row))
+            if n % JSON_CHUNK == 0:
+                await asyncio.sleep(0)
+        head = _encode(msgspec.structs.replace(group, rows=[]))[:-2]  # up to `"rows":[`
+        groups.append(msgspec.Raw(head + b",".join(rows) + b"]}"))
+    return _encode(msgspec.structs.replace(page, groups=cast(list[Group], groups)))
+
+
 def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> Row:
     labels = dict(target.labels)
     if history is None:
-        cells = [target.name, target.address, "unknown", "", "", "", "", "", ""]
+        cells = (target.name, target.address, "unknown", "", "", "", "", "", "")
         return Row(target.name, target.address, labels, "unknown", None, None, None, None,
-                   None, None, None, None, 0, cells, _chart([]), [None] * BUCKETS, [])  # fmt: skip
+                   None, None, None, None, 0, cells, _chart([]), (None,) * BUCKETS, ())  # fmt: skip
     buckets = history.buckets(now)
     attempts = failures = 0
     for b in buckets:
@@ -341,7 +353,7 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
     outcome = history.outcome or ""
     if history.error:
         outcome = f"{outcome} {history.error}"
-    cells = [
+    cells = (
         target.name,
         target.address,
         state,
@@ -351,12 +363,12 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
         _ms(history.latency_ms),
         _ms(history.rtt_ms),
         "" if uptime is None else f"{uptime:.1f} %",
-    ]
-    changes = [
+    )
+    changes = tuple(
         ChangeRow(_iso(c.at), c.before, c.after, c.reason,
                   f"{_clock(c.at)} {c.before}→{c.after}" + (f" {c.reason}" if c.reason else ""))
         for c in reversed(history.changes)
-    ]  # fmt: skip
+    )  # fmt: skip
     return Row(
         name=target.name,
         address=target.address,
@@ -373,12 +385,12 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
         attempts=attempts,
         cells=cells,
         chart=_chart(buckets),
-        buckets=[
+        buckets=tuple(
             None
             if b is None
             else (b.start, b.attempts, b.failures, _round(b.p50_ms), _round(b.max_ms))
             for b in buckets
-        ],
+        ),
         changes=changes,
     )
 
@@ -459,7 +471,12 @@ def _clock(epoch: float) -> str:
 _e = html.escape  # quote=True: safe in text and in double-quoted attributes
 
 
-async def render_html(page: Page, query: Query) -> bytes:
+async def render_html(
+    page: Page, query: Query, parts: Callable[[Row], tuple[str, str]] | None = None
+) -> bytes:
+    """The page as HTML; `parts` gives a row's HTML around its "since" cell (row_parts, or
+    a cache of it)."""
+    parts = parts or row_parts
     out: list[str] = [
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -494,9 +511,10 @@ async def render_html(page: Page, query: Query) -> bytes:
             out.append(f'<tr class="group"><th colspan="{len(COLUMNS)}">{_e(group.name)}</th></tr>')
         for row in group.rows:
             n += 1
-            if n % ROW_CHUNK == 0:
+            if n % HTML_CHUNK == 0:
                 await asyncio.sleep(0)
-            out.append(row_html(row))
+            head, tail = parts(row)
+            out.extend((head, _e(row.cells[3]), tail))
         out.append("</tbody>")
     out.append("</table>")
     if page.pages > 1:
@@ -520,6 +538,13 @@ def summary(page: Page) -> str:
 
 
 def row_html(row: Row) -> str:
+    head, tail = row_parts(row)
+    return f"{head}{_e(row.cells[3])}{tail}"
+
+
+def row_parts(row: Row) -> tuple[str, str]:
+    """A row's HTML before and after its "since" cell: the only part that changes while a
+    row is kept, so the rest is made once per row, not once per build."""
     c = [_e(text) for text in row.cells]
     labels = " ".join(f"{k}={v}" for k, v in row.labels.items())
     name = c[0] + (f'<div class="labels">{_e(labels)}</div>' if labels else "")
@@ -535,7 +560,8 @@ def row_html(row: Row) -> str:
     )
     return (
         f'<tr class="target state-{state}"><td class="name">{name}</td><td>{c[1]}</td>'
-        f'<td class="state">{c[2]}</td><td>{c[3]}</td><td>{c[4]}</td><td>{c[5]}</td>'
+        f'<td class="state">{c[2]}</td><td>',
+        f"</td><td>{c[4]}</td><td>{c[5]}</td>"
         f'<td class="num">{c[6]}</td><td class="num">{c[7]}</td><td class="num">{c[8]}</td>'
-        f'<td>{svg}</td><td><ul class="changes">{changes}</ul></td></tr>'
+        f'<td>{svg}</td><td><ul class="changes">{changes}</ul></td></tr>',
     )

@@ -8,6 +8,7 @@ from probe.daemon.history import (
     BUCKET_SECONDS,
     BUCKETS,
     CHANGES,
+    MOVED,
     SAMPLES,
     History,
     TargetHistory,
@@ -176,3 +177,19 @@ def test_forget_drops_a_target() -> None:
     history.forget("a")
     assert history.get("a") is None
     history.forget("never there")
+
+
+def test_state_changes_are_logged_by_name_and_bounded() -> None:
+    """The page keeps its order from this log: every change (and a forget) is in it, a
+    record that keeps the state is not, and it never holds more than MOVED names."""
+    history = History()
+    history.observe("a", rec(T0, OPEN), True)  # unknown → up
+    history.observe("a", rec(T0 + 1, OPEN), True)  # stays up
+    history.observe("b", rec(T0 + 1, REFUSED, error="ECONNREFUSED"), False)
+    history.observe("a", rec(T0 + 2, TIMEOUT, error="ETIMEDOUT"), False)
+    history.forget("b")
+    history.forget("b")  # not there any more: nothing changes
+    assert history.moves == 4 and list(history.moved) == ["a", "b", "a", "b"]
+    for i in range(MOVED):
+        history.observe("c", rec(T0 + 3 + i, OPEN), i % 2 == 0)
+    assert history.moves == 4 + MOVED and len(history.moved) == MOVED

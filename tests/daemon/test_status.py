@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import html.parser
 import json
+import random
+from collections import deque
 from types import MappingProxyType
 
+import msgspec
 import pytest
 from multidict import MultiDict
 
@@ -215,3 +218,153 @@ async def test_a_kept_row_still_counts_its_time_and_takes_new_records(three: Thr
     history.observe(EVIL, rec(targets[1], OPEN, now[0] - 1), True)
     row = await down_row()
     assert (row.state, row.cells[3], row.outcome) == ("up", "1s", OPEN)
+
+
+# -- the order kept from state changes (status_order): checked against the plain sort --------
+
+
+def expected(
+    targets: list[ResolvedTarget], history: History, query: Query
+) -> tuple[dict[str, int], list[tuple[str, list[str]]]]:
+    """What a page must show, the slow way: every target looked at, sorted, sliced."""
+    rank = {"down": 0, "unknown": 1, "up": 2}
+    rows: list[tuple[tuple[bool, str, int, int], str, str]] = []
+    counts = {"down": 0, "unknown": 0, "up": 0}
+    for n, t in enumerate(targets):
+        if any(t.labels.get(k) != v for k, v in query.labels):
+            continue
+        h = history.get(t.name)
+        state = "unknown" if h is None or h.state is None else ("up" if h.state else "down")
+        counts[state] += 1
+        g = t.labels.get(query.group, "") if query.group else ""
+        name = f"{query.group}: {g or '(none)'}" if query.group else ""
+        rows.append(((g == "" and bool(query.group), g, rank[state], n), name, t.name))
+    rows.sort()
+    pages = max(1, -(-len(rows) // PER_PAGE))
+    page = min(query.page, pages)
+    groups: list[tuple[str, list[str]]] = []
+    for _, name, tname in rows[(page - 1) * PER_PAGE : page * PER_PAGE]:
+        if not groups or groups[-1][0] != name:
+            groups.append((name, []))
+        groups[-1][1].append(tname)
+    return counts, groups
+
+
+async def same_as_expected(sp: StatusPage, targets: list[ResolvedTarget], h: History) -> int:
+    """Every page of every filter and grouping the targets offer; returns pages checked."""
+    queries = [Query(), Query(group="team"), Query(group="zone")]
+    queries += [Query(labels=(("team", f"t{i}"),)) for i in range(4)]
+    queries += [Query(labels=(("team", "t1"), ("zone", "b")), group="zone")]
+    checked = 0
+    for base in queries:
+        for number in range(1, 5):
+            query = Query(base.labels, base.group, number)
+            page = await sp.build(query)
+            counts, groups = expected(targets, h, query)
+            assert page.counts == counts, query
+            assert [(g.name, [r.name for r in g.rows]) for g in page.groups] == groups, query
+            checked += 1
+    return checked
+
+
+def many(count: int, seed: int) -> list[ResolvedTarget]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(count):
+        labels = {"team": f"t{rnd.randrange(4)}"}
+        if rnd.random() < 0.7:
+            labels["zone"] = rnd.choice("abc")
+        out.append(target(f"n{i:04d}", 10000 + i, **labels))
+    return out
+
+
+def flip(history: History, targets: list[ResolvedTarget], rnd: random.Random, k: int) -> None:
+    for t in rnd.sample(targets, k):
+        up = rnd.random() < 0.5
+        history.observe(t.name, rec(t, OPEN if up else REFUSED, NOW - 5), up)
+
+
+async def test_order_and_counts_follow_state_changes_without_a_pass() -> None:
+    rnd = random.Random(7)
+    targets = many(350, 1)
+    history = History()
+    sp = page_for(targets, history)
+    assert await same_as_expected(sp, targets, history) == 32  # all unknown
+    for _ in range(3):  # a few targets change between builds: caught up from the log
+        flip(history, targets, rnd, 40)
+        assert await same_as_expected(sp, targets, history) == 32
+
+
+async def test_order_when_the_change_log_went_round() -> None:
+    """More changes between two builds than the log keeps: the page looks at every target."""
+    rnd = random.Random(8)
+    targets = many(300, 2)
+    history = History()
+    history.moved = deque(maxlen=5)
+    sp = page_for(targets, history)
+    await same_as_expected(sp, targets, history)
+    flip(history, targets, rnd, 200)
+    assert history.moves - 5 > len(history.moved)
+    await same_as_expected(sp, targets, history)
+
+
+async def test_a_reload_changes_the_targets_labels_and_order() -> None:
+    rnd = random.Random(9)
+    first = many(250, 3)
+    history = History()
+    flip(history, first, rnd, 100)
+    listed = [first]
+    sp = StatusPage(lambda: listed[0], history, clock=lambda: NOW)
+    await same_as_expected(sp, first, history)
+    # a reload: some targets gone (and forgotten), some new, some with new labels
+    second = [t for t in first[50:] if t.name != "n0100"] + many(320, 4)[250:]
+    second = [target(t.name, t.port, team="t9") if t.name < "n0080" else t for t in second]
+    for t in first[:50]:
+        history.forget(t.name)
+    listed[0] = second
+    assert await same_as_expected(sp, second, history) == 32
+    page = await sp.build(Query(labels=(("team", "t9"),)))
+    assert page.matched == 30
+
+
+async def test_a_name_listed_twice_follows_its_state_everywhere(three: Three) -> None:
+    targets, history = three
+    sp = StatusPage(lambda: targets * 3, history, clock=lambda: NOW)
+    page = await sp.build(Query())
+    assert page.counts == {"down": 3, "unknown": 3, "up": 3}
+    history.observe("web", rec(targets[0], REFUSED, NOW - 1, "ECONNREFUSED"), False)
+    page = await sp.build(Query())
+    assert page.counts == {"down": 6, "unknown": 3, "up": 0}
+    assert [r.name for r in page.groups[0].rows][:6] == ["web", EVIL] * 3
+
+
+async def test_json_in_slices_is_the_page_encoded_whole() -> None:
+    rnd = random.Random(10)
+    targets = many(260, 5)
+    history = History()
+    flip(history, targets, rnd, 150)
+    sp = page_for(targets, history)
+    for query in (Query(), Query(group="zone", page=2)):
+        page = await sp.build(query)
+        assert json.loads(await status.render_json(page)) == json.loads(msgspec.json.encode(page))
+
+
+async def test_state_is_the_daemons_damped_state_not_the_last_outcome(three: Three) -> None:
+    """With down_after/up_after the daemon passes its damped state: failures that have not
+    yet brought the target down leave it up (and in the up part of the order)."""
+    targets, history = three
+    sp = page_for(targets, history)
+    web = targets[0]
+    for i in range(2):  # down_after = 3: two failures, still up
+        history.observe("web", rec(web, REFUSED, NOW - 5 + i, "ECONNREFUSED"), True)
+    page = await sp.build(Query())
+    row = next(r for r in page.groups[0].rows if r.name == "web")
+    assert (row.state, row.error) == ("up", "ECONNREFUSED") and page.counts["up"] == 1
+    history.observe("web", rec(web, REFUSED, NOW - 2, "ECONNREFUSED"), False)  # the third
+    sp._cache.clear()
+    page = await sp.build(Query())
+    assert [r.name for r in page.groups[0].rows][:2] == ["web", EVIL]  # config order
+    assert page.counts == {"down": 2, "unknown": 1, "up": 0}
+    row = page.groups[0].rows[0]
+    assert (row.changes[0].before, row.changes[0].after, row.changes[0].reason) == (
+        "up", "down", "ECONNREFUSED")  # fmt: skip
