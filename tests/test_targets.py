@@ -677,8 +677,8 @@ def test_multi_host_endpoints_are_host_major() -> None:
     assert target.count() == 6
 
 
-    # Parsed and counted only; nothing here is connected to.
 def test_huge_sets_are_counted_not_built() -> None:
+    # Parsed and counted only; nothing here is connected to.
     slash8 = parse_target("127.0.0.0/8", ALL_PORTS)
     assert slash8.count() == 2**24 * 65535
     first = list(itertools.islice(slash8.endpoints(), 3))
