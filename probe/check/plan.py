@@ -13,9 +13,9 @@ import ipaddress
 import os
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ..engine import EngineOptions, check_source
 from ..engine.limits import fit_concurrency
@@ -36,6 +36,8 @@ from ..targets import (
 
 # At most this many endpoints and every attempt gets its own line, whatever the count
 # (nmap lists up to 25 closed ports before it folds them into "Not shown").
+T = TypeVar("T")
+
 LIST_LIMIT = 32
 # A target column wider than this is not padded further (a long name keeps its width).
 TARGET_WIDTH_MAX = 40
@@ -179,23 +181,23 @@ def _join(tokens: list[str], default_ports: PortRanges | None, have_ports: bool)
         raise joined from None
 
 
-def _ports(text: str | None) -> PortRanges | None:
-    if text is None:
-        return None
+def _flag(flag: str, parse: Callable[[str], T], text: str) -> T:
+    """A flag's value through its parser; a bad one is a usage error naming the flag."""
     try:
-        return parse_ports(text)
+        return parse(text)
     except TargetError as exc:
-        raise UsageError(f"-p {text!r}: {exc}") from None
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _ports(text: str | None) -> PortRanges | None:
+    return None if text is None else _flag(f"-p {text!r}", parse_ports, text)
 
 
 def _source(text: str | None, family: int) -> tuple[tuple[str, int], tuple[int, int] | None] | None:
     """`-s ADDR`, `ADDR:PORT` or `ADDR:LO-HI` → ((address, port), port range or None)."""
     if text is None:
         return None
-    try:
-        spec = parse_source_spec(text)
-    except TargetError as exc:
-        raise UsageError(f"-s: {exc}") from None
+    spec = _flag("-s", parse_source_spec, text)
     address = spec.address
     fam = socket.AF_INET6 if ":" in address else socket.AF_INET
     if family and family != fam:
@@ -234,27 +236,13 @@ def _concurrency(requested: int | None) -> int:
 
 
 def _exclusions(items: Sequence[str], files: Sequence[str]) -> Excluded | None:
-    parts: list[Exclusions] = []
-    for text in items:
-        try:
-            parts.append(parse_exclusions(text))
-        except TargetError as exc:
-            raise UsageError(f"--exclude: {exc}") from None
-    for path in files:
-        try:
-            parts.append(read_exclusions(path))
-        except TargetError as exc:
-            raise UsageError(f"--exclude-file: {exc}") from None
+    parts: list[Exclusions] = [_flag("--exclude", parse_exclusions, text) for text in items]
+    parts += [_flag("--exclude-file", read_exclusions, path) for path in files]
     return Excluded(parts) if parts else None
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        return parse_shard(text)
-    except TargetError as exc:
-        raise UsageError(f"--shard: {exc}") from None
+    return None if text is None else _flag("--shard", parse_shard, text)
 
 
 def _preflight(
