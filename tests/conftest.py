@@ -23,6 +23,43 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject's
+# addopts). Tests that look at time (rate, pacing, lag, latency, schedule slots, "promptly")
+# or that use a fixed resource share one group: they run one after another on one worker, so
+# none of them ever shares the machine with another of its kind; everything else is
+# independent (free ports, tmp_path, namespaces of its own; every iptables rule is inside a
+# namespace the test made). Whole modules here, or "module::test" for single tests.
+SERIAL = {
+    "tests/check/test_rate.py",
+    "tests/daemon/test_hostile.py",
+    "tests/daemon/test_prometheus.py",
+    "tests/daemon/test_daemon.py::test_fixed_rate_schedule_without_drift",
+    "tests/daemon/test_daemon.py::test_about_ten_attempts_in_two_seconds",
+    "tests/daemon/test_daemon.py::test_reload_changing_the_interval_replaces_the_schedule",
+    "tests/daemon/test_daemon.py::test_the_shipped_config_runs",  # 127.0.0.1:9464
+    "tests/daemon/test_metrics.py::test_probe_timeout_is_the_smaller_of_query_and_scrape_header",
+    "tests/daemon/test_schedule.py::test_10k_jobs_pop_at_most_a_few_per_millisecond",
+    "tests/engine/test_engine.py::test_rate_paces_attempts",
+    "tests/engine/test_engine.py::test_rate_is_at_most_n_in_any_second",
+    "tests/engine/test_engine.py::test_rate_is_delivered_above_the_timer_resolution",
+    "tests/engine/test_engine.py::test_per_attempt_timeouts_expire_in_deadline_order",
+    "tests/engine/test_engine.py::test_loop_lag_holds_concurrency_down",
+    "tests/engine/test_native.py::test_rate_is_never_exceeded",
+    "tests/engine/test_native.py::test_stop_fd_ends_a_sweep_of_timeouts_promptly",
+    "tests/engine/test_native.py::test_signal_stops_probe_check_promptly",
+    "tests/check/test_cli.py::test_human_repeat_summary",
+    "tests/check/test_plan.py::test_rate_is_shared_and_interleaved",
+    "tests/test_faults.py::test_daemon_sockets_stay_within_concurrency_then_sigterm_drains",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        test = item.nodeid.split("[")[0]
+        if path in SERIAL or test in SERIAL:
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
 
 @pytest.fixture
 def listener() -> Iterator[RecordingListener]:

@@ -424,8 +424,11 @@ class Daemon:
                 raise AssertionError(f"timed out waiting for {what}")
             time.sleep(0.02)
 
+    # Deadlines are generous on purpose: a wait returns as soon as its condition holds, so a
+    # long deadline costs a passing test nothing, and a daemon's start-up (imports) can take
+    # seconds on a loaded 2-core machine with two test sessions running.
     def wait_records(
-        self, name: str, n: int, after: float = 0.0, timeout: float = 5.0
+        self, name: str, n: int, after: float = 0.0, timeout: float = 15.0
     ) -> list[Rec]:
         def enough() -> list[Rec] | None:
             recs = [r for r in self.records(name) if ts(r) > after]
@@ -433,7 +436,7 @@ class Daemon:
 
         return self.wait(f"{n} records of {name!r} after {after}", enough, timeout)
 
-    def wait_event(self, event: str, timeout: float = 5.0, **fields: Any) -> Rec:
+    def wait_event(self, event: str, timeout: float = 15.0, **fields: Any) -> Rec:
         def found() -> Rec | None:
             for line in self.events(event):
                 if all(line.get(k) == v for k, v in fields.items()):
@@ -446,7 +449,7 @@ class Daemon:
     def port(self) -> int:
         """The metrics port the daemon listens on (from its `listening` event)."""
         if self._port is None:
-            ev = self.wait_event("listening", timeout=10.0)
+            ev = self.wait_event("listening", timeout=15.0)
             host, _, port = ev["address"].rpartition(":")
             assert host == "127.0.0.1"
             self._port = int(port)

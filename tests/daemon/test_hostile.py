@@ -601,7 +601,7 @@ def _draining(tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListen
     def in_flight() -> bool:
         return sample(metrics_of(d.get), "probe_inflight") == 1
 
-    d.wait("the first attempt in flight", in_flight, timeout=6)
+    d.wait("the first attempt in flight", in_flight, timeout=15)
     d.send(signal.SIGTERM)  # the drain now waits up to 2.9 s for that attempt
     time.sleep(0.3)
     assert d.proc.poll() is None
