@@ -31,7 +31,8 @@ from .plan import Plan
 from .progress import ProgressLine
 from .report import summary
 from .result import ShareResult
-from .run import Progress, run_share
+from .run import run_share
+from .share import Progress
 from .sinks import Sinks, csv_rows
 
 RATE_START = 0.25  # seconds from now to --rate's first slot, when workers share it

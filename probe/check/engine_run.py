@@ -27,7 +27,7 @@ from ..targets import Endpoint, expand, iter_targets, shard
 from .inputs import expand_async, threaded
 from .plan import Plan
 from .result import ShareResult, Tally
-from .run import Progress, in_shard, share_options
+from .share import Progress, in_shard, share_options
 from .sinks import Sinks
 
 FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record

@@ -10,51 +10,20 @@ them: a one-shot check of literal endpoints starts without asyncio (issue 13).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..engine import EngineOptions, native
+from ..engine import native
 from ..errors import LocalShortage, SinkClosed, SinkError, TargetError
 from ..targets import iter_targets
 from .plan import Plan
 from .result import ShareResult, Tally
+from .share import Progress, share_options
 from .sinks import Sinks
 
 if TYPE_CHECKING:
-    from .engine_run import CheckResult as CheckResult
-    from .engine_run import run_check as run_check
     from .native_lines import HumanReader
 
 NATIVE_MAX_TARGETS = 4096  # more addresses than this (a long file) stay on the Python engine
-
-Progress = Callable[[int, int], None]  # (attempts, open) so far, every FLUSH_EVERY
-
-
-def share_options(plan: Plan, index: int, count: int) -> EngineOptions:
-    """A share's engine: its part of -C and of --rate, its rate slots interleaved with the
-    other shares' (share i of N starts at epoch + i/R, then every N/R)."""
-    options = plan.options
-    rate = options.rate
-    epoch = None
-    if rate is not None and plan.rate_epoch is not None:
-        epoch = plan.rate_epoch + index / rate
-    return replace(
-        options,
-        concurrency=max(1, -(-options.concurrency // count)),
-        rate=None if rate is None else rate / count,
-        rate_epoch=epoch,
-    )
-
-
-def in_shard(target: str, shard_spec: tuple[int, int]) -> bool:
-    """`--shard I/N`: a stable hash of the endpoint's name, the same on every machine and
-    run (unlike hash()), so N prober hosts split one target list without overlap."""
-    import hashlib  # --shard only
-
-    index, count = shard_spec
-    digest = hashlib.blake2b(target.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % count == index
 
 
 def run_share(
@@ -163,12 +132,3 @@ def _write_failure(exc: BaseException, name: str) -> SinkError:
         return SinkClosed(f"{name}: reader went away")
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return SinkError(f"cannot write records to {name}: {reason}")
-
-
-def __getattr__(name: str) -> Any:
-    """`run_check` and `CheckResult` live with the engine's runner (asyncio): loaded on use."""
-    if name in ("run_check", "CheckResult"):
-        from . import engine_run
-
-        return getattr(engine_run, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -421,10 +421,3 @@ def _escape_value(value: str) -> str:
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)
-
-
-def probe_exposition(record: Record, duration: float, dns_seconds: float = 0.0) -> bytes:
-    """GET /probe's Prometheus text for one attempt (ondemand.exposition)."""
-    from .ondemand import exposition
-
-    return exposition(record, duration, dns_seconds)

@@ -16,7 +16,8 @@ from helpers import RecordingListener, closed_port
 
 from probe.check.plan import LIST_LIMIT, Format, Output, build_plan
 from probe.check.result import Latency, ShareResult, TargetStats, port_ranges
-from probe.check.run import in_shard, run_share, share_options
+from probe.check.run import run_share
+from probe.check.share import in_shard, share_options
 from probe.check.sinks import Sinks
 from probe.errors import TargetError, UsageError
 from probe.output.writer import RecordWriter

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
 
-from probe.check.run import CheckResult, run_check
+from probe.check.engine_run import CheckResult, run_check
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.engine.core import RATE_SLACK
 from probe.loop import run as run_on_production_loop
