@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from ..engine import EngineOptions, check_source
-from ..engine.limits import fit_concurrency
+from ..engine.nofile import fit_concurrency
 from ..errors import TargetError, UsageError, report
 from ..targets import (
     Exclusions,

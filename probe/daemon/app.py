@@ -27,7 +27,7 @@ from typing import Any
 
 from .. import loop as event_loop
 from ..engine import Attempt, Engine, EngineOptions, check_source
-from ..engine.limits import fit_concurrency
+from ..engine.nofile import fit_concurrency
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, TargetError, report
 from ..output.log import configure, event_logger
 from ..output.writer import RecordWriter, stdout_writer
