@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 T = TypeVar("T")
 Rec = dict[str, Any]
 
@@ -481,3 +483,45 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def need_tools(ns: Netns, *tools: str) -> None:
+    """Skip unless every tool is installed and iptables works inside the namespace."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool} on this machine")
+    try:
+        ns.run("iptables", "-L", "INPUT", "-n")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
+
+
+def check_in(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
+    """`probe check ARGS` inside the namespace; no traceback on stderr, whatever the exit."""
+    result = subprocess.run(
+        [*ns.prefix(), *probe_cmd(), "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    no_traceback(result.stderr)
+    return result
+
+
+def free_port_block(n: int, start: int) -> int:
+    """The first of `n` consecutive loopback ports, from `start` up, free right now."""
+    for lo in range(start, 30000, n):
+        socks = []
+        try:
+            for p in range(lo, lo + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return lo
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port block")

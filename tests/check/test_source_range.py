@@ -5,39 +5,22 @@ concurrency with one line."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from helpers import Netns, NsServer, no_traceback, parse_records, probe_cmd, ts
+from helpers import (
+    Netns,
+    NsServer,
+    check_in,
+    need_tools,
+    parse_records,
+    ts,
+)
 
 LO, HI = 40000, 40299  # the range, inside the namespace: nothing else there holds a port
-
-
-def need_tools(ns: Netns, *tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.skip(f"no {tool} on this machine")
-    try:
-        ns.run("iptables", "-L", "INPUT", "-n")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
-
-
-def check_in(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*ns.prefix(), *probe_cmd(), "check", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    no_traceback(result.stderr)
-    return result
 
 
 def test_every_port_inside_the_range_at_concurrency_200(netns: Netns, tmp_path: Path) -> None:

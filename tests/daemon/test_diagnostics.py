@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Daemon, FullQueueListener, Netns, RecordingListener, can_netns
+from helpers import Daemon, FullQueueListener, Netns, RecordingListener, can_netns, free_port_block
 
 Rec = dict[str, Any]
 
@@ -220,30 +220,12 @@ def test_every_address_of_a_dual_stack_name_is_its_own_series(
 # -- source port range ------------------------------------------------------------------------
 
 
-def free_block(n: int) -> int:
-    """The first of n consecutive ports below the ephemeral range that bind now."""
-    for lo in range(21000, 30000, n):
-        socks = []
-        try:
-            for p in range(lo, lo + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return lo
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no free port block")
-
-
 def test_a_source_range_confines_ports_and_lowers_concurrency_once(
     run: Any, tmp_path: Path
 ) -> None:
     listener = RecordingListener()
     full = FullQueueListener()
-    lo = free_block(4)
+    lo = free_port_block(4, 21000)
     try:
         targets = "".join(
             f'[[targets]]\naddress = "{addr}"\nname = "t{i}"\n'

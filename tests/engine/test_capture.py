@@ -6,7 +6,6 @@ capture. The basic retransmit tests are in test_syn_retransmits.py; these add th
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,22 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Netns, NsServer, no_traceback, parse_records, probe_cmd
+from helpers import Netns, NsServer, check_in, need_tools, no_traceback, parse_records, probe_cmd
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
 
 # "12:00:00.000000 IP 127.0.0.1.43282 > 127.0.0.1.5001: Flags [S], seq ..."
 SYN_LINE = re.compile(r"IP6? (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[S\],")
-
-
-def need(ns: Netns, *tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.skip(f"no {tool} on this machine")
-    try:
-        ns.run("iptables", "-L", "INPUT", "-n")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
 
 
 class Capture:
@@ -71,20 +60,8 @@ class Capture:
 
 @pytest.fixture
 def capture_ns(netns: Netns, tmp_path: Path) -> Iterator[tuple[Netns, Path]]:
-    need(netns, "iptables", "tcpdump")
+    need_tools(netns, "iptables", "tcpdump")
     yield netns, tmp_path
-
-
-def check_in(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*ns.prefix(), *probe_cmd(), "check", *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    no_traceback(result.stderr)
-    return result
 
 
 def drop_syns(ns: Netns, port: int, *match: str) -> None:
@@ -103,7 +80,7 @@ def test_both_syns_of_a_retransmitted_attempt_leave_from_the_recorded_port(
     drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
     cap = Capture(ns, port, tmp / "syn.pcap")
     try:
-        result = check_in(ns, f"127.0.0.1:{port}", "-t", "5")
+        result = check_in(ns, f"127.0.0.1:{port}", "-t", "5", "--json")
         syns = cap.syns()
     finally:
         cap.close()
@@ -126,7 +103,7 @@ def test_a_timeout_counts_every_unanswered_syn_on_the_wire(
     drop_syns(ns, port)
     cap = Capture(ns, port, tmp / "timeout.pcap")
     try:
-        result = check_in(ns, f"127.0.0.1:{port}", "-t", "3.5")
+        result = check_in(ns, f"127.0.0.1:{port}", "-t", "3.5", "--json")
         syns = cap.syns()
     finally:
         cap.close()

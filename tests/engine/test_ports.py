@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from helpers import FullQueueListener, RecordingListener, closed_port
+from helpers import FullQueueListener, RecordingListener, closed_port, free_port_block
 
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.engine.ports import PortRange, fit_to_range
@@ -18,25 +18,6 @@ from probe.resolve import Address
 from probe.targets import Endpoint
 
 V4 = Address(socket.AF_INET, "127.0.0.1")
-
-
-def free_block(n: int) -> int:
-    """The first of n consecutive local ports that bind now (outside the ephemeral range
-    where possible, so the kernel is unlikely to hand them to anyone meanwhile)."""
-    for lo in range(20000, 30000, n):
-        socks = []
-        try:
-            for p in range(lo, lo + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return lo
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no free port block")
 
 
 @pytest.fixture
@@ -60,7 +41,7 @@ def test_round_robin_and_one_attempt_per_port() -> None:
 
 
 def test_bind_takes_ports_in_turn(socks: list[socket.socket]) -> None:
-    lo = free_block(4)
+    lo = free_port_block(4, 20000)
     r = PortRange("127.0.0.1", lo, lo + 3)
     for want in range(lo, lo + 4):
         s = socket.socket()
@@ -73,7 +54,7 @@ def test_bind_takes_ports_in_turn(socks: list[socket.socket]) -> None:
 
 
 def test_a_port_another_socket_holds_is_skipped(socks: list[socket.socket]) -> None:
-    lo = free_block(3)
+    lo = free_port_block(3, 20000)
     other = socket.socket()  # a listener on lo+1: bind() there fails even with SO_REUSEADDR
     socks.append(other)
     other.bind(("127.0.0.1", lo + 1))
@@ -136,7 +117,7 @@ async def test_records_stay_inside_the_range_at_concurrency_200(
 ) -> None:
     """200 attempts in flight at once (SYNs to a full accept queue stay unanswered),
     answered ones between them: every local port is in the range, every outcome real."""
-    lo = free_block(300)
+    lo = free_port_block(300, 20000)
     hi = lo + 299
     closed = [closed_port() for _ in range(20)]
     ports = [full_queue.port] * 200 + [listener.port] * 100 + closed * 5
@@ -160,7 +141,7 @@ async def test_records_stay_inside_the_range_at_concurrency_200(
 async def test_a_range_of_four_lowers_concurrency_and_keeps_every_outcome(
     listener: RecordingListener, full_queue: FullQueueListener
 ) -> None:
-    lo = free_block(4)
+    lo = free_port_block(4, 20000)
     closed = closed_port()
     ports = [full_queue.port, listener.port, closed] * 10
     engine = Engine(
@@ -186,7 +167,7 @@ async def test_a_port_whose_4_tuple_is_taken_is_skipped_not_blamed(
 ) -> None:
     """Port lo already has a connection to the listener (as TIME_WAIT would): connect()
     from it says EADDRNOTAVAIL. The engine moves on to the next port; no record says so."""
-    lo = free_block(3)
+    lo = free_port_block(3, 20000)
     holder = socket.socket()
     socks.append(holder)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -213,7 +194,7 @@ def test_the_native_core_leaves_a_port_range_to_the_python_engine() -> None:
 async def test_engines_with_one_range_share_its_ports(full_queue: FullQueueListener) -> None:
     """The daemon's schedule and its GET /probe each have an engine: on one source range
     they hand out its ports from one allocator, so a port is never in two attempts."""
-    lo = free_block(4)
+    lo = free_port_block(4, 20000)
     opts = EngineOptions(concurrency=4, source=("127.0.0.1", 0), source_ports=(lo, lo + 3))
     a, b = Engine(opts), Engine(opts)
     assert a._ports is not None and a._ports is b._ports

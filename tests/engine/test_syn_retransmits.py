@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import Netns, NsServer, no_traceback, parse_records, probe_cmd
+from helpers import Netns, NsServer, check_in, parse_records
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
 
@@ -20,18 +20,6 @@ def need_iptables(ns: Netns) -> None:
         ns.run("iptables", "-L", "OUTPUT", "-n")
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
-
-
-def check_in(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*ns.prefix(), *probe_cmd(), "check", *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    no_traceback(result.stderr)
-    return result
 
 
 def test_one_dropped_syn_is_counted_and_gives_no_rtt(netns: Netns) -> None:
@@ -49,7 +37,7 @@ def test_one_dropped_syn_is_counted_and_gives_no_rtt(netns: Netns) -> None:
             "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0",
             "-j", "DROP",
         )  # fmt: skip
-        result = check_in(netns, f"127.0.0.1:{port}", "-t", "5")
+        result = check_in(netns, f"127.0.0.1:{port}", "-t", "5", "--json")
     finally:
         server.close()
     assert result.returncode == 0, result.stderr
@@ -66,7 +54,7 @@ def test_open_without_a_drop_has_a_sample(netns: Netns) -> None:
     server = NsServer(netns, 0)
     (port,) = server.ports
     try:
-        result = check_in(netns, f"127.0.0.1:{port}", "-t", "5")
+        result = check_in(netns, f"127.0.0.1:{port}", "-t", "5", "--json")
     finally:
         server.close()
     assert result.returncode == 0, result.stderr
@@ -83,7 +71,7 @@ def test_timeout_says_how_many_syns_went_unanswered(netns: Netns) -> None:
         "iptables", "-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--syn",
         "--dport", "5001", "-j", "DROP",
     )  # fmt: skip
-    result = check_in(netns, "127.0.0.1:5001", "-t", "3.5")
+    result = check_in(netns, "127.0.0.1:5001", "-t", "3.5", "--json")
     assert result.returncode == 1, result.stderr
     (rec,) = parse_records(result.stdout, check=True)
     assert (rec["outcome"], rec["error"]) == ("timeout", "ETIMEDOUT"), rec
