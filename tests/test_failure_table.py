@@ -56,7 +56,7 @@ from test_faults import (
     pipe_into_head,
     port_range,
 )
-from test_hostile import DnsNetns, metrics_of, ns_get, skipped_total, start_in
+from test_hostile import DnsNetns, _draining, metrics_of, ns_get, skipped_total, start_in
 from test_metrics import record
 
 SERIAL = pytest.mark.xdist_group("serial")
@@ -125,6 +125,7 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
             "test_sigint_writes_whole_records_and_exits_130",
             "test_unresolvable_name_until_interrupted_in_namespace",  # the human summary
         ),
+        "check/test_tcping.py": ("test_count_zero_runs_until_signal_then_summary",),
     },
     "standard output closed early (`\\| head -1`)": {
         FAULTS: ("test_head_one_in_a_shell_pipeline", "test_head_one_after_a_sweep_with_workers"),
@@ -171,6 +172,7 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
         HOSTILE: ("test_probe_flood_to_a_dropped_port_leaves_the_schedule_its_slots",),
         FAULTS: ("test_probe_flood_shares_the_concurrency_bound",),
         HERE: ("test_probe_flood_gets_ten_slots_by_default_then_busy",),
+        "daemon/test_config.py": ("test_probe_concurrency_stays_below_the_schedule",),
     },
     "DNS hangs for `GET /probe` names": {
         HOSTILE: ("test_hung_probe_lookups_do_not_starve_a_named_target_added_by_reload",),
@@ -193,6 +195,7 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
     "the daemon stalls (SIGSTOP, an overloaded machine)": {
         HOSTILE: ("test_a_stalled_daemon_counts_and_logs_its_late_starts",),
         HERE: ("test_a_stall_skips_slots_and_does_not_make_them_up",),
+        "daemon/test_schedule.py": ("test_stall_counts_missed_slots_and_resumes_without_burst",),
     },
     "the wall clock steps (back or forward an hour)": {
         HOSTILE: (
@@ -631,6 +634,17 @@ def test_path_series_of_a_name_with_addresses_all(
     assert sample(s, "probe_path_connect_latency_seconds_bucket", le="+Inf", **v4) == count
     assert sample(s, "probe_path_up", **v4) == 1.0
     assert d.stop() == 0
+
+
+def test_healthz_and_probe_say_503_while_the_daemon_drains(
+    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
+) -> None:
+    d = _draining(tmp_path, daemons, full_queue)  # SIGTERM sent, one attempt still in flight
+    status, _, body = d.get("/healthz")
+    assert status == 503, body
+    status, _, body = d.get(f"/probe?target=127.0.0.1:{closed_port()}")
+    assert status == 503 and "shutting down" in body, (status, body)
+    assert d.proc.wait(timeout=5) == 0
 
 
 def _started_at(pid: int) -> float:
