@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +55,8 @@ from test_faults import (
     firewall,
     pipe_into_head,
     port_range,
+    socket_inodes,
+    tcp_by_inode,
 )
 from test_hostile import DnsNetns, _draining, metrics_of, ns_get, skipped_total, start_in
 from test_metrics import record
@@ -355,6 +357,22 @@ def test_a_slow_fifo_does_not_stretch_a_timeout(
     assert ts(recs[later]) - ts(first) > 2.0  # the writer was slow indeed
 
 
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _opening_a_fifo(pid: int) -> bool:
+    """Is a thread of `pid` blocked in open() on a FIFO that has no writer yet?"""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if (task / "wchan").read_text() == "wait_for_partner":
+                return True
+    return False
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_a_check_waiting_for_a_fifo(
     tmp_path: Path, sig: signal.Signals, code: int
@@ -369,7 +387,8 @@ def test_a_signal_stops_a_check_waiting_for_a_fifo(
         text=True,
     )
     try:
-        time.sleep(1.5)  # started, blocked on the FIFO
+        wait_until("a thread blocked opening the FIFO", lambda: _opening_a_fifo(proc.pid))
+        time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=3.0)
@@ -394,7 +413,7 @@ def test_a_bad_stdin_line_lets_the_attempt_in_flight_finish(
     full_queue: FullQueueListener,
 ) -> None:
     proc = subprocess.Popen(
-        [*probe_cmd(), "check", "-", "--json", "-t", "1"],
+        [*probe_cmd(), "check", "-", "--json", "-t", "1", "--workers", "1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -404,7 +423,11 @@ def test_a_bad_stdin_line_lets_the_attempt_in_flight_finish(
         assert proc.stdin is not None
         proc.stdin.write(f"{full_queue.target}\n")
         proc.stdin.flush()
-        time.sleep(0.3)  # its attempt is in flight (1 s to a full accept queue)
+        # its attempt in flight (1 s to a full accept queue): a socket to that port
+        wait_until(
+            "the first attempt in flight",
+            lambda: full_queue.port in {tcp_by_inode().get(i) for i in socket_inodes(proc.pid)},
+        )
         out, err = proc.communicate("127.0.0.1:nope\n", timeout=20)
     finally:
         kill(proc)
@@ -509,6 +532,7 @@ def test_a_hung_probe_lookup_ends_at_the_attempts_timeout(
     d.kill()
 
 
+@SERIAL
 def test_a_failed_re_resolution_keeps_the_last_good_address(
     dns: DnsNetns, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
