@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -155,17 +156,25 @@ def wait_for(
         time.sleep(step)
 
 
-def http_get(
+def http_fetch(
     port: int, path: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None
-) -> tuple[int, str, str]:
-    """(status, content type, body) of GET http://127.0.0.1:PORT/PATH."""
+) -> tuple[int, Message, bytes]:
+    """(status, response headers, body) of GET http://127.0.0.1:PORT/PATH."""
     url = f"http://127.0.0.1:{port}{path}"
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
         with _http.open(request, timeout=timeout) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+            return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+        return exc.code, exc.headers, exc.read()
+
+
+def http_get(
+    port: int, path: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """(status, content type, body as text) of GET http://127.0.0.1:PORT/PATH."""
+    status, got, body = http_fetch(port, path, timeout, headers)
+    return status, got.get("Content-Type", ""), body.decode()
 
 
 def kill(proc: subprocess.Popen[Any]) -> None:
