@@ -4,6 +4,7 @@ namespaces for sweeps and faults (root and iproute2 needed; skipped otherwise)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from probe.record import Outcome, Record
 
 T = TypeVar("T")
 Rec = dict[str, Any]
@@ -110,6 +113,29 @@ def check_record(rec: Rec) -> None:
         assert isinstance(rec["local_port"], int) and 1 <= rec["local_port"] <= 65535
         assert isinstance(rec["local_address"], str)
         assert isinstance(rec["address"], str)
+
+
+def make_record(**changes: Any) -> Record:
+    """A record as the engine builds one (an open loopback attempt with its RTT sample), for
+    the in-process tests of what consumes records; `changes` sets any field."""
+    fields: dict[str, Any] = {
+        "started": time.time(),
+        "target": "127.0.0.1:9",
+        "host": "127.0.0.1",
+        "port": 9,
+        "address": "127.0.0.1",
+        "family": "ipv4",
+        "local_address": "127.0.0.1",
+        "local_port": 40000,
+        "outcome": Outcome.OPEN,
+        "error": None,
+        "latency_ms": 1.0,
+        "rtt_ms": 0.5,
+        "syn_retransmits": 0,
+        "dns_ms": 0.0,
+        "attempt": 1,
+    }
+    return Record(**(fields | changes))
 
 
 def read_lines(path: Path) -> list[Rec]:
@@ -227,6 +253,15 @@ class RecordingListener:
         with self._lock:
             return list(self.peers)
 
+    def assert_not_reached(self) -> None:
+        """Nothing connected here (given the time to), while a connection of our own still
+        is seen: the silence means something."""
+        time.sleep(0.3)  # a connection, had one been made, would have been accepted by now
+        assert self.peers == []
+        with socket.create_connection((self.host, self.port), timeout=2):
+            pass
+        assert len(self.wait_peers(1)) == 1
+
     def close(self) -> None:
         self._stop = True
         self._thread.join(1)
@@ -312,6 +347,23 @@ class Netns:
 
     def popen(self, *cmd: str, **kw: Any) -> subprocess.Popen[str]:
         return subprocess.Popen([*self.prefix(), *cmd], text=True, **kw)
+
+    @contextlib.contextmanager
+    def etc(self, name: str, text: str) -> Iterator[None]:
+        """/etc/NAME inside the namespace is `text` while the block runs (`ip netns exec`
+        bind-mounts /etc/netns/NS/NAME over it): a resolver or a hosts file of our own."""
+        parent = Path("/etc/netns")
+        created_parent = not parent.exists()
+        own = parent / self.name
+        own.mkdir(parents=True, exist_ok=True)
+        try:
+            (own / name).write_text(text)
+            yield
+        finally:
+            shutil.rmtree(own, ignore_errors=True)
+            if created_parent:
+                with contextlib.suppress(OSError):  # another test's namespace files are there
+                    parent.rmdir()
 
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
@@ -419,29 +471,37 @@ def config_toml(
     listen: str = "127.0.0.1:0",
     interval: float = 0.2,
     timeout: float = 0.3,
+    concurrency: int | None = None,
     extra: str = "",
 ) -> str:
     """A daemon config logging JSON to `log` (None: stdout) and listening on a free
     loopback port; `extra` goes into [metrics]."""
     log_file = "" if log is None else str(log)
+    engine = "" if concurrency is None else f"[engine]\nconcurrency = {concurrency}\n\n"
     return (
-        f"[defaults]\ninterval = {interval}\ntimeout = {timeout}\n\n"
+        f"[defaults]\ninterval = {interval}\ntimeout = {timeout}\n\n{engine}"
         f'[log]\nformat = "json"\nfile = {json.dumps(log_file)}\n\n'
         f'[metrics]\nlisten = "{listen}"\n{extra}\n' + targets
     )
 
 
 def run_probe(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 20.0
+    *args: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 20.0,
 ) -> subprocess.CompletedProcess[str]:
-    """`probe ARGS` to its end, output captured; `env` is added to a shard-free environment."""
+    """`probe ARGS` to its end, output captured, `input` (or nothing) on its stdin; `env` is
+    added to a shard-free environment."""
     return subprocess.run(
         [*probe_cmd(), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
         env=_environ(env),
     )
 
@@ -619,14 +679,32 @@ class Daemon:
 
 
 def need_tools(ns: Netns, *tools: str) -> None:
-    """Skip unless every tool is installed and iptables works inside the namespace."""
+    """Skip unless every tool is installed and each firewall among them (iptables,
+    ip6tables) works inside the namespace."""
     for tool in tools:
         if shutil.which(tool) is None:
             pytest.skip(f"no {tool} on this machine")
-    try:
-        ns.run("iptables", "-L", "INPUT", "-n")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
+    for tool in ("iptables", "ip6tables"):
+        if tool not in tools:
+            continue
+        try:
+            ns.run(tool, "-L", "INPUT", "-n")
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"{tool} does not work here: {exc.stderr.strip()}")
+
+
+def drop_syns(ns: Netns, ports: int | str, *match: str, chain: str = "INPUT") -> None:
+    """Drop the SYNs to `ports` (5001 or "6000:6199") on the namespace's `lo`: on the way in
+    (INPUT, after a capture on `lo` has seen them leave) or on the way out (OUTPUT)."""
+    way = "-i" if chain == "INPUT" else "-o"
+    ns.run(
+        "iptables", "-A", chain, way, "lo", "-p", "tcp", "--syn", "--dport", str(ports),
+        *match, "-j", "DROP",
+    )  # fmt: skip
+
+
+# every 2nd SYN, starting with the first: each connect gets through on its first resend
+EVERY_OTHER = ("-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
 
 
 def check_in(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:

@@ -148,7 +148,8 @@ def test_open_records_local_endpoint_is_what_the_listener_saw(shared: Shared) ->
     peers = set(shared.web.wait_peers(len(web)))
     for r in web:
         assert (r["local_address"], r["local_port"]) in peers, r
-        assert r["rtt_ms"] is None or r["rtt_ms"] >= 0
+        # the kernel's sample of the SYN's round trip, inside the connect (None: resent SYN)
+        assert r["rtt_ms"] is None or 0 < r["rtt_ms"] <= r["latency_ms"], r
     assert len({r["local_port"] for r in web}) == len(web)  # a fresh socket each attempt
 
 
@@ -274,7 +275,7 @@ def test_probe_open_target(shared: Shared) -> None:
     status, body, v = probe_answer(shared.d, shared.web.target)
     assert status == 200, body
     assert v["probe_success"] == 1.0
-    assert v["probe_duration_seconds"] >= 0
+    assert 0 < v["probe_duration_seconds"] < 5, v  # measured, and no more than a stall
     local_port = int(v["probe_local_port"])
     peers = shared.web.wait_peers(before + 1)
     assert ("127.0.0.1", local_port) in peers
@@ -313,12 +314,7 @@ def test_probe_outside_allow_is_403_and_connects_nowhere(shared: Shared, form: s
     try:
         status, body, _ = probe_answer(shared.d, form.format(port=other.port))
         assert status == 403, body
-        time.sleep(0.3)  # a connection, had one been made, would have been accepted by now
-        assert other.peers == []
-        # the listener does see connections: the silence above means something
-        with socket.create_connection(("127.0.0.2", other.port), timeout=2):
-            pass
-        assert len(other.wait_peers(1)) == 1
+        other.assert_not_reached()
     finally:
         other.close()
 

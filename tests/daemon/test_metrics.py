@@ -27,6 +27,7 @@ from helpers import (
     closed_port,
     config_toml,
     has_ipv6_loopback,
+    make_record,
     parse_prometheus,
     run_probe,
     target_toml,
@@ -62,23 +63,10 @@ def record(
     rtt_ms: float | None,
     syn_retransmits: int | None = 0,
 ) -> Record:
-    return Record(
-        started=time.time(),
-        target="127.0.0.1:1",
-        host="127.0.0.1",
-        port=1,
-        address="127.0.0.1",
-        family="ipv4",
-        local_address="127.0.0.1",
-        local_port=40000,
-        outcome=outcome,  # type: ignore[arg-type]
-        error=error,
-        latency_ms=latency_ms,
-        rtt_ms=rtt_ms,
-        syn_retransmits=syn_retransmits,
-        dns_ms=0.0,
-        attempt=1,
-    )
+    return make_record(
+        target="127.0.0.1:1", port=1, outcome=outcome, error=error, latency_ms=latency_ms,
+        rtt_ms=rtt_ms, syn_retransmits=syn_retransmits,
+    )  # fmt: skip
 
 
 class T:
@@ -348,7 +336,7 @@ def test_probe_answers_blackbox_series(live: tuple[Daemon, dict[str, str]]) -> N
     assert v["probe_ip_addr_hash"] == float(fnv1a32(socket.inet_aton("127.0.0.1")))
     assert 0 <= v["probe_dns_lookup_time_seconds"] <= v["probe_duration_seconds"]
     assert 0 < v["probe_local_port"] < 65536
-    assert v["probe_rtt_seconds"] >= 0
+    assert 0 < v["probe_rtt_seconds"] <= v["probe_duration_seconds"], v
     assert v["probe_syn_retransmits"] == 0.0
     assert "probe_failed_due_to" not in body
 

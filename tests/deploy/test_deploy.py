@@ -167,17 +167,22 @@ def test_unknown_name_is_exit_2_and_one_line_naming_it_and_the_valid_ones(name: 
         assert valid in err
 
 
+def deploy_into(stdout: int) -> subprocess.CompletedProcess[bytes]:
+    """`probe deploy dashboard.json` (the largest file) written to the descriptor `stdout`."""
+    return subprocess.run(
+        [*probe_cmd(), "deploy", "dashboard.json"],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_a_reader_that_went_away_is_exit_141_quietly() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # closed before probe writes: its first write is EPIPE
     try:
-        done = subprocess.run(
-            [*probe_cmd(), "deploy", "dashboard.json"],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            timeout=30,
-            check=False,
-        )
+        done = deploy_into(write_end)
     finally:
         os.close(write_end)
     assert done.returncode == 141
@@ -188,13 +193,7 @@ def test_unwritable_stdout_is_exit_2_with_one_line() -> None:
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     with open("/dev/full", "wb") as full:
-        done = subprocess.run(
-            [*probe_cmd(), "deploy", "dashboard.json"],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            timeout=30,
-            check=False,
-        )
+        done = deploy_into(full.fileno())
     assert done.returncode == 2
     err = done.stderr.decode()
     assert err.count("\n") == 1 and "standard output" in err, err

@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Netns, NsServer, check_in, need_tools, no_traceback, parse_records, probe_cmd
+from helpers import (
+    EVERY_OTHER,
+    Netns,
+    NsServer,
+    check_in,
+    drop_syns,
+    need_tools,
+    parse_records,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
 
@@ -64,20 +72,13 @@ def capture_ns(netns: Netns, tmp_path: Path) -> Iterator[tuple[Netns, Path]]:
     yield netns, tmp_path
 
 
-def drop_syns(ns: Netns, port: int, *match: str) -> None:
-    ns.run(
-        "iptables", "-A", "INPUT", "-i", "lo", "-p", "tcp", "--syn", "--dport", str(port),
-        *match, "-j", "DROP",
-    )  # fmt: skip
-
-
 def test_both_syns_of_a_retransmitted_attempt_leave_from_the_recorded_port(
     capture_ns: tuple[Netns, Path],
 ) -> None:
     ns, tmp = capture_ns
     server = NsServer(ns, 0)
     (port,) = server.ports
-    drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
+    drop_syns(ns, port, *EVERY_OTHER)
     cap = Capture(ns, port, tmp / "syn.pcap")
     try:
         result = check_in(ns, f"127.0.0.1:{port}", "-t", "5", "--json")
@@ -121,15 +122,11 @@ def test_the_human_line_of_a_retransmitted_attempt_says_so(
     ns, _ = capture_ns
     server = NsServer(ns, 0)
     (port,) = server.ports
-    drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
+    drop_syns(ns, port, *EVERY_OTHER)
     try:
-        result = subprocess.run(
-            [*ns.prefix(), *probe_cmd(), "check", f"127.0.0.1:{port}", "-t", "5"],
-            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        result = check_in(ns, f"127.0.0.1:{port}", "-t", "5")
     finally:
         server.close()
-    no_traceback(result.stderr)
     assert result.returncode == 0, result.stderr
     [line] = [x for x in result.stdout.splitlines() if f":{port}" in x]
     assert re.search(r"\bopen\b.*local 127\.0\.0\.1:\d+ +\d+\.\d\d ms +SYN\u00d72$", line), line
