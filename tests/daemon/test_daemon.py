@@ -52,6 +52,7 @@ Line = dict[str, Any]
 
 PROBE_KEYS = {*CONTRACT_KEYS, "name"}
 INTERVAL = 0.2  # helpers.config_toml's default interval
+sample = value  # the name test_hostile.py imports from here (with config_toml and the rest)
 GRID_SLACK = 0.05  # seconds a start may sit off its slot (a busy machine's loop lag)
 
 
