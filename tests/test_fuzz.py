@@ -758,12 +758,7 @@ def test_ten_million_line_target_file_streams(tmp_path: Path) -> None:
     fd = os.open(fifo, os.O_RDWR)
     writer = threading.Thread(target=feed_fifo, args=(fifo, ports, TEN_MILLION, fd), daemon=True)
     writer.start()
-    proc = subprocess.Popen(
-        [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = check_fifo(fifo, 1)
     peak = 0
     try:
         deadline = time.monotonic() + 60
@@ -828,6 +823,24 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int | None, str
         return None, out, err
 
 
+def check_fifo(fifo: Path, workers: int) -> subprocess.Popen[str]:
+    """`probe check @FIFO --json` with short timeouts, its output piped."""
+    return subprocess.Popen(
+        [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def each_port_once(code: int | None, out: str, err: str, ports: list[int]) -> None:
+    """One record for every (closed) port of the FIFO, and exit 1: none was open."""
+    got = sorted(r["port"] for r in parse_records(out))
+    assert len(got) == len(ports), f"{len(got)} of {len(ports)} targets; exit {code}, {err!r}"
+    assert got == sorted(ports)
+    assert code == 1, f"exit {code}, stderr {err!r}"
+
+
 def test_fifo_fed_by_a_shell_writer(tmp_path: Path) -> None:
     """`mkfifo f; gen > f & probe check @f`: the writer opens once and writes."""
     fifo = tmp_path / "targets.fifo"
@@ -837,12 +850,7 @@ def test_fifo_fed_by_a_shell_writer(tmp_path: Path) -> None:
         [sys.executable, "-c", FIFO_WRITER, str(fifo), *map(str, ports)],
         stderr=subprocess.DEVNULL,
     )
-    proc = subprocess.Popen(
-        [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = check_fifo(fifo, 1)
     try:
         code, out, err = finish(proc, 10)
     finally:
@@ -850,10 +858,7 @@ def test_fifo_fed_by_a_shell_writer(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    got = sorted(r["port"] for r in parse_records(out))
-    assert len(got) == len(ports), f"{len(got)} of {len(ports)} targets; exit {code}, {err!r}"
-    assert got == sorted(ports)
-    assert code == 1, f"exit {code}, stderr {err!r}"
+    each_port_once(code, out, err, ports)
 
 
 def test_fifo_read_by_worker_processes(tmp_path: Path) -> None:
@@ -865,12 +870,7 @@ def test_fifo_read_by_worker_processes(tmp_path: Path) -> None:
         data = "".join(f"127.0.0.1:{port}\n" for port in ports).encode()
         assert len(data) < 16384  # fits in the pipe's buffer
         os.write(keep, data)
-        proc = subprocess.Popen(
-            [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = check_fifo(fifo, 2)
         deadline = time.monotonic() + 10
         # A FIFO is read by one process (no workers): wait until it has the pipe open.
         while fifo_openers(fifo, proc.pid) < 1:
@@ -884,7 +884,4 @@ def test_fifo_read_by_worker_processes(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    got = sorted(r["port"] for r in parse_records(out))
-    assert len(got) == len(ports), f"{len(got)} of {len(ports)} targets; exit {code}, {err!r}"
-    assert got == sorted(ports)
-    assert code == 1, f"exit {code}, stderr {err!r}"
+    each_port_once(code, out, err, ports)
