@@ -1,6 +1,8 @@
-"""Real sockets for the tests: listeners that record their peers, closed ports, listeners
-whose accept queue is full (connects to them time out, no root needed), and network
-namespaces for sweeps and faults (root and iproute2 needed; skipped otherwise)."""
+"""The tests' one harness. Real sockets: listeners that record their peers, closed ports,
+listeners whose accept queue is full (connects to them time out, no root needed), network
+namespaces for sweeps and faults (root and iproute2 needed; skipped otherwise) and their
+firewall rules. Records: parsed and checked against the contract. The daemon: `probe run`
+in a subprocess (`Daemon`), its config builders, its HTTP pages and Prometheus text."""
 
 from __future__ import annotations
 
