@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -52,9 +51,9 @@ from helpers import (
 from test_daemon import INTERVAL, config_toml, parse_prometheus, sample, target_toml
 from test_faults import (
     PORT_HOLDER,
-    SocketSampler,
     assert_local_endpoint,
     firewall,
+    flood,
     pipe_into_head,
     port_range,
     socket_inodes,
@@ -483,27 +482,12 @@ def test_probe_flood_gets_ten_slots_by_default_then_busy(
     d = start_in(tmp_path, config_toml(log, ""), log, daemons)
     port = d.port
     query = f"/probe?target={urllib.parse.quote(full_queue.target)}&timeout=2"
-    answers: list[tuple[int, str, str]] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        got = d.get(query, timeout=20)
-        with lock:
-            answers.append(got)
-
-    sampler = SocketSampler(d.proc.pid, full_queue.port)
-    threads = [threading.Thread(target=one) for _ in range(30)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-    finally:
-        sampler.stop()
+    answers, sampler = flood(d, query, 30, full_queue.port, timeout=20)
     assert len(answers) == 30
-    statuses = Counter(status for status, _, _ in answers)
+    assert not [a for a in answers if isinstance(a, str)], answers  # no dropped connection
+    statuses = Counter(a[0] for a in answers if not isinstance(a, str))
     assert set(statuses) == {200, 503}, statuses
-    assert all("busy" in body for status, _, body in answers if status == 503)
+    assert all("busy" in a[2] for a in answers if not isinstance(a, str) and a[0] == 503)
     assert sampler.most_out <= 10, sampler.most_out
     assert d.get("/healthz")[0] == 200 and port == d.port
     assert d.stop() == 0

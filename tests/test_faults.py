@@ -614,6 +614,34 @@ class SocketSampler:
         self._thread.join(5)
 
 
+def flood(
+    d: Daemon, query: str, n: int, port: int, timeout: float
+) -> tuple[list[tuple[int, str, str] | str], SocketSampler]:
+    """`n` GETs of `query` at once, one thread each, while the daemon's sockets to `port`
+    are sampled: every answer (or the repr of its connection error), and the sampler."""
+    answers: list[tuple[int, str, str] | str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            got: tuple[int, str, str] | str = d.get(query, timeout=timeout)
+        except Exception as exc:  # a dropped connection is an answer the tests look at
+            got = repr(exc)
+        with lock:
+            answers.append(got)
+
+    sampler = SocketSampler(d.proc.pid, port)
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(2 * timeout)
+    finally:
+        sampler.stop()
+    return answers, sampler
+
+
 # A daemon's own sockets besides its attempts: the HTTP listener, the loop's wake-up pair,
 # a resolver socket or two. Generous, but far below what the attempts could add.
 OVERHEAD = 12
@@ -667,26 +695,7 @@ def test_probe_flood_shares_the_concurrency_bound(
     daemons.append(d)
     d.port  # noqa: B018 - waits for the listening event
     query = f"/probe?target={urllib.parse.quote(full_queue.target)}&timeout=1"
-    answers: list[tuple[int, str, str] | str] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        try:
-            got: tuple[int, str, str] | str = d.get(query, timeout=30)
-        except Exception as exc:  # a connection error is what this test is about
-            got = repr(exc)
-        with lock:
-            answers.append(got)
-
-    sampler = SocketSampler(d.proc.pid, full_queue.port)
-    threads = [threading.Thread(target=one) for _ in range(200)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        sampler.stop()
+    answers, sampler = flood(d, query, 200, full_queue.port, timeout=30)
     assert len(answers) == 200
     errors = [a for a in answers if isinstance(a, str)]
     assert errors == []
