@@ -466,12 +466,15 @@ def target_toml(
     return "\n".join(lines) + "\n"
 
 
+INTERVAL = 0.2  # seconds: config_toml's [defaults] interval
+
+
 def config_toml(
     log: Path | None,
     targets: str,
     *,
     listen: str = "127.0.0.1:0",
-    interval: float = 0.2,
+    interval: float = INTERVAL,
     timeout: float = 0.3,
     concurrency: int | None = None,
     extra: str = "",

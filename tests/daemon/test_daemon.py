@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 from helpers import (
     CONTRACT_KEYS,
+    INTERVAL,
     ROOT,
     TIMESTAMP,
     Daemon,
@@ -51,8 +52,7 @@ T = TypeVar("T")
 Line = dict[str, Any]
 
 PROBE_KEYS = {*CONTRACT_KEYS, "name"}
-INTERVAL = 0.2  # helpers.config_toml's default interval
-sample = value  # the name test_hostile.py imports from here (with config_toml and the rest)
+sample = value  # test_hostile.py imports this name from here (and INTERVAL, config_toml, …)
 GRID_SLACK = 0.05  # seconds a start may sit off its slot (a busy machine's loop lag)
 
 
