@@ -61,20 +61,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("serial"))
 
 
-@pytest.fixture
-def listener() -> Iterator[RecordingListener]:
-    lst = RecordingListener()
+def _listening(host: str) -> Iterator[RecordingListener]:
+    lst = RecordingListener(host)
     yield lst
     lst.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[RecordingListener]:
+    yield from _listening("127.0.0.1")
 
 
 @pytest.fixture
 def listener6() -> Iterator[RecordingListener]:
     if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback on this machine")
-    lst = RecordingListener("::1")
-    yield lst
-    lst.close()
+    yield from _listening("::1")
 
 
 @pytest.fixture

@@ -1,9 +1,12 @@
-"""Real sockets for the tests: listeners that record their peers, closed ports, listeners
-whose accept queue is full (connects to them time out, no root needed), and network
-namespaces for sweeps and faults (root and iproute2 needed; skipped otherwise)."""
+"""The tests' one harness. Real sockets: listeners that record their peers, closed ports,
+listeners whose accept queue is full (connects to them time out, no root needed), network
+namespaces for sweeps and faults (root and iproute2 needed; skipped otherwise) and their
+firewall rules. Records: parsed and checked against the contract. The daemon: `probe run`
+in a subprocess (`Daemon`), its config builders, its HTTP pages and Prometheus text."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,13 +20,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from probe.record import Outcome, Record
 
 T = TypeVar("T")
 Rec = dict[str, Any]
@@ -111,6 +117,29 @@ def check_record(rec: Rec) -> None:
         assert isinstance(rec["address"], str)
 
 
+def make_record(**changes: Any) -> Record:
+    """A record as the engine builds one (an open loopback attempt with its RTT sample), for
+    the in-process tests of what consumes records; `changes` sets any field."""
+    fields: dict[str, Any] = {
+        "started": time.time(),
+        "target": "127.0.0.1:9",
+        "host": "127.0.0.1",
+        "port": 9,
+        "address": "127.0.0.1",
+        "family": "ipv4",
+        "local_address": "127.0.0.1",
+        "local_port": 40000,
+        "outcome": Outcome.OPEN,
+        "error": None,
+        "latency_ms": 1.0,
+        "rtt_ms": 0.5,
+        "syn_retransmits": 0,
+        "dns_ms": 0.0,
+        "attempt": 1,
+    }
+    return Record(**(fields | changes))
+
+
 def read_lines(path: Path) -> list[Rec]:
     """Every complete line of a JSON-lines file, parsed; a line that is not JSON fails."""
     try:
@@ -139,14 +168,41 @@ def no_traceback(stderr: str | bytes) -> None:
     assert "Traceback" not in text, text
 
 
-def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str, str]:
-    """(status, content type, body) of GET http://127.0.0.1:PORT/PATH."""
+def wait_for(
+    what: str, check: Callable[[], T | None], timeout: float = 15.0, step: float = 0.02
+) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` at the deadline.
+    A wait returns as soon as its condition holds, so a generous deadline costs a passing
+    test nothing (a daemon's start-up can take seconds on a loaded 2-core machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def http_fetch(
+    port: int, path: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+) -> tuple[int, Message, bytes]:
+    """(status, response headers, body) of GET http://127.0.0.1:PORT/PATH."""
     url = f"http://127.0.0.1:{port}{path}"
+    request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with _http.open(url, timeout=timeout) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+        with _http.open(request, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+        return exc.code, exc.headers, exc.read()
+
+
+def http_get(
+    port: int, path: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """(status, content type, body as text) of GET http://127.0.0.1:PORT/PATH."""
+    status, got, body = http_fetch(port, path, timeout, headers)
+    return status, got.get("Content-Type", ""), body.decode()
 
 
 def kill(proc: subprocess.Popen[Any]) -> None:
@@ -198,6 +254,15 @@ class RecordingListener:
             time.sleep(0.01)
         with self._lock:
             return list(self.peers)
+
+    def assert_not_reached(self) -> None:
+        """Nothing connected here (given the time to), while a connection of our own still
+        is seen: the silence means something."""
+        time.sleep(0.3)  # a connection, had one been made, would have been accepted by now
+        assert self.peers == []
+        with socket.create_connection((self.host, self.port), timeout=2):
+            pass
+        assert len(self.wait_peers(1)) == 1
 
     def close(self) -> None:
         self._stop = True
@@ -285,6 +350,23 @@ class Netns:
     def popen(self, *cmd: str, **kw: Any) -> subprocess.Popen[str]:
         return subprocess.Popen([*self.prefix(), *cmd], text=True, **kw)
 
+    @contextlib.contextmanager
+    def etc(self, name: str, text: str) -> Iterator[None]:
+        """/etc/NAME inside the namespace is `text` while the block runs (`ip netns exec`
+        bind-mounts /etc/netns/NS/NAME over it): a resolver or a hosts file of our own."""
+        parent = Path("/etc/netns")
+        created_parent = not parent.exists()
+        own = parent / self.name
+        own.mkdir(parents=True, exist_ok=True)
+        try:
+            (own / name).write_text(text)
+            yield
+        finally:
+            shutil.rmtree(own, ignore_errors=True)
+            if created_parent:
+                with contextlib.suppress(OSError):  # another test's namespace files are there
+                    parent.rmdir()
+
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
@@ -335,6 +417,107 @@ class NsServer:
         kill(self.proc)
 
 
+# -- Prometheus text -------------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> Samples:
+    """Samples of a Prometheus text exposition: (name, labels) -> value."""
+    out: Samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        assert m is not None, f"not a sample line: {line!r}"
+        out[(m[1], frozenset(_LABEL.findall(m[2] or "")))] = float(m[3])
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The sample of `name` with exactly these labels, or None."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+def unlabelled(text: str) -> dict[str, float]:
+    """The samples without labels (a /probe answer's), by name."""
+    return {name: v for (name, labels), v in parse_prometheus(text).items() if not labels}
+
+
+def with_label(samples: Samples, name: str, label: str, val: str) -> dict[frozenset[Any], float]:
+    """Every sample of `name` whose `label` is `val`."""
+    return {labels: v for (n, labels), v in samples.items() if n == name and (label, val) in labels}
+
+
+# -- the daemon's config ---------------------------------------------------------------------------
+
+
+def target_toml(
+    name: str, address: str, labels: Mapping[str, str] | None = None, **keys: Any
+) -> str:
+    """One `[[targets]]` table; `keys` are further keys (interval, family, ...)."""
+    lines = ["[[targets]]", f"address = {json.dumps(address)}", f"name = {json.dumps(name)}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    if labels:
+        inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in labels.items())
+        lines.append(f"labels = {{ {inner} }}")
+    return "\n".join(lines) + "\n"
+
+
+INTERVAL = 0.2  # seconds: config_toml's [defaults] interval
+
+
+def config_toml(
+    log: Path | None,
+    targets: str,
+    *,
+    listen: str = "127.0.0.1:0",
+    interval: float = INTERVAL,
+    timeout: float = 0.3,
+    concurrency: int | None = None,
+    extra: str = "",
+) -> str:
+    """A daemon config logging JSON to `log` (None: stdout) and listening on a free
+    loopback port; `extra` goes into [metrics]."""
+    log_file = "" if log is None else str(log)
+    engine = "" if concurrency is None else f"[engine]\nconcurrency = {concurrency}\n\n"
+    return (
+        f"[defaults]\ninterval = {interval}\ntimeout = {timeout}\n\n{engine}"
+        f'[log]\nformat = "json"\nfile = {json.dumps(log_file)}\n\n'
+        f'[metrics]\nlisten = "{listen}"\n{extra}\n' + targets
+    )
+
+
+def run_probe(
+    *args: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 20.0,
+) -> subprocess.CompletedProcess[str]:
+    """`probe ARGS` to its end, output captured, `input` (or nothing) on its stdin; `env` is
+    added to a shard-free environment."""
+    return subprocess.run(
+        [*probe_cmd(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        env=_environ(env),
+    )
+
+
+def _environ(env: Mapping[str, str] | None) -> dict[str, str]:
+    """This environment without any PROBE_SHARD* (a test's daemon owns every target unless
+    the test says otherwise), plus `env`."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("PROBE_SHARD")}
+    return kept | dict(env or {})
+
+
 # -- the daemon ----------------------------------------------------------------------------------
 
 
@@ -358,9 +541,13 @@ class Daemon:
         cwd: Path | None = None,
         args: tuple[str, ...] | None = None,
         wrap: list[str] | None = None,
+        flags: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Daemon:
         """Write `text` to tmp/config.toml (None: it is already there) and run the daemon on
-        it; `args` replaces `--config PATH`; `wrap` goes before the command (unshare, ...)."""
+        it; `args` replaces `--config PATH`, `flags` follow it (--shard I/N); `wrap` goes
+        before the command (unshare, ...); `env` is added to a shard-free environment."""
+        tmp.mkdir(parents=True, exist_ok=True)
         config = tmp / "config.toml"
         if text is not None:
             config.write_text(text)
@@ -371,11 +558,13 @@ class Daemon:
                     *probe_cmd(),
                     "run",
                     *(("--config", str(config)) if args is None else args),
+                    *flags,
                 ],
                 stdout=stdout,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 cwd=cwd or tmp,
+                env=_environ(env),
             )
         return cls(tmp, config, log or tmp / "stdout", proc)
 
@@ -407,28 +596,22 @@ class Daemon:
     # waiting
 
     def wait(self, what: str, check: Callable[[], T | None], timeout: float = 10.0) -> T:
-        """Poll `check` until it returns something truthy; fail naming `what` at the deadline
-        (or at once, with stderr, if the daemon died)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """`wait_for`, failing at once (with stderr) if the daemon died."""
+
+        def alive_or_done() -> T | None:
             got = check()
+            if got or self.proc.poll() is None:
+                return got
+            got = check()  # the daemon may have written it just before it exited
             if got:
                 return got
-            if self.proc.poll() is not None:
-                got = check()
-                if got:
-                    return got
-                raise AssertionError(
-                    f"daemon exited {self.proc.returncode} while waiting for {what}; "
-                    f"stderr: {self.stderr!r}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.02)
+            raise AssertionError(
+                f"daemon exited {self.proc.returncode} while waiting for {what}; "
+                f"stderr: {self.stderr!r}"
+            )
 
-    # Deadlines are generous on purpose: a wait returns as soon as its condition holds, so a
-    # long deadline costs a passing test nothing, and a daemon's start-up (imports) can take
-    # seconds on a loaded 2-core machine with two test sessions running.
+        return wait_for(what, alive_or_done, timeout)
+
     def wait_records(
         self, name: str, n: int, after: float = 0.0, timeout: float = 15.0
     ) -> list[Rec]:
@@ -457,8 +640,16 @@ class Daemon:
             self._port = int(port)
         return self._port
 
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str, str]:
-        return http_get(self.port, path, timeout)
+    def get(
+        self, path: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        return http_get(self.port, path, timeout, headers)
+
+    def metrics(self) -> tuple[str, Samples]:
+        """The /metrics page, as text and parsed."""
+        status, _, body = self.get("/metrics")
+        assert status == 200, body
+        return body, parse_prometheus(body)
 
     # stopping
 
@@ -484,16 +675,41 @@ class Daemon:
             self.proc.kill()
             self.proc.wait(5)
 
+    def close(self) -> None:
+        """Cleanup: SIGTERM, and SIGKILL if it has not exited within 10 s."""
+        try:
+            self.stop(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
 
 def need_tools(ns: Netns, *tools: str) -> None:
-    """Skip unless every tool is installed and iptables works inside the namespace."""
+    """Skip unless every tool is installed and each firewall among them (iptables,
+    ip6tables) works inside the namespace."""
     for tool in tools:
         if shutil.which(tool) is None:
             pytest.skip(f"no {tool} on this machine")
-    try:
-        ns.run("iptables", "-L", "INPUT", "-n")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
+    for tool in ("iptables", "ip6tables"):
+        if tool not in tools:
+            continue
+        try:
+            ns.run(tool, "-L", "INPUT", "-n")
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"{tool} does not work here: {exc.stderr.strip()}")
+
+
+def drop_syns(ns: Netns, ports: int | str, *match: str, chain: str = "INPUT") -> None:
+    """Drop the SYNs to `ports` (5001 or "6000:6199") on the namespace's `lo`: on the way in
+    (INPUT, after a capture on `lo` has seen them leave) or on the way out (OUTPUT)."""
+    way = "-i" if chain == "INPUT" else "-o"
+    ns.run(
+        "iptables", "-A", chain, way, "lo", "-p", "tcp", "--syn", "--dport", str(ports),
+        *match, "-j", "DROP",
+    )  # fmt: skip
+
+
+# every 2nd SYN, starting with the first: each connect gets through on its first resend
+EVERY_OTHER = ("-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
 
 
 def check_in(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -36,25 +35,29 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "daemon"))
 
 from helpers import (
+    INTERVAL,
     Daemon,
     FullQueueListener,
     Netns,
     NsServer,
     RecordingListener,
     closed_port,
+    config_toml,
     kill,
     need_tools,
     no_traceback,
+    parse_prometheus,
     parse_records,
     probe_cmd,
+    target_toml,
     ts,
+    value,
 )
-from test_daemon import INTERVAL, config_toml, parse_prometheus, sample, target_toml
 from test_faults import (
     PORT_HOLDER,
-    SocketSampler,
     assert_local_endpoint,
     firewall,
+    flood,
     pipe_into_head,
     port_range,
     socket_inodes,
@@ -483,27 +486,12 @@ def test_probe_flood_gets_ten_slots_by_default_then_busy(
     d = start_in(tmp_path, config_toml(log, ""), log, daemons)
     port = d.port
     query = f"/probe?target={urllib.parse.quote(full_queue.target)}&timeout=2"
-    answers: list[tuple[int, str, str]] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        got = d.get(query, timeout=20)
-        with lock:
-            answers.append(got)
-
-    sampler = SocketSampler(d.proc.pid, full_queue.port)
-    threads = [threading.Thread(target=one) for _ in range(30)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-    finally:
-        sampler.stop()
+    answers, sampler = flood(d, query, 30, full_queue.port, timeout=20)
     assert len(answers) == 30
-    statuses = Counter(status for status, _, _ in answers)
+    assert not [a for a in answers if isinstance(a, str)], answers  # no dropped connection
+    statuses = Counter(a[0] for a in answers if not isinstance(a, str))
     assert set(statuses) == {200, 503}, statuses
-    assert all("busy" in body for status, _, body in answers if status == 503)
+    assert all("busy" in a[2] for a in answers if not isinstance(a, str) and a[0] == 503)
     assert sampler.most_out <= 10, sampler.most_out
     assert d.get("/healthz")[0] == 200 and port == d.port
     assert d.stop() == 0
@@ -522,7 +510,7 @@ def test_a_hung_probe_lookup_ends_at_the_attempts_timeout(
     v = plain(body)
     assert v["probe_success"] == 0.0
     assert v["probe_ip_protocol"] == 0.0  # the name did not resolve
-    assert sample(parse_prometheus(body), "probe_failed_due_to", reason="EAI_AGAIN") == 1.0
+    assert value(parse_prometheus(body), "probe_failed_due_to", reason="EAI_AGAIN") == 1.0
     assert 0.9 <= took < 5.0, took  # the attempt's 1 s, not the resolver's 30 s
     (rec,) = d.wait("the record", lambda: [r for r in d.records() if r["host"] == "hang.test"])
     assert (rec["outcome"], rec["error"], rec["address"]) == ("error", "EAI_AGAIN", None)
@@ -530,7 +518,7 @@ def test_a_hung_probe_lookup_ends_at_the_attempts_timeout(
     status, _, body = ns_get(dns.ns, port, "/probe?target=nosuch.invalid:80", 10)
     assert status == 200, body
     assert plain(body)["probe_ip_protocol"] == 0.0
-    assert sample(parse_prometheus(body), "probe_failed_due_to", reason="EAI_NONAME") == 1.0
+    assert value(parse_prometheus(body), "probe_failed_due_to", reason="EAI_NONAME") == 1.0
     d.kill()
 
 
@@ -559,7 +547,7 @@ def test_a_failed_re_resolution_keeps_the_last_good_address(
     port = int(d.events("listening")[0]["address"].rpartition(":")[2])
     samples = metrics_of(lambda path: ns_get(dns.ns, port, path))
     assert skipped_total(samples) == 0
-    assert (sample(samples, "probe_resolve_failures_total", target="named") or 0) >= 1
+    assert (value(samples, "probe_resolve_failures_total", target="named") or 0) >= 1
     d.kill()
 
 
@@ -629,7 +617,7 @@ def test_a_stall_skips_slots_and_does_not_make_them_up(
     d.wait_records("a", 4, after=resumed)
     samples = metrics_of(d.get)
     assert skipped_total(samples) >= 3, samples
-    assert (sample(samples, "probe_late_starts_total") or 0) >= 1
+    assert (value(samples, "probe_late_starts_total") or 0) >= 1
     first = [ts(r) for r in d.records("a") if resumed <= ts(r) < resumed + 0.5]
     assert len(first) <= 4, first  # 0.5 s holds 2-3 slots; a make-up burst would add 5
     assert d.stop() == 0
@@ -653,12 +641,12 @@ def test_path_series_of_a_name_with_addresses_all(
     d.wait_event("state", name="all", address="127.0.0.1", to="up")
     s = metrics_of(d.get)
     v4 = {"target": "all", "address": "127.0.0.1", "family": "ipv4"}
-    assert (sample(s, "probe_path_attempts_total", outcome="open", **v4) or 0) >= 1
-    assert sample(s, "probe_path_attempts_total", outcome="refused", **v4) in (None, 0.0)
-    count = sample(s, "probe_path_connect_latency_seconds_count", **v4)
+    assert (value(s, "probe_path_attempts_total", outcome="open", **v4) or 0) >= 1
+    assert value(s, "probe_path_attempts_total", outcome="refused", **v4) in (None, 0.0)
+    count = value(s, "probe_path_connect_latency_seconds_count", **v4)
     assert count is not None and count >= 1
-    assert sample(s, "probe_path_connect_latency_seconds_bucket", le="+Inf", **v4) == count
-    assert sample(s, "probe_path_up", **v4) == 1.0
+    assert value(s, "probe_path_connect_latency_seconds_bucket", le="+Inf", **v4) == count
+    assert value(s, "probe_path_up", **v4) == 1.0
     assert d.stop() == 0
 
 
@@ -697,7 +685,7 @@ def test_process_metrics_describe_the_daemon(tmp_path: Path, daemons: list[Daemo
     d.wait_records("a", 2)
     time.sleep(1.5)  # a render started now, in a child, would say "started just now"
     s = metrics_of(d.get)
-    started = sample(s, "process_start_time_seconds")
+    started = value(s, "process_start_time_seconds")
     assert started is not None
     assert abs(started - _started_at(d.proc.pid)) < 1.0, (started, _started_at(d.proc.pid))
     assert d.stop() == 0
@@ -729,11 +717,11 @@ def test_a_resent_syn_counts_in_the_daemons_metrics(
     finally:
         server.close()
     assert all(r["outcome"] == "open" and r["syn_retransmits"] == 1 for r in recs), recs
-    sent_again = sample(s, "probe_syn_retransmits_total", target="resent")
+    sent_again = value(s, "probe_syn_retransmits_total", target="resent")
     assert sent_again is not None
     assert len(before) <= sent_again <= sum(r["syn_retransmits"] for r in recs), (sent_again, recs)
-    assert (sample(s, "probe_connect_latency_seconds_count", target="resent") or 0) >= 1
-    assert sample(s, "probe_tcp_rtt_seconds_count", target="resent") in (None, 0.0)
+    assert (value(s, "probe_connect_latency_seconds_count", target="resent") or 0) >= 1
+    assert value(s, "probe_tcp_rtt_seconds_count", target="resent") in (None, 0.0)
     d.kill()
 
 

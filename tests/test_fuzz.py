@@ -276,17 +276,22 @@ def test_target_file_with_a_bom(tmp_path: Path) -> None:
     )
 )
 def test_config_file_of_any_bytes(data: bytes) -> None:
+    load_bytes(data)  # a Config, or one printable line naming the file
+
+
+def load_bytes(data: bytes) -> Config | None:
+    """`load_config` on a file holding `data`: the config, or None after checking that its
+    error is one printable line that starts with the file's path."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "c.toml")
         path.write_bytes(data)
         try:
-            config = load_config(path)
+            return load_config(path)
         except ConfigError as exc:
             message = str(exc)
-            assert message.startswith(f"{path}: "), message
-            assert message.isprintable() and len(message.splitlines()) == 1, message
-        else:
-            assert isinstance(config, Config)
+    assert message.startswith(f"{path}: "), message
+    assert message.isprintable() and len(message.splitlines()) == 1, message
+    return None
 
 
 hostile_text = st.text(st.sampled_from(HOSTILE.replace("\x00", "") + "ab\"'\\#[]={}"), max_size=12)
@@ -310,15 +315,9 @@ def test_config_strings_with_control_characters(key: str, value: str) -> None:
     else:
         section, name = key.split(".")
         text = f"[{section}]\n{name} = {encoded}\n"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "c.toml")
-        path.write_text(text)
-        try:
-            config = load_config(path)
-        except ConfigError as exc:
-            message = str(exc)
-            assert message.isprintable() and len(message.splitlines()) == 1, message
-            return
+    config = load_bytes(text.encode())
+    if config is None:
+        return
     if key == "name":
         assert config.targets[0].name == value
     elif key == "labels.team":
@@ -759,12 +758,7 @@ def test_ten_million_line_target_file_streams(tmp_path: Path) -> None:
     fd = os.open(fifo, os.O_RDWR)
     writer = threading.Thread(target=feed_fifo, args=(fifo, ports, TEN_MILLION, fd), daemon=True)
     writer.start()
-    proc = subprocess.Popen(
-        [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = check_fifo(fifo, 1)
     peak = 0
     try:
         deadline = time.monotonic() + 60
@@ -829,6 +823,24 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int | None, str
         return None, out, err
 
 
+def check_fifo(fifo: Path, workers: int) -> subprocess.Popen[str]:
+    """`probe check @FIFO --json` with short timeouts, its output piped."""
+    return subprocess.Popen(
+        [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def each_port_once(code: int | None, out: str, err: str, ports: list[int]) -> None:
+    """One record for every (closed) port of the FIFO, and exit 1: none was open."""
+    got = sorted(r["port"] for r in parse_records(out))
+    assert len(got) == len(ports), f"{len(got)} of {len(ports)} targets; exit {code}, {err!r}"
+    assert got == sorted(ports)
+    assert code == 1, f"exit {code}, stderr {err!r}"
+
+
 def test_fifo_fed_by_a_shell_writer(tmp_path: Path) -> None:
     """`mkfifo f; gen > f & probe check @f`: the writer opens once and writes."""
     fifo = tmp_path / "targets.fifo"
@@ -838,12 +850,7 @@ def test_fifo_fed_by_a_shell_writer(tmp_path: Path) -> None:
         [sys.executable, "-c", FIFO_WRITER, str(fifo), *map(str, ports)],
         stderr=subprocess.DEVNULL,
     )
-    proc = subprocess.Popen(
-        [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = check_fifo(fifo, 1)
     try:
         code, out, err = finish(proc, 10)
     finally:
@@ -851,10 +858,7 @@ def test_fifo_fed_by_a_shell_writer(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    got = sorted(r["port"] for r in parse_records(out))
-    assert len(got) == len(ports), f"{len(got)} of {len(ports)} targets; exit {code}, {err!r}"
-    assert got == sorted(ports)
-    assert code == 1, f"exit {code}, stderr {err!r}"
+    each_port_once(code, out, err, ports)
 
 
 def test_fifo_read_by_worker_processes(tmp_path: Path) -> None:
@@ -866,12 +870,7 @@ def test_fifo_read_by_worker_processes(tmp_path: Path) -> None:
         data = "".join(f"127.0.0.1:{port}\n" for port in ports).encode()
         assert len(data) < 16384  # fits in the pipe's buffer
         os.write(keep, data)
-        proc = subprocess.Popen(
-            [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.2", "--workers", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = check_fifo(fifo, 2)
         deadline = time.monotonic() + 10
         # A FIFO is read by one process (no workers): wait until it has the pipe open.
         while fifo_openers(fifo, proc.pid) < 1:
@@ -885,7 +884,4 @@ def test_fifo_read_by_worker_processes(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    got = sorted(r["port"] for r in parse_records(out))
-    assert len(got) == len(ports), f"{len(got)} of {len(ports)} targets; exit {code}, {err!r}"
-    assert got == sorted(ports)
-    assert code == 1, f"exit {code}, stderr {err!r}"
+    each_port_once(code, out, err, ports)

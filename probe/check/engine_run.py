@@ -367,23 +367,19 @@ async def _share(
         result.lag_samples = engine.lag.samples
 
 
+@dataclass(eq=False)
 class _Ticker:
     """Flushes records on a timer and reports progress (attempts, open) to whoever draws it."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        engine: Engine,
-        sinks: Sinks,
-        result: ShareResult,
-        progress: Progress | None,
-    ) -> None:
-        self.loop = loop
-        self.engine = engine
-        self.sinks = sinks
-        self.result = result
-        self.progress = progress
-        self.handle = loop.call_later(FLUSH_EVERY, self.tick)
+    loop: asyncio.AbstractEventLoop
+    engine: Engine
+    sinks: Sinks
+    result: ShareResult
+    progress: Progress | None
+    handle: asyncio.TimerHandle = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.handle = self.loop.call_later(FLUSH_EVERY, self.tick)
 
     def tick(self) -> None:
         try:

@@ -9,7 +9,6 @@ during the run, as the same error type.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import stat
@@ -17,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from ..address import literal
 from ..engine import EngineOptions, check_source
 from ..engine.nofile import fit_concurrency
 from ..errors import TargetError, UsageError, report
@@ -308,13 +308,5 @@ def _width(target: Target) -> int:
     if addresses is not None:
         host = max(addresses[0], addresses[addresses.count() - 1], key=len)
     label = target.label(max(hi for _, hi in target.ports), host)
-    literal = addresses is not None or _is_address(host)
-    return len(label) + (0 if literal else len(" [127.0.0.1]"))  # a typical address
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    is_ip = addresses is not None or literal(host) is not None
+    return len(label) + (0 if is_ip else len(" [127.0.0.1]"))  # a typical address

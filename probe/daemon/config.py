@@ -58,18 +58,38 @@ DEFAULT_PROBE_ALLOW: Final = ("127.0.0.0/8", "::1/128")
 DEFAULT_ALLOW_NETWORKS: Final = tuple(ipaddress.ip_network(n) for n in DEFAULT_PROBE_ALLOW)
 DEFAULT_PROBE_CONCURRENCY: Final = 10
 DEFAULT_LAG_LIMIT_MS: Final = 2.0  # the engine's own default
-MAX_DOTTED_PARTS: Final = 16
-MAX_CONCURRENCY: Final = 1_000_000
-MAX_STATE_COUNT: Final = 1_000  # down_after / up_after
-MAX_LAG_LIMIT_MS: Final = 60_000.0
-MAX_NAME: Final = 256
-MAX_LABELS: Final = 32
-MAX_LABEL_VALUE: Final = 1024
-MAX_ALLOW: Final = 1024
-MAX_PATH: Final = 4096
 FAMILIES: Final = ("any", "ipv4", "ipv6")
 ADDRESS_MODES: Final = ("all", "first")
 LOG_FORMATS: Final = ("console", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The most one config may hold (issue 12): a hostile or mistaken file costs bounded
+    work and memory. The bounds the CLI and `/probe` share live in :mod:`probe.limits`."""
+
+    dotted_parts: int  # parts of one dotted key, refused before tomllib sees them
+    concurrency: int  # engine.concurrency and metrics.probe_concurrency
+    state_count: int  # down_after / up_after
+    lag_limit_ms: float
+    name: int  # characters of a target's name
+    labels: int  # labels of one target
+    label_value: int  # characters of one label's value
+    allow: int  # networks in metrics.probe_allow
+    path: int  # characters of any other string (a file path, an address)
+
+
+CAPS: Final = Caps(
+    dotted_parts=16,
+    concurrency=1_000_000,
+    state_count=1_000,
+    lag_limit_ms=60_000.0,
+    name=256,
+    labels=32,
+    label_value=1024,
+    allow=1024,
+    path=4096,
+)
 
 # \Z, not $: "$" would also accept a name with a trailing newline.
 _LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -303,7 +323,7 @@ def _int(value: object, at: _Path, *, ge: int, le: int) -> int:
     return value
 
 
-def _str(value: object, at: _Path, *, min_length: int = 0, max_length: int = MAX_PATH) -> str:
+def _str(value: object, at: _Path, *, min_length: int = 0, max_length: int = CAPS.path) -> str:
     if not isinstance(value, str):
         _fail(at, f"expected string, {_got(value)}")
     if len(value) < min_length:
@@ -370,7 +390,7 @@ def _timeout(value: object, at: _Path) -> float:
 
 
 def _state_count(value: object, at: _Path) -> int:
-    return _int(value, at, ge=1, le=MAX_STATE_COUNT)
+    return _int(value, at, ge=1, le=CAPS.state_count)
 
 
 # key → checker, for what [defaults] and each target share
@@ -398,7 +418,7 @@ def _engine(raw: object, probe_concurrency: object) -> EngineConfig:
     _known_keys(table, at, ("concurrency", "source", "lag_limit"))
     concurrency = 1000
     if "concurrency" in table:
-        concurrency = _int(table["concurrency"], (*at, "concurrency"), ge=1, le=MAX_CONCURRENCY)
+        concurrency = _int(table["concurrency"], (*at, "concurrency"), ge=1, le=CAPS.concurrency)
     source = None
     if "source" in table:
         text = _str(table["source"], (*at, "source"))
@@ -412,13 +432,13 @@ def _engine(raw: object, probe_concurrency: object) -> EngineConfig:
         elif value is True:
             _fail((*at, "lag_limit"), "expected milliseconds > 0, or 0 or false to disable")
         else:
-            lag = _float(value, (*at, "lag_limit"), gt=0, le=MAX_LAG_LIMIT_MS)
+            lag = _float(value, (*at, "lag_limit"), gt=0, le=CAPS.lag_limit_ms)
     # [metrics] probe_concurrency: GET /probe's own limit, kept below the schedule's.
     pat: _Path = ("metrics", "probe_concurrency")
     if probe_concurrency is None:
         probe = min(DEFAULT_PROBE_CONCURRENCY, max(1, concurrency - 1))
     else:
-        probe = _int(probe_concurrency, pat, ge=1, le=MAX_CONCURRENCY)
+        probe = _int(probe_concurrency, pat, ge=1, le=CAPS.concurrency)
         if probe >= concurrency:
             _fail(pat, f"must be below engine.concurrency ({concurrency}), got {probe}")
     return EngineConfig(concurrency, source, lag, probe)
@@ -462,7 +482,7 @@ def _metrics(raw: object, probe_concurrency: int) -> MetricsConfig:
             listen = HostPort(host, port)
     allow = DEFAULT_ALLOW_NETWORKS
     if "probe_allow" in table:
-        items = _array(table["probe_allow"], (*at, "probe_allow"), max_items=MAX_ALLOW)
+        items = _array(table["probe_allow"], (*at, "probe_allow"), max_items=CAPS.allow)
         allow = tuple(
             _network(_str(item, (*at, "probe_allow", i)), (*at, "probe_allow", i))
             for i, item in enumerate(items)
@@ -480,15 +500,15 @@ def _cluster(raw: object) -> ClusterConfig:
 
 def _labels(raw: object, at: _Path) -> Mapping[str, str]:
     table = _table(raw, at)
-    if len(table) > MAX_LABELS:
-        _fail(at, f"expected at most {MAX_LABELS} labels, got {len(table)}")
+    if len(table) > CAPS.labels:
+        _fail(at, f"expected at most {CAPS.labels} labels, got {len(table)}")
     for name in table:
         if not _LABEL_NAME_RE.match(name):
             _fail(at, f"invalid label name {_show(name)}: must match [a-zA-Z_][a-zA-Z0-9_]*")
         if name == "target":  # metrics: the label of the target's name (probe_target_info)
             _fail((*at, name), "label 'target' is reserved: metrics use it for the target's name")
     return MappingProxyType(
-        {k: _str(v, (*at, k), max_length=MAX_LABEL_VALUE) for k, v in table.items()}
+        {k: _str(v, (*at, k), max_length=CAPS.label_value) for k, v in table.items()}
     )
 
 
@@ -509,7 +529,7 @@ def _target(raw: object, index: int, defaults: TargetDefaults) -> ResolvedTarget
     host, port = _via(parse_endpoint, address, (*at, "address"))
     name = address
     if "name" in table:
-        name = _str(table["name"], (*at, "name"), min_length=1, max_length=MAX_NAME)
+        name = _str(table["name"], (*at, "name"), min_length=1, max_length=CAPS.name)
     shared = {k: _SHARED[k](table[k], (*at, k)) for k in _DEFAULT_KEYS if k in table}
     labels = _labels(table["labels"], (*at, "labels")) if "labels" in table else None
     merged = {k: shared.get(k, getattr(defaults, k)) for k in _DEFAULT_KEYS}
@@ -626,17 +646,17 @@ _TOML_DELIMITERS: Final = re.compile(r"[=,\[\]{}]")
 
 def _check_dotted_keys(text: str, path: str) -> None:
     """tomllib takes time quadratic in the parts of one dotted key (a 400 KB `a.a.a…` key
-    runs for minutes): refuse keys of more than MAX_DOTTED_PARTS parts before parsing."""
-    if max((line.count(".") for line in text.split("\n")), default=0) < MAX_DOTTED_PARTS:
+    runs for minutes): refuse keys of more than CAPS.dotted_parts parts before parsing."""
+    if max((line.count(".") for line in text.split("\n")), default=0) < CAPS.dotted_parts:
         return  # no line has that many dots at all: the common case, in one pass
     # Blank out strings and comments (keeping their line breaks): their dots are no keys'.
     bare = _TOML_STRINGS.sub(lambda m: " " + "\n" * m[0].count("\n"), text)
     for number, line in enumerate(bare.split("\n"), 1):
-        if line.count(".") < MAX_DOTTED_PARTS:
+        if line.count(".") < CAPS.dotted_parts:
             continue
-        if any(token.count(".") >= MAX_DOTTED_PARTS for token in _TOML_DELIMITERS.split(line)):
+        if any(token.count(".") >= CAPS.dotted_parts for token in _TOML_DELIMITERS.split(line)):
             raise ConfigError(
-                path, None, f"line {number}: a dotted key of more than {MAX_DOTTED_PARTS} parts"
+                path, None, f"line {number}: a dotted key of more than {CAPS.dotted_parts} parts"
             )
 
 

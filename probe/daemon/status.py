@@ -106,16 +106,16 @@ class Group(msgspec.Struct, gc=False):
     rows: list[Row]
 
 
-class Page(msgspec.Struct, gc=False):
+class Page(msgspec.Struct, gc=False, kw_only=True):
     generated: str
-    window_s: int
-    bucket_s: int
+    window_s: int = BUCKETS * BUCKET_SECONDS  # the format's own figures, the same every page
+    bucket_s: int = BUCKET_SECONDS
     total: int  # targets in the config
     matched: int  # after the label filter
     counts: dict[str, int]  # up/down/unknown among the matched
     page: int
     pages: int
-    per_page: int
+    per_page: int = PER_PAGE
     labels: list[str]  # the filters asked for, KEY:VALUE
     group: str
     offered: list[str]  # label filters the config has (capped)
@@ -229,14 +229,11 @@ class StatusPage:
                 rows.append(self._row(target, histories.get(target.name), now))
         return Page(
             generated=_iso(now),
-            window_s=BUCKETS * BUCKET_SECONDS,
-            bucket_s=BUCKET_SECONDS,
             total=len(targets),
             matched=matched,
             counts=counts,
             page=page,
             pages=pages,
-            per_page=PER_PAGE,
             labels=[f"{k}:{v}" for k, v in query.labels],
             group=query.group,
             offered=order.offered,

@@ -3,17 +3,17 @@ parsed and checked against the contract, its one-line errors, a line reader with
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers import parse_records, probe_cmd
+from helpers import parse_records, probe_cmd, run_probe
 
 RUN_TIMEOUT = 30
 
@@ -24,27 +24,14 @@ RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"
 def probe(
     *args: str, input: str | None = None, cwd: Path | None = None, timeout: float = RUN_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*probe_cmd(), *args],
-        capture_output=True,
-        text=True,
-        input=input,
-        cwd=cwd,
-        timeout=timeout,
-    )
+    return run_probe(*args, cwd=cwd, input=input, timeout=timeout)
 
 
 def probe_env(
     env: dict[str, str], *args: str, timeout: float = RUN_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     """`probe` with these environment variables added (PROBE_CORE=python, ...)."""
-    return subprocess.run(
-        [*probe_cmd(), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=timeout,
-    )
+    return run_probe(*args, env=env, timeout=timeout)
 
 
 def records(stdout: str) -> list[dict[str, Any]]:
@@ -95,6 +82,53 @@ class Lines:
             if not line:
                 return out
             out.append(line)
+
+
+def until_signal(
+    args: list[str],
+    signum: int,
+    lines_before: int,
+    prefix: Sequence[str] = (),
+    wait: float = 10.0,
+) -> tuple[int, list[str], str]:
+    """`probe check ARGS` (after `prefix`: `ip netns exec NS`) until `lines_before` lines
+    are out (each within `wait` s), then `signum`: (exit code, every stdout line without its
+    newline, stderr)."""
+    proc = subprocess.Popen(
+        [*prefix, *probe_cmd(), "check", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        reader = Lines(proc)
+        seen = [reader.get(wait) for _ in range(lines_before)]
+        assert all(seen), f"the run ended before {lines_before} lines: {seen}"
+        proc.send_signal(signum)
+        code = proc.wait(timeout=10)
+        out = seen + reader.rest()
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, [line.rstrip("\n") for line in out], stderr
+
+
+def compact_ports(ports: list[int]) -> str:
+    """How the human summary lists a host's non-open ports: runs as LO-HI, at most 24 of
+    them, then how many more (written out here, not taken from probe/)."""
+    runs: list[list[int]] = []
+    for port in sorted(ports):
+        if runs and runs[-1][1] == port - 1:
+            runs[-1][1] = port
+        else:
+            runs.append([port, port])
+    parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs]
+    more = f",… ({len(parts) - 24} more ranges)" if len(parts) > 24 else ""
+    return ",".join(parts[:24]) + more
 
 
 LAG_LINE = re.compile(r"event loop lag p99 \d+\.\d ms, max \d+\.\d ms")

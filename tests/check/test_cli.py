@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,11 +16,22 @@ from helpers import (
     Netns,
     NsServer,
     RecordingListener,
+    check_in,
     closed_port,
     has_ipv6_loopback,
     probe_cmd,
 )
-from support import MS, RTT, Lines, free_port, one_line_error, probe, records, without_lag
+from support import (
+    MS,
+    RTT,
+    compact_ports,
+    free_port,
+    one_line_error,
+    probe,
+    records,
+    until_signal,
+    without_lag,
+)
 
 # -- --json records --------------------------------------------------------------------------
 
@@ -277,15 +285,7 @@ def test_human_sweep_shows_only_open(listener: RecordingListener) -> None:
         r"41 attempts in \d+\.\d\d s \(\d+/s\): 1 open; 40 refused, 0 timeout not shown", lines[1]
     ), lines[1]
     # The refused ports, per host, as compact ranges: a failed target is visible.
-    ranges: list[list[int]] = []
-    for port in sorted(closed):
-        if ranges and ranges[-1][1] == port - 1:
-            ranges[-1][1] = port
-        else:
-            ranges.append([port, port])
-    parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges]
-    expected = ",".join(parts[:24]) + (f",… ({len(parts) - 24} more ranges)" * (len(parts) > 24))
-    assert lines[2] == f"127.0.0.1: refused {expected}"
+    assert lines[2] == f"127.0.0.1: refused {compact_ports(closed)}"
     assert without_lag(lines[3:]) == []
 
 
@@ -318,39 +318,11 @@ def test_reader_leaves_after_one_line_quietly(fmt: str, listener: RecordingListe
 
 
 def test_sigint_writes_whole_records_and_exits_130(full_queue: FullQueueListener) -> None:
-    proc = subprocess.Popen(
-        [
-            *probe_cmd(),
-            "check",
-            full_queue.target,
-            "-c",
-            "1000",
-            "-i",
-            "0.05",
-            "-t",
-            "0.2",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        reader = Lines(proc)
-        seen = [reader.get(), reader.get()]  # records are coming
-        assert all(seen)
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=10)
-        lines = seen + reader.rest()
-        assert proc.stderr is not None
-        stderr = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    args = [full_queue.target, "-c", "1000", "-i", "0.05", "-t", "0.2", "--json"]
+    code, lines, stderr = until_signal(args, signal.SIGINT, 2)  # once records are coming
     assert code == 130, (code, stderr)
     assert "Traceback" not in stderr
-    recs = records("".join(lines))
+    recs = records("".join(line + "\n" for line in lines))
     assert len(recs) >= 2
     assert {r["outcome"] for r in recs} == {"timeout"}
     assert [r["attempt"] for r in recs] == list(range(1, len(recs) + 1))
@@ -551,35 +523,10 @@ def test_all_ports_open_only_in_namespace(netns: Netns) -> None:
 def test_unresolvable_name_in_namespace(netns: Netns) -> None:
     # Only `lo` exists in the namespace and its resolver points at 127.0.0.1, where nothing
     # answers: the lookup fails here and cannot reach the machine's DNS server.
-    etc_netns = Path("/etc/netns")
-    created_parent = not etc_netns.exists()
-    ns_etc = etc_netns / netns.name
-    ns_etc.mkdir(parents=True)
-    try:
-        (ns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    with netns.etc("resolv.conf", "nameserver 127.0.0.1\n"):
         seen = netns.run("cat", "/etc/resolv.conf").stdout
         assert seen.split() == ["nameserver", "127.0.0.1"], seen
-        result = subprocess.run(
-            [
-                *netns.prefix(),
-                *probe_cmd(),
-                "check",
-                "no-such-host.invalid:80",
-                "-c",
-                "2",
-                "-i",
-                "0.01",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        shutil.rmtree(ns_etc, ignore_errors=True)
-        if created_parent:
-            with contextlib.suppress(OSError):  # someone else's namespace files are there now
-                os.rmdir(etc_netns)
+        result = check_in(netns, "no-such-host.invalid:80", "-c", "2", "-i", "0.01", "--json")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     recs = records(result.stdout)
@@ -598,43 +545,9 @@ def test_unresolvable_name_in_namespace(netns: Netns) -> None:
 def test_unresolvable_name_until_interrupted_in_namespace(netns: Netns) -> None:
     """`-c 0` on a name that does not resolve: an `error` line every interval, then on
     SIGINT the summary counts them as `other`, exit 130."""
-    etc_netns = Path("/etc/netns")
-    created_parent = not etc_netns.exists()
-    ns_etc = etc_netns / netns.name
-    ns_etc.mkdir(parents=True)
-    try:
-        (ns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
-        proc = subprocess.Popen(
-            [
-                *netns.prefix(),
-                *probe_cmd(),
-                "check",
-                "no-such-host.invalid:80",
-                "-c",
-                "0",
-                "-i",
-                "0.05",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        try:
-            reader = Lines(proc)
-            seen = [reader.get(timeout=30) for _ in range(3)]
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=10)
-            lines = [line.rstrip("\n") for line in seen + reader.rest()]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    finally:
-        shutil.rmtree(ns_etc, ignore_errors=True)
-        if created_parent:
-            with contextlib.suppress(OSError):
-                os.rmdir(etc_netns)
+    with netns.etc("resolv.conf", "nameserver 127.0.0.1\n"):
+        args = ["no-such-host.invalid:80", "-c", "0", "-i", "0.05"]
+        code, lines, _ = until_signal(args, signal.SIGINT, 3, netns.prefix(), wait=30)
     assert code == 130
     lines = without_lag(lines)
     attempts = [line for line in lines if line.startswith("no-such-host.invalid:80 ")]

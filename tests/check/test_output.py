@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
-from support import one_line_error, probe, probe_env, records, without_lag
+from support import compact_ports, one_line_error, probe, probe_env, records, without_lag
 
 
 def _columns(line: str) -> tuple[int, int, int]:
@@ -158,23 +158,11 @@ def test_per_host_ranges_for_a_few_hosts(listener: RecordingListener) -> None:
     assert result.returncode == 1
     lines = without_lag(result.stdout.splitlines())
     assert [line for line in lines if line.startswith("127.0.0.1: ")] == [
-        "127.0.0.1: refused " + _compact(closed)
+        "127.0.0.1: refused " + compact_ports(closed)
     ]
     assert [line for line in lines if line.startswith("127.0.0.2: ")] == [
-        "127.0.0.2: refused " + _compact(ports)
+        "127.0.0.2: refused " + compact_ports(ports)
     ]
-
-
-def _compact(ports: list[int]) -> str:
-    out: list[list[int]] = []
-    for port in sorted(ports):
-        if out and out[-1][1] == port - 1:
-            out[-1][1] = port
-        else:
-            out.append([port, port])
-    parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in out]
-    more = f",… ({len(parts) - 24} more ranges)" if len(parts) > 24 else ""
-    return ",".join(parts[:24]) + more
 
 
 def test_human_sweep_is_the_same_on_both_cores(listener: RecordingListener) -> None:
@@ -198,4 +186,4 @@ def test_human_sweep_is_the_same_on_both_cores(listener: RecordingListener) -> N
         )
     assert shown["native"] == shown["python"]
     assert shown["native"][0] == [[listener.target, "open"]]
-    assert shown["native"][2] == "127.0.0.1: refused " + _compact(closed)
+    assert shown["native"][2] == "127.0.0.1: refused " + compact_ports(closed)

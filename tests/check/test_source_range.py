@@ -15,6 +15,7 @@ from helpers import (
     Netns,
     NsServer,
     check_in,
+    drop_syns,
     need_tools,
     parse_records,
     ts,
@@ -28,10 +29,7 @@ def test_every_port_inside_the_range_at_concurrency_200(netns: Netns, tmp_path: 
     flight at once); a capture of every SYN we send shows no source port outside LO-HI."""
     need_tools(netns, "iptables", "tcpdump")
     server = NsServer(netns, 5000)
-    netns.run(
-        "iptables", "-A", "INPUT", "-i", "lo", "-p", "tcp", "--syn",
-        "--dport", "6000:6199", "-j", "DROP",
-    )  # fmt: skip
+    drop_syns(netns, "6000:6199")
     pcap = tmp_path / "syns.pcap"
     cap = netns.popen(
         "tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-w", str(pcap),
@@ -81,10 +79,7 @@ def test_a_range_of_four_lowers_concurrency_once_and_keeps_every_outcome(
 ) -> None:
     need_tools(netns, "iptables")
     server = NsServer(netns, 5000)
-    netns.run(
-        "iptables", "-A", "INPUT", "-i", "lo", "-p", "tcp", "--syn",
-        "--dport", "6000:6009", "-j", "DROP",
-    )  # fmt: skip
+    drop_syns(netns, "6000:6009")
     try:
         result = check_in(
             netns, "127.0.0.1:5000-5009,6000-6009", "-s", f"127.0.0.1:{LO}-{LO + 3}",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import FullQueueListener, RecordingListener, closed_port, probe_cmd
-from support import MS, Lines, probe, records, without_lag
+from support import MS, probe, records, until_signal, without_lag
 
 ATTEMPT = re.compile(rf"127\.0\.0\.1:\d+ +(open|refused|timeout) +local 127\.0\.0\.1:\d+ +{MS}.*")
 
@@ -72,34 +72,11 @@ def test_empty_shard_is_not_an_error(listener: RecordingListener) -> None:
 # -- -c 0 and signals ------------------------------------------------------------------------
 
 
-def _until_signal(args: list[str], signum: int, lines_before: int) -> tuple[int, list[str], str]:
-    proc = subprocess.Popen(
-        [*probe_cmd(), "check", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        reader = Lines(proc)
-        seen = [reader.get() for _ in range(lines_before)]
-        proc.send_signal(signum)
-        code = proc.wait(timeout=10)
-        out = seen + reader.rest()
-        assert proc.stderr is not None
-        stderr = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return code, [line.rstrip("\n") for line in out], stderr
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_count_zero_runs_until_signal_then_summary(
     listener: RecordingListener, signum: int, code: int
 ) -> None:
-    got, lines, stderr = _until_signal(
+    got, lines, stderr = until_signal(
         [listener.target, "-c", "0", "-i", "0.02"], signum, lines_before=5
     )
     assert got == code, stderr
@@ -125,7 +102,7 @@ def test_count_zero_runs_until_signal_then_summary(
 
 def test_count_zero_refused_summary_shows_loss() -> None:
     target = f"127.0.0.1:{closed_port()}"
-    code, lines, stderr = _until_signal([target, "-c", "0", "-i", "0.02"], signal.SIGINT, 3)
+    code, lines, stderr = until_signal([target, "-c", "0", "-i", "0.02"], signal.SIGINT, 3)
     assert code == 130, stderr
     lines = without_lag(lines)
     n = sum(1 for line in lines if ATTEMPT.fullmatch(line))
@@ -136,7 +113,7 @@ def test_count_zero_refused_summary_shows_loss() -> None:
 
 
 def test_count_zero_json_sigterm_whole_records(full_queue: FullQueueListener) -> None:
-    code, lines, stderr = _until_signal(
+    code, lines, stderr = until_signal(
         [full_queue.target, "-c", "0", "-i", "0.05", "-t", "0.1", "--json"], signal.SIGTERM, 2
     )
     assert code == 143, stderr
@@ -149,7 +126,7 @@ def test_many_attempts_then_sigint_is_no_false_error() -> None:
     """Once: `-c 1000000 -i 0.2` on a refused port showed no lines, and Ctrl-C printed
     `no targets in the input`."""
     target = f"127.0.0.1:{closed_port()}"
-    code, lines, stderr = _until_signal([target, "-c", "1000000", "-i", "0.05"], signal.SIGINT, 3)
+    code, lines, stderr = until_signal([target, "-c", "1000000", "-i", "0.05"], signal.SIGINT, 3)
     assert code == 130
     assert stderr == ""
     assert lines[-2] == f"--- {target} ---"

@@ -8,13 +8,11 @@ ever connected to; the only name resolved is `localhost` (in /etc/hosts).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -28,16 +26,22 @@ from typing import Any, TypeVar
 import pytest
 from helpers import (
     CONTRACT_KEYS,
+    INTERVAL,
     ROOT,
     TIMESTAMP,
     Daemon,
     FullQueueListener,
     RecordingListener,
     closed_port,
+    config_toml,
     http_get,
-    probe_cmd,
+    parse_prometheus,
     read_lines,
+    run_probe,
+    target_toml,
     ts,
+    unlabelled,
+    value,
 )
 
 from probe.daemon.app import _job_key
@@ -48,68 +52,17 @@ T = TypeVar("T")
 Line = dict[str, Any]
 
 PROBE_KEYS = {*CONTRACT_KEYS, "name"}
-INTERVAL = 0.2
+sample = value  # test_hostile.py imports this name from here (and INTERVAL, config_toml, …)
 GRID_SLACK = 0.05  # seconds a start may sit off its slot (a busy machine's loop lag)
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_prometheus(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Samples of a Prometheus text exposition: (name, labels) -> value."""
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        assert m is not None, f"not a sample line: {line!r}"
-        labels = frozenset(_LABEL.findall(m[2] or ""))
-        samples[(m[1], labels)] = float(m[3])
-    return samples
-
-
-def sample(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
 def grid_offset(start: float, origin: float, interval: float) -> float:
     """How far `start` sits from the nearest slot `origin + k * interval`, in seconds."""
     k = (start - origin) / interval
     return abs(k - round(k)) * interval
-
-
-def target_toml(name: str, address: str, **extra: Any) -> str:
-    lines = ["[[targets]]", f'address = "{address}"', f'name = "{name}"']
-    for k, v in extra.items():
-        if isinstance(v, dict):
-            inner = ", ".join(f'{lk} = "{lv}"' for lk, lv in v.items())
-            lines.append(f"{k} = {{ {inner} }}")
-        else:
-            lines.append(f"{k} = {json.dumps(v)}")
-    return "\n".join(lines) + "\n"
-
-
-def config_toml(
-    log: Path | None,
-    targets: str,
-    *,
-    listen: str = "127.0.0.1:0",
-    interval: float = INTERVAL,
-    timeout: float = 0.3,
-    extra: str = "",
-) -> str:
-    log_file = "" if log is None else str(log)
-    return (
-        f"[defaults]\ninterval = {interval}\ntimeout = {timeout}\n\n"
-        f'[log]\nformat = "json"\nfile = {json.dumps(log_file)}\n\n'
-        f'[metrics]\nlisten = "{listen}"\n{extra}\n' + targets
-    )
 
 
 @pytest.fixture
@@ -120,17 +73,6 @@ def start(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]:
         return d
 
     return go
-
-
-def run_probe(*args: str, cwd: Path, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*probe_cmd(), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 # -- one daemon shared by the read-only tests -------------------------------------------------
@@ -207,7 +149,8 @@ def test_open_records_local_endpoint_is_what_the_listener_saw(shared: Shared) ->
     peers = set(shared.web.wait_peers(len(web)))
     for r in web:
         assert (r["local_address"], r["local_port"]) in peers, r
-        assert r["rtt_ms"] is None or r["rtt_ms"] >= 0
+        # the kernel's sample of the SYN's round trip, inside the connect (None: resent SYN)
+        assert r["rtt_ms"] is None or 0 < r["rtt_ms"] <= r["latency_ms"], r
     assert len({r["local_port"] for r in web}) == len(web)  # a fresh socket each attempt
 
 
@@ -285,23 +228,23 @@ def test_metrics_endpoint(shared: Shared) -> None:
     assert "# TYPE probe_connect_latency_seconds histogram" in body
     assert "probe_connect_latency_seconds_bucket{" in body
     m = parse_prometheus(body)
-    opened = sample(m, "probe_attempts_total", target="web", outcome="open")
+    opened = value(m, "probe_attempts_total", target="web", outcome="open")
     assert opened is not None and opened >= logged_web >= 1
-    assert (sample(m, "probe_attempts_total", target="shut", outcome="refused") or 0) >= 1
-    assert (sample(m, "probe_attempts_total", target="flip", outcome="open") or 0) >= 1
-    assert (sample(m, "probe_attempts_total", target="flip", outcome="refused") or 0) >= 1
-    assert sample(m, "probe_attempts_total", target="web", outcome="refused") in (None, 0.0)
-    assert sample(m, "probe_up", target="web") == 1.0
-    assert sample(m, "probe_up", target="shut") == 0.0
-    assert sample(m, "probe_up", target="flip") == 0.0
-    inflight = sample(m, "probe_inflight")
+    assert (value(m, "probe_attempts_total", target="shut", outcome="refused") or 0) >= 1
+    assert (value(m, "probe_attempts_total", target="flip", outcome="open") or 0) >= 1
+    assert (value(m, "probe_attempts_total", target="flip", outcome="refused") or 0) >= 1
+    assert value(m, "probe_attempts_total", target="web", outcome="refused") in (None, 0.0)
+    assert value(m, "probe_up", target="web") == 1.0
+    assert value(m, "probe_up", target="shut") == 0.0
+    assert value(m, "probe_up", target="flip") == 0.0
+    inflight = value(m, "probe_inflight")
     # three targets, each with at most one attempt in flight (a leak would count up)
     assert inflight is not None and inflight in (0.0, 1.0, 2.0, 3.0), inflight
     # the histogram: open and refused attempts, one observation each
     for name, outcome in (("web", "open"), ("shut", "refused")):
-        count = sample(m, "probe_connect_latency_seconds_count", target=name)
-        inf = sample(m, "probe_connect_latency_seconds_bucket", target=name, le="+Inf")
-        assert count == inf == sample(m, "probe_attempts_total", target=name, outcome=outcome)
+        count = value(m, "probe_connect_latency_seconds_count", target=name)
+        inf = value(m, "probe_connect_latency_seconds_bucket", target=name, le="+Inf")
+        assert count == inf == value(m, "probe_attempts_total", target=name, outcome=outcome)
         buckets = sorted(
             (float(dict(labels)["le"]), value)
             for (metric, labels), value in m.items()
@@ -324,7 +267,7 @@ def probe_answer(d: Daemon, target: str) -> tuple[int, str, dict[str, float]]:
     status, _, body = d.get(f"/probe?target={urllib.parse.quote(target, safe='')}")
     values = {}
     if status == 200:
-        values = {name: v for (name, labels), v in parse_prometheus(body).items() if not labels}
+        values = unlabelled(body)
     return status, body, values
 
 
@@ -333,7 +276,7 @@ def test_probe_open_target(shared: Shared) -> None:
     status, body, v = probe_answer(shared.d, shared.web.target)
     assert status == 200, body
     assert v["probe_success"] == 1.0
-    assert v["probe_duration_seconds"] >= 0
+    assert 0 < v["probe_duration_seconds"] < 5, v  # measured, and no more than a stall
     local_port = int(v["probe_local_port"])
     peers = shared.web.wait_peers(before + 1)
     assert ("127.0.0.1", local_port) in peers
@@ -372,12 +315,7 @@ def test_probe_outside_allow_is_403_and_connects_nowhere(shared: Shared, form: s
     try:
         status, body, _ = probe_answer(shared.d, form.format(port=other.port))
         assert status == 403, body
-        time.sleep(0.3)  # a connection, had one been made, would have been accepted by now
-        assert other.peers == []
-        # the listener does see connections: the silence above means something
-        with socket.create_connection(("127.0.0.2", other.port), timeout=2):
-            pass
-        assert len(other.wait_peers(1)) == 1
+        other.assert_not_reached()
     finally:
         other.close()
 
@@ -842,7 +780,7 @@ def test_the_shipped_config_runs(start: Callable[..., Daemon], tmp_path: Path) -
         assert grid_offset(ts(mine), phase_of(key, 10.0), 10.0) < GRID_SLACK
         assert ts(mine) - ts(started) < 10.0 + GRID_SLACK
         m = parse_prometheus(http_get(9464, "/metrics")[2])
-        assert sample(m, "probe_up", target="self-metrics") == 1.0
+        assert value(m, "probe_up", target="self-metrics") == 1.0
         assert d.stop() == 0
     finally:
         d.kill()

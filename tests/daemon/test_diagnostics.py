@@ -132,27 +132,24 @@ def dual(tmp_path: Path) -> Iterator[tuple[Netns, subprocess.Popen[str], int]]:
     if reason:
         pytest.skip(reason)
     ns = Netns()
-    etc = Path("/etc/netns") / ns.name
+    hosts = "127.0.0.1 localhost\n127.0.0.1 dual.test\n::1 dual.test\n"
     try:
-        etc.mkdir(parents=True)
-        (etc / "hosts").write_text("127.0.0.1 localhost\n127.0.0.1 dual.test\n::1 dual.test\n")
-        probe6 = subprocess.run(
-            [*ns.prefix(), sys.executable, "-c", BIND6],
-            capture_output=True,
-        )  # fmt: skip
-        if probe6.returncode:
-            pytest.skip("no IPv6 loopback in a namespace here")
-        server = ns.popen(
-            sys.executable, "-c", DUAL_SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        yield ns, server, port
-        server.kill()
-        server.wait()
+        with ns.etc("hosts", hosts):
+            probe6 = subprocess.run(
+                [*ns.prefix(), sys.executable, "-c", BIND6],
+                capture_output=True,
+            )  # fmt: skip
+            if probe6.returncode:
+                pytest.skip("no IPv6 loopback in a namespace here")
+            server = ns.popen(
+                sys.executable, "-c", DUAL_SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            yield ns, server, port
+            server.kill()
+            server.wait()
     finally:
-        (etc / "hosts").unlink(missing_ok=True)
-        etc.rmdir()
         ns.delete()
 
 

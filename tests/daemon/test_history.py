@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+from helpers import make_record
+
 from probe.daemon.history import (
     BUCKET_SECONDS,
     BUCKETS,
@@ -19,23 +21,11 @@ T0 = 1_800_000_000.0  # a minute boundary (divisible by 60)
 
 
 def rec(at: float, outcome: Outcome, latency: float = 1.0, error: str | None = None) -> Record:
-    return Record(
-        started=at,
-        target="127.0.0.1:9",
-        host="127.0.0.1",
-        port=9,
-        address="127.0.0.1",
-        family="ipv4",
-        local_address="127.0.0.1",
-        local_port=40000 + int(at) % 1000,
-        outcome=outcome,
-        error=error,
-        latency_ms=latency,
-        rtt_ms=latency / 2 if outcome == OPEN else None,
-        syn_retransmits=0,
-        dns_ms=0.0,
-        attempt=1,
-    )
+    rtt = latency / 2 if outcome == OPEN else None
+    return make_record(
+        started=at, local_port=40000 + int(at) % 1000, outcome=outcome, error=error,
+        latency_ms=latency, rtt_ms=rtt,
+    )  # fmt: skip
 
 
 def window(h: TargetHistory, now: float) -> list:  # type: ignore[type-arg]

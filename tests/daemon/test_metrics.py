@@ -19,17 +19,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from daemon_proc import (
-    Proc,
+from helpers import (
+    Daemon,
+    FullQueueListener,
+    RecordingListener,
     Samples,
+    closed_port,
     config_toml,
+    has_ipv6_loopback,
+    make_record,
     parse_prometheus,
     run_probe,
     target_toml,
+    unlabelled,
     value,
     with_label,
 )
-from helpers import FullQueueListener, RecordingListener, closed_port, has_ipv6_loopback
 from prometheus_client import generate_latest
 
 from probe import __version__
@@ -51,14 +56,6 @@ from probe.record import OUTCOMES, Record
 PROMTOOL = shutil.which("promtool")
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def record(
     outcome: str,
     error: str | None,
@@ -66,23 +63,10 @@ def record(
     rtt_ms: float | None,
     syn_retransmits: int | None = 0,
 ) -> Record:
-    return Record(
-        started=time.time(),
-        target="127.0.0.1:1",
-        host="127.0.0.1",
-        port=1,
-        address="127.0.0.1",
-        family="ipv4",
-        local_address="127.0.0.1",
-        local_port=40000,
-        outcome=outcome,  # type: ignore[arg-type]
-        error=error,
-        latency_ms=latency_ms,
-        rtt_ms=rtt_ms,
-        syn_retransmits=syn_retransmits,
-        dns_ms=0.0,
-        attempt=1,
-    )
+    return make_record(
+        target="127.0.0.1:1", port=1, outcome=outcome, error=error, latency_ms=latency_ms,
+        rtt_ms=rtt_ms, syn_retransmits=syn_retransmits,
+    )  # fmt: skip
 
 
 class T:
@@ -187,8 +171,8 @@ def test_info_label_names_are_sanitized_and_target_is_refused() -> None:
 
 def test_a_target_label_in_the_config_is_exit_2_naming_the_key(tmp_path: Path) -> None:
     text = config_toml(
-        target_toml("a", "127.0.0.1:1") + target_toml("b", "127.0.0.1:2", {"target": "x"}),
         tmp_path / "probe.log",
+        target_toml("a", "127.0.0.1:1") + target_toml("b", "127.0.0.1:2", {"target": "x"}),
     )
     (tmp_path / "config.toml").write_text(text)
     done = run_probe("run", "--config", "config.toml", cwd=tmp_path)
@@ -221,7 +205,7 @@ def test_process_and_platform_collectors_are_in_our_registry() -> None:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, dict[str, str]]]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, dict[str, str]]]:
     """One daemon on an open, a refused and a timing-out target, plus a labelled one."""
     tmp = tmp_path_factory.mktemp("live")
     web = RecordingListener()
@@ -229,24 +213,24 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, dict[
     shut = closed_port()
     targets = {"web": web.target, "shut": f"127.0.0.1:{shut}", "slow": full.target}
     text = config_toml(
+        tmp / "probe.log",
         target_toml("web", web.target, {"team": "core", "tier": "1"})
         + target_toml("shut", targets["shut"], {"team": "edge"})
         + target_toml("slow", full.target),
-        tmp / "probe.log",
         extra='probe_allow = ["127.0.0.1/32", "::1/128"]\n',
     )
-    p = Proc.start(tmp, text)
+    p = Daemon.start(tmp, text, tmp / "probe.log")
     try:
-        p.listening()
+        p.wait_event("listening")
         p.wait("records of every target", lambda: all(len(p.records(n)) >= 3 for n in targets))
         yield p, targets
     finally:
-        p.stop()
+        p.close()
         web.close()
         full.close()
 
 
-def test_metrics_page_of_a_real_daemon(live: tuple[Proc, dict[str, str]]) -> None:
+def test_metrics_page_of_a_real_daemon(live: tuple[Daemon, dict[str, str]]) -> None:
     p, _ = live
     _, s = p.metrics()
     for name in ("web", "shut", "slow"):
@@ -268,7 +252,9 @@ def test_metrics_page_of_a_real_daemon(live: tuple[Proc, dict[str, str]]) -> Non
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
-def test_promtool_check_metrics_is_clean_on_a_real_page(live: tuple[Proc, dict[str, str]]) -> None:
+def test_promtool_check_metrics_is_clean_on_a_real_page(
+    live: tuple[Daemon, dict[str, str]],
+) -> None:
     p, targets = live
     body, _ = p.metrics()
     assert "probe_target_info{" in body and "probe_errors_total{" in body
@@ -284,7 +270,7 @@ def test_promtool_check_metrics_is_clean_on_a_real_page(live: tuple[Proc, dict[s
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done
 
 
-def reload_shown(p: Proc, ok: float) -> Samples:
+def reload_shown(p: Daemon, ok: float) -> Samples:
     def check() -> Samples | None:
         s = p.metrics()[1]
         return s if value(s, "probe_config_last_reload_successful") == ok else None
@@ -292,12 +278,12 @@ def reload_shown(p: Proc, ok: float) -> Samples:
     return p.wait(f"probe_config_last_reload_successful {ok}", check)
 
 
-def test_reload_status_metrics(tmp_path: Path, procs: list[Proc]) -> None:
+def test_reload_status_metrics(tmp_path: Path, daemons: list[Daemon]) -> None:
     shut = closed_port()
-    good = config_toml(target_toml("a", f"127.0.0.1:{shut}"), tmp_path / "probe.log")
-    p = Proc.start(tmp_path, good)
-    procs.append(p)
-    p.listening()
+    good = config_toml(tmp_path / "probe.log", target_toml("a", f"127.0.0.1:{shut}"))
+    p = Daemon.start(tmp_path, good, tmp_path / "probe.log")
+    daemons.append(p)
+    p.wait_event("listening")
     _, s = p.metrics()
     first = value(s, "probe_config_last_reload_success_timestamp_seconds")
     assert value(s, "probe_config_last_reload_successful") == 1.0
@@ -329,12 +315,8 @@ def test_reload_status_metrics(tmp_path: Path, procs: list[Proc]) -> None:
 # -- GET /probe ---------------------------------------------------------------------------------
 
 
-def probe(p: Proc, target: str, query: str = "", **headers: str) -> tuple[int, str, str]:
-    return p.get(f"/probe?target={urllib.parse.quote(target, safe='')}{query}", headers)
-
-
-def plain(body: str) -> dict[str, float]:
-    return {name: v for (name, labels), v in parse_prometheus(body).items() if not labels}
+def probe(p: Daemon, target: str, query: str = "", **headers: str) -> tuple[int, str, str]:
+    return p.get(f"/probe?target={urllib.parse.quote(target, safe='')}{query}", headers=headers)
 
 
 def fnv1a32(data: bytes) -> int:
@@ -344,22 +326,22 @@ def fnv1a32(data: bytes) -> int:
     return h
 
 
-def test_probe_answers_blackbox_series(live: tuple[Proc, dict[str, str]]) -> None:
+def test_probe_answers_blackbox_series(live: tuple[Daemon, dict[str, str]]) -> None:
     p, targets = live
     status, ctype, body = probe(p, targets["web"])
     assert status == 200 and ctype.startswith("text/plain; version="), body
-    v = plain(body)
+    v = unlabelled(body)
     assert v["probe_success"] == 1.0
     assert v["probe_ip_protocol"] == 4.0
     assert v["probe_ip_addr_hash"] == float(fnv1a32(socket.inet_aton("127.0.0.1")))
     assert 0 <= v["probe_dns_lookup_time_seconds"] <= v["probe_duration_seconds"]
     assert 0 < v["probe_local_port"] < 65536
-    assert v["probe_rtt_seconds"] >= 0
+    assert 0 < v["probe_rtt_seconds"] <= v["probe_duration_seconds"], v
     assert v["probe_syn_retransmits"] == 0.0
     assert "probe_failed_due_to" not in body
 
 
-def test_probe_failure_reason(live: tuple[Proc, dict[str, str]]) -> None:
+def test_probe_failure_reason(live: tuple[Daemon, dict[str, str]]) -> None:
     p, targets = live
     _, _, body = probe(p, targets["shut"])
     s = parse_prometheus(body)
@@ -368,24 +350,24 @@ def test_probe_failure_reason(live: tuple[Proc, dict[str, str]]) -> None:
     assert len(with_label(s, "probe_failed_due_to", "reason", "ECONNREFUSED")) == 1
 
 
-def test_probe_localhost_has_a_dns_time(live: tuple[Proc, dict[str, str]]) -> None:
+def test_probe_localhost_has_a_dns_time(live: tuple[Daemon, dict[str, str]]) -> None:
     p, targets = live
     port = targets["web"].rpartition(":")[2]
     status, _, body = probe(p, f"localhost:{port}")
     assert status == 200, body
-    v = plain(body)
+    v = unlabelled(body)
     assert v["probe_ip_protocol"] in (4.0, 6.0)
     assert v["probe_dns_lookup_time_seconds"] > 0
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
-def test_probe_ipv6_protocol(live: tuple[Proc, dict[str, str]]) -> None:
+def test_probe_ipv6_protocol(live: tuple[Daemon, dict[str, str]]) -> None:
     p, _ = live
     web6 = RecordingListener("::1")
     try:
         status, _, body = probe(p, web6.target)
         assert status == 200, body
-        v = plain(body)
+        v = unlabelled(body)
         assert v["probe_success"] == 1.0 and v["probe_ip_protocol"] == 6.0
         packed = socket.inet_pton(socket.AF_INET6, "::1")
         assert v["probe_ip_addr_hash"] == float(fnv1a32(packed))
@@ -403,7 +385,7 @@ def test_probe_ipv6_protocol(live: tuple[Proc, dict[str, str]]) -> None:
     ],
 )
 def test_probe_timeout_is_the_smaller_of_query_and_scrape_header(
-    live: tuple[Proc, dict[str, str]], query: str, header: str | None, expected: float
+    live: tuple[Daemon, dict[str, str]], query: str, header: str | None, expected: float
 ) -> None:
     p, targets = live
     headers = {} if header is None else {"X-Prometheus-Scrape-Timeout-Seconds": header}
@@ -419,7 +401,7 @@ def test_probe_timeout_is_the_smaller_of_query_and_scrape_header(
 
 @pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf"])
 def test_probe_unusable_scrape_header_is_ignored(
-    live: tuple[Proc, dict[str, str]], bad: str
+    live: tuple[Daemon, dict[str, str]], bad: str
 ) -> None:
     p, targets = live
     headers = {"X-Prometheus-Scrape-Timeout-Seconds": bad}
@@ -428,7 +410,7 @@ def test_probe_unusable_scrape_header_is_ignored(
     assert "timeout: 0.3 s (the config's defaults.timeout 0.3 s)" in body
 
 
-def test_probe_debug_explains_the_steps(live: tuple[Proc, dict[str, str]]) -> None:
+def test_probe_debug_explains_the_steps(live: tuple[Daemon, dict[str, str]]) -> None:
     p, targets = live
     status, ctype, body = probe(p, targets["shut"], "&debug=true")
     assert status == 200 and ctype.startswith("text/plain; charset=utf-8")
@@ -447,7 +429,7 @@ def test_probe_debug_explains_the_steps(live: tuple[Proc, dict[str, str]]) -> No
 
 
 def test_probe_forbidden_keeps_403_and_connects_nowhere(
-    live: tuple[Proc, dict[str, str]],
+    live: tuple[Daemon, dict[str, str]],
 ) -> None:
     p, _ = live
     other = RecordingListener("127.0.0.2")
@@ -543,9 +525,9 @@ def has_cluster_key() -> bool:
 
 
 @pytest.mark.skipif(not has_cluster_key(), reason="[cluster] shard is not in the config yet")
-def test_shard_precedence_flag_over_env_over_config(tmp_path: Path, procs: list[Proc]) -> None:
+def test_shard_precedence_flag_over_env_over_config(tmp_path: Path, daemons: list[Daemon]) -> None:
     names = [f"t{i}" for i in range(12)]
-    text = config_toml(names_config(names), tmp_path / "probe.log", interval=60)
+    text = config_toml(tmp_path / "probe.log", names_config(names), interval=60)
     with_config = text.replace("[metrics]", '[cluster]\nshard = "0/2"\n\n[metrics]')
 
     def kept(shard: fleet.Shard) -> float:
@@ -558,30 +540,31 @@ def test_shard_precedence_flag_over_env_over_config(tmp_path: Path, procs: list[
         ((), {"PROBE_SHARD_INDEX": "1", "PROBE_SHARD_COUNT": "2"}, fleet.Shard(1, 2)),
     ]
     for i, (args, env, shard) in enumerate(cases):
-        p = Proc.start(
-            tmp_path / str(i), with_config.replace(str(tmp_path), str(tmp_path / str(i))), args, env
-        )
-        procs.append(p)
-        started = p.event("started")
+        d = tmp_path / str(i)
+        own = with_config.replace(str(tmp_path), str(d))
+        p = Daemon.start(d, own, d / "probe.log", flags=args, env=env)
+        daemons.append(p)
+        started = p.wait_event("started")
         assert started["shard"] == str(shard)
         assert started["targets"] == kept(shard)
         assert value(p.metrics()[1], "probe_targets") == kept(shard)
         p.stop()
 
 
-def test_run_shard_flag_and_env_keep_their_share(tmp_path: Path, procs: list[Proc]) -> None:
+def test_run_shard_flag_and_env_keep_their_share(tmp_path: Path, daemons: list[Daemon]) -> None:
     names = [f"t{i}" for i in range(12)]
-    text = config_toml(names_config(names), tmp_path / "probe.log", interval=60)
+    text = config_toml(tmp_path / "probe.log", names_config(names), interval=60)
     got: dict[str, set[str]] = {}
     for i in range(3):
         d = tmp_path / str(i)
         args: tuple[str, ...] = ("--shard", f"{i}/3") if i < 2 else ()
         env = {} if i < 2 else {"PROBE_SHARD_INDEX": "2", "PROBE_SHARD_COUNT": "3"}
-        p = Proc.start(
-            d, text.replace(str(tmp_path / "probe.log"), str(d / "probe.log")), args, env
+        log = d / "probe.log"
+        p = Daemon.start(
+            d, text.replace(str(tmp_path / "probe.log"), str(log)), log, flags=args, env=env
         )
-        procs.append(p)
-        assert p.event("started")["shard"] == f"{i}/3"
+        daemons.append(p)
+        assert p.wait_event("started")["shard"] == f"{i}/3"
         _, s = p.metrics()
         got[str(i)] = {
             dict(labels)["target"] for (n, labels), _ in s.items() if n == "probe_target_info"
@@ -602,7 +585,7 @@ def test_run_shard_flag_and_env_keep_their_share(tmp_path: Path, procs: list[Pro
 def test_bad_shard_is_exit_2_with_one_line(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str
 ) -> None:
-    (tmp_path / "config.toml").write_text(config_toml("", tmp_path / "probe.log"))
+    (tmp_path / "config.toml").write_text(config_toml(tmp_path / "probe.log", ""))
     done = run_probe("run", "--config", "config.toml", *args, cwd=tmp_path, env=env)
     assert done.returncode == 2, done
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr

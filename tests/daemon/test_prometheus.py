@@ -20,8 +20,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from daemon_proc import Proc, config_toml, http_get, target_toml
-from helpers import ROOT, FullQueueListener, RecordingListener, closed_port
+from helpers import (
+    ROOT,
+    Daemon,
+    FullQueueListener,
+    RecordingListener,
+    closed_port,
+    config_toml,
+    http_get,
+    target_toml,
+    wait_for,
+)
 
 from probe.daemon.fleet import shard_of
 
@@ -71,10 +80,10 @@ class Prometheus:
     log: Path
 
     def api(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
+        url = f"/api/v1/{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
-        status, _, body = http_get(url)
+        status, _, body = http_get(self.port, url)
         assert status == 200, (url, status, body)
         answer = json.loads(body)
         assert answer["status"] == "success", answer
@@ -82,7 +91,7 @@ class Prometheus:
 
     def ready(self) -> bool:
         try:
-            return http_get(f"http://127.0.0.1:{self.port}/-/ready", timeout=2)[0] == 200
+            return http_get(self.port, "/-/ready", timeout=2)[0] == 200
         except OSError:  # not listening yet
             return False
 
@@ -93,15 +102,12 @@ class Prometheus:
         return result
 
     def poll(self, what: str, check: Callable[[], T | None], deadline: float) -> T:
-        while True:
+        def alive() -> T | None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"prometheus exited: {self.log.read_text()[-2000:]}")
-            got = check()
-            if got:
-                return got
-            if time.monotonic() > deadline:
-                raise AssertionError(f"prometheus never showed {what}")
-            time.sleep(0.25)
+            return check()
+
+        return wait_for(f"prometheus to show {what}", alive, deadline - time.monotonic(), 0.25)
 
 
 def by_target(vector: Vector) -> dict[str, list[dict[str, Any]]]:
@@ -122,7 +128,7 @@ def names_for_every_shard(prefix: str, n: int) -> list[str]:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Proc], dict[str, str]]]:
+def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Daemon], dict[str, str]]]:
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
     web = RecordingListener()
@@ -135,19 +141,15 @@ def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Proc], dict[str, st
         target_toml(name, address, {"team": teams[name]} if name != "slow" else None)
         for name, address in {**targets, **labelled}.items()
     )
-    daemons: list[Proc] = []
+    daemons: list[Daemon] = []
     prom: Prometheus | None = None
     try:
         for i in range(SHARDS):
             d = tmp_path / f"shard{i}"
-            daemons.append(
-                Proc.start(
-                    d,
-                    config_toml(text, d / "probe.log", interval=0.5, timeout=0.3),
-                    ("--shard", f"{i}/{SHARDS}"),
-                )
-            )
-        ports = [p.listening() for p in daemons]
+            config = config_toml(d / "probe.log", text, interval=0.5, timeout=0.3)
+            shard = ("--shard", f"{i}/{SHARDS}")
+            daemons.append(Daemon.start(d, config, d / "probe.log", flags=shard))
+        ports = [p.port for p in daemons]
         rule_files = [str(tmp_path / "rules.yml")]
         (tmp_path / "rules.yml").write_text(RULES)
         if DEPLOY_ALERTS.exists():
@@ -196,17 +198,17 @@ def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Proc], dict[str, st
                 prom.proc.kill()
                 prom.proc.wait(5)
         for p in daemons:
-            p.stop()
+            p.close()
         web.close()
         full.close()
 
 
 def test_prometheus_scrapes_three_shards(
-    world: tuple[Prometheus, list[Proc], dict[str, str]],
+    world: tuple[Prometheus, list[Daemon], dict[str, str]],
 ) -> None:
     prom, daemons, targets = world
     deadline = time.monotonic() + DEADLINE
-    instance = {f"127.0.0.1:{p.listening()}": i for i, p in enumerate(daemons)}
+    instance = {f"127.0.0.1:{p.port}": i for i, p in enumerate(daemons)}
 
     # Every scrape works and every target is reported by exactly one daemon: its shard's.
     def all_up() -> Vector | None:

@@ -12,90 +12,23 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from helpers import FullQueueListener, RecordingListener, closed_port, probe_cmd
+from helpers import (
+    Daemon,
+    FullQueueListener,
+    RecordingListener,
+    closed_port,
+    config_toml,
+    http_fetch,
+    target_toml,
+    wait_for,
+)
 
-T = TypeVar("T")
 EVIL = "<img src=x onerror=alert(1)>"
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class RunningDaemon:
-    def __init__(self, tmp: Path, targets: list[tuple[str, str, dict[str, str]]]) -> None:
-        self.log = tmp / "log"
-        lines = [
-            "[defaults]\ninterval = 0.3\ntimeout = 0.3\n",
-            f"[log]\nfile = {json.dumps(str(self.log))}\n",
-            '[metrics]\nlisten = "127.0.0.1:0"\n',
-        ]
-        for name, address, labels in targets:
-            inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in labels.items())
-            lines.append(
-                f"[[targets]]\nname = {json.dumps(name)}\naddress = {json.dumps(address)}\n"
-                f"labels = {{ {inner} }}\n"
-            )
-        config = tmp / "config.toml"
-        config.write_text("".join(lines))
-        self.stderr = tmp / "stderr"
-        with self.stderr.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [*probe_cmd(), "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
-        self.port = wait_for("the daemon's listening event", self._listening)
-
-    def _listening(self) -> int | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"probe run exited: {self.stderr.read_text()}")
-        try:
-            text = self.log.read_text()
-        except FileNotFoundError:
-            return None
-        for line in text.splitlines():
-            event = json.loads(line)
-            if event.get("event") == "listening":
-                return int(event["address"].rpartition(":")[2])
-        return None
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
-        try:
-            with _http.open(self.url(path), timeout=5) as r:
-                return r.status, dict(r.headers), r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            assert self.proc.wait(10) == 0, self.stderr.read_text()
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
@@ -117,31 +50,35 @@ def targets() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, targets: dict[str, Any]) -> Iterator[RunningDaemon]:
-    d = RunningDaemon(tmp_path, targets["config"])
+def daemon(tmp_path: Path, targets: dict[str, Any]) -> Iterator[Daemon]:
+    log = tmp_path / "log"
+    text = "".join(target_toml(*target) for target in targets["config"])
+    d = Daemon.start(tmp_path, config_toml(log, text, interval=0.3), log)
     try:
+        d.wait_event("listening")
         yield d
+        assert d.stop(timeout=10) == 0, d.stderr
     finally:
-        d.stop()
+        d.kill()
 
 
-def test_page_and_api_headers(daemon: RunningDaemon) -> None:
+def test_page_and_api_headers(daemon: Daemon) -> None:
     """No browser needed: what the server promises the browser."""
     for path, ctype in (("/", "text/html"), ("/api/targets", "application/json"),
                         ("/static/status.js", "text/javascript"),
                         ("/static/status.css", "text/css")):  # fmt: skip
-        status, headers, _ = daemon.get(path)
+        status, headers, _ = http_fetch(daemon.port, path)
         assert status == 200, path
         assert headers["Content-Type"].startswith(ctype), (path, headers)
         assert headers["X-Content-Type-Options"] == "nosniff"
         csp = headers["Content-Security-Policy"]
         assert "default-src 'none'" in csp and "script-src 'self'" in csp
         assert "unsafe-inline" not in csp
-    status, _, body = daemon.get("/api/targets?label=team")
+    status, _, body = http_fetch(daemon.port, "/api/targets?label=team")
     assert status == 400 and b"KEY:VALUE" in body
 
     def states() -> dict[str, Any] | None:
-        data = json.loads(daemon.get("/api/targets")[2])
+        data = json.loads(http_fetch(daemon.port, "/api/targets")[2])
         rows = {r["name"]: r for g in data["groups"] for r in g["rows"]}
         done = all(r["state"] != "unknown" for r in rows.values()) and rows["dropped"]["error"]
         return rows if done else None
@@ -151,7 +88,7 @@ def test_page_and_api_headers(daemon: RunningDaemon) -> None:
     assert (rows["refused"]["state"], rows["refused"]["error"]) == ("down", "ECONNREFUSED")
     assert (rows["dropped"]["state"], rows["dropped"]["error"]) == ("down", "ETIMEDOUT")
     assert rows[EVIL]["labels"] == {"team": "<script>x</script>"}
-    only_web = json.loads(daemon.get("/api/targets?label=team:web")[2])
+    only_web = json.loads(http_fetch(daemon.port, "/api/targets?label=team:web")[2])
     assert [r["name"] for g in only_web["groups"] for r in g["rows"]] == ["dropped"]
 
 
@@ -210,12 +147,12 @@ def _rows(web: Any) -> dict[str, dict[str, str]]:
 
 
 def test_status_page_in_a_browser(
-    daemon: RunningDaemon, targets: dict[str, Any], browser: Any, tmp_path: Path
+    daemon: Daemon, targets: dict[str, Any], browser: Any, tmp_path: Path
 ) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
     web = browser
-    web.get(daemon.url("/"))
+    web.get(f"http://127.0.0.1:{daemon.port}/")
     web.execute_script("window.notReloaded = true;")
 
     def settled() -> dict[str, dict[str, str]] | None:

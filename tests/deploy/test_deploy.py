@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 import zipfile
 from collections.abc import Callable, Iterator
@@ -29,7 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, Daemon, RecordingListener, closed_port, http_get, probe_cmd, read_lines
+from helpers import (
+    ROOT,
+    Daemon,
+    RecordingListener,
+    closed_port,
+    config_toml,
+    http_get,
+    probe_cmd,
+    read_lines,
+    target_toml,
+    wait_for,
+)
 
 from probe.cli import _subparser, build_parser
 from probe.deploy import FILES
@@ -157,17 +167,22 @@ def test_unknown_name_is_exit_2_and_one_line_naming_it_and_the_valid_ones(name: 
         assert valid in err
 
 
+def deploy_into(stdout: int) -> subprocess.CompletedProcess[bytes]:
+    """`probe deploy dashboard.json` (the largest file) written to the descriptor `stdout`."""
+    return subprocess.run(
+        [*probe_cmd(), "deploy", "dashboard.json"],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_a_reader_that_went_away_is_exit_141_quietly() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # closed before probe writes: its first write is EPIPE
     try:
-        done = subprocess.run(
-            [*probe_cmd(), "deploy", "dashboard.json"],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            timeout=30,
-            check=False,
-        )
+        done = deploy_into(write_end)
     finally:
         os.close(write_end)
     assert done.returncode == 141
@@ -178,13 +193,7 @@ def test_unwritable_stdout_is_exit_2_with_one_line() -> None:
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     with open("/dev/full", "wb") as full:
-        done = subprocess.run(
-            [*probe_cmd(), "deploy", "dashboard.json"],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            timeout=30,
-            check=False,
-        )
+        done = deploy_into(full.fileno())
     assert done.returncode == 2
     err = done.stderr.decode()
     assert err.count("\n") == 1 and "standard output" in err, err
@@ -377,38 +386,15 @@ def test_unit_runs_probe_run_sandboxed_and_reloads_with_sighup() -> None:
 # -- a real daemon: log rotation, the health check, the metric names -------------------------
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def start_daemon(tmp: Path, targets: str, log: Path) -> Daemon:
     """`probe run` on a free loopback port, its log in `log`; back once it listens."""
-    config = (
-        "[defaults]\ninterval = 0.05\ntimeout = 0.3\n\n"
-        f'[log]\nformat = "json"\nfile = {json.dumps(str(log))}\n\n'
-        '[metrics]\nlisten = "127.0.0.1:0"\n\n' + targets
-    )
-    d = Daemon.start(tmp, config, log)
+    d = Daemon.start(tmp, config_toml(log, targets, interval=0.05), log)
     try:
         assert d.port
     except BaseException:
         d.kill()
         raise
     return d
-
-
-def target_toml(name: str, address: str, labels: dict[str, str] | None = None) -> str:
-    extra = ""
-    if labels:
-        extra = "labels = { " + ", ".join(f'{k} = "{v}"' for k, v in labels.items()) + " }\n"
-    return f'[[targets]]\naddress = "{address}"\nname = "{name}"\n{extra}\n'
 
 
 def test_logrotate_renames_and_the_daemon_reopens_on_sighup(

@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Netns, NsServer, check_in, need_tools, no_traceback, parse_records, probe_cmd
+from helpers import (
+    EVERY_OTHER,
+    Netns,
+    NsServer,
+    check_in,
+    drop_syns,
+    need_tools,
+    parse_records,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
 
@@ -58,33 +66,42 @@ class Capture:
             self.proc.wait()
 
 
+def captured(
+    ns: Netns, port: int, pcap: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, int, str, int]]]:
+    """`probe check ARGS` in the namespace, and the SYNs to `port` a capture saw meanwhile."""
+    cap = Capture(ns, port, pcap)
+    try:
+        result = check_in(ns, *args)
+        return result, cap.syns()
+    finally:
+        cap.close()
+
+
 @pytest.fixture
 def capture_ns(netns: Netns, tmp_path: Path) -> Iterator[tuple[Netns, Path]]:
     need_tools(netns, "iptables", "tcpdump")
     yield netns, tmp_path
 
 
-def drop_syns(ns: Netns, port: int, *match: str) -> None:
-    ns.run(
-        "iptables", "-A", "INPUT", "-i", "lo", "-p", "tcp", "--syn", "--dport", str(port),
-        *match, "-j", "DROP",
-    )  # fmt: skip
+@pytest.fixture
+def first_syn_dropped(capture_ns: tuple[Netns, Path]) -> Iterator[int]:
+    """A listener in the namespace whose every other SYN, the first one first, is dropped:
+    a connect gets through on its first retransmission. Its port."""
+    ns, _ = capture_ns
+    server = NsServer(ns, 0)
+    (port,) = server.ports
+    drop_syns(ns, port, *EVERY_OTHER)
+    yield port
+    server.close()
 
 
 def test_both_syns_of_a_retransmitted_attempt_leave_from_the_recorded_port(
-    capture_ns: tuple[Netns, Path],
+    capture_ns: tuple[Netns, Path], first_syn_dropped: int
 ) -> None:
     ns, tmp = capture_ns
-    server = NsServer(ns, 0)
-    (port,) = server.ports
-    drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
-    cap = Capture(ns, port, tmp / "syn.pcap")
-    try:
-        result = check_in(ns, f"127.0.0.1:{port}", "-t", "5", "--json")
-        syns = cap.syns()
-    finally:
-        cap.close()
-        server.close()
+    port = first_syn_dropped
+    result, syns = captured(ns, port, tmp / "syn.pcap", f"127.0.0.1:{port}", "-t", "5", "--json")
     assert result.returncode == 0, result.stderr
     (rec,) = parse_records(result.stdout, check=True)
     assert (rec["outcome"], rec["syn_retransmits"], rec["rtt_ms"]) == ("open", 1, None), rec
@@ -101,12 +118,9 @@ def test_a_timeout_counts_every_unanswered_syn_on_the_wire(
     ns, tmp = capture_ns
     port = 5002
     drop_syns(ns, port)
-    cap = Capture(ns, port, tmp / "timeout.pcap")
-    try:
-        result = check_in(ns, f"127.0.0.1:{port}", "-t", "3.5", "--json")
-        syns = cap.syns()
-    finally:
-        cap.close()
+    result, syns = captured(
+        ns, port, tmp / "timeout.pcap", f"127.0.0.1:{port}", "-t", "3.5", "--json"
+    )
     assert result.returncode == 1, result.stderr
     (rec,) = parse_records(result.stdout, check=True)
     assert (rec["outcome"], rec["error"], rec["rtt_ms"]) == ("timeout", "ETIMEDOUT", None), rec
@@ -116,20 +130,11 @@ def test_a_timeout_counts_every_unanswered_syn_on_the_wire(
 
 
 def test_the_human_line_of_a_retransmitted_attempt_says_so(
-    capture_ns: tuple[Netns, Path],
+    capture_ns: tuple[Netns, Path], first_syn_dropped: int
 ) -> None:
     ns, _ = capture_ns
-    server = NsServer(ns, 0)
-    (port,) = server.ports
-    drop_syns(ns, port, "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0")
-    try:
-        result = subprocess.run(
-            [*ns.prefix(), *probe_cmd(), "check", f"127.0.0.1:{port}", "-t", "5"],
-            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    finally:
-        server.close()
-    no_traceback(result.stderr)
+    port = first_syn_dropped
+    result = check_in(ns, f"127.0.0.1:{port}", "-t", "5")
     assert result.returncode == 0, result.stderr
     [line] = [x for x in result.stdout.splitlines() if f":{port}" in x]
     assert re.search(r"\bopen\b.*local 127\.0\.0\.1:\d+ +\d+\.\d\d ms +SYN\u00d72$", line), line

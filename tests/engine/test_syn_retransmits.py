@@ -3,40 +3,23 @@ firewall drops SYNs (root, iproute2 and iptables; skipped otherwise)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 
 import pytest
-from helpers import Netns, NsServer, check_in, parse_records
+from helpers import EVERY_OTHER, Netns, NsServer, check_in, drop_syns, need_tools, parse_records
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
-
-
-def need_iptables(ns: Netns) -> None:
-    if shutil.which("iptables") is None:
-        pytest.skip("no iptables on this machine")
-    try:
-        ns.run("iptables", "-L", "OUTPUT", "-n")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"iptables does not work here: {exc.stderr.strip()}")
 
 
 def test_one_dropped_syn_is_counted_and_gives_no_rtt(netns: Netns) -> None:
     """The first SYN to the port is dropped, the second (the kernel's retransmit, ~1 s
     later) gets through: open, after about a second, one retransmit, and no RTT (the
     kernel's 1 ms there is its initial value, not a sample)."""
-    need_iptables(netns)
+    need_tools(netns, "iptables")
     server = NsServer(netns, 0)
     (port,) = server.ports
     try:
-        # every 2nd SYN to the port, starting with the first, is dropped
-        netns.run(
-            "iptables", "-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--syn",
-            "--dport", str(port),
-            "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0",
-            "-j", "DROP",
-        )  # fmt: skip
+        drop_syns(netns, port, *EVERY_OTHER, chain="OUTPUT")
         result = check_in(netns, f"127.0.0.1:{port}", "-t", "5", "--json")
     finally:
         server.close()
@@ -66,11 +49,8 @@ def test_open_without_a_drop_has_a_sample(netns: Netns) -> None:
 def test_timeout_says_how_many_syns_went_unanswered(netns: Netns) -> None:
     """Every SYN dropped, 3.5 s to wait: the kernel resent the SYN at least once (at 1 s),
     and the timeout record says so."""
-    need_iptables(netns)
-    netns.run(
-        "iptables", "-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--syn",
-        "--dport", "5001", "-j", "DROP",
-    )  # fmt: skip
+    need_tools(netns, "iptables")
+    drop_syns(netns, 5001, chain="OUTPUT")
     result = check_in(netns, "127.0.0.1:5001", "-t", "3.5", "--json")
     assert result.returncode == 1, result.stderr
     (rec,) = parse_records(result.stdout, check=True)
