@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+
+from .plain import Frozen
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
+class Address(Frozen):
+    """An IP address and its family, hashable."""
+
+    __slots__ = ("family", "ip")
     family: int  # socket.AF_INET | socket.AF_INET6
     ip: str
+
+    def __init__(self, family: int, ip: str) -> None:
+        self._set(family=family, ip=ip)
 
     @property
     def family_name(self) -> str:

@@ -13,13 +13,13 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from ..address import literal
 from ..engine import EngineOptions, check_source
 from ..engine.nofile import fit_concurrency
 from ..errors import TargetError, UsageError, report
+from ..plain import Frozen
 from ..targets import (
     Exclusions,
     PortRanges,
@@ -47,14 +47,34 @@ TARGET_WIDTH_DEFAULT = 21
 Format = Literal["human", "json", "csv"]
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
-    format: Format = "human"
-    open_only: bool = False  # --open: write and show only open attempts
-    json_file: str | None = None  # -o FILE: the JSON records, besides the terminal's form
-    list_mode: bool = True  # every attempt gets its own human line
-    target_width: int = TARGET_WIDTH_DEFAULT
-    histogram: bool = False  # --histogram: latency buckets after each target's summary
+class Output(Frozen):
+    """What the run writes, and in which form."""
+
+    __slots__ = ("format", "histogram", "json_file", "list_mode", "open_only", "target_width")
+    format: Format
+    open_only: bool  # --open: write and show only open attempts
+    json_file: str | None  # -o FILE: the JSON records, besides the terminal's form
+    list_mode: bool  # every attempt gets its own human line
+    target_width: int
+    histogram: bool  # --histogram: latency buckets after each target's summary
+
+    def __init__(
+        self,
+        format: Format = "human",
+        open_only: bool = False,
+        json_file: str | None = None,
+        list_mode: bool = True,
+        target_width: int = TARGET_WIDTH_DEFAULT,
+        histogram: bool = False,
+    ) -> None:
+        self._set(
+            format=format,
+            open_only=open_only,
+            json_file=json_file,
+            list_mode=list_mode,
+            target_width=target_width,
+            histogram=histogram,
+        )
 
 
 class Excluded:
@@ -67,8 +87,23 @@ class Excluded:
         return any(part.contains(ip) for part in self.parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Frozen):
+    """One run of `probe check`, validated."""
+
+    __slots__ = (
+        "blocking_input",
+        "count",
+        "default_ports",
+        "exclude",
+        "family",
+        "interval",
+        "options",
+        "output",
+        "rate_epoch",
+        "shard",
+        "tokens",
+        "workers",
+    )
     tokens: tuple[str, ...]  # targets as given: HOST:PORTS, CIDR, ranges, @FILE, -
     default_ports: PortRanges | None  # -p
     count: int  # attempts per target; 0 = until interrupted
@@ -82,7 +117,37 @@ class Plan:
     output: Output
     # --rate's first slot (time.monotonic()), set when the run starts: every share paces
     # on one grid from it.
-    rate_epoch: float | None = None
+    rate_epoch: float | None
+
+    def __init__(
+        self,
+        tokens: tuple[str, ...],
+        default_ports: PortRanges | None,
+        count: int,
+        interval: float,
+        options: EngineOptions,
+        family: int,
+        exclude: Excluded | None,
+        shard: tuple[int, int] | None,
+        workers: int,
+        blocking_input: bool,
+        output: Output,
+        rate_epoch: float | None = None,
+    ) -> None:
+        self._set(
+            tokens=tokens,
+            default_ports=default_ports,
+            count=count,
+            interval=interval,
+            options=options,
+            family=family,
+            exclude=exclude,
+            shard=shard,
+            workers=workers,
+            blocking_input=blocking_input,
+            output=output,
+            rate_epoch=rate_epoch,
+        )
 
     @property
     def repeat(self) -> bool:

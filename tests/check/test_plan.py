@@ -4,7 +4,6 @@ and merges exactly. An empty share is an ordinary result, not an error."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 import statistics
@@ -21,6 +20,7 @@ from probe.check.share import in_shard, share_options
 from probe.check.sinks import Sinks
 from probe.errors import TargetError, UsageError
 from probe.output.writer import RecordWriter
+from probe.plain import FrozenError
 
 
 def _sinks(plan_output: Output, path: Path) -> tuple[Sinks, Path]:
@@ -35,7 +35,7 @@ def test_plan_is_frozen_and_validated_once() -> None:
     plan = build_plan(["127.0.0.1:1"], count=0, lag_limit_ms=0)
     assert plan.repeat and plan.count == 0
     assert plan.options.lag_limit_ms is None  # --lag-limit 0 disables the throttle
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenError):
         plan.count = 3  # type: ignore[misc]
 
 
@@ -65,9 +65,7 @@ def test_bad_options_fail_in_the_plan(kwargs: dict[str, object], named: str) -> 
 
 
 def test_rate_is_shared_and_interleaved() -> None:
-    plan = dataclasses.replace(
-        build_plan(["127.0.0.1:1"], rate=300.0, concurrency=10), rate_epoch=100.0
-    )
+    plan = build_plan(["127.0.0.1:1"], rate=300.0, concurrency=10).replace(rate_epoch=100.0)
     shares = [share_options(plan, i, 3) for i in range(3)]
     assert [s.rate for s in shares] == [100.0, 100.0, 100.0]
     assert [s.rate_epoch for s in shares] == pytest.approx(
