@@ -10,7 +10,6 @@ travel as bitmaps that merge with `|`.
 from __future__ import annotations
 
 import math
-import random
 from array import array
 from collections import Counter
 from typing import ClassVar
@@ -81,8 +80,11 @@ class Latencies(Plain):
         self.seen += 1
         if len(self.values) < self.KEEP:
             self.values.append(x)
-        elif (j := random.randrange(self.seen)) < self.KEEP:
-            self.values[j] = x
+        else:
+            import random  # past KEEP latencies only, not at every start-up
+
+            if (j := random.randrange(self.seen)) < self.KEEP:
+                self.values[j] = x
 
     def merge(self, other: Latencies) -> None:
         for x in other.values:
