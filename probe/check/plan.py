@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
+from _socket import AF_INET, AF_INET6  # without socket.py's enums (start-up, see address.py)
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
 from ..address import literal
-from ..engine import EngineOptions, check_source
+from ..engine import EngineOptions
 from ..engine.nofile import fit_concurrency
 from ..errors import TargetError, UsageError, report
 from ..plain import Frozen
@@ -185,11 +185,11 @@ def build_plan(
     )
     if not tokens:
         raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
-    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)
+    fam = {4: AF_INET, 6: AF_INET6}.get(family or 0, 0)
     bind = _source(source, fam)
     bound, source_ports = bind if bind is not None else (None, None)
     if bound is not None:
-        fam = socket.AF_INET6 if ":" in bound[0] else socket.AF_INET
+        fam = AF_INET6 if ":" in bound[0] else AF_INET
     endpoints, blocking, width = _preflight(tokens, default_ports)
     list_mode = endpoints is not None and endpoints <= LIST_LIMIT
     excluded = _exclusions(exclude, exclude_files)
@@ -264,11 +264,13 @@ def _source(text: str | None, family: int) -> tuple[tuple[str, int], tuple[int, 
         return None
     spec = _flag("-s", parse_source_spec, text)
     address = spec.address
-    fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+    fam = AF_INET6 if ":" in address else AF_INET
     if family and family != fam:
         raise UsageError(f"-s {text}: source address family does not match -4/-6")
     bound = (address, 0 if spec.is_range else spec.port_lo)
     ports = (spec.port_lo, spec.port_hi) if spec.is_range else None
+    from ..engine import check_source  # -s only: it imports socket
+
     try:
         check_source(bound, ports)
     except OSError as exc:
