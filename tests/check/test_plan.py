@@ -14,7 +14,7 @@ import pytest
 from helpers import RecordingListener, closed_port
 
 from probe.check.plan import LIST_LIMIT, Format, Output, build_plan
-from probe.check.result import Latency, ShareResult, TargetStats, port_ranges
+from probe.check.result import Latencies, Latency, ShareResult, TargetStats, port_ranges
 from probe.check.run import run_share
 from probe.check.share import in_shard, share_options
 from probe.check.sinks import Sinks
@@ -101,6 +101,17 @@ def test_latency_merges_exactly() -> None:
     assert left.mdev == pytest.approx(statistics.pstdev(xs))
     assert (left.low, left.high) == (min(xs), max(xs))
     assert left.mdev == pytest.approx(whole.mdev)
+
+
+def test_histogram_keeps_a_bounded_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KEEP latencies, --histogram keeps a uniform sample of KEEP (memory of `-c 0`)."""
+    monkeypatch.setattr(Latencies, "KEEP", 50)
+    kept = Latencies()
+    xs = [float(i) for i in range(5000)]
+    for x in xs:
+        kept.add(x)
+    assert kept.seen == 5000 and len(kept.values) == 50
+    assert set(kept.values) <= set(xs) and max(kept.values) >= 50  # later ones got in
 
 
 def test_port_ranges_of_a_bitmap() -> None:
