@@ -20,7 +20,7 @@ class Address(Frozen):
     ip: str
 
     def __init__(self, family: int, ip: str) -> None:
-        self._set(family=family, ip=ip)
+        self._set(locals())
 
     @property
     def family_name(self) -> str:

@@ -39,15 +39,14 @@ class Plain:
 
 
 class Frozen(Plain):
-    """Read-only once `__init__` has handed every field to `_set`; hashable."""
+    """Read-only once `__init__` has set the fields with `_set`; hashable."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
-    def _set(self, **fields: Any) -> None:
-        if len(fields) != len(self.__slots__):
-            raise TypeError(f"{type(self).__name__} has fields {self.__slots__}")
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
+    def _set(self, fields: dict[str, Any]) -> None:
+        """Each field from `fields` (`__init__` passes its `locals()`: a parameter per field)."""
+        for name in self.__slots__:
+            object.__setattr__(self, name, fields[name])
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise FrozenError(f"cannot assign to field {name!r}")
@@ -71,6 +70,5 @@ class Frozen(Plain):
 
 def _restore(cls: type[Frozen], values: tuple[Any, ...]) -> Frozen:
     obj = cls.__new__(cls)
-    names: tuple[str, ...] = cls.__slots__
-    obj._set(**dict(zip(names, values, strict=True)))
+    obj._set(dict(zip(cls.__slots__, values, strict=True)))
     return obj

@@ -114,7 +114,7 @@ class AddressSet(Frozen):
     segments: Segments  # (lo, hi) per segment, most significant first
 
     def __init__(self, version: int, segments: Segments) -> None:
-        self._set(version=version, segments=segments)
+        self._set(locals())
 
     @property
     def _width(self) -> int:
@@ -292,7 +292,7 @@ class Target(Frozen):
     def __init__(
         self, host: str, ports: PortRanges, bracketed: bool, addresses: AddressSet | None = None
     ) -> None:
-        self._set(host=host, ports=ports, bracketed=bracketed, addresses=addresses)
+        self._set(locals())
 
     def label(self, port: int, host: str | None = None) -> str:
         host = self.host if host is None else host
@@ -648,7 +648,7 @@ class Source(Frozen):
     port_hi: int
 
     def __init__(self, address: str, port_lo: int = 0, port_hi: int = 0) -> None:
-        self._set(address=address, port_lo=port_lo, port_hi=port_hi)
+        self._set(locals())
 
     @property
     def is_range(self) -> bool:

@@ -67,14 +67,7 @@ class Output(Frozen):
         target_width: int = TARGET_WIDTH_DEFAULT,
         histogram: bool = False,
     ) -> None:
-        self._set(
-            format=format,
-            open_only=open_only,
-            json_file=json_file,
-            list_mode=list_mode,
-            target_width=target_width,
-            histogram=histogram,
-        )
+        self._set(locals())
 
 
 class Excluded:
@@ -134,20 +127,7 @@ class Plan(Frozen):
         output: Output,
         rate_epoch: float | None = None,
     ) -> None:
-        self._set(
-            tokens=tokens,
-            default_ports=default_ports,
-            count=count,
-            interval=interval,
-            options=options,
-            family=family,
-            exclude=exclude,
-            shard=shard,
-            workers=workers,
-            blocking_input=blocking_input,
-            output=output,
-            rate_epoch=rate_epoch,
-        )
+        self._set(locals())
 
     @property
     def repeat(self) -> bool:

@@ -79,7 +79,7 @@ class NativeTarget(Frozen):
         family: int,
         ranges: tuple[tuple[int, int], ...],
     ) -> None:
-        self._set(host=host, bracketed=bracketed, address=address, family=family, ranges=ranges)
+        self._set(locals())
 
     def as_tuple(self) -> tuple[str, bool, str, tuple[tuple[int, int], ...]]:
         return (self.host, self.bracketed, self.address, self.ranges)

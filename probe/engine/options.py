@@ -47,15 +47,4 @@ class EngineOptions(Frozen):
         lag_limit_ms: float | None = 2.0,
         rate_epoch: float | None = None,
     ) -> None:
-        self._set(
-            timeout=timeout,
-            concurrency=concurrency,
-            rate=rate,
-            retries=retries,
-            source=source,
-            source_ports=source_ports,
-            graceful_close=graceful_close,
-            shortage_giveup=shortage_giveup,
-            lag_limit_ms=lag_limit_ms,
-            rate_epoch=rate_epoch,
-        )
+        self._set(locals())
