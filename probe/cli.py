@@ -8,10 +8,11 @@ nothing here prints a traceback. Heavy modules are imported inside the commands,
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import EXIT_OK, EXIT_SIGNAL_BASE, ProbeError, fail, report
 from .limits import MAX_INTERVAL, MAX_TIMEOUT
@@ -102,6 +103,120 @@ exit status:
 """
 
 
+# `probe check`'s options, one row each (flags, then add_argument's keywords), in --help order;
+# -4 and -6 (dest "family") go into a group of their own: one of them at most.
+CHECK_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("-p", "--ports"), dict(metavar="PORTS",
+        help="ports for targets given without one: 22,80,8000-8100; -p- for 1-65535")),
+    (("-t", "--timeout"), dict(type=seconds, default=1.0, metavar="SECONDS",
+        help="give up on one attempt after this long (default 1.0)")),
+    (("-c", "--count"), dict(type=count_arg, default=1, metavar="N",
+        help="attempts per target (default 1; 0: until interrupted, like tcping)")),
+    (("-i", "--interval"), dict(type=pause, default=1.0, metavar="SECONDS",
+        help="pause between attempts to the same target (default 1.0)")),
+    (("-C", "--concurrency"), dict(type=positive, metavar="N",
+        help="most attempts in flight (default 1000, never above the open-files limit)")),
+    (("--rate",), dict(type=rate_arg, metavar="N",
+        help="new attempts per second, paced evenly (default unlimited)")),
+    (("--retries",), dict(type=retries_arg, default=0, metavar="N",
+        help="extra attempts after a timeout (default 0)")),
+    (("-s", "--source"), dict(metavar="ADDR[:PORT]",
+        help="bind to this local address (and port) before connecting; ADDR:LO-HI confines "
+        "the local port to a range")),
+    (("-4",), dict(dest="family", action="store_const", const=4,
+        help="use only IPv4 addresses of a name")),
+    (("-6",), dict(dest="family", action="store_const", const=6,
+        help="use only IPv6 addresses of a name")),
+    (("--format",), dict(choices=("human", "json", "csv"), default=None,
+        help="records on stdout: human lines (default), JSON lines, or CSV with a header row")),
+    (("--json",), dict(action="store_true",
+        help="same as --format json: one JSON record per attempt on stdout, nothing else")),
+    (("-o",), dict(metavar="FILE", dest="json_file",
+        help="also write the JSON records to FILE (stdout keeps the chosen form)")),
+    (("--open",), dict(action="store_true", dest="open_only",
+        help="write and show only open attempts (the others still count for the summary "
+        "and the exit status)")),
+    (("-iL",), dict(action="append", default=[], dest="input_lists", metavar="FILE",
+        help="read targets from FILE (same as @FILE)")),
+    (("--exclude",), dict(action="append", default=[], metavar="LIST",
+        help="addresses, CIDRs and ranges never probed, comma-separated (also after a "
+        "name resolves)")),
+    (("--exclude-file",), dict(action="append", default=[], dest="exclude_files",
+        metavar="FILE", help="exclusions from FILE, one or more per line, # comments")),
+    (("--shard",), dict(metavar="I/N",
+        help="probe only share I of N (0-based) of the endpoints, by a stable hash")),
+    (("--workers",), dict(type=positive, metavar="N",
+        help="worker processes for large runs, each with its own event loop (default: the "
+        "usable CPUs; runs of a few endpoints and runs reading standard input use one)")),
+    (("--lag-limit",), dict(type=lag_arg, default=2.0, metavar="MS",
+        help="event loop lag that makes the engine hold concurrency down (default 2; "
+        "0: never)")),
+    (("--graceful-close",), dict(action="store_true",
+        help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets "
+        "behind)")),
+    (("--histogram",), dict(action="store_true",
+        help="with -c: each target's open latencies in buckets after its summary (psping -h)")),
+    (("-V", "--version"), dict(action=_Version)),
+)  # fmt: skip
+
+
+def _columns() -> int:
+    """The terminal's width by shutil.get_terminal_size's rule ($COLUMNS, else the terminal
+    of standard output, else 80), without importing shutil (with zlib, bz2 and lzma)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    stdout = sys.__stdout__
+    if columns <= 0 and stdout is not None:
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _CheckHelp(argparse.RawDescriptionHelpFormatter):
+    """argparse formats `probe check`'s usage line in every parse (for its error messages),
+    and its formatter asks shutil for the width: ~3 ms of every check. The same width here."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        width = _columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+# `probe check`'s own parser, as a sub-parser of `probe` and standing alone.
+CHECK_PARSER: dict[str, Any] = dict(
+    description="Probe TARGETs: HOST:PORTS, [IPV6]:PORTS, HOST (with -p), CIDR[:PORTS] "
+    "(127.0.0.0/30, [::1]/128:22), octet ranges (127.0.0.1-3), @FILE (one per line), "
+    "or - (standard input). `HOST PORT` is taken as HOST:PORT.",
+    epilog=CHECK_EPILOG,
+    formatter_class=_CheckHelp,
+    allow_abbrev=False,
+)
+
+
+def _add_check_arguments(check: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    check.add_argument("targets", nargs="*", metavar="TARGET")
+    family = check.add_mutually_exclusive_group()
+    for flags, spec in CHECK_OPTIONS:
+        (family if spec.get("dest") == "family" else check).add_argument(*flags, **spec)
+    check.set_defaults(func=cmd_check)
+    return check
+
+
+def check_parser() -> argparse.ArgumentParser:
+    """`probe check`'s parser alone, the same as `build_parser()`'s sub-parser: a check
+    does not pay for building the other commands' parsers."""
+    return _add_check_arguments(_Parser(prog="probe check", **CHECK_PARSER))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="probe",
@@ -112,161 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    check = sub.add_parser(
-        "check",
-        help="probe targets once (or -c times) and exit",
-        description="Probe TARGETs: HOST:PORTS, [IPV6]:PORTS, HOST (with -p), CIDR[:PORTS] "
-        "(127.0.0.0/30, [::1]/128:22), octet ranges (127.0.0.1-3), @FILE (one per line), "
-        "or - (standard input). `HOST PORT` is taken as HOST:PORT.",
-        epilog=CHECK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
+    _add_check_arguments(
+        sub.add_parser("check", help="probe targets once (or -c times) and exit", **CHECK_PARSER)
     )
-    check.add_argument("targets", nargs="*", metavar="TARGET")
-    check.add_argument(
-        "-p",
-        "--ports",
-        metavar="PORTS",
-        help="ports for targets given without one: 22,80,8000-8100; -p- for 1-65535",
-    )
-    check.add_argument(
-        "-t",
-        "--timeout",
-        type=seconds,
-        default=1.0,
-        metavar="SECONDS",
-        help="give up on one attempt after this long (default 1.0)",
-    )
-    check.add_argument(
-        "-c",
-        "--count",
-        type=count_arg,
-        default=1,
-        metavar="N",
-        help="attempts per target (default 1; 0: until interrupted, like tcping)",
-    )
-    check.add_argument(
-        "-i",
-        "--interval",
-        type=pause,
-        default=1.0,
-        metavar="SECONDS",
-        help="pause between attempts to the same target (default 1.0)",
-    )
-    check.add_argument(
-        "-C",
-        "--concurrency",
-        type=positive,
-        metavar="N",
-        help="most attempts in flight (default 1000, never above the open-files limit)",
-    )
-    check.add_argument(
-        "--rate",
-        type=rate_arg,
-        metavar="N",
-        help="new attempts per second, paced evenly (default unlimited)",
-    )
-    check.add_argument(
-        "--retries",
-        type=retries_arg,
-        default=0,
-        metavar="N",
-        help="extra attempts after a timeout (default 0)",
-    )
-    check.add_argument(
-        "-s",
-        "--source",
-        metavar="ADDR[:PORT]",
-        help="bind to this local address (and port) before connecting; ADDR:LO-HI confines "
-        "the local port to a range",
-    )
-    fam = check.add_mutually_exclusive_group()
-    fam.add_argument(
-        "-4", dest="family", action="store_const", const=4, help="use only IPv4 addresses of a name"
-    )
-    fam.add_argument(
-        "-6", dest="family", action="store_const", const=6, help="use only IPv6 addresses of a name"
-    )
-    check.add_argument(
-        "--format",
-        choices=("human", "json", "csv"),
-        default=None,
-        help="records on stdout: human lines (default), JSON lines, or CSV with a header row",
-    )
-    check.add_argument(
-        "--json",
-        action="store_true",
-        help="same as --format json: one JSON record per attempt on stdout, nothing else",
-    )
-    check.add_argument(
-        "-o",
-        metavar="FILE",
-        dest="json_file",
-        help="also write the JSON records to FILE (stdout keeps the chosen form)",
-    )
-    check.add_argument(
-        "--open",
-        action="store_true",
-        dest="open_only",
-        help="write and show only open attempts (the others still count for the summary "
-        "and the exit status)",
-    )
-    check.add_argument(
-        "-iL",
-        action="append",
-        default=[],
-        dest="input_lists",
-        metavar="FILE",
-        help="read targets from FILE (same as @FILE)",
-    )
-    check.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="LIST",
-        help="addresses, CIDRs and ranges never probed, comma-separated (also after a "
-        "name resolves)",
-    )
-    check.add_argument(
-        "--exclude-file",
-        action="append",
-        default=[],
-        dest="exclude_files",
-        metavar="FILE",
-        help="exclusions from FILE, one or more per line, # comments",
-    )
-    check.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="probe only share I of N (0-based) of the endpoints, by a stable hash",
-    )
-    check.add_argument(
-        "--workers",
-        type=positive,
-        metavar="N",
-        help="worker processes for large runs, each with its own event loop (default: the "
-        "usable CPUs; runs of a few endpoints and runs reading standard input use one)",
-    )
-    check.add_argument(
-        "--lag-limit",
-        type=lag_arg,
-        default=2.0,
-        metavar="MS",
-        help="event loop lag that makes the engine hold concurrency down (default 2; 0: never)",
-    )
-    check.add_argument(
-        "--graceful-close",
-        action="store_true",
-        help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets behind)",
-    )
-    check.add_argument(
-        "--histogram",
-        action="store_true",
-        help="with -c: each target's open latencies in buckets after its summary (psping -h)",
-    )
-    check.add_argument("-V", "--version", action=_Version)
-    check.set_defaults(func=cmd_check)
 
     run = sub.add_parser(
         "run",
@@ -386,16 +349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .check.habits import VALUED, foreign_flag, split_attached
 
     words = _join_negative_values(sys.argv[1:] if argv is None else argv, VALUED)
-    parser = build_parser()
     if words[:1] == ["check"]:
         rest = split_attached(words[1:])
         habit = foreign_flag(rest)
         if habit is not None:
             fail(habit)
         # Targets may stand on both sides of options, as with nmap and tcping.
-        args = _subparser(parser, "check").parse_intermixed_args(rest)
+        args = check_parser().parse_intermixed_args(rest)
     else:
-        args = parser.parse_args(words)
+        args = build_parser().parse_args(words)
     try:
         code: int = args.func(args)
     except ProbeError as exc:  # the one edge where an error becomes a line and an exit code

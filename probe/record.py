@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
+
+from .plain import Plain
 
 
 class Outcome(StrEnum):
@@ -53,11 +54,28 @@ def errno_name(err: int) -> str:
     return errno.errorcode.get(err, f"E{err}")
 
 
-@dataclass(slots=True)
-class Record:
+class Record(Plain):
     """What one attempt found. Plain data: renderers in probe/output decide how it is
     written (the JSON form's keys and their order are `output.jsonl.record_json`'s)."""
 
+    __slots__ = (
+        "address",
+        "attempt",
+        "dns_ms",
+        "error",
+        "extra",
+        "family",
+        "host",
+        "latency_ms",
+        "local_address",
+        "local_port",
+        "outcome",
+        "port",
+        "rtt_ms",
+        "started",
+        "syn_retransmits",
+        "target",
+    )
     started: float  # wall clock (epoch seconds) just before connect()
     target: str
     host: str
@@ -75,7 +93,43 @@ class Record:
     attempt: int
     # Keys a caller adds after the engine is done (the daemon: name, labels); the engine
     # never reads or sets them.
-    extra: dict[str, Any] | None = None
+    extra: dict[str, Any] | None
+
+    def __init__(
+        self,
+        started: float,
+        target: str,
+        host: str,
+        port: int,
+        address: str | None,
+        family: str | None,
+        local_address: str | None,
+        local_port: int | None,
+        outcome: Outcome,
+        error: str | None,
+        latency_ms: float,
+        rtt_ms: float | None,
+        syn_retransmits: int | None,
+        dns_ms: float,
+        attempt: int,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.started = started
+        self.target = target
+        self.host = host
+        self.port = port
+        self.address = address
+        self.family = family
+        self.local_address = local_address
+        self.local_port = local_port
+        self.outcome = outcome
+        self.error = error
+        self.latency_ms = latency_ms
+        self.rtt_ms = rtt_ms
+        self.syn_retransmits = syn_retransmits
+        self.dns_ms = dns_ms
+        self.attempt = attempt
+        self.extra = extra
 
 
 _second_cache: tuple[int, str] = (-1, "")

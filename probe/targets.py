@@ -17,11 +17,11 @@ import ipaddress
 import itertools
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import IO
 
 from .errors import TargetError
 from .limits import MAX_LINE
+from .plain import Frozen
 
 __all__ = [
     "ALL_PORTS",
@@ -104,14 +104,17 @@ def count_ports(ranges: PortRanges) -> int:
 # -- address sets: CIDR and octet ranges ----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class AddressSet:
+class AddressSet(Frozen):
     """Every address of a CIDR or an octet range, never materialised: IPv4 is four octet
     ranges (a CIDR is one too: a partial octet and full ones after it), IPv6 one 128-bit
     range. Addresses are numbered 0..count()-1 in ascending order."""
 
+    __slots__ = ("segments", "version")
     version: int  # 4 or 6
     segments: Segments  # (lo, hi) per segment, most significant first
+
+    def __init__(self, version: int, segments: Segments) -> None:
+        self._set(locals())
 
     @property
     def _width(self) -> int:
@@ -260,24 +263,36 @@ def _octet(text: str, host: str, hint: str) -> int:
 # -- targets --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(Frozen):
     """One destination port of a target, named as the user would write it."""
 
+    __slots__ = ("host", "port", "target")
     target: str  # "host:port" or "[v6]:port"
     host: str  # as written, without brackets; the address itself for a CIDR or range
     port: int
 
+    def __init__(self, target: str, host: str, port: int) -> None:
+        # One per attempt on the Python engine: set directly, not through _set's keywords.
+        init = object.__setattr__
+        init(self, "target", target)
+        init(self, "host", host)
+        init(self, "port", port)
 
-@dataclass(frozen=True, slots=True)
-class Target:
+
+class Target(Frozen):
     """A host (or a set of addresses) and its ports, as one token on the command line or one
     line of a file."""
 
+    __slots__ = ("addresses", "bracketed", "host", "ports")
     host: str  # as written, without brackets: a name, an address, a CIDR or an octet range
     ports: PortRanges
     bracketed: bool  # written as [v6]; also forced for bare IPv6 hosts given with -p
-    addresses: AddressSet | None = None  # set for a CIDR or an octet range
+    addresses: AddressSet | None  # set for a CIDR or an octet range
+
+    def __init__(
+        self, host: str, ports: PortRanges, bracketed: bool, addresses: AddressSet | None = None
+    ) -> None:
+        self._set(locals())
 
     def label(self, port: int, host: str | None = None) -> str:
         host = self.host if host is None else host
@@ -624,13 +639,16 @@ def shard(
 # -- -s ADDR[:PORT] ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(Frozen):
     """A local endpoint to bind: `port_lo == port_hi == 0` lets the kernel pick the port."""
 
+    __slots__ = ("address", "port_hi", "port_lo")
     address: str
-    port_lo: int = 0
-    port_hi: int = 0
+    port_lo: int
+    port_hi: int
+
+    def __init__(self, address: str, port_lo: int = 0, port_hi: int = 0) -> None:
+        self._set(locals())
 
     @property
     def is_range(self) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from typing import BinaryIO
 
 from ..errors import (
@@ -46,7 +45,7 @@ def run_plan(plan: Plan) -> int:
     if plan.workers > 1:
         # Every share paces on one grid from here; ahead, so workers just forked (late, on a
         # busy machine) are ready for their first slot instead of skipping it.
-        plan = replace(plan, rate_epoch=time.monotonic() + RATE_START)
+        plan = plan.replace(rate_epoch=time.monotonic() + RATE_START)
     total = ShareResult()
     died = 0
     try:

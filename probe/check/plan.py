@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
+from _socket import AF_INET, AF_INET6  # without socket.py's enums (start-up, see address.py)
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from ..address import literal
-from ..engine import EngineOptions, check_source
+from ..engine import EngineOptions
 from ..engine.nofile import fit_concurrency
 from ..errors import TargetError, UsageError, report
+from ..plain import Frozen
 from ..targets import (
     Exclusions,
     PortRanges,
@@ -47,14 +47,27 @@ TARGET_WIDTH_DEFAULT = 21
 Format = Literal["human", "json", "csv"]
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
-    format: Format = "human"
-    open_only: bool = False  # --open: write and show only open attempts
-    json_file: str | None = None  # -o FILE: the JSON records, besides the terminal's form
-    list_mode: bool = True  # every attempt gets its own human line
-    target_width: int = TARGET_WIDTH_DEFAULT
-    histogram: bool = False  # --histogram: latency buckets after each target's summary
+class Output(Frozen):
+    """What the run writes, and in which form."""
+
+    __slots__ = ("format", "histogram", "json_file", "list_mode", "open_only", "target_width")
+    format: Format
+    open_only: bool  # --open: write and show only open attempts
+    json_file: str | None  # -o FILE: the JSON records, besides the terminal's form
+    list_mode: bool  # every attempt gets its own human line
+    target_width: int
+    histogram: bool  # --histogram: latency buckets after each target's summary
+
+    def __init__(
+        self,
+        format: Format = "human",
+        open_only: bool = False,
+        json_file: str | None = None,
+        list_mode: bool = True,
+        target_width: int = TARGET_WIDTH_DEFAULT,
+        histogram: bool = False,
+    ) -> None:
+        self._set(locals())
 
 
 class Excluded:
@@ -67,8 +80,23 @@ class Excluded:
         return any(part.contains(ip) for part in self.parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Frozen):
+    """One run of `probe check`, validated."""
+
+    __slots__ = (
+        "blocking_input",
+        "count",
+        "default_ports",
+        "exclude",
+        "family",
+        "interval",
+        "options",
+        "output",
+        "rate_epoch",
+        "shard",
+        "tokens",
+        "workers",
+    )
     tokens: tuple[str, ...]  # targets as given: HOST:PORTS, CIDR, ranges, @FILE, -
     default_ports: PortRanges | None  # -p
     count: int  # attempts per target; 0 = until interrupted
@@ -82,7 +110,24 @@ class Plan:
     output: Output
     # --rate's first slot (time.monotonic()), set when the run starts: every share paces
     # on one grid from it.
-    rate_epoch: float | None = None
+    rate_epoch: float | None
+
+    def __init__(
+        self,
+        tokens: tuple[str, ...],
+        default_ports: PortRanges | None,
+        count: int,
+        interval: float,
+        options: EngineOptions,
+        family: int,
+        exclude: Excluded | None,
+        shard: tuple[int, int] | None,
+        workers: int,
+        blocking_input: bool,
+        output: Output,
+        rate_epoch: float | None = None,
+    ) -> None:
+        self._set(locals())
 
     @property
     def repeat(self) -> bool:
@@ -120,11 +165,11 @@ def build_plan(
     )
     if not tokens:
         raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
-    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, 0)
+    fam = {4: AF_INET, 6: AF_INET6}.get(family or 0, 0)
     bind = _source(source, fam)
     bound, source_ports = bind if bind is not None else (None, None)
     if bound is not None:
-        fam = socket.AF_INET6 if ":" in bound[0] else socket.AF_INET
+        fam = AF_INET6 if ":" in bound[0] else AF_INET
     endpoints, blocking, width = _preflight(tokens, default_ports)
     list_mode = endpoints is not None and endpoints <= LIST_LIMIT
     excluded = _exclusions(exclude, exclude_files)
@@ -199,11 +244,13 @@ def _source(text: str | None, family: int) -> tuple[tuple[str, int], tuple[int, 
         return None
     spec = _flag("-s", parse_source_spec, text)
     address = spec.address
-    fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+    fam = AF_INET6 if ":" in address else AF_INET
     if family and family != fam:
         raise UsageError(f"-s {text}: source address family does not match -4/-6")
     bound = (address, 0 if spec.is_range else spec.port_lo)
     ports = (spec.port_lo, spec.port_hi) if spec.is_range else None
+    from ..engine import check_source  # -s only: it imports socket
+
     try:
         check_source(bound, ports)
     except OSError as exc:

@@ -10,13 +10,12 @@ travel as bitmaps that merge with `|`.
 from __future__ import annotations
 
 import math
-import random
 from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import ProbeError
+from ..plain import Plain
 from ..record import OPEN, Record
 
 # Hosts whose non-open ports are kept for the summary (`127.0.0.1: refused 1-21,23-65535`);
@@ -27,15 +26,20 @@ _BITMAP = 65536 // 8
 HostKey = tuple[str, str | None]  # (host as written, the address it resolved to)
 
 
-@dataclass(slots=True)
-class Latency:
+class Latency(Plain):
     """Running min/avg/max/mdev of latencies (Welford), mergeable across shares."""
 
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    low: float = math.inf
-    high: float = 0.0
+    __slots__ = ("high", "low", "m2", "mean", "n")
+
+    def __init__(
+        self, n: int = 0, mean: float = 0.0, m2: float = 0.0, low: float = math.inf,
+        high: float = 0.0,
+    ) -> None:  # fmt: skip
+        self.n = n
+        self.mean = mean
+        self.m2 = m2
+        self.low = low
+        self.high = high
 
     def add(self, x: float) -> None:
         self.n += 1
@@ -61,34 +65,46 @@ class Latency:
         return math.sqrt(self.m2 / self.n) if self.n else 0.0
 
 
-@dataclass(slots=True)
-class Latencies:
+class Latencies(Plain):
     """What --histogram draws from: every latency up to KEEP of them, a uniform sample of
     KEEP beyond (`-c 0` runs for days; its memory must not)."""
 
     KEEP: ClassVar[int] = 100_000
-    values: array[float] = field(default_factory=lambda: array("d"))
-    seen: int = 0
+    __slots__ = ("seen", "values")
+
+    def __init__(self, values: array[float] | None = None, seen: int = 0) -> None:
+        self.values = array("d") if values is None else values
+        self.seen = seen
 
     def add(self, x: float) -> None:
         self.seen += 1
         if len(self.values) < self.KEEP:
             self.values.append(x)
-        elif (j := random.randrange(self.seen)) < self.KEEP:
-            self.values[j] = x
+        else:
+            import random  # past KEEP latencies only, not at every start-up
+
+            if (j := random.randrange(self.seen)) < self.KEEP:
+                self.values[j] = x
 
     def merge(self, other: Latencies) -> None:
         for x in other.values:
             self.add(x)
 
 
-@dataclass(slots=True)
-class TargetStats:
+class TargetStats(Plain):
     """One target (and address) in repeat mode: its outcomes and its open latencies."""
 
-    outcomes: Counter[str] = field(default_factory=Counter)
-    latency: Latency = field(default_factory=Latency)
-    kept: Latencies | None = None  # --histogram: the open latencies themselves
+    __slots__ = ("kept", "latency", "outcomes")
+
+    def __init__(
+        self,
+        outcomes: Counter[str] | None = None,
+        latency: Latency | None = None,
+        kept: Latencies | None = None,  # --histogram: the open latencies themselves
+    ) -> None:
+        self.outcomes = Counter() if outcomes is None else outcomes
+        self.latency = Latency() if latency is None else latency
+        self.kept = kept
 
     def merge(self, other: TargetStats) -> None:
         self.outcomes.update(other.outcomes)
@@ -99,21 +115,55 @@ class TargetStats:
             self.kept.merge(other.kept)
 
 
-@dataclass(slots=True)
-class ShareResult:
-    outcomes: Counter[str] = field(default_factory=Counter)
-    seen: int = 0  # endpoints of the input in this share, before --shard and exclusions
-    targets: int = 0  # endpoints probed to the end (every address, every attempt)
-    targets_without_open: int = 0
-    excluded: int = 0  # endpoints skipped: every address they had is excluded
-    per_target: dict[HostKey, TargetStats] = field(default_factory=dict)  # repeat mode
-    ports: dict[HostKey, dict[str, bytearray]] | None = field(default_factory=dict)
-    error: ProbeError | None = None  # the first error; its type decides the exit code
-    stopped_by: int = 0  # the signal that stopped the run
-    lag_p99_ms: float = 0.0
-    lag_max_ms: float = 0.0
-    lag_samples: int = 0
-    elapsed: float = 0.0
+class ShareResult(Plain):
+    """A share's counts, sent whole (pickled) from a worker to the parent."""
+
+    __slots__ = (
+        "elapsed",
+        "error",
+        "excluded",
+        "lag_max_ms",
+        "lag_p99_ms",
+        "lag_samples",
+        "outcomes",
+        "per_target",
+        "ports",
+        "seen",
+        "stopped_by",
+        "targets",
+        "targets_without_open",
+    )
+    ports: dict[HostKey, dict[str, bytearray]] | None  # None: too many hosts to keep
+
+    def __init__(
+        self,
+        outcomes: Counter[str] | None = None,
+        seen: int = 0,  # endpoints of the input in this share, before --shard and exclusions
+        targets: int = 0,  # endpoints probed to the end (every address, every attempt)
+        targets_without_open: int = 0,
+        excluded: int = 0,  # endpoints skipped: every address they had is excluded
+        per_target: dict[HostKey, TargetStats] | None = None,  # repeat mode
+        ports: dict[HostKey, dict[str, bytearray]] | None = None,  # None: {}
+        error: ProbeError | None = None,  # the first error; its type decides the exit code
+        stopped_by: int = 0,  # the signal that stopped the run
+        lag_p99_ms: float = 0.0,
+        lag_max_ms: float = 0.0,
+        lag_samples: int = 0,
+        elapsed: float = 0.0,
+    ) -> None:
+        self.outcomes = Counter() if outcomes is None else outcomes
+        self.seen = seen
+        self.targets = targets
+        self.targets_without_open = targets_without_open
+        self.excluded = excluded
+        self.per_target = {} if per_target is None else per_target
+        self.ports = {} if ports is None else ports
+        self.error = error
+        self.stopped_by = stopped_by
+        self.lag_p99_ms = lag_p99_ms
+        self.lag_max_ms = lag_max_ms
+        self.lag_samples = lag_samples
+        self.elapsed = elapsed
 
     @property
     def attempts(self) -> int:

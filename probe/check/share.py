@@ -4,7 +4,6 @@ endpoints it takes. Both runners (the native core's and the asyncio engine's) us
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 from ..engine import EngineOptions
 from .plan import Plan
@@ -20,8 +19,7 @@ def share_options(plan: Plan, index: int, count: int) -> EngineOptions:
     epoch = None
     if rate is not None and plan.rate_epoch is not None:
         epoch = plan.rate_epoch + index / rate
-    return replace(
-        options,
+    return options.replace(
         concurrency=max(1, -(-options.concurrency // count)),
         rate=None if rate is None else rate / count,
         rate_epoch=epoch,

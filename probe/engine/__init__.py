@@ -17,12 +17,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .options import EngineOptions
-from .sockets import check_source
 
 if TYPE_CHECKING:
     from ..errors import LocalShortage
     from .attempt import Attempt, Done, Result
     from .core import Engine, EngineStats
+    from .sockets import check_source
 
 # The asyncio engine is imported on first use: the native core and the CLI's plan need only
 # the options, and asyncio is ~25 ms of start-up (issue 13).
@@ -33,6 +33,7 @@ _LAZY = {
     "Engine": ".core",
     "EngineStats": ".core",
     "LocalShortage": "..errors",
+    "check_source": ".sockets",  # socket and struct: only a run with -s binds
 }
 
 

@@ -14,11 +14,11 @@ import errno
 import os
 import signal
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
 from types import FrameType
 from typing import Any
 
 from ..address import ResolveError, literal
+from ..plain import Frozen, Plain
 from ..record import Record
 from ..targets import Target
 from .lag import LagMonitor
@@ -38,7 +38,7 @@ CORE = "python" if _native is None else "native"
 
 # The C writer adds the contract's `syn_retransmits` and `dns_ms` keys only when the Python
 # record has them too, so that both cores write the same bytes.
-EXTENDED = "syn_retransmits" in {f.name for f in fields(Record)}
+EXTENDED = "syn_retransmits" in Record.__slots__
 
 
 def available() -> bool:
@@ -61,15 +61,25 @@ def supports(options: EngineOptions) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NativeTarget:
+class NativeTarget(Frozen):
     """A target the native core can serve: an IP literal and its port ranges."""
 
+    __slots__ = ("address", "bracketed", "family", "host", "ranges")
     host: str  # as written
     bracketed: bool
     address: str  # as the Python engine writes it (ipaddress's text)
     family: int
     ranges: tuple[tuple[int, int], ...]
+
+    def __init__(
+        self,
+        host: str,
+        bracketed: bool,
+        address: str,
+        family: int,
+        ranges: tuple[tuple[int, int], ...],
+    ) -> None:
+        self._set(locals())
 
     def as_tuple(self) -> tuple[str, bool, str, tuple[tuple[int, int], ...]]:
         return (self.host, self.bracketed, self.address, self.ranges)
@@ -133,20 +143,51 @@ class Lag:
         return self.max_ms
 
 
-@dataclass(slots=True)
-class SweepResult:
-    outcomes: dict[str, int] = field(default_factory=dict)
-    lag_counts: list[int] = field(default_factory=list)
-    lag_max_ms: float = 0.0
-    targets: int = 0
-    targets_without_open: int = 0
-    started: int = 0
-    shortages: int = 0
-    self_connects: int = 0
-    late: int = 0
-    reused: int = 0  # attempts that took a refused attempt's socket (reuse=True)
-    stopped: bool = False
-    error: str | None = None  # a local shortage it gave up on, a source address gone
+class SweepResult(Plain):
+    """What `_native.sweep` returns (its dict, by keyword)."""
+
+    __slots__ = (
+        "error",
+        "lag_counts",
+        "lag_max_ms",
+        "late",
+        "outcomes",
+        "reused",
+        "self_connects",
+        "shortages",
+        "started",
+        "stopped",
+        "targets",
+        "targets_without_open",
+    )
+
+    def __init__(
+        self,
+        outcomes: dict[str, int] | None = None,
+        lag_counts: list[int] | None = None,
+        lag_max_ms: float = 0.0,
+        targets: int = 0,
+        targets_without_open: int = 0,
+        started: int = 0,
+        shortages: int = 0,
+        self_connects: int = 0,
+        late: int = 0,
+        reused: int = 0,  # attempts that took a refused attempt's socket (reuse=True)
+        stopped: bool = False,
+        error: str | None = None,  # a local shortage it gave up on, a source address gone
+    ) -> None:
+        self.outcomes = {} if outcomes is None else outcomes
+        self.lag_counts = [] if lag_counts is None else lag_counts
+        self.lag_max_ms = lag_max_ms
+        self.targets = targets
+        self.targets_without_open = targets_without_open
+        self.started = started
+        self.shortages = shortages
+        self.self_connects = self_connects
+        self.late = late
+        self.reused = reused
+        self.stopped = stopped
+        self.error = error
 
     @property
     def lag(self) -> Lag:

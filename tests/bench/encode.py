@@ -10,7 +10,6 @@ memory. Runs against whichever `probe` is imported, so two checkouts can be comp
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import statistics
 import time
@@ -45,7 +44,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--format", default="json")
     a = ap.parse_args()
-    names = {f.name for f in dataclasses.fields(Record)}
+    names = set(Record.__slots__)
     record = Record(**{k: v for k, v in FIELDS.items() if k in names})
     per: list[float] = []
     for _ in range(a.rounds):

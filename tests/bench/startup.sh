@@ -4,11 +4,14 @@
 # alone (`python -c pass`, with and without site) as the floor of any Python command.
 # Goal (issue 13): at most 60 ms. Needs hyperfine and nc (Debian: hyperfine, netcat-openbsd).
 # Usage: sh tests/bench/startup.sh   (from the project root, with .venv installed)
+#   PROBE=/venv/bin/probe    another install's console script (a regular `pip install .`)
+#   BEFORE=/venv/bin/probe   also that install's check, in the same hyperfine run (before/after)
 set -eu
 probe=${PROBE:-.venv/bin/probe}
 python=$(dirname "$probe")/python
 # Bytecode as an installed wheel has it: with PYTHONDONTWRITEBYTECODE set (as on these
 # machines) an editable install would otherwise compile every module on every run (~70 ms).
+# (A regular install has its bytecode from pip; compiling the tree here is then harmless.)
 "$python" -m compileall -q probe
 port=$(python3 - <<'PY'
 import socket
@@ -38,8 +41,13 @@ uptime
 # The floor: nc -z, or (no nc installed) bash's own /dev/tcp connect.
 floor="nc -z 127.0.0.1 $port"
 command -v nc >/dev/null || floor="bash -c 'exec 3<>/dev/tcp/127.0.0.1/$port'"
-hyperfine -N -i --warmup 3 --runs ${RUNS:-30} "$floor" \
-    "$python -S -c pass" "$python -c pass" \
+set -- "$floor" "$python -S -c pass" "$python -c pass"
+if [ -n "${BEFORE:-}" ]; then
+    (cd "$(dirname "$BEFORE")/../.." 2>/dev/null && [ -d probe ] &&
+        "$(dirname "$BEFORE")/python" -m compileall -q probe) || true
+    set -- "$@" "$BEFORE check 127.0.0.1:$port" "$BEFORE check 127.0.0.1:$closed"
+fi
+hyperfine -N -i --warmup 3 --runs ${RUNS:-30} "$@" \
     "$probe check 127.0.0.1:$port" "$probe check 127.0.0.1:$closed"
 uptime
 # Where the rest goes: the imports of the check path, largest cumulative first.

@@ -4,7 +4,6 @@ and merges exactly. An empty share is an ordinary result, not an error."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 import statistics
@@ -15,12 +14,13 @@ import pytest
 from helpers import RecordingListener, closed_port
 
 from probe.check.plan import LIST_LIMIT, Format, Output, build_plan
-from probe.check.result import Latency, ShareResult, TargetStats, port_ranges
+from probe.check.result import Latencies, Latency, ShareResult, TargetStats, port_ranges
 from probe.check.run import run_share
 from probe.check.share import in_shard, share_options
 from probe.check.sinks import Sinks
 from probe.errors import TargetError, UsageError
 from probe.output.writer import RecordWriter
+from probe.plain import FrozenError
 
 
 def _sinks(plan_output: Output, path: Path) -> tuple[Sinks, Path]:
@@ -35,7 +35,7 @@ def test_plan_is_frozen_and_validated_once() -> None:
     plan = build_plan(["127.0.0.1:1"], count=0, lag_limit_ms=0)
     assert plan.repeat and plan.count == 0
     assert plan.options.lag_limit_ms is None  # --lag-limit 0 disables the throttle
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenError):
         plan.count = 3  # type: ignore[misc]
 
 
@@ -65,9 +65,7 @@ def test_bad_options_fail_in_the_plan(kwargs: dict[str, object], named: str) -> 
 
 
 def test_rate_is_shared_and_interleaved() -> None:
-    plan = dataclasses.replace(
-        build_plan(["127.0.0.1:1"], rate=300.0, concurrency=10), rate_epoch=100.0
-    )
+    plan = build_plan(["127.0.0.1:1"], rate=300.0, concurrency=10).replace(rate_epoch=100.0)
     shares = [share_options(plan, i, 3) for i in range(3)]
     assert [s.rate for s in shares] == [100.0, 100.0, 100.0]
     assert [s.rate_epoch for s in shares] == pytest.approx(
@@ -103,6 +101,17 @@ def test_latency_merges_exactly() -> None:
     assert left.mdev == pytest.approx(statistics.pstdev(xs))
     assert (left.low, left.high) == (min(xs), max(xs))
     assert left.mdev == pytest.approx(whole.mdev)
+
+
+def test_histogram_keeps_a_bounded_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KEEP latencies, --histogram keeps a uniform sample of KEEP (memory of `-c 0`)."""
+    monkeypatch.setattr(Latencies, "KEEP", 50)
+    kept = Latencies()
+    xs = [float(i) for i in range(5000)]
+    for x in xs:
+        kept.add(x)
+    assert kept.seen == 5000 and len(kept.values) == 50
+    assert set(kept.values) <= set(xs) and max(kept.values) >= 50  # later ones got in
 
 
 def test_port_ranges_of_a_bitmap() -> None:

@@ -1,18 +1,24 @@
 """Start-up stays lean (issue 13): a one-shot check of literal endpoints, served by the native
-core, must not import the Python engine's event loop (asyncio, uvloop), structlog or
-msgspec. Read from the interpreter's own import log (`PYTHONPROFILEIMPORTTIME`, the same as
+core, must not import the Python engine's event loop (asyncio, uvloop), structlog,
+msgspec, `dataclasses` (with inspect, ast and dis: its data classes are `probe.plain`'s) or
+`socket` (its enums cost ~4 ms: the core makes the socket calls; the C module's constants
+and services look-up serve the rest).
+Read from the interpreter's own import log (`PYTHONPROFILEIMPORTTIME`, the same as
 `-X importtime`) of the installed console script, so an eager import added anywhere on the
 path fails here instead of quietly costing every `probe check` tens of milliseconds."""
 
 from __future__ import annotations
 
 import re
+from typing import NoReturn
 
 import pytest
 from helpers import RecordingListener
 from support import free_port, probe_env
 
-HEAVY = ("asyncio", "uvloop", "structlog", "msgspec")
+from probe import cli
+
+HEAVY = ("asyncio", "uvloop", "structlog", "msgspec", "dataclasses", "socket")
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$")
 
 
@@ -59,7 +65,8 @@ def test_json_of_literal_endpoints_imports_no_event_loop() -> None:
     port = free_port()
     names, out = imported("check", f"127.0.0.1:{port}", "--json")
     assert '"outcome":"refused"' in out, out
-    assert sorted(names.intersection(("asyncio", "uvloop", "structlog"))) == []
+    lean = ("asyncio", "uvloop", "structlog", "dataclasses", "socket")
+    assert sorted(names.intersection(lean)) == []
 
 
 def test_the_python_engine_still_imports_its_loop_when_it_runs() -> None:
@@ -68,4 +75,26 @@ def test_the_python_engine_still_imports_its_loop_when_it_runs() -> None:
     port = free_port()
     names, out = imported("check", f"127.0.0.1:{port}", "-c", "2", "-i", "0.01")
     assert out.count("  refused  ") == 2, out
-    assert "asyncio" in names
+    assert {"asyncio", "socket"} <= names
+
+
+def test_check_builds_only_its_own_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`probe check` never builds the parsers of `run`, `validate` and `deploy`."""
+
+    def everything() -> NoReturn:
+        raise AssertionError("probe check built the whole command line")
+
+    monkeypatch.setattr(cli, "build_parser", everything)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["check", "--version"])
+    assert done.value.code == 0
+
+
+def test_check_parser_is_the_sub_parser() -> None:
+    """Standing alone or under `probe`, `probe check` has the same options and help."""
+    alone = cli.check_parser()
+    under = cli._subparser(cli.build_parser(), "check")
+    assert alone.format_help() == under.format_help()
+    assert alone.parse_intermixed_args(["h:1", "-t", "2", "h:2", "-4"]) == (
+        under.parse_intermixed_args(["h:1", "-t", "2", "h:2", "-4"])
+    )
