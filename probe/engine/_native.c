@@ -870,6 +870,34 @@ static void lag_sample(sweep_t *s, int64_t now) {
   s->lag_due = now + LAG_TICK_NS;
 }
 
+/* Start the next pending attempt, if the limit, --rate and a shortage's back-off allow one
+ * now. 1: one went out (or met a shortage, which sets the back-off); 0: none now, *wake =
+ * when pacing or the back-off allows the next. */
+static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
+  if (s->fail || s->inflight >= s->limit || !have_pending(s)) return 0;
+  if (s->resume_at > now) {
+    *wake = s->resume_at;
+    return 0;
+  }
+  if (s->rate_step) {
+    if (s->rate_next > now) {
+      *wake = s->rate_next;
+      return 0;
+    }
+    int64_t slack = s->rate_step > RATE_SLACK_NS ? s->rate_step : RATE_SLACK_NS;
+    if (s->rate_next < now - slack) s->rate_next = now;
+    s->rate_next += s->rate_step;
+  }
+  attempt_t a;
+  pop_pending(s, &a);
+  int r = start(s, &a, now);
+  if (r == SHORT) {
+    head_push_front(s, &a);
+    if (s->rate_step) s->rate_next -= s->rate_step;
+  }
+  return r != FATAL;
+}
+
 /* The attempt loop; returns 0, or -1 with a Python exception set (progress callback). */
 static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
   struct epoll_event evs[1024];
@@ -878,39 +906,19 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
   for (;;) {
     int64_t now = mono_ns();
     lag_sample(s, now);
-    /* deadlines */
-    while (s->dl_first >= 0 && s->slots[s->dl_first].deadline <= now) expire(s, s->dl_first);
-    /* starts */
-    int budget = START_BATCH;
+    /* deadlines: each freed slot takes its next attempt at once, not after the whole batch
+     * (a wave of timeouts would otherwise start its next wave later with every one) */
     int64_t wake = -1; /* when pacing or back-off allows the next start */
-    while (!s->fail && s->inflight < s->limit && have_pending(s)) {
-      if (s->resume_at > now) {
-        wake = s->resume_at;
-        break;
-      }
-      if (--budget < 0) {
+    while (s->dl_first >= 0 && s->slots[s->dl_first].deadline <= now) {
+      expire(s, s->dl_first);
+      start_next(s, now, &wake);
+    }
+    /* starts */
+    for (int budget = START_BATCH; start_next(s, now, &wake); now = mono_ns()) {
+      if (--budget == 0) {
         wake = now;
         break;
       }
-      if (s->rate_step) {
-        if (s->rate_next > now) {
-          wake = s->rate_next;
-          break;
-        }
-        int64_t slack = s->rate_step > RATE_SLACK_NS ? s->rate_step : RATE_SLACK_NS;
-        if (s->rate_next < now - slack) s->rate_next = now;
-        s->rate_next += s->rate_step;
-      }
-      attempt_t a;
-      pop_pending(s, &a);
-      int r = start(s, &a, now);
-      if (r == SHORT) {
-        head_push_front(s, &a);
-        if (s->rate_step) s->rate_next -= s->rate_step;
-        continue; /* resume_at now holds the loop */
-      }
-      if (r == FATAL) break;
-      now = mono_ns();
     }
     if (s->write_errno) return 0;
     if (s->fail) break;
