@@ -222,6 +222,16 @@ typedef struct {
   unsigned attempt;
 } rec_t;
 
+/* HOST:PORT, or [HOST]:PORT (an IPv6 address as written in a target): the record's
+ * target, and both endpoints of a human line. */
+static void put_host_port(buf_t *b, const char *host, size_t len, int bracketed, int port) {
+  if (bracketed) PUTS(b, "[");
+  put(b, host, len);
+  if (bracketed) PUTS(b, "]");
+  PUTS(b, ":");
+  put_uint(b, (uint64_t)port);
+}
+
 /* An IPv4 or IPv6 socket address as the text inet_ntop gives (into `text`, at least
  * INET6_ADDRSTRLEN bytes) and its port: the record's local endpoint, in both outputs. */
 static int endpoint_text(const struct sockaddr_storage *sa, char *text) {
@@ -240,11 +250,7 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
   PUTS(b, "{\"event\":\"probe\",\"timestamp\":\"");
   put_timestamp(b, ts, r->wall);
   PUTS(b, ",\"target\":\"");
-  if (t->bracketed) PUTS(b, "[");
-  put(b, t->host, t->host_len);
-  if (t->bracketed) PUTS(b, "]");
-  PUTS(b, ":");
-  put_uint(b, (uint64_t)r->port);
+  put_host_port(b, t->host, t->host_len, t->bracketed, r->port);
   PUTS(b, "\",\"host\":\"");
   put(b, t->host, t->host_len);
   PUTS(b, "\",\"port\":");
@@ -301,11 +307,7 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
  * `target  open     [address]  local A:P  0.05 ms  rtt 0.01 ms` (the address only when it is
  * not the host as written). Literal hosts and addresses are printable: nothing to escape. */
 static void put_human(buf_t *b, const rec_target_t *t, const rec_t *r) {
-  if (t->bracketed) PUTS(b, "[");
-  put(b, t->host, t->host_len);
-  if (t->bracketed) PUTS(b, "]");
-  PUTS(b, ":");
-  put_uint(b, (uint64_t)r->port);
+  put_host_port(b, t->host, t->host_len, t->bracketed, r->port);
   PUTS(b, "  open   ");
   if (t->host_len != t->address_len || memcmp(t->host, t->address, t->host_len)) {
     PUTS(b, "  [");
@@ -315,13 +317,8 @@ static void put_human(buf_t *b, const rec_target_t *t, const rec_t *r) {
   if (r->local) {
     char text[INET6_ADDRSTRLEN];
     int port = endpoint_text(r->local, text);
-    int v6 = r->local->ss_family == AF_INET6;
     PUTS(b, "  local ");
-    if (v6) PUTS(b, "[");
-    put(b, text, strlen(text));
-    if (v6) PUTS(b, "]");
-    PUTS(b, ":");
-    put_uint(b, (uint64_t)port);
+    put_host_port(b, text, strlen(text), r->local->ss_family == AF_INET6, port);
   }
   /* f"{round(x, 3):.2f}": the double nearest k/1000, printed exactly as Python does */
   char tmp[64];
