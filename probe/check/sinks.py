@@ -64,11 +64,20 @@ class Sinks:
             self.flush()
 
     def _first_json(self, record: Record) -> bytes:
-        """The one JSON form of a record (msgspec), from now on without this detour."""
+        return self._load_json()(record)
+
+    def _load_json(self) -> Callable[[Record], bytes]:
+        """The one JSON form of a record (msgspec), from now on without the detour."""
         from ..output.jsonl import record_json
 
         self.json_line = record_json
-        return record_json(record)
+        return record_json
+
+    def ready(self) -> None:
+        """Import the encoder now, before an engine starts: at its first record the import
+        would stall the event loop with attempts in flight and inflate their latency."""
+        if self.json_line == self._first_json:
+            self._load_json()
 
     def flush(self) -> None:
         self.out.flush()
