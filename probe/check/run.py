@@ -36,6 +36,7 @@ def run_share(
         return _native_share(plan, index, count, sinks, targets, progress)
     from .engine_run import run_engine_share  # asyncio, uvloop: only when the engine runs
 
+    sinks.ready()
     return run_engine_share(plan, index, count, sinks, progress)
 
 

@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from ..output.csv import CsvRows
 
 
-def json_encoder() -> Callable[[Record], bytes]:
-    """The one JSON form of a record (msgspec)."""
-    from ..output.jsonl import record_json
-
-    return record_json
-
-
 def csv_rows() -> CsvRows:
     from ..output.csv import CsvRows
 
@@ -46,7 +39,9 @@ class Sinks:
         fmt = output.format
         self.csv = csv_rows() if fmt == "csv" else None
         wants_json = fmt == "json" or json_out is not None
-        self.json_line = json_encoder() if wants_json else _no_json
+        # msgspec is imported at the first record: a worker whose share the native core
+        # serves writes its JSON itself and never needs it
+        self.json_line: Callable[[Record], bytes] = self._first_json if wants_json else _no_json
         self.live = output.list_mode  # a few endpoints: each line as it happens (tcping)
 
     def record(self, record: Record) -> None:
@@ -67,6 +62,22 @@ class Sinks:
             self.json_out.msg(self.json_line(record))
         if self.live:
             self.flush()
+
+    def _first_json(self, record: Record) -> bytes:
+        return self._load_json()(record)
+
+    def _load_json(self) -> Callable[[Record], bytes]:
+        """The one JSON form of a record (msgspec), from now on without the detour."""
+        from ..output.jsonl import record_json
+
+        self.json_line = record_json
+        return record_json
+
+    def ready(self) -> None:
+        """Import the encoder now, before an engine starts: at its first record the import
+        would stall the event loop with attempts in flight and inflate their latency."""
+        if self.json_line == self._first_json:
+            self._load_json()
 
     def flush(self) -> None:
         self.out.flush()

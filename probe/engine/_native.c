@@ -30,7 +30,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <linux/time_types.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +46,11 @@
 #define START_BATCH 64         /* starts between two looks at completions */
 #define RATE_SLACK_NS 2000000  /* timer lateness that --rate still makes up */
 #define TICK_NS 200000000LL    /* flush and progress every 0.2 s */
+/* Deadlines are taken in batches: the loop wakes this long after the first one due, not at
+ * every one (a wave of 500 timeouts started ~10 us apart would be 500 wake-ups). Each
+ * slot's next attempt starts at most this much later; epoll_wait's milliseconds were up
+ * to 1 ms. */
+#define DEADLINE_SLACK_NS 200000LL
 #define SELF_CONNECT (-1)
 
 enum { O_OPEN, O_REFUSED, O_TIMEOUT, O_UNREACHABLE, O_ERROR, N_OUTCOMES };
@@ -215,16 +222,35 @@ typedef struct {
   unsigned attempt;
 } rec_t;
 
+/* HOST:PORT, or [HOST]:PORT (an IPv6 address as written in a target): the record's
+ * target, and both endpoints of a human line. */
+static void put_host_port(buf_t *b, const char *host, size_t len, int bracketed, int port) {
+  if (bracketed) PUTS(b, "[");
+  put(b, host, len);
+  if (bracketed) PUTS(b, "]");
+  PUTS(b, ":");
+  put_uint(b, (uint64_t)port);
+}
+
+/* An IPv4 or IPv6 socket address as the text inet_ntop gives (into `text`, at least
+ * INET6_ADDRSTRLEN bytes) and its port: the record's local endpoint, in both outputs. */
+static int endpoint_text(const struct sockaddr_storage *sa, char *text) {
+  if (sa->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const void *)sa;
+    inet_ntop(AF_INET6, &a->sin6_addr, text, INET6_ADDRSTRLEN);
+    return ntohs(a->sin6_port);
+  }
+  const struct sockaddr_in *a = (const void *)sa;
+  inet_ntop(AF_INET, &a->sin_addr, text, INET6_ADDRSTRLEN);
+  return ntohs(a->sin_port);
+}
+
 static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec_t *r,
                        int extended) {
   PUTS(b, "{\"event\":\"probe\",\"timestamp\":\"");
   put_timestamp(b, ts, r->wall);
   PUTS(b, ",\"target\":\"");
-  if (t->bracketed) PUTS(b, "[");
-  put(b, t->host, t->host_len);
-  if (t->bracketed) PUTS(b, "]");
-  PUTS(b, ":");
-  put_uint(b, (uint64_t)r->port);
+  put_host_port(b, t->host, t->host_len, t->bracketed, r->port);
   PUTS(b, "\",\"host\":\"");
   put(b, t->host, t->host_len);
   PUTS(b, "\",\"port\":");
@@ -238,17 +264,8 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
   if (r->local == NULL) {
     PUTS(b, "null,\"local_port\":null");
   } else {
-    char text[INET6_ADDRSTRLEN + 1];
-    int port;
-    if (r->local->ss_family == AF_INET6) {
-      const struct sockaddr_in6 *a = (const void *)r->local;
-      inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
-      port = ntohs(a->sin6_port);
-    } else {
-      const struct sockaddr_in *a = (const void *)r->local;
-      inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
-      port = ntohs(a->sin_port);
-    }
+    char text[INET6_ADDRSTRLEN];
+    int port = endpoint_text(r->local, text);
     PUTS(b, "\"");
     put(b, text, strlen(text));
     PUTS(b, "\",\"local_port\":");
@@ -290,11 +307,7 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
  * `target  open     [address]  local A:P  0.05 ms  rtt 0.01 ms` (the address only when it is
  * not the host as written). Literal hosts and addresses are printable: nothing to escape. */
 static void put_human(buf_t *b, const rec_target_t *t, const rec_t *r) {
-  if (t->bracketed) PUTS(b, "[");
-  put(b, t->host, t->host_len);
-  if (t->bracketed) PUTS(b, "]");
-  PUTS(b, ":");
-  put_uint(b, (uint64_t)r->port);
+  put_host_port(b, t->host, t->host_len, t->bracketed, r->port);
   PUTS(b, "  open   ");
   if (t->host_len != t->address_len || memcmp(t->host, t->address, t->host_len)) {
     PUTS(b, "  [");
@@ -302,24 +315,10 @@ static void put_human(buf_t *b, const rec_target_t *t, const rec_t *r) {
     PUTS(b, "]");
   }
   if (r->local) {
-    char text[INET6_ADDRSTRLEN + 1];
-    int port;
+    char text[INET6_ADDRSTRLEN];
+    int port = endpoint_text(r->local, text);
     PUTS(b, "  local ");
-    if (r->local->ss_family == AF_INET6) {
-      const struct sockaddr_in6 *a = (const void *)r->local;
-      inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
-      port = ntohs(a->sin6_port);
-      PUTS(b, "[");
-      put(b, text, strlen(text));
-      PUTS(b, "]:");
-    } else {
-      const struct sockaddr_in *a = (const void *)r->local;
-      inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
-      port = ntohs(a->sin_port);
-      put(b, text, strlen(text));
-      PUTS(b, ":");
-    }
-    put_uint(b, (uint64_t)port);
+    put_host_port(b, text, strlen(text), r->local->ss_family == AF_INET6, port);
   }
   /* f"{round(x, 3):.2f}": the double nearest k/1000, printed exactly as Python does */
   char tmp[64];
@@ -360,6 +359,7 @@ typedef struct {
 typedef struct {
   attempt_t a;
   int fd;
+  int polled;     /* fd is in the epoll set */
   int prev, next; /* deadline list */
   int64_t t0, deadline;
   struct timespec wall;
@@ -582,81 +582,28 @@ static void rst_close(int fd) {
   close(fd);
 }
 
-/* rtt (us, or -1 when the kernel has no real sample) and total retransmits (or -1). */
-static void tcp_info(int fd, int64_t *rtt_us, int64_t *retrans) {
+typedef struct {
+  int answered; /* 0: no answer yet (no error, no peer) */
+  int err;      /* SO_ERROR once answered: 0 = connected */
+  int64_t rtt_us, retrans;
+} answer_t;
+
+/* rtt (us, or -1 when the kernel has no real sample) and total retransmits (or -1); the
+ * TCP state in *state (0 when unknown). */
+static void tcp_info(int fd, int64_t *rtt_us, int64_t *retrans, int *state) {
   struct tcp_info ti;
   socklen_t len = sizeof ti;
   memset(&ti, 0, sizeof ti);
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
       len < offsetof(struct tcp_info, tcpi_total_retrans) + sizeof ti.tcpi_total_retrans) {
-    if (rtt_us) *rtt_us = -1;
+    *rtt_us = -1;
     *retrans = -1;
+    *state = 0;
     return;
   }
   *retrans = ti.tcpi_total_retrans;
-  if (rtt_us) *rtt_us = ti.tcpi_total_retrans > 0 ? -1 : (int64_t)ti.tcpi_rtt;
-}
-
-/* Keep a refused socket for the next attempt: connect(AF_UNSPEC) resets it, and the next
- * connect() binds a new ephemeral port of its own. 0 when kept. */
-static int recycle(sweep_t *s, int fd, int family) {
-  int f = family == AF_INET6;
-  if (s->npool[f] == 64) return -1;
-  struct sockaddr unspec = {.sa_family = AF_UNSPEC};
-  if (connect(fd, &unspec, sizeof unspec) < 0) return -1;
-  s->pool[f][s->npool[f]++] = fd;
-  return 0;
-}
-
-static void dl_unlink(sweep_t *s, int i) {
-  slot_t *sl = &s->slots[i];
-  if (sl->prev >= 0) s->slots[sl->prev].next = sl->next; else s->dl_first = sl->next;
-  if (sl->next >= 0) s->slots[sl->next].prev = sl->prev; else s->dl_last = sl->prev;
-  sl->prev = sl->next = -1;
-}
-
-/* A slot's attempt has its answer (err) or its deadline passed (timed_out). */
-static void complete(sweep_t *s, int i, int err, int timed_out) {
-  int64_t t1 = mono_ns();
-  slot_t *sl = &s->slots[i];
-  dl_unlink(s, i);
-  s->inflight--;
-  s->free_list[s->nfree++] = i;
-  target_t *t = &s->targets[sl->a.target];
-  if (err == 0 && !timed_out && same_endpoint(&sl->local, t, sl->a.port)) {
-    /* Simultaneous open with itself: the kernel chose the destination port as the
-     * ephemeral port. Our artifact, not the target's answer: try again with another port,
-     * unless -s fixed the port, where every try would be the same. */
-    int64_t sretrans = -1;
-    if (s->extended) tcp_info(sl->fd, NULL, &sretrans); /* the record, if one is written */
-    rst_close(sl->fd);
-    s->self_connects++;
-    if (!(s->has_source && s->source_port) && sl->a.self_connects < SELF_CONNECT_TRIES) {
-      attempt_t again = sl->a;
-      again.self_connects++;
-      head_push_front(s, &again);
-      return;
-    }
-    rec_t r = {.wall = &sl->wall, .local = &sl->local, .outcome = O_ERROR, .err = SELF_CONNECT,
-               .latency_ns = (uint64_t)(t1 - sl->t0), .rtt_us = -1, .syn_retransmits = sretrans};
-    emit(s, &sl->a, &r);
-    return;
-  }
-  int64_t rtt = -1, retrans = -1;
-  if ((err == 0 && !timed_out) || s->extended) /* RTT, and retransmits when recorded */
-    tcp_info(sl->fd, err == 0 && !timed_out ? &rtt : NULL, &retrans);
-  if (err == 0 && !timed_out && !s->graceful)
-    rst_close(sl->fd);
-  else if (err == ECONNREFUSED && s->reuse && !recycle(s, sl->fd, t->family))
-    ;
-  else
-    close(sl->fd);
-  if (s->limit < s->ceiling) s->limit++;
-  rec_t r = {.wall = &sl->wall, .local = &sl->local,
-             .outcome = timed_out ? O_TIMEOUT : outcome_of(err), .err = err,
-             .timed_out = timed_out, .latency_ns = (uint64_t)(t1 - sl->t0), .rtt_us = rtt,
-             .syn_retransmits = retrans};
-  emit(s, &sl->a, &r);
+  *rtt_us = ti.tcpi_total_retrans > 0 ? -1 : (int64_t)ti.tcpi_rtt;
+  *state = ti.tcpi_state;
 }
 
 static int sock_error(int fd) {
@@ -670,6 +617,92 @@ static int connected(int fd) {
   struct sockaddr_storage peer;
   socklen_t len = sizeof peer;
   return getpeername(fd, (struct sockaddr *)&peer, &len) == 0;
+}
+
+/* Has the attempt on `fd` its answer, and which: the SO_ERROR/getpeername question, asked
+ * with TCP_INFO first. In SYN_SENT the kernel has no error to report (a reset or an ICMP
+ * error ends SYN_SENT as it sets one) and getpeername fails, so one call answers "still
+ * waiting", the common case at a deadline and right after connect(). Otherwise SO_ERROR
+ * as before; with no error the socket is connected unless it is CLOSE (getpeername fails
+ * in exactly SYN_SENT and CLOSE). The same call gives the record's RTT and retransmits. */
+static void ask(int fd, answer_t *a) {
+  int state;
+  tcp_info(fd, &a->rtt_us, &a->retrans, &state);
+  if (state == TCP_SYN_SENT) {
+    a->err = 0;
+    a->answered = 0;
+    return;
+  }
+  a->err = sock_error(fd);
+  if (a->err)
+    a->answered = 1;
+  else if (state)
+    a->answered = state != TCP_CLOSE;
+  else
+    a->answered = connected(fd); /* no TCP_INFO: ask as before */
+}
+
+/* Keep a refused socket for the next attempt: connect(AF_UNSPEC) resets it, and the next
+ * connect() binds a new ephemeral port of its own. 0 when kept. A socket that waited in
+ * the epoll set leaves it first (a reset socket reports EPOLLHUP for ever, and the next
+ * attempt adds it again). */
+static int recycle(sweep_t *s, int fd, int family, int polled) {
+  int f = family == AF_INET6;
+  if (s->npool[f] == 64) return -1;
+  if (polled && epoll_ctl(s->ep, EPOLL_CTL_DEL, fd, NULL) < 0) return -1;
+  struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+  if (connect(fd, &unspec, sizeof unspec) < 0) return -1;
+  s->pool[f][s->npool[f]++] = fd;
+  return 0;
+}
+
+static void dl_unlink(sweep_t *s, int i) {
+  slot_t *sl = &s->slots[i];
+  if (sl->prev >= 0) s->slots[sl->prev].next = sl->next; else s->dl_first = sl->next;
+  if (sl->next >= 0) s->slots[sl->next].prev = sl->prev; else s->dl_last = sl->prev;
+  sl->prev = sl->next = -1;
+}
+
+/* A slot's attempt has its answer (err, with what `ask` read) or its deadline passed
+ * (timed_out). */
+static void complete(sweep_t *s, int i, int err, int timed_out, const answer_t *ans) {
+  int64_t t1 = mono_ns();
+  slot_t *sl = &s->slots[i];
+  dl_unlink(s, i);
+  s->inflight--;
+  s->free_list[s->nfree++] = i;
+  target_t *t = &s->targets[sl->a.target];
+  if (err == 0 && !timed_out && same_endpoint(&sl->local, t, sl->a.port)) {
+    /* Simultaneous open with itself: the kernel chose the destination port as the
+     * ephemeral port. Our artifact, not the target's answer: try again with another port,
+     * unless -s fixed the port, where every try would be the same. */
+    int64_t sretrans = ans->retrans;
+    rst_close(sl->fd);
+    s->self_connects++;
+    if (!(s->has_source && s->source_port) && sl->a.self_connects < SELF_CONNECT_TRIES) {
+      attempt_t again = sl->a;
+      again.self_connects++;
+      head_push_front(s, &again);
+      return;
+    }
+    rec_t r = {.wall = &sl->wall, .local = &sl->local, .outcome = O_ERROR, .err = SELF_CONNECT,
+               .latency_ns = (uint64_t)(t1 - sl->t0), .rtt_us = -1, .syn_retransmits = sretrans};
+    emit(s, &sl->a, &r);
+    return;
+  }
+  int64_t rtt = err == 0 && !timed_out ? ans->rtt_us : -1, retrans = ans->retrans;
+  if (err == 0 && !timed_out && !s->graceful)
+    rst_close(sl->fd);
+  else if (err == ECONNREFUSED && s->reuse && !recycle(s, sl->fd, t->family, sl->polled))
+    ;
+  else
+    close(sl->fd);
+  if (s->limit < s->ceiling) s->limit++;
+  rec_t r = {.wall = &sl->wall, .local = &sl->local,
+             .outcome = timed_out ? O_TIMEOUT : outcome_of(err), .err = err,
+             .timed_out = timed_out, .latency_ns = (uint64_t)(t1 - sl->t0), .rtt_us = rtt,
+             .syn_retransmits = retrans};
+  emit(s, &sl->a, &r);
 }
 
 enum { STARTED, SHORT, FATAL };
@@ -717,6 +750,7 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
   slot_t *sl = &s->slots[i];
   sl->a = *a;
   sl->fd = fd;
+  sl->polled = 0;
   set_port(&t->sa, a->port);
   clock_gettime(CLOCK_REALTIME, &sl->wall);
   sl->t0 = mono_ns();
@@ -732,8 +766,9 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
       shortage(s, now);
       return SHORT;
     }
-    int64_t retrans = -1;
-    if (s->extended) tcp_info(fd, NULL, &retrans);
+    int64_t rtt, retrans = -1;
+    int state;
+    if (s->extended) tcp_info(fd, &rtt, &retrans, &state);
     close(fd);
     s->free_list[s->nfree++] = i;
     s->started++;
@@ -759,9 +794,10 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
   s->dl_last = i;
   /* Often the answer is already in: on loopback the whole handshake, or the reset, happens
    * inside connect(). Taking it here spares the poller and an inflated latency. */
-  err = sock_error(fd);
-  if (err || connected(fd)) {
-    complete(s, i, err, 0);
+  answer_t ans;
+  ask(fd, &ans);
+  if (ans.answered) {
+    complete(s, i, ans.err, 0, &ans);
     return STARTED;
   }
   struct epoll_event ev = {.events = EPOLLOUT, .data.u64 = (uint64_t)i};
@@ -775,20 +811,21 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
     shortage(s, now);
     return SHORT;
   }
+  sl->polled = 1;
   return STARTED;
 }
 
-/* A deadline passed: ask the socket before calling it a timeout. */
+/* A deadline passed: ask the socket before calling it a timeout. (complete() closes the
+ * socket, which takes it out of the epoll set, or takes it out before keeping it.) */
 static void expire(sweep_t *s, int i) {
-  int fd = s->slots[i].fd;
-  epoll_ctl(s->ep, EPOLL_CTL_DEL, fd, NULL);
-  int err = sock_error(fd);
-  if (err == 0 && !connected(fd)) {
-    complete(s, i, ETIMEDOUT, 1);
+  answer_t ans;
+  ask(s->slots[i].fd, &ans);
+  if (!ans.answered) {
+    complete(s, i, ETIMEDOUT, 1, &ans);
     return;
   }
   s->late++;
-  complete(s, i, err, 0);
+  complete(s, i, ans.err, 0, &ans);
 }
 
 static void close_inflight(sweep_t *s) {
@@ -799,6 +836,22 @@ static void close_inflight(sweep_t *s) {
   }
   s->dl_first = s->dl_last = -1;
   s->inflight = 0;
+}
+
+/* epoll_wait for at most `ns`. epoll_pwait2 (Linux 5.11) keeps the sub-millisecond part:
+ * with epoll_wait's milliseconds (rounded up, never early) each wave of deadlines would be
+ * taken up to 1 ms late, and a slot's next attempt with it: 10 ms over a 10-wave sweep. */
+static int wait_events(int ep, struct epoll_event *evs, int n, int64_t ns) {
+#ifdef SYS_epoll_pwait2
+  static int without_pwait2;
+  if (!without_pwait2) {
+    struct __kernel_timespec t = {.tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL};
+    long r = syscall(SYS_epoll_pwait2, ep, evs, n, &t, NULL, 0);
+    if (r >= 0 || (errno != ENOSYS && errno != EPERM)) return (int)r;
+    without_pwait2 = 1; /* an older kernel, or a seccomp filter that does not know it */
+  }
+#endif
+  return epoll_wait(ep, evs, n, (int)((ns + 999999) / 1000000));
 }
 
 #define LAG_TICK_NS 5000000LL
@@ -814,6 +867,34 @@ static void lag_sample(sweep_t *s, int64_t now) {
   s->lag_due = now + LAG_TICK_NS;
 }
 
+/* Start the next pending attempt, if the limit, --rate and a shortage's back-off allow one
+ * now. 1: one went out (or met a shortage, which sets the back-off); 0: none now, *wake =
+ * when pacing or the back-off allows the next. */
+static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
+  if (s->fail || s->inflight >= s->limit || !have_pending(s)) return 0;
+  if (s->resume_at > now) {
+    *wake = s->resume_at;
+    return 0;
+  }
+  if (s->rate_step) {
+    if (s->rate_next > now) {
+      *wake = s->rate_next;
+      return 0;
+    }
+    int64_t slack = s->rate_step > RATE_SLACK_NS ? s->rate_step : RATE_SLACK_NS;
+    if (s->rate_next < now - slack) s->rate_next = now;
+    s->rate_next += s->rate_step;
+  }
+  attempt_t a;
+  pop_pending(s, &a);
+  int r = start(s, &a, now);
+  if (r == SHORT) {
+    head_push_front(s, &a);
+    if (s->rate_step) s->rate_next -= s->rate_step;
+  }
+  return r != FATAL;
+}
+
 /* The attempt loop; returns 0, or -1 with a Python exception set (progress callback). */
 static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
   struct epoll_event evs[1024];
@@ -822,51 +903,30 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
   for (;;) {
     int64_t now = mono_ns();
     lag_sample(s, now);
-    /* deadlines */
-    while (s->dl_first >= 0 && s->slots[s->dl_first].deadline <= now) expire(s, s->dl_first);
-    /* starts */
-    int budget = START_BATCH;
+    /* deadlines: each freed slot takes its next attempt at once, not after the whole batch
+     * (a wave of timeouts would otherwise start its next wave later with every one) */
     int64_t wake = -1; /* when pacing or back-off allows the next start */
-    while (!s->fail && s->inflight < s->limit && have_pending(s)) {
-      if (s->resume_at > now) {
-        wake = s->resume_at;
-        break;
-      }
-      if (--budget < 0) {
+    while (s->dl_first >= 0 && s->slots[s->dl_first].deadline <= now) {
+      expire(s, s->dl_first);
+      start_next(s, now, &wake);
+    }
+    /* starts */
+    for (int budget = START_BATCH; start_next(s, now, &wake); now = mono_ns()) {
+      if (--budget == 0) {
         wake = now;
         break;
       }
-      if (s->rate_step) {
-        if (s->rate_next > now) {
-          wake = s->rate_next;
-          break;
-        }
-        int64_t slack = s->rate_step > RATE_SLACK_NS ? s->rate_step : RATE_SLACK_NS;
-        if (s->rate_next < now - slack) s->rate_next = now;
-        s->rate_next += s->rate_step;
-      }
-      attempt_t a;
-      pop_pending(s, &a);
-      int r = start(s, &a, now);
-      if (r == SHORT) {
-        head_push_front(s, &a);
-        if (s->rate_step) s->rate_next -= s->rate_step;
-        continue; /* resume_at now holds the loop */
-      }
-      if (r == FATAL) break;
-      now = mono_ns();
     }
     if (s->write_errno) return 0;
     if (s->fail) break;
     if (s->inflight == 0 && !have_pending(s)) break;
     /* wait */
     int64_t until = next_tick < s->lag_due ? next_tick : s->lag_due;
-    if (s->dl_first >= 0 && s->slots[s->dl_first].deadline < until)
-      until = s->slots[s->dl_first].deadline;
+    if (s->dl_first >= 0 && s->slots[s->dl_first].deadline + DEADLINE_SLACK_NS < until)
+      until = s->slots[s->dl_first].deadline + DEADLINE_SLACK_NS;
     if (wake >= 0 && wake < until) until = wake;
     now = mono_ns();
-    int ms = until <= now ? 0 : (int)((until - now + 999999) / 1000000);
-    int n = epoll_wait(s->ep, evs, 1024, ms);
+    int n = wait_events(s->ep, evs, 1024, until > now ? until - now : 0);
     if (n < 0 && errno != EINTR) n = 0;
     for (int k = 0; k < n; k++) {
       uint64_t d = evs[k].data.u64;
@@ -875,7 +935,9 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
         continue;
       }
       int i = (int)d;
-      complete(s, i, sock_error(s->slots[i].fd), 0);
+      answer_t ans;
+      ask(s->slots[i].fd, &ans);
+      if (ans.answered) complete(s, i, ans.err, 0, &ans); /* (epoll reports nothing else) */
     }
     if (s->write_errno) return 0;
     if (s->stopped) break;

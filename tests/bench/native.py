@@ -29,48 +29,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
-
-def tree(pid: int) -> list[int]:
-    pids, i = [pid], 0
-    while i < len(pids):
-        try:
-            kids = Path(f"/proc/{pids[i]}/task/{pids[i]}/children").read_text().split()
-        except OSError:
-            kids = []
-        pids += [int(k) for k in kids]
-        i += 1
-    return pids
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """(wall s, cpu s of the whole tree, peak RSS KiB summed over the tree)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    peak = 0
-    while True:
-        pid, _, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        peak = max(peak, sum(rss_kib(p) for p in tree(proc.pid)))
-        time.sleep(0.02)
-    wall = time.perf_counter() - t0
-    proc.returncode = 0  # reaped above
-    return wall, usage.ru_utime + usage.ru_stime, peak
-
+from _common import namespace, timed
 
 FILTER = ["INPUT", "-p", "tcp", "--syn", "--dport", "1:10000", "-j", "DROP"]
 
@@ -108,10 +69,11 @@ def main() -> None:
     probe = shutil.which("probe")
     if not probe or not shutil.which("nmap") or os.geteuid() != 0:
         sys.exit("needs root, probe on PATH and nmap")
-    ns = f"bench-native-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-    prefix = ["ip", "netns", "exec", ns]
+    with namespace("bench-native") as prefix:
+        run(a, probe, prefix)
+
+
+def run(a: argparse.Namespace, probe: str, prefix: list[str]) -> None:
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.busy else None
     tmp = Path(tempfile.mkdtemp())
     try:
@@ -138,7 +100,7 @@ def main() -> None:
             runs: dict[str, list[tuple[float, float, int]]] = {k: [] for k in cmds}
             for _ in range(a.rounds):
                 for k, (cmd, env) in cmds.items():
-                    runs[k].append(timed(cmd, env))
+                    runs[k].append(timed(cmd, env)[:3])
             print(f"\n{name}: {attempts} attempts, {a.rounds} rounds")
             med = {k: statistics.median(w for w, _, _ in v) for k, v in runs.items()}
             cpu = {k: statistics.median(c for _, c, _ in v) for k, v in runs.items()}
@@ -149,6 +111,7 @@ def main() -> None:
                     f"cpu {cpu[k]:6.2f} s ({cpu[k] / attempts * 1e6:5.1f} us/attempt)  "
                     f"peak RSS (all processes) {rss:6.1f} MiB"
                 )
+                print(f"  {'':13} rounds: " + " ".join(f"{w:.2f}" for w, _, _ in v))
             nm = "nmap -sT"
             for k in cmds:
                 if k.startswith("probe"):
@@ -158,7 +121,6 @@ def main() -> None:
         if spinner:
             spinner.kill()
             spinner.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

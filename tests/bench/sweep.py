@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
+
+from _common import namespace
 
 LISTEN = (22, 80, 8080, 40000, 65535)
 LISTENER = """
@@ -40,47 +41,43 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("extra", nargs="*", help="extra probe arguments")
     a = ap.parse_args()
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        sys.exit("needs root and iproute2: the sweep runs in its own network namespace")
     probe = Path(sys.executable).with_name("probe")
-    ns = f"bench-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    prefix = ["ip", "netns", "exec", ns]
-    subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
-    listeners = subprocess.Popen(
-        [*prefix, sys.executable, "-c", LISTENER, *map(str, LISTEN)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert listeners.stdout is not None and listeners.stdout.readline().strip() == "ready"
-        walls = []
-        cpus = []
-        for n in range(a.rounds):
-            out = Path(f"/tmp/{ns}-{n}.jsonl")
-            cmd = [*prefix, str(probe), "check", "127.0.0.1", "-p", "1-65535", "--json", *a.extra]
-            t0 = time.perf_counter()
-            with out.open("wb") as fh:
-                p = subprocess.Popen(cmd, stdout=fh)
-                _, status, usage = os.wait4(p.pid, 0)
-            wall = time.perf_counter() - t0
-            walls.append(wall)
-            cpu = usage.ru_utime + usage.ru_stime  # the process and its workers
-            cpus.append(cpu)
-            verdict = check(out)
-            out.unlink()
-            print(
-                f"round {n + 1}: {wall:.2f} s  {65535 / wall:.0f} attempts/s  cpu {cpu:.2f} s  "
-                f"peak {usage.ru_maxrss / 1024:.0f} MiB  exit {os.waitstatus_to_exitcode(status)}"
-                f"  {verdict}"
-            )
-        print(
-            f"median {statistics.median(walls):.2f} s, cpu {statistics.median(cpus):.2f} s "
-            f"over {a.rounds} rounds"
+    with namespace() as prefix, tempfile.TemporaryDirectory() as tmp:
+        listeners = subprocess.Popen(
+            [*prefix, sys.executable, "-c", LISTENER, *map(str, LISTEN)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
-    finally:
-        listeners.kill()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        try:
+            assert listeners.stdout is not None
+            assert listeners.stdout.readline().strip() == "ready"
+            walls = []
+            cpus = []
+            for n in range(a.rounds):
+                out = Path(tmp) / f"{n}.jsonl"
+                cmd = [*prefix, str(probe), "check", "127.0.0.1", "-p", "1-65535", "--json"]
+                t0 = time.perf_counter()
+                with out.open("wb") as fh:
+                    p = subprocess.Popen([*cmd, *a.extra], stdout=fh)
+                    _, status, usage = os.wait4(p.pid, 0)
+                wall = time.perf_counter() - t0
+                walls.append(wall)
+                cpu = usage.ru_utime + usage.ru_stime  # the process and its workers
+                cpus.append(cpu)
+                verdict = check(out)
+                out.unlink()
+                print(
+                    f"round {n + 1}: {wall:.2f} s  {65535 / wall:.0f} attempts/s  cpu {cpu:.2f} s"
+                    f"  peak {usage.ru_maxrss / 1024:.0f} MiB"
+                    f"  exit {os.waitstatus_to_exitcode(status)}  {verdict}"
+                )
+            print(
+                f"median {statistics.median(walls):.2f} s, cpu {statistics.median(cpus):.2f} s "
+                f"over {a.rounds} rounds"
+            )
+        finally:
+            listeners.kill()
+            listeners.wait()
     return 0
 
 

@@ -32,6 +32,7 @@ from helpers import (
     RecordingListener,
     can_netns,
     closed_port,
+    need_tools,
     probe_cmd,
 )
 from hypothesis import given
@@ -496,6 +497,29 @@ def test_differential_sweep_in_namespace(listening_ns: Netns, args: tuple[str, .
         assert (r["rtt_ms"] is not None) == (r["outcome"] == "open")
     opened = {r["target"] for r in native_records if r["outcome"] == "open"}
     assert opened <= {f"127.0.0.1:{p}" for p in (22, 80, 443, 1500, 1999)} | {"[::1]:80"}
+
+
+@needs_netns
+def test_refusal_after_a_retransmit_keeps_its_socket_out_of_the_poller(netns: Netns) -> None:
+    """A refusal that comes through epoll (the first SYN dropped, the retransmit refused)
+    hands its socket to the reuse pool: it must leave the epoll set first. Kept in it, the
+    reset socket reported EPOLLHUP for a slot that had moved on (false opens, EBADF
+    records, a crash)."""
+    need_tools(netns, "iptables")
+    every_other_syn = ["-p", "tcp", "--syn", "--dport", "1:300"]
+    nth = ["-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0"]
+    try:
+        netns.run("iptables", "-A", "INPUT", *every_other_syn, *nth, "-j", "DROP")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"no iptables statistic match here: {exc.stderr.strip()}")
+    args = ("127.0.0.1:1-300", "-t", "1.5", "-C", "100", "--workers", "1")
+    code, records = sweep_in(netns, *args)
+    assert code == 1
+    assert sorted(r["port"] for r in records) == list(range(1, 301))
+    assert {r["outcome"] for r in records} <= {"refused", "timeout"}
+    late = [r for r in records if r["outcome"] == "refused" and r["syn_retransmits"]]
+    assert late, "no refusal came after a retransmit: the path under test was not taken"
+    assert len({(r["local_port"], r["port"]) for r in records}) == 300
 
 
 SHORT_OF_FDS = textwrap.dedent(
