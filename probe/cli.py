@@ -366,3 +366,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_SIGNAL_BASE + signal.SIGINT
     return code
+
+
+def console() -> NoReturn:
+    """The `probe` console script. After `probe check`, every record is written and every
+    writer closed; what the interpreter's teardown would still do is free modules and objects
+    one by one, which the kernel does at once: 5 ms after one endpoint, 60 to 90 ms after a large
+    sweep on a loaded machine. So a check ends with `os._exit` once stdout and stderr are
+    flushed; the daemon and the other commands exit the usual way."""
+    code = main()
+    if sys.argv[1:2] == ["check"]:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):  # let the usual exit say what it can
+            sys.exit(code)
+        os._exit(code)
+    sys.exit(code)

@@ -24,6 +24,11 @@ class Plain:
 
     __slots__: tuple[str, ...] = ()
 
+    def _set(self, fields: dict[str, Any]) -> None:
+        """Each field from `fields` (`__init__` passes its `locals()`: a parameter per field)."""
+        for name in self.__slots__:
+            object.__setattr__(self, name, fields[name])
+
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
@@ -42,11 +47,6 @@ class Frozen(Plain):
     """Read-only once `__init__` has set the fields with `_set`; hashable."""
 
     __slots__: tuple[str, ...] = ()
-
-    def _set(self, fields: dict[str, Any]) -> None:
-        """Each field from `fields` (`__init__` passes its `locals()`: a parameter per field)."""
-        for name in self.__slots__:
-            object.__setattr__(self, name, fields[name])
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise FrozenError(f"cannot assign to field {name!r}")

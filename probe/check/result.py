@@ -133,7 +133,19 @@ class ShareResult(Plain):
         "targets",
         "targets_without_open",
     )
+    outcomes: Counter[str]
+    seen: int
+    targets: int
+    targets_without_open: int
+    excluded: int
+    per_target: dict[HostKey, TargetStats]
     ports: dict[HostKey, dict[str, bytearray]] | None  # None: too many hosts to keep
+    error: ProbeError | None
+    stopped_by: int
+    lag_p99_ms: float
+    lag_max_ms: float
+    lag_samples: int
+    elapsed: float
 
     def __init__(
         self,
@@ -151,19 +163,10 @@ class ShareResult(Plain):
         lag_samples: int = 0,
         elapsed: float = 0.0,
     ) -> None:
+        self._set(locals())
         self.outcomes = Counter() if outcomes is None else outcomes
-        self.seen = seen
-        self.targets = targets
-        self.targets_without_open = targets_without_open
-        self.excluded = excluded
         self.per_target = {} if per_target is None else per_target
         self.ports = {} if ports is None else ports
-        self.error = error
-        self.stopped_by = stopped_by
-        self.lag_p99_ms = lag_p99_ms
-        self.lag_max_ms = lag_max_ms
-        self.lag_samples = lag_samples
-        self.elapsed = elapsed
 
     @property
     def attempts(self) -> int:

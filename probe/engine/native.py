@@ -160,6 +160,18 @@ class SweepResult(Plain):
         "targets",
         "targets_without_open",
     )
+    outcomes: dict[str, int]
+    lag_counts: list[int]
+    lag_max_ms: float
+    targets: int
+    targets_without_open: int
+    started: int
+    shortages: int
+    self_connects: int
+    late: int
+    reused: int
+    stopped: bool
+    error: str | None
 
     def __init__(
         self,
@@ -176,18 +188,9 @@ class SweepResult(Plain):
         stopped: bool = False,
         error: str | None = None,  # a local shortage it gave up on, a source address gone
     ) -> None:
+        self._set(locals())
         self.outcomes = {} if outcomes is None else outcomes
         self.lag_counts = [] if lag_counts is None else lag_counts
-        self.lag_max_ms = lag_max_ms
-        self.targets = targets
-        self.targets_without_open = targets_without_open
-        self.started = started
-        self.shortages = shortages
-        self.self_connects = self_connects
-        self.late = late
-        self.reused = reused
-        self.stopped = stopped
-        self.error = error
 
     @property
     def lag(self) -> Lag:
