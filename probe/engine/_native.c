@@ -620,22 +620,19 @@ static int connected(int fd) {
 }
 
 /* Has the attempt on `fd` its answer, and which: the SO_ERROR/getpeername question, asked
- * with TCP_INFO first. In SYN_SENT the kernel has no error to report (a reset or an ICMP
- * error ends SYN_SENT as it sets one) and getpeername fails, so one call answers "still
- * waiting", the common case at a deadline and right after connect(). Otherwise SO_ERROR
- * as before; with no error the socket is connected unless it is CLOSE (getpeername fails
- * in exactly SYN_SENT and CLOSE). The same call gives the record's RTT and retransmits. */
+ * with TCP_INFO first. SO_ERROR is read in every state: an ICMP error that arrives while
+ * connect() still holds the socket (on loopback, inside the call) leaves it in SYN_SENT
+ * with a soft error that only SO_ERROR reports. With no error, SYN_SENT is "still
+ * waiting" and CLOSE unanswered; any other state is connected (getpeername fails in
+ * exactly those two). The same call gives the record's RTT and retransmits. */
 static void ask(int fd, answer_t *a) {
   int state;
   tcp_info(fd, &a->rtt_us, &a->retrans, &state);
-  if (state == TCP_SYN_SENT) {
-    a->err = 0;
-    a->answered = 0;
-    return;
-  }
   a->err = sock_error(fd);
   if (a->err)
     a->answered = 1;
+  else if (state == TCP_SYN_SENT)
+    a->answered = 0;
   else if (state)
     a->answered = state != TCP_CLOSE;
   else
