@@ -140,7 +140,7 @@ class Daemon:
         self.http: HttpServer | None = None
         if listen is not None:
             self.http = HttpServer(
-                listen[0], listen[1], self.metrics.exposition, lambda: self.running, self._probe,
+                listen[0], listen[1], self.metrics.pieces, lambda: self.running, self._probe,
                 routes=self._status_routes(),
             )  # fmt: skip
         self._stopped = asyncio.Event()
@@ -282,7 +282,7 @@ class Daemon:
         """A scheduled name's re-resolution failed or hung: its last good addresses stay."""
         names = self._hosts.get(host, [])
         for name in names:
-            self.metrics.resolve_failures.labels(name).inc()
+            self.metrics.resolve_failed(name)
         self.log.info("resolve", host=host, result="stale", error=code, names=names)
 
     def _submit_paths(
