@@ -101,6 +101,12 @@ def read_metrics(prefix: list[str]) -> tuple[list[tuple[float, float]], float]:
     return buckets, skipped
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -131,12 +137,14 @@ def main() -> int:
             sys.exit("probe run exited early")
         print(f"daemon from {tree}")
         b0, s0 = read_metrics(prefix)
+        cpu = cpu_seconds(daemon.pid)  # `ip netns exec` execs: this is probe run itself
         load = subprocess.run(
             [*prefix, sys.executable, "-c", CLIENT, str(a.seconds), str(a.rate), str(PORT),
              str(a.scrape_every)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         b1, s1 = read_metrics(prefix)
+        cpu = cpu_seconds(daemon.pid) - cpu
         result = json.loads(load.stdout)
         starts = b1[-1][1] - b0[-1][1]
         print(f"window: {a.seconds:.0f} s, scheduled starts in it: {starts:.0f}")
@@ -147,6 +155,7 @@ def main() -> int:
               f"{max(sizes, default=0) / 1e6:.1f} MB), {len(failed)} failed "
               f"{failed[:2]}")  # fmt: skip
         print(f"/probe answers: {result['probes']}")
+        print(f"daemon CPU in the window (with any renderer children): {cpu:.1f} s")
         for (le, c1), (_, c0) in zip(b1, b0, strict=True):
             print(f"  lag <= {le * 1000:7.1f} ms: {100 * (c1 - c0) / max(starts, 1):6.2f}%")
         p99 = next((le for (le, c1), (_, c0) in zip(b1, b0, strict=True)
