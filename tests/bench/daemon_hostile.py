@@ -113,6 +113,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100.0, help="GET /probe per second (0: none)")
     ap.add_argument("--scrape-every", type=float, default=5.0, help="seconds (0: no scrapes)")
     ap.add_argument("--tree", help="run the daemon from this checkout (PYTHONPATH)")
+    ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
@@ -128,14 +129,17 @@ def main() -> int:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     prefix = ["ip", "netns", "exec", ns]
     subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
+    nice = ["nice", "-n", str(a.nice)] if a.nice else []  # nice execs: the pid is probe's
     daemon = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "probe", "run", "--config", str(config)], env=env, cwd=tree
+        [*prefix, *nice, sys.executable, "-m", "probe", "run", "--config", str(config)],
+        env=env,
+        cwd=tree,
     )
     try:
         time.sleep(15)  # start-up and one full interval before measuring
         if daemon.poll() is not None:
             sys.exit("probe run exited early")
-        print(f"daemon from {tree}")
+        print(f"daemon from {tree}, nice {a.nice}")
         b0, s0 = read_metrics(prefix)
         cpu = cpu_seconds(daemon.pid)  # `ip netns exec` execs: this is probe run itself
         load = subprocess.run(
