@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
 MAX_CONNECTIONS = 64  # HTTP connections at once; the daemon reserves descriptors for them
 HEADER_TIMEOUT = 5.0  # seconds a connection may take to send a request's headers, or idle
 SHUTDOWN_GRACE = 1.0  # seconds handlers still running at shutdown get to answer
+RENDER_BURST = 0.001  # seconds of /metrics work between two pauses
+RENDER_PAUSE = 0.001  # seconds the loop is left to itself between them
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +90,12 @@ class _Refused(asyncio.Protocol):
 
 
 class SharedRender:
-    """The exposition, made on the loop a slice at a time: between two slices (a few dozen
-    targets' text, a piece of a family joined) the loop runs, so scheduled starts wait for
-    a slice at most. (A thread held the GIL for seconds; a forked child cost a fork of the
-    whole daemon and a second CPU-bound process beside the loop, once per scrape.) One
-    render at a time; a scrape arriving while one runs shares it."""
+    """The exposition, made on the loop in bursts of at most ~RENDER_BURST (a few targets'
+    text, a piece of a family joined), with a pause of RENDER_PAUSE after each in which the
+    loop runs (scheduled starts first) or the process sleeps: starts wait for one burst at
+    most. (A thread held the GIL for seconds; a forked child cost a fork of the whole
+    daemon and a second CPU-bound process beside the loop, once per scrape.) One render at
+    a time; a scrape arriving while one runs shares it."""
 
     def __init__(self, pieces: Callable[[], Iterable[bytes | None]]) -> None:
         self._pieces = pieces
@@ -111,11 +115,16 @@ class SharedRender:
 
     async def _make(self) -> list[bytes]:
         chunks: list[bytes] = []
+        began = time.perf_counter()
         for piece in self._pieces():
-            if piece is None:
-                await asyncio.sleep(0)  # let the loop run: due starts go first
-            else:
+            if piece is not None:
                 chunks.append(piece)
+            elif time.perf_counter() - began >= RENDER_BURST:
+                # Let the loop run (due starts go first) and the process sleep a moment: a
+                # loop busy for a whole render loses the CPU to its neighbours for their
+                # time slices, and starts wait for them.
+                await asyncio.sleep(RENDER_PAUSE)
+                began = time.perf_counter()
         return chunks
 
     def close(self) -> None:

@@ -6,8 +6,9 @@ prometheus-client's labelled children (a lock and a value object per bucket) and
 daemon's loop, so it was rendered in a forked child, and the fork and the child still
 cost the schedule its slots. Here a target's counters are a few lists of ints; its text,
 one string per family, is made again only after it changed (an attempt, a skip), and a
-scrape is a join of those strings, done a slice at a time between which the loop runs
-(`Pause`), so no scrape holds a scheduled start for more than a slice's work.
+scrape is a join of those strings, made in small pieces with places between them where
+the caller lets the loop run (http.SharedRender), so no scrape holds a scheduled start for
+more than a few pieces' work.
 
 The text is prometheus-client's, byte for byte (`collect()` feeds the same numbers to
 `generate_latest`, and a test compares the two), so the page does not change with this.
@@ -26,8 +27,8 @@ from prometheus_client.utils import floatToGoString
 from ..record import OPEN, OUTCOMES, REFUSED, Record
 
 INFO_NAME = "probe_target_info"
-RENDER_SLICE = 40  # targets whose text is remade between two loop turns (~0.5 ms)
-JOIN_SLICE = 500  # targets' text of one family joined and encoded in one piece
+RENDER_SLICE = 10  # targets whose text is remade between two places to pause (~0.15 ms)
+JOIN_SLICE = 200  # targets' text of one family joined and encoded in one piece
 _OUTCOME = {outcome: i for i, outcome in enumerate(OUTCOMES)}
 
 # (name in the page, documentation, type); the order is the page's
