@@ -17,6 +17,7 @@ The text is prometheus-client's, byte for byte (`collect()` feeds the same numbe
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -109,6 +110,21 @@ def number(value: float) -> str:
     return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
 
 
+def _histogram_template(name: str, le: Sequence[str]) -> tuple[str, str]:
+    """A histogram's text as a %-format template (label, count, label, count, ... label,
+    sum: for whole counts below a million) and as a `str.format` one ({0} the label, then
+    every value, for any counts)."""
+    short = [f'{name}_bucket{{le="{b}",%s}} %d.0\n' for b in le]
+    short += [f"{name}_count{{%s}} %d.0\n", f"{name}_sum{{%s}} %s\n"]
+    lines = [f'{name}_bucket{{{{le="{b}",{{0}}}}}} {{{i + 1}}}\n' for i, b in enumerate(le)]
+    lines.append(f"{name}_count{{{{{{0}}}}}} {{{len(le) + 1}}}\n")
+    lines.append(f"{name}_sum{{{{{{0}}}}}} {{{len(le) + 2}}}\n")
+    return "".join(short), "".join(lines)
+
+
+_ATTEMPTS = "".join(f'probe_attempts_total{{outcome="{o}",%s}} %d.0\n' for o in OUTCOMES)
+
+
 class Histogram:
     """One target's histogram: counts per bucket (not cumulative; the last is +Inf), sum."""
 
@@ -130,6 +146,7 @@ class TargetSeries:
         "attempts",
         "errors",
         "info",
+        "info_text",
         "label",
         "latency",
         "name",
@@ -145,6 +162,7 @@ class TargetSeries:
         self.name = name
         self.label = f'target="{escape(name)}"'
         self.info: dict[str, str] = {}
+        self.info_text = ""  # its probe_target_info line
         self.attempts = [0] * len(OUTCOMES)
         self.errors: dict[str, int] = {}  # error label → count, in the order first seen
         self.latency: Histogram | None = None  # None: no series until the first sample
@@ -158,6 +176,9 @@ class TargetSeries:
 
     def relabel(self, info: Mapping[str, str]) -> None:
         self.info = dict(info)
+        labels = sorted([("target", self.name), *self.info.items()])
+        shown = ",".join([f'{k}="{escape(v)}"' for k, v in labels])
+        self.info_text = f"{INFO_NAME}{{{shown}}} 1.0\n"
         self.text = None
 
 
@@ -168,6 +189,8 @@ class Series(Collector):
     def __init__(self, buckets: Sequence[float]) -> None:
         self.bounds = (*buckets, math.inf)
         self._le = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self._latency = _histogram_template(FAMILIES[LATENCY][0], self._le)
+        self._rtt = _histogram_template(FAMILIES[RTT][0], self._le)
         self.targets: dict[str, TargetSeries] = {}
 
     # -- changes -----------------------------------------------------------------------------
@@ -227,48 +250,53 @@ class Series(Collector):
     # -- the text ----------------------------------------------------------------------------
 
     def _text(self, s: TargetSeries) -> tuple[str, ...]:
+        """The target's text per family: for counts below a million (the text's `N.0`
+        then is Go's form too) one %-format of a template per family, ~3x quicker than a
+        formatted string per line."""
         q = s.label
         n = number
-        attempts = "".join(
-            [
-                f'probe_attempts_total{{outcome="{o}",{q}}} {n(c)}\n'
-                for o, c in zip(OUTCOMES, s.attempts, strict=True)
-            ]
-        )
-        errors = "".join(
-            [f'probe_errors_total{{error="{e}",{q}}} {n(c)}\n' for e, c in s.errors.items()]
-        )
-        labels = sorted([("target", s.name), *s.info.items()])
-        info = ",".join([f'{k}="{escape(v)}"' for k, v in labels])
         up = "" if s.up is None else f"probe_up{{{q}}} {s.up}.0\n"
         resolve = (
             ""
             if s.resolve_failures is None
             else f"probe_resolve_failures_total{{{q}}} {n(s.resolve_failures)}\n"
         )
+        attempts = s.attempts
+        if max(attempts) < 1_000_000:
+            pairs = [q, 0] * len(attempts)
+            pairs[1::2] = attempts
+            attempts_text = _ATTEMPTS % tuple(pairs)
+        else:
+            attempts_text = "".join(
+                [f'probe_attempts_total{{outcome="{o}",{q}}} {n(c)}\n'
+                 for o, c in zip(OUTCOMES, attempts, strict=True)]
+            )  # fmt: skip
         return (
-            attempts,
-            errors,
-            self._histogram("probe_connect_latency_seconds", q, s.latency),
-            self._histogram("probe_tcp_rtt_seconds", q, s.rtt),
+            attempts_text,
+            "".join(
+                [f'probe_errors_total{{error="{e}",{q}}} {n(c)}\n' for e, c in s.errors.items()]
+            ),
+            self._histogram(self._latency, q, s.latency),
+            self._histogram(self._rtt, q, s.rtt),
             f"probe_syn_retransmits_total{{{q}}} {n(s.retransmits)}\n",
             up,
-            f"{INFO_NAME}{{{info}}} 1.0\n",
+            s.info_text,
             f"probe_skipped_slots_total{{{q}}} {n(s.skipped)}\n",
             resolve,
         )
 
-    def _histogram(self, name: str, q: str, h: Histogram | None) -> str:
+    @staticmethod
+    def _histogram(template: tuple[str, str], q: str, h: Histogram | None) -> str:
         if h is None:
             return ""
-        lines = []
-        total = 0
-        for le, count in zip(self._le, h.counts, strict=True):
-            total += count
-            lines.append(f'{name}_bucket{{le="{le}",{q}}} {number(total)}\n')
-        lines.append(f"{name}_count{{{q}}} {number(total)}\n")
-        lines.append(f"{name}_sum{{{q}}} {floatToGoString(h.sum)}\n")  # type: ignore[no-untyped-call]
-        return "".join(lines)
+        counts = list(itertools.accumulate(h.counts))
+        total = counts[-1]
+        end = floatToGoString(h.sum)  # type: ignore[no-untyped-call]
+        if total < 1_000_000:
+            pairs = [q, 0] * (len(counts) + 1)
+            pairs[1::2] = [*counts, total]
+            return template[0] % (*pairs, q, end)
+        return template[1].format(q, *map(number, counts), number(total), end)
 
     def pieces(self) -> Iterator[bytes | None]:
         """The families' text in pieces; None marks a place where the caller may let the

@@ -153,6 +153,12 @@ def test_the_daemons_page_is_prometheus_clients_text_byte_for_byte() -> None:
     after = m.exposition()
     assert after == generate_latest(m.registry) and after != before
     assert 'target="c"' not in after.decode()
+    big = m.series.targets["a"]  # counts past a million: Go's exponent form (1.234567e+06)
+    assert big.latency is not None
+    big.attempts[0] = big.latency.counts[3] = 1_234_567
+    big.text = None
+    assert m.exposition() == generate_latest(m.registry)
+    assert b"1.234567e+06" in m.exposition()
     assert value(parse_prometheus(after.decode()), "probe_attempts_total", target="a",
                  outcome="refused") == 2.0  # fmt: skip
 
