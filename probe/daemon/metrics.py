@@ -2,8 +2,10 @@
 
 The daemon tells `set_targets` which targets it schedules (every outcome series of a target
 exists at 0 from then on, so ratios include targets that never succeeded) and calls
-`observe` with each finished record; exposition is prometheus-client's. The `target` label
-is the target's name (unique in the config; it defaults to the address).
+`observe` with each finished record. The per-target families (nearly all of a big page)
+are kept as numbers and text per target by series.py; the rest are prometheus-client
+metrics; the page is prometheus-client's text either way. The `target` label is the
+target's name (unique in the config; it defaults to the address).
 A target with `addresses = "all"` has, besides, one series per address in the `probe_path_*`
 metrics (labels `target`, `address`, `family`; daemon/paths.py says why).
 """
