@@ -9,7 +9,7 @@ test_diagnostics.py, test_hostile.py and test_prometheus.py; the ones no test na
 are checked here: `probe_path_attempts_total`, `probe_path_connect_latency_seconds`,
 `python_gc_*`, the RTT histogram's buckets, `probe_syn_retransmits_total` from a real resent
 SYN, `probe_ip_protocol` 0 for a name that did not resolve, `/healthz` 503 while draining,
-and `process_*` (which describe the forked render child on this tree: a strict xfail).
+and `process_*` (that they describe the daemon's own process).
 """
 
 from __future__ import annotations
@@ -672,11 +672,6 @@ def _started_at(pid: int) -> float:
     return boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="process_* describe the forked /metrics render child (started at the scrape, CPU "
-    "0), not the daemon; drop this mark once /metrics is rendered in the daemon's process",
-)
 def test_process_metrics_describe_the_daemon(tmp_path: Path, daemons: list[Daemon]) -> None:
     log = tmp_path / "probe.log"
     d = start_in(

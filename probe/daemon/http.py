@@ -7,20 +7,16 @@ schedule needs: at most `max_connections` connections, inside the descriptor bud
 daemon set aside (a new one past the cap takes the place of the oldest connection that is
 not handling a request, so half-sent requests cannot lock a scraper out; when every one is
 busy, the new one is closed at once), request headers must arrive within `header_timeout`
-(slowloris), and /metrics is rendered in a forked child, one render at a time,
-shared by concurrent scrapes, so a big page never holds up the event loop.
+(slowloris), and /metrics is made a slice at a time, one render at a time, shared by
+concurrent scrapes, so a big page never holds up the event loop for long.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import math
-import os
-import signal
 import socket
-import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -31,10 +27,9 @@ from .metrics import CONTENT_TYPE
 PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
 MAX_CONNECTIONS = 64  # HTTP connections at once; the daemon reserves descriptors for them
 HEADER_TIMEOUT = 5.0  # seconds a connection may take to send a request's headers, or idle
-_LENGTH = struct.Struct("!Q")  # the renderer's header: the page's length in bytes
-MAX_FD = 1 << 20  # the child closes every descriptor up to this one but its pipe
-RENDER_NICE = 10  # the /metrics renderer yields the CPU to the daemon's loop
 SHUTDOWN_GRACE = 1.0  # seconds handlers still running at shutdown get to answer
+RENDER_BURST = 0.001  # seconds of /metrics work between two pauses
+RENDER_PAUSE = 0.001  # seconds the loop is left to itself between them
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,21 +90,22 @@ class _Refused(asyncio.Protocol):
 
 
 class SharedRender:
-    """The exposition, rendered in a forked child: a snapshot of the metrics as they are at
-    the fork, rendered on another core, with the daemon's loop only reading a pipe. (A thread
-    was tried first: at 10,000 targets the 15 MB page is pure Python work that holds the GIL
-    for seconds, and scheduled starts came out up to a second late.) One render at a time; a
-    scrape arriving while one runs shares it."""
+    """The exposition, made on the loop in bursts of at most ~RENDER_BURST (a few targets'
+    text, a piece of a family joined), with a pause of RENDER_PAUSE after each in which the
+    loop runs (scheduled starts first) or the process sleeps: starts wait for one burst at
+    most. (A thread held the GIL for seconds; a forked child cost a fork of the whole
+    daemon and a second CPU-bound process beside the loop, once per scrape.) One render at
+    a time; a scrape arriving while one runs shares it."""
 
-    def __init__(self, render: Callable[[], bytes]) -> None:
-        self._render = render
+    def __init__(self, pieces: Callable[[], Iterable[bytes | None]]) -> None:
+        self._pieces = pieces
         self._pending: asyncio.Task[list[bytes]] | None = None
 
     async def get(self) -> list[bytes]:
-        """The page, in the chunks it was read in: sent as they are, never joined (a 15 MB
+        """The page, in the pieces it was made in: sent as they are, never joined (a 15 MB
         copy on the loop is milliseconds every scheduled start would wait for)."""
         if self._pending is None:
-            pending = asyncio.get_running_loop().create_task(self._forked())
+            pending = asyncio.get_running_loop().create_task(self._make())
             self._pending = pending
             pending.add_done_callback(self._forget)
         return await asyncio.shield(self._pending)
@@ -117,43 +113,18 @@ class SharedRender:
     def _forget(self, _: asyncio.Task[list[bytes]]) -> None:
         self._pending = None
 
-    async def _forked(self) -> list[bytes]:
-        loop = asyncio.get_running_loop()
-        read_end, write_end = os.pipe()
-        with contextlib.suppress(OSError, AttributeError):  # fewer, larger reads (Linux)
-            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child: render, write, leave without cleanup
-            _child(self._render, read_end, write_end)
-        os.close(write_end)
-        os.set_blocking(read_end, False)
+    async def _make(self) -> list[bytes]:
         chunks: list[bytes] = []
-        done: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            try:
-                while chunk := os.read(read_end, 1 << 20):
-                    chunks.append(chunk)
-            except BlockingIOError:
-                return
-            if not done.done():
-                done.set_result(None)  # end of file: the child has written everything
-
-        loop.add_reader(read_end, readable)
-        try:
-            await done
-        finally:
-            loop.remove_reader(read_end)
-            os.close(read_end)
-            _reap(loop, pid)
-        # The child writes the page's length first: a page cut short (the child killed) is
-        # an error, never served as if whole.
-        if not chunks or len(chunks[0]) < _LENGTH.size:
-            raise RuntimeError("the metrics renderer wrote nothing")
-        (length,) = _LENGTH.unpack_from(chunks[0])
-        chunks[0] = chunks[0][_LENGTH.size :]
-        if sum(len(chunk) for chunk in chunks) != length:
-            raise RuntimeError("the metrics renderer was cut short")
+        began = time.perf_counter()
+        for piece in self._pieces():
+            if piece is not None:
+                chunks.append(piece)
+            elif time.perf_counter() - began >= RENDER_BURST:
+                # Let the loop run (due starts go first) and the process sleep a moment: a
+                # loop busy for a whole render loses the CPU to its neighbours for their
+                # time slices, and starts wait for them.
+                await asyncio.sleep(RENDER_PAUSE)
+                began = time.perf_counter()
         return chunks
 
     def close(self) -> None:
@@ -161,44 +132,12 @@ class SharedRender:
             self._pending.cancel()
 
 
-def _child(render: Callable[[], bytes], read_end: int, write_end: int) -> None:
-    """In the forked child: signals are the parent's business, not ours, and the CPU is the
-    schedule's first (a page of 10,000 targets is seconds of work)."""
-    code = 1
-    try:
-        os.nice(RENDER_NICE)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        # Hold nothing of the parent's (its listener, its sockets) past the parent's exit.
-        os.closerange(3, min(read_end, write_end))
-        os.closerange(max(read_end, write_end) + 1, MAX_FD)
-        os.close(read_end)
-        body = render()
-        view = memoryview(_LENGTH.pack(len(body)) + body)
-        while view:
-            view = view[os.write(write_end, view) :]
-        code = 0
-    finally:
-        os._exit(code)
-
-
-def _reap(loop: asyncio.AbstractEventLoop, pid: int) -> None:
-    """Collect the child without blocking the loop: it exits right after its last write."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return
-    if done == 0:
-        loop.call_later(0.05, _reap, loop, pid)
-
-
 class HttpServer:
     def __init__(
         self,
         host: str,
         port: int,
-        exposition: Callable[[], bytes],
+        exposition: Callable[[], Iterable[bytes | None]],
         healthy: Callable[[], bool],
         on_probe: ProbeHandler,
         routes: Iterable[web.RouteDef] = (),

@@ -2,8 +2,10 @@
 
 The daemon tells `set_targets` which targets it schedules (every outcome series of a target
 exists at 0 from then on, so ratios include targets that never succeeded) and calls
-`observe` with each finished record; exposition is prometheus-client's. The `target` label
-is the target's name (unique in the config; it defaults to the address).
+`observe` with each finished record. The per-target families (nearly all of a big page)
+are kept as numbers and text per target by series.py; the rest are prometheus-client
+metrics; the page is prometheus-client's text either way. The `target` label is the
+target's name (unique in the config; it defaults to the address).
 A target with `addresses = "all"` has, besides, one series per address in the `probe_path_*`
 metrics (labels `target`, `address`, `family`; daemon/paths.py says why).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -28,13 +30,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..errors import ConfigError
 from ..record import OPEN, OUTCOMES, REFUSED, Record
+from .series import Series, escape
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Connect latency on loopback is tens of microseconds; across the world, hundreds of ms.
@@ -45,7 +47,6 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 RELOAD_RESULTS = ("ok", "failed")
-INFO_NAME = "probe_target_info"
 
 # The `error` label takes errno and resolver code names only (ECONNREFUSED, EAI_NONAME,
 # SELF_CONNECT, E123 for an errno without a name): a bounded set. Anything else is OTHER.
@@ -119,119 +120,50 @@ def check_labels(path: str, label_sets: Iterable[Mapping[str, str]]) -> None:
             raise ConfigError(path, key, str(exc)) from None
 
 
-class TargetInfo(Collector):
-    """`probe_target_info{target, <config labels>} 1`: label sets differ per target, which
-    a labelled Gauge (one fixed label list) cannot express."""
-
-    def __init__(self) -> None:
-        self.labels: dict[str, dict[str, str]] = {}  # name → info labels (without target)
-
-    def describe(self) -> Iterable[Metric]:
-        return [self._family()]
-
-    def collect(self) -> Iterable[Metric]:
-        family = self._family()
-        # a snapshot (one C-level copy under the GIL): /metrics may render on a thread
-        # while the loop changes the targets
-        for name, labels in list(self.labels.items()):
-            family.add_sample(INFO_NAME, {"target": name, **labels}, 1.0)
-        return [family]
-
-    @staticmethod
-    def _family() -> Metric:
-        return Metric(
-            INFO_NAME,
-            "Config labels of each target, always 1: join with "
-            "`* on(target) group_left(LABEL) probe_target_info`.",
-            "gauge",
-        )
-
-
 class Metrics:
-    def __init__(self, inflight: Callable[[], float]) -> None:
+    """The per-target families live in `series` (plain structures, text made per target);
+    the rest are prometheus-client metrics in `_rest`. `registry` holds both, for
+    prometheus-client's own exposition, which the daemon's page equals byte for byte."""
+
+    def __init__(self, inflight: Callable[[], float], standard: bool = True) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            # the same collectors as prometheus-client's default registry, in ours
-            r.register(standard)
-        self.attempts = Counter(
-            "probe_attempts", "Connect attempts by outcome.", ["target", "outcome"], registry=r
-        )
-        self.errors = Counter(
-            "probe_errors",
-            "Failed attempts by reason: the record's error (errno or resolver code name).",
-            ["target", "error"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "probe_connect_latency_seconds",
-            "Connect latency of attempts that got an answer (open or refused).",
-            ["target"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.rtt = Histogram(
-            "probe_tcp_rtt_seconds",
-            "Kernel handshake round-trip time (TCP_INFO) of open attempts with a real sample.",
-            ["target"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.syn_retransmits = Counter(
-            "probe_syn_retransmits",
-            "SYNs sent again (TCP_INFO), summed over the target's attempts.",
-            ["target"],
-            registry=r,
-        )
-        self.up = Gauge(
-            "probe_up",
-            "1 when the target is up: up_after open attempts in a row make it 1, down_after "
-            "failed ones 0 (with addresses = all: every address up); absent until decided.",
-            ["target"],
-            registry=r,
-        )
+        self._rest = CollectorRegistry(auto_describe=True)
+        rest: list[Collector] = []
+        if standard:  # the same collectors as prometheus-client's default registry, in ours
+            rest += [PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR]
         path = ["target", "address", "family"]
         self.path_up = Gauge(
             "probe_path_up",
             "Like probe_up, for one address of a target with addresses = all.",
             path,
-            registry=r,
+            registry=None,
         )
         self.path_attempts = Counter(
             "probe_path_attempts",
             "Connect attempts by outcome, for one address of a target with addresses = all.",
             [*path, "outcome"],
-            registry=r,
+            registry=None,
         )
         self.path_latency = Histogram(
             "probe_path_connect_latency_seconds",
             "Connect latency (open or refused), for one address of a target with addresses = all.",
             path,
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=None,
         )
         self._paths: dict[str, set[tuple[str, str]]] = {}  # name → (address, family) seen
-        self.info = TargetInfo()
-        r.register(self.info)
-        self.inflight = Gauge("probe_inflight", "Attempts in flight now.", registry=r)
+        self.inflight = Gauge("probe_inflight", "Attempts in flight now.", registry=None)
         self.inflight.set_function(inflight)
-        self.skipped = Counter(
-            "probe_skipped_slots",
-            "Scheduled slots not probed: the previous attempt was still running, or the "
-            "daemon was stalled past the slot.",
-            ["target"],
-            registry=r,
-        )
         self.lag = Histogram(
             "probe_schedule_lag_seconds",
             "Actual start minus planned start of scheduled attempts.",
             buckets=LAG_BUCKETS,
-            registry=r,
+            registry=None,
         )
-        self.targets = Gauge("probe_targets", "Targets in the running config.", registry=r)
+        self.targets = Gauge("probe_targets", "Targets in the running config.", registry=None)
         self.reloads = Counter(
-            "probe_config_reloads", "Config reloads by result.", ["result"], registry=r
+            "probe_config_reloads", "Config reloads by result.", ["result"], registry=None
         )
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
@@ -239,33 +171,33 @@ class Metrics:
             "probe_config_last_reload_successful",
             "1 when the last config load (start or SIGHUP) succeeded; 0 while an invalid "
             "new config is refused and the old one runs.",
-            registry=r,
+            registry=None,
         )
         self.reload_ok_time = Gauge(
             "probe_config_last_reload_success_timestamp_seconds",
             "When the config was last loaded successfully (start or SIGHUP), Unix time.",
-            registry=r,
+            registry=None,
         )
         self.build = Gauge(
             "probe_build_info",
             "Always 1: the running version and engine core.",
             ["version", "core"],
-            registry=r,
+            registry=None,
         )
         self.build.labels(__version__, core_name()).set(1)
         self.late_starts = Counter(
             "probe_late_starts",
             "Scheduled attempts that started more than 0.1 s after their slot.",
-            registry=r,
+            registry=None,
         )
-        self.resolve_failures = Counter(
-            "probe_resolve_failures",
-            "Re-resolutions of the target's name that failed or hung; the last good "
-            "addresses were kept.",
-            ["target"],
-            registry=r,
-        )
-        self._errors_seen: dict[str, set[str]] = {}  # name → error labels it has
+        rest += [self.path_up, self.path_attempts, self.path_latency, self.inflight, self.lag]
+        rest += [self.targets, self.reloads, self.reload_ok, self.reload_ok_time, self.build]
+        rest.append(self.late_starts)
+        for collector in rest:
+            self._rest.register(collector)
+            self.registry.register(collector)
+        self.series = Series(LATENCY_BUCKETS)
+        self.registry.register(self.series)  # last: the page puts these families last
 
     # -- targets -----------------------------------------------------------------------------
 
@@ -275,62 +207,31 @@ class Metrics:
         wanted: dict[str, dict[str, str]] = {}
         for target in targets:
             wanted[target.name] = info_labels(target.labels)
-        for name in [n for n in self.info.labels if n not in wanted]:
-            self.forget(name)
-        for name, labels in wanted.items():
-            if name not in self.info.labels:
-                for outcome in OUTCOMES:
-                    self.attempts.labels(name, outcome)
-                self.syn_retransmits.labels(name)
-                self.skipped.labels(name)
-            self.info.labels[name] = labels
+        for name in [n for n in self._paths if n not in wanted]:
+            self._forget_paths(name)
+        self.series.keep(wanted)
         self.targets.set(len(wanted))
 
     def forget(self, name: str) -> None:
         """Drop a removed target's series, so dashboards do not show it frozen forever."""
-        for outcome in OUTCOMES:
-            _remove(self.attempts, name, outcome)
-        for error in self._errors_seen.pop(name, ()):
-            _remove(self.errors, name, error)
-        for metric in (
-            self.latency,
-            self.rtt,
-            self.syn_retransmits,
-            self.up,
-            self.skipped,
-            self.resolve_failures,
-        ):
-            _remove(metric, name)
+        self.series.keep({n: s.info for n, s in self.series.targets.items() if n != name})
+        self._forget_paths(name)
+
+    def _forget_paths(self, name: str) -> None:
         for address, family in list(self._paths.pop(name, ())):
             self._paths[name] = set()
             self.forget_path(name, address, family)
         self._paths.pop(name, None)
-        self.info.labels.pop(name, None)
 
     # -- attempts ----------------------------------------------------------------------------
 
     def observe(self, name: str, record: Record) -> None:
-        self.attempts.labels(name, record.outcome).inc()
-        error = error_label(record.error)
-        if error is not None:
-            self.errors.labels(name, error).inc()
-            self._errors_seen.setdefault(name, set()).add(error)
-        if record.outcome in (OPEN, REFUSED):
-            self.latency.labels(name).observe(record.latency_ms / 1000.0)
-        if record.outcome == OPEN and record.rtt_ms is not None:
-            self.rtt.labels(name).observe(record.rtt_ms / 1000.0)
-        retransmits = record.syn_retransmits
-        if isinstance(retransmits, int) and retransmits > 0:
-            self.syn_retransmits.labels(name).inc(retransmits)
-        self.up.labels(name).set(1 if record.outcome == OPEN else 0)
+        self.series.observe(name, record, error_label(record.error))
 
     def set_up(self, name: str, up: bool | None) -> None:
         """The damped state (daemon/state.py), which the daemon sets after `observe` (whose
         `probe_up` is the last attempt's); None (not decided yet) leaves no series."""
-        if up is None:
-            _remove(self.up, name)
-        else:
-            self.up.labels(name).set(1 if up else 0)
+        self.series.set_up(name, up)
 
     def observe_path(
         self, name: str, address: str, family: str, record: Record, up: bool | None
@@ -354,8 +255,11 @@ class Metrics:
             _remove(metric, name, address, family)
 
     def add_skipped(self, name: str, n: int) -> None:
-        if n:
-            self.skipped.labels(name).inc(n)
+        self.series.add_skipped(name, n)
+
+    def resolve_failed(self, name: str) -> None:
+        """A re-resolution of the target's name failed or hung (its last addresses kept)."""
+        self.series.add_resolve_failure(name)
 
     # -- config ------------------------------------------------------------------------------
 
@@ -367,8 +271,17 @@ class Metrics:
         if ok:
             self.reload_ok_time.set(time.time())
 
+    # -- the page ----------------------------------------------------------------------------
+
+    def pieces(self) -> Iterator[bytes | None]:
+        """The page in pieces; None marks where the caller may let its loop run: the
+        per-target part (nearly all of it) is made a slice of targets at a time."""
+        yield render(self._rest)
+        yield from self.series.pieces()
+
     def exposition(self) -> bytes:
-        return render(self.registry)
+        """The whole page at once."""
+        return b"".join([piece for piece in self.pieces() if piece is not None])
 
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -407,15 +320,9 @@ def render(registry: CollectorRegistry) -> bytes:
             items = sorted(sample.labels.items())
             if not all(_LABEL_NAME.match(k) for k, _ in items):
                 return generate_latest(registry)
-            labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in items)
+            labels = ",".join(f'{k}="{escape(v)}"' for k, v in items)
             out.append(f"{sname}{{{labels}}} {value}\n")
     return "".join(out).encode("utf-8")
-
-
-def _escape_value(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:

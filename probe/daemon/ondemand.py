@@ -11,12 +11,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from ..output.jsonl import record_json
 from ..record import OPEN, Record
 from ..targets import Endpoint
 from .metrics import CONTENT_TYPE, error_label
+from .series import escape
 
 PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
 # Seconds kept back from Prometheus' scrape timeout for the answer to travel, as
@@ -75,11 +76,14 @@ def ip_hash(ip: str) -> float:
 
 
 def exposition(record: Record, duration: float, dns_seconds: float) -> bytes:
-    """The answer to GET /probe for one attempt, in Prometheus text."""
-    registry = CollectorRegistry(auto_describe=True)
+    """The answer to GET /probe for one attempt, in Prometheus text: written out directly
+    (prometheus-client's, byte for byte), not through a registry of gauges made for each
+    request, which cost ~0.25 ms of the loop's time per request."""
+    out: list[str] = []
 
-    def gauge(name: str, doc: str, value: float) -> None:
-        Gauge(name, doc, registry=registry).set(value)
+    def gauge(name: str, doc: str, value: float, labels: str = "") -> None:
+        shown = floatToGoString(value)  # type: ignore[no-untyped-call]
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n{name}{labels} {shown}\n")
 
     gauge("probe_success", "1 when the connect succeeded (outcome open).",
           1 if record.outcome == OPEN else 0)  # fmt: skip
@@ -99,14 +103,13 @@ def exposition(record: Record, duration: float, dns_seconds: float) -> bytes:
         gauge("probe_syn_retransmits", "SYNs sent again (TCP_INFO).", retransmits)
     reason = error_label(record.error)
     if reason is not None:
-        failed = Gauge(
+        gauge(
             "probe_failed_due_to",
             "Why the probe failed: the record's error (errno or resolver code name).",
-            ["reason"],
-            registry=registry,
+            1,
+            f'{{reason="{escape(reason)}"}}',
         )
-        failed.labels(reason).set(1)
-    return generate_latest(registry)
+    return "".join(out).encode()
 
 
 def answer_body(query: Query, record: Record, duration: float, dns_seconds: float) -> bytes:

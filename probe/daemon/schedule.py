@@ -159,13 +159,14 @@ class Schedule(Generic[T]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def pop_due(self, now: float) -> list[tuple[Job[T], float, bool]]:
-        """Jobs whose slot has come: (job, planned time, start?). A job still running from
-        its last slot is skipped (counted in `job.skipped`); every job moves on to its next
-        slot after `now`, so a stall is never followed by a burst of make-up attempts."""
+    def pop_due(self, now: float, early: float = 0.0) -> list[tuple[Job[T], float, bool]]:
+        """Jobs whose slot has come, or comes within `early`: (job, planned time, start?).
+        A job still running from its last slot is skipped (counted in `job.skipped`); every
+        job moves on to its next slot after `now`, so a stall is never followed by a burst
+        of make-up attempts."""
         heap = self._heap
         popped: list[tuple[Job[T], float, bool]] = []
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now + early:
             planned, _, job = heapq.heappop(heap)
             if not job.active or planned != job.due:
                 continue

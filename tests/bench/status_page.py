@@ -10,7 +10,7 @@ first scrape's own stall is inside the window, the same with and without the pag
 Goal: schedule lag p99 at most 5 ms. `--no-poll` measures the same without the page.
 
 Needs root and iproute2. Usage:
-  sudo .venv/bin/python tests/bench/status_page.py [--seconds 120] [--no-poll]
+  sudo .venv/bin/python tests/bench/status_page.py [--seconds 120] [--no-poll] [--tree DIR]
 """
 
 from __future__ import annotations
@@ -74,10 +74,12 @@ def main() -> int:
     ap.add_argument("--targets", type=int, default=TARGETS)
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
+    ap.add_argument("--tree", help="run the daemon from this checkout (PYTHONPATH), e.g. main")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
-    probe = str(Path(sys.executable).with_name("probe"))
+    tree = Path(a.tree).resolve() if a.tree else Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # and the cwd: `-m` puts it first on the path
     config = Path(tempfile.mkdtemp()) / "config.toml"
     lines = [f'[defaults]\ninterval = {a.interval}\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
              '[metrics]\nlisten = "127.0.0.1:9464"\n']  # fmt: skip
@@ -92,7 +94,11 @@ def main() -> int:
     prefix = ["ip", "netns", "exec", ns]
     subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
     nice = ["nice", "-n", str(a.nice)] if a.nice else []
-    daemon = subprocess.Popen([*prefix, *nice, probe, "run", "--config", str(config)])
+    daemon = subprocess.Popen(
+        [*prefix, *nice, sys.executable, "-m", "probe", "run", "--config", str(config)],
+        env=env,
+        cwd=tree,
+    )
     try:
         time.sleep(5 + a.interval)  # start-up and one full interval before measuring
         if daemon.poll() is not None:
@@ -112,7 +118,7 @@ def main() -> int:
         cpu = cpu_seconds(daemon.pid) - cpu
         buckets = lag_buckets(prefix)
         print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets "
-              f"every {a.interval:g} s")  # fmt: skip
+              f"every {a.interval:g} s, daemon from {tree}")  # fmt: skip
         if seen is not None:
             for path, took in seen["took"].items():
                 took.sort()

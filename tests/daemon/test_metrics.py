@@ -133,6 +133,36 @@ def test_render_is_prometheus_clients_text_byte_for_byte() -> None:
     assert b'team="q\\"uote\\\\back\\nline"' in text
 
 
+def test_the_daemons_page_is_prometheus_clients_text_byte_for_byte() -> None:
+    """The per-target families are made from plain structures, not prometheus-client's
+    children: the page served must still be exactly what generate_latest makes of them."""
+    m = Metrics(lambda: 0.0, standard=False)  # no process collectors: their values move
+    m.set_targets([T("a", team='q"uote\\back\nline', zone="é"), T("b"), T("c", aaa="1")])
+    m.observe("a", record("refused", "ECONNREFUSED", 0.2, None))
+    m.observe("b", record("open", None, 0.25, 0.01, syn_retransmits=2))
+    m.observe("b", record("timeout", "ETIMEDOUT", 1000.0, None))
+    m.observe("c", record("open", None, 7000.0, 6000.0))  # past the last bucket: +Inf
+    m.set_up("b", True)
+    m.add_skipped("b", 3)
+    m.resolve_failed("c")
+    m.lag.observe(0.003)
+    before = m.exposition()
+    assert before == generate_latest(m.registry)
+    m.observe("a", record("refused", "ECONNREFUSED", 0.3, None))  # a target's text is remade
+    m.set_targets([T("a", team="new"), T("b")])  # relabelled, and c removed
+    after = m.exposition()
+    assert after == generate_latest(m.registry) and after != before
+    assert 'target="c"' not in after.decode()
+    big = m.series.targets["a"]  # counts past a million: Go's exponent form (1.234567e+06)
+    assert big.latency is not None
+    big.attempts[0] = big.latency.counts[3] = 1_234_567
+    big.text = None
+    assert m.exposition() == generate_latest(m.registry)
+    assert b"1.234567e+06" in m.exposition()
+    assert value(parse_prometheus(after.decode()), "probe_attempts_total", target="a",
+                 outcome="refused") == 2.0  # fmt: skip
+
+
 def test_error_label_is_bounded_to_code_names() -> None:
     assert error_label(None) is None
     for name in ("ECONNREFUSED", "EAI_NONAME", "SELF_CONNECT", "E123"):

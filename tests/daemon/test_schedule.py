@@ -245,6 +245,20 @@ def test_pop_due_nothing_before_the_slot() -> None:
     assert job.due == first + 1.0
 
 
+def test_pop_due_early_starts_a_slot_within_the_margin_and_skips_nothing() -> None:
+    """The daemon pops slots up to 1 ms ahead (its loop's timers count whole ms): such a
+    slot starts once, its next slot is the one after it, and none counts as skipped, even
+    at the smallest interval the config allows."""
+    s, job = one_job(0.001)
+    first = job.due
+    assert s.pop_due(first - 0.0011, early=0.001) == []
+    assert s.pop_due(first - 0.0009, early=0.001) == [(job, first, True)]
+    assert job.due == pytest.approx(first + 0.001) and job.skipped == 0
+    job.running = True  # still running at its next slot: that one is skipped, counted once
+    assert s.pop_due(first + 0.0001, early=0.001) == [(job, first + 0.001, False)]
+    assert job.skipped == 1 and job.due == pytest.approx(first + 0.002)
+
+
 def test_pop_due_in_time_order() -> None:
     s: Schedule[str] = Schedule()
     s.update([(key(i), 1.0, key(i)) for i in range(500)], T0)
