@@ -44,6 +44,18 @@ SERIAL = {
     "tests/daemon/test_prometheus.py",
     "tests/daemon/test_daemon.py::test_fixed_rate_schedule_without_drift",
     "tests/daemon/test_daemon.py::test_about_ten_attempts_in_two_seconds",
+    # the other readers of the module-scoped daemon those two time: it starts once, here
+    "tests/daemon/test_daemon.py::test_every_log_line_is_json_and_records_have_the_contract_keys",
+    "tests/daemon/test_daemon.py::test_open_records_local_endpoint_is_what_the_listener_saw",
+    "tests/daemon/test_daemon.py::test_refused_records_have_a_local_port",
+    "tests/daemon/test_daemon.py::test_state_events",
+    "tests/daemon/test_daemon.py::test_metrics_endpoint",
+    "tests/daemon/test_daemon.py::test_healthz",
+    "tests/daemon/test_daemon.py::test_probe_open_target",
+    "tests/daemon/test_daemon.py::test_probe_closed_target",
+    "tests/daemon/test_daemon.py::test_probe_bad_target_is_400",
+    "tests/daemon/test_daemon.py::test_probe_outside_allow_is_403_and_connects_nowhere",
+    "tests/daemon/test_daemon.py::test_probe_localhost_resolves_inside_allow",
     "tests/daemon/test_daemon.py::test_reload_changing_the_interval_replaces_the_schedule",
     "tests/daemon/test_daemon.py::test_the_shipped_config_runs",  # 127.0.0.1:9464
     "tests/daemon/test_metrics.py::test_probe_timeout_is_the_smaller_of_query_and_scrape_header",
@@ -62,25 +74,43 @@ SERIAL = {
 }
 
 
+# Modules with a module-scoped daemon: one unit each (but for their SERIAL tests), so the
+# daemon starts once a run. Split over both workers, interleaved with other modules, pytest
+# tore such a fixture down at every change of module and started it again.
+ONE_UNIT = {
+    "tests/daemon/test_metrics.py",
+    "tests/deploy/test_deploy.py",
+    "tests/test_fuzz.py",
+}
+
+
 def is_serial(nodeid: str) -> bool:
     return nodeid.split("::")[0] in SERIAL or nodeid.split("[")[0] in SERIAL
 
 
+def unit(nodeid: str) -> str:
+    """The scheduling unit of a test: the serial group, its module, or itself."""
+    if is_serial(nodeid):
+        return "serial"
+    module = nodeid.split("::")[0]
+    return module if module in ONE_UNIT else nodeid
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`--dist loadgroup` with SERIAL as one group, given to the scheduler by node id.
+    """`--dist loadgroup` with the units above, given to the scheduler by node id.
     (xdist_group marks no longer reach it: pytest 9.2 ignores the nodeid suffix xdist 3.8
-    writes, so grouped tests were spread over both workers, pytest-xdist#1386.) The group is
-    the largest unit, so it is handed out first and the other worker takes everything else."""
+    writes, so grouped tests were spread over both workers, pytest-xdist#1386.) Units are
+    handed out largest first; a worker takes the next when it has two tests or fewer left."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
-    class SerialGroup(LoadScopeScheduling):  # type: ignore[misc]
+    class Units(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return "serial" if is_serial(nodeid) else nodeid
+            return unit(nodeid)
 
-    return SerialGroup(config, log)
+    return Units(config, log)
 
 
 def _listening(host: str) -> Iterator[RecordingListener]:
