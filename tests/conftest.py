@@ -116,17 +116,50 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup` with the units above, given to the scheduler by node id.
     (xdist_group marks no longer reach it: pytest 9.2 ignores the nodeid suffix xdist 3.8
-    writes, so grouped tests were spread over both workers, pytest-xdist#1386.) Units are
-    handed out largest first; a worker takes the next when it has two tests or fewer left."""
+    writes, so grouped tests were spread over both workers, pytest-xdist#1386.) Units go out
+    longest first by the last run's times (.pytest_cache), else largest first; a worker takes
+    the next when it has two tests or fewer left."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
+    last: dict[str, float] = config.cache.get(DURATIONS, {}) if config.cache else {}
+
     class Units(LoadScopeScheduling):  # type: ignore[misc]
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return unit(nodeid)
 
+        def _assign_work_unit(self, node: Any) -> None:
+            # Longest first, by the last run's durations (none known: collection order), so
+            # a 30 s test does not start last while the other worker has nothing left.
+            if not self.ordered and last:
+                order = sorted(
+                    self.workqueue.items(), key=lambda u: -sum(last.get(t, 0.0) for t in u[1])
+                )
+                self.workqueue.clear()
+                self.workqueue.update(order)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
     return Units(config, log)
+
+
+DURATIONS = "probe-suite/durations"
+_took: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _took[report.nodeid] = _took.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Each test's time (setup + call + teardown), kept for the next run's order."""
+    config = session.config
+    if config.cache is None or hasattr(config, "workerinput") or not _took:
+        return
+    config.cache.set(DURATIONS, {**config.cache.get(DURATIONS, {}), **_took})
 
 
 def _listening(host: str) -> Iterator[RecordingListener]:
