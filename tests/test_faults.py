@@ -435,6 +435,29 @@ def test_ctrl_c_to_the_process_group_mid_sweep(netns: Netns) -> None:
     assert 1000 <= len(ports) < 65535
 
 
+def wait_reading_stdin(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Until `proc` catches SIGINT and SIGTERM and one of its threads is blocked reading the
+    stdin pipe (from /proc: start-up alone can take over a second on a loaded machine)."""
+    want = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "never blocked reading standard input"
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            chans = [(t / "wchan").read_text() for t in Path(f"/proc/{proc.pid}/task").iterdir()]
+        except OSError:  # a thread ended between the listing and the read
+            continue
+        m = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)
+        if m and int(m[1], 16) & want == want:
+            if any("pipe_read" in c for c in chans):
+                return
+            if not any(c.strip("0\n") for c in chans):  # wchan hidden here: the old wait
+                time.sleep(1.0)
+                return
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_while_waiting_for_stdin(sig: signal.Signals, code: int) -> None:
     proc = subprocess.Popen(
@@ -444,7 +467,7 @@ def test_signal_while_waiting_for_stdin(sig: signal.Signals, code: int) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        time.sleep(1.0)  # started, reading standard input, which has nothing yet
+        wait_reading_stdin(proc)  # started, reading standard input, which has nothing yet
         proc.send_signal(sig)
         try:
             rc = proc.wait(timeout=3.0)
