@@ -27,12 +27,14 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 # CI explores the same examples every run, so a red build always reproduces; locally,
-# hypothesis keeps searching new ones.
-settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+# hypothesis keeps searching new ones. No per-example deadline: it is a timing assertion
+# (200 ms) that a loaded 2-core machine fails now and then (424 ms seen with 4 workers and a
+# second session beside them); the properties are what these tests check.
+settings.register_profile("probe", deadline=None)
+settings.register_profile("ci", parent=settings.get_profile("probe"), derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "probe")
 
-# The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup` in pyproject's
+# The suite runs on three pytest-xdist workers (`-n 3 --dist loadgroup` in pyproject's
 # addopts). Tests that look at time (rate, pacing, lag, latency, schedule slots, "promptly")
 # or that use a fixed resource share one group: they run one after another on one worker, so
 # none of them ever shares the machine with another of its kind; everything else is
