@@ -105,12 +105,9 @@ class _Check:
         interval: float,
         exclude: Excludes | None = None,
     ) -> None:
-        self.engine = engine
-        self.exclude = exclude
-        self.resolver = resolver
-        self.on_record = on_record
-        self.count = count
-        self.interval = interval
+        # Its collaborators, then what it repeats and skips.
+        self.engine, self.resolver, self.on_record = engine, resolver, on_record
+        self.count, self.interval, self.exclude = count, interval, exclude
         self.result = CheckResult()
         self.active = 0
         # Repeat mode keeps targets alive across intervals; bound them like attempts.

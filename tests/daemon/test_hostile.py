@@ -188,6 +188,15 @@ def start_in(
     return d
 
 
+def logging_one_target(tmp: Path, log: Path, daemons: list[Daemon]) -> Daemon:
+    """A daemon probing one closed port into `log`, once its first two records are there."""
+    d = start_in(
+        tmp, config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}")), log, daemons
+    )
+    d.wait_records("a", 2)
+    return d
+
+
 def ns_get(ns: Netns, port: int, path: str, timeout: float = 5.0) -> tuple[int, str, str]:
     return in_netns(ns, http_get, port, path, timeout)
 
@@ -546,10 +555,7 @@ def test_a_removed_log_file_is_reopened_within_a_second(
 ) -> None:
     log = tmp_path / "logs" / "probe.log"
     log.parent.mkdir()
-    d = start_in(
-        tmp_path, config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}")), log, daemons
-    )
-    d.wait_records("a", 2)
+    d = logging_one_target(tmp_path, log, daemons)
     log.unlink()
     removed = time.monotonic()
     d.wait("the log file again", log.exists, timeout=2)
@@ -561,16 +567,15 @@ def test_a_removed_log_file_is_reopened_within_a_second(
     assert d.lines()[-1]["event"] == "stopped"
 
 
-def test_a_replaced_log_file_is_followed(tmp_path: Path, daemons: list[Daemon]) -> None:
+def test_a_replaced_log_file_is_reopened_and_said_so(tmp_path: Path, daemons: list[Daemon]) -> None:
     log = tmp_path / "probe.log"
-    d = start_in(
-        tmp_path, config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}")), log, daemons
-    )
-    d.wait_records("a", 2)
+    d = logging_one_target(tmp_path, log, daemons)
     new = tmp_path / "replacement"
     new.write_text("")
     os.replace(new, log)  # another file now has the name
-    d.wait("records in the replacement", lambda: d.records("a"), timeout=2)
+    event = d.wait_event("log", result="reopened", timeout=3)
+    assert event["file"] == str(log)
+    d.wait_records("a", 2)  # in the new file
     assert d.stop() == 0
 
 
@@ -579,10 +584,7 @@ def test_a_removed_log_directory_is_exit_1_naming_the_file(
 ) -> None:
     log = tmp_path / "logs" / "probe.log"
     log.parent.mkdir()
-    d = start_in(
-        tmp_path, config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}")), log, daemons
-    )
-    d.wait_records("a", 2)
+    d = logging_one_target(tmp_path, log, daemons)
     shutil.rmtree(log.parent)
     assert d.proc.wait(timeout=2) == 1
     stderr = d.stderr.strip().splitlines()
