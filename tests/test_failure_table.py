@@ -597,9 +597,7 @@ def test_a_stall_skips_slots_and_does_not_make_them_up(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     log = tmp_path / "probe.log"
-    text = config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}"))
-    d = start_in(tmp_path, text, log, daemons)
-    d.wait_records("a", 2)
+    d = logging_one_target(tmp_path, log, daemons)
     assert skipped_total(metrics_of(d.get)) == 0
     d.proc.send_signal(signal.SIGSTOP)
     time.sleep(1.2)  # six slots of 0.2 s

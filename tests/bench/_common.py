@@ -71,3 +71,22 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped above
     return wall, usage.ru_utime + usage.ru_stime, peak, proc.returncode
+
+
+def lag_buckets(metrics: str) -> list[tuple[float, float]]:
+    """`probe_schedule_lag_seconds`' buckets from a /metrics page: (le, cumulative count)."""
+    out: list[tuple[float, float]] = []
+    for line in metrics.splitlines():
+        if line.startswith("probe_schedule_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            out.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def print_lag(counts: list[tuple[float, float]], title: str = "") -> None:
+    """The share of starts within each bucket and the bucket that holds the 99th percentile."""
+    total = max(counts[-1][1], 1)
+    for le, count in counts:
+        print(f"  lag <= {le * 1000:7.1f} ms: {100 * count / total:6.2f}%")
+    p99 = next((le for le, count in counts if count >= 0.99 * total), float("inf"))
+    print(f"{title}{': ' if title else ''}schedule lag p99 <= {p99 * 1000:.1f} ms")

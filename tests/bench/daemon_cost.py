@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import lag_buckets, print_lag
+
 TARGETS = 10_000
 SCRAPE = (
     "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9464/metrics').read().decode())"
@@ -74,17 +76,9 @@ def main() -> int:
         print(f"mean CPU over {t - t0:.0f} s: {100 * (c - c0) / (t - t0):.1f}% of one core")
         text = subprocess.run([*prefix, sys.executable, "-c", SCRAPE], capture_output=True,
                               text=True, check=True).stdout  # fmt: skip
-        buckets = []
-        for line in text.splitlines():
-            if line.startswith("probe_schedule_lag_seconds_bucket"):
-                le = line.split('le="')[1].split('"')[0]
-                buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-        total = buckets[-1][1]
-        print(f"scheduled starts: {total:.0f}")
-        for le, count in buckets:
-            print(f"  lag <= {le * 1000:7.1f} ms: {100 * count / total:6.2f}%")
-        p99 = next(le for le, count in buckets if count >= 0.99 * total)
-        print(f"schedule lag p99 <= {p99 * 1000:.1f} ms")
+        buckets = lag_buckets(text)
+        print(f"scheduled starts: {buckets[-1][1]:.0f}")
+        print_lag(buckets)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(10)

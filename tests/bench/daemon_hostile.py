@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import lag_buckets, print_lag
+
 TARGETS = 10_000
 PORT = 9464
 
@@ -90,15 +92,12 @@ def read_metrics(prefix: list[str]) -> tuple[list[tuple[float, float]], float]:
     """(lag histogram buckets as (le, cumulative count), skipped slots in all)."""
     text = subprocess.run([*prefix, sys.executable, "-c", SCRAPE], capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
-    buckets: list[tuple[float, float]] = []
-    skipped = 0.0
-    for line in text.splitlines():
-        if line.startswith("probe_schedule_lag_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-        elif line.startswith("probe_skipped_slots_total"):
-            skipped += float(line.rsplit(" ", 1)[1])
-    return buckets, skipped
+    skipped = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("probe_skipped_slots_total")
+    )
+    return lag_buckets(text), skipped
 
 
 def cpu_seconds(pid: int) -> float:
@@ -160,11 +159,7 @@ def main() -> int:
               f"{failed[:2]}")  # fmt: skip
         print(f"/probe answers: {result['probes']}")
         print(f"daemon CPU in the window (with any renderer children): {cpu:.1f} s")
-        for (le, c1), (_, c0) in zip(b1, b0, strict=True):
-            print(f"  lag <= {le * 1000:7.1f} ms: {100 * (c1 - c0) / max(starts, 1):6.2f}%")
-        p99 = next((le for (le, c1), (_, c0) in zip(b1, b0, strict=True)
-                    if c1 - c0 >= 0.99 * starts), float("inf"))  # fmt: skip
-        print(f"schedule lag p99 <= {p99 * 1000:.1f} ms")
+        print_lag([(le, c1 - c0) for (le, c1), (_, c0) in zip(b1, b0, strict=True)])
         print(f"skipped slots in the window: {s1 - s0:.0f}")
     finally:
         daemon.send_signal(signal.SIGTERM)

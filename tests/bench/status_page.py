@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import lag_buckets, print_lag
+
 TARGETS = 10_000
 BASE = "http://127.0.0.1:9464"
 # Runs inside the namespace: GET / and /api/targets once a second each, for N seconds;
@@ -50,15 +52,10 @@ print(json.dumps({"took": took, "size": size}))
 SCRAPE = f"import urllib.request as u; print(u.urlopen('{BASE}/metrics').read().decode())"
 
 
-def lag_buckets(prefix: list[str]) -> list[tuple[float, float]]:
+def scraped_lag(prefix: list[str]) -> list[tuple[float, float]]:
     text = subprocess.run([*prefix, sys.executable, "-c", SCRAPE], capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
-    out: list[tuple[float, float]] = []
-    for line in text.splitlines():
-        if line.startswith("probe_schedule_lag_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            out.append((float(le), float(line.rsplit(" ", 1)[1])))
-    return out
+    return lag_buckets(text)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -103,7 +100,7 @@ def main() -> int:
         time.sleep(5 + a.interval)  # start-up and one full interval before measuring
         if daemon.poll() is not None:
             sys.exit("probe run exited early")
-        before = lag_buckets(prefix)
+        before = scraped_lag(prefix)
         cpu = cpu_seconds(daemon.pid)  # `ip netns exec` and `nice` exec: this is probe run
         if a.no_poll:
             time.sleep(a.seconds)
@@ -116,7 +113,7 @@ def main() -> int:
         # delays are counted after it: the window below includes the first scrape's stall
         # (with and without polling alike); the whole run does not.
         cpu = cpu_seconds(daemon.pid) - cpu
-        buckets = lag_buckets(prefix)
+        buckets = scraped_lag(prefix)
         print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets "
               f"every {a.interval:g} s, daemon from {tree}")  # fmt: skip
         if seen is not None:
@@ -128,12 +125,8 @@ def main() -> int:
         print(f"daemon CPU in the window: {cpu:.1f} s ({100 * cpu / a.seconds:.1f} % of a core)")
         window = [(le, count - was) for (le, count), (_, was) in zip(buckets, before, strict=True)]
         for title, counts in (("whole run", buckets), ("measured window", window)):
-            total = counts[-1][1]
-            print(f"{title}: scheduled starts: {total:.0f}")
-            for le, count in counts:
-                print(f"  lag <= {le * 1000:7.1f} ms: {100 * count / total:6.2f}%")
-            p99 = next(le for le, count in counts if count >= 0.99 * total)
-            print(f"{title}: schedule lag p99 <= {p99 * 1000:.1f} ms")
+            print(f"{title}: scheduled starts: {counts[-1][1]:.0f}")
+            print_lag(counts, title)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(15)

@@ -430,9 +430,7 @@ def test_a_stalled_daemon_counts_and_logs_its_late_starts(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     log = tmp_path / "probe.log"
-    text = config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}"))
-    d = start_in(tmp_path, text, log, daemons)
-    d.wait_records("a", 2)
+    d = logging_one_target(tmp_path, log, daemons)
     assert sample(metrics_of(d.get), "probe_late_starts_total") == 0
     d.proc.send_signal(signal.SIGSTOP)
     time.sleep(0.5)
