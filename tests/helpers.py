@@ -7,9 +7,11 @@ in a subprocess (`Daemon`), its config builders, its HTTP pages and Prometheus t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -741,3 +743,346 @@ def free_port_block(n: int, start: int) -> int:
             for s in socks:
                 s.close()
     raise AssertionError("no free port block")
+
+
+# -- a daemon in a namespace of its own, with a DNS server of ours
+
+# A DNS server for the namespace's loopback: names under .test are 127.0.0.1 (TTL 0) while
+# the control file is absent; names starting with "hang", and every name while the control
+# file exists, get no answer at all — a dead DNS server, as the resolver sees one.
+FAKE_DNS = r"""
+import os, socket, struct, sys
+hang = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    if os.path.exists(hang) or len(data) < 17:
+        continue
+    i, labels = 12, []
+    while data[i]:
+        labels.append(data[i + 1 : i + 1 + data[i]])
+        i += 1 + data[i]
+    qtype = struct.unpack("!H", data[i + 1 : i + 3])[0]
+    question = data[12 : i + 5]
+    name = b".".join(labels).decode("ascii", "replace").lower()
+    if name.startswith("hang"):
+        continue
+    known = name.endswith(".test")
+    answer = b""
+    if known and qtype == 1:
+        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + socket.inet_aton("127.0.0.1")
+    flags = 0x8180 | (0 if known else 3)
+    qid = struct.unpack("!H", data[:2])[0]
+    head = struct.pack("!HHHHHH", qid, flags, 1, 1 if answer else 0, 0, 0)
+    s.sendto(head + question + answer, peer)
+"""
+
+
+# Starts `probe run` with module constants of probe.daemon.app set first (short TTLs for a
+# test that cannot wait a minute), and optionally a wall clock that steps by STEP seconds
+# once the file FLAG exists (looked at every 20 ms at most).
+LAUNCH = r"""
+import json, os, sys, time
+patches = json.loads(sys.argv[1])
+step = patches.pop("_clock_step", None)
+if step:
+    real, mono, state = time.time, time.monotonic, {"at": 0.0, "on": False}
+    def stepped():
+        now = mono()
+        if not state["on"] and now - state["at"] > 0.02:
+            state["at"], state["on"] = now, os.path.exists(step[1])
+        return real() + (step[0] if state["on"] else 0.0)
+    time.time = stepped
+import probe.daemon.app as app
+for key, value in patches.items():
+    setattr(app, key, value)
+from probe.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(ns: Netns, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` on a thread that joined the namespace: the sockets it makes live there."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        fd = os.open(f"/var/run/netns/{ns.name}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed back to the caller
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]  # type: ignore[no-any-return]
+
+
+class DnsNetns:
+    """A namespace whose resolver asks our DNS server on its loopback."""
+
+    def __init__(self, ns: Netns, tmp: Path) -> None:
+        self.ns = ns
+        self.hang_file = tmp / "dns-hangs"
+        self.etc = Path("/etc/netns") / ns.name
+        self.etc.mkdir(parents=True)
+        # One try, 30 s: a lookup of a dead server hangs far longer than any test waits.
+        (self.etc / "resolv.conf").write_text(
+            "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n"
+        )
+        self.server = ns.popen(
+            sys.executable, "-c", FAKE_DNS, str(self.hang_file), stdout=subprocess.PIPE
+        )
+        assert self.server.stdout is not None
+        assert self.server.stdout.readline().strip() == "ready"
+
+    def hang(self) -> None:
+        """From now on the DNS server answers nothing."""
+        self.hang_file.touch()
+
+    def close(self) -> None:
+        self.server.kill()
+        self.server.wait(5)
+        shutil.rmtree(self.etc, ignore_errors=True)
+
+
+def start_in(
+    tmp: Path,
+    text: str,
+    log: Path,
+    daemons: list[Daemon],
+    ns: Netns | None = None,
+    patches: dict[str, Any] | None = None,
+    prefix: tuple[str, ...] = (),
+) -> Daemon:
+    """The real `probe run`, optionally inside `ns`, with app constants patched first."""
+    config = tmp / "config.toml"
+    config.write_text(text)
+    with (tmp / "stdout").open("wb") as out, (tmp / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                *prefix,
+                *(ns.prefix() if ns is not None else ()),
+                sys.executable,
+                "-c",
+                LAUNCH,
+                json.dumps(patches or {}),
+                "run",
+                "--config",
+                str(config),
+            ],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp,
+        )
+    d = Daemon(tmp, config, log, proc)
+    daemons.append(d)
+    return d
+
+
+def logging_one_target(tmp: Path, log: Path, daemons: list[Daemon]) -> Daemon:
+    """A daemon probing one closed port into `log`, once its first two records are there."""
+    d = start_in(
+        tmp, config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}")), log, daemons
+    )
+    d.wait_records("a", 2)
+    return d
+
+
+def ns_get(ns: Netns, port: int, path: str, timeout: float = 5.0) -> tuple[int, str, str]:
+    return in_netns(ns, http_get, port, path, timeout)
+
+
+def metrics_of(get: Callable[[str], tuple[int, str, str]]) -> dict[Any, float]:
+    status, _, body = get("/metrics")
+    assert status == 200, body
+    return parse_prometheus(body)
+
+
+def skipped_total(samples: dict[Any, float]) -> float:
+    return sum(v for (name, _), v in samples.items() if name == "probe_skipped_slots_total")
+
+
+def draining(tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener) -> Daemon:
+    """A daemon told to stop while its one attempt (2.9 s to a dropped SYN) is in flight."""
+    log = tmp_path / "probe.log"
+    text = config_toml(log, target_toml("slow", full_queue.target, timeout=2.9), interval=3.0)
+    d = start_in(tmp_path, text, log, daemons)
+
+    def in_flight() -> bool:
+        return value(metrics_of(d.get), "probe_inflight") == 1
+
+    d.wait("the first attempt in flight", in_flight, timeout=15)
+    d.send(signal.SIGTERM)  # the drain now waits up to 2.9 s for that attempt
+    time.sleep(0.3)
+    assert d.proc.poll() is None
+    return d
+
+
+# -- faults from the kernel: firewall rules, port ranges, sockets by inode
+
+
+def assert_local_endpoint(rec: Rec, range_: tuple[int, int] | None = None) -> None:
+    assert isinstance(rec["local_address"], str) and rec["local_address"], rec
+    assert isinstance(rec["local_port"], int), rec
+    lo, hi = range_ or (1, 65535)
+    assert lo <= rec["local_port"] <= hi, rec
+
+
+def firewall(ns: Netns, *rule: str, tool: str = "iptables") -> None:
+    """One rule on the namespace's loopback, outgoing direction."""
+    ns.run(tool, "-A", "OUTPUT", "-o", "lo", "-p", "tcp", *rule)
+
+
+def port_range(ns: Netns, lo: int, hi: int) -> None:
+    ns.run("sysctl", "-w", f"net.ipv4.ip_local_port_range={lo} {hi}")
+
+
+PORT_HOLDER = """
+import socket, sys
+held = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    held.append(s)
+print("held", flush=True)
+sys.stdin.readline()
+for s in held:
+    s.close()
+print("released", flush=True)
+sys.stdin.read()
+"""
+
+
+def pipe_into_head(
+    cmd: list[str], tmp_path: Path, prefix: list[str] | None = None
+) -> tuple[str, int, str]:
+    """`cmd 2>err | head -1` in a real shell: (head's output, cmd's exit status, cmd's stderr)."""
+    err = tmp_path / "stderr"
+    line = " ".join(map(shlex.quote, cmd))
+    script = f'{line} 2>{shlex.quote(str(err))} | head -1; echo "rc=${{PIPESTATUS[0]}}" >&2'
+    result = subprocess.run(
+        [*(prefix or []), "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    m = re.search(r"rc=(\d+)", result.stderr)
+    assert m, result.stderr
+    return result.stdout, int(m[1]), err.read_text()
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.add(link[8:-1])
+    return found
+
+
+def tcp_by_inode() -> dict[str, int]:
+    """inode → remote port of every TCP socket in this namespace."""
+    table: dict[str, int] = {}
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] != "0":
+                table[fields[9]] = int(fields[2].rpartition(":")[2], 16)
+    return table
+
+
+class SocketSampler:
+    """Samples a process's sockets on a thread: all of them, and those connecting to `port`."""
+
+    def __init__(self, pid: int, port: int) -> None:
+        self.pid, self.port = pid, port
+        self.most_total = 0
+        self.most_out = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                mine = socket_inodes(self.pid)
+            except OSError:
+                return
+            table = tcp_by_inode()
+            out = sum(1 for inode in mine if table.get(inode) == self.port)
+            self.most_total = max(self.most_total, len(mine))
+            self.most_out = max(self.most_out, out)
+            self.samples += 1
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def flood(
+    d: Daemon, query: str, n: int, port: int, timeout: float
+) -> tuple[list[tuple[int, str, str] | str], SocketSampler]:
+    """`n` GETs of `query` at once, one thread each, while the daemon's sockets to `port`
+    are sampled: every answer (or the repr of its connection error), and the sampler."""
+    answers: list[tuple[int, str, str] | str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            got: tuple[int, str, str] | str = d.get(query, timeout=timeout)
+        except Exception as exc:  # a dropped connection is an answer the tests look at
+            got = repr(exc)
+        with lock:
+            answers.append(got)
+
+    sampler = SocketSampler(d.proc.pid, port)
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(2 * timeout)
+    finally:
+        sampler.stop()
+    return answers, sampler
+
+
+# -- a record with only the fields a metrics test sets
+
+
+def record(
+    outcome: str,
+    error: str | None,
+    latency_ms: float,
+    rtt_ms: float | None,
+    syn_retransmits: int | None = 0,
+) -> Record:
+    return make_record(
+        target="127.0.0.1:1", port=1, outcome=outcome, error=error, latency_ms=latency_ms,
+        rtt_ms=rtt_ms, syn_retransmits=syn_retransmits,
+    )  # fmt: skip

@@ -29,50 +29,41 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-# The daemon tests' helpers live beside them in tests/daemon (no package: pytest puts a test's
-# own directory on sys.path, as it does for test_hostile importing test_daemon).
-sys.path.insert(0, str(Path(__file__).resolve().parent / "daemon"))
-
 from helpers import (
     INTERVAL,
+    PORT_HOLDER,
     Daemon,
+    DnsNetns,
     FullQueueListener,
     Netns,
     NsServer,
     RecordingListener,
+    assert_local_endpoint,
     closed_port,
     config_toml,
+    draining,
+    firewall,
+    flood,
     kill,
+    logging_one_target,
+    metrics_of,
     need_tools,
     no_traceback,
+    ns_get,
     parse_prometheus,
     parse_records,
+    pipe_into_head,
+    port_range,
     probe_cmd,
+    record,
+    skipped_total,
+    socket_inodes,
+    start_in,
     target_toml,
+    tcp_by_inode,
     ts,
     value,
 )
-from test_faults import (
-    PORT_HOLDER,
-    assert_local_endpoint,
-    firewall,
-    flood,
-    pipe_into_head,
-    port_range,
-    socket_inodes,
-    tcp_by_inode,
-)
-from test_hostile import (
-    DnsNetns,
-    _draining,
-    logging_one_target,
-    metrics_of,
-    ns_get,
-    skipped_total,
-    start_in,
-)
-from test_metrics import record
 
 SERIAL = pytest.mark.xdist_group("serial")
 HERE = "test_failure_table.py"
@@ -643,7 +634,7 @@ def test_path_series_of_a_name_with_addresses_all(
 def test_healthz_and_probe_say_503_while_the_daemon_drains(
     tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
 ) -> None:
-    d = _draining(tmp_path, daemons, full_queue)  # SIGTERM sent, one attempt still in flight
+    d = draining(tmp_path, daemons, full_queue)  # SIGTERM sent, one attempt still in flight
     status, _, body = d.get("/healthz")
     assert status == 503, body
     status, _, body = d.get(f"/probe?target=127.0.0.1:{closed_port()}")

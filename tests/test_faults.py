@@ -27,36 +27,32 @@ from typing import Any
 
 import pytest
 from helpers import (
+    PORT_HOLDER,
     Daemon,
     FullQueueListener,
     Netns,
     NsServer,
     RecordingListener,
+    SocketSampler,
+    assert_local_endpoint,
     closed_port,
     config_toml,
+    firewall,
+    flood,
     kill,
     need_tools,
     no_traceback,
     parse_records,
+    pipe_into_head,
+    port_range,
     probe_cmd,
+    socket_inodes,
 )
 
 Rec = dict[str, Any]
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def assert_local_endpoint(rec: Rec, range_: tuple[int, int] | None = None) -> None:
-    assert isinstance(rec["local_address"], str) and rec["local_address"], rec
-    assert isinstance(rec["local_port"], int), rec
-    lo, hi = range_ or (1, 65535)
-    assert lo <= rec["local_port"] <= hi, rec
-
-
-def firewall(ns: Netns, *rule: str, tool: str = "iptables") -> None:
-    """One rule on the namespace's loopback, outgoing direction."""
-    ns.run(tool, "-A", "OUTPUT", "-o", "lo", "-p", "tcp", *rule)
 
 
 def ns_check(
@@ -69,10 +65,6 @@ def ns_check(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-
-
-def port_range(ns: Netns, lo: int, hi: int) -> None:
-    ns.run("sysctl", "-w", f"net.ipv4.ip_local_port_range={lo} {hi}")
 
 
 class LineReader:
@@ -230,22 +222,6 @@ def test_two_local_ports_for_twenty_attempts_to_one_destination(netns: Netns) ->
     assert outcomes == {(5001, "timeout", "ETIMEDOUT"): 10, (5002, "refused", "ECONNREFUSED"): 10}
     for rec in recs:
         assert_local_endpoint(rec, (40000, 40001))
-
-
-PORT_HOLDER = """
-import socket, sys
-held = []
-for port in map(int, sys.argv[1:]):
-    s = socket.socket()
-    s.bind(("127.0.0.1", port))
-    held.append(s)
-print("held", flush=True)
-sys.stdin.readline()
-for s in held:
-    s.close()
-print("released", flush=True)
-sys.stdin.read()
-"""
 
 
 def test_ports_taken_by_another_process_are_a_shortage_not_an_error(netns: Netns) -> None:
@@ -510,25 +486,6 @@ def test_slow_stdin_does_not_stretch_a_timeout(full_queue: FullQueueListener) ->
 # -- 5. broken sinks ------------------------------------------------------------------------------
 
 
-def pipe_into_head(
-    cmd: list[str], tmp_path: Path, prefix: list[str] | None = None
-) -> tuple[str, int, str]:
-    """`cmd 2>err | head -1` in a real shell: (head's output, cmd's exit status, cmd's stderr)."""
-    err = tmp_path / "stderr"
-    line = " ".join(map(shlex.quote, cmd))
-    script = f'{line} 2>{shlex.quote(str(err))} | head -1; echo "rc=${{PIPESTATUS[0]}}" >&2'
-    result = subprocess.run(
-        [*(prefix or []), "bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    m = re.search(r"rc=(\d+)", result.stderr)
-    assert m, result.stderr
-    return result.stdout, int(m[1]), err.read_text()
-
-
 @pytest.mark.parametrize("fmt", ["json", "human"])
 def test_head_one_in_a_shell_pipeline(
     tmp_path: Path, fmt: str, listener: RecordingListener
@@ -578,91 +535,6 @@ def test_check_into_dev_full_is_loud(fmt: str) -> None:
 
 def targets_toml(address: str, n: int) -> str:
     return "".join(f'[[targets]]\naddress = "{address}"\nname = "t{i}"\n\n' for i in range(n))
-
-
-def socket_inodes(pid: int) -> set[str]:
-    found = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            found.add(link[8:-1])
-    return found
-
-
-def tcp_by_inode() -> dict[str, int]:
-    """inode → remote port of every TCP socket in this namespace."""
-    table: dict[str, int] = {}
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[9] != "0":
-                table[fields[9]] = int(fields[2].rpartition(":")[2], 16)
-    return table
-
-
-class SocketSampler:
-    """Samples a process's sockets on a thread: all of them, and those connecting to `port`."""
-
-    def __init__(self, pid: int, port: int) -> None:
-        self.pid, self.port = pid, port
-        self.most_total = 0
-        self.most_out = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                mine = socket_inodes(self.pid)
-            except OSError:
-                return
-            table = tcp_by_inode()
-            out = sum(1 for inode in mine if table.get(inode) == self.port)
-            self.most_total = max(self.most_total, len(mine))
-            self.most_out = max(self.most_out, out)
-            self.samples += 1
-            time.sleep(0.005)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def flood(
-    d: Daemon, query: str, n: int, port: int, timeout: float
-) -> tuple[list[tuple[int, str, str] | str], SocketSampler]:
-    """`n` GETs of `query` at once, one thread each, while the daemon's sockets to `port`
-    are sampled: every answer (or the repr of its connection error), and the sampler."""
-    answers: list[tuple[int, str, str] | str] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        try:
-            got: tuple[int, str, str] | str = d.get(query, timeout=timeout)
-        except Exception as exc:  # a dropped connection is an answer the tests look at
-            got = repr(exc)
-        with lock:
-            answers.append(got)
-
-    sampler = SocketSampler(d.proc.pid, port)
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(2 * timeout)
-    finally:
-        sampler.stop()
-    return answers, sampler
 
 
 # A daemon's own sockets besides its attempts: the HTTP listener, the loop's wake-up pair,

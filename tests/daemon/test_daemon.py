@@ -52,7 +52,6 @@ T = TypeVar("T")
 Line = dict[str, Any]
 
 PROBE_KEYS = {*CONTRACT_KEYS, "name"}
-sample = value  # test_hostile.py imports this name from here (and INTERVAL, config_toml, …)
 GRID_SLACK = 0.05  # seconds a start may sit off its slot (a busy machine's loop lag)
 
 

@@ -13,15 +13,12 @@ a real step, is left alone). Only loopback, and addresses inside our namespaces,
 from __future__ import annotations
 
 import ast
-import ctypes
-import json
 import os
 import resource
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,121 +26,31 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import ROOT, Daemon, FullQueueListener, Netns, closed_port, http_get, ts
-from test_daemon import INTERVAL, config_toml, parse_prometheus, sample, target_toml
+from helpers import (
+    INTERVAL,
+    ROOT,
+    Daemon,
+    DnsNetns,
+    FullQueueListener,
+    Netns,
+    closed_port,
+    config_toml,
+    draining,
+    http_get,
+    logging_one_target,
+    metrics_of,
+    ns_get,
+    parse_prometheus,
+    skipped_total,
+    start_in,
+    target_toml,
+    ts,
+    value,
+)
 
 T = TypeVar("T")
 
 # -- the namespaced daemon and its DNS -------------------------------------------------------------
-
-# A DNS server for the namespace's loopback: names under .test are 127.0.0.1 (TTL 0) while
-# the control file is absent; names starting with "hang", and every name while the control
-# file exists, get no answer at all — a dead DNS server, as the resolver sees one.
-FAKE_DNS = r"""
-import os, socket, struct, sys
-hang = sys.argv[1]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 53))
-print("ready", flush=True)
-while True:
-    data, peer = s.recvfrom(4096)
-    if os.path.exists(hang) or len(data) < 17:
-        continue
-    i, labels = 12, []
-    while data[i]:
-        labels.append(data[i + 1 : i + 1 + data[i]])
-        i += 1 + data[i]
-    qtype = struct.unpack("!H", data[i + 1 : i + 3])[0]
-    question = data[12 : i + 5]
-    name = b".".join(labels).decode("ascii", "replace").lower()
-    if name.startswith("hang"):
-        continue
-    known = name.endswith(".test")
-    answer = b""
-    if known and qtype == 1:
-        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + socket.inet_aton("127.0.0.1")
-    flags = 0x8180 | (0 if known else 3)
-    qid = struct.unpack("!H", data[:2])[0]
-    head = struct.pack("!HHHHHH", qid, flags, 1, 1 if answer else 0, 0, 0)
-    s.sendto(head + question + answer, peer)
-"""
-
-# Starts `probe run` with module constants of probe.daemon.app set first (short TTLs for a
-# test that cannot wait a minute), and optionally a wall clock that steps by STEP seconds
-# once the file FLAG exists (looked at every 20 ms at most).
-LAUNCH = r"""
-import json, os, sys, time
-patches = json.loads(sys.argv[1])
-step = patches.pop("_clock_step", None)
-if step:
-    real, mono, state = time.time, time.monotonic, {"at": 0.0, "on": False}
-    def stepped():
-        now = mono()
-        if not state["on"] and now - state["at"] > 0.02:
-            state["at"], state["on"] = now, os.path.exists(step[1])
-        return real() + (step[0] if state["on"] else 0.0)
-    time.time = stepped
-import probe.daemon.app as app
-for key, value in patches.items():
-    setattr(app, key, value)
-from probe.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(ns: Netns, fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn` on a thread that joined the namespace: the sockets it makes live there."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        fd = os.open(f"/var/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
-        try:
-            out["value"] = fn(*args)
-        except BaseException as exc:  # handed back to the caller
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]  # type: ignore[no-any-return]
-
-
-class DnsNetns:
-    """A namespace whose resolver asks our DNS server on its loopback."""
-
-    def __init__(self, ns: Netns, tmp: Path) -> None:
-        self.ns = ns
-        self.hang_file = tmp / "dns-hangs"
-        self.etc = Path("/etc/netns") / ns.name
-        self.etc.mkdir(parents=True)
-        # One try, 30 s: a lookup of a dead server hangs far longer than any test waits.
-        (self.etc / "resolv.conf").write_text(
-            "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n"
-        )
-        self.server = ns.popen(
-            sys.executable, "-c", FAKE_DNS, str(self.hang_file), stdout=subprocess.PIPE
-        )
-        assert self.server.stdout is not None
-        assert self.server.stdout.readline().strip() == "ready"
-
-    def hang(self) -> None:
-        """From now on the DNS server answers nothing."""
-        self.hang_file.touch()
-
-    def close(self) -> None:
-        self.server.kill()
-        self.server.wait(5)
-        shutil.rmtree(self.etc, ignore_errors=True)
 
 
 @pytest.fixture
@@ -151,64 +58,6 @@ def dns(netns: Netns, tmp_path: Path) -> Iterator[DnsNetns]:
     d = DnsNetns(netns, tmp_path)
     yield d
     d.close()
-
-
-def start_in(
-    tmp: Path,
-    text: str,
-    log: Path,
-    daemons: list[Daemon],
-    ns: Netns | None = None,
-    patches: dict[str, Any] | None = None,
-    prefix: tuple[str, ...] = (),
-) -> Daemon:
-    """The real `probe run`, optionally inside `ns`, with app constants patched first."""
-    config = tmp / "config.toml"
-    config.write_text(text)
-    with (tmp / "stdout").open("wb") as out, (tmp / "stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                *prefix,
-                *(ns.prefix() if ns is not None else ()),
-                sys.executable,
-                "-c",
-                LAUNCH,
-                json.dumps(patches or {}),
-                "run",
-                "--config",
-                str(config),
-            ],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            cwd=tmp,
-        )
-    d = Daemon(tmp, config, log, proc)
-    daemons.append(d)
-    return d
-
-
-def logging_one_target(tmp: Path, log: Path, daemons: list[Daemon]) -> Daemon:
-    """A daemon probing one closed port into `log`, once its first two records are there."""
-    d = start_in(
-        tmp, config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}")), log, daemons
-    )
-    d.wait_records("a", 2)
-    return d
-
-
-def ns_get(ns: Netns, port: int, path: str, timeout: float = 5.0) -> tuple[int, str, str]:
-    return in_netns(ns, http_get, port, path, timeout)
-
-
-def metrics_of(get: Callable[[str], tuple[int, str, str]]) -> dict[Any, float]:
-    status, _, body = get("/metrics")
-    assert status == 200, body
-    return parse_prometheus(body)
-
-
-def skipped_total(samples: dict[Any, float]) -> float:
-    return sum(v for (name, _), v in samples.items() if name == "probe_skipped_slots_total")
 
 
 def background(fn: Callable[[], T]) -> tuple[threading.Thread, list[T | BaseException]]:
@@ -280,7 +129,7 @@ def test_a_hung_re_resolution_keeps_the_last_good_address(
     port = int(d.events("listening")[0]["address"].rpartition(":")[2])
     samples = metrics_of(lambda path: ns_get(dns.ns, port, path))
     assert skipped_total(samples) == 0
-    failures = sample(samples, "probe_resolve_failures_total", target="named")
+    failures = value(samples, "probe_resolve_failures_total", target="named")
     assert failures is not None and failures >= 1
 
 
@@ -414,12 +263,12 @@ def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
     after = metrics_of(scrape)
 
     def over(samples: dict[Any, float], bound: str) -> float:
-        total = sample(samples, "probe_schedule_lag_seconds_count") or 0.0
-        within = sample(samples, "probe_schedule_lag_seconds_bucket", le=bound) or 0.0
+        total = value(samples, "probe_schedule_lag_seconds_count") or 0.0
+        within = value(samples, "probe_schedule_lag_seconds_bucket", le=bound) or 0.0
         return total - within
 
-    starts = (sample(after, "probe_schedule_lag_seconds_count") or 0) - (
-        sample(before, "probe_schedule_lag_seconds_count") or 0
+    starts = (value(after, "probe_schedule_lag_seconds_count") or 0) - (
+        value(before, "probe_schedule_lag_seconds_count") or 0
     )
     late = over(after, "0.25") - over(before, "0.25")
     assert starts >= 2 * n, (starts, pages)
@@ -431,14 +280,14 @@ def test_a_stalled_daemon_counts_and_logs_its_late_starts(
 ) -> None:
     log = tmp_path / "probe.log"
     d = logging_one_target(tmp_path, log, daemons)
-    assert sample(metrics_of(d.get), "probe_late_starts_total") == 0
+    assert value(metrics_of(d.get), "probe_late_starts_total") == 0
     d.proc.send_signal(signal.SIGSTOP)
     time.sleep(0.5)
     d.proc.send_signal(signal.SIGCONT)
     late = d.wait_event("late")
     assert late["starts"] >= 1 and late["worst_ms"] > 100
     samples = metrics_of(d.get)
-    assert (sample(samples, "probe_late_starts_total") or 0) >= 1
+    assert (value(samples, "probe_late_starts_total") or 0) >= 1
 
 
 # -- 3. the clock ----------------------------------------------------------------------------------
@@ -592,26 +441,10 @@ def test_a_removed_log_directory_is_exit_1_naming_the_file(
 # -- 5. signals during the drain -------------------------------------------------------------------
 
 
-def _draining(tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener) -> Daemon:
-    """A daemon told to stop while its one attempt (2.9 s to a dropped SYN) is in flight."""
-    log = tmp_path / "probe.log"
-    text = config_toml(log, target_toml("slow", full_queue.target, timeout=2.9), interval=3.0)
-    d = start_in(tmp_path, text, log, daemons)
-
-    def in_flight() -> bool:
-        return sample(metrics_of(d.get), "probe_inflight") == 1
-
-    d.wait("the first attempt in flight", in_flight, timeout=15)
-    d.send(signal.SIGTERM)  # the drain now waits up to 2.9 s for that attempt
-    time.sleep(0.3)
-    assert d.proc.poll() is None
-    return d
-
-
 def test_sighup_during_the_drain_is_ignored(
     tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
 ) -> None:
-    d = _draining(tmp_path, daemons, full_queue)
+    d = draining(tmp_path, daemons, full_queue)
     d.send(signal.SIGHUP)
     time.sleep(0.3)
     assert d.proc.poll() is None  # still draining: not killed, not reloaded
@@ -624,7 +457,7 @@ def test_sighup_during_the_drain_is_ignored(
 def test_a_second_signal_ends_the_drain_at_once(
     tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener, second: signal.Signals
 ) -> None:
-    d = _draining(tmp_path, daemons, full_queue)
+    d = draining(tmp_path, daemons, full_queue)
     sent = time.monotonic()
     d.send(second)
     assert d.proc.wait(timeout=3) == 0

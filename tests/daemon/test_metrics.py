@@ -27,8 +27,8 @@ from helpers import (
     closed_port,
     config_toml,
     has_ipv6_loopback,
-    make_record,
     parse_prometheus,
+    record,
     run_probe,
     target_toml,
     unlabelled,
@@ -51,22 +51,9 @@ from probe.daemon.metrics import (
 )
 from probe.daemon.ondemand import TIMEOUT_OFFSET
 from probe.errors import ConfigError, UsageError
-from probe.record import OUTCOMES, Record
+from probe.record import OUTCOMES
 
 PROMTOOL = shutil.which("promtool")
-
-
-def record(
-    outcome: str,
-    error: str | None,
-    latency_ms: float,
-    rtt_ms: float | None,
-    syn_retransmits: int | None = 0,
-) -> Record:
-    return make_record(
-        target="127.0.0.1:1", port=1, outcome=outcome, error=error, latency_ms=latency_ms,
-        rtt_ms=rtt_ms, syn_retransmits=syn_retransmits,
-    )  # fmt: skip
 
 
 class T:
