@@ -968,6 +968,23 @@ sys.stdin.read()
 """
 
 
+def hold_ports(ns: Netns, lo: int, hi: int) -> subprocess.Popen[str]:
+    """The namespace's ephemeral range narrowed to LO-HI and every port of it bound by
+    another process (PORT_HOLDER), until a line on its stdin releases them."""
+    port_range(ns, lo, hi)
+    holder = ns.popen(
+        sys.executable,
+        "-c",
+        PORT_HOLDER,
+        *map(str, range(lo, hi + 1)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def pipe_into_head(
     cmd: list[str], tmp_path: Path, prefix: list[str] | None = None
 ) -> tuple[str, int, str]:
@@ -1086,3 +1103,19 @@ def record(
         target="127.0.0.1:1", port=1, outcome=outcome, error=error, latency_ms=latency_ms,
         rtt_ms=rtt_ms, syn_retransmits=syn_retransmits,
     )  # fmt: skip
+
+
+def check_reading_stdin(first: str, *flags: str) -> subprocess.Popen[str]:
+    """`probe check - --json FLAGS` with a pipe for stdin that has had one line, `first`, so
+    far: the rest is the test's to write (or to leave unwritten)."""
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", "-", "--json", *flags],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(f"{first}\n")
+    proc.stdin.flush()
+    return proc

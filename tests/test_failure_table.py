@@ -31,7 +31,6 @@ from pathlib import Path
 import pytest
 from helpers import (
     INTERVAL,
-    PORT_HOLDER,
     Daemon,
     DnsNetns,
     FullQueueListener,
@@ -39,11 +38,13 @@ from helpers import (
     NsServer,
     RecordingListener,
     assert_local_endpoint,
+    check_reading_stdin,
     closed_port,
     config_toml,
     draining,
     firewall,
     flood,
+    hold_ports,
     kill,
     logging_one_target,
     metrics_of,
@@ -53,7 +54,6 @@ from helpers import (
     parse_prometheus,
     parse_records,
     pipe_into_head,
-    port_range,
     probe_cmd,
     record,
     skipped_total,
@@ -270,19 +270,8 @@ def test_a_name_that_does_not_exist_is_eai_noname(dns: DnsNetns) -> None:
 def test_ports_held_elsewhere_for_good_end_in_exit_2_after_30_s(netns: Netns) -> None:
     """Both ephemeral ports are bound by another process and never come back, and none of
     ours is in flight: after 30 s without progress, one line and exit 2, no record."""
-    port_range(netns, 40000, 40001)
-    holder = netns.popen(
-        sys.executable,
-        "-c",
-        PORT_HOLDER,
-        "40000",
-        "40001",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    holder = hold_ports(netns, 40000, 40001)
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
         began = time.monotonic()
         result = ns_check(netns, "127.0.0.1:5001", "-t", "0.5", "--json", timeout=120)
         took = time.monotonic() - began
@@ -415,17 +404,8 @@ def test_head_one_is_exit_141(tmp_path: Path, fmt: str, listener: RecordingListe
 def test_a_bad_stdin_line_lets_the_attempt_in_flight_finish(
     full_queue: FullQueueListener,
 ) -> None:
-    proc = subprocess.Popen(
-        [*probe_cmd(), "check", "-", "--json", "-t", "1", "--workers", "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = check_reading_stdin(full_queue.target, "-t", "1", "--workers", "1")
     try:
-        assert proc.stdin is not None
-        proc.stdin.write(f"{full_queue.target}\n")
-        proc.stdin.flush()
         # its attempt in flight (1 s to a full accept queue): a socket to that port
         wait_until(
             "the first attempt in flight",

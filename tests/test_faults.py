@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +26,6 @@ from typing import Any
 
 import pytest
 from helpers import (
-    PORT_HOLDER,
     Daemon,
     FullQueueListener,
     Netns,
@@ -35,10 +33,12 @@ from helpers import (
     RecordingListener,
     SocketSampler,
     assert_local_endpoint,
+    check_reading_stdin,
     closed_port,
     config_toml,
     firewall,
     flood,
+    hold_ports,
     kill,
     need_tools,
     no_traceback,
@@ -226,21 +226,11 @@ def test_two_local_ports_for_twenty_attempts_to_one_destination(netns: Netns) ->
 
 def test_ports_taken_by_another_process_are_a_shortage_not_an_error(netns: Netns) -> None:
     need_tools(netns, "iptables")
-    port_range(netns, 40000, 40001)
     firewall(netns, "--dport", "5001", "-j", "DROP")
-    holder = netns.popen(
-        sys.executable,
-        "-c",
-        PORT_HOLDER,
-        "40000",
-        "40001",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    holder = hold_ports(netns, 40000, 40001)
     probe = None
     try:
         assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline().strip() == "held"
         probe = subprocess.Popen(
             [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1:5001", "-t", "0.5", "--json"],
             stdout=subprocess.PIPE,
@@ -461,17 +451,8 @@ def test_signal_while_waiting_for_stdin(sig: signal.Signals, code: int) -> None:
 
 def test_slow_stdin_does_not_stretch_a_timeout(full_queue: FullQueueListener) -> None:
     closed = closed_port()
-    proc = subprocess.Popen(
-        [*probe_cmd(), "check", "-", "--json", "-t", "0.5"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = check_reading_stdin(full_queue.target, "-t", "0.5")
     try:
-        assert proc.stdin is not None
-        proc.stdin.write(f"{full_queue.target}\n")
-        proc.stdin.flush()
         time.sleep(3.0)  # the next target comes much later than the first one's timeout
         out, err = proc.communicate(f"127.0.0.1:{closed}\n", timeout=20)
     finally:
