@@ -38,6 +38,12 @@ SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAI
 _SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
 
 
+# What one try at starting an attempt came to (`Engine._connect`).
+_DONE = "done"  # in flight, or finished with a record
+_SHORT = "short"  # a local shortage: retry the attempt after a back-off
+_NEXT_PORT = "next port"  # this port of a -s range is busy towards the target: try another
+_ABORTED = "aborted"  # the run stopped (the source address left this machine)
+
 _SELF_CONNECT_TRIES = 8
 _PORT_SKIPS = 64  # busy ports of a -s range skipped in a row before a short back-off
 RATE_SLACK = 0.05  # seconds of lateness --rate still makes up (a loaded machine wakes us late)
@@ -228,83 +234,78 @@ class Engine:
         if self._pump_handle is None and not self._closed:
             self._pump_handle = self.loop.call_at(when, self._pump)
 
-    def _start(self, attempt: Attempt, on_done: Done, port_tries: int = 0) -> bool:
-        """Issue one connect. False means a local shortage: the attempt is to be retried."""
+    def _start(self, attempt: Attempt, on_done: Done) -> bool:
+        """Issue one connect. False means a local shortage: the attempt is to be retried.
+        A port of a -s range whose 4-tuple is taken (TIME_WAIT after a graceful close) is
+        our port's state, not the target's: the next port is tried, a bounded number of
+        times, before it counts as a shortage."""
+        ports = self._ports
+        skips = 0 if ports is None else min(_PORT_SKIPS, ports.size - 1)
+        while True:
+            step = self._connect(attempt, on_done)
+            if step is not _NEXT_PORT:
+                break
+            if skips == 0 or ports is None:
+                step = _SHORT
+                break
+            skips -= 1
+            ports.skipped += 1
+        if step is _SHORT:
+            self._shortage()
+            return False
+        return True
+
+    def _connect(self, attempt: Attempt, on_done: Done) -> str:
+        """One try: socket, bind, connect(). `_DONE` (in flight, finished or the run
+        aborted), `_SHORT` or `_NEXT_PORT`. A socket and port not handed to a slot in
+        flight are closed and released in one place, the `finally`, whatever the branch;
+        a record made inside connect() is delivered only after that."""
         address = attempt.address
         try:
             sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             if exc.errno in SHORTAGE:
-                self._shortage()
-                return False
+                return _SHORT
             self._finish_now(attempt, on_done, Result(exc.errno or 0, None, 0, time.time()))
-            return True
-        source = self.options.source
-        port = attempt.endpoint.port
-        ports = self._ports
-        bound = None  # our port from -s ADDR:LO-HI, held until the attempt ends
-        if ports is not None:
-            try:
-                bound = ports.bind(sock)
-            except OSError as exc:
-                sock.close()
-                self.abort(LocalShortage(f"source address {ports.address}: {exc.strerror}"))
-                return True
-            if bound is None:  # every port of the range is held or busy right now
-                sock.close()
-                self._shortage()
-                return False
-        elif source is not None:
-            try:
-                bind_source(sock, source)
-            except OSError as exc:
-                sock.close()
-                if exc.errno == errno.EADDRNOTAVAIL:  # the address left this machine
-                    self.abort(LocalShortage(f"source address {source[0]}: {exc.strerror}"))
-                    return True
-                self._shortage()  # the fixed port is busy for now (TIME_WAIT, another socket)
-                return False
+            return _DONE
+        bound: int | None = None  # our port from -s ADDR:LO-HI, held until the attempt ends
+        handed = False  # the slot owns the socket and the port from here on
+        finished: Result | None = None  # an answer that came inside connect()
         try:
+            step, bound = self._bind(sock)
+            if step is not _DONE:
+                return step
             slot = Slot(attempt, on_done, sock)
             slot.wall = time.time()
             slot.t0 = time.perf_counter_ns()
-            err = sock.connect_ex(address.sockaddr(port))
+            err = sock.connect_ex(address.sockaddr(attempt.endpoint.port))
             if err != errno.EINPROGRESS and err != 0:
                 t1 = time.perf_counter_ns()
                 local = sock.getsockname()
                 if err in _SHORTAGE_AT_CONNECT:  # no free port, even if none of ours holds one
-                    sock.close()
-                    if bound is not None and ports is not None:
-                        ports.release(bound)
-                        if err in BUSY_AT_CONNECT and port_tries < min(_PORT_SKIPS, ports.size - 1):
-                            # This 4-tuple is taken (TIME_WAIT after a graceful close):
-                            # our port's state, not the target's. Skip to the next port.
-                            ports.skipped += 1
-                            return self._start(attempt, on_done, port_tries + 1)
-                    self._shortage()
-                    return False
-                sock.close()
-                if bound is not None and ports is not None:
-                    ports.release(bound)
+                    return _NEXT_PORT if bound is not None and err in BUSY_AT_CONNECT else _SHORT
                 # The answer came inside connect(): no SYN was ever sent again.
-                result = Result(err, local, t1 - slot.t0, slot.wall, None, 0)
-                self._finish_now(attempt, on_done, result)
-                return True
+                finished = Result(err, local, t1 - slot.t0, slot.wall, None, 0)
+                return _DONE
             slot.local = sock.getsockname()
             # Often the answer is already in: on loopback the whole handshake (or the reset)
             # happens inside connect(). Taking it now costs two cheap syscalls and spares
             # the poller, and the latency is not inflated by a turn of the event loop.
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             answered = bool(err) or connected(sock)
+            handed = True
         except OSError as exc:
-            sock.close()
-            if bound is not None and ports is not None:
-                ports.release(bound)
             if exc.errno in _SHORTAGE_AT_CONNECT:
-                self._shortage()
-                return False
-            self._finish_now(attempt, on_done, Result(exc.errno or 0, None, 0, time.time()))
-            return True
+                return _SHORT
+            finished = Result(exc.errno or 0, None, 0, time.time())
+            return _DONE
+        finally:
+            if not handed:
+                sock.close()
+                if bound is not None and self._ports is not None:
+                    self._ports.release(bound)
+            if finished is not None:
+                self._finish_now(attempt, on_done, finished)
         self._backoff = 0.0
         self._stuck_since = None
         self.inflight += 1
@@ -312,10 +313,37 @@ class Engine:
         self._idle.clear()
         if answered:
             self._complete(slot, err, at_connect=True)
-            return True
-        self._deadlines.add(slot, attempt.timeout or self.options.timeout, 2 * self.ceiling + 64)
-        self._poller.watch(slot)
-        return True
+        else:
+            self._deadlines.add(
+                slot, attempt.timeout or self.options.timeout, 2 * self.ceiling + 64
+            )
+            self._poller.watch(slot)
+        return _DONE
+
+    def _bind(self, sock: socket.socket) -> tuple[str, int | None]:
+        """Bind before connect() when a source is set: (`_DONE`, the port of a -s range
+        taken, or None), or `_SHORT` when every port is busy for now. A source address
+        that left this machine aborts the run (`_ABORTED`)."""
+        ports = self._ports
+        if ports is not None:
+            try:
+                bound = ports.bind(sock)
+            except OSError as exc:
+                self.abort(LocalShortage(f"source address {ports.address}: {exc.strerror}"))
+                return _ABORTED, None
+            if bound is None:  # every port of the range is held or busy right now
+                return _SHORT, None
+            return _DONE, bound
+        source = self.options.source
+        if source is not None:
+            try:
+                bind_source(sock, source)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # the address left this machine
+                    self.abort(LocalShortage(f"source address {source[0]}: {exc.strerror}"))
+                    return _ABORTED, None
+                return _SHORT, None  # the fixed port is busy for now (TIME_WAIT, another socket)
+        return _DONE, None
 
     def _on_lag(self, lag_ms: float) -> None:
         """Multiplicative decrease on sustained lag; completions add one back at a time.
