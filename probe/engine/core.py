@@ -77,6 +77,7 @@ class Engine:
         self._rate_next = options.rate_epoch if options.rate_epoch is not None else -1.0
         self._lagging = 0  # consecutive lag samples above the limit
         self._pumping = False
+        self._waiters: set[asyncio.Future[Record]] = set()  # attempt() callers
         self._backoff = 0.0
         self._stuck_since: float | None = None
         self._room = asyncio.Event()
@@ -103,6 +104,22 @@ class Engine:
         if len(self._queue) >= self.limit:
             self._room.clear()
         self._pump()
+
+    async def attempt(self, attempt: Attempt) -> Record:
+        """One attempt, awaited: its final record (after any retries). Cancelled when the
+        engine closes before the attempt has its record (a shutdown abandoned it)."""
+        waiter: asyncio.Future[Record] = self.loop.create_future()
+
+        def done(record: Record, _: Attempt, final: bool) -> None:
+            if final and not waiter.done():  # the caller may have stopped waiting
+                waiter.set_result(record)
+
+        self.submit(attempt, done)
+        self._waiters.add(waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiters.discard(waiter)
 
     async def room(self) -> None:
         """Wait until the queue is short enough to take more: producers' back-pressure."""
@@ -141,6 +158,8 @@ class Engine:
         self._poller.close()
         self._room.set()
         self._idle.set()
+        for waiter in self._waiters:
+            waiter.cancel()
         for wake in self.on_close:
             wake()
 

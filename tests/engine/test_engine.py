@@ -465,6 +465,25 @@ async def test_retries_are_marked_not_final(full_queue: FullQueueListener) -> No
     assert {d["name"] for d in dicts} == {"fq"}
 
 
+async def test_attempt_is_awaited_for_its_final_record(full_queue: FullQueueListener) -> None:
+    """`await engine.attempt(...)` answers with the last try's record; an attempt still in
+    flight when the engine closes is cancelled, not answered with a made-up record."""
+    engine = Engine(EngineOptions(timeout=0.05, retries=1))
+    record = await bounded(engine.attempt(Attempt(endpoint("127.0.0.1", full_queue.port), V4)))
+    assert (record.attempt, record.outcome) == (2, "timeout")
+    engine.reconfigure(EngineOptions(timeout=30.0))
+    waiting = asyncio.ensure_future(
+        engine.attempt(Attempt(endpoint("127.0.0.1", full_queue.port), V4))
+    )
+    deadline = time.monotonic() + 10.0
+    while engine.inflight == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # polling a condition: the attempt's task has started
+    assert engine.inflight == 1
+    engine.close()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 10.0)
+
+
 async def test_dns_ms_rides_from_the_attempt_to_every_try(full_queue: FullQueueListener) -> None:
     """The engine does not resolve: it carries what the caller measured onto the record,
     on the retries too (the same lookup served them)."""
