@@ -39,11 +39,20 @@ from ..record import OPEN, OUTCOMES, REFUSED, Record
 from .series import Series, escape
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-# Connect latency on loopback is tens of microseconds; across the world, hundreds of ms.
-# The kernel RTT shares the buckets, so the two histograms compare bucket by bucket.
+# Edges chosen for TCP connect times (docs/metrics.md gives each one's reason): fine steps
+# below 1 s (loopback is tens of microseconds, across the world hundreds of ms), then steps
+# around the kernel's SYN retransmissions. A dropped SYN is sent again after 1 s, then after
+# 3, 7, 15, 31 and 63 s from the start (the timeout doubles), so a connect that lost k SYNs takes
+# that long plus one round trip: an edge at each of those times and one 5 % past it keep
+# such a population in a bucket as narrow as the quantile error allowed (10 %). The kernel
+# RTT shares the buckets, so the two histograms compare bucket by bucket.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 1.05, 1.1, 1.25, 1.5, 2.0,
+    3.0, 3.15, 5.0,
+    7.0, 7.35, 10.0,
+    15.0, 15.75,
+    31.0, 32.55, 63.0,
 )  # fmt: skip
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 RELOAD_RESULTS = ("ok", "failed")
