@@ -43,7 +43,7 @@ from probe.daemon.config import Config, ConfigError, load_config
 from probe.output.human import console_line, probe_line
 from probe.output.jsonl import event_json, record_json
 from probe.record import Outcome, Record
-from probe.targets import PortRanges, Target, TargetError, iter_targets, parse_target
+from probe.syntax import PortRanges, Target, TargetError, iter_targets, parse_target
 
 Rec = dict[str, Any]
 P = ((1, 1),)  # stand-in default ports (-p): never used to connect

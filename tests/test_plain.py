@@ -9,7 +9,7 @@ import pytest
 
 from probe.check.result import ShareResult
 from probe.plain import FrozenError
-from probe.targets import AddressSet, Endpoint, Target, parse_target
+from probe.syntax import AddressSet, Endpoint, Target, parse_target
 
 
 def test_frozen_values_compare_hash_and_print_by_their_fields() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of probe.targets: port lists, target forms, target files and stdin, -s."""
+"""Unit tests of probe.syntax: port lists, target forms, target files and stdin, -s."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe.limits import MAX_LINE
-from probe.targets import (
+from probe.syntax import (
     ALL_PORTS,
     Endpoint,
     PortRanges,
@@ -1090,3 +1090,21 @@ def test_exclusions_match_ipaddress_membership(items: list[str], probes: list[st
         address = ipaddress.ip_address(probe)
         if address.version == 4:
             assert ex.contains(f"::ffff:{probe}") == expected
+
+
+# -- one sharding rule ----------------------------------------------------------------------
+
+
+def test_check_and_daemon_share_by_one_rule() -> None:
+    from probe.check.share import in_shard
+    from probe.daemon import fleet
+    from probe.syntax import shard_of
+
+    names = [f"127.0.0.{i}:{p}" for i in range(1, 20) for p in (22, 80)] + ["a\udc80b:1"]
+    for name in names:
+        owner = shard_of(name, 5)
+        assert fleet.Shard(owner, 5).owns(name)
+        assert in_shard(name, (owner, 5))
+        assert not in_shard(name, ((owner + 1) % 5, 5))
+    # blake2b-64 of the UTF-8 bytes, big-endian, mod N: pinned so no machine drifts.
+    assert [shard_of(f"n{i}", 7) for i in range(8)] == [3, 3, 2, 1, 6, 5, 3, 0]

@@ -23,7 +23,7 @@ from ..engine import Attempt, Engine
 from ..errors import ProbeError, SinkError
 from ..record import OPEN, Record, unresolved_record
 from ..resolve import Address, ResolveError, Resolver, literal
-from ..targets import Endpoint, expand, iter_targets, shard
+from ..syntax import Endpoint, expand, iter_targets, shard
 from .inputs import expand_async, threaded
 from .plan import Plan
 from .result import ShareResult, Tally

@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
 
-from ..targets import Endpoint, Target
+from ..syntax import Endpoint, Target
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from ..engine import EngineOptions
 from ..engine.nofile import fit_concurrency
 from ..errors import TargetError, UsageError, report
 from ..plain import Frozen
-from ..targets import (
+from ..syntax import (
     Exclusions,
     PortRanges,
     Target,

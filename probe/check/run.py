@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..engine import native
 from ..errors import LocalShortage, SinkClosed, SinkError, TargetError
-from ..targets import iter_targets
+from ..syntax import iter_targets
 from .plan import Plan
 from .result import ShareResult, Tally
 from .share import Progress, share_options

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..engine import EngineOptions
+from ..syntax.sharding import shard_of
 from .plan import Plan
 
 Progress = Callable[[int, int], None]  # (attempts, open) so far, every FLUSH_EVERY
@@ -27,10 +28,6 @@ def share_options(plan: Plan, index: int, count: int) -> EngineOptions:
 
 
 def in_shard(target: str, shard_spec: tuple[int, int]) -> bool:
-    """`--shard I/N`: a stable hash of the endpoint's name, the same on every machine and
-    run (unlike hash()), so N prober hosts split one target list without overlap."""
-    import hashlib  # --shard only
-
+    """`--shard I/N`: the endpoint's name belongs to share I by the one sharding rule."""
     index, count = shard_spec
-    digest = hashlib.blake2b(target.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % count == index
+    return shard_of(target, count) == index

@@ -33,7 +33,7 @@ from ..output.log import configure, event_logger
 from ..output.writer import RecordWriter, stdout_writer
 from ..record import OPEN, Record, unresolved_record
 from ..resolve import Address, KeptNames, LookupPool, ResolveError, Resolver, literal
-from ..targets import Endpoint, parse_target
+from ..syntax import Endpoint, parse_target
 from . import fleet, ondemand
 from .config import (
     Config,

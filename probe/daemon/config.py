@@ -4,7 +4,7 @@
 Every problem is one :class:`ConfigError` whose ``str()`` is a single line
 ``{path}: {key}: {problem}``. The key travels as data: the checker walks the parsed TOML
 knowing where it is, and raises with the path segments in hand; no message is ever read
-back. Addresses, sources and shards are parsed by :mod:`probe.targets`, the one syntax of
+back. Addresses, sources and shards are parsed by :mod:`probe.syntax`, the one syntax of
 the whole tool.
 
 Bounds (issue 12): the file must be a regular file of at most 1 MiB (read at most that,
@@ -31,7 +31,7 @@ from typing import Any, Final, NoReturn, TypeVar
 
 from ..errors import ConfigError, TargetError
 from ..limits import MAX_CONFIG_BYTES, MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL
-from ..targets import Source, parse_endpoint, parse_shard, parse_source_spec
+from ..syntax import Source, parse_endpoint, parse_shard, parse_source_spec
 
 __all__ = [
     "DEFAULT_PROBE_ALLOW",
@@ -198,7 +198,7 @@ def metrics_listen(config: Config) -> tuple[str, int] | None:
 def engine_source(config: Config) -> tuple[str, int] | None:
     """``(ip, port)`` to bind, or ``None`` to let the kernel choose. Port 0 pins only the
     address; for a port range (``ADDR:LO-HI``) it is 0 too: read ``config.engine.source``
-    (:class:`~probe.targets.Source`) to honour the range."""
+    (:class:`~probe.syntax.Source`) to honour the range."""
     source = config.engine.source
     if source is None:
         return None
@@ -359,7 +359,7 @@ T = TypeVar("T")
 
 
 def _via(parse: Callable[[str], T], text: str, at: _Path) -> T:
-    """Run one of probe.targets' parsers; its message is the problem at this key."""
+    """Run one of probe.syntax' parsers; its message is the problem at this key."""
     try:
         return parse(text)
     except TargetError as exc:

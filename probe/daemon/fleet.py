@@ -1,8 +1,9 @@
 """Sharding a config's targets over N daemons: `probe run --shard I/N`.
 
-A target belongs to shard `blake2b(name) mod N`. Its owner depends on its own name only, so
-every target has exactly one owner among shards 0..N-1, and adding or removing a target
-moves no other (changing N moves most of them: restart every shard with the new N).
+A target belongs to shard `blake2b(name) mod N`, the rule of probe.syntax.sharding that
+`check --shard` uses too. Its owner depends on its own name only, so every target has
+exactly one owner among shards 0..N-1, and adding or removing a target moves no other
+(changing N moves most of them: restart every shard with the new N).
 No coordination and no ring: N independent daemons, placed by Kubernetes or systemd,
 gathered by Prometheus.
 
@@ -13,13 +14,13 @@ pod index or an Indexed Job's JOB_COMPLETION_INDEX), then the config's `[cluster
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..targets import parse_shard as parse_share
+from ..syntax.sharding import parse_shard as parse_share
+from ..syntax.sharding import shard_of
 
 ENV_SHARD = "PROBE_SHARD"
 ENV_INDEX = "PROBE_SHARD_INDEX"
@@ -38,16 +39,9 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def shard_of(name: str, count: int) -> int:
-    """The shard (0..count-1) a target's name belongs to; the same on every machine and
-    Python (blake2b, not hash(), which is salted per process)."""
-    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % count
-
-
 def parse_shard(text: str) -> Shard:
-    """`I/N` with 0 <= I < N, by the one shard syntax (targets.py); ValueError says what is
-    wrong."""
+    """`I/N` with 0 <= I < N, by the one shard syntax (probe.syntax.sharding); ValueError
+    says what is wrong."""
     return Shard(*parse_share(text.strip()))
 
 

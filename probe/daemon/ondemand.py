@@ -15,7 +15,7 @@ from prometheus_client.utils import floatToGoString
 
 from ..output.jsonl import record_json
 from ..record import OPEN, Record
-from ..targets import Endpoint
+from ..syntax import Endpoint
 from .metrics import CONTENT_TYPE, error_label
 from .series import escape
 

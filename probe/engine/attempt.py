@@ -9,7 +9,7 @@ from typing import Any
 
 from ..record import Record
 from ..resolve import Address
-from ..targets import Endpoint
+from ..syntax import Endpoint
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from typing import Any
 from ..address import ResolveError, literal
 from ..plain import Frozen, Plain
 from ..record import Record
-from ..targets import Target
+from ..syntax import Target
 from .lag import LagMonitor
 from .options import EngineOptions
 

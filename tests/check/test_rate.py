@@ -19,7 +19,7 @@ from support import probe, records
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.engine.core import RATE_SLACK
 from probe.resolve import Address
-from probe.targets import Endpoint
+from probe.syntax import Endpoint
 
 
 def _starts(stdout: str) -> list[float]:

@@ -35,7 +35,7 @@ from probe.daemon.config import (
     resolved_targets,
 )
 from probe.limits import MAX_CONFIG_BYTES
-from probe.targets import Source
+from probe.syntax import Source
 
 FULL = """
 [defaults]

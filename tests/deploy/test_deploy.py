@@ -43,7 +43,7 @@ from helpers import (
 
 from probe.cli import _subparser, build_parser
 from probe.deploy import FILES
-from probe.targets import parse_ports, read_targets
+from probe.syntax import parse_ports, read_targets
 
 KUBERNETES = [name for name in FILES if name.startswith("kubernetes/")]
 

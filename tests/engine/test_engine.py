@@ -35,7 +35,7 @@ from probe.loop import run as run_on_production_loop
 from probe.output.jsonl import record_json
 from probe.record import Record
 from probe.resolve import Address, Resolver
-from probe.targets import Endpoint, expand, parse_target
+from probe.syntax import Endpoint, expand, parse_target
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 V4 = Address(socket.AF_INET, "127.0.0.1")

@@ -43,7 +43,7 @@ from probe.output.human import probe_line
 from probe.output.log import configure
 from probe.output.writer import RecordWriter
 from probe.record import Record, errno_name, outcome_of
-from probe.targets import parse_target
+from probe.syntax import parse_target
 
 pytestmark = pytest.mark.skipif(
     not native.available(), reason="the native core is not built here (no C compiler?)"
@@ -526,7 +526,7 @@ SHORT_OF_FDS = textwrap.dedent(
     """
     import json, sys
     from probe.engine import EngineOptions, native
-    from probe.targets import parse_target
+    from probe.syntax import parse_target
     dropped, closed = sys.argv[1], sys.argv[2]
     # 200 attempts whose SYNs are dropped stay in flight: far more than 64 descriptors.
     plan = native.plan([parse_target(dropped)] * 200 + [parse_target(closed)] * 50)
@@ -559,7 +559,7 @@ GIVE_UP = textwrap.dedent(
     """
     import json, os, sys, resource
     from probe.engine import EngineOptions, native
-    from probe.targets import parse_target
+    from probe.syntax import parse_target
     plan = native.plan([parse_target(f"127.0.0.1:{sys.argv[1]}")])
     out = os.open(os.devnull, os.O_WRONLY)
     held = []
@@ -597,7 +597,7 @@ CAPTURE = textwrap.dedent(
     """
     import json, os, subprocess, sys
     from probe.engine import EngineOptions, native
-    from probe.targets import parse_target
+    from probe.syntax import parse_target
     reuse, pcap, out = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
     plan = native.plan([parse_target("127.0.0.1:1-2000")])
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)

@@ -15,7 +15,7 @@ from probe.engine import Attempt, Engine, EngineOptions
 from probe.engine.ports import PortRange, fit_to_range
 from probe.record import Record
 from probe.resolve import Address
-from probe.targets import Endpoint
+from probe.syntax import Endpoint
 
 V4 = Address(socket.AF_INET, "127.0.0.1")
 
