@@ -163,13 +163,15 @@ class Resolver:
             raise ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}")) from None
         except UnicodeError:
             raise ResolveError("EAI_NONAME") from None
-        seen: dict[tuple[int, str], None] = {}
+        seen: dict[tuple[int, str], int] = {}
         for fam, _, _, _, sockaddr in infos:
-            if fam in (socket.AF_INET, socket.AF_INET6):
-                seen[(fam, str(sockaddr[0]))] = None
+            if fam == socket.AF_INET:
+                seen[(fam, str(sockaddr[0]))] = 0
+            elif fam == socket.AF_INET6:  # a link-local answer carries its interface
+                seen[(fam, str(sockaddr[0]))] = int(sockaddr[3])
         if not seen:
             raise ResolveError("EAI_NODATA")
-        return tuple(Address(fam, ip) for fam, ip in seen)
+        return tuple(Address(fam, ip, scope) for (fam, ip), scope in seen.items())
 
 
 def _retrieve(found: asyncio.Future[tuple[Address, ...]]) -> None:

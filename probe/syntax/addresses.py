@@ -6,6 +6,7 @@ import ipaddress
 import itertools
 from collections.abc import Iterator
 
+from ..address import ip_text
 from ..plain import Frozen
 
 Segments = tuple[tuple[int, int], ...]
@@ -41,7 +42,7 @@ class AddressSet(Frozen):
         parts.reverse()
         if self.version == 4:
             return ".".join(map(str, parts))
-        return str(ipaddress.IPv6Address(parts[0]))
+        return ip_text(ipaddress.IPv6Address(parts[0]))
 
     def __iter__(self) -> Iterator[str]:
         if self.version == 4:
@@ -51,7 +52,7 @@ class AddressSet(Frozen):
         else:
             ((lo, hi),) = self.segments
             for value in range(lo, hi + 1):
-                yield str(ipaddress.IPv6Address(value))
+                yield ip_text(ipaddress.IPv6Address(value))
 
     def contains_int(self, value: int) -> bool:
         for lo, hi in reversed(self.segments):

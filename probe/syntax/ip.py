@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from ..address import UnknownZone, zone_index
 from ..errors import TargetError
 from .addresses import AddressSet, Segments
 from .chars import echo, has_bad_char
@@ -112,6 +113,15 @@ def check_ipv6(host: str, token: str) -> None:
     # ipaddress takes anything after '%' as a zone id; a zone is an interface name.
     if has_bad_char(host):
         raise TargetError(f"bad character in host {echo(host)}")
+    _, percent, zone = host.partition("%")
+    if percent:
+        try:
+            zone_index(zone)
+        except UnknownZone:
+            raise TargetError(
+                f"unknown interface {echo(zone)} in {echo(token)}: a zone id names a network "
+                "interface of this machine (ip link) or its index"
+            ) from None
 
 
 def is_ipv6(text: str) -> bool:
