@@ -5,9 +5,12 @@ from __future__ import annotations
 import errno
 import time
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .plain import Plain
+
+if TYPE_CHECKING:
+    from .stages.result import StageResult
 
 
 class Outcome(StrEnum):
@@ -72,6 +75,7 @@ class Record(Plain):
         "outcome",
         "port",
         "rtt_ms",
+        "stages",
         "started",
         "syn_retransmits",
         "target",
@@ -94,6 +98,8 @@ class Record(Plain):
     # Keys a caller adds after the engine is done (the daemon: name, labels); the engine
     # never reads or sets them.
     extra: dict[str, Any] | None
+    # What the stages after the connect found (TLS, send/expect); None: none ran.
+    stages: StageResult | None
 
     def __init__(
         self,
@@ -113,6 +119,7 @@ class Record(Plain):
         dns_ms: float,
         attempt: int,
         extra: dict[str, Any] | None = None,
+        stages: StageResult | None = None,
     ) -> None:
         self.started = started
         self.target = target
@@ -130,6 +137,7 @@ class Record(Plain):
         self.dns_ms = dns_ms
         self.attempt = attempt
         self.extra = extra
+        self.stages = stages
 
 
 _second_cache: tuple[int, str] = (-1, "")

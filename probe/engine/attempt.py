@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..record import Record
 from ..resolve import Address
 from ..syntax import Endpoint
+
+if TYPE_CHECKING:
+    from ..stages.result import StageResult
+    from ..stages.spec import StageSpec
 
 
 @dataclass(slots=True)
@@ -24,6 +28,7 @@ class Attempt:
     retry: int = 0
     dns_ms: float = 0.0  # what resolving the name cost the caller; carried to the record
     self_connects: int = 0  # times the kernel connected this attempt's socket to itself
+    stages: StageSpec | None = None  # what to do once connected (TLS, send/expect)
 
 
 Done = Callable[[Record, Attempt, bool], None]  # (record, attempt, final: no retry follows)
@@ -40,6 +45,7 @@ class Result:
     rtt_ms: float | None = None  # the kernel's sample; None without one
     syn_retransmits: int | None = None  # None: not known (the platform, or no connect)
     timed_out: bool = False
+    stages: StageResult | None = None  # what the stages after the connect found
 
 
 class Slot:

@@ -22,9 +22,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 from ..errors import LocalShortage
-from ..record import OPEN, SELF_CONNECT, TIMEOUT, Record, errno_name, outcome_of
+from ..record import ERROR, OPEN, SELF_CONNECT, TIMEOUT, Record, errno_name, outcome_of
 from .attempt import Attempt, Done, Result, Slot
 from .deadlines import Deadlines
 from .lag import LagMonitor
@@ -32,6 +34,9 @@ from .options import EngineOptions
 from .poller import make_poller
 from .ports import BUSY_AT_CONNECT, PortRange, fit_to_range, shared_range
 from .sockets import LINGER_RESET, bind_source, connected, handshake, syn_retransmits
+
+if TYPE_CHECKING:
+    from ..stages.result import StageResult
 
 # Our machine ran short, not the target: wait and try the same attempt again.
 SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN}
@@ -87,6 +92,7 @@ class Engine:
         self.failure: BaseException | None = None
         self.on_close: list[Callable[[], None]] = []  # woken when the engine stops
         self._closed = False
+        self._staging: set[asyncio.Task[StageResult]] = set()  # attempts in their stages
         self._deadlines = Deadlines(self.loop, self._expire, self._after_completions)
         self._poller = make_poller(self.loop, self._ready, self._after_completions)
         # A loop that runs late notices completions late and would inflate their latency:
@@ -151,6 +157,9 @@ class Engine:
             slot.sock.close()
             if self._ports is not None and slot.local is not None:
                 self._ports.release(slot.local[1])  # the range may be shared: give it back
+        for task in self._staging:
+            task.cancel()  # closes its socket; no record, as for the connects above
+        self._staging.clear()
         self.inflight = 0
         if self._pump_handle is not None:
             self._pump_handle.cancel()
@@ -441,6 +450,9 @@ class Engine:
                 self._self_connected(slot, result)
                 return
             result.rtt_ms, result.syn_retransmits = handshake(sock)
+            if attempt.stages is not None:
+                self._run_stages(slot, result)
+                return
             self._post_connect(slot, result)
         else:
             if not at_connect:  # a reset after a resent SYN, or SYNs that went unanswered
@@ -461,6 +473,36 @@ class Engine:
         if not self.options.graceful_close:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         sock.close()
+
+    def _run_stages(self, slot: Slot, result: Result) -> None:
+        """The attempt's stages (TLS, send/expect) take the connected socket over, as a task
+        on this loop; the attempt stays in flight (it counts against the concurrency bound)
+        until they end, at the attempt's deadline at the latest."""
+        from ..stages.runner import run_stages
+
+        attempt = slot.attempt
+        assert attempt.stages is not None
+        self.inflight += 1
+        timeout = attempt.timeout or self.options.timeout
+        deadline = self.loop.time() + max(0.0, timeout - result.elapsed_ns / 1e9)
+        reset = not self.options.graceful_close
+        work = run_stages(slot.sock, attempt.stages, attempt.endpoint.host, deadline, reset)
+        task = self.loop.create_task(work)
+        self._staging.add(task)
+        task.add_done_callback(partial(self._staged, slot, result))
+
+    def _staged(self, slot: Slot, result: Result, task: asyncio.Task[StageResult]) -> None:
+        if self._closed or task.cancelled():
+            return
+        self._staging.discard(task)
+        self.inflight -= 1
+        failure = task.exception()
+        if failure is not None:  # a fault of ours, not the peer's: stop as a sink fault does
+            self.abort(failure)
+            return
+        result.stages = task.result()
+        self._deliver(slot.attempt, slot.on_done, result)
+        self._after_completions()
 
     def _self_connected(self, slot: Slot, result: Result) -> None:
         """TCP simultaneous open with itself: the kernel picked the destination port as the
@@ -495,6 +537,10 @@ class Engine:
         timed_out = result.timed_out
         err = result.err
         outcome = TIMEOUT if timed_out else outcome_of(err)
+        stages = result.stages
+        failed = None if stages is None else stages.error  # a stage's error name
+        if failed is not None:
+            outcome = ERROR
         retry = outcome == TIMEOUT and attempt.retry < self.options.retries and not self._closed
         endpoint = attempt.endpoint
         address = attempt.address
@@ -509,12 +555,14 @@ class Engine:
             local_address=None if local is None else local[0],
             local_port=None if local is None else local[1],
             outcome=outcome,
-            error=None if outcome == OPEN else ("ETIMEDOUT" if timed_out else errno_name(err)),
+            error=failed
+            or (None if outcome == OPEN else ("ETIMEDOUT" if timed_out else errno_name(err))),
             latency_ms=result.elapsed_ns / 1e6,
             rtt_ms=result.rtt_ms,
             syn_retransmits=result.syn_retransmits,
             dns_ms=attempt.dns_ms,
             attempt=attempt.number,
+            stages=stages,
         )
         try:
             on_done(record, attempt, not retry)
@@ -529,6 +577,7 @@ class Engine:
                 attempt.timeout,
                 attempt.retry + 1,
                 attempt.dns_ms,
+                stages=attempt.stages,
             )
             self._queue.appendleft((again, on_done))
             self._idle.clear()

@@ -36,6 +36,8 @@ def record_json(r: Record) -> bytes:
         "dns_ms": round(r.dns_ms, 3),
         "attempt": r.attempt,
     }
+    if r.stages is not None:
+        out.update(r.stages.fields())
     if r.extra:
         out.update(r.extra)
     return _encode(out)
