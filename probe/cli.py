@@ -19,6 +19,7 @@ from .limits import MAX_INTERVAL, MAX_TIMEOUT
 
 if TYPE_CHECKING:
     from .check.plan import Format
+    from .stages.spec import StageSpec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,6 +157,30 @@ CHECK_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         "behind)")),
     (("--histogram",), dict(action="store_true",
         help="with -c: each target's open latencies in buckets after its summary (psping -h)")),
+    (("--tls",), dict(action="store_true",
+        help="a TLS handshake after the connect (SNI and the name checked: the target's "
+        "host); the record gains its version, cipher and certificate")),
+    (("--tls-server-name",), dict(metavar="NAME",
+        help="with --tls/--starttls: the name sent (SNI) and checked instead of the host")),
+    (("--tls-ca-file",), dict(metavar="PATH",
+        help="with --tls/--starttls: trust these CA certificates instead of the system's")),
+    (("--tls-insecure",), dict(action="store_true",
+        help="with --tls/--starttls: do not verify the certificate (still reported)")),
+    (("--tls-cert-file",), dict(metavar="PATH",
+        help="with --tls/--starttls: a client certificate (PEM; the key too, or --tls-key-file)")),
+    (("--tls-key-file",), dict(metavar="PATH",
+        help="with --tls-cert-file: its private key (PEM)")),
+    (("--tls-min-version",), dict(metavar="VERSION",
+        help="with --tls/--starttls: the lowest version accepted: TLS10, TLS11, TLS12 "
+        "(default), TLS13")),
+    (("--send",), dict(metavar="DATA",
+        help="after the connect (and TLS), send DATA (escapes \\r \\n \\t \\0 \\xHH; "
+        "nothing appended)")),
+    (("--expect",), dict(metavar="REGEX",
+        help="after the connect (and --send), read until a line matches REGEX (64 KiB at "
+        "most, within -t); no match makes the attempt an error")),
+    (("--starttls",), dict(choices=("smtp", "imap", "pop3", "xmpp"),
+        help="the protocol's STARTTLS dialogue after the connect, then a TLS handshake")),
     (("-V", "--version"), dict(action=_Version)),
 )  # fmt: skip
 
@@ -316,8 +341,55 @@ def cmd_check(args: argparse.Namespace) -> int:
         shard=args.shard,
         lag_limit_ms=args.lag_limit,
         histogram=args.histogram,
+        stages=_stages(args),
     )
     return run_plan(plan)
+
+
+def _stages(args: argparse.Namespace) -> StageSpec | None:
+    """`--tls`, `--send`, `--expect`, `--starttls` and the TLS settings as stages, or None
+    (a plain connect). Bad values: one line naming the flag, exit 2."""
+    if not (args.tls or args.send or args.expect or args.starttls or _tls_flags(args)):
+        return None
+    if _tls_flags(args) and not (args.tls or args.starttls):
+        fail("the --tls-* settings need --tls or --starttls")
+    from .stages.build import build_spec, tls_options
+
+    def flag(key: str) -> str:
+        return (
+            "--tls-insecure" if key == "insecure_skip_verify" else "--tls-" + key.replace("_", "-")
+        )
+
+    try:
+        options = tls_options(
+            {
+                "server_name": args.tls_server_name,
+                "ca_file": args.tls_ca_file,
+                "insecure_skip_verify": args.tls_insecure,
+                "cert_file": args.tls_cert_file,
+                "key_file": args.tls_key_file,
+                "min_version": args.tls_min_version,
+            },
+            where="--tls",
+            name=flag,
+        )
+        return build_spec(
+            tls=args.tls,
+            options=options,
+            send=args.send,
+            expect=args.expect,
+            starttls=args.starttls,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        fail(text if text.startswith("--") else f"--{text}")
+
+
+def _tls_flags(args: argparse.Namespace) -> bool:
+    return any(
+        getattr(args, f"tls_{name}") not in (None, False)
+        for name in ("server_name", "ca_file", "insecure", "cert_file", "key_file", "min_version")
+    )
 
 
 # Because -4 and -6 exist, argparse would read `-t -1` as two options; joining the pair

@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import ssl
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -57,8 +58,10 @@ class Certs:
         cert.configure_cert(ctx)
         if kind == "tls10":
             ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.maximum_version = ssl.TLSVersion.TLSv1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = ssl.TLSVersion.TLSv1
+                ctx.maximum_version = ssl.TLSVersion.TLSv1
         return ctx
 
     def leaf_not_after(self) -> datetime.datetime:
@@ -77,7 +80,9 @@ def tls10_possible() -> str | None:
     try:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
     except (ssl.SSLError, ValueError) as exc:
         return f"this OpenSSL refuses TLS 1.0: {exc}"
     return None
@@ -102,9 +107,7 @@ class Servers:
 
         async def serve() -> int:
             extra: dict[str, Any] = {} if ssl_context is None else {"ssl_handshake_timeout": 30}
-            server = await asyncio.start_server(
-                handler, "127.0.0.1", 0, ssl=ssl_context, **extra
-            )
+            server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ssl_context, **extra)
             self._servers.append(server)
             return int(server.sockets[0].getsockname()[1])
 
@@ -170,12 +173,30 @@ class Servers:
 
         return self.start(handler)
 
-    def banner(self, text: bytes) -> int:
-        """Writes `text`, then echoes nothing and waits for the client to close."""
+    def banner(self, text: bytes, close: bool = False) -> int:
+        """Writes `text`, then waits for the client to close (or closes, with `close`)."""
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.write(text)
+            if close:
+                await writer.drain()
+                writer.close()
+                return
             await _until_closed(reader, writer)
+
+        return self.start(handler)
+
+    def echo(self) -> int:
+        """Sends back every line it reads."""
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while line := await reader.readline():
+                    writer.write(line)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            writer.close()
 
         return self.start(handler)
 

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .. import loop as event_loop
 from ..engine import Attempt, Engine
@@ -31,6 +31,9 @@ from .share import Progress, in_shard, share_options
 from .sinks import Sinks
 
 FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per record
+
+if TYPE_CHECKING:
+    from ..stages.spec import StageSpec
 
 
 class Excludes(Protocol):
@@ -87,7 +90,7 @@ class _Stream:
             return  # the engine retries this timeout itself
         self.remaining -= 1
         if self.remaining != 0:
-            nxt = Attempt(self.endpoint, self.address, record.attempt + 1)
+            nxt = Attempt(self.endpoint, self.address, record.attempt + 1, stages=check.stages)
             started = time.time() - record.started
             delay = max(0.0, check.interval - started)
             check.engine.loop.call_later(delay, check.submit, nxt, self.done)
@@ -104,10 +107,12 @@ class _Check:
         count: int,
         interval: float,
         exclude: Excludes | None = None,
+        stages: StageSpec | None = None,
     ) -> None:
-        # Its collaborators, then what it repeats and skips.
+        # Its collaborators, then what it repeats and skips, and does after each connect.
         self.engine, self.resolver, self.on_record = engine, resolver, on_record
         self.count, self.interval, self.exclude = count, interval, exclude
+        self.stages = stages
         self.result = CheckResult()
         self.active = 0
         # Repeat mode keeps targets alive across intervals; bound them like attempts.
@@ -221,7 +226,8 @@ class _Check:
             self.active += 1
             for address in targets:
                 stream = _Stream(self, target, endpoint, address)
-                engine.submit(Attempt(endpoint, address, dns_ms=dns_ms), stream.done)
+                attempt = Attempt(endpoint, address, dns_ms=dns_ms, stages=self.stages)
+                engine.submit(attempt, stream.done)
             dns_ms = 0.0
         self.fed = True
         if self.active == 0:
@@ -236,10 +242,11 @@ async def run_check(
     count: int = 1,
     interval: float = 1.0,
     exclude: Excludes | None = None,
+    stages: StageSpec | None = None,
 ) -> CheckResult:
     """Probe every endpoint `count` times (0: until stopped), skipping excluded addresses;
     records go to `on_record` as attempts finish."""
-    check = _Check(engine, resolver, on_record, count, interval, exclude)
+    check = _Check(engine, resolver, on_record, count, interval, exclude, stages)
     try:
         await check.feed(endpoints)
         await check.finished.wait()
@@ -347,6 +354,7 @@ async def _share(
             count=plan.count,
             interval=plan.interval,
             exclude=plan.exclude,
+            stages=plan.stages,
         )
         result.targets = checked.targets
         result.targets_without_open = checked.targets_without_open

@@ -13,7 +13,7 @@ import os
 import stat
 from _socket import AF_INET, AF_INET6  # without socket.py's enums (start-up, see address.py)
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from ..address import literal
 from ..engine import EngineOptions
@@ -45,6 +45,9 @@ TARGET_WIDTH_MAX = 40
 TARGET_WIDTH_DEFAULT = 21
 
 Format = Literal["human", "json", "csv"]
+
+if TYPE_CHECKING:
+    from ..stages.spec import StageSpec
 
 
 class Output(Frozen):
@@ -94,6 +97,7 @@ class Plan(Frozen):
         "output",
         "rate_epoch",
         "shard",
+        "stages",
         "tokens",
         "workers",
     )
@@ -111,6 +115,7 @@ class Plan(Frozen):
     # --rate's first slot (time.monotonic()), set when the run starts: every share paces
     # on one grid from it.
     rate_epoch: float | None
+    stages: StageSpec | None  # after each connect: TLS, send/expect (the Python engine's)
 
     def __init__(
         self,
@@ -126,6 +131,7 @@ class Plan(Frozen):
         blocking_input: bool,
         output: Output,
         rate_epoch: float | None = None,
+        stages: StageSpec | None = None,
     ) -> None:
         self._set(locals())
 
@@ -157,6 +163,7 @@ def build_plan(
     shard: str | None = None,
     lag_limit_ms: float | None = 2.0,
     histogram: bool = False,
+    stages: StageSpec | None = None,
 ) -> Plan:
     """Validate every option and target token; the plan, or a UsageError naming the fault."""
     default_ports = _ports(ports)
@@ -203,6 +210,7 @@ def build_plan(
         workers=processes,
         blocking_input=blocking,
         output=output,
+        stages=stages,
     )
 
 

@@ -55,6 +55,8 @@ def native_targets(plan: Plan, count: int) -> list[native.NativeTarget] | None:
     options = plan.options
     if not native.available() or plan.count != 1 or plan.blocking_input:
         return None
+    if plan.stages is not None:
+        return None  # TLS, send/expect: stages the native core does not have
     human = output.format == "human"
     if not (output.format == "json" or human):
         return None

@@ -61,6 +61,8 @@ def probe_line(r: Record, colour: bool = False) -> str:
         parts.append(f"SYN\u00d7{r.syn_retransmits + 1}")  # the SYN went out this many times
     if r.error and r.outcome != Outcome.REFUSED:
         parts.append(r.error)
+    if r.stages is not None:
+        parts.extend(_safe(part) for part in r.stages.human())
     return "  ".join(parts)
 
 
@@ -116,4 +118,6 @@ class RecordLines:
                 parts.append(name)
         elif r.error and r.outcome != REFUSED:
             parts.append(_safe(r.error))
+        if r.stages is not None:
+            parts.extend(_safe(part) for part in r.stages.human())
         return "  ".join(parts).rstrip()

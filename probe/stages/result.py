@@ -83,6 +83,23 @@ class StageResult(Plain):
             out["matched"] = self.matched
         return out
 
+    def human(self, now: float | None = None) -> list[str]:
+        """The human line's added columns: version, cipher, days to the earliest expiry,
+        the handshake's time; the matched line and the dialogue's time."""
+        parts: list[str] = []
+        if self.tls_ms is not None:
+            if self.tls_version is not None:
+                parts += [self.tls_version, self.cipher or "?"]
+            if self.cert_not_after is not None:
+                days = (self.cert_not_after - (time.time() if now is None else now)) / 86400
+                parts.append(f"expires in {days:.0f} days" if days >= 0 else "expired")
+            parts.append(f"tls {self.tls_ms:.2f} ms")
+        if self.expect_ms is not None:
+            if self.matched is not None:
+                parts.append(repr(self.matched))
+            parts.append(f"expect {self.expect_ms:.2f} ms")
+        return parts
+
 
 def iso_utc(epoch: float | None) -> str | None:
     if epoch is None:

@@ -7,8 +7,6 @@ imports so that a `probe check` without stages pays nothing for them.
 
 from __future__ import annotations
 
-import re
-
 from ..plain import Frozen
 
 # blackbox_exporter's expect reads lines with Go's bufio.Scanner, whose longest line is
@@ -112,8 +110,10 @@ class StageSpec(Frozen):
 def decode_send(text: str) -> bytes:
     """`send` text to bytes: the escapes `\\r`, `\\n`, `\\t`, `\\0`, `\\xHH` and `\\\\` are
     decoded, the rest is UTF-8. Nothing is appended: `PING\\r\\n` sends exactly that."""
+    import re
+
     out = bytearray()
-    for part in _ESCAPE.split(text):
+    for part in re.split(_ESCAPE, text):
         if part.startswith("\\") and len(part) > 1:
             out += _ESCAPES.get(part) or bytes([int(part[2:], 16)])
         else:
@@ -121,12 +121,14 @@ def decode_send(text: str) -> bytes:
     return bytes(out)
 
 
-_ESCAPE = re.compile(r"(\\(?:x[0-9a-fA-F]{2}|[rnt0\\]))")
+_ESCAPE = r"(\\(?:x[0-9a-fA-F]{2}|[rnt0\\]))"
 _ESCAPES = {"\\r": b"\r", "\\n": b"\n", "\\t": b"\t", "\\0": b"\0", "\\\\": b"\\"}
 
 
 def check_regex(text: str) -> str:
     """The regex, if it compiles; else ValueError naming the problem."""
+    import re
+
     try:
         re.compile(text)
     except re.error as exc:

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import ssl
 import time
+import warnings
 from typing import Any
 
 from .result import CERT_EXPIRED, CERT_UNTRUSTED, HOSTNAME_MISMATCH, TLS_HANDSHAKE, StageResult
@@ -59,7 +60,9 @@ def client_context(options: TlsOptions) -> ssl.SSLContext:
             # OpenSSL 3 refuses TLS 1.0 and 1.1 below security level 0; asking for them
             # is asking to be able to talk to such a server and report it.
             context.set_ciphers("DEFAULT:@SECLEVEL=0")
-        context.minimum_version = version
+        with warnings.catch_warnings():  # deprecated versions, asked for by name
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = version
     return context
 
 
