@@ -5,6 +5,7 @@
   goes in `core.Engine._post_connect`, between the answer and the close.
 - `attempt`: what goes in (`Attempt`) and what one connect found (`Result`).
 - `deadlines`: timeouts, a FIFO queue per timeout and one sweep timer.
+- `held`: attempts waiting for a local port towards their destination (EADDRNOTAVAIL).
 - `poller`: which sockets have their answer (one epoll set, or the loop's writers).
 - `sockets`: the socket calls of one attempt (bind a source, read TCP_INFO).
 - `options`: what an engine is asked to do (no asyncio: the native core shares it).

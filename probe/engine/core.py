@@ -9,7 +9,9 @@ handling, and turns each attempt's `Result` into a `Record`.
 
 A shortage on this machine (no descriptor, no ephemeral port, no buffer) is never the
 target's fault: the attempt goes back to the head of the queue, concurrency is lowered to
-what is in flight, and the engine tries again after a short back-off.
+what is in flight, and the engine tries again after a short back-off. No free local port
+towards one destination (EADDRNOTAVAIL at connect) is that destination's shortage only: its
+attempts wait apart (`held`) while the rest of the queue goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import LocalShortage
 from ..record import ERROR, OPEN, SELF_CONNECT, TIMEOUT, Record, errno_name, outcome_of
 from .attempt import Attempt, Done, Result, Slot
 from .deadlines import Deadlines
+from .held import Entry, Held, destination
 from .lag import LagMonitor
 from .options import EngineOptions
 from .poller import make_poller
@@ -41,11 +44,15 @@ if TYPE_CHECKING:
 # Our machine ran short, not the target: wait and try the same attempt again.
 SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN}
 _SHORTAGE_AT_CONNECT = SHORTAGE | {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
+# connect(): every local port is in a connection to this destination already (its 4-tuples
+# are taken); other destinations still get ports.
+_NO_PORT_TOWARDS = frozenset({errno.EADDRNOTAVAIL, errno.EADDRINUSE})
 
 
 # What one try at starting an attempt came to (`Engine._connect`).
 _DONE = "done"  # in flight, or finished with a record
 _SHORT = "short"  # a local shortage: retry the attempt after a back-off
+_HELD = "held"  # no local port towards this destination: the attempt waits apart
 _NEXT_PORT = "next port"  # this port of a -s range is busy towards the target: try another
 _ABORTED = "aborted"  # the run stopped (the source address left this machine)
 
@@ -64,6 +71,7 @@ class EngineStats:
     late: int = 0  # deadline passed but the socket had its answer: loop was behind
     self_connects: int = 0  # the kernel connected a socket to itself; retried
     lag_throttles: int = 0  # times loop lag made the engine lower its concurrency
+    held: int = 0  # connects that found no local port towards their destination
 
 
 class Engine:
@@ -91,6 +99,10 @@ class Engine:
         self._idle.set()
         self.failure: BaseException | None = None
         self.on_close: list[Callable[[], None]] = []  # woken when the engine stops
+        # Told of every connect that found no local port towards the attempt's destination
+        # (the attempt waits, see `held`): the caller's metric and log, never a record.
+        self.on_port_shortage: Callable[[Attempt], None] | None = None
+        self._held = Held(self.loop, self._unhold)
         self._closed = False
         self._staging: set[asyncio.Task[StageResult]] = set()  # attempts in their stages
         self._deadlines = Deadlines(self.loop, self._expire, self._after_completions)
@@ -151,6 +163,7 @@ class Engine:
             return
         self._closed = True
         self._queue.clear()
+        self._held.clear()
         for slot in self._deadlines.close():
             slot.done = True
             self._poller.unwatch(slot)
@@ -176,6 +189,11 @@ class Engine:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def held(self) -> int:
+        """Attempts waiting for a local port towards their destination."""
+        return self._held.count
+
     def set_ceiling(self, concurrency: int) -> None:
         """A new concurrency bound (config reload); a lower one takes effect as attempts end."""
         self.ceiling = fit_to_range(max(1, concurrency), self._ports)
@@ -196,6 +214,7 @@ class Engine:
     def drop_queued(self) -> None:
         """Forget attempts not yet started (shutdown): only those in flight are finished."""
         self._queue.clear()
+        self._held.clear()
         self._room.set()
         if not self.inflight:
             self._idle.set()
@@ -225,6 +244,7 @@ class Engine:
         queue = self._queue
         rate = self.options.rate
         budget = PUMP_BATCH
+        held = self._held
         while queue and self.inflight < self.limit and not self._closed:
             budget -= 1
             if budget < 0:
@@ -232,6 +252,9 @@ class Engine:
                 # or their latencies would carry our lag.
                 self._schedule_pump(self.loop.time())
                 break
+            if held.count and (key := destination(queue[0][0])) in held:
+                held.hold(key, queue.popleft())  # joins its destination's wait, no connect
+                continue
             if rate:
                 now = self.loop.time()
                 if self._rate_next > now:
@@ -249,24 +272,28 @@ class Engine:
                 if behind > 0:
                     self._rate_next += math.ceil(behind / step) * step
                 self._rate_next += step
-            attempt, on_done = queue.popleft()
-            if not self._start(attempt, on_done):
-                queue.appendleft((attempt, on_done))
+            entry = queue.popleft()
+            started = self._start(*entry)
+            if started is _SHORT:
+                queue.appendleft(entry)
                 break
+            if started is _HELD:
+                self._hold(entry)
         if len(queue) < self.limit:
             self._room.set()
-        if not queue and not self.inflight:
+        if not queue and not self.inflight and not held.count:
             self._idle.set()
 
     def _schedule_pump(self, when: float) -> None:
         if self._pump_handle is None and not self._closed:
             self._pump_handle = self.loop.call_at(when, self._pump)
 
-    def _start(self, attempt: Attempt, on_done: Done) -> bool:
-        """Issue one connect. False means a local shortage: the attempt is to be retried.
-        A port of a -s range whose 4-tuple is taken (TIME_WAIT after a graceful close) is
-        our port's state, not the target's: the next port is tried, a bounded number of
-        times, before it counts as a shortage."""
+    def _start(self, attempt: Attempt, on_done: Done) -> str:
+        """Issue one connect: `_DONE`, `_SHORT` (a local shortage: the attempt is to be
+        retried) or `_HELD` (no local port towards its destination). A port of a -s range
+        whose 4-tuple is taken (TIME_WAIT after a graceful close) is our port's state, not
+        the target's: the next port is tried, a bounded number of times, before the
+        destination counts as out of ports."""
         ports = self._ports
         skips = 0 if ports is None else min(_PORT_SKIPS, ports.size - 1)
         while True:
@@ -274,18 +301,17 @@ class Engine:
             if step is not _NEXT_PORT:
                 break
             if skips == 0 or ports is None:
-                step = _SHORT
+                step = _HELD
                 break
             skips -= 1
             ports.skipped += 1
         if step is _SHORT:
             self._shortage()
-            return False
-        return True
+        return step
 
     def _connect(self, attempt: Attempt, on_done: Done) -> str:
         """One try: socket, bind, connect(). `_DONE` (in flight, finished or the run
-        aborted), `_SHORT` or `_NEXT_PORT`. A socket and port not handed to a slot in
+        aborted), `_SHORT`, `_HELD` or `_NEXT_PORT`. A socket and port not handed to a slot in
         flight are closed and released in one place, the `finally`, whatever the branch;
         a record made inside connect() is delivered only after that."""
         address = attempt.address
@@ -311,7 +337,9 @@ class Engine:
                 t1 = time.perf_counter_ns()
                 local = sock.getsockname()
                 if err in _SHORTAGE_AT_CONNECT:  # no free port, even if none of ours holds one
-                    return _NEXT_PORT if bound is not None and err in BUSY_AT_CONNECT else _SHORT
+                    if bound is not None and err in BUSY_AT_CONNECT:
+                        return _NEXT_PORT
+                    return _HELD if err in _NO_PORT_TOWARDS else _SHORT
                 # The answer came inside connect(): no SYN was ever sent again.
                 finished = Result(err, local, t1 - slot.t0, slot.wall, None, 0)
                 return _DONE
@@ -336,6 +364,8 @@ class Engine:
                 self._finish_now(attempt, on_done, finished)
         self._backoff = 0.0
         self._stuck_since = None
+        if self._held.count:
+            self._held.got_port(destination(attempt))
         self.inflight += 1
         self.stats.started += 1
         self._idle.clear()
@@ -398,15 +428,42 @@ class Engine:
         self.stats.shortages += 1
         self.limit = max(1, self.inflight)
         now = self.loop.time()
-        if self.inflight == 0:
-            if self._stuck_since is None:
-                self._stuck_since = now
-            giveup = self.options.shortage_giveup
-            if giveup is not None and now - self._stuck_since > giveup:
-                self.abort(LocalShortage("no free file descriptor or local port on this machine"))
-                return
+        if self._given_up(now):
+            return
         self._backoff = min(1.0, max(0.005, self._backoff * 2))
         self._schedule_pump(now + self._backoff)
+
+    def _hold(self, entry: Entry) -> None:
+        """No local port towards this attempt's destination: it waits apart, with the
+        destination's later attempts, and the queue goes on (`held`). The concurrency
+        limit stays: other destinations still get ports."""
+        attempt = entry[0]
+        self.stats.held += 1
+        if self._given_up(self.loop.time()):
+            return
+        self._held.hold(destination(attempt), entry)
+        if self.on_port_shortage is not None:
+            self.on_port_shortage(attempt)
+
+    def _given_up(self, now: float) -> bool:
+        """Stuck with nothing in flight for longer than `shortage_giveup`: abort the run
+        (a daemon waits however long: it has no give-up)."""
+        if self.inflight:
+            return False
+        if self._stuck_since is None:
+            self._stuck_since = now
+        giveup = self.options.shortage_giveup
+        if giveup is not None and now - self._stuck_since > giveup:
+            self.abort(LocalShortage("no free file descriptor or local port on this machine"))
+            return True
+        return False
+
+    def _unhold(self, entries: list[Entry]) -> None:
+        """A destination's back-off ended: its attempts go back to the head of the queue."""
+        if self._closed:
+            return
+        self._queue.extendleft(reversed(entries))
+        self._pump()
 
     # -- completion --------------------------------------------------------------------------
 
