@@ -597,7 +597,7 @@ def test_path_series_of_a_name_with_addresses_all(
     if "127.0.0.1" not in resolved:
         pytest.skip(f"localhost is {sorted(resolved)} here")
     log = tmp_path / "probe.log"
-    target = target_toml("all", f"localhost:{listener.port}", addresses="all")
+    target = target_toml("all", f"localhost:{listener.port}", addresses="all", histograms=True)
     d = start_in(tmp_path, config_toml(log, target), log, daemons)
     d.wait_event("state", name="all", address="127.0.0.1", to="up")
     s = metrics_of(d.get)
@@ -661,7 +661,7 @@ def test_a_resent_syn_counts_in_the_daemons_metrics(
             "-j", "DROP",
         )  # fmt: skip
         log = tmp_path / "probe.log"
-        target = target_toml("resent", f"127.0.0.1:{port}", timeout=3.0)
+        target = target_toml("resent", f"127.0.0.1:{port}", timeout=3.0, histograms=True)
         d = start_in(tmp_path, config_toml(log, target, interval=4.0), log, daemons, netns)
         before = d.wait_records("resent", 1, timeout=20)
         mport = int(d.events("listening")[0]["address"].rpartition(":")[2])
@@ -689,6 +689,7 @@ def test_rtt_histogram_has_the_latency_buckets_and_gc_series_are_there() -> None
         def __init__(self) -> None:
             self.name = "a"
             self.labels: dict[str, str] = {}
+            self.histograms = True
 
     m.set_targets([Target()])
     m.observe("a", record("open", None, 0.5, 0.04))  # a histogram's series start at a sample

@@ -122,6 +122,7 @@ class TargetDefaults:
     addresses: str = "first"  # "first" or "all"
     down_after: int = 1
     up_after: int = 1
+    histograms: bool = False  # latency and RTT buckets in metrics (the series budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class ResolvedTarget:
     addresses: str = "first"
     down_after: int = 1
     up_after: int = 1
+    histograms: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +379,9 @@ def _known_keys(table: dict[str, Any], at: _Path, known: Sequence[str]) -> None:
 # -- sections -------------------------------------------------------------------------------
 
 _SECTIONS: Final = ("defaults", "engine", "log", "metrics", "cluster", "targets")
-_DEFAULT_KEYS: Final = ("interval", "timeout", "family", "addresses", "down_after", "up_after")
+_DEFAULT_KEYS: Final = (
+    "interval", "timeout", "family", "addresses", "down_after", "up_after", "histograms",
+)  # fmt: skip
 _TARGET_KEYS: Final = ("address", "name", *_DEFAULT_KEYS, "labels")
 
 
@@ -387,6 +391,12 @@ def _interval(value: object, at: _Path) -> float:
 
 def _timeout(value: object, at: _Path) -> float:
     return _float(value, at, gt=0, le=MAX_TIMEOUT)
+
+
+def _flag(value: object, at: _Path) -> bool:
+    if not isinstance(value, bool):
+        _fail(at, f"expected true or false, got {_show(value)}")
+    return value
 
 
 def _state_count(value: object, at: _Path) -> int:
@@ -401,6 +411,7 @@ _SHARED: Final[dict[str, Callable[[object, _Path], object]]] = {
     "addresses": lambda v, at: _choice(v, at, ADDRESS_MODES),
     "down_after": _state_count,
     "up_after": _state_count,
+    "histograms": _flag,
 }
 
 

@@ -17,6 +17,7 @@ import asyncio
 import math
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -30,6 +31,24 @@ HEADER_TIMEOUT = 5.0  # seconds a connection may take to send a request's header
 SHUTDOWN_GRACE = 1.0  # seconds handlers still running at shutdown get to answer
 RENDER_BURST = 0.001  # seconds of /metrics work between two pauses
 RENDER_PAUSE = 0.001  # seconds the loop is left to itself between them
+# zlib level for /metrics: 1 makes a page 8-10x smaller at a fraction of level 6's CPU,
+# and the CPU is the daemon's, taken from the schedule at every scrape.
+GZIP_LEVEL = 1
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding value accepts gzip (`gzip` or `*`, without `q=0`)."""
+    for part in header.split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        q = params.strip().lower().removeprefix("q=").strip() if params else "1"
+        try:
+            if float(q) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,13 +238,36 @@ class HttpServer:
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         chunks = await self._render.get()
-        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
-        response.content_length = sum(len(chunk) for chunk in chunks)
+        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        response = web.StreamResponse(headers=headers)
+        if not gzip:
+            response.content_length = sum(len(chunk) for chunk in chunks)
         await response.prepare(request)
-        for chunk in chunks:
-            await response.write(chunk)  # waits for the socket to drain: the loop runs on
+        if gzip:
+            await self._write_gzip(response, chunks)
+        else:
+            for chunk in chunks:
+                await response.write(chunk)  # waits for the socket to drain: the loop runs on
         await response.write_eof()
         return response
+
+    @staticmethod
+    async def _write_gzip(response: web.StreamResponse, chunks: list[bytes]) -> None:
+        """The page gzipped piece by piece (one compressor per request, the render shared),
+        with the loop let run between bursts as while rendering."""
+        packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        began = time.perf_counter()
+        for chunk in chunks:
+            packed = packer.compress(chunk)
+            if packed:
+                await response.write(packed)
+            if time.perf_counter() - began >= RENDER_BURST:
+                await asyncio.sleep(RENDER_PAUSE)
+                began = time.perf_counter()
+        await response.write(packer.flush())
 
     async def _healthz(self, _: web.Request) -> web.Response:
         if self._healthy():

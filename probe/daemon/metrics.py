@@ -74,6 +74,9 @@ class Target(Protocol):
     @property
     def labels(self) -> Mapping[str, str]: ...
 
+    @property
+    def histograms(self) -> bool: ...
+
 
 def core_name() -> str:
     """Which engine core serves the sweeps: the native one when it is built, else python."""
@@ -213,17 +216,22 @@ class Metrics:
     def set_targets(self, targets: Iterable[Target]) -> None:
         """The scheduled targets now: new ones get every outcome series at 0, kept ones their
         current info labels, removed ones lose all their series."""
-        wanted: dict[str, dict[str, str]] = {}
+        wanted: dict[str, tuple[Mapping[str, str], bool]] = {}
         for target in targets:
-            wanted[target.name] = info_labels(target.labels)
+            wanted[target.name] = (info_labels(target.labels), target.histograms)
         for name in [n for n in self._paths if n not in wanted]:
             self._forget_paths(name)
+        for name in [n for n, (_, on) in wanted.items() if not on and n in self._paths]:
+            for address, family in self._paths[name]:
+                _remove(self.path_latency, name, address, family)
         self.series.keep(wanted)
         self.targets.set(len(wanted))
 
     def forget(self, name: str) -> None:
         """Drop a removed target's series, so dashboards do not show it frozen forever."""
-        self.series.keep({n: s.info for n, s in self.series.targets.items() if n != name})
+        self.series.keep(
+            {n: (s.info, s.histograms) for n, s in self.series.targets.items() if n != name}
+        )
         self._forget_paths(name)
 
     def _forget_paths(self, name: str) -> None:
@@ -248,7 +256,8 @@ class Metrics:
         """One address's attempt (addresses = all), with that address's damped state."""
         self._paths.setdefault(name, set()).add((address, family))
         self.path_attempts.labels(name, address, family, record.outcome).inc()
-        if record.outcome in (OPEN, REFUSED):
+        series = self.series.targets.get(name)
+        if record.outcome in (OPEN, REFUSED) and series is not None and series.histograms:
             self.path_latency.labels(name, address, family).observe(record.latency_ms / 1000.0)
         if up is None:
             _remove(self.path_up, name, address, family)

@@ -41,13 +41,21 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
         "counter",
     ),
     (
+        "probe_connect_seconds",
+        "Connect latency of attempts that got an answer (open or refused), every target: "
+        "rate(_sum)/rate(_count) is the mean. Buckets: probe_connect_latency_seconds.",
+        "summary",
+    ),
+    (
         "probe_connect_latency_seconds",
-        "Connect latency of attempts that got an answer (open or refused).",
+        "Connect latency of attempts that got an answer (open or refused), for targets "
+        "with histograms = true.",
         "histogram",
     ),
     (
         "probe_tcp_rtt_seconds",
-        "Kernel handshake round-trip time (TCP_INFO) of open attempts with a real sample.",
+        "Kernel handshake round-trip time (TCP_INFO) of open attempts with a real sample, "
+        "for targets with histograms = true.",
         "histogram",
     ),
     (
@@ -80,7 +88,9 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
         "counter",
     ),
 )
-ATTEMPTS, ERRORS, LATENCY, RTT, RETRANSMITS, UP, INFO, SKIPPED, RESOLVE = range(len(FAMILIES))
+ATTEMPTS, ERRORS, CONNECT, LATENCY, RTT, RETRANSMITS, UP, INFO, SKIPPED, RESOLVE = range(
+    len(FAMILIES)
+)
 
 
 def escape(value: str) -> str:
@@ -107,6 +117,10 @@ def number(value: float) -> str:
     numbers most samples are."""
     if value.__class__ is int and 0 <= value < 1_000_000:
         return f"{value}.0"
+    return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _go(value: float) -> str:
     return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
 
 
@@ -143,8 +157,11 @@ class TargetSeries:
     """One target's numbers, and its text per family while they have not changed."""
 
     __slots__ = (
+        "answered",
+        "answered_sum",
         "attempts",
         "errors",
+        "histograms",
         "info",
         "info_text",
         "label",
@@ -158,13 +175,16 @@ class TargetSeries:
         "up",
     )
 
-    def __init__(self, name: str, info: Mapping[str, str]) -> None:
+    def __init__(self, name: str, info: Mapping[str, str], histograms: bool = False) -> None:
         self.name = name
+        self.histograms = histograms  # latency and RTT buckets kept and shown
         self.label = f'target="{escape(name)}"'
         self.info: dict[str, str] = {}
         self.info_text = ""  # its probe_target_info line
         self.attempts = [0] * len(OUTCOMES)
         self.errors: dict[str, int] = {}  # error label → count, in the order first seen
+        self.answered = 0  # attempts with a latency (open or refused), and their sum
+        self.answered_sum = 0.0
         self.latency: Histogram | None = None  # None: no series until the first sample
         self.rtt: Histogram | None = None
         self.retransmits = 0
@@ -195,17 +215,23 @@ class Series(Collector):
 
     # -- changes -----------------------------------------------------------------------------
 
-    def keep(self, wanted: Mapping[str, Mapping[str, str]]) -> None:
-        """The scheduled targets now (name → info labels): new ones start at 0, kept ones
-        take their new labels, removed ones lose every series."""
+    def keep(self, wanted: Mapping[str, tuple[Mapping[str, str], bool]]) -> None:
+        """The scheduled targets now (name → info labels, histograms): new ones start at 0,
+        kept ones take their new labels, removed ones lose every series; a target whose
+        histograms were turned off loses its buckets, one turned on starts them empty."""
         for name in [n for n in self.targets if n not in wanted]:
             del self.targets[name]
-        for name, info in wanted.items():
+        for name, (info, histograms) in wanted.items():
             series = self.targets.get(name)
             if series is None:
-                self.targets[name] = TargetSeries(name, info)
-            elif series.info != info:
+                self.targets[name] = TargetSeries(name, info, histograms)
+                continue
+            if series.info != info:
                 series.relabel(info)
+            if series.histograms != histograms:
+                series.histograms = histograms
+                series.latency = series.rtt = None
+                series.text = None
 
     def observe(self, name: str, record: Record, error: str | None) -> None:
         series = self.targets.get(name)
@@ -216,10 +242,14 @@ class Series(Collector):
         if error is not None:
             series.errors[error] = series.errors.get(error, 0) + 1
         if outcome in (OPEN, REFUSED):
-            if series.latency is None:
-                series.latency = Histogram(len(self.bounds))
-            series.latency.observe(self.bounds, record.latency_ms / 1000.0)
-        if outcome == OPEN and record.rtt_ms is not None:
+            seconds = record.latency_ms / 1000.0
+            series.answered += 1
+            series.answered_sum += seconds
+            if series.histograms:
+                if series.latency is None:
+                    series.latency = Histogram(len(self.bounds))
+                series.latency.observe(self.bounds, seconds)
+        if series.histograms and outcome == OPEN and record.rtt_ms is not None:
             if series.rtt is None:
                 series.rtt = Histogram(len(self.bounds))
             series.rtt.observe(self.bounds, record.rtt_ms / 1000.0)
@@ -271,11 +301,18 @@ class Series(Collector):
                 [f'probe_attempts_total{{outcome="{o}",{q}}} {n(c)}\n'
                  for o, c in zip(OUTCOMES, attempts, strict=True)]
             )  # fmt: skip
+        connect = (
+            f"probe_connect_seconds_count{{{q}}} {n(s.answered)}\n"
+            f"probe_connect_seconds_sum{{{q}}} {_go(s.answered_sum)}\n"
+            if s.answered
+            else ""
+        )
         return (
             attempts_text,
             "".join(
                 [f'probe_errors_total{{error="{e}",{q}}} {n(c)}\n' for e, c in s.errors.items()]
             ),
+            connect,
             self._histogram(self._latency, q, s.latency),
             self._histogram(self._rtt, q, s.rtt),
             f"probe_syn_retransmits_total{{{q}}} {n(s.retransmits)}\n",
@@ -333,6 +370,9 @@ class Series(Collector):
                 )
             for error, count in s.errors.items():
                 out[ERRORS].add_sample("probe_errors_total", {**t, "error": error}, float(count))
+            if s.answered:
+                out[CONNECT].add_sample("probe_connect_seconds_count", t, float(s.answered))
+                out[CONNECT].add_sample("probe_connect_seconds_sum", t, s.answered_sum)
             for family, h in ((LATENCY, s.latency), (RTT, s.rtt)):
                 if h is None:
                     continue

@@ -70,7 +70,7 @@ def test_one_dropped_syn_quantiles_within_ten_percent(netns: Netns, tmp_path: Pa
             drop_syns(netns, port, *EVERY_OTHER, chain="OUTPUT")
         names = [f"lossy{i}" for i in range(TARGETS)]
         text = "".join(
-            target_toml(name, f"127.0.0.1:{port}")
+            target_toml(name, f"127.0.0.1:{port}", histograms=True)
             for name, port in zip(names, server.ports, strict=True)
         )
         log = tmp_path / "probe.log"

@@ -94,9 +94,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     shut = closed_port()
     log = tmp / "probe.log"
     targets = (
-        target_toml("web", web.target, labels={"team": "core", "tier": "1"})
-        + target_toml("shut", f"127.0.0.1:{shut}")
-        + target_toml("flip", flip.target)
+        target_toml("web", web.target, labels={"team": "core", "tier": "1"}, histograms=True)
+        + target_toml("shut", f"127.0.0.1:{shut}", histograms=True)
+        + target_toml("flip", flip.target, histograms=True)
     )
     text = config_toml(log, targets, extra='probe_allow = ["127.0.0.1/32"]\n')
     d = Daemon.start(tmp, text, log)

@@ -7,6 +7,7 @@ against real listeners, closed ports and full accept queues on 127.0.0.1.
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import shutil
 import signal
@@ -27,6 +28,7 @@ from helpers import (
     closed_port,
     config_toml,
     has_ipv6_loopback,
+    http_fetch,
     parse_prometheus,
     record,
     run_probe,
@@ -41,7 +43,9 @@ from probe import __version__
 from probe.daemon import fleet
 from probe.daemon.app import own_targets
 from probe.daemon.config import parse_config
+from probe.daemon.http import accepts_gzip
 from probe.daemon.metrics import (
+    LATENCY_BUCKETS,
     Metrics,
     core_name,
     error_label,
@@ -57,9 +61,10 @@ PROMTOOL = shutil.which("promtool")
 
 
 class T:
-    def __init__(self, name: str, **labels: str) -> None:
+    def __init__(self, name: str, histograms: bool = True, **labels: str) -> None:
         self.name = name
         self.labels = labels
+        self.histograms = histograms
 
 
 def scrape(m: Metrics) -> tuple[str, Samples]:
@@ -102,6 +107,46 @@ def test_observe_counts_errors_latency_rtt_and_retransmits() -> None:
     assert value(s, "probe_tcp_rtt_seconds_bucket", target="a", le="0.0001") == 1.0
     assert value(s, "probe_syn_retransmits_total", target="a") == 1.0
     assert value(s, "probe_up", target="a") == 1.0
+
+
+def per_target(s: Samples) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, labels in s:
+        target = dict(labels).get("target")
+        if target is not None:
+            out[target] = out.get(target, 0) + 1
+    return out
+
+
+def test_a_target_without_histograms_keeps_to_twelve_series() -> None:
+    """The budget: a refused target (every outcome, its one error, the connect count and
+    sum, retransmits, up, info, skipped) has 12 series; histograms = true adds the buckets."""
+    m = Metrics(lambda: 0.0)
+    m.set_targets([T("lean", histograms=False), T("full")])
+    for name in ("lean", "full"):
+        m.observe(name, record("refused", "ECONNREFUSED", 0.2, None))
+        m.observe(name, record("open", None, 1005.0, 0.5, syn_retransmits=1))
+        m.observe(name, record("refused", "ECONNREFUSED", 0.3, None))
+    _, s = scrape(m)
+    counts = per_target(s)
+    assert counts["lean"] == 12, sorted(k for k in s if dict(k[1]).get("target") == "lean")
+    assert counts["full"] > 12 + 2 * len(LATENCY_BUCKETS)
+    assert value(s, "probe_connect_seconds_count", target="lean") == 3.0
+    assert value(s, "probe_connect_seconds_sum", target="lean") == pytest.approx(1.0055)
+    assert value(s, "probe_connect_seconds_count", target="full") == 3.0
+    assert value(s, "probe_connect_latency_seconds_count", target="lean") is None
+    assert value(s, "probe_tcp_rtt_seconds_count", target="lean") is None
+    assert value(s, "probe_connect_latency_seconds_bucket", target="full", le="1.05") == 3.0
+    # a reload that turns them off drops the buckets; on again, they start empty
+    m.set_targets([T("lean", histograms=False), T("full", histograms=False)])
+    _, s = scrape(m)
+    assert value(s, "probe_connect_latency_seconds_count", target="full") is None
+    assert value(s, "probe_connect_seconds_count", target="full") == 3.0
+    m.set_targets([T("lean", histograms=True), T("full", histograms=False)])
+    m.observe("lean", record("refused", "ECONNREFUSED", 0.2, None))
+    _, s = scrape(m)
+    assert value(s, "probe_connect_latency_seconds_count", target="lean") == 1.0
+    assert value(s, "probe_connect_seconds_count", target="lean") == 4.0
 
 
 def test_render_is_prometheus_clients_text_byte_for_byte() -> None:
@@ -231,7 +276,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, dic
     targets = {"web": web.target, "shut": f"127.0.0.1:{shut}", "slow": full.target}
     text = config_toml(
         tmp / "probe.log",
-        target_toml("web", web.target, {"team": "core", "tier": "1"})
+        target_toml("web", web.target, {"team": "core", "tier": "1"}, histograms=True)
         + target_toml("shut", targets["shut"], {"team": "edge"})
         + target_toml("slow", full.target),
         extra='probe_allow = ["127.0.0.1/32", "::1/128"]\n',
@@ -258,6 +303,9 @@ def test_metrics_page_of_a_real_daemon(live: tuple[Daemon, dict[str, str]]) -> N
     assert (value(s, "probe_errors_total", target="slow", error="ETIMEDOUT") or 0) >= 3
     assert with_label(s, "probe_errors_total", "target", "web") == {}
     assert (value(s, "probe_tcp_rtt_seconds_count", target="web") or 0) >= 1
+    # without histograms = true: the count and sum of answered connects, no buckets
+    assert (value(s, "probe_connect_seconds_count", target="shut") or 0) >= 3
+    assert value(s, "probe_connect_latency_seconds_count", target="shut") is None
     assert value(s, "probe_target_info", target="web", team="core", tier="1") == 1.0
     assert value(s, "probe_target_info", target="shut", team="edge") == 1.0
     assert value(s, "probe_target_info", target="slow") == 1.0
@@ -269,6 +317,31 @@ def test_metrics_page_of_a_real_daemon(live: tuple[Daemon, dict[str, str]]) -> N
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+@pytest.mark.parametrize(
+    ("header", "gzip_ok"),
+    [("gzip", True), ("deflate, GZIP;q=0.5", True), ("*", True), ("gzip;q=0", False),
+     ("identity", False), ("", False), ("gzip;q=nope", False), ("gzip ; q=0.0", False)],
+)  # fmt: skip
+def test_accept_encoding(header: str, gzip_ok: bool) -> None:
+    assert accepts_gzip(header) is gzip_ok
+
+
+def test_metrics_answers_gzip_when_asked(live: tuple[Daemon, dict[str, str]]) -> None:
+    """Prometheus sends `Accept-Encoding: gzip`: the page comes compressed, the same
+    series; `q=0` or no header: plain text."""
+    p, _ = live
+    status, headers, body = http_fetch(p.port, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    text = gzip.decompress(body).decode()
+    plain_status, plain_headers, plain = http_fetch(p.port, "/metrics")
+    assert plain_status == 200 and "Content-Encoding" not in plain_headers
+    assert len(body) * 3 < len(plain)
+    assert set(parse_prometheus(text)) <= set(parse_prometheus(plain.decode()))
+    assert value(parse_prometheus(text), "probe_target_info", target="shut", team="edge") == 1.0
+    _, refused, _ = http_fetch(p.port, "/metrics", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused
+
+
 def test_promtool_check_metrics_is_clean_on_a_real_page(
     live: tuple[Daemon, dict[str, str]],
 ) -> None:

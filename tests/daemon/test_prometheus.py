@@ -138,7 +138,9 @@ def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Daemon], dict[str, 
     targets = {"open": web.target, "refused": f"127.0.0.1:{refused}", "slow": full.target}
     teams = {"open": "web", "refused": "edge", **dict.fromkeys(labelled, "svc")}
     text = "".join(
-        target_toml(name, address, {"team": teams[name]} if name != "slow" else None)
+        target_toml(
+            name, address, {"team": teams[name]} if name != "slow" else None, histograms=True
+        )
         for name, address in {**targets, **labelled}.items()
     )
     daemons: list[Daemon] = []

@@ -1150,8 +1150,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
     refused = closed_port()
     d = start_daemon(
         tmp,
-        target_toml("open", opened.target, {"team": "net"})
-        + target_toml("refused", f"127.0.0.1:{refused}", {"team": "web"}),
+        target_toml("open", opened.target, {"team": "net"}, histograms=True)
+        + target_toml("refused", f"127.0.0.1:{refused}", {"team": "web"}, histograms=True),
         tmp / "log.jsonl",
     )
     try:
