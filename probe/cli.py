@@ -108,7 +108,8 @@ exit status:
 # -4 and -6 (dest "family") go into a group of their own: one of them at most.
 CHECK_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("-p", "--ports"), dict(metavar="PORTS",
-        help="ports for targets given without one: 22,80,8000-8100; -p- for 1-65535")),
+        help="ports for targets given without one: 22,80,8000-8100, service names (ssh,https); "
+        "-p- for 1-65535")),
     (("-t", "--timeout"), dict(type=seconds, default=1.0, metavar="SECONDS",
         help="give up on one attempt after this long (default 1.0)")),
     (("-c", "--count"), dict(type=count_arg, default=1, metavar="N",

@@ -6,6 +6,7 @@ import io
 import ipaddress
 import itertools
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ from probe.syntax import (
     read_exclusions,
     shard,
 )
+from probe.syntax.ports import service_port
 
 P80: PortRanges = ((80, 80),)
 
@@ -492,9 +494,17 @@ def test_parse_ports_any_text(text: str) -> None:
     assert len(parts) == len(ranges)
     for part, (lo, hi) in zip(parts, ranges, strict=True):
         assert part.isascii()
+        named = service_port(part)  # a service name from the system's database
+        if named is not None:
+            assert lo == hi == named
+            continue
         lo_s, dash, hi_s = part.partition("-")
-        assert lo == (int(lo_s) if lo_s else 1)
-        assert hi == (int(hi_s) if hi_s else 65535 if dash else lo)
+        assert lo == (_number(lo_s) if lo_s else 1)
+        assert hi == (_number(hi_s) if hi_s else 65535 if dash else lo)
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdecimal() else socket.getservbyname(text, "tcp")
 
 
 target_text = st.text(

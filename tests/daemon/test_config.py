@@ -362,7 +362,7 @@ def test_missing_address() -> None:
         ("127.0.0.1:70000", "port 70000 out of range 1-65535"),
         ("127.0.0.1:0", "port 0 out of range 1-65535"),
         ("h:99999999999999999999", "bad port '99999999999999999999'"),
-        ("h:http", "bad port 'http': ports are numbers 1-65535"),
+        ("h:nosuchservice", "has no TCP service 'nosuchservice'"),
         ("h:+80", "bad port '+80'"),
         ("h:\u0668\u0660", "ports are numbers 1-65535"),  # Arabic-Indic digits are not a port
         ("127.0.0.1", "missing port in '127.0.0.1': write HOST:PORT"),
