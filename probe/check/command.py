@@ -69,7 +69,9 @@ def run_plan(plan: Plan) -> int:
             merged = run_workers(plan.workers, body, outs, bar.update, bar.before_stdout)
             for result in merged.results:
                 total.merge(result)
-            total.stopped_by = merged.stopped_by or total.stopped_by
+            # Only a signal this process got stops the run: workers the parent stopped
+            # itself (their output failed) report SIGTERM, which is not the run's status.
+            total.stopped_by = merged.stopped_by
             if merged.pipe_closed:
                 total.error = SinkClosed("standard output: reader went away")
             total.error = total.error or merged.sink_error
@@ -126,7 +128,7 @@ def _finish(
         message, code = message or str(exc), EXIT_USAGE
     if message is not None:
         report(message)
-    if total.stopped_by:
+    if total.stopped_by and error is None:
         return EXIT_SIGNAL_BASE + total.stopped_by
     return code
 

@@ -21,6 +21,7 @@ from .share import Progress, share_options
 from .sinks import Sinks
 
 if TYPE_CHECKING:
+    from ..output.writer import RecordWriter
     from .native_lines import HumanReader
 
 NATIVE_MAX_TARGETS = 4096  # more addresses than this (a long file) stay on the Python engine
@@ -110,7 +111,7 @@ def _native_share(
             )
     except (SinkClosed, BrokenPipeError, OSError) as exc:
         failure = reader.finish() if reader is not None else None
-        result.error = failure or _write_failure(exc, sinks.out.name)
+        result.error = failure or _write_failure(exc, sinks.out)
         return result
     failure = reader.finish() if reader is not None else None
     result.elapsed = time.monotonic() - started
@@ -128,10 +129,11 @@ def _native_share(
     return result
 
 
-def _write_failure(exc: BaseException, name: str) -> SinkError:
+def _write_failure(exc: BaseException, out: RecordWriter) -> SinkError:
+    """The core's write failed: the writer's own error (a regular file is cut back to whole
+    lines, as the engine's writes are)."""
     if isinstance(exc, SinkError):
         return exc
-    if isinstance(exc, BrokenPipeError):
-        return SinkClosed(f"{name}: reader went away")
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return SinkError(f"cannot write records to {name}: {reason}")
+    if isinstance(exc, OSError):
+        return out.failure(exc)
+    return SinkError(f"cannot write records to {out.name}: {exc}")

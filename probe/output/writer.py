@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 from typing import BinaryIO
 
 from ..errors import SinkClosed, SinkError
@@ -67,7 +68,7 @@ class RecordWriter:
         try:
             self._stream.write(message + b"\n")
         except OSError as exc:
-            raise self._failure(exc) from None
+            raise self.failure(exc) from None
 
     info = warning = error = msg
 
@@ -78,7 +79,7 @@ class RecordWriter:
         try:
             self._stream.write(data)
         except OSError as exc:
-            raise self._failure(exc) from None
+            raise self.failure(exc) from None
 
     def fileno(self) -> int:
         """The descriptor records go to (the native core writes to it directly)."""
@@ -90,7 +91,7 @@ class RecordWriter:
         try:
             self._stream.flush()
         except OSError as exc:
-            raise self._failure(exc) from None
+            raise self.failure(exc) from None
 
     def reopen(self) -> None:
         """Open the path anew (after logrotate moved it); a stream sink stays as it is."""
@@ -119,37 +120,58 @@ class RecordWriter:
             with contextlib.suppress(OSError):
                 self._stream.close()
 
-    def _failure(self, exc: OSError) -> SinkError:
+    def failure(self, exc: OSError) -> SinkError:
+        """The error a failed write becomes; a file (`-o FILE`, or standard output that is
+        a regular file) is cut back to whole lines and takes nothing more."""
         if isinstance(exc, BrokenPipeError):
             return SinkClosed(f"{self.name}: reader went away")
         reason = exc.strerror or str(exc)
         error = SinkError(f"cannot write records to {self.name}: {reason}")
-        if self.path is not None:
-            self._cut_to_whole_lines()
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError):
+            return error
+        if self.path is not None or _is_regular(fd):
+            cut_to_whole_lines(fd)
             self._broken = error
         return error
 
-    def _cut_to_whole_lines(self) -> None:
-        """A short write (full disk) may have left half a record at the end of the file:
-        cut back to its last newline, so the file holds whole lines and the next run
-        appends cleanly. What is still buffered is sent to /dev/null, never to the file."""
+
+def _is_regular(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def cut_to_whole_lines(fd: int) -> None:
+    """A short write (full disk) may have left half a record at the end of the file: cut
+    back to its last newline, so the file holds whole lines and the next run appends
+    cleanly. Then `fd` points at /dev/null: what is still buffered never reaches the file."""
+    try:
+        try:  # read through a descriptor of our own: standard output may be write-only
+            reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            reader = fd
         try:
-            fd = self._stream.fileno()
             end = pos = os.fstat(fd).st_size
             while pos > 0:
                 start = max(0, pos - (1 << 16))
-                newline = os.pread(fd, pos - start, start).rfind(b"\n")
+                newline = os.pread(reader, pos - start, start).rfind(b"\n")
                 if newline >= 0:
                     pos = start + newline + 1
                     break
                 pos = start
-            if pos < end:
-                os.ftruncate(fd, pos)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, fd)
-            os.close(null)
-        except (OSError, ValueError):
-            pass  # nothing more can be done for this file; the failure is reported anyway
+        finally:
+            if reader != fd:
+                os.close(reader)
+        if pos < end:
+            os.ftruncate(fd, pos)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError):
+        pass  # nothing more can be done for this file; the failure is reported anyway
 
 
 def stdout_writer(path: str | None = None) -> RecordWriter:
