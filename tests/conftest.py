@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,11 @@ from hypothesis import settings
 # .gitignored; the workers and every subprocess inherit this environment.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
+
+# A daemon started by a test keeps its durable store under a directory of this run, never in
+# the user's ~/.local/state (helpers.Daemon gives each one its own test directory).
+if "STATE_DIRECTORY" not in os.environ:
+    os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="probe-test-state-"))
 
 # CI explores the same examples every run, so a red build always reproduces; locally,
 # hypothesis keeps searching new ones. No per-example deadline: it is a timing assertion

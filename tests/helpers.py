@@ -566,7 +566,8 @@ class Daemon:
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 cwd=cwd or tmp,
-                env=_environ(env),
+                # Its durable store in the test's directory (a restart in the same tmp finds it).
+                env=_environ({"STATE_DIRECTORY": str(tmp / "state"), **(env or {})}),
             )
         return cls(tmp, config, log or tmp / "stdout", proc)
 

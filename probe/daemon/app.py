@@ -22,7 +22,9 @@ import gc
 import ipaddress
 import os
 import signal
+import sqlite3
 import time
+from pathlib import Path as FilePath
 from typing import Any
 
 from .. import loop as event_loop
@@ -44,12 +46,13 @@ from .config import (
     probe_allow_networks,
     resolved_targets,
 )
-from .history import History
+from .history import BUCKETS, History
 from .http import MAX_CONNECTIONS, PROBE_TIMEOUT_MAX, Answer, HttpServer, ProbeRequest
 from .metrics import Metrics, check_labels
 from .paths import Health, Path, path_of, select
 from .schedule import Clock, Job, Schedule
 from .status import StatusPage
+from .store import Saved, Store, default_directory, open_store
 
 FLUSH_EVERY = 0.1  # seconds between log flushes, log-file checks and clock-step checks
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
@@ -93,6 +96,7 @@ class Daemon:
         self.clock = Clock()
         self.schedule: Schedule[ResolvedTarget] = Schedule()
         self.history = History()  # what the status page shows
+        self.store: Store | None = None  # the durable state, opened by serve()
         self.health = Health()  # damped up/down state of every series (down_after/up_after)
         self.attempts: dict[str, int] = {}  # name → attempts made, for the record's number
         self.running = False
@@ -171,7 +175,12 @@ class Daemon:
                 )
             self.log.info("listening", address=f"{host}:{port}")
         self._install_signals()
-        self._apply_targets(self._own_targets(self.config))
+        targets = self._own_targets(self.config)
+        saved = await self._open_store(targets)
+        self._apply_targets(targets)
+        self._restore(targets, saved)  # before the loop runs again: no attempt comes first
+        if self.store is not None:
+            self.store.start()
         self.metrics.config_loaded(True, reload=False)
         # What start-up built lives as long as the daemon: out of the cyclic collector's way,
         # so a full collection never walks 10,000 targets' objects while starts wait.
@@ -186,6 +195,57 @@ class Daemon:
         )
         await self._stopped.wait()
         return await self._shutdown()
+
+    async def _open_store(self, targets: list[ResolvedTarget]) -> dict[str, Saved]:
+        """Open the store and read back what it knows of `targets` (on a thread: at 10,000
+        targets that is a second's reading). Any failure: a warning and a fresh start."""
+        cfg = self.config.store
+        if cfg.path == "":
+            return {}
+        directory = default_directory() if cfg.path is None else FilePath(cfg.path)
+
+        def warn(event: str, **fields: Any) -> None:
+            self.loop.call_soon_threadsafe(lambda: self.log.warning(event, **fields))
+
+        store = await self.loop.run_in_executor(
+            None, open_store, directory, cfg.retention_days, warn
+        )
+        if store is None:
+            return {}
+        names = [t.name for t in targets]
+        try:
+            saved: dict[str, Saved] = await self.loop.run_in_executor(
+                None, store.load, names, time.time(), BUCKETS
+            )
+        except sqlite3.Error as exc:
+            self.log.warning("store", result="unreadable", path=str(store.path), error=str(exc))
+            await self.loop.run_in_executor(None, store.close)
+            store = await self.loop.run_in_executor(
+                None, open_store, directory, cfg.retention_days, warn, time.time, True
+            )
+            if store is None:
+                return {}
+            saved = {}
+        self.store = store
+        self.history.sink = store.put
+        return saved
+
+    def _restore(self, targets: list[ResolvedTarget], saved: dict[str, Saved]) -> None:
+        """The last known state of every target, at once: probe_up, the damper (so the first
+        attempts re-confirm it rather than decide it anew) and the page's history."""
+        if not saved:
+            return
+        self.history.restore(saved, time.time())
+        restored = 0
+        for target in targets:
+            kept = saved.get(target.name)
+            if kept is None or kept.up is None:
+                continue
+            self.health.seed(Path(target.name), kept.up, target.down_after, target.up_after)
+            self.metrics.set_up(target.name, kept.up)
+            restored += 1
+        assert self.store is not None
+        self.log.info("restored", path=str(self.store.path), targets=len(saved), states=restored)
 
     def _install_signals(self) -> None:
         self.loop.add_signal_handler(signal.SIGTERM, self.stop)
@@ -624,6 +684,9 @@ class Daemon:
             self._flush_handle.cancel()
         if self.http is not None:
             await self.http.stop()
+        if self.store is not None:
+            self.history.flush()  # the minute in progress: its rest adds to it after a restart
+            await self.loop.run_in_executor(None, self.store.close)
         self._close_parts()
         if self.fatal is None:
             self.log.info("stopped", config=self.path)

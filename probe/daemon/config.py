@@ -43,6 +43,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "ResolvedTarget",
+    "StoreConfig",
     "TargetDefaults",
     "engine_source",
     "load_config",
@@ -171,6 +172,12 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: str | None = None  # a directory; None: the default one (store.py); "": no store
+    retention_days: float = 90.0  # hours and days kept (minutes: one day)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file, resolved: every value checked, every default applied."""
 
@@ -180,6 +187,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig = ClusterConfig()
     targets: tuple[ResolvedTarget, ...] = ()
+    store: StoreConfig = StoreConfig()
 
     def resolved_targets(self) -> list[ResolvedTarget]:
         return list(self.targets)
@@ -378,7 +386,7 @@ def _known_keys(table: dict[str, Any], at: _Path, known: Sequence[str]) -> None:
 
 # -- sections -------------------------------------------------------------------------------
 
-_SECTIONS: Final = ("defaults", "engine", "log", "metrics", "cluster", "targets")
+_SECTIONS: Final = ("defaults", "engine", "log", "metrics", "cluster", "store", "targets")
 _DEFAULT_KEYS: Final = (
     "interval", "timeout", "family", "addresses", "down_after", "up_after", "histograms",
 )  # fmt: skip
@@ -509,6 +517,24 @@ def _cluster(raw: object) -> ClusterConfig:
     return ClusterConfig(_via(parse_shard, text, (*at, "shard")) if text else None)
 
 
+def _store(raw: object) -> StoreConfig:
+    at: _Path = ("store",)
+    table = _table(raw, at)
+    _known_keys(table, at, ("path", "retention"))
+    path = _str(table["path"], (*at, "path")) if "path" in table else None
+    if path is not None and "\x00" in path:
+        _fail((*at, "path"), "path contains a NUL character")
+    retention = 90.0
+    if "retention" in table:
+        value = table["retention"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail((*at, "retention"), f"expected a number of days, got {_show(value)}")
+        if not 1 <= value <= 3650:
+            _fail((*at, "retention"), f"days from 1 to 3650, got {value}")
+        retention = float(value)
+    return StoreConfig(path, retention)
+
+
 def _labels(raw: object, at: _Path) -> Mapping[str, str]:
     table = _table(raw, at)
     if len(table) > CAPS.labels:
@@ -569,6 +595,7 @@ def _resolve(data: dict[str, Any]) -> Config:
     log = _log(data.get("log", {}))
     metrics = _metrics(metrics_raw, engine.probe_concurrency)
     cluster = _cluster(data.get("cluster", {}))
+    store = _store(data.get("store", {}))
     raw_targets = data.get("targets", [])
     if isinstance(raw_targets, dict):
         _fail(
@@ -589,7 +616,7 @@ def _resolve(data: dict[str, Any]) -> Config:
                 f"already used by targets[{seen[target.name]}]",
             )
         seen[target.name] = i
-    return Config(defaults, engine, log, metrics, cluster, targets)
+    return Config(defaults, engine, log, metrics, cluster, targets, store)
 
 
 # -- reading and parsing --------------------------------------------------------------------

@@ -13,9 +13,11 @@ import math
 import random
 from array import array
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ..record import OPEN, OUTCOMES, REFUSED, Record
+from . import store
 
 BUCKET_SECONDS = 60
 BUCKETS = 60  # one hour
@@ -69,6 +71,8 @@ class TargetHistory:
         "local_address",
         "local_port",
         "median",
+        "open_done",
+        "open_slot",
         "outcome",
         "rtt_ms",
         "sample_slot",
@@ -87,6 +91,8 @@ class TargetHistory:
         self.sample_slot = -1  # the minute the reservoir belongs to
         self.samples = array("f")
         self.seen = 0  # answered attempts offered to the reservoir this minute
+        self.open_slot = -1  # the newest minute with records, not yet handed to the store
+        self.open_done = False  # True: that minute is in the store already (restored)
         self.changes: list[Change] = []
         self.state: bool | None = None
         self.since: float | None = None  # when the current state began
@@ -139,6 +145,44 @@ class TargetHistory:
         self._sample(slot, latency)
         return moved
 
+    def minute(self, name: str, slot: int) -> store.Minute | None:
+        """The ring's bucket for minute `slot`, for the store; None when it left the ring."""
+        i = slot % BUCKETS
+        if self.slots[i] != slot:
+            return None
+        outcomes = self.counts[i * _N : i * _N + _N]
+        attempts = sum(outcomes)
+        median = self.median[i]
+        if slot == self.sample_slot and self.samples:
+            median = _median(self.samples)
+        high = self.high[i]
+        return store.Minute(name, slot, outcomes.tobytes(), attempts, attempts - outcomes[_OPEN],
+                            None if math.isnan(median) else median,
+                            None if math.isnan(high) else high)  # fmt: skip
+
+    def restore(self, saved: store.Saved, now: float) -> None:
+        """Take back what the store kept: state, since, changes, the last attempt's fields
+        and the complete minutes of the window (already stored: never handed back)."""
+        self.state, self.since = saved.up, saved.since
+        self.changes = [Change(*c) for c in saved.changes[-CHANGES:]]
+        last = saved.last
+        if last is not None:
+            self.last_at, self.outcome, self.error = last.at, last.outcome, last.error
+            self.local_address, self.local_port = last.local_address, last.local_port
+            self.latency_ms, self.rtt_ms = last.latency_ms, last.rtt_ms
+        current = int(now // BUCKET_SECONDS)
+        for slot, outcomes, p50, high in saved.minutes:
+            if not current - BUCKETS < slot < current or len(outcomes) != _N:
+                continue
+            i = slot % BUCKETS
+            self.slots[i] = slot
+            for k, count in enumerate(outcomes):
+                self.counts[i * _N + k] = min(count, COUNT_MAX)
+            self.median[i] = _NAN if p50 is None else p50
+            self.high[i] = _NAN if high is None else high
+            if slot > self.open_slot:
+                self.open_slot, self.open_done = slot, True
+
     def _sample(self, slot: int, latency: float) -> None:
         if slot != self.sample_slot:
             if slot < self.sample_slot:
@@ -190,6 +234,16 @@ class TargetHistory:
         return out
 
 
+def _alone(name: str, slot: int, record: Record) -> store.Minute:
+    """One record as a minute of its own (added to a minute the store already has)."""
+    counts = array("H", bytes(2 * _N))
+    counts[_OUTCOME[record.outcome]] = 1
+    answered = record.outcome == OPEN or record.outcome == REFUSED
+    latency = record.latency_ms if answered else None
+    failed = int(record.outcome != OPEN)
+    return store.Minute(name, slot, counts.tobytes(), 1, failed, latency, latency)
+
+
 def _median(values: array[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)
@@ -204,18 +258,65 @@ class History:
     counts every such change: the status page keeps its up/down order by catching up on
     these, instead of looking at every target for every build."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Callable[[store.Write], None] | None = None) -> None:
         self.targets: dict[str, TargetHistory] = {}
         self.moved: deque[str] = deque(maxlen=MOVED)
         self.moves = 0
+        self.sink = sink  # the durable store's `put`, when there is one
 
     def observe(self, name: str, record: Record, up: bool | None) -> None:
         history = self.targets.get(name)
         if history is None:
             history = self.targets[name] = TargetHistory()
-        if history.add(record, up):
+        sink = self.sink
+        if sink is None:
+            if history.add(record, up):
+                self.moved.append(name)
+                self.moves += 1
+            return
+        # A minute goes to the store once a record of a later minute comes (or at `flush`).
+        slot = int(record.started // BUCKET_SECONDS)
+        open_slot = history.open_slot
+        if slot > open_slot and open_slot >= 0 and not history.open_done:
+            closed = history.minute(name, open_slot)
+            if closed is not None:
+                sink(closed)
+        moved = history.add(record, up)
+        if slot > open_slot:
+            history.open_slot, history.open_done = slot, False
+        elif slot < open_slot or history.open_done:  # a minute already stored: add this one
+            sink(_alone(name, slot, record))
+        sink(store.Seen(name, record.started, record.outcome, record.error,
+                        record.local_address, record.local_port, record.latency_ms,
+                        record.rtt_ms))  # fmt: skip
+        if moved:
             self.moved.append(name)
             self.moves += 1
+            change = history.changes[-1]
+            sink(store.Change(name, change.at, change.before, change.after, change.reason,
+                              history.state, change.at))  # fmt: skip
+
+    def restore(self, saved: dict[str, store.Saved], now: float) -> None:
+        for name, kept in saved.items():
+            history = self.targets.get(name)
+            if history is None:
+                history = self.targets[name] = TargetHistory()
+            history.restore(kept, now)
+            self.moved.append(name)
+            self.moves += 1
+
+    def flush(self) -> None:
+        """Hand every minute still open to the store (at shutdown; the rest of a minute
+        written after a restart adds to it)."""
+        sink = self.sink
+        if sink is None:
+            return
+        for name, history in self.targets.items():
+            if history.open_slot >= 0 and not history.open_done:
+                minute = history.minute(name, history.open_slot)
+                if minute is not None:
+                    sink(minute)
+                history.open_done = True
 
     def get(self, name: str) -> TargetHistory | None:
         return self.targets.get(name)

@@ -66,6 +66,10 @@ class Health:
             damper.retune(down_after, up_after)  # a reload changed them: the next result counts
         return damper.observe(up)
 
+    def seed(self, path: Path, up: bool, down_after: int, up_after: int) -> None:
+        """A state known from before a restart: the next results confirm or change it."""
+        self._by_name.setdefault(path.name, {})[path] = Damper(down_after, up_after, up)
+
     def state(self, path: Path) -> bool | None:
         damper = self._by_name.get(path.name, {}).get(path)
         return None if damper is None else damper.state

@@ -109,6 +109,55 @@ class Prometheus:
 
         return wait_for(f"prometheus to show {what}", alive, deadline - time.monotonic(), 0.25)
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def start_prometheus(tmp_path: Path, ports: list[int], rule_files: list[str]) -> Prometheus:
+    """Prometheus scraping the daemons on `ports` every second, evaluating every second."""
+    (tmp_path / "prometheus.yml").write_text(
+        json.dumps(  # YAML is a superset of JSON
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": rule_files,
+                "scrape_configs": [
+                    {
+                        "job_name": "probe",
+                        "scrape_timeout": "1s",
+                        "static_configs": [{"targets": [f"127.0.0.1:{port}" for port in ports]}],
+                    }
+                ],
+            }
+        )
+    )
+    port = free_port()
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS or "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    prom = Prometheus(proc, port, log)
+    try:
+        prom.poll("ready", prom.ready, time.monotonic() + 15)
+    except BaseException:
+        prom.stop()
+        raise
+    return prom
+
 
 def by_target(vector: Vector) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
@@ -151,54 +200,15 @@ def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Daemon], dict[str, 
             config = config_toml(d / "probe.log", text, interval=0.5, timeout=0.3)
             shard = ("--shard", f"{i}/{SHARDS}")
             daemons.append(Daemon.start(d, config, d / "probe.log", flags=shard))
-        ports = [p.port for p in daemons]
         rule_files = [str(tmp_path / "rules.yml")]
         (tmp_path / "rules.yml").write_text(RULES)
         if DEPLOY_ALERTS.exists():
             rule_files.append(str(DEPLOY_ALERTS))
-        (tmp_path / "prometheus.yml").write_text(
-            json.dumps(  # YAML is a superset of JSON
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": rule_files,
-                    "scrape_configs": [
-                        {
-                            "job_name": "probe",
-                            "scrape_timeout": "1s",
-                            "static_configs": [
-                                {"targets": [f"127.0.0.1:{port}" for port in ports]}
-                            ],
-                        }
-                    ],
-                }
-            )
-        )
-        port = free_port()
-        log = tmp_path / "prometheus.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        prom = Prometheus(proc, port, log)
-        prom.poll("ready", prom.ready, time.monotonic() + 15)
+        prom = start_prometheus(tmp_path, [p.port for p in daemons], rule_files)
         yield prom, daemons, {**targets, **labelled}
     finally:
         if prom is not None:
-            prom.proc.terminate()
-            try:
-                prom.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                prom.proc.kill()
-                prom.proc.wait(5)
+            prom.stop()
         for p in daemons:
             p.close()
         web.close()
@@ -279,3 +289,83 @@ def test_prometheus_scrapes_three_shards(
     assert all(r.get("health") in ("ok", "unknown") for g in groups for r in g["rules"]), groups
     if DEPLOY_ALERTS.exists():
         assert any(g["file"] == str(DEPLOY_ALERTS) for g in groups)
+
+
+RESTART_RULES = """\
+groups:
+  - name: probe-restart
+    interval: 1s
+    rules:
+      - alert: RestartTargetDown
+        expr: probe_up{target="down"} == 0
+        for: 2s
+        keep_firing_for: %ds
+        labels:
+          severity: test
+"""
+KEEP_FIRING = 15  # seconds: covers the scrapes a restart misses, on a loaded machine too
+
+
+def test_alert_stays_firing_across_a_restart(tmp_path: Path) -> None:
+    """A restart in the middle of an outage: the daemon restores the target's state from its
+    store, so probe_up is 0 from its first scrape, long before the first attempts could
+    decide anything (down_after = 60 at 0.5 s on the second run: 30 s without a state), and
+    the alert stays firing, the same alert (same activeAt), past keep_firing_for. The page
+    keeps the outage's since."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    refused = f"127.0.0.1:{closed_port()}"
+    listen = f"127.0.0.1:{free_port()}"  # the same port across the restart: one scrape target
+    (tmp_path / "rules.yml").write_text(RESTART_RULES % KEEP_FIRING)
+
+    def start(run: int, down_after: int) -> Daemon:
+        text = target_toml("down", refused) + f"down_after = {down_after}\n"
+        log = tmp_path / f"probe{run}.log"
+        config = config_toml(log, text, listen=listen, interval=0.5, timeout=0.3)
+        d = Daemon.start(tmp_path, config, log)
+        d.wait_event("listening")
+        return d
+
+    def firing() -> dict[str, Any] | None:
+        alerts = [a for a in prom.api("alerts")["alerts"]
+                  if a["labels"]["alertname"] == "RestartTargetDown"]  # fmt: skip
+        return alerts[0] if alerts and alerts[0]["state"] == "firing" else None
+
+    def since(d: Daemon) -> str | None:
+        data = json.loads(http_get(d.port, "/api/targets")[2])
+        rows = [r for g in data["groups"] for r in g["rows"] if r["name"] == "down"]
+        return rows[0]["since"] if rows and rows[0]["state"] == "down" else None
+
+    first = start(1, 1)
+    prom = start_prometheus(
+        tmp_path, [int(listen.rsplit(":", 1)[1])], [str(tmp_path / "rules.yml")]
+    )
+    second: Daemon | None = None
+    try:
+        alert = prom.poll("the alert firing", firing, time.monotonic() + DEADLINE)
+        outage_since = wait_for("the page's since", lambda: since(first))
+        assert first.stop(timeout=10) == 0, first.stderr
+        second = start(2, 60)
+        restarted = time.monotonic()
+        second.wait_event("restored")
+        assert since(second) == outage_since
+
+        # probe_up is back (at 0) within a few scrapes: from the store, not from attempts.
+        def up_again() -> str | None:
+            got = prom.query('probe_up{target="down"}')
+            return str(got[0]["value"][1]) if got else None
+
+        assert prom.poll("probe_up again", up_again, time.monotonic() + 10) == "0"
+        # Firing throughout, and past keep_firing_for: the data keeps it, not the grace.
+        while time.monotonic() < restarted + KEEP_FIRING + 5:
+            now = firing()
+            assert now is not None, prom.api("alerts")
+            assert now["activeAt"] == alert["activeAt"], (now, alert)
+            time.sleep(0.5)
+        assert second.events("state") == []  # no attempt decided anything: the store did
+        assert since(second) == outage_since
+    finally:
+        prom.stop()
+        first.close()
+        if second is not None:
+            second.close()
