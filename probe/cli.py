@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import EXIT_OK, EXIT_SIGNAL_BASE, ProbeError, fail, report
 from .limits import MAX_INTERVAL, MAX_TIMEOUT
+from .serve.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_RATE, DEFAULT_WRITE_TIMEOUT
 
 if TYPE_CHECKING:
     from .check.plan import Format
@@ -51,6 +52,7 @@ count_arg = _number(
 )
 retries_arg = _number(int, lambda v: 0 <= v <= 100, "a whole number 0-100")
 rate_arg = _number(float, lambda v: 0 < v <= 10_000_000, "attempts per second > 0")
+serve_rate = _number(float, lambda v: 0 <= v <= 1_000_000, "connections per second >= 0")
 lag_arg = _number(float, lambda v: 0 <= v <= 60_000, "milliseconds >= 0 (0: no limit)")
 
 
@@ -156,6 +158,9 @@ CHECK_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--graceful-close",), dict(action="store_true",
         help="close open connections with FIN instead of RST (leaves TIME_WAIT sockets "
         "behind)")),
+    (("--reflect",), dict(action="store_true",
+        help="after the connect, read a `probe serve` answer: the endpoint the far side saw "
+        "(seen_as) and whether it differs from the local one (translated)")),
     (("--histogram",), dict(action="store_true",
         help="with -c: each target's open latencies in buckets after its summary (psping -h)")),
     (("--tls",), dict(action="store_true",
@@ -276,6 +281,32 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path", nargs="?", default="config.toml", metavar="PATH")
     validate.set_defaults(func=cmd_validate)
 
+    serve = sub.add_parser(
+        "serve",
+        help="answer every connection with the endpoint it came from, and close",
+        description="The responder for `probe check --reflect` and the mesh: for every "
+        "accepted connection, one `accept` record on standard output and one JSON line to "
+        'the client ({"seen":"ADDR:PORT","by":"NAME","at":...}), then close. Without '
+        "ADDR:PORT, port 7070 on every address. SIGTERM or SIGINT stop it (exit 0).",
+    )
+    serve.add_argument("listen", nargs="*", metavar="ADDR:PORT",
+                       help="where to listen (port 0: the kernel picks)")  # fmt: skip
+    serve.add_argument("--name", metavar="NAME",
+                       help="the name in every answer (default: the host name)")  # fmt: skip
+    serve.add_argument("--max-connections", type=positive, default=DEFAULT_MAX_CONNECTIONS,
+                       metavar="N", help="connections open at once; more are reset "
+                       f"(default {DEFAULT_MAX_CONNECTIONS})")  # fmt: skip
+    serve.add_argument("--rate", type=serve_rate, default=DEFAULT_RATE, metavar="N",
+                       help="new connections per second from one source address, bursts "
+                       f"of twice that; more are reset (default {DEFAULT_RATE:g}; 0: no "
+                       "limit)")  # fmt: skip
+    serve.add_argument("--timeout", type=seconds, default=DEFAULT_WRITE_TIMEOUT,
+                       metavar="SECONDS", help="write deadline for an answer (default "
+                       f"{DEFAULT_WRITE_TIMEOUT:g})")  # fmt: skip
+    serve.add_argument("--format", choices=("json", "console"), default="json",
+                       help="the records' form on standard output (default json)")  # fmt: skip
+    serve.set_defaults(func=cmd_serve)
+
     deploy = sub.add_parser(
         "deploy",
         help="list the shipped deployment files, or print one",
@@ -300,6 +331,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon.app import run_daemon
 
     return run_daemon(args.config, args.shard)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.command import run_serve
+    from .serve.limits import ServeLimits
+
+    limits = ServeLimits(args.max_connections, args.rate, args.timeout)
+    return run_serve(args.listen, args.name, limits, args.format)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -350,7 +389,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _stages(args: argparse.Namespace) -> StageSpec | None:
     """`--tls`, `--send`, `--expect`, `--starttls` and the TLS settings as stages, or None
     (a plain connect). Bad values: one line naming the flag, exit 2."""
-    if not (args.tls or args.send or args.expect or args.starttls or _tls_flags(args)):
+    if not (
+        args.tls or args.send or args.expect or args.starttls or args.reflect or _tls_flags(args)
+    ):
         return None
     if _tls_flags(args) and not (args.tls or args.starttls):
         fail("the --tls-* settings need --tls or --starttls")
@@ -380,6 +421,7 @@ def _stages(args: argparse.Namespace) -> StageSpec | None:
             send=args.send,
             expect=args.expect,
             starttls=args.starttls,
+            reflect=args.reflect,
         )
     except ValueError as exc:
         text = str(exc)

@@ -1120,3 +1120,62 @@ def check_reading_stdin(first: str, *flags: str) -> subprocess.Popen[str]:
     proc.stdin.write(f"{first}\n")
     proc.stdin.flush()
     return proc
+
+
+# -- `probe serve`, and namespaces joined by veth pairs -----------------------------------------
+
+
+class Responder:
+    """`probe serve ARGS` in a subprocess (inside `ns` when given), its JSON lines in a
+    file; `endpoints` are what it bound, from its `serving` event."""
+
+    def __init__(self, tmp: Path, *args: str, ns: Netns | None = None) -> None:
+        self.out = tmp / f"serve-{uuid.uuid4().hex[:6]}.jsonl"
+        self.err = tmp / f"{self.out.stem}.err"
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [*(ns.prefix() if ns else ()), *probe_cmd(), "serve", *args],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        serving = wait_for("probe serve to listen", self._serving, 20)
+        self.endpoints: list[str] = serving[0]["listen"]
+
+    def _serving(self) -> list[Rec]:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"probe serve exited: {self.err.read_text()}")
+        return self.events("serving")
+
+    def lines(self) -> list[Rec]:
+        text = self.out.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    def events(self, event: str) -> list[Rec]:
+        return [line for line in self.lines() if line.get("event") == event]
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoints[0].rsplit(":", 1)[1])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                kill(self.proc)
+        no_traceback(self.err.read_text())
+
+
+def veth(a: Netns, a_addr: str, b: Netns, b_addr: str) -> tuple[str, str]:
+    """A veth pair between two namespaces, each end up with its address (`10.9.0.1/24`,
+    private, inside namespaces the test made); the two interface names."""
+    tag = uuid.uuid4().hex[:6]
+    a_if, b_if = f"va{tag}", f"vb{tag}"
+    a.run("ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name)
+    a.run("ip", "addr", "add", a_addr, "dev", a_if)
+    b.run("ip", "addr", "add", b_addr, "dev", b_if)
+    a.run("ip", "link", "set", a_if, "up")
+    b.run("ip", "link", "set", b_if, "up")
+    return a_if, b_if

@@ -66,6 +66,7 @@ def build_spec(
     starttls: str | None = None,
     steps: Sequence[Mapping[str, Any]] = (),
     expect_limit: int | None = None,
+    reflect: bool = False,
 ) -> StageSpec | None:
     """The stages, or None when there are none (a plain connect). `send` then `expect` are
     one exchange (send first); `steps` are blackbox `query_response` entries (expect, then
@@ -80,11 +81,13 @@ def build_spec(
     if starttls is not None and starttls not in STARTTLS_PROTOCOLS:
         names = ", ".join(STARTTLS_PROTOCOLS)
         raise ValueError(f"starttls: unknown protocol {starttls!r} (one of {names})")
-    if not tls and starttls is None and not made:
+    if not tls and starttls is None and not made and not reflect:
         if options is not None and options != TlsOptions():
             raise ValueError("TLS settings without tls = true or starttls")
         return None
-    spec = StageSpec(tls=tls, tls_options=options, starttls=starttls, steps=tuple(made))
+    spec = StageSpec(
+        tls=tls, tls_options=options, starttls=starttls, steps=tuple(made), reflect=reflect
+    )
     if expect_limit is not None:
         spec = spec.replace(expect_limit=expect_limit)
     return spec

@@ -16,6 +16,7 @@ HOSTNAME_MISMATCH: Final = "HOSTNAME_MISMATCH"  # the certificate is not for the
 EXPECT_MISMATCH: Final = "EXPECT_MISMATCH"  # closed, or the byte limit read, without a match
 EXPECT_TIMEOUT: Final = "EXPECT_TIMEOUT"  # the deadline passed while waiting for a match
 SEND_FAILED: Final = "SEND_FAILED"  # the peer reset the connection before a send
+NOT_A_RESPONDER: Final = "NOT_A_RESPONDER"  # reflect: no `probe serve` answer by the deadline
 STAGE_ERRORS: Final = (
     TLS_HANDSHAKE,
     CERT_EXPIRED,
@@ -24,6 +25,7 @@ STAGE_ERRORS: Final = (
     EXPECT_MISMATCH,
     EXPECT_TIMEOUT,
     SEND_FAILED,
+    NOT_A_RESPONDER,
 )
 # blackbox's probe_failed_due_to reasons: which stage failed
 STAGE_OF: Final = {
@@ -34,6 +36,7 @@ STAGE_OF: Final = {
     EXPECT_MISMATCH: "expect",
     EXPECT_TIMEOUT: "expect",
     SEND_FAILED: "send",
+    NOT_A_RESPONDER: "reflect",
 }
 
 
@@ -49,8 +52,12 @@ class StageResult(Plain):
         "error",
         "expect_ms",
         "matched",
+        "reflected",
+        "seen_as",
+        "seen_by",
         "tls_ms",
         "tls_version",
+        "translated",
     )
     error: str | None  # one of STAGE_ERRORS; None: every stage passed
     tls_ms: float | None
@@ -62,6 +69,10 @@ class StageResult(Plain):
     cert_issuer: str | None
     expect_ms: float | None
     matched: str | None
+    reflected: bool | None  # True once the reflect stage ran (whatever it found)
+    seen_as: str | None  # `ADDR:PORT`: the endpoint the responder saw
+    translated: bool | None  # seen_as differs from the socket's own endpoint
+    seen_by: str | None  # the responder's name
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -81,6 +92,10 @@ class StageResult(Plain):
         if self.expect_ms is not None:
             out["expect_ms"] = round(self.expect_ms, 3)
             out["matched"] = self.matched
+        if self.reflected:
+            out["seen_as"] = self.seen_as
+            out["translated"] = self.translated
+            out["seen_by"] = self.seen_by
         return out
 
     def human(self, now: float | None = None) -> list[str]:
@@ -98,6 +113,8 @@ class StageResult(Plain):
             if self.matched is not None:
                 parts.append(repr(self.matched))
             parts.append(f"expect {self.expect_ms:.2f} ms")
+        if self.seen_as is not None:
+            parts.append(f"seen as {self.seen_as}" + (", translated" if self.translated else ""))
         return parts
 
 

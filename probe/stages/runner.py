@@ -16,9 +16,11 @@ from functools import lru_cache
 
 from ..engine.sockets import LINGER_RESET
 from .expect import Dialogue
+from .reflect import read_answer
 from .result import (
     EXPECT_MISMATCH,
     EXPECT_TIMEOUT,
+    NOT_A_RESPONDER,
     SEND_FAILED,
     TLS_HANDSHAKE,
     StageResult,
@@ -27,7 +29,13 @@ from .spec import StageSpec, Step
 from .starttls import starttls_steps
 from .tls import TlsFailure, handshake
 
-_TIMED_OUT = {"tls": TLS_HANDSHAKE, "expect": EXPECT_TIMEOUT, "send": SEND_FAILED}
+_TIMED_OUT = {
+    "tls": TLS_HANDSHAKE,
+    "expect": EXPECT_TIMEOUT,
+    "send": SEND_FAILED,
+    "reflect": NOT_A_RESPONDER,
+}
+_FAILED = {"tls": TLS_HANDSHAKE, "reflect": NOT_A_RESPONDER}
 
 
 @lru_cache(maxsize=256)
@@ -57,6 +65,10 @@ async def run_stages(
     try:
         async with asyncio.timeout_at(deadline):
             reader, writer = await asyncio.open_connection(sock=sock, limit=spec.expect_limit)
+            if spec.reflect:
+                stage = "reflect"
+                if not await read_answer(reader, sock.getsockname(), result):
+                    return result
             if spec.tls:
                 stage = "tls"
                 await handshake(writer, spec.tls_options, host, result)
@@ -94,7 +106,7 @@ async def run_stages(
     except TimeoutError:
         result.error = _TIMED_OUT.get(stage, EXPECT_TIMEOUT)
     except OSError:
-        result.error = TLS_HANDSHAKE if stage == "tls" else EXPECT_MISMATCH
+        result.error = _FAILED.get(stage, EXPECT_MISMATCH)
     finally:
         if writer is not None:
             writer.transport.abort()

@@ -80,7 +80,8 @@ class StageSpec(Frozen):
     then the `starttls` protocol's dialogue (TLS begins at its end), then the steps
     (send/expect; a step may itself begin TLS, as blackbox's `starttls: true`)."""
 
-    __slots__ = ("expect_limit", "starttls", "steps", "tls", "tls_options")
+    __slots__ = ("expect_limit", "reflect", "starttls", "steps", "tls", "tls_options")
+    reflect: bool  # read a `probe serve` answer right after the connect (before any TLS)
     tls: bool  # a handshake right after the connect
     tls_options: TlsOptions  # for that handshake and for any starttls
     starttls: str | None  # one of STARTTLS_PROTOCOLS
@@ -94,6 +95,7 @@ class StageSpec(Frozen):
         starttls: str | None = None,
         steps: tuple[Step, ...] = (),
         expect_limit: int = EXPECT_BYTE_LIMIT,
+        reflect: bool = False,
     ) -> None:
         tls_options = tls_options if tls_options is not None else TlsOptions()
         self._set(locals())
