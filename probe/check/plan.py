@@ -90,6 +90,7 @@ class Plan(Frozen):
         "blocking_input",
         "count",
         "default_ports",
+        "endpoints",
         "exclude",
         "family",
         "interval",
@@ -112,6 +113,7 @@ class Plan(Frozen):
     workers: int
     blocking_input: bool  # standard input or a FIFO: read on a thread, by one process
     output: Output
+    endpoints: int | None  # of the input, before exclusions; None: not counted up front
     # --rate's first slot (time.monotonic()), set when the run starts: every share paces
     # on one grid from it.
     rate_epoch: float | None
@@ -132,6 +134,7 @@ class Plan(Frozen):
         output: Output,
         rate_epoch: float | None = None,
         stages: StageSpec | None = None,
+        endpoints: int | None = None,
     ) -> None:
         self._set(locals())
 
@@ -211,6 +214,7 @@ def build_plan(
         blocking_input=blocking,
         output=output,
         stages=stages,
+        endpoints=endpoints,
     )
 
 

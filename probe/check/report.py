@@ -7,7 +7,14 @@ from __future__ import annotations
 from ..output.histogram import histogram_lines
 from ..record import OPEN, OUTCOMES, REFUSED, TIMEOUT
 from .plan import Plan
-from .result import ShareResult, TargetStats, port_ranges
+from .result import (
+    PROBED,
+    ShareResult,
+    TargetStats,
+    bridged_ranges,
+    port_ranges,
+    unprobed_in,
+)
 
 LAG_SHOWN_AFTER = 5.0  # seconds: a run this long shows its loop lag
 LAG_SHOWN_ABOVE_MS = 5.0  # or one whose p99 lag was above this,
@@ -65,14 +72,46 @@ def summary(plan: Plan, result: ShareResult) -> list[str]:
             name = host if address is None or address == host else f"{host} ({address})"
             for outcome in OUTCOMES:
                 if outcome in bitmaps:
-                    lines.append(f"{name}: {outcome} {compact(port_ranges(bitmaps[outcome]))}")
+                    lines.append(f"{name}: {outcome} {_ports_line(result, bitmaps, outcome)}")
     if result.elapsed > LAG_SHOWN_AFTER or (
         result.lag_p99_ms > LAG_SHOWN_ABOVE_MS and result.lag_samples >= LAG_SAMPLES
     ):
         lines.append(
             f"event loop lag p99 {result.lag_p99_ms:.1f} ms, max {result.lag_max_ms:.1f} ms"
         )
+    if result.stopped_by and plan.count != 0:  # -c 0 runs until interrupted: its usual end
+        lines.append(interrupted_line(plan, result))
     return lines
+
+
+def _ports_line(result: ShareResult, bitmaps: dict[str, bytearray], outcome: str) -> str:
+    """A host's ports of one outcome as ranges; after an interruption, ranges run on across
+    the ports no worker reached, and the line says how many those are."""
+    probed = bitmaps.get(PROBED)
+    if not result.stopped_by or probed is None:
+        return compact(port_ranges(bitmaps[outcome]))
+    ranges = bridged_ranges(bitmaps[outcome], probed)
+    text = compact(ranges)
+    skipped = unprobed_in(ranges, probed)
+    if skipped:
+        text += f" ({plural(skipped, 'port')} inside not probed: interrupted)"
+    return text
+
+
+def interrupted_line(plan: Plan, result: ShareResult) -> str:
+    """`interrupted: 6915 of 65535 endpoints probed` (repeat mode: attempts made)."""
+    if plan.repeat:
+        total = None if plan.endpoints is None else plan.endpoints * plan.count
+        done, noun, verb = result.attempts, "attempt", "made"
+    else:
+        total = plan.endpoints if plan.shard is None else None
+        # one record per endpoint (and address) so far: the run ended before its tally
+        done, noun, verb = max(result.targets, result.attempts), "endpoint", "probed"
+    if total is not None:
+        done = min(done, total)
+    if total is None:
+        return f"interrupted: {plural(done, noun)} {verb}"
+    return f"interrupted: {done} of {plural(total, noun)} {verb}"
 
 
 def count_line(result: ShareResult) -> str:

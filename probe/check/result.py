@@ -24,6 +24,9 @@ HOSTS_SUMMARISED = 8
 _BITMAP = 65536 // 8
 
 HostKey = tuple[str, str | None]  # (host as written, the address it resolved to)
+# Beside each outcome's bitmap, the ports probed at all: an interrupted sweep's workers each
+# stopped somewhere else, and the summary tells a port not probed from one of another outcome.
+PROBED = "probed"
 
 
 class Latency(Plain):
@@ -233,7 +236,7 @@ class Tally:
         result = self.result
         result.outcomes[outcome] += 1
         ports = result.ports
-        if ports is None or outcome == OPEN:
+        if ports is None:
             return
         key = (host, address)
         bitmaps = ports.get(key)
@@ -241,11 +244,15 @@ class Tally:
             if len(ports) >= HOSTS_SUMMARISED:
                 result.ports = None
                 return
-            bitmaps = ports[key] = {}
+            bitmaps = ports[key] = {PROBED: bytearray(_BITMAP)}
+        byte, bit = port >> 3, 1 << (port & 7)
+        bitmaps[PROBED][byte] |= bit
+        if outcome == OPEN:
+            return
         bits = bitmaps.get(outcome)
         if bits is None:
             bits = bitmaps[outcome] = bytearray(_BITMAP)
-        bits[port >> 3] |= 1 << (port & 7)
+        bits[byte] |= bit
 
 
 def port_ranges(bits: bytes | bytearray) -> list[tuple[int, int]]:
@@ -268,3 +275,26 @@ def port_ranges(bits: bytes | bytearray) -> list[tuple[int, int]]:
     if start >= 0:
         out.append((start, len(bits) * 8 - 1))
     return out
+
+
+def bridged_ranges(bits: bytes | bytearray, probed: bytes | bytearray) -> list[tuple[int, int]]:
+    """The set ports of `bits` as ranges that run on across ports never probed (an
+    interrupted sweep's workers, each every N-th port, stopped at different places), each
+    range starting and ending on a port of `bits`."""
+    have = int.from_bytes(bits, "little")
+    gaps = ~int.from_bytes(probed, "little") & ((1 << (len(probed) * 8)) - 1)
+    out: list[tuple[int, int]] = []
+    for lo, hi in port_ranges((have | gaps).to_bytes(len(bits), "little")):
+        inside = (have >> lo) & ((1 << (hi - lo + 1)) - 1)
+        if inside:
+            out.append((lo + (inside & -inside).bit_length() - 1, lo + inside.bit_length() - 1))
+    return out
+
+
+def unprobed_in(ranges: list[tuple[int, int]], probed: bytes | bytearray) -> int:
+    """How many ports inside `ranges` were never probed."""
+    value = int.from_bytes(probed, "little")
+    return sum(
+        (hi - lo + 1) - ((value >> lo) & ((1 << (hi - lo + 1)) - 1)).bit_count()
+        for lo, hi in ranges
+    )

@@ -129,7 +129,8 @@ def test_many_attempts_then_sigint_is_no_false_error() -> None:
     code, lines, stderr = until_signal([target, "-c", "1000000", "-i", "0.05"], signal.SIGINT, 3)
     assert code == 130
     assert stderr == ""
-    assert lines[-2] == f"--- {target} ---"
+    assert lines[-3] == f"--- {target} ---"
+    assert re.fullmatch(r"interrupted: \d+ of 1000000 attempts made", lines[-1]), lines
 
 
 # -- the progress line -----------------------------------------------------------------------
