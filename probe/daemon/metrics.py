@@ -37,6 +37,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..record import OPEN, OUTCOMES, REFUSED, Record
 from .series import Series, escape
+from .tls_series import TlsSeries
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Edges chosen for TCP connect times (docs/metrics.md gives each one's reason): fine steps
@@ -210,6 +211,7 @@ class Metrics:
             self.registry.register(collector)
         self.series = Series(LATENCY_BUCKETS)
         self.registry.register(self.series)  # last: the page puts these families last
+        self.tls = TlsSeries(LATENCY_BUCKETS)  # after them: only targets with TLS have these
 
     # -- targets -----------------------------------------------------------------------------
 
@@ -225,6 +227,7 @@ class Metrics:
             for address, family in self._paths[name]:
                 _remove(self.path_latency, name, address, family)
         self.series.keep(wanted)
+        self.tls.keep(wanted)
         self.targets.set(len(wanted))
 
     def forget(self, name: str) -> None:
@@ -232,6 +235,7 @@ class Metrics:
         self.series.keep(
             {n: (s.info, s.histograms) for n, s in self.series.targets.items() if n != name}
         )
+        self.tls.targets.pop(name, None)
         self._forget_paths(name)
 
     def _forget_paths(self, name: str) -> None:
@@ -244,6 +248,8 @@ class Metrics:
 
     def observe(self, name: str, record: Record) -> None:
         self.series.observe(name, record, error_label(record.error))
+        if record.stages is not None:
+            self.tls.observe(name, record)
 
     def set_up(self, name: str, up: bool | None) -> None:
         """The damped state (daemon/state.py), which the daemon sets after `observe` (whose
@@ -296,6 +302,7 @@ class Metrics:
         per-target part (nearly all of it) is made a slice of targets at a time."""
         yield render(self._rest)
         yield from self.series.pieces()
+        yield from self.tls.pieces()
 
     def exposition(self) -> bytes:
         """The whole page at once."""

@@ -9,12 +9,14 @@ the steps in plain words.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
 
 from ..output.jsonl import record_json
 from ..record import OPEN, Record
+from ..stages.result import EXPECT_MISMATCH, EXPECT_TIMEOUT, StageResult
 from ..syntax import Endpoint
 from .metrics import CONTENT_TYPE, error_label
 from .series import escape
@@ -101,6 +103,9 @@ def exposition(record: Record, duration: float, dns_seconds: float) -> bytes:
     retransmits = record.syn_retransmits
     if isinstance(retransmits, int):
         gauge("probe_syn_retransmits", "SYNs sent again (TCP_INFO).", retransmits)
+    stages = record.stages
+    if stages is not None:
+        _stage_gauges(stages, gauge)
     reason = error_label(record.error)
     if reason is not None:
         gauge(
@@ -110,6 +115,24 @@ def exposition(record: Record, duration: float, dns_seconds: float) -> bytes:
             f'{{reason="{escape(reason)}"}}',
         )
     return "".join(out).encode()
+
+
+def _stage_gauges(stages: StageResult, gauge: Callable[..., None]) -> None:
+    """blackbox_exporter's tcp prober's gauges for what the stages found."""
+    if stages.tls_version is not None:
+        if stages.cert_not_after is not None:
+            gauge("probe_ssl_earliest_cert_expiry",
+                  "Earliest notAfter of the certificates the server sent, Unix seconds.",
+                  stages.cert_not_after)  # fmt: skip
+        if stages.chain_expiry is not None:
+            gauge("probe_ssl_last_chain_expiry_timestamp_seconds",
+                  "Earliest notAfter of the verified chain, Unix seconds.",
+                  stages.chain_expiry)  # fmt: skip
+        gauge("probe_tls_version_info", "The TLS version used.", 1,
+              f'{{version="{escape(stages.tls_version)}"}}')  # fmt: skip
+    if stages.expect_ms is not None:
+        regex = 1 if stages.error in (EXPECT_MISMATCH, EXPECT_TIMEOUT) else 0
+        gauge("probe_failed_due_to_regex", "1 when an expect found no matching line.", regex)
 
 
 def answer_body(query: Query, record: Record, duration: float, dns_seconds: float) -> bytes:
