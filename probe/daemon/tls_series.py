@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client.utils import floatToGoString
 
@@ -53,7 +53,7 @@ def _go(value: float) -> str:
 
 
 class _Target:
-    __slots__ = ("chain", "counts", "expiry", "label", "sum", "text", "version")
+    __slots__ = ("buckets", "chain", "counts", "expiry", "label", "sum", "text", "version")
 
     def __init__(self, name: str, size: int) -> None:
         self.label = f'target="{escape(name)}"'
@@ -63,6 +63,7 @@ class _Target:
         self.counts = [0] * size
         self.sum = 0.0
         self.text: tuple[str, ...] | None = None
+        self.buckets = True  # the histogram's buckets, or only its count and sum
 
 
 class TlsSeries:
@@ -72,11 +73,19 @@ class TlsSeries:
         self.bounds = (*buckets, math.inf)
         self._le = [_go(b) for b in self.bounds]
         self.targets: dict[str, _Target] = {}
+        self._buckets: dict[str, bool] = {}  # name → its histograms setting
 
-    def keep(self, names: Collection[str]) -> None:
-        """Only these targets (the scheduled ones) keep their series."""
-        for name in [n for n in self.targets if n not in names]:
+    def keep(self, wanted: Mapping[str, tuple[object, bool]]) -> None:
+        """Only these targets (the scheduled ones: name → (info, histograms)) keep their
+        series; a target's handshake buckets follow its `histograms` (without: only the
+        +Inf bucket, count and sum), as its latency's do."""
+        for name in [n for n in self.targets if n not in wanted]:
             del self.targets[name]
+        self._buckets = {name: on for name, (_, on) in wanted.items()}
+        for name, s in self.targets.items():
+            if s.buckets != self._buckets[name]:
+                s.buckets = self._buckets[name]
+                s.text = None
 
     def observe(self, name: str, record: Record) -> None:
         stages = record.stages
@@ -85,6 +94,7 @@ class TlsSeries:
         s = self.targets.get(name)
         if s is None:
             s = self.targets[name] = _Target(name, len(self.bounds))
+            s.buckets = self._buckets.get(name, True)
         s.expiry = stages.cert_not_after
         s.chain = stages.chain_expiry
         s.version = stages.tls_version
@@ -103,7 +113,8 @@ class TlsSeries:
         name = FAMILIES[HANDSHAKE][0]
         lines = []
         for le, total in zip(self._le, itertools.accumulate(s.counts), strict=True):
-            lines.append(f'{name}_bucket{{le="{le}",{q}}} {_go(total)}\n')
+            if s.buckets or le == "+Inf":  # without histograms: +Inf, count, sum (3 series)
+                lines.append(f'{name}_bucket{{le="{le}",{q}}} {_go(total)}\n')
         count = sum(s.counts)
         lines.append(f"{name}_count{{{q}}} {_go(count)}\n{name}_sum{{{q}}} {_go(s.sum)}\n")
         version = "" if s.version is None else escape(s.version)
