@@ -187,6 +187,9 @@ CHECK_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         "most, within -t); no match makes the attempt an error")),
     (("--starttls",), dict(choices=("smtp", "imap", "pop3", "xmpp"),
         help="the protocol's STARTTLS dialogue after the connect, then a TLS handshake")),
+    (("-v", "--verbose"), dict(action="store_true",
+        help="say on stderr which core runs the sweep (native or python) and why not the "
+        "native one")),
     (("-V", "--version"), dict(action=_Version)),
 )  # fmt: skip
 
@@ -382,6 +385,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         lag_limit_ms=args.lag_limit,
         histogram=args.histogram,
         stages=_stages(args),
+        verbose=args.verbose,
     )
     return run_plan(plan)
 

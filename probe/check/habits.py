@@ -10,7 +10,7 @@ from collections.abc import Iterable
 _NO_PING = "probe does not ping first: every target is probed; drop it"
 _TIMING = "nmap's timing templates: use --rate N and -C N"
 _TOP = "probe has no port-frequency table: give -p PORTS, or -p- for all 65535"
-_VERBOSE = "probe has no verbosity levels: --json shows every field of every attempt"
+_VERBOSE = "probe has one verbosity level (-v: which core ran); --json shows every field"
 _DETECT = "probe makes TCP connect attempts only (no service or OS detection); drop it"
 
 FOREIGN: dict[str, str] = {
@@ -39,7 +39,6 @@ FOREIGN: dict[str, str] = {
     "--reason": "every record says why: its outcome and error",
     "-iR": "probe never picks random targets",
     "-e": "use -s ADDR to bind a local address",
-    "-v": _VERBOSE,
     "-vv": _VERBOSE,
     "-d": _VERBOSE,
     "-A": _DETECT,

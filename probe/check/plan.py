@@ -53,13 +53,22 @@ if TYPE_CHECKING:
 class Output(Frozen):
     """What the run writes, and in which form."""
 
-    __slots__ = ("format", "histogram", "json_file", "list_mode", "open_only", "target_width")
+    __slots__ = (
+        "format",
+        "histogram",
+        "json_file",
+        "list_mode",
+        "open_only",
+        "target_width",
+        "verbose",
+    )
     format: Format
     open_only: bool  # --open: write and show only open attempts
     json_file: str | None  # -o FILE: the JSON records, besides the terminal's form
     list_mode: bool  # every attempt gets its own human line
     target_width: int
     histogram: bool  # --histogram: latency buckets after each target's summary
+    verbose: bool  # -v: say on stderr which core runs the sweep, and why not the native one
 
     def __init__(
         self,
@@ -69,6 +78,7 @@ class Output(Frozen):
         list_mode: bool = True,
         target_width: int = TARGET_WIDTH_DEFAULT,
         histogram: bool = False,
+        verbose: bool = False,
     ) -> None:
         self._set(locals())
 
@@ -167,6 +177,7 @@ def build_plan(
     lag_limit_ms: float | None = 2.0,
     histogram: bool = False,
     stages: StageSpec | None = None,
+    verbose: bool = False,
 ) -> Plan:
     """Validate every option and target token; the plan, or a UsageError naming the fault."""
     default_ports = _ports(ports)
@@ -200,7 +211,7 @@ def build_plan(
     # A source range: one allocator hands out its ports, one per attempt, in one process.
     one = list_mode or blocking or source_ports is not None
     processes = 1 if one else max(1, min(wanted, fitted))
-    output = Output(fmt, open_only, json_file, list_mode, width, histogram)
+    output = Output(fmt, open_only, json_file, list_mode, width, histogram, verbose)
     return Plan(
         tokens=tuple(tokens),
         default_ports=default_ports,

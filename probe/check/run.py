@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING
 
 from ..engine import native
-from ..errors import LocalShortage, SinkClosed, SinkError, TargetError
-from ..syntax import iter_targets
+from ..errors import LocalShortage, SinkClosed, SinkError
+from .choice import choose
 from .plan import Plan
 from .result import ShareResult, Tally
 from .share import Progress, share_options
@@ -32,9 +32,9 @@ def run_share(
 ) -> ShareResult:
     """Run share `index` of `count` of the plan on an event loop of its own; records go to
     `sinks` as attempts finish. Errors and signals end up in the result, never raised."""
-    targets = native_targets(plan, count)
-    if targets is not None:
-        return _native_share(plan, index, count, sinks, targets, progress)
+    choice = choose(plan, NATIVE_MAX_TARGETS)
+    if choice.targets is not None:
+        return _native_share(plan, index, count, sinks, choice.targets, progress)
     from .engine_run import run_engine_share  # asyncio, uvloop: only when the engine runs
 
     sinks.ready()
@@ -42,39 +42,6 @@ def run_share(
 
 
 # -- the native core -------------------------------------------------------------------------
-
-
-def native_targets(plan: Plan, count: int) -> list[native.NativeTarget] | None:
-    """The targets as the native core takes them, when it can serve the whole share exactly
-    as the Python engine would: JSON records on stdout and nowhere else (or human output,
-    rendered here from the core's JSON records), one attempt per endpoint, IP
-    literals (addresses, CIDRs, octet ranges) on the command line or in a small regular
-    file, and none of the options it does not implement (exclusions, --shard, --open, -o, a
-    source port range, --rate). The rest (repeats, names, CSV, -o) runs on the Python
-    engine."""
-    output = plan.output
-    options = plan.options
-    if not native.available() or plan.count != 1 or plan.blocking_input:
-        return None
-    if plan.stages is not None:
-        return None  # TLS, send/expect: stages the native core does not have
-    human = output.format == "human"
-    if not (output.format == "json" or human):
-        return None
-    if output.json_file is not None or (output.open_only and not human):
-        return None  # (human lines go through the sinks, which apply --open)
-    if plan.exclude is not None or plan.shard is not None or options.source_ports is not None:
-        return None
-    if options.rate is not None:
-        return None  # the engine's pacing makes up a busy machine's stalls; the core's not
-    if not native.supports(options):
-        return None
-    try:
-        return native.plan(
-            iter_targets(plan.tokens, plan.default_ports), plan.family, NATIVE_MAX_TARGETS
-        )
-    except TargetError:
-        return None  # the Python engine reports it where it meets it
 
 
 def _native_share(

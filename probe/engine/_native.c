@@ -223,7 +223,7 @@ typedef struct {
 } rec_t;
 
 /* HOST:PORT, or [HOST]:PORT (an IPv6 address as written in a target): the record's
- * target, and both endpoints of a human line. */
+ * target. */
 static void put_host_port(buf_t *b, const char *host, size_t len, int bracketed, int port) {
   if (bracketed) PUTS(b, "[");
   put(b, host, len);
@@ -245,8 +245,7 @@ static int endpoint_text(const struct sockaddr_storage *sa, char *text) {
   return ntohs(a->sin_port);
 }
 
-static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec_t *r,
-                       int extended) {
+static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec_t *r) {
   PUTS(b, "{\"event\":\"probe\",\"timestamp\":\"");
   put_timestamp(b, ts, r->wall);
   PUTS(b, ",\"target\":\"");
@@ -290,49 +289,15 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
     PUTS(b, "null");
   else
     put_thousandths(b, (uint64_t)r->rtt_us);
-  if (extended) {
-    PUTS(b, ",\"syn_retransmits\":");
-    if (r->syn_retransmits < 0)
-      PUTS(b, "null");
-    else
-      put_uint(b, (uint64_t)r->syn_retransmits);
-    PUTS(b, ",\"dns_ms\":0.0");
-  }
+  PUTS(b, ",\"syn_retransmits\":");
+  if (r->syn_retransmits < 0)
+    PUTS(b, "null");
+  else
+    put_uint(b, (uint64_t)r->syn_retransmits);
+  PUTS(b, ",\"dns_ms\":0.0");
   PUTS(b, ",\"attempt\":");
   put_uint(b, r->attempt);
   PUTS(b, "}\n");
-}
-
-/* The human line of an open attempt, as output/human.py probe_line() prints the record:
- * `target  open     [address]  local A:P  0.05 ms  rtt 0.01 ms` (the address only when it is
- * not the host as written). Literal hosts and addresses are printable: nothing to escape. */
-static void put_human(buf_t *b, const rec_target_t *t, const rec_t *r) {
-  put_host_port(b, t->host, t->host_len, t->bracketed, r->port);
-  PUTS(b, "  open   ");
-  if (t->host_len != t->address_len || memcmp(t->host, t->address, t->host_len)) {
-    PUTS(b, "  [");
-    put(b, t->address, t->address_len);
-    PUTS(b, "]");
-  }
-  if (r->local) {
-    char text[INET6_ADDRSTRLEN];
-    int port = endpoint_text(r->local, text);
-    PUTS(b, "  local ");
-    put_host_port(b, text, strlen(text), r->local->ss_family == AF_INET6, port);
-  }
-  /* f"{round(x, 3):.2f}": the double nearest k/1000, printed exactly as Python does */
-  char tmp[64];
-  int n = snprintf(tmp, sizeof tmp, "  %.2f ms", (double)ms_thousandths(r->latency_ns) / 1000.0);
-  put(b, tmp, (size_t)n);
-  if (r->rtt_us >= 0) {
-    n = snprintf(tmp, sizeof tmp, "  rtt %.2f ms", (double)r->rtt_us / 1000.0);
-    put(b, tmp, (size_t)n);
-  }
-  if (r->syn_retransmits > 0) { /* the SYN went out this many times: "SYN\u00d7N" */
-    n = snprintf(tmp, sizeof tmp, "  SYN\xc3\x97%lld", (long long)r->syn_retransmits + 1);
-    put(b, tmp, (size_t)n);
-  }
-  PUTS(b, "\n");
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -378,7 +343,9 @@ typedef struct {
   int has_source, source_port;
   struct sockaddr_storage source;
   socklen_t source_len;
-  int graceful, extended, reuse, human;
+  int graceful, reuse;
+  double lag_limit_ms; /* 0: lag never holds concurrency down */
+  int lag_floor, lagging;
   int pool[2][64]; /* refused sockets reset with connect(AF_UNSPEC), [0] IPv4, [1] IPv6 */
   int npool[2];
   uint64_t reused;
@@ -413,6 +380,7 @@ typedef struct {
   /* results */
   uint64_t outcomes[N_OUTCOMES];
   uint64_t targets_done, targets_without_open, started, shortages, self_connects, late;
+  uint64_t lag_throttles;
   int stopped;
   const char *fail; /* a message for the caller (exit 2) */
   char fail_text[256];
@@ -523,10 +491,7 @@ static void emit(sweep_t *s, const attempt_t *a, rec_t *r) {
   rec_target_t rt = {t->host, t->host_len, t->address, t->address_len, t->bracketed, t->family};
   r->port = a->port;
   r->attempt = a->number;
-  if (!s->human)
-    put_record(&s->out, &s->ts, &rt, r, s->extended);
-  else if (r->outcome == O_OPEN)
-    put_human(&s->out, &rt, r);
+  put_record(&s->out, &s->ts, &rt, r);
   s->outcomes[r->outcome]++;
   int retry = r->outcome == O_TIMEOUT && a->retry < s->retries && !s->stopped;
   if (retry) {
@@ -765,7 +730,7 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
     }
     int64_t rtt, retrans = -1;
     int state;
-    if (s->extended) tcp_info(fd, &rtt, &retrans, &state);
+    tcp_info(fd, &rtt, &retrans, &state);
     close(fd);
     s->free_list[s->nfree++] = i;
     s->started++;
@@ -854,6 +819,24 @@ static int wait_events(int ep, struct epoll_event *evs, int n, int64_t ns) {
 #define LAG_TICK_NS 5000000LL
 static const double LAG_BOUNDS_MS[12] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000};
 
+/* Sustained lag (two samples running over the limit) lowers the limit to 3/4 of what is in
+ * flight, never below the floor; each completion adds one back. One late sample is the
+ * machine (another process had the core), not this loop. As engine/core.py's _on_lag. */
+static void on_lag(sweep_t *s, double ms) {
+  if (s->lag_limit_ms <= 0 || ms <= s->lag_limit_ms) {
+    s->lagging = 0;
+    return;
+  }
+  s->lagging++;
+  if (s->lagging < 2 || s->inflight <= s->lag_floor) return;
+  int lowered = s->inflight * 3 / 4;
+  if (lowered < s->lag_floor) lowered = s->lag_floor;
+  if (lowered < s->limit) {
+    s->limit = lowered;
+    s->lag_throttles++;
+  }
+}
+
 static void lag_sample(sweep_t *s, int64_t now) {
   if (now < s->lag_due) return;
   double ms = (double)(now - s->lag_due) / 1e6;
@@ -862,6 +845,7 @@ static void lag_sample(sweep_t *s, int64_t now) {
   s->lag_counts[i]++;
   if (ms > s->lag_max_ms) s->lag_max_ms = ms;
   s->lag_due = now + LAG_TICK_NS;
+  on_lag(s, ms);
 }
 
 /* Start the next pending attempt, if the limit, --rate and a shortage's back-off allow one
@@ -1067,26 +1051,28 @@ fail:
 
 PyDoc_STRVAR(sweep_doc,
 "sweep(fd, targets, shard_index, shard_count, timeout, concurrency, rate, retries, source,\n"
-"      graceful, stop_fd, progress, extended, giveup, reuse, human) -> dict\n\n"
+"      graceful, stop_fd, progress, giveup, reuse, lag_limit, lag_floor) -> dict\n\n"
 "Probe every endpoint of this shard of `targets` (host, bracketed, address, ranges) once,\n"
 "writing JSON records to fd. `source` is None or (address, port); `rate` 0 = unlimited;\n"
 "`stop_fd` readable ends the call; `progress(records, open)` every 0.2 s; `giveup`:\n"
 "seconds of local shortage with nothing in flight before it returns an error (< 0: never);\n"
-"`human`: write the human line of each open attempt instead of every JSON record.");
+"`lag_limit`: ms of loop lag, twice running, that lowers concurrency (to `lag_floor` at\n"
+"least; 0: never).");
 
 static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"fd", "targets", "shard_index", "shard_count", "timeout",
                            "concurrency", "rate", "retries", "source", "graceful",
-                           "stop_fd", "progress", "extended", "giveup", "reuse", "human", NULL};
+                           "stop_fd", "progress", "giveup", "reuse", "lag_limit", "lag_floor", NULL};
   int fd, shard_index = 0, shard_count = 1, concurrency = 1000, retries = 0, graceful = 0;
-  int extended = 1, reuse = 0, human = 0;
+  int reuse = 0, lag_floor = 8;
+  double lag_limit = 0.0;
   int stop_fd = -1;
   double timeout = 1.0, rate = 0.0, giveup = 30.0;
   PyObject *targets_obj, *source = Py_None, *progress = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOpdpp", kwlist, &fd, &targets_obj,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOdpdi", kwlist, &fd, &targets_obj,
                                    &shard_index, &shard_count, &timeout, &concurrency, &rate,
                                    &retries, &source, &graceful, &stop_fd, &progress,
-                                   &extended, &giveup, &reuse, &human))
+                                   &giveup, &reuse, &lag_limit, &lag_floor))
     return NULL;
   if (shard_count < 1 || shard_index < 0 || shard_index >= shard_count || concurrency < 1 ||
       !(timeout > 0) || rate < 0 || retries < 0) {
@@ -1122,9 +1108,9 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->rate_step = rate > 0 ? (int64_t)(1e9 / rate) : 0;
   s->retries = retries;
   s->graceful = graceful;
-  s->extended = extended;
   s->reuse = reuse && source == Py_None;
-  s->human = human;
+  s->lag_limit_ms = lag_limit > 0 ? lag_limit : 0;
+  s->lag_floor = lag_floor < 1 ? 1 : lag_floor;
   s->giveup_ns = giveup < 0 ? -1 : (int64_t)(giveup * 1e9);
   s->out_fd = fd;
   s->stop_fd = stop_fd;
@@ -1190,7 +1176,8 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
     Py_DECREF(v);
   }
   result = Py_BuildValue(
-      "{s:N,s:N,s:d,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "outcomes", outcomes, "lag_counts",
+      "{s:K,s:N,s:N,s:d,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "lag_throttles",
+      (unsigned long long)s->lag_throttles, "outcomes", outcomes, "lag_counts",
       lag_counts, "lag_max_ms", s->lag_max_ms, "reused",
       (unsigned long long)s->reused, "targets",
       (unsigned long long)s->targets_done, "targets_without_open",
@@ -1259,17 +1246,16 @@ static PyObject *py_format_rtt(PyObject *self, PyObject *arg) {
 }
 
 /* _record(wall_s, wall_ns, host, bracketed, address, port, local, err, timed_out,
- *         latency_ns, rtt_us, syn_retransmits, attempt, extended) -> bytes: one line, as sweep writes it.
+ *         latency_ns, rtt_us, syn_retransmits, attempt) -> bytes: one line, as sweep writes it.
  * local: None or (address, port). err: errno (0 = open), -1 = SELF_CONNECT. */
 static PyObject *py_record(PyObject *self, PyObject *args) {
   long long wall_s, wall_ns, latency_ns, rtt_us, retrans;
   PyObject *host, *address, *local;
   int bracketed, port, err, timed_out;
   unsigned attempt;
-  int extended = 1, human = 0;
-  if (!PyArg_ParseTuple(args, "LLUpUiOipLLLI|pp", &wall_s, &wall_ns, &host, &bracketed,
+  if (!PyArg_ParseTuple(args, "LLUpUiOipLLLI", &wall_s, &wall_ns, &host, &bracketed,
                         &address, &port, &local, &err, &timed_out, &latency_ns, &rtt_us,
-                        &retrans, &attempt, &extended, &human))
+                        &retrans, &attempt))
     return NULL;
   struct sockaddr_storage sa, la;
   socklen_t len;
@@ -1303,10 +1289,7 @@ static PyObject *py_record(PyObject *self, PyObject *args) {
   char *mem = malloc(OUT_ROOM + hl * 2 + al);
   buf_t b = {mem, 0, OUT_ROOM};
   tscache_t ts = {.sec = -1};
-  if (human)
-    put_human(&b, &t, &r);
-  else
-    put_record(&b, &ts, &t, &r, extended);
+  put_record(&b, &ts, &t, &r);
   PyObject *out = PyBytes_FromStringAndSize(mem, (Py_ssize_t)b.len);
   free(mem);
   free(h);

@@ -32,7 +32,7 @@ from ..record import ERROR, OPEN, SELF_CONNECT, TIMEOUT, Record, errno_name, out
 from .attempt import Attempt, Done, Result, Slot
 from .deadlines import Deadlines
 from .held import Entry, Held, destination
-from .lag import LagMonitor
+from .lag import LAG_FLOOR, LagMonitor
 from .options import EngineOptions
 from .poller import make_poller
 from .ports import BUSY_AT_CONNECT, PortRange, fit_to_range, shared_range
@@ -60,7 +60,6 @@ _SELF_CONNECT_TRIES = 8
 _PORT_SKIPS = 64  # busy ports of a -s range skipped in a row before a short back-off
 RATE_SLACK = 0.05  # seconds of lateness --rate still makes up (a loaded machine wakes us late)
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
-LAG_FLOOR = 8  # lag never holds concurrency below this many attempts in flight
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import asyncio
 
 TICK = 0.005  # seconds between samples
+LAG_FLOOR = 8  # lag never holds either core's concurrency below this many attempts in flight
 
 
 class LagMonitor:

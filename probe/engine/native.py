@@ -2,15 +2,16 @@
 of literal addresses x port ranges, one attempt each, run in C with the GIL released.
 
 The extension is optional at build time; without it `available()` is False and the Python
-engine (`core`) does everything. What the native core serves is decided by `plan()`: IP
-literals (no zone id), one attempt per endpoint (`--retries` allowed), JSON records. The
-rest stays with the Python engine.
+engine (`core`) does everything. `IMPLEMENTS` names the engine options the core honours; a
+run that sets any other option away from its default runs on the Python engine (the choice
+is made in `probe.check.choice`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import signal
 from collections.abc import Callable, Iterable, Iterator
@@ -18,47 +19,45 @@ from types import FrameType
 from typing import Any
 
 from ..address import ResolveError, literal
+from ..errors import TargetError
 from ..plain import Frozen, Plain
-from ..record import Record
-from ..syntax import Target
-from .lag import LagMonitor
+from ..syntax import PortRanges, Target, iter_targets
+from .lag import LAG_FLOOR, LagMonitor
 from .options import EngineOptions
 
 _native: Any
+# Why the native core cannot run at all here (None: it can).
+UNAVAILABLE: str | None = None
 try:
     from . import _native  # type: ignore[attr-defined,no-redef,unused-ignore]
 except ImportError:  # not built here (no compiler, not Linux): the Python engine runs
     _native = None
+    UNAVAILABLE = "the native core is not built here"
 else:
     _native.set_errnames(errno.errorcode)
     if os.environ.get("PROBE_CORE") == "python":  # the Python engine, to compare the two
         _native = None
+        UNAVAILABLE = "PROBE_CORE=python"
 
 CORE = "python" if _native is None else "native"
 
-# The C writer adds the contract's `syn_retransmits` and `dns_ms` keys only when the Python
-# record has them too, so that both cores write the same bytes.
-EXTENDED = "syn_retransmits" in Record.__slots__
+# The `EngineOptions` fields the native core honours. Any other field away from its default
+# (a source port range, anything added later) sends the run to the Python engine.
+IMPLEMENTS = frozenset(
+    {
+        "concurrency",
+        "graceful_close",
+        "lag_limit_ms",
+        "retries",
+        "shortage_giveup",
+        "source",
+        "timeout",
+    }
+)
 
 
 def available() -> bool:
     return _native is not None
-
-
-def supports(options: EngineOptions) -> bool:
-    """Whether the native core implements these engine options (a source is an address and
-    one port, or none; a port range or anything newer stays with the Python engine)."""
-    source: Any = options.source
-    if getattr(options, "source_ports", None) is not None:
-        return False  # -s ADDR:LO-HI: ports from engine/ports.py, Python engine only
-    if source is None:
-        return True
-    return (
-        isinstance(source, tuple)
-        and len(source) == 2
-        and isinstance(source[0], str)
-        and isinstance(source[1], int)
-    )
 
 
 class NativeTarget(Frozen):
@@ -85,37 +84,51 @@ class NativeTarget(Frozen):
         return (self.host, self.bracketed, self.address, self.ranges)
 
 
-def native_targets(target: Target, family: int = 0, limit: int = 4096) -> list[NativeTarget] | None:
+def native_targets(target: Target, family: int = 0, limit: int = 4096) -> list[NativeTarget] | str:
     """The target as the native core takes it (a CIDR or octet range: one per address, in the
-    order `targets.shard` walks them), or None when the Python engine must serve it: a name
-    to resolve, a zone id, an address of the other family, more than `limit` addresses."""
+    order `targets.shard` walks them), or why the Python engine must serve it: a name to
+    resolve, a zone id, an address of the other family, more than `limit` addresses."""
     if target.host_count() > limit:
-        return None
+        return f"more than {limit} addresses"
     out: list[NativeTarget] = []
     for host in target.hosts():
         if "%" in host:
-            return None
+            return f"a zone id ({host})"
         try:
             address = literal(host, family)
         except ResolveError:
-            return None  # the other family: the Python engine writes the EAI_ADDRFAMILY record
+            return f"an address of the other family ({host})"  # the Python engine's record
         if address is None:
-            return None  # a name: the Python engine resolves it
+            return f"a name to resolve ({host})"
         out.append(NativeTarget(host, target.bracketed, address.ip, address.family, target.ports))
+    return out
+
+
+def plan_targets(
+    tokens: Iterable[str], default_ports: PortRanges | None, family: int = 0, limit: int = 4096
+) -> list[NativeTarget] | str:
+    """Every target of the tokens as the native core takes them, or why it cannot serve
+    them all (a long file stays lazy on the Python engine)."""
+    out: list[NativeTarget] = []
+    try:
+        for target in iter_targets(tokens, default_ports):
+            native = native_targets(target, family, limit - len(out))
+            if isinstance(native, str):
+                return native
+            out.extend(native)
+    except TargetError:
+        return "a bad target (the Python engine reports it where it meets it)"
     return out
 
 
 def plan(
     targets: Iterable[Target], family: int = 0, limit: int = 4096
 ) -> list[NativeTarget] | None:
-    """Every target as the native core takes it, or None if it cannot serve them all (or
-    they hold more than `limit` addresses: a long file stays lazy on the Python engine)."""
-    if _native is None:
-        return None
+    """Every target as the native core takes it, or None."""
     out: list[NativeTarget] = []
     for target in targets:
         native = native_targets(target, family, limit - len(out))
-        if native is None:
+        if isinstance(native, str):
             return None
         out.extend(native)
     return out
@@ -143,6 +156,15 @@ class Lag:
         return self.max_ms
 
 
+def lag_floor(options: EngineOptions) -> int:
+    """The fewest attempts in flight that loop lag may hold the core to: the Python engine's
+    floor, and what --rate needs in flight to keep its cadence."""
+    floor = LAG_FLOOR
+    if options.rate:
+        floor = max(floor, min(options.concurrency, math.ceil(options.rate * options.timeout)))
+    return floor
+
+
 class SweepResult(Plain):
     """What `_native.sweep` returns (its dict, by keyword)."""
 
@@ -150,6 +172,7 @@ class SweepResult(Plain):
         "error",
         "lag_counts",
         "lag_max_ms",
+        "lag_throttles",
         "late",
         "outcomes",
         "reused",
@@ -163,6 +186,7 @@ class SweepResult(Plain):
     outcomes: dict[str, int]
     lag_counts: list[int]
     lag_max_ms: float
+    lag_throttles: int
     targets: int
     targets_without_open: int
     started: int
@@ -178,6 +202,7 @@ class SweepResult(Plain):
         outcomes: dict[str, int] | None = None,
         lag_counts: list[int] | None = None,
         lag_max_ms: float = 0.0,
+        lag_throttles: int = 0,  # times loop lag lowered the concurrency limit
         targets: int = 0,
         targets_without_open: int = 0,
         started: int = 0,
@@ -205,7 +230,6 @@ def sweep(
     stop_fd: int = -1,
     progress: Callable[[int, int], None] | None = None,
     reuse: bool = True,
-    human: bool = False,
 ) -> SweepResult:
     """Probe this shard of `targets` once per endpoint, JSON records to `fd`.
 
@@ -213,9 +237,6 @@ def sweep(
     attempt: a third less CPU per attempt, and each attempt still sends its own SYN from its
     own kernel-assigned port (tests/engine/test_native.py checks that on a capture). Not
     with a source address: the socket would keep its bind.
-
-    `human`: the human line of each open attempt (a sweep's human output) instead of every
-    JSON record.
 
     Returns when done, when `stop_fd` becomes readable, or when a local shortage lasted
     too long (`error`). A write failure raises OSError (EPIPE: the reader left)."""
@@ -234,10 +255,10 @@ def sweep(
         graceful=options.graceful_close,
         stop_fd=stop_fd,
         progress=progress,
-        extended=EXTENDED,
         giveup=-1.0 if options.shortage_giveup is None else options.shortage_giveup,
         reuse=reuse,
-        human=human,
+        lag_limit=options.lag_limit_ms or 0.0,
+        lag_floor=lag_floor(options),
     )
     return SweepResult(**raw)
 

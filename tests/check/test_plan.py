@@ -197,38 +197,3 @@ def test_sweep_share_keeps_non_open_ports_per_host(
     assert result.ports is not None
     ranges = port_ranges(result.ports[("127.0.0.1", "127.0.0.1")]["refused"])
     assert {p for lo, hi in ranges for p in range(lo, hi + 1)} == set(closed)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "count", "native_ok"),
-    [
-        ({"fmt": "json"}, 1, True),
-        ({"fmt": "json", "rate": 100.0}, 1, False),  # --rate is the engine's pacing
-        ({"fmt": "json", "rate": 100.0}, 2, False),
-        ({"fmt": "human"}, 1, True),  # a sweep: rendered here from the core's records
-        ({"fmt": "human", "count": 2}, 1, False),
-        ({"fmt": "human", "open_only": True}, 1, True),
-        ({"fmt": "csv"}, 1, False),
-        ({"fmt": "json", "open_only": True}, 1, False),
-        ({"fmt": "json", "json_file": "x.jsonl"}, 1, False),
-        ({"fmt": "json", "exclude": ["127.0.0.9"]}, 1, False),
-        ({"fmt": "json", "shard": "0/2"}, 1, False),
-        ({"fmt": "json", "count": 2}, 1, False),
-        ({"fmt": "json", "source": "127.0.0.1:40000-40009"}, 1, False),
-    ],
-)
-def test_native_core_serves_only_what_it_serves_exactly(
-    kwargs: dict[str, object], count: int, native_ok: bool
-) -> None:
-    from probe.check.run import native_targets
-    from probe.engine import native
-
-    if not native.available():
-        pytest.skip("the native core is not built here")
-    plan = build_plan(["127.0.0.1:1-100"], **kwargs)  # type: ignore[arg-type]
-    assert (native_targets(plan, count) is not None) == native_ok
-    # A few endpoints in human form get a line each, rendered from the core's records
-    # (a one-shot check starts without the Python engine's event loop: issue 13); a name
-    # still goes to the Python engine, which resolves it.
-    assert native_targets(build_plan(["127.0.0.1:1-10"]), 1) is not None
-    assert native_targets(build_plan(["localhost:1-10"]), 1) is None
