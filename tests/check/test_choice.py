@@ -130,3 +130,13 @@ def test_verbose_says_which_core_ran_and_why(tmp_path: Path) -> None:
     assert out.stderr.splitlines()[0] == "probe: core: python (not native: PROBE_CORE=python)"
     out = _check(f"127.0.0.1:{port}")
     assert "core:" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "stage", [("--reflect",), ("--tls",), ("--send", "x"), ("--starttls", "smtp")]
+)
+def test_stages_never_reach_the_native_core(stage: tuple[str, ...]) -> None:
+    out = _check(f"127.0.0.1:{closed_port()}", *stage, "-v", "--json")
+    assert out.stderr.splitlines()[0].startswith(
+        "probe: core: python (not native: a stage after the connect"
+    )
