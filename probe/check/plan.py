@@ -192,7 +192,11 @@ def build_plan(
     if bound is not None:
         fam = AF_INET6 if ":" in bound[0] else AF_INET
     endpoints, blocking, width = _preflight(tokens, default_ports)
-    list_mode = endpoints is not None and endpoints <= LIST_LIMIT
+    # Repeat mode lists every attempt and a block per target whatever the targets came from:
+    # input not counted up front (standard input, a long file) is listed as a short file is.
+    list_mode = (endpoints is not None and endpoints <= LIST_LIMIT) or (
+        endpoints is None and count != 1
+    )
     excluded = _exclusions(exclude, exclude_files)
     share = _shard(shard)
     # last: they may say on stderr that -C was lowered
