@@ -426,7 +426,7 @@ def test_logrotate_renames_and_the_daemon_reopens_on_sighup(
         "systemctl reload probe.service", f"kill -HUP {d.proc.pid}"
     )
     conf_path = put(tmp_path, "logrotate.conf", conf)
-    done = run(tool, "--force", "--verbose", "--state", str(tmp_path / "state"), str(conf_path))
+    done = run(tool, "--force", "--verbose", "--state", str(tmp_path / "logrotate.state"), str(conf_path))
     assert done.returncode == 0, done.stdout + done.stderr
 
     rotated = logs / "records.jsonl.1"
