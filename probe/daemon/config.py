@@ -47,7 +47,9 @@ __all__ = [
     "TargetDefaults",
     "engine_source",
     "load_config",
+    "log_format",
     "metrics_listen",
+    "needs_restart",
     "parse_config",
     "probe_allow_networks",
     "resolved_targets",
@@ -217,6 +219,26 @@ def engine_source(config: Config) -> tuple[str, int] | None:
 
 def probe_allow_networks(config: Config) -> tuple[Network, ...]:
     return config.metrics.probe_allow
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
+    """The keys a reload changed that take effect only at the next start."""
+    changed = (
+        ("log.format", new.log.format != old.log.format),
+        ("metrics.listen", new.metrics.listen != old.metrics.listen),
+    )
+    return [key for key, differs in changed if differs]
+
+
+def log_format(config: Config) -> str:
+    """The renderer: `[log] format` when set; when not, the console form for a person at a
+    terminal (in colour unless NO_COLOR is set or TERM=dumb), JSON for files and pipes."""
+    fmt = config.log.format
+    to_tty = not config.log.file and os.isatty(1)
+    if fmt is None:
+        fmt = "console" if to_tty else "json"
+    colour = to_tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    return "console-colour" if fmt == "console" and colour else fmt
 
 
 # -- errors as data -------------------------------------------------------------------------

@@ -1,27 +1,36 @@
-"""GET /probe, blackbox-exporter style: the timeout, the answer and its trace.
+"""GET /probe, blackbox-exporter style, end to end.
 
-http.py parses the request (ProbeRequest); what the daemon does then (resolve, check
-probe_allow, connect) stays in app.py. This module decides the attempt's timeout, keeps
-the steps taken, and turns the attempt into Prometheus text or, with `debug=true`, into
-the steps in plain words.
+http.py parses the request (`ProbeRequest`); `OnDemand` does the rest: the attempt's
+timeout, the lookup (a pool of its own), the probe_allow check on the very address it will
+connect to, one `await engine.attempt(...)` on an engine of its own (so scheduled probes
+keep their slots), the record written like a scheduled one, and the answer in Prometheus
+text or, with `debug=true`, the steps taken in plain words.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
+from ..engine import Attempt, Engine
+from ..errors import TargetError
 from ..output.jsonl import record_json
-from ..record import OPEN, Record
+from ..record import OPEN, Record, unresolved_record
+from ..resolve import LookupPool, ResolveError, Resolver
 from ..stages.result import EXPECT_MISMATCH, EXPECT_TIMEOUT, StageResult
-from ..syntax import Endpoint
+from ..syntax import AddressSet, Endpoint, Exclusions, parse_target
+from .config import Config
+from .http import Answer, ProbeRequest, text_answer
 from .metrics import CONTENT_TYPE, error_label
 from .series import escape
 
-PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Seconds kept back from Prometheus' scrape timeout for the answer to travel, as
 # blackbox_exporter's --timeout-offset (default 0.5).
 TIMEOUT_OFFSET = 0.5
@@ -175,3 +184,137 @@ def debug_text(query: Query, record: Record | None, metrics: bytes | None) -> by
     if metrics is not None:
         lines += ["", "Metrics that would have been returned:", metrics.decode().rstrip()]
     return ("\n".join(lines) + "\n").encode()
+
+
+def allow_list(networks: Iterable[Network]) -> Exclusions:
+    """probe_allow as an address set: the `--exclude` lookup (IPv4-mapped IPv6 addresses
+    judged as the IPv4 address they carry, where the packets really go)."""
+    sets: list[AddressSet] = []
+    for net in networks:
+        lo, hi = int(net.network_address), int(net.broadcast_address)
+        if net.version == 6:
+            sets.append(AddressSet(6, ((lo, hi),)))
+        else:
+            octets = tuple(((lo >> s) & 0xFF, (hi >> s) & 0xFF) for s in (24, 16, 8, 0))
+            sets.append(AddressSet(4, octets))
+    return Exclusions(sets)
+
+
+class OnDemand:
+    """The GET /probe handler: at most `limit` requests at once, each one attempt."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        threads: int,
+        write: Callable[[Record], None],
+        running: Callable[[], bool],
+    ) -> None:
+        self.engine = engine
+        self._pool = LookupPool("resolve-probe", threads)  # its own: the schedule's stay free
+        self.resolver = Resolver(ttl=0.0, pool=self._pool)
+        self.write = write
+        self.running = running
+        self.limit = 0
+        self.default_timeout = 1.0
+        self.networks: tuple[Network, ...] = ()
+        self.allowed = Exclusions()
+        self.active = 0  # requests resolving or connecting now
+        self.connecting = 0  # requests waiting for their attempt's record
+        self.lookups: set[asyncio.Task[Any]] = set()  # cancelled at shutdown
+
+    def configure(self, config: Config, limit: int) -> None:
+        """At start and on every reload."""
+        self.limit = limit
+        self.default_timeout = config.defaults.timeout
+        self.networks = config.metrics.probe_allow
+        self.allowed = allow_list(self.networks)
+
+    def stop_lookups(self) -> None:
+        for task in list(self.lookups):
+            task.cancel()  # the request gets 503 at once
+
+    def close(self) -> None:
+        self._pool.close()
+
+    async def __call__(self, request: ProbeRequest) -> Answer:
+        try:
+            target = parse_target(request.target, no_port_hint="")
+        except TargetError as exc:
+            return text_answer(400, f"bad target: {exc}")
+        if target.count() != 1:
+            return text_answer(400, "bad target: give exactly one port")
+        if not self.running():
+            return text_answer(503, "shutting down")
+        if self.active >= self.limit:
+            return text_answer(503, "busy: every /probe slot is taken, try again")
+        self.active += 1
+        try:
+            return await self._probe(request, next(target.endpoints()))
+        finally:
+            self.active -= 1
+
+    async def _probe(self, request: ProbeRequest, endpoint: Endpoint) -> Answer:
+        query = plan(
+            request.target,
+            endpoint,
+            request.timeout,
+            request.scrape_timeout,
+            request.debug,
+            self.default_timeout,
+        )
+        extra = {"name": endpoint.target, "via": "http"}
+        began = time.monotonic()
+        lookup = asyncio.get_running_loop().create_task(
+            self.resolver.resolve(endpoint.host, query.timeout)
+        )
+        self.lookups.add(lookup)
+        lookup.add_done_callback(self.lookups.discard)
+        try:
+            addresses = await lookup
+        except ResolveError as exc:
+            dns = time.monotonic() - began
+            query.step(f"resolve {endpoint.host}: failed, {exc.code} ({dns * 1000:.3f} ms)")
+            record = unresolved_record(
+                endpoint.target, endpoint.host, endpoint.port, exc.code, 1, dns * 1000
+            )
+            record.extra = extra
+            self.write(record)
+            return self._answer(query, record, began, dns)
+        except asyncio.CancelledError:
+            if self.running():
+                raise  # not ours: the request itself was cancelled
+            return text_answer(503, "shutting down")  # shutdown abandons pending lookups
+        dns = time.monotonic() - began
+        shown = ", ".join(a.ip for a in addresses)
+        query.step(f"resolve {endpoint.host}: {shown} ({dns * 1000:.3f} ms)")
+        # Checked after resolution, on the very address we will connect to: a name cannot
+        # smuggle in an address outside probe_allow.
+        allowed = [a for a in addresses if self.allowed.contains(a.ip)]
+        nets = ", ".join(str(n) for n in self.networks)
+        if not allowed:
+            query.step(f"allow: no address inside probe_allow ({nets}): refused, no connection")
+            if query.debug:
+                return Answer(403, debug_text(query, None, None))
+            message = f"{request.target} is outside probe_allow; no connection was made"
+            return text_answer(403, message)
+        query.step(f"allow: {allowed[0].ip} is inside probe_allow ({nets})")
+        query.step(f"address chosen: {allowed[0].ip} ({allowed[0].family_name})")
+        if self.engine.closed or not self.running():
+            return text_answer(503, "shutting down")
+        attempt = Attempt(endpoint, allowed[0], 1, query.timeout, dns_ms=dns * 1000)
+        self.connecting += 1
+        try:
+            record = await self.engine.attempt(attempt)
+        except asyncio.CancelledError:
+            return text_answer(503, "shutting down")  # never started, or abandoned
+        finally:
+            self.connecting -= 1
+        record.extra = extra
+        self.write(record)
+        return self._answer(query, record, began, dns)
+
+    @staticmethod
+    def _answer(query: Query, record: Record, began: float, dns: float) -> Answer:
+        body = answer_body(query, record, time.monotonic() - began, dns)
+        return Answer(200, body, answer_type(query))
