@@ -72,6 +72,7 @@ CLI = "check/test_cli.py"
 DAEMON = "daemon/test_daemon.py"
 HOSTILE = "daemon/test_hostile.py"
 METRICS = "daemon/test_metrics.py"
+RESILIENCE = "daemon/test_resilience.py"
 
 # README "Failure behaviour": the first cell of each row -> {test file under tests/: tests}.
 ROWS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -193,6 +194,21 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
     "600 half-sent requests (slowloris) under `prlimit --nofile=512`": {
         HOSTILE: ("test_slowloris_under_a_low_descriptor_limit_stops_neither_probes_nor_metrics",),
         HERE: ("test_http_headers_have_5_s_and_the_oldest_idle_connection_makes_room",),
+    },
+    "80 clients that never read, each pipelining 20 `GET /metrics`": {
+        RESILIENCE: ("test_clients_that_do_not_read_are_cut_and_healthz_keeps_answering",),
+    },
+    "300 malformed requests": {
+        RESILIENCE: ("test_malformed_requests_are_one_log_line_not_tracebacks",),
+    },
+    "`HEAD /metrics` on a kept-alive connection": {
+        RESILIENCE: ("test_head_metrics_has_no_body_and_the_next_answer_follows_cleanly",),
+    },
+    "a request, then the client's FIN (`shutdown(SHUT_WR)`, `nc -N`)": {
+        RESILIENCE: ("test_a_half_closed_request_gets_its_answer",),
+    },
+    "any answer (`/probe` 400s and `debug=true` included)": {
+        RESILIENCE: ("test_answers_say_nosniff_and_name_no_versions",),
     },
     "`/metrics` with thousands of targets": {
         HOSTILE: ("test_scrapes_of_a_big_page_do_not_delay_scheduled_starts",),

@@ -3,12 +3,11 @@
 The handlers only translate HTTP; what a probe is and who may be probed is decided by the
 `on_probe` callback the daemon passes in, which gets a `ProbeRequest` (plain data, so the
 daemon does not know aiohttp). The server is hardened so that no client can take what the
-schedule needs: at most `max_connections` connections, inside the descriptor budget the
-daemon set aside (a new one past the cap takes the place of the oldest connection that is
-not handling a request, so half-sent requests cannot lock a scraper out; when every one is
-busy, the new one is closed at once), request headers must arrive within `header_timeout`
-(slowloris), and /metrics is made a slice at a time, one render at a time, shared by
-concurrent scrapes, so a big page never holds up the event loop for long.
+schedule needs: connections.py caps them inside the descriptor budget the daemon set aside,
+keeps slots for /healthz and /metrics and cuts clients that do not read; request headers
+must arrive within `header_timeout` (slowloris); and /metrics is made a slice at a time,
+one render at a time, shared by concurrent scrapes, so a big page never holds up the event
+loop for long.
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..output.log import event_logger
+from .connections import Guard, server_logger
 from .metrics import CONTENT_TYPE
 
 PROBE_TIMEOUT_MAX = 30.0  # seconds a GET /probe may ask for
@@ -101,13 +102,6 @@ def text_answer(status: int, message: str) -> Answer:
     return Answer(status, (message + "\n").encode())
 
 
-class _Refused(asyncio.Protocol):
-    """A connection past the cap: closed as soon as it is accepted."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()  # type: ignore[attr-defined]
-
-
 class SharedRender:
     """The exposition, made on the loop in bursts of at most ~RENDER_BURST (a few targets'
     text, a piece of a family joined), with a pause of RENDER_PAUSE after each in which the
@@ -165,13 +159,12 @@ class HttpServer:
     ) -> None:
         self.host, self.port = host, port
         self.max_connections = max_connections
-        self.refused = 0  # connections closed at once: the cap was reached, all busy
-        self.evicted = 0  # idle connections closed to make room for a new one
+        self.guard = Guard(max_connections)
         self._render = SharedRender(exposition)
         self._healthy = healthy
         self._on_probe = on_probe
-        self._busy: set[object] = set()  # connections whose request is being handled
         app = web.Application(middlewares=[self._mark_busy])
+        app.on_response_prepare.append(self._prepare)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/probe", self._probe)
@@ -184,6 +177,7 @@ class HttpServer:
             handle_signals=False,
             keepalive_timeout=header_timeout,
             shutdown_timeout=SHUTDOWN_GRACE,
+            logger=server_logger(event_logger()),
         )
         self._server: asyncio.AbstractServer | None = None
 
@@ -202,37 +196,33 @@ class HttpServer:
         self.port = sock.getsockname()[1]
         await self._runner.setup()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._connection, sock=sock, backlog=128)
+        assert self._runner.server is not None
+        self.guard.start(self._runner.server)
+        self._server = await loop.create_server(self.guard.connection, sock=sock, backlog=128)
         return self.host, self.port
 
-    def _connection(self) -> asyncio.BaseProtocol:
-        server = self._runner.server
-        assert server is not None
-        # oldest first; one closed a moment ago is still listed until its connection_lost
-        connections = [c for c in server.connections if c.transport is not None]
-        if len(connections) >= self.max_connections:
-            idle = next((c for c in connections if c not in self._busy), None)
-            if idle is None:
-                self.refused += 1
-                return _Refused()
-            idle.force_close()  # a half-sent request or an idle keep-alive: make room
-            self.evicted += 1
-        return server()
+    async def _prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.guard.prepare(request, response)
 
     @web.middleware
     async def _mark_busy(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        guard = self.guard
+        if not guard.admits(request):
+            return web.Response(status=503, text="busy: the last connections are kept for "
+                                "/healthz and /metrics\n")  # fmt: skip
         protocol = request.protocol
-        self._busy.add(protocol)
+        guard.busy.add(protocol)
         try:
             return await handler(request)
         finally:
-            self._busy.discard(protocol)
+            guard.busy.discard(protocol)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.guard.stop()
         await self._runner.cleanup()
         self._render.close()
 
@@ -246,6 +236,8 @@ class HttpServer:
         if not gzip:
             response.content_length = sum(len(chunk) for chunk in chunks)
         await response.prepare(request)
+        if request.method == "HEAD":  # the headers a GET would get, and no body
+            return response
         if gzip:
             await self._write_gzip(response, chunks)
         else:

@@ -1,0 +1,174 @@
+"""The daemon when one destination runs out of local ports, readers stall, output stalls
+and HTTP clients misbehave: other targets keep their slots, the process stays stoppable,
+and what cannot be measured is said, never invented.
+
+Faults come from real kernels: network namespaces with a narrowed ephemeral port range and
+connections held in them, `prlimit`, FIFOs and pipes nobody reads, raw sockets that send
+malformed or half-closed requests. Only loopback, and addresses inside our namespaces.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from helpers import (
+    Daemon,
+    Netns,
+    closed_port,
+    config_toml,
+    http_fetch,
+    in_netns,
+    ns_get,
+    start_in,
+    target_toml,
+)
+
+# -- HTTP: clients that do not read, malformed and half-closed requests ----------------------
+
+
+def many_targets_daemon(
+    tmp_path: Path, daemons: list[Daemon], n: int = 30, ns: Netns | None = None
+) -> Daemon:
+    """A daemon with `n` targets (closed ports, each every second)."""
+    log = tmp_path / "probe.log"
+    targets = "".join(target_toml(f"t{i}", f"127.0.0.1:{closed_port()}") for i in range(n))
+    d = start_in(tmp_path, config_toml(log, targets, interval=1.0), log, daemons, ns)
+    d.wait_records("t0", 1)
+    return d
+
+
+def listening_port(d: Daemon) -> int:
+    return int(d.wait_event("listening")["address"].rpartition(":")[2])
+
+
+def cut_or_answering(sock: socket.socket) -> bool:
+    """True when the daemon cut this connection (a reset after what it had sent); False
+    when it still answers (reading makes it go on: it then runs out of answers)."""
+    sock.settimeout(1.0)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True  # closed by the daemon
+
+
+def test_clients_that_do_not_read_are_cut_and_healthz_keeps_answering(
+    netns: Netns, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """80 clients with a 4 KiB receive buffer pipeline 20 GET /metrics each and never read
+    (the namespace's send buffers are small, so the daemon's writes block soon): /healthz
+    and a scrape that reads still get their answers, and every one of the 80 is cut by the
+    write deadline (10 s) instead of holding its slot."""
+    netns.run("sysctl", "-w", "net.ipv4.tcp_wmem=4096 16384 65536")
+    d = many_targets_daemon(tmp_path, daemons, n=120, ns=netns)  # a page of ~90 KB
+    port = listening_port(d)
+    pipelined = b"GET /metrics HTTP/1.1\r\nHost: probe\r\n\r\n" * 20
+
+    def hog() -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(pipelined)
+        return s
+
+    hogs: list[socket.socket] = []
+    try:
+        for _ in range(80):
+            hogs.append(in_netns(netns, hog))
+        began = time.monotonic()
+        while time.monotonic() - began < 12.0:  # past the write deadline
+            status, _, body = ns_get(netns, port, "/healthz", timeout=3.0)
+            assert (status, body) == (200, "ok\n")
+            status, _, body = ns_get(netns, port, "/metrics", timeout=5.0)
+            assert status == 200 and "probe_targets 120.0" in body
+        assert all(cut_or_answering(s) for s in hogs)
+    finally:
+        for s in hogs:
+            s.close()
+    assert d.stop() == 0
+
+
+def raw_exchange(port: int, data: bytes, half_close: bool = False) -> bytes:
+    """Send `data` on one connection (then SHUT_WR if asked) and read until the daemon
+    closes it (or 3 s pass without a byte)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3.0) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+        return got
+
+
+def test_malformed_requests_are_one_log_line_not_tracebacks(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    d = many_targets_daemon(tmp_path, daemons, n=1)
+    for i in range(300):
+        junk = [
+            b"GARBAGE\r\n\r\n",
+            b"GET /x HTTP/9.9\r\n\r\n",
+            b"GET / HTTP/1.1\r\nA\x00: b\r\n\r\n",
+        ]
+        answer = raw_exchange(d.port, junk[i % 3])
+        assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), answer[:100]
+    status, _, _ = d.get("/healthz")
+    assert status == 200
+    assert d.stop() == 0
+    assert "Traceback" not in d.stderr and "aiohttp" not in d.stderr, d.stderr[:2000]
+    errors = d.events("http_error")
+    assert 1 <= len(errors) <= 2, errors  # rate-limited: one per 10 s
+    assert errors[0]["count"] >= 1
+
+
+def test_head_metrics_has_no_body_and_the_next_answer_follows_cleanly(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    d = many_targets_daemon(tmp_path, daemons, n=1)
+    for extra in (b"", b"Accept-Encoding: gzip\r\n"):
+        got = raw_exchange(
+            d.port,
+            b"HEAD /metrics HTTP/1.1\r\nHost: probe\r\n" + extra + b"\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n",
+        )
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), got[:200]
+        assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]  # nothing between the two
+        assert rest.endswith(b"\r\n\r\nok\n"), rest[-200:]
+    assert d.stop() == 0
+
+
+def test_a_half_closed_request_gets_its_answer(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """As `nc -N` sends: the request, then FIN. The answer comes, then the daemon closes."""
+    d = many_targets_daemon(tmp_path, daemons, n=1)
+    began = time.monotonic()
+    got = raw_exchange(d.port, b"GET /healthz HTTP/1.1\r\nHost: probe\r\n\r\n", half_close=True)
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nok\n"), got
+    assert time.monotonic() - began < 2.5  # closed after the answer, not at the keep-alive's end
+    got = raw_exchange(d.port, b"GET /metrics HTTP/1.0\r\n\r\n", half_close=True)
+    assert got.startswith(b"HTTP/1.") and b"probe_targets 1.0" in got, got[:300]
+    assert d.stop() == 0
+
+
+def test_answers_say_nosniff_and_name_no_versions(tmp_path: Path, daemons: list[Daemon]) -> None:
+    d = many_targets_daemon(tmp_path, daemons, n=1)
+    closed = f"127.0.0.1:{closed_port()}"
+    paths = ["/probe?target=nonsense", f"/probe?target={closed}&timeout=x"]
+    paths += [f"/probe?target={closed}&debug=true", "/metrics", "/healthz"]
+    for path in paths:
+        status, headers, _ = http_fetch(d.port, path)
+        assert headers.get("X-Content-Type-Options") == "nosniff", (path, status, headers)
+        server = headers.get("Server", "")
+        assert "aiohttp" not in server and "Python" not in server, (path, server)
+    got = raw_exchange(d.port, b"GARBAGE\r\n\r\n")
+    assert b"aiohttp" not in got and b"Python" not in got, got
+    assert d.stop() == 0
