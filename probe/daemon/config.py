@@ -31,7 +31,16 @@ from typing import Any, Final, NoReturn, TypeVar
 
 from ..errors import ConfigError, TargetError
 from ..limits import MAX_CONFIG_BYTES, MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL
+from ..stages.spec import StageSpec
 from ..syntax import Source, parse_endpoint, parse_shard, parse_source_spec
+from .stage_config import (
+    MODULE_KEY,
+    MODULE_NAME,
+    STAGE_KEYS,
+    StageConfigError,
+    check_module_name,
+)
+from .stage_config import resolve as resolve_stages
 
 __all__ = [
     "DEFAULT_PROBE_ALLOW",
@@ -145,6 +154,8 @@ class ResolvedTarget:
     down_after: int = 1
     up_after: int = 1
     histograms: bool = False
+    # after the connect: TLS, send/expect, starttls (its own, its module's, [defaults]')
+    stages: StageSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +201,8 @@ class Config:
     cluster: ClusterConfig = ClusterConfig()
     targets: tuple[ResolvedTarget, ...] = ()
     store: StoreConfig = StoreConfig()
+    # [modules.NAME]: stages that /probe?module=NAME runs (None: a plain connect)
+    modules: Mapping[str, StageSpec | None] = field(default_factory=lambda: MappingProxyType({}))
 
     def resolved_targets(self) -> list[ResolvedTarget]:
         return list(self.targets)
@@ -408,11 +421,21 @@ def _known_keys(table: dict[str, Any], at: _Path, known: Sequence[str]) -> None:
 
 # -- sections -------------------------------------------------------------------------------
 
-_SECTIONS: Final = ("defaults", "engine", "log", "metrics", "cluster", "store", "targets")
+_SECTIONS: Final = (
+    "defaults",
+    "engine",
+    "log",
+    "metrics",
+    "cluster",
+    "store",
+    "modules",
+    "targets",
+)
 _DEFAULT_KEYS: Final = (
     "interval", "timeout", "family", "addresses", "down_after", "up_after", "histograms",
 )  # fmt: skip
-_TARGET_KEYS: Final = ("address", "name", *_DEFAULT_KEYS, "labels")
+_STAGE_KEYS: Final = (*STAGE_KEYS, MODULE_KEY)  # per target and in [defaults]
+_TARGET_KEYS: Final = ("address", "name", *_DEFAULT_KEYS, "labels", *_STAGE_KEYS)
 
 
 def _interval(value: object, at: _Path) -> float:
@@ -448,8 +471,8 @@ _SHARED: Final[dict[str, Callable[[object, _Path], object]]] = {
 def _defaults(raw: object) -> TargetDefaults:
     at: _Path = ("defaults",)
     table = _table(raw, at)
-    _known_keys(table, at, _DEFAULT_KEYS)
-    values = {k: _SHARED[k](v, (*at, k)) for k, v in table.items()}
+    _known_keys(table, at, (*_DEFAULT_KEYS, *_STAGE_KEYS))
+    values = {k: _SHARED[k](v, (*at, k)) for k, v in table.items() if k in _SHARED}
     return TargetDefaults(**values)  # type: ignore[arg-type]
 
 
@@ -578,7 +601,58 @@ def _family_of(host: str) -> str | None:
         return None  # a name
 
 
-def _target(raw: object, index: int, defaults: TargetDefaults) -> ResolvedTarget:
+def _modules(raw: object) -> dict[str, dict[str, Any]]:
+    """[modules.NAME] tables: stage keys only."""
+    at: _Path = ("modules",)
+    table = _table(raw, at)
+    out: dict[str, dict[str, Any]] = {}
+    for name, body in table.items():
+        if not MODULE_NAME.match(name):
+            _fail((*at, name), "a module name is 1-64 letters, digits, '_', '.' or '-'")
+        module = _table(body, (*at, name))
+        _known_keys(module, (*at, name), STAGE_KEYS)
+        out[name] = module
+    return out
+
+
+def _stages(layers: Sequence[Mapping[str, Any]], at: _Path) -> StageSpec | None:
+    try:
+        return resolve_stages(layers, at)
+    except StageConfigError as exc:
+        _fail(exc.at, exc.problem)
+
+
+def _stage_layers(
+    table: dict[str, Any], at: _Path, defaults: Mapping[str, Any], modules: Mapping[str, Any]
+) -> list[Mapping[str, Any]]:
+    """[defaults]' stage keys, then the module's (the target's `module`, else [defaults]'),
+    then the target's own."""
+    layers: list[Mapping[str, Any]] = [defaults]
+    where, name = (
+        (at, table.get(MODULE_KEY))
+        if MODULE_KEY in table
+        else (
+            ("defaults",),
+            defaults.get(MODULE_KEY),
+        )
+    )
+    if name is not None:
+        try:
+            check_module_name(name, modules, (*where, MODULE_KEY))
+        except StageConfigError as exc:
+            _fail(exc.at, exc.problem)
+        layers.append(modules[name])
+    layers.append(table)
+    return layers
+
+
+def _target(
+    raw: object,
+    index: int,
+    defaults: TargetDefaults,
+    stage_defaults: Mapping[str, Any] | None = None,
+    modules: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ResolvedTarget:
     at: _Path = ("targets", index)
     table = _table(raw, at)
     _known_keys(table, at, _TARGET_KEYS)
@@ -602,6 +676,7 @@ def _target(raw: object, index: int, defaults: TargetDefaults) -> ResolvedTarget
         host=host,
         port=port,
         labels=labels if labels is not None else MappingProxyType({}),
+        stages=_stages(_stage_layers(table, at, stage_defaults or {}, modules or {}), at),
         **merged,  # type: ignore[arg-type]
     )
 
@@ -626,7 +701,11 @@ def _resolve(data: dict[str, Any]) -> Config:
             "(double brackets)",
         )
     items = _array(raw_targets, ("targets",), max_items=1_000_000)
-    targets = tuple(_target(item, i, defaults) for i, item in enumerate(items))
+    raw_defaults = data.get("defaults", {})  # a table: _defaults checked it
+    modules = _modules(data.get("modules", {}))
+    targets = tuple(
+        _target(item, i, defaults, raw_defaults, modules) for i, item in enumerate(items)
+    )
     # Names key the metrics series and log lines: two targets sharing one would merge.
     seen: dict[str, int] = {}
     for i, target in enumerate(targets):
@@ -638,7 +717,10 @@ def _resolve(data: dict[str, Any]) -> Config:
                 f"already used by targets[{seen[target.name]}]",
             )
         seen[target.name] = i
-    return Config(defaults, engine, log, metrics, cluster, targets, store)
+    module_stages = MappingProxyType(
+        {name: _stages([table], ("modules", name)) for name, table in modules.items()}
+    )
+    return Config(defaults, engine, log, metrics, cluster, targets, store, module_stages)
 
 
 # -- reading and parsing --------------------------------------------------------------------

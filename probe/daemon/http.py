@@ -67,6 +67,7 @@ class ProbeRequest:
     timeout: float | None = None  # None: the config's default
     debug: bool = False
     scrape_timeout: float | None = None  # Prometheus' X-Prometheus-Scrape-Timeout-Seconds
+    module: str | None = None  # ?module=NAME: a [modules.NAME] table's stages
 
 
 ProbeHandler = Callable[[ProbeRequest], Awaitable[Answer]]
@@ -95,7 +96,8 @@ def parse_probe(query: Mapping[str, str], headers: Mapping[str, str]) -> ProbeRe
         if scrape is not None and not (math.isfinite(scrape) and scrape > 0):
             scrape = None
     debug = query.get("debug", "").lower() in ("1", "true", "yes")
-    return ProbeRequest(target, timeout, debug, scrape)
+    module = query.get("module") or None
+    return ProbeRequest(target, timeout, debug, scrape, module)
 
 
 def text_answer(status: int, message: str) -> Answer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..output.jsonl import record_json
 from ..record import OPEN, Record, unresolved_record
 from ..resolve import LookupPool, ResolveError, Resolver
 from ..stages.result import EXPECT_MISMATCH, EXPECT_TIMEOUT, StageResult
+from ..stages.spec import StageSpec
 from ..syntax import AddressSet, Endpoint, Exclusions, parse_target
 from .config import Config
 from .http import Answer, ProbeRequest, text_answer
@@ -144,6 +145,34 @@ def _stage_gauges(stages: StageResult, gauge: Callable[..., None]) -> None:
         gauge("probe_failed_due_to_regex", "1 when an expect found no matching line.", regex)
 
 
+def describe_stages(spec: StageSpec | None) -> str:
+    """A module's stages in a few words, for debug=true."""
+    if spec is None:
+        return "a plain connect"
+    parts = []
+    if spec.tls:
+        parts.append("tls")
+    if spec.starttls is not None:
+        parts.append(f"starttls {spec.starttls}")
+    if spec.steps:
+        parts.append(f"{len(spec.steps)} send/expect step(s)")
+    if spec.reflect:
+        parts.append("reflect")
+    return ", ".join(parts) or "a plain connect"
+
+
+def stage_step(stages: StageResult) -> str:
+    """What the stages found, for debug=true."""
+    parts = [f"stages: {stages.error or 'passed'}"]
+    if stages.tls_ms is not None:
+        parts.append(f"tls {stages.tls_ms:.3f} ms")
+        if stages.tls_version is not None:
+            parts.append(f"{stages.tls_version} {stages.cipher}")
+    if stages.expect_ms is not None:
+        parts.append(f"expect {stages.expect_ms:.3f} ms, matched {stages.matched!r}")
+    return ", ".join(parts)
+
+
 def answer_body(query: Query, record: Record, duration: float, dns_seconds: float) -> bytes:
     """The 200 answer's body: Prometheus text, or with debug=true the steps, the record and
     the metrics that would have been returned, in plain text."""
@@ -151,6 +180,8 @@ def answer_body(query: Query, record: Record, duration: float, dns_seconds: floa
     if not query.debug:
         return metrics
     query.step(connect_step(record))
+    if record.stages is not None:
+        query.step(stage_step(record.stages))
     return debug_text(query, record, metrics)
 
 
@@ -219,6 +250,7 @@ class OnDemand:
         self.default_timeout = 1.0
         self.networks: tuple[Network, ...] = ()
         self.allowed = Exclusions()
+        self.modules: Mapping[str, StageSpec | None] = {}  # [modules.NAME]: ?module=NAME
         self.active = 0  # requests resolving or connecting now
         self.connecting = 0  # requests waiting for their attempt's record
         self.lookups: set[asyncio.Task[Any]] = set()  # cancelled at shutdown
@@ -229,6 +261,7 @@ class OnDemand:
         self.default_timeout = config.defaults.timeout
         self.networks = config.metrics.probe_allow
         self.allowed = allow_list(self.networks)
+        self.modules = config.modules
 
     def stop_lookups(self) -> None:
         for task in list(self.lookups):
@@ -244,6 +277,9 @@ class OnDemand:
             return text_answer(400, f"bad target: {exc}")
         if target.count() != 1:
             return text_answer(400, "bad target: give exactly one port")
+        if request.module is not None and request.module not in self.modules:
+            known = ", ".join(sorted(self.modules)) or "none"
+            return text_answer(400, f"unknown module {request.module!r} (modules: {known})")
         if not self.running():
             return text_answer(503, "shutting down")
         if self.active >= self.limit:
@@ -302,7 +338,10 @@ class OnDemand:
         query.step(f"address chosen: {allowed[0].ip} ({allowed[0].family_name})")
         if self.engine.closed or not self.running():
             return text_answer(503, "shutting down")
-        attempt = Attempt(endpoint, allowed[0], 1, query.timeout, dns_ms=dns * 1000)
+        stages = None if request.module is None else self.modules[request.module]
+        if request.module is not None:
+            query.step(f"module: {request.module} ({describe_stages(stages)})")
+        attempt = Attempt(endpoint, allowed[0], 1, query.timeout, dns_ms=dns * 1000, stages=stages)
         self.connecting += 1
         try:
             record = await self.engine.attempt(attempt)

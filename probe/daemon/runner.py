@@ -343,7 +343,9 @@ class Runner:
     ) -> None:
         target = job.item
         endpoint = Endpoint(target.address, target.host, target.port)
-        attempt = Attempt(endpoint, address, number, target.timeout, dns_ms=dns_ms)
+        attempt = Attempt(
+            endpoint, address, number, target.timeout, dns_ms=dns_ms, stages=target.stages
+        )
         extra = self._extras.get(target.name) or extra_of(target)  # shared: never changed
         path = path_of(target.name, target.addresses, address)
 

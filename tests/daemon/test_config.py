@@ -326,7 +326,7 @@ def test_log_format_must_be_a_known_choice() -> None:
         (
             'zzz = "red"\n',
             "zzz",
-            "valid keys: defaults, engine, log, metrics, cluster, store, targets",
+            "valid keys: defaults, engine, log, metrics, cluster, store, modules, targets",
         ),
         ('[metrics]\nlsiten = "x"\n', "metrics.lsiten", 'did you mean "listen"?'),
         ("[defaults]\nintervall = 3\n", "defaults.intervall", 'did you mean "interval"?'),
