@@ -553,6 +553,31 @@ def test_promtool_test_rules_every_alert_fires_and_stays_quiet(tmp_path: Path) -
         assert " []" in cases and any(c != " []" for c in cases), alert
 
 
+def test_every_target_alert_routes_by_the_config_labels_and_keeps_the_instance() -> None:
+    """Each target rule joins probe_target_info (its labels: the config's, the scrape's),
+    and in alerts_test.yml every firing alert shows the config label `team` and its
+    `instance`; the daemon rules keep `instance` too. promtool (above) checks them."""
+    rules = re.split(r"^\s*- alert: ", text("alerts.yml"), flags=re.M)[1:]
+    joined = set()
+    for rule in rules:
+        name = rule.split("\n", 1)[0].strip()
+        expr = rule.split("expr:", 1)[1].split("for:", 1)[0]
+        if "target" in expr:
+            assert "probe_target_info * on(job, instance, target) group_left()" in expr, name
+            assert "sum by(target)" not in expr, name  # aggregating the node away
+            joined.add(name)
+    assert len(joined) == 6
+    content = text("alerts_test.yml")
+    firing = r"alertname: (\w+)\n\s+exp_alerts:\n(\s+- exp_labels:[\s\S]*?)"
+    cases = re.findall(firing + r"(?=\n\s+- eval_time|\n\n|\Z)", content)
+    assert len(cases) >= 12
+    for name, body in cases:
+        for labels in body.split("- exp_labels:")[1:]:
+            assert re.search(r"^\s+instance: \S", labels, re.M), (name, labels)
+            if name in joined and re.search(r"^\s+target: \S", labels, re.M):
+                assert re.search(r"^\s+team: \S", labels, re.M), (name, labels)
+
+
 def test_promtool_test_rules_would_catch_a_wrong_threshold(tmp_path: Path) -> None:
     tool = need("promtool")
     put(tmp_path, "alerts.yml", text("alerts.yml").replace("> 0.1", "> 0.5"))
