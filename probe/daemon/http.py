@@ -104,6 +104,21 @@ def text_answer(status: int, message: str) -> Answer:
     return Answer(status, (message + "\n").encode())
 
 
+class Pace:
+    """Pauses inside a long piece of work (a render, a gzip): after each RENDER_BURST of it
+    the loop runs (due starts go first) and the process sleeps a moment: a loop busy for a
+    whole render loses the CPU to its neighbours for their time slices, and starts wait for
+    them."""
+
+    def __init__(self) -> None:
+        self._began = time.perf_counter()
+
+    async def turn(self) -> None:
+        if time.perf_counter() - self._began >= RENDER_BURST:
+            await asyncio.sleep(RENDER_PAUSE)
+            self._began = time.perf_counter()
+
+
 class SharedRender:
     """The exposition, made on the loop in bursts of at most ~RENDER_BURST (a few targets'
     text, a piece of a family joined), with a pause of RENDER_PAUSE after each in which the
@@ -130,16 +145,12 @@ class SharedRender:
 
     async def _make(self) -> list[bytes]:
         chunks: list[bytes] = []
-        began = time.perf_counter()
+        pace = Pace()
         for piece in self._pieces():
             if piece is not None:
                 chunks.append(piece)
-            elif time.perf_counter() - began >= RENDER_BURST:
-                # Let the loop run (due starts go first) and the process sleep a moment: a
-                # loop busy for a whole render loses the CPU to its neighbours for their
-                # time slices, and starts wait for them.
-                await asyncio.sleep(RENDER_PAUSE)
-                began = time.perf_counter()
+            else:
+                await pace.turn()
         return chunks
 
     def close(self) -> None:
@@ -253,14 +264,12 @@ class HttpServer:
         """The page gzipped piece by piece (one compressor per request, the render shared),
         with the loop let run between bursts as while rendering."""
         packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        began = time.perf_counter()
+        pace = Pace()
         for chunk in chunks:
             packed = packer.compress(chunk)
             if packed:
                 await response.write(packed)
-            if time.perf_counter() - began >= RENDER_BURST:
-                await asyncio.sleep(RENDER_PAUSE)
-                began = time.perf_counter()
+            await pace.turn()
         await response.write(packer.flush())
 
     async def _healthz(self, _: web.Request) -> web.Response:

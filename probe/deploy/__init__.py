@@ -27,6 +27,12 @@ FILES: dict[str, str] = {
     "kubernetes/daemonset.yaml": "Kubernetes: a daemon on every node, vantage points",
     "kubernetes/job-sweep.yaml": "Kubernetes: an Indexed Job, a one-shot sweep in N shards",
     "kubernetes/prometheus-scrape.yaml": "Kubernetes: Prometheus pod discovery for app=probe",
+    "kubernetes/pdb.yaml": "Kubernetes: PodDisruptionBudget, one shard down at a time",
+    "kubernetes/networkpolicy.yaml": "Kubernetes: NetworkPolicy, only Prometheus reaches the pods",
+    "kubernetes/kustomization.yaml": "kustomize base: the StatefulSet, its budget and policy",
+    "overlays/five-shards/kustomization.yaml": "kustomize overlay: the shard count once, image",
+    "overlays/prometheus-operator/kustomization.yaml": "kustomize overlay: base + PodMonitor",
+    "overlays/prometheus-operator/podmonitor.yaml": "prometheus-operator PodMonitor for app=probe",
 }
 
 

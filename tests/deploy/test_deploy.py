@@ -45,7 +45,11 @@ from probe.cli import _subparser, build_parser
 from probe.deploy import FILES
 from probe.syntax import parse_ports, read_targets
 
-KUBERNETES = [name for name in FILES if name.startswith("kubernetes/")]
+KUBERNETES = [
+    name
+    for name in FILES
+    if name.startswith("kubernetes/") and not name.endswith("kustomization.yaml")
+]
 
 # The metric names of the contract's metrics section (issue 9), exactly as the alert rules
 # and the dashboard may use them. Histograms are named without their _bucket/_count/_sum.
@@ -426,7 +430,9 @@ def test_logrotate_renames_and_the_daemon_reopens_on_sighup(
         "systemctl reload probe.service", f"kill -HUP {d.proc.pid}"
     )
     conf_path = put(tmp_path, "logrotate.conf", conf)
-    done = run(tool, "--force", "--verbose", "--state", str(tmp_path / "logrotate.state"), str(conf_path))
+    done = run(
+        tool, "--force", "--verbose", "--state", str(tmp_path / "logrotate.state"), str(conf_path)
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     rotated = logs / "records.jsonl.1"
@@ -485,7 +491,12 @@ def test_containerfile_is_slim_non_root_and_runs_probe_run() -> None:
     # Numeric and not root: Kubernetes' runAsNonRoot cannot check a user name.
     user, _, group = steps[users[-1]][1].partition(":")
     assert user.isdigit() and int(user) != 0 and (not group or group.isdigit())
-    assert all(f"runAsUser: {user}" in text(name) for name in KUBERNETES if "scrape" not in name)
+    assert all(
+        f"runAsUser: {user}" in text(name)
+        for name in KUBERNETES
+        if "scrape" not in name
+        and not name.endswith(("pdb.yaml", "networkpolicy.yaml", "kustomization.yaml"))
+    )
     assert json.loads(steps[entry][1]) == ["probe", "run"]
     cmd = json.loads(dict(steps)["CMD"])
     args = build_parser().parse_args(["run", *cmd])
@@ -770,6 +781,8 @@ KNOWN_KINDS = {
     ("apps/v1", "StatefulSet"),
     ("apps/v1", "DaemonSet"),
     ("batch/v1", "Job"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 }
 
 

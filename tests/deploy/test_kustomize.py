@@ -1,0 +1,141 @@
+"""The Kubernetes files as operators deploy them: the kustomize base and its overlays,
+rendered offline by the real `kubectl kustomize` (or `kustomize build`) from the tree
+`probe deploy` ships, and every rendered object checked against the Kubernetes API's own
+schemas by kubernetes-validate (strict: an unknown field is an error)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from probe.deploy import FILES, read
+
+KUSTOMIZATIONS = ["kubernetes", "overlays/five-shards", "overlays/prometheus-operator"]
+STANDALONE = [
+    name
+    for name in FILES
+    if name.startswith("kubernetes/") and not name.endswith("kustomization.yaml")
+]
+# kinds whose schema is a CRD's (prometheus-operator), not the API server's own
+CUSTOM = {("monitoring.coreos.com/v1", "PodMonitor")}
+
+
+def write_tree(tmp: Path) -> Path:
+    """Every shipped file at its `probe deploy` name under tmp, as the kustomization's
+    comment tells operators to write them."""
+    for name in FILES:
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(read(name))
+    return tmp
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl, standalone = shutil.which("kubectl"), shutil.which("kustomize")
+    if kubectl is not None:
+        cmd = [kubectl, "kustomize", str(directory)]
+    elif standalone is not None:
+        cmd = [standalone, "build", str(directory)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is installed (Debian: kubernetes-client)")
+    env = {**os.environ, "KUBECONFIG": str(directory / "no-kubeconfig")}  # offline
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def validate(obj: dict[str, Any]) -> None:
+    try:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        assert (obj["apiVersion"], obj["kind"]) in CUSTOM, obj["kind"]
+    except kubernetes_validate.ValidationError as exc:
+        raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {exc}") from None
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == kind]
+    return found
+
+
+def shard_env(sts: dict[str, Any]) -> str:
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    value: str = next(e["value"] for e in c["env"] if e["name"] == "PROBE_SHARD")
+    return value
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_kustomization_renders_offline_to_valid_objects(name: str, tmp_path: Path) -> None:
+    objects = kustomize(write_tree(tmp_path) / name)
+    kinds = {o["kind"] for o in objects}
+    assert {"StatefulSet", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"} <= kinds
+    for obj in objects:
+        validate(obj)
+    sts = one(objects, "StatefulSet")
+    assert shard_env(sts) == f"$(POD_INDEX)/{sts['spec']['replicas']}"
+
+
+@pytest.mark.parametrize("name", STANDALONE)
+def test_standalone_file_passes_the_schema(name: str) -> None:
+    for obj in yaml.safe_load_all(read(name).decode()):
+        if obj:
+            validate(obj)
+
+
+def test_a_schema_error_is_caught() -> None:
+    """The validator is strict: a field the API does not know fails, as does a count
+    written as a string."""
+    (pdb,) = yaml.safe_load_all(read("kubernetes/pdb.yaml").decode())
+    pdb["spec"]["maxUnavaliable"] = 1
+    with pytest.raises(AssertionError, match="maxUnavaliable"):
+        validate(pdb)
+    objects = [o for o in yaml.safe_load_all(read("kubernetes/statefulset.yaml").decode()) if o]
+    sts = one(objects, "StatefulSet")
+    sts["spec"]["replicas"] = "3"
+    with pytest.raises(AssertionError, match="replicas"):
+        validate(sts)
+
+
+def test_the_shard_count_is_written_once(tmp_path: Path) -> None:
+    """The overlay names the count under `replicas` only; PROBE_SHARD's N follows it, and
+    so does an edit of that one number."""
+    tree = write_tree(tmp_path)
+    overlay = tree / "overlays/five-shards/kustomization.yaml"
+    lines = [ln for ln in overlay.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    assert [ln.strip() for ln in lines if "5" in ln.replace("localhost:5000", "")] == ["count: 5"]
+    sts = one(kustomize(overlay.parent), "StatefulSet")
+    assert sts["spec"]["replicas"] == 5 and shard_env(sts) == "$(POD_INDEX)/5"
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "localhost:5000/probe:0.1.0"
+    overlay.write_text(overlay.read_text().replace("count: 5", "count: 7"))
+    sts = one(kustomize(overlay.parent), "StatefulSet")
+    assert sts["spec"]["replicas"] == 7 and shard_env(sts) == "$(POD_INDEX)/7"
+
+
+def test_budget_policy_and_monitor_select_the_probe_pods(tmp_path: Path) -> None:
+    objects = kustomize(write_tree(tmp_path) / "overlays/prometheus-operator")
+    sts = one(objects, "StatefulSet")
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"] for p in c["ports"]}
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert {p["port"] for p in rule["ports"]} <= ports
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # probes must reach anywhere
+    monitor = one(objects, "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in ports
+    targets = {r["targetLabel"] for r in endpoint["relabelings"]}
+    assert {"instance", "node"} <= targets  # what the alerts keep
