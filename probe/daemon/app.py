@@ -149,7 +149,7 @@ class Daemon:
         self.ondemand.configure(new, self.engines.probe_limit)
         self.config = new
         notes = {"needs_restart": keys} if (keys := needs_restart(old, new)) else {}
-        counts = dict(zip(("added", "removed", "kept"), self.runner.apply(targets), strict=True))
+        counts = self.runner.apply(targets)
         self.metrics.config_loaded(True)
         self.log.info("reload", result="ok", config=self.path, **counts, **notes)
 

@@ -37,6 +37,19 @@ LATE_START = 0.1  # seconds: a scheduled start later than this is counted and lo
 # away fires at once, and the timer of one further away may fire early. Slots due within
 # this much are started now, instead of spinning through the loop until their instant.
 EARLY = 0.001
+# [log] attempts: which records the log gets. "failures": every attempt that was not open;
+# "changes": an attempt whose outcome (and error) differs from its path's previous one.
+LOG_ATTEMPTS = ("all", "failures", "changes")
+
+
+def should_log(mode: str, record: Record, previous: tuple[str, str | None] | None) -> bool:
+    """Whether `record` goes to the log under `mode`; `previous` is its path's last
+    (outcome, error), None before the first."""
+    if mode == "failures":
+        return record.outcome != OPEN
+    if mode == "changes":
+        return previous != (record.outcome, record.error)
+    return True
 
 
 def _job_key(target: ResolvedTarget) -> str:
@@ -100,6 +113,8 @@ class Runner:
         self.store: Store | None = None  # the durable state, opened by open_store()
         self.health = Health()  # damped up/down state of every series (down_after/up_after)
         self.attempts: dict[str, int] = {}  # name → attempts made, for the record's number
+        self.log_attempts = "all"  # [log] attempts: which records are written (LOG_ATTEMPTS)
+        self._last: dict[Path, tuple[str, str | None]] = {}  # path → last (outcome, error)
         self.running = False
         ttl, deadline, threads = lookups
         self._pool = LookupPool("resolve-schedule", threads)
@@ -217,12 +232,24 @@ class Runner:
 
     # -- scheduling -----------------------------------------------------------------------------
 
-    def apply(self, targets: list[ResolvedTarget]) -> tuple[int, int, int]:
-        """The targets to schedule from now on: (added, removed, kept)."""
+    def apply(self, targets: list[ResolvedTarget]) -> dict[str, int]:
+        """The targets to schedule from now on. Returns how many, by name, were added,
+        removed, changed (any setting) and kept as they were: added + changed + kept is the
+        new count, removed + changed + kept the old one."""
+        before = {t.name: t for t in self.targets()}
+        after = {t.name: t for t in targets}
+        changed = sum(1 for n, t in after.items() if n in before and before[n] != t)
+        both = sum(1 for n in after if n in before)
+        counts = {
+            "added": len(after) - both,
+            "removed": len(before) - both,
+            "changed": changed,
+            "kept": both - changed,
+        }
         now = self.clock.now()
         items = [(_job_key(t), t.interval, t) for t in targets]
         previous = {job.key: job.item.name for job in self.schedule.jobs.values()}
-        added, removed, kept = self.schedule.update(items, now)
+        _, removed, _ = self.schedule.update(items, now)
         current = {t.name for t in targets}
         for key in removed:
             name = previous[key]
@@ -240,8 +267,10 @@ class Runner:
         self._extras = {t.name: extra_of(t) for t in targets}
         self.names.keep_only(set(self._hosts))
         self.metrics.set_targets(targets)
+        if self._last:
+            self._last = {p: v for p, v in self._last.items() if p.name in current}
         self._arm()
-        return len(added), len(removed), len(kept)
+        return counts
 
     def _arm(self) -> None:
         if self._timer is not None:
@@ -365,7 +394,10 @@ class Runner:
         """`more`: other addresses of this round are still in flight."""
         job.running = more
         target = job.item
-        self.write(record)
+        previous = self._last.get(path)
+        self._last[path] = (record.outcome, record.error)
+        if should_log(self.log_attempts, record, previous):
+            self.write(record)
         if not job.active:
             return  # removed by a reload while in flight: record it, keep no state
         up = record.outcome == OPEN
@@ -386,6 +418,7 @@ class Runner:
                     target=record.target,
                     **where,
                     **{"from": _updown(change.before), "to": _updown(change.after)},
+                    error=record.error,  # what the last attempt met (None when up)
                 )
         self.metrics.observe(target.name, record)
         combined = self.health.combined(target.name)  # down when any path is down

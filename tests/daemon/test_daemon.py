@@ -208,6 +208,9 @@ def test_state_events(shared: Shared) -> None:
     )
     assert ts(down) >= ts(first_refused)
     assert down["target"] == f"127.0.0.1:{shared.flip_port}"
+    assert down["error"] == "ECONNREFUSED"  # what the attempt that made it down met
+    up = next(ev for ev in shared.d.events("state") if ev["name"] == "web")
+    assert up["to"] == "up" and up["error"] is None
 
 
 # -- 4. metrics --------------------------------------------------------------------------------
@@ -342,7 +345,8 @@ def test_reload_adds_and_removes_targets_and_keeps_the_kept_one(
     d.rewrite(config_toml(log, keep2 + target_toml("new", f"127.0.0.1:{new}")))
     d.send(signal.SIGHUP)
     reload = d.wait_event("reload", result="ok")
-    assert (reload["added"], reload["removed"], reload["kept"]) == (1, 1, 1)
+    counts = tuple(reload[k] for k in ("added", "removed", "changed", "kept"))
+    assert counts == (1, 1, 1, 0)  # "keep" changed its timeout and labels
     at = ts(reload)
     d.wait_records("new", 3)
     d.wait_records("keep", 3, after=at)
@@ -446,6 +450,23 @@ def test_reload_changing_the_interval_replaces_the_schedule(
     assert len(starts) >= 3
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) > 0.4, gaps
+
+
+def test_reload_counts_a_changed_interval_as_changed(
+    start: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """One of two targets changes its interval: 0 added, 0 removed, 1 changed, 1 kept,
+    which add up to the two targets before and after."""
+    log = tmp_path / "probe.log"
+    a, b = (target_toml(n, f"127.0.0.1:{closed_port()}") for n in ("a", "b"))
+    d = start(config_toml(log, a + b), log)
+    d.wait_records("b", 1)
+    d.rewrite(config_toml(log, a + b.replace("[[targets]]\n", "[[targets]]\ninterval = 0.3\n")))
+    d.send(signal.SIGHUP)
+    reload = d.wait_event("reload", result="ok")
+    counts = tuple(reload[k] for k in ("added", "removed", "changed", "kept"))
+    assert counts == (0, 0, 1, 1), reload
+    assert d.stop() == 0
 
 
 def test_reload_from_no_targets_starts_probing(
