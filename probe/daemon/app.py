@@ -75,7 +75,9 @@ class Daemon:
         self.ondemand.configure(config, self.engines.probe_limit)
         self.http: HttpServer | None = None
         if listen is not None:
-            page = StatusPage(self.runner.targets, self.runner.history)
+            page = StatusPage(
+                self.runner.targets, self.runner.history, store=lambda: self.runner.store
+            )
             self.http = HttpServer(
                 listen[0], listen[1], self.metrics.pieces, lambda: self.runner.running,
                 self.ondemand, routes=page.routes(),

@@ -1,5 +1,9 @@
 """The status page: `GET /` (HTML, inline SVG charts) and `GET /api/targets` (the same, JSON).
 
+One latency scale for the whole page (the slowest answer among its rows, rounded up to a
+readable number), written on the chart column's header; a 90-day uptime bar per row from the
+durable store (target_page.py draws a target's own page, badge.py its badge).
+
 Built from the history the daemon keeps, on the daemon's loop, touching only what the page
 shows: the order and the counts come from status_order (a byte per target, kept current from
 the history's log of state changes, no pass over 10,000 targets per build), and only the
@@ -13,22 +17,25 @@ under a strict CSP.
 from __future__ import annotations
 
 import asyncio
-import html
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import msgspec
 from aiohttp import web
 from multidict import MultiMapping
 
+from . import target_page
+from .badge import badge_svg
 from .config import ResolvedTarget
 from .history import BUCKET_SECONDS, BUCKETS, Bucket, History, TargetHistory, updown
+from .pagetext import _clock, _duration, _e, _iso, _ms, _nice, _response, _round
 from .status_order import DOWN, UNKNOWN, UP, Order
+from .store import Store
 
 T = TypeVar("T")
 MAX_AGE = 1.0  # seconds a rendered page or JSON answer is reused
@@ -39,19 +46,19 @@ PER_PAGE = 100  # rows on one page; the rest are a click (or ?page=N) away
 LABELS_SHOWN = 50  # label filters offered as links
 CACHE_ENTRIES = 64  # distinct query strings cached at once
 ROW_CACHE = 20 * PER_PAGE  # rows kept for reuse
-CHART_W, CHART_H = 240, 36
+CHART_W, CHART_H = 240, 36  # the chart's coordinates
+SHOWN_W = 180  # its width on the page
+DAYS = 90  # the uptime bar's length
+BADGE_DAYS = 30  # the badge's uptime span
+DAYS_MAX_AGE = 60.0  # seconds a target's bar is reused (it changes once a minute at most)
+DAY_W, DAY_STEP, DAY_H = 1.5, 2, 14  # one day's mark in the bar
 
-HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 COLUMNS = ("name", "address", "state", "since", "last outcome", "local endpoint", "latency",
-           "RTT", "uptime", "last hour", "state changes")  # fmt: skip
+           "RTT", "uptime", "last hour", "90 days", "state changes")  # fmt: skip
+# Each cell's class (the narrow layout shows name, state, since and outcome first; the rest
+# on a tap), in COLUMNS order.
+CELL_CLASSES = ("name", "address", "state", "since", "outcome", "local", "num latency",
+                "num rtt", "num uptime", "chart", "days", "changes")  # fmt: skip
 
 
 class QueryError(ValueError):
@@ -99,6 +106,11 @@ class Row(msgspec.Struct, gc=False):  # no cycles: the collector need not look
     chart: Chart
     buckets: tuple[tuple[float, int, int, float | None, float | None] | None, ...]
     changes: tuple[ChangeRow, ...]  # newest first
+    high_ms: float | None = None  # the slowest answer of the window: the page's scale
+    # Uptime % of each of the last DAYS days, oldest first (None: no attempt that day).
+    days: tuple[float | None, ...] = ()
+    # Optional columns (Page.extra_columns), by column name: what later stages add.
+    extra: dict[str, str] = {}
 
 
 class Group(msgspec.Struct, gc=False):
@@ -120,6 +132,9 @@ class Page(msgspec.Struct, gc=False, kw_only=True):
     group: str
     offered: list[str]  # label filters the config has (capped)
     groups: list[Group]
+    scale_ms: float = 1.0  # every chart's top: one latency scale for the page
+    days_from: str = ""  # the first day of the uptime bars, YYYY-MM-DD (UTC)
+    extra_columns: list[str] = []  # optional columns, shown after "RTT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +178,19 @@ class StatusPage:
         targets: Callable[[], Iterable[ResolvedTarget]],
         history: History,
         clock: Callable[[], float] = time.time,
+        store: Callable[[], Store | None] = lambda: None,
+        extra_columns: tuple[str, ...] = (),
+        extras: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
+        """`extra_columns` and `extras` (name → {column: text}) add optional columns: the
+        place for what later stages know of a target (TLS version, days to expiry)."""
         self._targets = targets
         self._history = history
         self._clock = clock
+        self._store = store  # the daemon's durable store, once it is open (None: none)
+        self._extra_columns = extra_columns
+        self._extras = extras
+        self._days: dict[str, tuple[float, tuple[float | None, ...]]] = {}
         self._cache: dict[tuple[str, Query], tuple[float, object]] = {}
         self._building: dict[tuple[str, Query], asyncio.Task[Any]] = {}
         self._rows: dict[str, tuple[tuple[float | None, int], ResolvedTarget, Row]] = {}
@@ -227,6 +251,20 @@ class StatusPage:
                     await asyncio.sleep(0)
                 target = targets[n]
                 rows.append(self._row(target, histories.get(target.name), now))
+        highs = [r.high_ms for g in groups for r in g.rows if r.high_ms is not None]
+        scale = _nice(max(highs)) if highs else 1.0
+        today = int(now // 86400)
+        days = await self._bars([r.name for g in groups for r in g.rows], today)
+        extras = self._extras
+        for g in groups:
+            for i, row in enumerate(g.rows):
+                bar = days.get(row.name, ())
+                extra = extras(row.name) if extras is not None else {}
+                if row.chart.scale_ms != scale or row.days != bar or row.extra != extra:
+                    row = g.rows[i] = msgspec.structs.replace(
+                        row, chart=_chart(row.buckets, scale), days=bar, extra=extra
+                    )
+                    self._keep_row(row)
         return Page(
             generated=_iso(now),
             total=len(targets),
@@ -238,7 +276,42 @@ class StatusPage:
             group=query.group,
             offered=order.offered,
             groups=groups,
+            scale_ms=scale,
+            days_from=time.strftime("%Y-%m-%d", time.gmtime((today - DAYS + 1) * 86400)),
+            extra_columns=list(self._extra_columns),
         )
+
+    async def _bars(self, names: list[str], today: int) -> dict[str, tuple[float | None, ...]]:
+        """Each name's uptime by day from the store (read on its thread), kept a minute."""
+        store = self.store
+        if store is None:
+            return {}
+        clock = time.monotonic()
+        kept = self._days
+        missing = [n for n in names if (k := kept.get(n)) is None or k[0] < clock]
+        if missing:
+            first = today - DAYS + 1
+            got = await store.days(missing, first)
+            if len(kept) >= ROW_CACHE:
+                kept.clear()
+            for name in missing:
+                by_day = got.get(name, {})
+                bar = tuple(
+                    None if not (af := by_day.get(d)) or not af[0]
+                    else round(100.0 * (af[0] - af[1]) / af[0], 3)
+                    for d in range(first, today + 1)
+                )  # fmt: skip
+                kept[name] = (clock + DAYS_MAX_AGE, bar)
+        return {n: kept[n][1] for n in names if n in kept}
+
+    @property
+    def store(self) -> Store | None:
+        return self._store()
+
+    def _keep_row(self, row: Row) -> None:
+        kept = self._rows.get(row.name)
+        if kept is not None:
+            self._rows[row.name] = (kept[0], kept[1], row)
 
     def _row(self, target: ResolvedTarget, history: TargetHistory | None, now: float) -> Row:
         """A row changes when a record comes or a minute ends; between, only its "since"
@@ -266,7 +339,7 @@ class StatusPage:
         kept = self._kept_html.get(row.name)
         if kept is not None and kept[0] is row:
             return kept[1]
-        parts = row_parts(row)
+        parts = row_parts(row, self._extra_columns)
         if len(self._kept_html) >= ROW_CACHE:
             self._kept_html.clear()
         self._kept_html[row.name] = (row, parts)
@@ -278,9 +351,53 @@ class StatusPage:
         return [
             web.get("/", self._html),
             web.get("/api/targets", self._json),
+            web.get("/target/{name:.+}", self._target),
+            web.get("/badge/{file:.+}", self._badge),
             web.get("/static/status.js", _static("status.js", "text/javascript")),
+            web.get("/static/target.js", _static("target.js", "text/javascript")),
             web.get("/static/status.css", _static("status.css", "text/css")),
         ]
+
+    async def _find(self, name: str) -> ResolvedTarget | None:
+        await self._order.sync(list(self._targets()), LABELS_SHOWN)
+        return self._order.find(name)
+
+    async def _target(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        target = await self._find(name)
+        ctype = "text/html; charset=utf-8"
+        if target is None:
+            return _response(404, target_page.not_found(name), ctype)
+        history = self._history.get(name)
+        return _response(200, await target_page.render(target, history, self.store,
+                                                       self._clock()), ctype)  # fmt: skip
+
+    async def _badge(self, request: web.Request) -> web.Response:
+        """State and uptime: over BADGE_DAYS days from the store, else over the hour."""
+        file = request.match_info["file"]
+        name = file.removesuffix(".svg")
+        target = await self._find(name) if file.endswith(".svg") else None
+        if target is None:
+            return _response(404, b"no such target\n", "text/plain; charset=utf-8")
+        history = self._history.get(name)
+        now = self._clock()
+        attempts = failures = 0
+        span = "1 h"
+        if self.store is not None:
+            today = int(now // 86400)
+            days = (await self.store.days([name], today - BADGE_DAYS + 1)).get(name, {})
+            attempts = sum(a for a, _ in days.values())
+            failures = sum(f for _, f in days.values())
+            span = f"{BADGE_DAYS} d"
+        if not attempts and history is not None:
+            for b in history.buckets(now):
+                if b is not None:
+                    attempts += b.attempts
+                    failures += b.failures
+            span = "1 h"
+        uptime = 100.0 * (attempts - failures) / attempts if attempts else None
+        state = updown(None if history is None else history.state)
+        return _response(200, badge_svg(name, state, uptime, span), "image/svg+xml")
 
     async def _html(self, request: web.Request) -> web.Response:
         return await self._respond(request, "html", "text/html; charset=utf-8")
@@ -294,10 +411,6 @@ class StatusPage:
         except QueryError as exc:
             return _response(400, (str(exc) + "\n").encode(), "text/plain; charset=utf-8")
         return _response(200, await self.answer(kind, query), ctype)
-
-
-def _response(status: int, body: bytes, ctype: str) -> web.Response:
-    return web.Response(status=status, body=body, headers={"Content-Type": ctype, **HEADERS})
 
 
 def _static(name: str, ctype: str) -> Callable[[web.Request], Any]:
@@ -332,7 +445,7 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
     if history is None:
         cells = (target.name, target.address, "unknown", "", "", "", "", "", "")
         return Row(target.name, target.address, labels, "unknown", None, None, None, None,
-                   None, None, None, None, 0, cells, _chart([]), (None,) * BUCKETS, ())  # fmt: skip
+                   None, None, None, None, 0, cells, _chart(()), (None,) * BUCKETS, ())  # fmt: skip
     buckets = history.buckets(now)
     attempts = failures = 0
     for b in buckets:
@@ -361,6 +474,11 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
         _ms(history.rtt_ms),
         "" if uptime is None else f"{uptime:.1f} %",
     )
+    kept = tuple(
+        None if b is None else (b.start, b.attempts, b.failures, _round(b.p50_ms), _round(b.max_ms))
+        for b in buckets
+    )
+    highs = [b.max_ms for b in buckets if b is not None and b.max_ms is not None]
     changes = tuple(
         ChangeRow(_iso(c.at), c.before, c.after, c.reason,
                   f"{_clock(c.at)} {c.before}→{c.after}" + (f" {c.reason}" if c.reason else ""))
@@ -381,14 +499,10 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
         uptime_pct=None if uptime is None else round(uptime, 3),
         attempts=attempts,
         cells=cells,
-        chart=_chart(buckets),
-        buckets=tuple(
-            None
-            if b is None
-            else (b.start, b.attempts, b.failures, _round(b.p50_ms), _round(b.max_ms))
-            for b in buckets
-        ),
+        chart=_chart(kept),
+        buckets=kept,
         changes=changes,
+        high_ms=max(highs) if highs else None,
     )
 
 
@@ -396,16 +510,25 @@ _STEP = f"{CHART_W / BUCKETS:g}"
 _LEFT = [f"{i * CHART_W / BUCKETS:g}" for i in range(BUCKETS)]
 
 
-def _chart(buckets: list[Bucket | None]) -> Chart:
-    """SmokePing's picture in a few paths: linear scale from 0 to the window's max."""
-    highs = [b.max_ms for b in buckets if b is not None and b.max_ms is not None]
-    scale = _nice(max(highs)) if highs else 1.0
+Kept = tuple[float, int, int, float | None, float | None]  # Row.buckets' entries
+
+
+def _chart(buckets: Iterable[Bucket | Kept | None], scale: float | None = None) -> Chart:
+    """SmokePing's picture in a few paths: linear scale from 0 to `scale` (the page's), or
+    to the window's max."""
+    entries = [
+        b if b is None or isinstance(b, Bucket) else Bucket(b[0], b[1], b[2], (), b[3], b[4])
+        for b in buckets
+    ]
+    if scale is None:
+        highs = [b.max_ms for b in entries if b is not None and b.max_ms is not None]
+        scale = _nice(max(highs)) if highs else 1.0
     per_ms = CHART_H / scale
     p50: list[str] = []
     smoke: list[str] = []
     fail: list[str] = []
     pen_down = False
-    for left, b in zip(_LEFT, buckets, strict=False):
+    for left, b in zip(_LEFT, entries, strict=False):
         if b is None:
             pen_down = False
             continue
@@ -425,47 +548,7 @@ def _chart(buckets: list[Bucket | None]) -> Chart:
     return Chart(scale, "".join(p50), "".join(smoke), "".join(fail))
 
 
-def _nice(value: float) -> float:
-    """The next 1, 2 or 5 times a power of ten at or above `value` (a readable axis top)."""
-    if value <= 0:
-        return 1.0
-    power = 10 ** math.floor(math.log10(value))
-    for m in (1, 2, 5, 10):
-        if value <= m * power:
-            return float(m * power)
-    return float(10 * power)  # pragma: no cover - the loop always returns
-
-
-def _round(ms: float | None) -> float | None:
-    return None if ms is None else round(ms, 3)
-
-
-def _ms(ms: float | None) -> str:
-    return "" if ms is None else f"{ms:.2f} ms"
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def _clock(epoch: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(epoch))
-
-
 # -- HTML ---------------------------------------------------------------------------------------
-
-_e = html.escape  # quote=True: safe in text and in double-quoted attributes
 
 
 async def render_html(
@@ -477,12 +560,14 @@ async def render_html(
     out: list[str] = [
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="color-scheme" content="light dark">'
         "<title>probe status</title>"
         '<link rel="stylesheet" href="/static/status.css">'
         '<script src="/static/status.js" defer></script></head><body>'
         '<header><h1>probe</h1><p id="summary">',
         _e(summary(page)),
-        '</p><nav id="filters">',
+        '</p><div id="announce" class="sr-only" role="status" aria-live="polite"></div>'
+        '<nav id="filters">',
     ]
     out.append(f'<a href="{_e(query.string(labels=(), page=1))}">all</a>')
     for text in page.offered:
@@ -499,13 +584,14 @@ async def render_html(
             href = _e(query.string(group=key, page=1))
             out.append(f' <a href="{href}"{current}>{_e(key)}</a>')
     out.append('</nav></header><main><table id="targets"><thead><tr>')
-    out.extend(f"<th>{_e(c)}</th>" for c in COLUMNS)
+    heads = header_cells(page)
+    out.extend(heads)
     out.append("</tr></thead>")
     n = 0
     for group in page.groups:
-        out.append("<tbody>")
+        out.append(f'<tbody data-group="{_e(group.name)}">')
         if group.name:
-            out.append(f'<tr class="group"><th colspan="{len(COLUMNS)}">{_e(group.name)}</th></tr>')
+            out.append(f'<tr class="group"><th colspan="{len(heads)}">{_e(group.name)}</th></tr>')
         for row in group.rows:
             n += 1
             if n % HTML_CHUNK == 0:
@@ -524,6 +610,28 @@ async def render_html(
     return "".join(out).encode()
 
 
+def header_cells(page: Page) -> list[str]:
+    """The table's header: the chart column carries the page's one latency scale, the days
+    column the first day; optional columns go after RTT."""
+    cells: list[str] = []
+    for name, cls in zip(COLUMNS, CELL_CLASSES, strict=True):
+        if name == "last hour":
+            text = (f'last hour <span id="scale" class="axis">0 to {_e(_scale(page.scale_ms))}'
+                    "</span>")  # fmt: skip
+        elif name == "90 days":
+            text = f'90 days <span id="days-from" class="axis">from {_e(page.days_from)}</span>'
+        else:
+            text = _e(name)
+        cells.append(f'<th class="{cls}">{text}</th>')
+        if name == "RTT":
+            cells.extend(f'<th class="extra">{_e(c)}</th>' for c in page.extra_columns)
+    return cells
+
+
+def _scale(ms: float) -> str:
+    return f"{ms / 1000:g} s" if ms >= 1000 else f"{ms:g} ms"
+
+
 def summary(page: Page) -> str:
     c = page.counts
     head = f"{page.matched} targets" if page.matched == page.total else (
@@ -539,26 +647,70 @@ def row_html(row: Row) -> str:
     return f"{head}{_e(row.cells[3])}{tail}"
 
 
-def row_parts(row: Row) -> tuple[str, str]:
+def target_href(name: str) -> str:
+    """The target's own page (any character of a name survives the trip)."""
+    return "/target/" + quote(name, safe="")
+
+
+def row_parts(row: Row, extra_columns: Iterable[str] = ()) -> tuple[str, str]:
     """A row's HTML before and after its "since" cell: the only part that changes while a
     row is kept, so the rest is made once per row, not once per build."""
     c = [_e(text) for text in row.cells]
     labels = " ".join(f"{k}={v}" for k, v in row.labels.items())
-    name = c[0] + (f'<div class="labels">{_e(labels)}</div>' if labels else "")
+    name = (
+        f'<a href="{_e(target_href(row.name))}">{c[0]}</a>'
+        + (f'<div class="labels">{_e(labels)}</div>' if labels else "")
+        + '<button type="button" class="more" aria-expanded="false">details</button>'
+    )
     state = _e(row.state)
     changes = "".join(f"<li>{_e(ch.text)}</li>" for ch in row.changes)
     ch = row.chart
     svg = (
-        f'<svg class="chart" viewBox="0 0 {CHART_W} {CHART_H}" width="{CHART_W}" '
-        f'height="{CHART_H}" role="img"><title>p50 and max per minute, 0 to '
+        f'<svg class="chart" viewBox="0 0 {CHART_W} {CHART_H}" width="{SHOWN_W}" '
+        f'height="{CHART_H}" preserveAspectRatio="none" role="img">'
+        f"<title>p50 and max per minute, 0 to "
         f"{ch.scale_ms:g} ms; red: failures</title>"
         f'<path class="fail" d="{_e(ch.fail)}"/><path class="smoke" d="{_e(ch.smoke)}"/>'
         f'<path class="p50" d="{_e(ch.p50)}"/></svg>'
     )
+    extra = "".join(
+        f'<td class="extra" data-col="{_e(col)}">{_e(row.extra.get(col, ""))}</td>'
+        for col in extra_columns
+    )
     return (
-        f'<tr class="target state-{state}"><td class="name">{name}</td><td>{c[1]}</td>'
-        f'<td class="state">{c[2]}</td><td>',
-        f"</td><td>{c[4]}</td><td>{c[5]}</td>"
-        f'<td class="num">{c[6]}</td><td class="num">{c[7]}</td><td class="num">{c[8]}</td>'
-        f'<td>{svg}</td><td><ul class="changes">{changes}</ul></td></tr>',
+        f'<tr class="target state-{state}" data-name="{c[0]}"><td class="name">{name}</td>'
+        f'<td class="address">{c[1]}</td><td class="state">{c[2]}</td><td class="since">',
+        f'</td><td class="outcome">{c[4]}</td><td class="local">{c[5]}</td>'
+        f'<td class="num latency">{c[6]}</td><td class="num rtt">{c[7]}</td>{extra}'
+        f'<td class="num uptime">{c[8]}</td><td class="chart">{svg}</td>'
+        f'<td class="days">{days_svg(row.days)}</td>'
+        f'<td class="changes"><ul class="changes">{changes}</ul></td></tr>',
+    )
+
+
+DAY_CLASSES = ("none", "bad", "warn", "ok")
+
+
+def day_class(pct: float | None) -> int:
+    """A day's mark: no data, under 99 %, under 99.9 %, or at least 99.9 % up."""
+    if pct is None:
+        return 0
+    return 3 if pct >= 99.9 else (2 if pct >= 99.0 else 1)
+
+
+def days_svg(days: tuple[float | None, ...]) -> str:
+    """The uptime bar: one mark per day, a path per kind of day (a few hundred bytes)."""
+    paths: list[list[str]] = [[], [], [], []]
+    for i, pct in enumerate(days):
+        paths[day_class(pct)].append(f"M{i * DAY_STEP} 0h{DAY_W}v{DAY_H}h-{DAY_W}z")
+    known = [p for p in days if p is not None]
+    worst = f"; worst day {min(known):.2f} %" if known else ""
+    title = f"uptime by day, {len(known)} days with attempts{worst}"
+    width = DAYS * DAY_STEP
+    body = "".join(
+        f'<path class="day-{DAY_CLASSES[k]}" d="{"".join(d)}"/>' for k, d in enumerate(paths) if d
+    )
+    return (
+        f'<svg class="days" viewBox="0 0 {width} {DAY_H}" width="{width}" height="{DAY_H}" '
+        f'role="img"><title>{_e(title)}</title>{body}</svg>'
     )

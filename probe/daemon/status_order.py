@@ -102,6 +102,11 @@ class Order:
             for m in more.get(name, ()):
                 states[m] = c
 
+    def find(self, name: str) -> ResolvedTarget | None:
+        """The target of that name, as of the last `sync`."""
+        n = self._first.get(name)
+        return None if n is None else self.targets[n]
+
     async def selection(self, labels: tuple[tuple[str, str], ...], group: str) -> Selection:
         """The groups (sorted by value, "(none)" last) and the positions each holds, after
         the label filter. Made by a pass over the targets the first time it is asked for

@@ -8,6 +8,7 @@ import html.parser
 import json
 import random
 from collections import deque
+from pathlib import Path
 from types import MappingProxyType
 
 import msgspec
@@ -368,3 +369,72 @@ async def test_state_is_the_daemons_damped_state_not_the_last_outcome(three: Thr
     row = page.groups[0].rows[0]
     assert (row.changes[0].before, row.changes[0].after, row.changes[0].reason) == (
         "up", "down", "ECONNREFUSED")  # fmt: skip
+
+
+# -- one scale per page, the 90-day bar, optional columns, a target's page, its badge ---------
+
+
+async def test_one_latency_scale_for_the_page(three: Three) -> None:
+    targets, history = three
+    slow = target("slow", 3)
+    targets.append(slow)
+    history.observe("slow", Record(NOW - 5, slow.address, slow.host, slow.port, "127.0.0.1",
+                                   "ipv4", "127.0.0.1", 45679, OPEN, None, 37.0, 1.0, 0, 0.0, 1),
+                    True)  # fmt: skip
+    page = await page_for(targets, history).build(Query())
+    assert page.scale_ms == 50.0
+    assert {r.chart.scale_ms for r in page.groups[0].rows} == {50.0}
+    body = (await render_html_of(page)).decode()
+    assert 'id="scale" class="axis">0 to 50 ms<' in body
+
+
+async def render_html_of(page: status.Page) -> bytes:
+    return await status.render_html(page, Query())
+
+
+async def test_days_bar_from_the_store_and_optional_columns(three: Three, tmp_path: Path) -> None:
+    from probe.daemon.store import Minute, open_store
+
+    targets, history = three
+    store = open_store(tmp_path, 90, lambda *a, **k: None)
+    assert store is not None
+    today = int(NOW // 86400)
+    store.put(Minute("web", today * 1440 + 1, b"", 10, 1, 1.0, 2.0))
+    store.put(Minute("web", (today - 2) * 1440 + 1, b"", 10, 0, 1.0, 2.0))
+    store.start()
+    store.close()
+    store = open_store(tmp_path, 90, lambda *a, **k: None)
+    sp = StatusPage(lambda: targets, history, clock=lambda: NOW, store=lambda: store,
+                    extra_columns=("TLS",), extras=lambda n: {"TLS": f"<{n}>"})  # fmt: skip
+    page = await sp.build(Query())
+    web = next(r for r in page.groups[0].rows if r.name == "web")
+    assert len(web.days) == status.DAYS and web.days[-1] == 90.0 and web.days[-3] == 100.0
+    assert web.days[-2] is None and web.extra == {"TLS": "<web>"}
+    body = (
+        await status.render_html(page, Query(), lambda r: status.row_parts(r, ("TLS",)))
+    ).decode()
+    assert "&lt;web&gt;" in body and "<web>" not in body
+    assert 'class="day-bad"' in body  # 90 %: a bad day
+    store.close()
+
+
+async def test_target_page_and_badge(three: Three) -> None:
+    import xml.etree.ElementTree as ET
+
+    from probe.daemon import target_page
+    from probe.daemon.badge import badge_svg
+
+    targets, history = three
+    body = (await target_page.render(targets[1], history.get(EVIL), None, NOW)).decode()
+    assert "<img" not in body and html_escaped(EVIL) in body
+    assert body.count('<figure class="span"') == 4
+    assert "ECONNREFUSED" in body and "127.0.0.1:45678" in body  # change reason, endpoint
+    assert "<img" not in target_page.not_found(EVIL).decode()
+    svg = ET.fromstring(badge_svg(EVIL, "down", 50.0, "30 d"))
+    assert "".join(svg.itertext()).startswith(EVIL)
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text)
