@@ -1,15 +1,16 @@
 """The daemon's TOML configuration: read with bounds, checked, resolved once into a frozen
 :class:`Config` (uvicorn's ``Config.load()``), which the daemon and its reloads take whole.
 
-Every problem is one :class:`ConfigError` whose ``str()`` is a single line
-``{path}: {key}: {problem}``. The key travels as data: the checker walks the parsed TOML
-knowing where it is, and raises with the path segments in hand; no message is ever read
-back. Addresses, sources and shards are parsed by :mod:`probe.syntax`, the one syntax of
-the whole tool.
+Every section is a table of key → checker (`Table`, `Key`, at "the key tables" below): a
+new key is one row there and one field in its section's dataclass. Every problem is one
+:class:`ConfigError` whose ``str()`` is a single line ``{path}: {key}: {problem}``. The key
+travels as data: the checker walks the parsed TOML knowing where it is, and raises with the
+path segments in hand; no message is ever read back. Addresses, sources and shards are
+parsed by :mod:`probe.syntax`, the one syntax of the whole tool.
 
-Bounds (issue 12): the file must be a regular file of at most 1 MiB (read at most that,
-plus one byte); a dotted key of more than 16 parts is refused before parsing (tomllib is
-quadratic in them); intervals are 1 ms to 1 day, timeouts above 0 up to
+Bounds: the file must be a regular file of at most 1 MiB (read at most that, plus one
+byte); a dotted key of more than 16 parts is refused before parsing (tomllib is quadratic
+in them); intervals are 1 ms to 1 day, timeouts above 0 up to
 :data:`probe.limits.MAX_TIMEOUT`. A timeout may exceed its interval: a slot that comes
 while the previous attempt to that target is still in flight is skipped (and counted).
 """
@@ -24,7 +25,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeVar
@@ -77,7 +78,7 @@ LOG_FORMATS: Final = ("console", "json")
 
 @dataclass(frozen=True, slots=True)
 class Caps:
-    """The most one config may hold (issue 12): a hostile or mistaken file costs bounded
+    """The most one config may hold: a hostile or mistaken file costs bounded
     work and memory. The bounds the CLI and `/probe` share live in :mod:`probe.limits`."""
 
     dotted_parts: int  # parts of one dotted key, refused before tomllib sees them
@@ -88,6 +89,7 @@ class Caps:
     labels: int  # labels of one target
     label_value: int  # characters of one label's value
     allow: int  # networks in metrics.probe_allow
+    modules: int  # [modules.NAME] tables
     path: int  # characters of any other string (a file path, an address)
 
 
@@ -100,6 +102,7 @@ CAPS: Final = Caps(
     labels=32,
     label_value=1024,
     allow=1024,
+    modules=1024,
     path=4096,
 )
 
@@ -163,7 +166,6 @@ class EngineConfig:
     concurrency: int = 1000
     source: Source | None = None  # None: the kernel picks; ports 0/0: only the address is set
     lag_limit_ms: float | None = DEFAULT_LAG_LIMIT_MS  # None: the lag throttle is off
-    probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY  # the same as metrics.probe_concurrency
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,15 +234,6 @@ def engine_source(config: Config) -> tuple[str, int] | None:
 
 def probe_allow_networks(config: Config) -> tuple[Network, ...]:
     return config.metrics.probe_allow
-
-
-def needs_restart(old: Config, new: Config) -> list[str]:
-    """The keys a reload changed that take effect only at the next start."""
-    changed = (
-        ("log.format", new.log.format != old.log.format),
-        ("metrics.listen", new.metrics.listen != old.metrics.listen),
-    )
-    return [key for key, differs in changed if differs]
 
 
 def log_format(config: Config) -> str:
@@ -419,23 +412,71 @@ def _known_keys(table: dict[str, Any], at: _Path, known: Sequence[str]) -> None:
             _fail((*at, key), f"unknown key (typo?){hint}")
 
 
-# -- sections -------------------------------------------------------------------------------
+# -- the key tables ---------------------------------------------------------------------------
+#
+# Every section is a `Table`: key → `Key` (its checker, the field it fills, whether a reload
+# can apply it). A new key is a row here and a field in its dataclass above; a new section
+# is a `Table` and a row of `CONFIG`. Checks that span keys or sections are `derive` steps.
 
-_SECTIONS: Final = (
-    "defaults",
-    "engine",
-    "log",
-    "metrics",
-    "cluster",
-    "store",
-    "modules",
-    "targets",
-)
-_DEFAULT_KEYS: Final = (
-    "interval", "timeout", "family", "addresses", "down_after", "up_after", "histograms",
-)  # fmt: skip
-_STAGE_KEYS: Final = (*STAGE_KEYS, MODULE_KEY)  # per target and in [defaults]
-_TARGET_KEYS: Final = ("address", "name", *_DEFAULT_KEYS, "labels", *_STAGE_KEYS)
+Checker = Callable[[object, _Path], Any]
+_ABSENT: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of a table: how its value is checked and where it goes."""
+
+    check: Checker | None  # (value, key path) → the checked value, or _fail; None: below
+    field: str | None = None  # the built object's field; None: the key's own name
+    restart: bool = False  # a reload that changes it takes effect at the next start only
+    required: bool = False
+    absent: object = _ABSENT  # checked in place of a missing key (sections: {})
+
+
+# A stage key (tls, send, expect, ...): known in its table, but checked as one of the layers
+# [defaults] → module → target that stage_config merges into the target's StageSpec.
+STAGE: Final = Key(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A TOML table: unknown keys refused (with a typo hint), each known one checked in the
+    order of `keys`, then `derive` (checks across keys), then `build(**fields)`."""
+
+    keys: Mapping[str, Key]
+    build: Callable[..., Any]
+    derive: Callable[[dict[str, Any], dict[str, Any], _Path], None] | None = None
+
+    def __call__(self, value: object, at: _Path) -> Any:
+        table = _table(value, at)
+        _known_keys(table, at, tuple(self.keys))
+        fields: dict[str, Any] = {}
+        for key, spec in self.keys.items():
+            raw = table.get(key, spec.absent)
+            if raw is _ABSENT:
+                if spec.required:
+                    _fail((*at, key), "required key is missing")
+                continue
+            if spec.check is not None:
+                fields[spec.field or key] = spec.check(raw, (*at, key))
+        if self.derive is not None:
+            self.derive(fields, table, at)
+        return self.build(**fields)
+
+
+def _tables_of(check: Checker, max_items: int) -> Checker:
+    """A table of named tables (`[modules.NAME]`): NAME → the checked value."""
+
+    def tables(value: object, at: _Path) -> dict[str, Any]:
+        table = _table(value, at)
+        if len(table) > max_items:
+            _fail(at, f"expected at most {max_items} entries, got {len(table)}")
+        return {name: check(item, (*at, name)) for name, item in table.items()}
+
+    return tables
+
+
+# -- checkers of single keys ------------------------------------------------------------------
 
 
 def _interval(value: object, at: _Path) -> float:
@@ -456,67 +497,45 @@ def _state_count(value: object, at: _Path) -> int:
     return _int(value, at, ge=1, le=CAPS.state_count)
 
 
-# key → checker, for what [defaults] and each target share
-_SHARED: Final[dict[str, Callable[[object, _Path], object]]] = {
-    "interval": _interval,
-    "timeout": _timeout,
-    "family": lambda v, at: _choice(v, at, FAMILIES),
-    "addresses": lambda v, at: _choice(v, at, ADDRESS_MODES),
-    "down_after": _state_count,
-    "up_after": _state_count,
-    "histograms": _flag,
-}
+def _concurrency(value: object, at: _Path) -> int:
+    return _int(value, at, ge=1, le=CAPS.concurrency)
 
 
-def _defaults(raw: object) -> TargetDefaults:
-    at: _Path = ("defaults",)
-    table = _table(raw, at)
-    _known_keys(table, at, (*_DEFAULT_KEYS, *_STAGE_KEYS))
-    values = {k: _SHARED[k](v, (*at, k)) for k, v in table.items() if k in _SHARED}
-    return TargetDefaults(**values)  # type: ignore[arg-type]
+def _choice_of(choices: Sequence[str]) -> Checker:
+    return lambda value, at: _choice(value, at, choices)
 
 
-def _engine(raw: object, probe_concurrency: object) -> EngineConfig:
-    at: _Path = ("engine",)
-    table = _table(raw, at)
-    _known_keys(table, at, ("concurrency", "source", "lag_limit"))
-    concurrency = 1000
-    if "concurrency" in table:
-        concurrency = _int(table["concurrency"], (*at, "concurrency"), ge=1, le=CAPS.concurrency)
-    source = None
-    if "source" in table:
-        text = _str(table["source"], (*at, "source"))
-        if text:
-            source = _via(parse_source_spec, text, (*at, "source"))
-    lag: float | None = DEFAULT_LAG_LIMIT_MS
-    if "lag_limit" in table:
-        value = table["lag_limit"]
-        if value is False or (not isinstance(value, bool) and value == 0):
-            lag = None  # 0 or false: never hold concurrency down for loop lag
-        elif value is True:
-            _fail((*at, "lag_limit"), "expected milliseconds > 0, or 0 or false to disable")
-        else:
-            lag = _float(value, (*at, "lag_limit"), gt=0, le=CAPS.lag_limit_ms)
-    # [metrics] probe_concurrency: GET /probe's own limit, kept below the schedule's.
-    pat: _Path = ("metrics", "probe_concurrency")
-    if probe_concurrency is None:
-        probe = min(DEFAULT_PROBE_CONCURRENCY, max(1, concurrency - 1))
-    else:
-        probe = _int(probe_concurrency, pat, ge=1, le=CAPS.concurrency)
-        if probe >= concurrency:
-            _fail(pat, f"must be below engine.concurrency ({concurrency}), got {probe}")
-    return EngineConfig(concurrency, source, lag, probe)
-
-
-def _log(raw: object) -> LogConfig:
-    at: _Path = ("log",)
-    table = _table(raw, at)
-    _known_keys(table, at, ("format", "file"))
-    fmt = _choice(table["format"], (*at, "format"), LOG_FORMATS) if "format" in table else None
-    path = _str(table.get("file", ""), (*at, "file"))
+def _path(value: object, at: _Path) -> str:
+    """A file or directory path, as written ("" included)."""
+    path = _str(value, at)
     if "\x00" in path:
-        _fail((*at, "file"), "path contains a NUL character")
-    return LogConfig(fmt, path or None)
+        _fail(at, "path contains a NUL character")
+    return path
+
+
+def _optional(parse: Callable[[str], T]) -> Checker:
+    """A string parsed by one of probe.syntax' parsers; "" is None (not set)."""
+    return lambda value, at: _via(parse, text, at) if (text := _str(value, at)) else None
+
+
+def _lag_limit(value: object, at: _Path) -> float | None:
+    if value is False or (not isinstance(value, bool) and value == 0):
+        return None  # 0 or false: never hold concurrency down for loop lag
+    if value is True:
+        _fail(at, "expected milliseconds > 0, or 0 or false to disable")
+    return _float(value, at, gt=0, le=CAPS.lag_limit_ms)
+
+
+def _log_file(value: object, at: _Path) -> str | None:
+    return _path(value, at) or None  # "": standard output
+
+
+def _listen(value: object, at: _Path) -> HostPort | None:
+    text = _str(value, at)
+    if not text:
+        return None  # no HTTP endpoint
+    host, port = _via(lambda t: parse_endpoint(t, allow_port_zero=True), text, at)
+    return HostPort(host, port)
 
 
 def _network(text: str, at: _Path) -> Network:
@@ -531,53 +550,17 @@ def _network(text: str, at: _Path) -> Network:
     _fail(at, f'{_show(text)} has host bits set; did you mean "{loose}"?')
 
 
-def _metrics(raw: object, probe_concurrency: int) -> MetricsConfig:
-    at: _Path = ("metrics",)
-    table = _table(raw, at)
-    _known_keys(table, at, ("listen", "probe_allow", "probe_concurrency"))
-    listen: HostPort | None = DEFAULT_LISTEN
-    if "listen" in table:
-        text = _str(table["listen"], (*at, "listen"))
-        listen = None
-        if text:
-            host, port = _via(
-                lambda t: parse_endpoint(t, allow_port_zero=True), text, (*at, "listen")
-            )
-            listen = HostPort(host, port)
-    allow = DEFAULT_ALLOW_NETWORKS
-    if "probe_allow" in table:
-        items = _array(table["probe_allow"], (*at, "probe_allow"), max_items=CAPS.allow)
-        allow = tuple(
-            _network(_str(item, (*at, "probe_allow", i)), (*at, "probe_allow", i))
-            for i, item in enumerate(items)
-        )
-    return MetricsConfig(listen, allow, probe_concurrency)
+def _networks(value: object, at: _Path) -> tuple[Network, ...]:
+    items = _array(value, at, max_items=CAPS.allow)
+    return tuple(_network(_str(item, (*at, i)), (*at, i)) for i, item in enumerate(items))
 
 
-def _cluster(raw: object) -> ClusterConfig:
-    at: _Path = ("cluster",)
-    table = _table(raw, at)
-    _known_keys(table, at, ("shard",))
-    text = _str(table.get("shard", ""), (*at, "shard"))
-    return ClusterConfig(_via(parse_shard, text, (*at, "shard")) if text else None)
-
-
-def _store(raw: object) -> StoreConfig:
-    at: _Path = ("store",)
-    table = _table(raw, at)
-    _known_keys(table, at, ("path", "retention"))
-    path = _str(table["path"], (*at, "path")) if "path" in table else None
-    if path is not None and "\x00" in path:
-        _fail((*at, "path"), "path contains a NUL character")
-    retention = 90.0
-    if "retention" in table:
-        value = table["retention"]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail((*at, "retention"), f"expected a number of days, got {_show(value)}")
-        if not 1 <= value <= 3650:
-            _fail((*at, "retention"), f"days from 1 to 3650, got {value}")
-        retention = float(value)
-    return StoreConfig(path, retention)
+def _retention(value: object, at: _Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(at, f"expected a number of days, got {_show(value)}")
+    if not 1 <= value <= 3650:
+        _fail(at, f"days from 1 to 3650, got {value}")
+    return float(value)
 
 
 def _labels(raw: object, at: _Path) -> Mapping[str, str]:
@@ -594,6 +577,10 @@ def _labels(raw: object, at: _Path) -> Mapping[str, str]:
     )
 
 
+def _name(value: object, at: _Path) -> str:
+    return _str(value, at, min_length=1, max_length=CAPS.name)
+
+
 def _family_of(host: str) -> str | None:
     try:
         return f"ipv{ipaddress.ip_address(host.partition('%')[0]).version}"
@@ -601,18 +588,88 @@ def _family_of(host: str) -> str | None:
         return None  # a name
 
 
-def _modules(raw: object) -> dict[str, dict[str, Any]]:
-    """[modules.NAME] tables: stage keys only."""
-    at: _Path = ("modules",)
-    table = _table(raw, at)
-    out: dict[str, dict[str, Any]] = {}
-    for name, body in table.items():
-        if not MODULE_NAME.match(name):
-            _fail((*at, name), "a module name is 1-64 letters, digits, '_', '.' or '-'")
-        module = _table(body, (*at, name))
-        _known_keys(module, (*at, name), STAGE_KEYS)
-        out[name] = module
-    return out
+# -- the tables -------------------------------------------------------------------------------
+
+# What [defaults] and each target share: a target's value, else [defaults]'.
+SHARED: Final[dict[str, Key]] = {
+    "interval": Key(_interval),
+    "timeout": Key(_timeout),
+    "family": Key(_choice_of(FAMILIES)),
+    "addresses": Key(_choice_of(ADDRESS_MODES)),
+    "down_after": Key(_state_count),
+    "up_after": Key(_state_count),
+    "histograms": Key(_flag),
+}
+
+# Per target and in [defaults]: stage keys and `module`, resolved by `_config`.
+STAGES: Final[dict[str, Key]] = {k: STAGE for k in (*STAGE_KEYS, MODULE_KEY)}
+
+DEFAULTS: Final = Table({**SHARED, **STAGES}, TargetDefaults)
+
+ENGINE: Final = Table(
+    {
+        "concurrency": Key(_concurrency),
+        "source": Key(_optional(parse_source_spec)),
+        "lag_limit": Key(_lag_limit, field="lag_limit_ms"),
+    },
+    EngineConfig,
+)
+
+LOG: Final = Table(
+    {
+        "format": Key(_choice_of(LOG_FORMATS), restart=True),
+        "file": Key(_log_file),
+    },
+    LogConfig,
+)
+
+METRICS: Final = Table(
+    {
+        "listen": Key(_listen, restart=True),
+        "probe_allow": Key(_networks),
+        "probe_concurrency": Key(_concurrency),  # checked against engine.concurrency: _config
+    },
+    MetricsConfig,
+)
+
+CLUSTER: Final = Table({"shard": Key(_optional(parse_shard))}, ClusterConfig)
+
+STORE: Final = Table(
+    {
+        "path": Key(_path),  # "": no store
+        "retention": Key(_retention, field="retention_days"),
+    },
+    StoreConfig,
+)
+
+
+def _target_fields(fields: dict[str, Any], table: dict[str, Any], at: _Path) -> None:
+    """Where the address is, and the name that defaults to it (defaults are applied by
+    `_config`, which knows [defaults])."""
+    fields["host"], fields["port"] = _via(parse_endpoint, fields["address"], (*at, "address"))
+    fields.setdefault("name", fields["address"])
+
+
+TARGET: Final = Table(
+    {
+        "address": Key(_str, required=True),
+        "name": Key(_name),
+        **SHARED,
+        "labels": Key(_labels),
+        **STAGES,
+    },
+    dict,  # resolved into a ResolvedTarget by _config, with [defaults] applied
+    _target_fields,
+)
+
+
+def _module(value: object, at: _Path) -> dict[str, Any]:
+    """One [modules.NAME] table: stage keys only, kept raw for `_config` to resolve."""
+    if not MODULE_NAME.match(str(at[-1])):
+        _fail(at, "a module name is 1-64 letters, digits, '_', '.' or '-'")
+    module = _table(value, at)
+    _known_keys(module, at, STAGE_KEYS)
+    return module
 
 
 def _stages(layers: Sequence[Mapping[str, Any]], at: _Path) -> StageSpec | None:
@@ -628,14 +685,10 @@ def _stage_layers(
     """[defaults]' stage keys, then the module's (the target's `module`, else [defaults]'),
     then the target's own."""
     layers: list[Mapping[str, Any]] = [defaults]
-    where, name = (
-        (at, table.get(MODULE_KEY))
-        if MODULE_KEY in table
-        else (
-            ("defaults",),
-            defaults.get(MODULE_KEY),
-        )
-    )
+    if MODULE_KEY in table:
+        where, name = at, table.get(MODULE_KEY)
+    else:
+        where, name = ("defaults",), defaults.get(MODULE_KEY)
     if name is not None:
         try:
             check_module_name(name, modules, (*where, MODULE_KEY))
@@ -646,81 +699,105 @@ def _stage_layers(
     return layers
 
 
-def _target(
-    raw: object,
-    index: int,
-    defaults: TargetDefaults,
-    stage_defaults: Mapping[str, Any] | None = None,
-    modules: Mapping[str, Mapping[str, Any]] | None = None,
-) -> ResolvedTarget:
-    at: _Path = ("targets", index)
-    table = _table(raw, at)
-    _known_keys(table, at, _TARGET_KEYS)
-    if "address" not in table:
-        _fail((*at, "address"), "required key is missing")
-    address = _str(table["address"], (*at, "address"))
-    host, port = _via(parse_endpoint, address, (*at, "address"))
-    name = address
-    if "name" in table:
-        name = _str(table["name"], (*at, "name"), min_length=1, max_length=CAPS.name)
-    shared = {k: _SHARED[k](table[k], (*at, k)) for k in _DEFAULT_KEYS if k in table}
-    labels = _labels(table["labels"], (*at, "labels")) if "labels" in table else None
-    merged = {k: shared.get(k, getattr(defaults, k)) for k in _DEFAULT_KEYS}
-    literal = _family_of(host)
-    if literal is not None and merged["family"] not in ("any", literal):
-        where = (*at, "family") if "family" in table else ("defaults", "family")
-        _fail(where, f"{_show(address)} is an {literal} address, family is {merged['family']}")
-    return ResolvedTarget(
-        name=name,
-        address=address,
-        host=host,
-        port=port,
-        labels=labels if labels is not None else MappingProxyType({}),
-        stages=_stages(_stage_layers(table, at, stage_defaults or {}, modules or {}), at),
-        **merged,  # type: ignore[arg-type]
-    )
-
-
-def _resolve(data: dict[str, Any]) -> Config:
-    _known_keys(data, (), _SECTIONS)
-    defaults = _defaults(data.get("defaults", {}))
-    metrics_raw = data.get("metrics", {})
-    probe_concurrency = (
-        metrics_raw.get("probe_concurrency") if isinstance(metrics_raw, dict) else None
-    )
-    engine = _engine(data.get("engine", {}), probe_concurrency)
-    log = _log(data.get("log", {}))
-    metrics = _metrics(metrics_raw, engine.probe_concurrency)
-    cluster = _cluster(data.get("cluster", {}))
-    store = _store(data.get("store", {}))
-    raw_targets = data.get("targets", [])
-    if isinstance(raw_targets, dict):
+def _targets(value: object, at: _Path) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
         _fail(
-            ("targets",),
+            at,
             "expected array, got table; write each target as a [[targets]] section "
             "(double brackets)",
         )
-    items = _array(raw_targets, ("targets",), max_items=1_000_000)
-    raw_defaults = data.get("defaults", {})  # a table: _defaults checked it
-    modules = _modules(data.get("modules", {}))
-    targets = tuple(
-        _target(item, i, defaults, raw_defaults, modules) for i, item in enumerate(items)
-    )
+    items = _array(value, at, max_items=1_000_000)
+    return [TARGET(item, (*at, i)) for i, item in enumerate(items)]
+
+
+def _resolve_target(
+    given: dict[str, Any], at: _Path, defaults: TargetDefaults, stages: StageSpec | None
+) -> ResolvedTarget:
+    merged = {k: given.get(k, getattr(defaults, k)) for k in SHARED}
+    literal = _family_of(given["host"])
+    if literal is not None and merged["family"] not in ("any", literal):
+        where = (*at, "family") if "family" in given else ("defaults", "family")
+        address = given["address"]
+        _fail(where, f"{_show(address)} is an {literal} address, family is {merged['family']}")
+    return ResolvedTarget(**{**given, **merged}, stages=stages)
+
+
+def _config(fields: dict[str, Any], table: dict[str, Any], at: _Path) -> None:
+    """Checks across sections: GET /probe's limit stays below the schedule's; each target
+    takes what it does not set from [defaults]; no two targets share a name."""
+    engine: EngineConfig = fields["engine"]
+    metrics: MetricsConfig = fields["metrics"]
+    given = table.get("metrics")
+    if isinstance(given, dict) and "probe_concurrency" in given:
+        if metrics.probe_concurrency >= engine.concurrency:
+            _fail(
+                ("metrics", "probe_concurrency"),
+                f"must be below engine.concurrency ({engine.concurrency}), "
+                f"got {metrics.probe_concurrency}",
+            )
+    else:
+        probe = min(DEFAULT_PROBE_CONCURRENCY, max(1, engine.concurrency - 1))
+        fields["metrics"] = replace(metrics, probe_concurrency=probe)
+    raw_defaults = table.get("defaults", {})  # a table: DEFAULTS checked it
+    modules = fields["modules"]
+    resolved = []
+    for i, given in enumerate(fields["targets"]):
+        at = ("targets", i)
+        layers = _stage_layers(table["targets"][i], at, raw_defaults, modules)
+        resolved.append(_resolve_target(given, at, fields["defaults"], _stages(layers, at)))
     # Names key the metrics series and log lines: two targets sharing one would merge.
     seen: dict[str, int] = {}
-    for i, target in enumerate(targets):
+    for i, target in enumerate(resolved):
         if target.name in seen:
-            hint = "" if "name" in items[i] else " (name defaults to the address)"
+            hint = "" if "name" in table["targets"][i] else " (name defaults to the address)"
             _fail(
                 ("targets", i, "name"),
                 f"duplicate target name {_show(target.name)}{hint}, "
                 f"already used by targets[{seen[target.name]}]",
             )
         seen[target.name] = i
-    module_stages = MappingProxyType(
-        {name: _stages([table], ("modules", name)) for name, table in modules.items()}
+    fields["targets"] = tuple(resolved)
+    fields["modules"] = MappingProxyType(
+        {name: _stages([module], ("modules", name)) for name, module in modules.items()}
     )
-    return Config(defaults, engine, log, metrics, cluster, targets, store, module_stages)
+
+
+# The whole file: its sections (and, later, its top-level keys).
+CONFIG: Final = Table(
+    {
+        "defaults": Key(DEFAULTS, absent={}),
+        "engine": Key(ENGINE, absent={}),
+        "log": Key(LOG, absent={}),
+        "metrics": Key(METRICS, absent={}),
+        "cluster": Key(CLUSTER, absent={}),
+        "store": Key(STORE, absent={}),
+        "modules": Key(_tables_of(_module, CAPS.modules), absent={}),
+        "targets": Key(_targets, absent=[]),
+    },
+    Config,
+    _config,
+)
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
+    """The keys a reload changed that take effect only at the next start."""
+    changed: list[str] = []
+    for section, key in CONFIG.keys.items():
+        table = key.check
+        if not isinstance(table, Table):
+            continue
+        for name, spec in table.keys.items():
+            got = spec.field or name
+            if spec.restart and getattr(getattr(old, section), got) != getattr(
+                getattr(new, section), got
+            ):
+                changed.append(f"{section}.{name}")
+    return changed
+
+
+def _resolve(data: dict[str, Any]) -> Config:
+    config: Config = CONFIG(data, ())
+    return config
 
 
 # -- reading and parsing --------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_empty_file_gives_documented_defaults() -> None:
     assert (cfg.log.format, cfg.log.file) == (None, None)  # None: the daemon decides
     assert cfg.metrics.listen == HostPort("127.0.0.1", 9464)
     assert [str(n) for n in cfg.metrics.probe_allow] == ["127.0.0.0/8", "::1/128"]
-    assert cfg.metrics.probe_concurrency == cfg.engine.probe_concurrency == 10
+    assert cfg.metrics.probe_concurrency == 10
     assert cfg.cluster.shard is None
     assert cfg.targets == ()
     assert resolved_targets(cfg) == []
@@ -791,7 +791,7 @@ def test_source_port_range() -> None:
 )
 def test_probe_concurrency(text: str, probe: int) -> None:
     cfg = parse_config(text)
-    assert cfg.metrics.probe_concurrency == cfg.engine.probe_concurrency == probe
+    assert cfg.metrics.probe_concurrency == probe
 
 
 def test_probe_concurrency_stays_below_the_schedule() -> None:
