@@ -29,6 +29,7 @@ NATIVE_PLAN: dict[str, Accept] = {
     "family": _ANY,
     "workers": _ANY,
     "rate_epoch": _ANY,  # the grid --rate keeps (engine options say whether it is used)
+    "endpoints": _ANY,  # a count for the summary, not an option
     "blocking_input": lambda blocking, _: not blocking,
     "exclude": lambda exclude, _: exclude is None,
     "shard": lambda shard, _: shard is None,
