@@ -105,6 +105,9 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
             "test_two_local_ports_for_twenty_attempts_to_one_destination",
         ),
     },
+    "one destination out of local ports (a 100-port range, every port in a connection to it)": {
+        RESILIENCE: ("test_one_destination_out_of_ports_leaves_the_others_their_slots",),
+    },
     "ports held by another process (none of ours in flight)": {
         FAULTS: ("test_ports_taken_by_another_process_are_a_shortage_not_an_error",),
         HERE: ("test_ports_held_elsewhere_for_good_end_in_exit_2_after_30_s",),

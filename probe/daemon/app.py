@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .ondemand import OnDemand
 from .runner import Runner, own_targets
 from .runner import _job_key as _job_key  # the schedule's key, for tests
+from .shortage import PortShortages
 from .status import StatusPage
 
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
@@ -57,6 +58,9 @@ class Daemon:
         for engine in self.engines.both:
             engine.on_close.append(self._engine_closed)
         self.metrics = Metrics(lambda: float(self.engines.inflight))
+        shortages = PortShortages(self.metrics.port_shortages, self.log)
+        for engine in self.engines.both:
+            engine.on_port_shortage = shortages
         self.runner = Runner(
             self.engines.schedule,
             (RESOLVE_TTL, RESOLVE_DEADLINE, LOOKUP_THREADS),

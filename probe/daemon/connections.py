@@ -55,7 +55,12 @@ class Handler(web.RequestHandler):
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio reads the bool
         self.guard.half_closed.add(self)
-        return True  # keep the write side: the answer still goes out, then we close
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self.force_close()  # between requests (or in a half-sent one): nothing to answer
+        else:
+            self.close()  # a request came before the FIN: close once it is answered
+        return True  # keep the write side meanwhile
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.guard.half_closed.discard(self)

@@ -203,7 +203,15 @@ class Metrics:
             "Scheduled attempts that started more than 0.1 s after their slot.",
             registry=None,
         )
+        self.port_shortages = Counter(
+            "probe_port_shortages",
+            "Connects that found no free local port towards the destination (EADDRNOTAVAIL): "
+            "this machine's shortage, never the target's failure; the attempt waited.",
+            ["destination"],
+            registry=None,
+        )
         rest += [self.path_up, self.path_attempts, self.path_latency, self.inflight, self.lag]
+        rest.append(self.port_shortages)
         rest += [self.targets, self.reloads, self.reload_ok, self.reload_ok_time, self.build]
         rest.append(self.late_starts)
         for collector in rest:

@@ -123,6 +123,7 @@ class Runner:
         self._hosts: dict[str, list[str]] = {}  # host → names of the targets on it
         self._literals: dict[str, tuple[Address, ...]] = {}  # hosts that are IP literals
         self._extras: dict[str, dict[str, Any]] = {}  # name → its records' extra fields
+        self._since: dict[str, float] = {}  # name → start of its attempt not finished yet
         self._timer: asyncio.TimerHandle | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self.lookups: set[asyncio.Task[Any]] = set()  # waiting on a name: cancelled at stop
@@ -290,7 +291,9 @@ class Runner:
             if job.skipped:
                 self.metrics.add_skipped(job.item.name, job.skipped)
                 job.skipped = 0
-            if start:
+            if not start:
+                self._unmeasured(job, now)
+            else:
                 lag = max(0.0, now - planned)
                 self.metrics.lag.observe(lag)
                 if lag > LATE_START:
@@ -302,9 +305,19 @@ class Runner:
             self.log.info("late", starts=late, worst_ms=round(worst * 1000.0, 1))
         self._arm()
 
+    def _unmeasured(self, job: Job[ResolvedTarget], now: float) -> None:
+        """A slot skipped because the last attempt has not ended. Past its timeout it has
+        not started: it waits on this machine (no local port towards the target, or every
+        slot of the engine taken). The target's state is unknown then, so its probe_up is
+        withdrawn instead of left frozen; the next record sets it again."""
+        target = job.item
+        if now - self._since.get(target.name, now) > target.timeout + target.interval:
+            self.metrics.set_up(target.name, None)
+
     def _start(self, job: Job[ResolvedTarget]) -> None:
         target = job.item
         job.running = True
+        self._since[target.name] = self.clock.now()
         number = self.attempts.get(target.name, 0) + 1
         self.attempts[target.name] = number
         addresses = self._literals.get(target.host) or self.names.get(target.host)
@@ -394,6 +407,8 @@ class Runner:
         """`more`: other addresses of this round are still in flight."""
         job.running = more
         target = job.item
+        if not more:
+            self._since.pop(target.name, None)
         previous = self._last.get(path)
         self._last[path] = (record.outcome, record.error)
         if should_log(self.log_attempts, record, previous):

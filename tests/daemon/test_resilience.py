@@ -10,20 +10,150 @@ malformed or half-closed requests. Only loopback, and addresses inside our names
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from helpers import (
     Daemon,
     Netns,
+    NsServer,
     closed_port,
     config_toml,
     http_fetch,
     in_netns,
+    kill,
+    metrics_of,
     ns_get,
+    port_range,
     start_in,
     target_toml,
+    ts,
+    value,
 )
+
+# A listener on PORT, then connections to it until connect() finds no local port left
+# (EADDRNOTAVAIL three times in a row, 50 ms apart: a port a probe held for a moment comes
+# back), all kept open until the line "release" (then reset: no TIME_WAIT). Prints how
+# many it holds. The listener stays.
+PORT_FILLER = """
+import errno, socket, struct, sys, threading, time
+port = int(sys.argv[1])
+lst = socket.socket()
+lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lst.bind(("127.0.0.1", port))
+lst.listen(4096)
+kept = []
+def accept():
+    while True:
+        kept.append(lst.accept()[0])
+threading.Thread(target=accept, daemon=True).start()
+print("listening", flush=True)
+sys.stdin.readline()
+held, misses, clients = 0, 0, []
+while misses < 3:
+    c = socket.socket()
+    try:
+        c.connect(("127.0.0.1", port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRNOTAVAIL:
+            raise
+        c.close()
+        misses += 1
+        time.sleep(0.05)
+        continue
+    clients.append(c)
+    held += 1
+    misses = 0
+print(held, flush=True)
+sys.stdin.readline()
+for c in clients:
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+print("released", flush=True)
+sys.stdin.read()
+"""
+
+
+class PortFiller:
+    """A listener in `ns` on `port`; `fill()` then takes every local port towards it."""
+
+    def __init__(self, ns: Netns, port: int) -> None:
+        self.proc = ns.popen(
+            sys.executable,
+            "-c",
+            PORT_FILLER,
+            str(port),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        assert self.proc.stdout.readline().strip() == "listening"
+
+    def _say(self, line: str) -> str:
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def fill(self) -> int:
+        return int(self._say("fill"))
+
+    def release(self) -> None:
+        assert self._say("release") == "released"
+
+    def close(self) -> None:
+        kill(self.proc)
+
+
+def test_one_destination_out_of_ports_leaves_the_others_their_slots(
+    netns: Netns, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A 100-port ephemeral range, every port of it in a connection to 127.0.0.1:5001:
+    that destination's attempts wait (no record blames it), counted per destination and
+    logged; its probe_up is withdrawn rather than left frozen; 127.0.0.1:5002 keeps every
+    slot. When the ports come back, so do the attempts and probe_up."""
+    port_range(netns, 40000, 40099)
+    other = NsServer(netns, 5002)
+    filler = PortFiller(netns, 5001)
+    try:
+        log = tmp_path / "probe.log"
+        targets = target_toml("stuck", "127.0.0.1:5001") + target_toml("other", "127.0.0.1:5002")
+        d = start_in(tmp_path, config_toml(log, targets, interval=0.25), log, daemons, netns)
+        d.wait_event("state", name="stuck", to="up")
+        d.wait_event("state", name="other", to="up")
+        mport = int(d.events("listening")[0]["address"].rpartition(":")[2])
+
+        def page() -> dict[object, float]:
+            return metrics_of(lambda path: ns_get(netns, mport, path))
+
+        assert filler.fill() >= 90
+        filled = time.time()
+        event = d.wait_event("port_shortage", destination="127.0.0.1:5001")
+        assert event["target"] == "127.0.0.1:5001" and event["connects"] >= 1, event
+        # Twenty slots of the other target (5 s at 0.25 s) come while the shortage lasts.
+        recs = d.wait_records("other", 20, after=filled, timeout=20)
+        assert all(r["outcome"] == "open" for r in recs), recs
+        assert ts(recs[19]) - filled < 5.0 + 2.0, (filled, [ts(r) for r in recs])
+        assert not [r for r in d.records("stuck") if ts(r) > filled and r["outcome"] != "open"]
+        d.wait("probe_up of stuck withdrawn", lambda: value(page(), "probe_up", target="stuck")
+               is None)  # fmt: skip
+        s = page()
+        shortages = value(s, "probe_port_shortages_total", destination="127.0.0.1:5001")
+        assert shortages is not None and shortages >= 1, shortages
+        assert value(s, "probe_port_shortages_total", destination="127.0.0.1:5002") is None
+        assert value(s, "probe_up", target="other") == 1.0
+        assert len(d.events("port_shortage")) <= 2  # rate-limited: one per 10 s at most
+        filler.release()
+        released = time.time()
+        d.wait_records("stuck", 1, after=released, timeout=10)
+        d.wait("probe_up of stuck back", lambda: value(page(), "probe_up", target="stuck") == 1.0)
+    finally:
+        filler.close()
+        other.close()
+    assert d.stop() == 0
+
 
 # -- HTTP: clients that do not read, malformed and half-closed requests ----------------------
 
