@@ -70,6 +70,7 @@ class Daemon:
             self._die,
             self.log,
         )
+        self.runner.log_attempts = config.log.attempts
         self.ondemand = OnDemand(
             self.engines.probe,
             LOOKUP_THREADS,
@@ -154,6 +155,7 @@ class Daemon:
         self.engines.reconfigure(old, new)
         self.ondemand.configure(new, self.engines.probe_limit)
         self.config = new
+        self.runner.log_attempts = new.log.attempts
         notes = {"needs_restart": keys} if (keys := needs_restart(old, new)) else {}
         counts = self.runner.apply(targets)
         self.metrics.config_loaded(True)

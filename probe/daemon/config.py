@@ -74,6 +74,9 @@ DEFAULT_LAG_LIMIT_MS: Final = 2.0  # the engine's own default
 FAMILIES: Final = ("any", "ipv4", "ipv6")
 ADDRESS_MODES: Final = ("all", "first")
 LOG_FORMATS: Final = ("console", "json")
+# [log] attempts: every record; only attempts that were not open; only an attempt whose
+# outcome (and error) differs from its target's previous one. State events are always logged.
+LOG_ATTEMPTS: Final = ("all", "failures", "changes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +169,14 @@ class EngineConfig:
     concurrency: int = 1000
     source: Source | None = None  # None: the kernel picks; ports 0/0: only the address is set
     lag_limit_ms: float | None = DEFAULT_LAG_LIMIT_MS  # None: the lag throttle is off
+    graceful_close: bool = False  # FIN instead of RST after an open connect (--graceful-close)
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str | None = None  # "json", "console", or None: the daemon decides (terminal?)
     file: str | None = None  # None: standard output
+    attempts: str = "all"  # which records: "all", "failures" or "changes" (LOG_ATTEMPTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,6 +616,7 @@ ENGINE: Final = Table(
         "concurrency": Key(_concurrency),
         "source": Key(_optional(parse_source_spec)),
         "lag_limit": Key(_lag_limit, field="lag_limit_ms"),
+        "graceful_close": Key(_flag),
     },
     EngineConfig,
 )
@@ -619,6 +625,7 @@ LOG: Final = Table(
     {
         "format": Key(_choice_of(LOG_FORMATS), restart=True),
         "file": Key(_log_file),
+        "attempts": Key(_choice_of(LOG_ATTEMPTS)),
     },
     LogConfig,
 )

@@ -42,6 +42,7 @@ def engine_options(config: Config, concurrency: int, lag_limit_ms: float | None)
         source_ports=source_ports(config),  # one allocator for both engines (engine/ports.py)
         shortage_giveup=None,  # a daemon waits out a shortage, however long
         lag_limit_ms=lag_limit_ms,
+        graceful_close=config.engine.graceful_close,
     )
 
 

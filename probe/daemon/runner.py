@@ -37,9 +37,6 @@ LATE_START = 0.1  # seconds: a scheduled start later than this is counted and lo
 # away fires at once, and the timer of one further away may fire early. Slots due within
 # this much are started now, instead of spinning through the loop until their instant.
 EARLY = 0.001
-# [log] attempts: which records the log gets. "failures": every attempt that was not open;
-# "changes": an attempt whose outcome (and error) differs from its path's previous one.
-LOG_ATTEMPTS = ("all", "failures", "changes")
 
 
 def should_log(mode: str, record: Record, previous: tuple[str, str | None] | None) -> bool:
@@ -113,7 +110,7 @@ class Runner:
         self.store: Store | None = None  # the durable state, opened by open_store()
         self.health = Health()  # damped up/down state of every series (down_after/up_after)
         self.attempts: dict[str, int] = {}  # name → attempts made, for the record's number
-        self.log_attempts = "all"  # [log] attempts: which records are written (LOG_ATTEMPTS)
+        self.log_attempts = "all"  # [log] attempts: which records are written (config.py)
         self._last: dict[Path, tuple[str, str | None]] = {}  # path → last (outcome, error)
         self.running = False
         ttl, deadline, threads = lookups
