@@ -12,10 +12,14 @@ _TIMING = "nmap's timing templates: use --rate N and -C N"
 _TOP = "probe has no port-frequency table: give -p PORTS, or -p- for all 65535"
 _VERBOSE = "probe has one verbosity level (-v: which core ran); --json shows every field"
 _DETECT = "probe makes TCP connect attempts only (no service or OS detection); drop it"
+_NC_ZERO = "nc's -z: probe always connects and sends nothing (zero-I/O); drop it"
+_TCPING_T = "tcping's -t (keep going until stopped) is -c 0 here; -t SECONDS is the timeout"
 
 FOREIGN: dict[str, str] = {
     "-n": "no DNS switch needed: names are resolved once per run; for tcping's -n N use -c N",
-    "-w": "tcping's timeout: use -t SECONDS",
+    "-w": "nc's and tcping's -w (timeout): use -t SECONDS",
+    "-z": _NC_ZERO,
+    "-q": "nc's -q: probe sends nothing and closes each connection at once; drop it",
     "-host": "naabu's -host: give targets directly: probe check HOST -p PORTS",
     "-list": "naabu's -list FILE: use -iL FILE or @FILE",
     "-l": "naabu's -l FILE: use -iL FILE or @FILE",
@@ -52,6 +56,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         "nmap's scan types do not apply: probe always makes TCP "
         "connect attempts (nmap -sT); -s ADDR binds a source address",
     ),
+    (re.compile(r"-[nuvw46]*z[nuvw46]*"), _NC_ZERO),  # nc -zv, -nvz, ...
     (re.compile(r"-P[A-Za-z0-9]*"), _NO_PING),
     (re.compile(r"-T([0-5]|[a-z]+)"), _TIMING),
     (
@@ -74,12 +79,16 @@ VALUED = frozenset(
 def foreign_flag(words: Iterable[str]) -> str | None:
     """The message for the first flag another tool's users type, or None."""
     skip = False
-    for word in words:
+    listed = list(words)
+    for i, word in enumerate(listed):
         if skip:
             skip = False
             continue
         if word == "--":
             return None
+        if word in ("-t", "--timeout") and not _is_number(listed[i + 1 : i + 2]):
+            given = f"got {listed[i + 1]!r}" if i + 1 < len(listed) else "got nothing"
+            return f"-t needs SECONDS, {given}: {_TCPING_T}"
         if word in VALUED:
             skip = True
             continue
@@ -89,6 +98,17 @@ def foreign_flag(words: Iterable[str]) -> str | None:
         if hint is not None:
             return f"unknown option {word}: {hint}"
     return None
+
+
+def _is_number(words: list[str]) -> bool:
+    """Is the next word (if any) a number, as -t's value must be?"""
+    if not words:
+        return False
+    try:
+        float(words[0])
+    except ValueError:
+        return False
+    return True
 
 
 def split_attached(words: Iterable[str]) -> list[str]:

@@ -181,9 +181,7 @@ def build_plan(
 ) -> Plan:
     """Validate every option and target token; the plan, or a UsageError naming the fault."""
     default_ports = _ports(ports)
-    tokens = _join(
-        [*targets, *(f"@{path}" for path in input_lists)], default_ports, ports is not None
-    )
+    tokens = _join([*targets, *(f"@{path}" for path in input_lists)], default_ports, ports)
     if not tokens:
         raise UsageError("no targets: give HOST:PORTS, [IPV6]:PORTS, HOST with -p, @FILE or -")
     fam = {4: AF_INET, 6: AF_INET6}.get(family or 0, 0)
@@ -192,6 +190,9 @@ def build_plan(
     if bound is not None:
         fam = AF_INET6 if ":" in bound[0] else AF_INET
     endpoints, blocking, width = _preflight(tokens, default_ports)
+    if fam:
+        why = f"-s {source}" if bound is not None else f"-{family}"
+        _same_family(tokens, default_ports, fam, why)
     # Repeat mode lists every attempt and a block per target whatever the targets came from:
     # input not counted up front (standard input, a long file) is listed as a short file is.
     list_mode = (endpoints is not None and endpoints <= LIST_LIMIT) or (
@@ -241,11 +242,11 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _join(tokens: list[str], default_ports: PortRanges | None, have_ports: bool) -> list[str]:
+def _join(tokens: list[str], default_ports: PortRanges | None, ports: str | None) -> list[str]:
     """`HOST PORT` → `HOST:PORT`. A number that cannot be a port (`2130706433`) is refused
     as what it looks like, a bad IPv4 literal, by the target parser's own message."""
     try:
-        return join_host_port(tokens, have_ports)
+        return join_host_port(tokens, ports is not None, ports)
     except TargetError as joined:
         for token in tokens:
             if token.isascii() and token.isdecimal() and (len(token) > 5 or int(token) > 65535):
@@ -358,6 +359,35 @@ def _preflight(
                 total += target.count()
             width = max(width, _width(target))
     return total, blocking, min(width or TARGET_WIDTH_DEFAULT, TARGET_WIDTH_MAX)
+
+
+def _same_family(
+    tokens: Sequence[str], default_ports: PortRanges | None, family: int, why: str
+) -> None:
+    """An address literal of the other family than -4/-6 or -s allow is a usage error, not a
+    record: nothing could ever connect to it."""
+    wanted = "IPv6" if family == AF_INET6 else "IPv4"
+    for token in tokens:
+        if token == "-" or token.startswith("@"):
+            continue
+        target = parse_target(token, default_ports)
+        if target.addresses is not None:
+            version = target.addresses.version
+        else:
+            try:
+                found = literal(target.host)
+            except ValueError:
+                found = None
+            if found is None:
+                continue  # a name: its addresses of the wanted family are used
+            version = 6 if found.family == AF_INET6 else 4
+        if (version == 6) != (family == AF_INET6):
+            if why.startswith("-s"):
+                raise UsageError(
+                    f"{why}: {token} is an IPv{version} address, which an {wanted} source "
+                    "cannot reach"
+                )
+            raise UsageError(f"{why}: {token} is an IPv{version} address, not {wanted}")
 
 
 def _count_file(token: str, default_ports: PortRanges | None) -> tuple[int, int] | None:

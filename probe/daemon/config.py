@@ -34,6 +34,7 @@ from ..errors import ConfigError, TargetError
 from ..limits import MAX_CONFIG_BYTES, MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL
 from ..stages.spec import StageSpec
 from ..syntax import Source, parse_endpoint, parse_shard, parse_source_spec
+from ..syntax.endpoint import parse_listen
 from .stage_config import (
     MODULE_KEY,
     MODULE_NAME,
@@ -539,7 +540,7 @@ def _listen(value: object, at: _Path) -> HostPort | None:
     text = _str(value, at)
     if not text:
         return None  # no HTTP endpoint
-    host, port = _via(lambda t: parse_endpoint(t, allow_port_zero=True), text, at)
+    host, port = _via(parse_listen, text, at)
     return HostPort(host, port)
 
 

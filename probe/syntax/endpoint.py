@@ -51,3 +51,15 @@ def parse_endpoint(
     if not port_text:
         raise TargetError(f"no port after ':' in {echo(text)}")
     return host, parse_port(port_text, port_text, lowest)
+
+
+EVERY_ADDRESS = "0.0.0.0"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """A listening endpoint: `HOST:PORT`, `[IPV6]:PORT`, or exporters' `:PORT` (and a bare
+    `PORT`) for every IPv4 address; port 0 lets the kernel pick."""
+    digits = text.removeprefix(":")
+    if digits.isascii() and digits.isdecimal():
+        return EVERY_ADDRESS, parse_endpoint(f"{EVERY_ADDRESS}:{digits}", allow_port_zero=True)[1]
+    return parse_endpoint(text, allow_port_zero=True)

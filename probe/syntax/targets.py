@@ -100,6 +100,7 @@ def parse_target(
     text = token.strip()
     if not text:
         raise TargetError("empty target")
+    _refuse_lookalikes(text)
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
@@ -124,6 +125,8 @@ def parse_target(
         # A bare IPv6 address or network: only valid with -p, since its last ':' is not a
         # port separator.
         hint = f"write IPv6 addresses as [ADDR]:PORTS, e.g. [::1]:80 (got {echo(token)})"
+        if not _may_be_ipv6(text):
+            raise TargetError(_colons(text))
         addresses = None
         if "/" in text:
             addresses = cidr_of(text, token)
@@ -141,6 +144,48 @@ def parse_target(
         _ports_of(ports, token) if colon else _need_ports(default_ports, token, no_port_hint)
     )
     return Target(host, port_ranges, False, addresses)
+
+
+_HEX_GROUP = frozenset("0123456789abcdefABCDEF")
+
+
+def _may_be_ipv6(text: str) -> bool:
+    """Could the text be meant as an IPv6 address or network (so its hint applies)? It has
+    a `::`, or it starts with a group of up to four hex digits."""
+    head = text.split(":", 1)[0]
+    return "::" in text or (len(head) <= 4 and set(head) <= _HEX_GROUP)
+
+
+def _colons(text: str) -> str:
+    """The message for `HOST:PORT:...` that is no IPv6 address: what was likely meant."""
+    host, _, rest = text.partition(":")
+    if "," in rest and ":" in rest.split(",", 1)[1]:
+        return (
+            f"{echo(text)} is several targets: give each as its own argument (or line), or "
+            f"one host's ports as {host}:PORT,PORT"
+        )
+    return (
+        f"too many ':' in {echo(text)}: ports are comma-separated ({host}:22,80); "
+        "IPv6 addresses go in brackets, [ADDR]:PORTS"
+    )
+
+
+def _refuse_lookalikes(text: str) -> None:
+    """What people paste that is not a target: a URL, two targets on one line."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.isascii() and scheme.isalpha():
+        netloc = rest.split("/", 1)[0].rpartition("@")[2]
+        host, _, port = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
+        if not port.isdecimal():
+            host, port = netloc, _URL_PORTS.get(scheme.lower(), "PORT")
+        raise TargetError(
+            f"{echo(text)} is a URL, not a target: write HOST:PORT, here {host}:{port}"
+        )
+    if text.isprintable() and " " in text:
+        raise TargetError(f"{echo(text)} holds white space: one target per argument or per line")
+
+
+_URL_PORTS = {"http": "80", "https": "443", "ftp": "21", "ssh": "22", "ws": "80", "wss": "443"}
 
 
 def _ports_of(text: str, token: str) -> PortRanges:

@@ -17,7 +17,9 @@ def _is_bare_host(token: str) -> bool:
     return token.count(":") != 1
 
 
-def join_host_port(tokens: list[str], have_default_ports: bool) -> list[str]:
+def join_host_port(
+    tokens: list[str], have_default_ports: bool, ports_text: str | None = None
+) -> list[str]:
     """`HOST PORT` (tcping's habit) → `HOST:PORT`. A bare number is never an address: one
     that cannot be a port of the host before it is refused with a hint."""
     out: list[str] = []
@@ -39,9 +41,10 @@ def join_host_port(tokens: list[str], have_default_ports: bool) -> list[str]:
         host = out[-1]
         shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
         if have_default_ports:
+            more = f"-p {ports_text},{token} or " if ports_text else ""
             raise TargetError(
                 f"{echo(token)} after {echo(host)} is not a target while -p gives the ports: "
-                f"did you mean {shown}:{token}?"
+                f"did you mean {more}{shown}:{token}?"
             )
         if len(token) > 5 or not 1 <= int(token) <= 65535:
             raise TargetError(

@@ -97,13 +97,11 @@ def test_json_retries_after_timeout(full_queue: FullQueueListener) -> None:
     assert {r["outcome"] for r in recs} == {"timeout"}
 
 
-def test_family_mismatch_of_literal_is_error_record(listener: RecordingListener) -> None:
+def test_family_mismatch_of_literal_is_a_usage_error(listener: RecordingListener) -> None:
+    """Nothing could ever connect to it: exit 2 and a line, not a record."""
     result = probe("check", "-6", listener.target, "--json")
-    assert result.returncode == 1
-    [rec] = records(result.stdout)
-    assert rec["outcome"] == "error"
-    assert rec["address"] is None
-    assert rec["local_port"] is None
+    assert "is an IPv4 address, not IPv6" in one_line_error(result)
+    assert result.stdout == ""
     assert listener.wait_peers(1, timeout=0.2) == []
 
 

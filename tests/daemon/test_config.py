@@ -447,8 +447,8 @@ def test_bad_cidr(cidr: str, problem: str) -> None:
 @pytest.mark.parametrize(
     ("listen", "problem"),
     [
-        ("9464", "missing port"),
         ("0.0.0.0:65536", "out of range 0-65535"),
+        (":65536", "out of range 0-65535"),
         ("::1:9464", 'IPv6 addresses need brackets: write "[::1]:9464"'),
         ("::1", 'IPv6 addresses need brackets and a port: write "[::1]:PORT"'),
         ("[::1]", "missing port"),
@@ -462,6 +462,13 @@ def test_bad_metrics_listen(listen: str, problem: str) -> None:
 
 def test_metrics_listen_accepts_hostname_and_port_zero() -> None:
     assert metrics_listen(parse_config('[metrics]\nlisten = "localhost:0"\n')) == ("localhost", 0)
+
+
+@pytest.mark.parametrize("listen", ["9464", ":9464"])
+def test_metrics_listen_takes_an_exporters_port_alone(listen: str) -> None:
+    """`:PORT`, as exporters write it (and a bare PORT): every IPv4 address."""
+    config = parse_config(f'[metrics]\nlisten = "{listen}"\n')
+    assert metrics_listen(config) == ("0.0.0.0", 9464)
 
 
 @pytest.mark.parametrize(
