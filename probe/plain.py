@@ -2,7 +2,7 @@
 
 Importing `dataclasses` (it brings `inspect`, `ast`, `dis`) and having it generate each
 class's methods cost ~10 ms and ~0.7 ms a class at start-up here: a quarter of
-`probe check`'s whole budget (issue 13: ≤ 60 ms). A class names its fields in `__slots__`
+`probe check`'s whole start-up budget (≤ 60 ms). A class names its fields in `__slots__`
 and writes a short `__init__`; from these bases it gets what the dataclasses gave it:
 equality and `repr` from the fields, and for `Frozen` read-only fields, a hash and
 `replace`. The daemon's and the asyncio engine's classes stay dataclasses: their paths

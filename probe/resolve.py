@@ -110,7 +110,6 @@ class Resolver:
         self._size = cache_size
         self._ttl = ttl
         self._pool = pool
-        self._waiting: set[asyncio.Future[tuple[Address, ...]]] = set()
 
     def _entry(self, host: str) -> asyncio.Future[tuple[Address, ...]] | None:
         entry = self._cache.get(host)
@@ -122,13 +121,6 @@ class Resolver:
             return None
         self._cache.move_to_end(host)
         return found
-
-    def cached(self, host: str) -> tuple[Address, ...] | None:
-        """The answer if it is at hand, without awaiting: the daemon's fast path."""
-        found = self._entry(host)
-        if found is None or not found.done() or found.exception() is not None:
-            return None
-        return found.result()
 
     async def resolve(self, host: str, deadline: float | None = None) -> tuple[Address, ...]:
         """The addresses of `host`; past `deadline` seconds, ResolveError(EAI_AGAIN) (the

@@ -4,7 +4,7 @@ exactly, on the Python engine (`engine_run`, asyncio) otherwise.
 `run_share(plan, index, count, sinks)` runs one share of a plan in this process and returns
 its typed result; one process is the case count = 1, a worker process one of count. The
 engine's runner and the native core's human reader are imported only by the runs that use
-them: a one-shot check of literal endpoints starts without asyncio (issue 13).
+them: a one-shot check of literal endpoints starts without asyncio.
 """
 
 from __future__ import annotations

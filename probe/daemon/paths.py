@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from ..resolve import Address
 from .state import Damper, Transition
 
-FIRST = "first"
 ALL = "all"
 
 

@@ -642,11 +642,6 @@ def summary(page: Page) -> str:
     return f"{text} · {page.generated}"
 
 
-def row_html(row: Row) -> str:
-    head, tail = row_parts(row)
-    return f"{head}{_e(row.cells[3])}{tail}"
-
-
 def target_href(name: str) -> str:
     """The target's own page (any character of a name survives the trip)."""
     return "/target/" + quote(name, safe="")

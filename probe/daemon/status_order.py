@@ -23,7 +23,6 @@ from .config import ResolvedTarget
 from .history import History
 
 DOWN, UNKNOWN, UP = 0, 1, 2  # the page's order: the ones that need a look first
-STATES = ("down", "unknown", "up")
 CHUNK = 1000  # targets looked at between two yields to the loop (~0.3 ms)
 SELECTIONS = 64  # label filters and groupings kept at once
 _MASKS = [bytes(int(i == code) for i in range(256)) for code in range(3)]

@@ -1,15 +1,17 @@
 """The connect engine: attempts in, records out. Knows nothing of the CLI or the daemon.
 
 - `core`: the queue, pacing (`--rate`), the concurrency limit and shortage handling; each
-  attempt's `Result` becomes a `Record` there. A post-connect stage (banner read, TLS)
-  goes in `core.Engine._post_connect`, between the answer and the close.
+  attempt's `Result` becomes a `Record` there. Post-connect stages (TLS, send/expect) are
+  `probe.stages`, started from `core.Engine._run_stages` on the connected socket.
 - `attempt`: what goes in (`Attempt`) and what one connect found (`Result`).
 - `deadlines`: timeouts, a FIFO queue per timeout and one sweep timer.
 - `held`: attempts waiting for a local port towards their destination (EADDRNOTAVAIL).
 - `poller`: which sockets have their answer (one epoll set, or the loop's writers).
 - `sockets`: the socket calls of one attempt (bind a source, read TCP_INFO).
+- `ports`: local ports from a fixed range (`-s ADDR:LO-HI`), shared by engines.
 - `options`: what an engine is asked to do (no asyncio: the native core shares it).
-- `lag`: how late the event loop runs; `limits`: what the open-files limit allows.
+- `lag`: how late the event loop runs; `nofile`: what the open-files limit allows.
+- `native` and `_native.c`: the C sweep core for literal addresses x port ranges.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from .sockets import check_source
 
 # The asyncio engine is imported on first use: the native core and the CLI's plan need only
-# the options, and asyncio is ~25 ms of start-up (issue 13).
+# the options, and asyncio is ~25 ms of start-up.
 _LAZY = {
     "Attempt": ".attempt",
     "Done": ".attempt",

@@ -185,10 +185,6 @@ class Engine:
             wake()
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    @property
     def held(self) -> int:
         """Attempts waiting for a local port towards their destination."""
         return self._held.count

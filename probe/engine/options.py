@@ -1,5 +1,5 @@
 """What an engine is asked to do. Kept apart from `core` so that the CLI's plan and the
-native core can hold engine options without importing asyncio (start-up, issue 13)."""
+native core can hold engine options without importing asyncio (~25 ms of start-up)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def bind_source(sock: socket.socket, source: tuple[str, int]) -> None:
-    """Bind before connect(), as the lesson allows. With an address alone, let connect()
+    """Bind before connect() (`-s`). With an address alone, let connect()
     pick the port: bind() by itself would reserve one port per address for every socket.
     A port range (`-s ADDR:LO-HI`) is bound by `ports.PortRange`, one port at a time."""
     address, port = source

@@ -44,7 +44,7 @@ def _paint(text: str, key: Any) -> str:
 
 
 def probe_line(r: Record, colour: bool = False) -> str:
-    """The lesson's printout for one attempt; `colour`: the outcome in ANSI colour."""
+    """The human printout of one attempt; `colour`: the outcome in ANSI colour."""
     outcome = f"{r.outcome:<7}"
     parts = [_safe(r.target), _paint(outcome, r.outcome) if colour else outcome]
     name = r.extra.get("name") if r.extra else None

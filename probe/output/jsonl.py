@@ -16,7 +16,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 def record_json(r: Record) -> bytes:
-    """The record's JSON object (/work/shared/CONTRACT.md, "The attempt record"): built
+    """The record's JSON object (the attempt record, as the README documents it): built
     straight from the Record, with times rounded to the microsecond (3 decimals of ms)."""
     out: dict[str, Any] = {
         "event": "probe",
