@@ -66,7 +66,6 @@ PUMP_BATCH = 128  # most attempts started in one turn of the event loop
 class EngineStats:
     started: int = 0
     finished: int = 0
-    shortages: int = 0
     late: int = 0  # deadline passed but the socket had its answer: loop was behind
     self_connects: int = 0  # the kernel connected a socket to itself; retried
     lag_throttles: int = 0  # times loop lag made the engine lower its concurrency
@@ -420,7 +419,6 @@ class Engine:
 
     def _shortage(self) -> None:
         """No descriptor or port here: shrink to what is in flight and retry after a pause."""
-        self.stats.shortages += 1
         self.limit = max(1, self.inflight)
         now = self.loop.time()
         if self._given_up(now):

@@ -45,10 +45,6 @@ class Held:
     def __contains__(self, key: Key) -> bool:
         return key in self._waiting
 
-    @property
-    def destinations(self) -> int:
-        return len(self._waiting)
-
     def hold(self, key: Key, entry: Entry) -> None:
         """Set `entry` aside until the destination's back-off ends (started now if the
         destination was not waiting yet)."""

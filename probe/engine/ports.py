@@ -44,10 +44,6 @@ class PortRange:
     def size(self) -> int:
         return self.hi - self.lo + 1
 
-    @property
-    def in_use(self) -> int:
-        return len(self._in_use)
-
     def take(self) -> int | None:
         """The next port round-robin that no attempt of ours holds; None when all are held."""
         if len(self._in_use) >= self.size:
