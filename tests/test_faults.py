@@ -1,4 +1,4 @@
-"""Faults made for real (issue 5): firewall answers, local shortages, signals, broken sinks,
+"""Faults made for real: firewall answers, local shortages, signals, broken sinks,
 resource caps and the /probe allow-list, against real kernels rather than mocks.
 
 Traffic stays on loopback: inside a network namespace the test creates (iptables rules go on

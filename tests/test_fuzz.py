@@ -1,4 +1,4 @@
-"""Bad input, found by a fuzzer (issue 5): the target reader, the config loader, the record
+"""Bad input, found by a fuzzer: the target reader, the config loader, the record
 renderers, the CLI end to end, and the daemon's GET /probe, under hypothesis.
 
 Any input either means what it says or ends in a clear error: TargetError / ConfigError in

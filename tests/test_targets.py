@@ -592,7 +592,7 @@ def test_count_matches_endpoints(host: str, ranges: list[tuple[int, int]]) -> No
     assert all(e.target == f"{label}:{e.port}" and e.host == host for e in endpoints)
 
 
-# == issue 8: strict IPv4 literals, octet ranges, CIDR, -p-, exclusions, HOST PORT ==========
+# == strict IPv4 literals, octet ranges, CIDR, -p-, exclusions, HOST PORT ====================
 
 
 @pytest.mark.parametrize(

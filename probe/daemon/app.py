@@ -55,12 +55,8 @@ class Daemon:
         self.log = event_logger()
         listen = metrics_listen(config)
         self.engines = Engines(config, listen is not None, self.log)
-        for engine in self.engines.both:
-            engine.on_close.append(self._engine_closed)
         self.metrics = Metrics(lambda: float(self.engines.inflight))
-        shortages = PortShortages(self.metrics.port_shortages, self.log)
-        for engine in self.engines.both:
-            engine.on_port_shortage = shortages
+        self.engines.hook(self._engine_closed, PortShortages(self.metrics.port_shortages, self.log))
         self.runner = Runner(
             self.engines.schedule,
             (RESOLVE_TTL, RESOLVE_DEADLINE, LOOKUP_THREADS),
@@ -80,9 +76,8 @@ class Daemon:
         self.ondemand.configure(config, self.engines.probe_limit)
         self.http: HttpServer | None = None
         if listen is not None:
-            page = StatusPage(
-                self.runner.targets, self.runner.history, store=lambda: self.runner.store
-            )
+            runner = self.runner
+            page = StatusPage(runner.targets, runner.history, store=lambda: runner.store)
             self.http = HttpServer(
                 listen[0], listen[1], self.metrics.pieces, lambda: self.runner.running,
                 self.ondemand, routes=page.routes(),
@@ -109,12 +104,8 @@ class Daemon:
         # What start-up built lives as long as the daemon: out of the cyclic collector's way,
         # so a full collection never walks 10,000 targets' objects while starts wait.
         gc.freeze()
-        self.log.info(
-            "started",
-            config=self.path,
-            targets=len(self.runner.schedule.jobs),
-            **({"shard": str(self.shard)} if self.shard is not None else {}),
-        )
+        shard = {"shard": str(self.shard)} if self.shard is not None else {}
+        self.log.info("started", config=self.path, targets=len(self.runner.schedule.jobs), **shard)
         await self._stopped.wait()
         return await self._shutdown()
 

@@ -8,9 +8,10 @@ port range of `engine.source`. Their options are made here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from ..engine import Engine, EngineOptions, check_source
+from ..engine import Attempt, Engine, EngineOptions, check_source
 from ..engine.nofile import fit_concurrency
 from .config import Config, engine_source
 from .http import MAX_CONNECTIONS
@@ -58,6 +59,15 @@ class Engines:
         # Loop lag holds the schedule's engine down, not this one.
         self.probe = Engine(engine_options(config, self.probe_limit, None))
         self.both = (self.schedule, self.probe)
+
+    def hook(
+        self, on_close: Callable[[], None], on_port_shortage: Callable[[Attempt], None]
+    ) -> None:
+        """What the daemon hears from both engines: a failure that closed one, and a
+        destination without a free local port (counted and logged, never a record)."""
+        for engine in self.both:
+            engine.on_close.append(on_close)
+            engine.on_port_shortage = on_port_shortage
 
     @property
     def inflight(self) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The daemon under hostile load (issue 12): `probe run` with 10,000 targets at a 10 s
+"""The daemon under hostile load: `probe run` with 10,000 targets at a 10 s
 interval (1,000 attempts/s; 127.0.0.1:20001-30000 inside a fresh network namespace, all
 refused), `/metrics` scraped every 5 s and 100 `GET /probe` requests per second beside it,
 for --seconds. Reads the daemon's own `probe_schedule_lag_seconds` histogram and

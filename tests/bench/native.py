@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The native sweep core against the Python engine and `nmap -sT`, side by side in one run.
 
-Scenarios (issue 13, goal 2), each inside a throwaway network namespace holding only `lo`:
+Scenarios, each inside a throwaway network namespace holding only `lo`:
 
   v4       127.0.0.1, ports 1-65535
   v6       [::1], ports 1-65535

@@ -1,4 +1,4 @@
-"""Start-up stays lean (issue 13): a one-shot check of literal endpoints, served by the native
+"""Start-up stays lean (≤ 60 ms): a one-shot check of literal endpoints, served by the native
 core, must not import the Python engine's event loop (asyncio, uvloop), structlog,
 msgspec, `dataclasses` (with inspect, ast and dis: its data classes are `probe.plain`'s) or
 `socket` (its enums cost ~4 ms: the core makes the socket calls; the C module's constants

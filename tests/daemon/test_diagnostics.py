@@ -1,4 +1,4 @@
-"""The daemon's diagnostics (issue 11): flap damping, every address of a dual-stack name,
+"""The daemon's diagnostics: flap damping, every address of a dual-stack name,
 dns_ms, and a source port range. `probe run` as a subprocess against real sockets; the
 dual-stack name lives in the /etc/hosts of a network namespace of our own."""
 

@@ -1,4 +1,4 @@
-"""The daemon under hostile load, bad luck and clock steps (issue 12): whatever arrives over
+"""The daemon under hostile load, bad luck and clock steps: whatever arrives over
 HTTP, from DNS or from the clock, scheduled probes keep their slots and records stay whole.
 
 Every test runs the real daemon as a subprocess. Faults come from real kernels: network
