@@ -25,8 +25,10 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -35,6 +37,7 @@ from ..limits import MAX_CONFIG_BYTES, MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL
 from ..stages.spec import StageSpec
 from ..syntax import Source, parse_endpoint, parse_shard, parse_source_spec
 from ..syntax.endpoint import parse_listen
+from . import target_lists
 from .stage_config import (
     MODULE_KEY,
     MODULE_NAME,
@@ -43,6 +46,7 @@ from .stage_config import (
     check_module_name,
 )
 from .stage_config import resolve as resolve_stages
+from .target_lists import MAX_GLOBS, MAX_TARGETS
 
 __all__ = [
     "DEFAULT_PROBE_ALLOW",
@@ -211,6 +215,9 @@ class Config:
     store: StoreConfig = StoreConfig()
     # [modules.NAME]: stages that /probe?module=NAME runs (None: a plain connect)
     modules: Mapping[str, StageSpec | None] = field(default_factory=lambda: MappingProxyType({}))
+    # target lists outside this file (target_lists.py), as written; their targets are above
+    targets_file: str | None = None
+    include: tuple[str, ...] = ()
 
     def resolved_targets(self) -> list[ResolvedTarget]:
         return list(self.targets)
@@ -707,6 +714,55 @@ def _stage_layers(
     return layers
 
 
+def _list_file(value: object, at: _Path) -> str | None:
+    return _path(value, at) or None
+
+
+def _globs(value: object, at: _Path) -> tuple[str, ...]:
+    items = _array(value, at, max_items=MAX_GLOBS)
+    return tuple(_path(item, (*at, i)) for i, item in enumerate(items))
+
+
+# The directory relative list paths start from: the config file's (parse_config sets it).
+_BASE: ContextVar[Path] = ContextVar("config_base", default=Path())
+
+
+def _listed(
+    fields: dict[str, Any],
+    table: dict[str, Any],
+    resolved: list[ResolvedTarget],
+    names: dict[str, str],
+) -> None:
+    """The targets of `targets_file` and `include`, checked as [[targets]] tables, added to
+    `resolved`; `names` (name → where it was given) finds duplicates across all of them."""
+    lists = target_lists.files(_BASE.get(), fields.get("targets_file"), fields.get("include", ()))
+    if not lists:
+        return
+    raw_defaults, modules = table.get("defaults", {}), fields["modules"]
+    plain = _stages(_stage_layers({}, ("defaults",), raw_defaults, modules), ("defaults",))
+    for path in lists:
+        for item in target_lists.items(path):
+            if len(resolved) >= MAX_TARGETS:
+                raise item.error(None, f"more than {MAX_TARGETS} targets in the config's lists")
+            try:
+                given = TARGET(item.table, ())
+                stages = plain
+                if not STAGES.keys().isdisjoint(item.table):
+                    stages = _stages(_stage_layers(item.table, (), raw_defaults, modules), ())
+                target = _resolve_target(given, (), fields["defaults"], stages)
+            except _Invalid as exc:
+                raise item.error(_render_key(exc.at) if exc.at else None, exc.problem) from None
+            if target.name in names:
+                hint = "" if "name" in item.table else " (name defaults to the address)"
+                raise item.error(
+                    "name",
+                    f"duplicate target name {_show(target.name)}{hint}, "
+                    f"already used by {names[target.name]}",
+                )
+            names[target.name] = f"{item.file} line {item.line}"
+            resolved.append(target)
+
+
 def _targets(value: object, at: _Path) -> list[dict[str, Any]]:
     if isinstance(value, dict):
         _fail(
@@ -764,6 +820,7 @@ def _config(fields: dict[str, Any], table: dict[str, Any], at: _Path) -> None:
                 f"already used by targets[{seen[target.name]}]",
             )
         seen[target.name] = i
+    _listed(fields, table, resolved, {name: f"targets[{i}]" for name, i in seen.items()})
     fields["targets"] = tuple(resolved)
     fields["modules"] = MappingProxyType(
         {name: _stages([module], ("modules", name)) for name, module in modules.items()}
@@ -781,6 +838,8 @@ CONFIG: Final = Table(
         "store": Key(STORE, absent={}),
         "modules": Key(_tables_of(_module, CAPS.modules), absent={}),
         "targets": Key(_targets, absent=[]),
+        "targets_file": Key(_list_file),
+        "include": Key(_globs),
     },
     Config,
     _config,
@@ -906,7 +965,10 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         raise ConfigError(path, None, "arrays or tables are nested too deeply") from None
     except ValueError:  # int() refuses more than 4300 digits
         raise ConfigError(path, None, "a number has too many digits") from None
+    base = _BASE.set(Path(path).parent)
     try:
         return _resolve(data)
     except _Invalid as exc:
         raise ConfigError(path, _render_key(exc.at), exc.problem) from None
+    finally:
+        _BASE.reset(base)
