@@ -14,9 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import EXIT_OK, EXIT_SIGNAL_BASE, ProbeError, fail, report
+from .errors import EXIT_OK, EXIT_SIGNAL_BASE, EXIT_USAGE, ProbeError, fail, report
 from .limits import MAX_INTERVAL, MAX_TIMEOUT
 from .serve.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_RATE, DEFAULT_WRITE_TIMEOUT
+from .words import plural
 
 if TYPE_CHECKING:
     from .check.plan import Format
@@ -116,7 +117,7 @@ CHECK_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         help="give up on one attempt after this long (default 1.0)")),
     (("-c", "--count"), dict(type=count_arg, default=1, metavar="N",
         help="attempts per target (default 1; 0: until interrupted, like tcping)")),
-    (("-i", "--interval"), dict(type=pause, default=1.0, metavar="SECONDS",
+    (("-i", "--interval"), dict(type=pause, metavar="SECONDS",
         help="pause between attempts to the same target (default 1.0)")),
     (("-C", "--concurrency"), dict(type=positive, metavar="N",
         help="most attempts in flight (default 1000, never above the open-files limit)")),
@@ -136,7 +137,8 @@ CHECK_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--json",), dict(action="store_true",
         help="same as --format json: one JSON record per attempt on stdout, nothing else")),
     (("-o",), dict(metavar="FILE", dest="json_file",
-        help="also write the JSON records to FILE (stdout keeps the chosen form)")),
+        help="also write the JSON records to FILE (stdout keeps the chosen form); -o - "
+        "writes them to stdout, as --json")),
     (("--open",), dict(action="store_true", dest="open_only",
         help="write and show only open attempts (the others still count for the summary "
         "and the exit status)")),
@@ -280,8 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "[cluster] shard")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
-    validate = sub.add_parser("validate", help="check a config file and exit")
-    validate.add_argument("path", nargs="?", default="config.toml", metavar="PATH")
+    validate = sub.add_parser(
+        "validate",
+        help="check a config file and exit",
+        description="Read a config file as `probe run` would (every key, value and target) "
+        "without probing anything: exit 0 and a line with its target count when it is "
+        "valid, exit 2 and one line naming the key and the problem when it is not.",
+    )
+    validate.add_argument("path", nargs="?", default="config.toml", metavar="PATH",
+                          help="the config file (default config.toml)")  # fmt: skip
     validate.set_defaults(func=cmd_validate)
 
     serve = sub.add_parser(
@@ -326,8 +335,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .daemon.config import load_config, resolved_targets
 
     config = load_config(args.path)
-    print(f"{args.path}: valid, {len(resolved_targets(config))} targets")
+    count = len(resolved_targets(config))
+    print(f"{args.path}: valid, {plural(count, 'target')}")
+    if not count:
+        sys.stdout.flush()
+        report(no_targets_warning(args.path), prefix="warning")
     return EXIT_OK
+
+
+def no_targets_warning(path: str) -> str:
+    return f"{path} has no targets: probe run would probe nothing on its own"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -358,29 +375,49 @@ def _format(args: argparse.Namespace) -> Format:
     return fmt
 
 
+def _ignored(args: argparse.Namespace) -> None:
+    """Options that would change nothing are refused, never silently dropped."""
+    if args.count == 1:
+        if args.histogram:
+            fail("--histogram needs -c N or -c 0: one attempt per target has no distribution")
+        if args.interval is not None:
+            fail(f"-i {args.interval:g} needs -c N or -c 0: it is the pause between attempts")
+
+
+def _records_file(args: argparse.Namespace, fmt: Format) -> tuple[Format, str | None]:
+    """`-o -`: the JSON records on standard output, as --json."""
+    if args.json_file != "-":
+        return fmt, args.json_file
+    if args.format not in (None, "json"):
+        fail(f"-o - and --format {args.format} disagree: standard output takes one form")
+    return "json", None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .check.command import run_plan
     from .check.plan import build_plan
 
+    _ignored(args)
+    fmt, json_file = _records_file(args, _format(args))
     plan = build_plan(
         args.targets,
         ports=args.ports,
         timeout=args.timeout,
         count=args.count,
-        interval=args.interval,
+        interval=1.0 if args.interval is None else args.interval,
         concurrency=args.concurrency,
         rate=args.rate,
         retries=args.retries,
         source=args.source,
         family=args.family,
-        fmt=_format(args),
+        fmt=fmt,
         workers=args.workers,
         graceful_close=args.graceful_close,
         exclude=args.exclude,
         exclude_files=args.exclude_files,
         input_lists=args.input_lists,
         open_only=args.open_only,
-        json_file=args.json_file,
+        json_file=json_file,
         shard=args.shard,
         lag_limit_ms=args.lag_limit,
         histogram=args.histogram,
@@ -442,11 +479,8 @@ def _tls_flags(args: argparse.Namespace) -> bool:
 # Because -4 and -6 exist, argparse would read `-t -1` as two options; joining the pair
 # makes it report the bad value instead.
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found: argparse.ArgumentParser = action.choices[name]
-            return found
-    raise KeyError(name)
+    found: argparse.ArgumentParser = _subparsers(parser).choices[name]
+    return found
 
 
 def _join_negative_values(argv: Sequence[str], valued: frozenset[str]) -> list[str]:
@@ -468,13 +502,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .check.habits import VALUED, foreign_flag, split_attached
 
     words = _join_negative_values(sys.argv[1:] if argv is None else argv, VALUED)
+    if not words:  # `probe` alone: what it does and its commands
+        sys.stderr.write(build_parser().format_help())
+        return EXIT_USAGE
+    if words[0] != "check" and not words[0].startswith("-"):
+        _known_command(words[0])
     if words[:1] == ["check"]:
         rest = split_attached(words[1:])
         habit = foreign_flag(rest)
         if habit is not None:
             fail(habit)
-        # Targets may stand on both sides of options, as with nmap and tcping.
+        # Targets may stand on both sides of options, as with nmap and tcping; after `--`,
+        # every word is a target.
+        after: list[str] = []
+        if "--" in rest:
+            cut = rest.index("--")
+            rest, after = rest[:cut], rest[cut + 1 :]
         args = check_parser().parse_intermixed_args(rest)
+        args.targets = [*args.targets, *after]
     else:
         args = build_parser().parse_args(words)
     try:
@@ -485,6 +530,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_SIGNAL_BASE + signal.SIGINT
     return code
+
+
+def _known_command(word: str) -> None:
+    """A mistyped command gets the nearest one (`probe chekc`: did you mean check?)."""
+    commands = list(_subparsers(build_parser()).choices)
+    if word in commands:
+        return
+    import difflib
+
+    near = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    fail(f"unknown command {word!r}: {hint}(commands: {', '.join(commands)})")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[Any]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise KeyError("no commands")
 
 
 def console() -> NoReturn:

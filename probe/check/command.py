@@ -26,6 +26,7 @@ from ..errors import (
     report,
 )
 from ..output.writer import RecordWriter, stdout_writer
+from ..words import plural
 from .plan import Plan
 from .progress import ProgressLine
 from .report import summary
@@ -110,7 +111,9 @@ def _finish(
     if error is not None:
         message, code = str(error), error.exit_code
     elif died:
-        message, code = f"{died} worker process(es) died without a result", EXIT_USAGE
+        worker = plural(died, "worker process", "worker processes")
+        message = f"{worker} died without a result"
+        code = EXIT_USAGE
     elif total.stopped_by:
         code = EXIT_SIGNAL_BASE + total.stopped_by
     elif total.seen == 0:

@@ -33,12 +33,14 @@ from ..syntax import (
     parse_target,
     read_exclusions,
 )
+from ..words import plural
 
 # At most this many endpoints and every attempt gets its own line, whatever the count
 # (nmap lists up to 25 closed ports before it folds them into "Not shown").
 T = TypeVar("T")
 
 LIST_LIMIT = 32
+MAX_WORKERS_PER_CPU = 2  # --workers is capped at this many per usable CPU
 # A target column wider than this is not padded further (a long name keeps its width).
 TARGET_WIDTH_MAX = 40
 # Width for targets not known up front (files, standard input): `255.255.255.255:65535`.
@@ -212,7 +214,9 @@ def build_plan(
         graceful_close=graceful_close,
         lag_limit_ms=lag_limit_ms or None,
     )
-    wanted = usable_cpus() if workers is None else workers
+    # More processes than CPUs only take turns on them (and each costs a fork and a loop).
+    cpus = usable_cpus()
+    wanted = cpus if workers is None else min(workers, MAX_WORKERS_PER_CPU * cpus)
     # A source range: one allocator hands out its ports, one per attempt, in one process.
     one = list_mode or blocking or source_ports is not None
     processes = 1 if one else max(1, min(wanted, fitted))
@@ -294,7 +298,7 @@ def _fit_range(concurrency: int, requested: int | None, ports: tuple[int, int] |
     size = hi - lo + 1
     report(
         f"-C {requested if requested is not None else concurrency} lowered to {size}: the "
-        f"source range {lo}-{hi} has {size} ports (one attempt per port)",
+        f"source range {lo}-{hi} has {plural(size, 'port')} (one attempt per port)",
         prefix="",
     )
     return size

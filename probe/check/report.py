@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..output.histogram import histogram_lines
 from ..record import OPEN, OUTCOMES, REFUSED, TIMEOUT
+from ..words import plural
 from .plan import Plan
 from .result import (
     PROBED,
@@ -20,10 +21,6 @@ LAG_SHOWN_AFTER = 5.0  # seconds: a run this long shows its loop lag
 LAG_SHOWN_ABOVE_MS = 5.0  # or one whose p99 lag was above this,
 LAG_SAMPLES = 50  # over this many samples at least (a lone late tick is not a p99)
 RANGES_SHOWN = 24  # most ranges on a host's line before "… (N more)"
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def target_block(label: str, stats: TargetStats) -> list[str]:

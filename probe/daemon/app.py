@@ -241,6 +241,8 @@ def run_daemon(path: str, shard: fleet.Shard | None = None) -> int:
     """Load the config (ConfigError escapes: the caller reports it) and serve until a signal.
     `shard`: --shard; when None, the environment's PROBE_SHARD (UsageError if malformed)."""
     config = load_config(path)
+    if not config.targets:
+        report(f"{path} has no targets: probing nothing but GET /probe", prefix="warning")
     if shard is None:
         shard = fleet.shard_from_env()
     own_targets(path, config, shard)  # refuse a config whose labels or shard are bad, now

@@ -167,7 +167,6 @@ USAGE_ERRORS: list[tuple[list[str], list[str]]] = [
     (["check", "::1:80"], ["::1:80"]),
     (["check", "ho\nst:80"], ["bad character"]),
     (["check", T, "127.0.0.1:x"], ["'x'"]),  # the second token is bad
-    ([], ["COMMAND"]),
     (["frobnicate"], ["frobnicate"]),
     (["validate", "/nonexistent.toml"], ["/nonexistent.toml"]),
 ]
