@@ -51,3 +51,6 @@ _.has_expect
 _.listening  # serve/server.py
 _.router_in  # tests/serve/test_nat.py
 _.leaf_not_after  # tests/stage_servers.py
+
+# argparse-manpage reads these attributes of its Manpage when it renders probe(1).
+_.description  # manpage.py

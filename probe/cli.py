@@ -328,6 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("name", nargs="?", metavar="NAME")
     deploy.set_defaults(func=cmd_deploy)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell's completion script",
+        description="Write the completion script for SHELL to standard output, e.g. "
+        "`probe completion bash > ~/.local/share/bash-completion/completions/probe`; zsh: "
+        "into a directory of $fpath as _probe; fish: ~/.config/fish/completions/probe.fish.",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL",
+                            help="bash, zsh or fish")  # fmt: skip
+    completion.set_defaults(func=cmd_completion)
+
+    manual = sub.add_parser(
+        "man",
+        help="print the manual page, probe(1)",
+        description="Write probe(1) in roff to standard output: `probe man | man -l -` reads "
+        "it, `probe man > ~/.local/share/man/man1/probe.1` installs it for `man probe`.",
+    )
+    manual.set_defaults(func=cmd_man)
     return parser
 
 
@@ -359,6 +378,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = ServeLimits(args.max_connections, args.rate, args.timeout)
     return run_serve(args.listen, args.name, limits, args.format)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(args.shell))
+    return EXIT_OK
+
+
+def cmd_man(args: argparse.Namespace) -> int:
+    from .manpage import manpage
+
+    sys.stdout.write(manpage())
+    return EXIT_OK
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

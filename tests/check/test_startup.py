@@ -18,7 +18,11 @@ from support import free_port, probe_env
 
 from probe import cli
 
-HEAVY = ("asyncio", "uvloop", "structlog", "msgspec", "dataclasses", "socket")
+# (and the man page and completion generators: `probe man` and `probe completion` only)
+HEAVY = (
+    "asyncio", "uvloop", "structlog", "msgspec", "dataclasses", "socket", "shtab",
+    "argparse_manpage",
+)  # fmt: skip
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$")
 
 
