@@ -745,7 +745,11 @@ def _listed(
             if len(resolved) >= MAX_TARGETS:
                 raise item.error(None, f"more than {MAX_TARGETS} targets in the config's lists")
             try:
-                given = TARGET(item.table, ())
+                if len(item.table) == 1 and "address" in item.table:  # a line HOST:PORT
+                    given = {"address": _str(item.table["address"], ("address",))}
+                    _target_fields(given, item.table, ())
+                else:
+                    given = TARGET(item.table, ())
                 stages = plain
                 if not STAGES.keys().isdisjoint(item.table):
                     stages = _stages(_stage_layers(item.table, (), raw_defaults, modules), ())
@@ -778,8 +782,8 @@ def _resolve_target(
     given: dict[str, Any], at: _Path, defaults: TargetDefaults, stages: StageSpec | None
 ) -> ResolvedTarget:
     merged = {k: given.get(k, getattr(defaults, k)) for k in SHARED}
-    literal = _family_of(given["host"])
-    if literal is not None and merged["family"] not in ("any", literal):
+    literal = None if merged["family"] == "any" else _family_of(given["host"])
+    if literal is not None and merged["family"] != literal:
         where = (*at, "family") if "family" in given else ("defaults", "family")
         address = given["address"]
         _fail(where, f"{_show(address)} is an {literal} address, family is {merged['family']}")

@@ -58,9 +58,12 @@ while True:
 """
 
 FETCH = """
-import sys, urllib.request as u
+import sys, time, urllib.request as u
 req = u.Request(sys.argv[1], headers=dict(h.split(": ", 1) for h in sys.argv[2:]))
-sys.stdout.buffer.write(u.urlopen(req, timeout=30).read())
+began = time.monotonic()
+body = u.urlopen(req, timeout=30).read()
+sys.stderr.write(f"{time.monotonic() - began:.4f}")
+sys.stdout.buffer.write(body)
 """
 
 
@@ -81,6 +84,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=300)
     ap.add_argument("--log-attempts", choices=["all", "failures", "changes"])
     ap.add_argument("--histograms", action="store_true")
+    ap.add_argument("--no-store", action="store_true", help='[store] path = "" (no store)')
     a = ap.parse_args()
     prometheus = shutil.which("prometheus")
     if os.geteuid() != 0 or not shutil.which("ip") or prometheus is None:
@@ -94,6 +98,7 @@ def main() -> int:
         head += f'attempts = "{a.log_attempts}"\n'
     head += f'[metrics]\nlisten = "{METRICS}"\n'
     ports = range(FIRST_PORT, FIRST_PORT + TARGETS)
+    head += f'[store]\npath = "{"" if a.no_store else tmp / "store"}"\n'
     (tmp / "config.toml").write_text(
         head + "".join(f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in ports)
     )
@@ -113,10 +118,14 @@ def main() -> int:
     subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
     procs: list[subprocess.Popen[bytes]] = []
 
+    took: list[float] = []
+
     def fetch(url: str, *headers: str) -> bytes:
-        return subprocess.run(
+        done = subprocess.run(
             [*prefix, sys.executable, "-c", FETCH, url, *headers], capture_output=True, check=True
-        ).stdout
+        )
+        took.append(float(done.stderr))
+        return done.stdout
 
     def query(expr: str) -> float:
         url = f"http://{PROMETHEUS_LISTEN}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -163,7 +172,12 @@ def main() -> int:
         print(f"mean CPU over {t - t0:.0f} s: {100 * (c - c0) / (t - t0):.1f}% of one core")
         print(f"daemon RSS {status_mib(pid):.1f} MiB (peak {status_mib(pid, 'VmHWM'):.1f} MiB)")
         plain = fetch(f"http://{METRICS}/metrics")
-        packed = fetch(f"http://{METRICS}/metrics", "Accept-Encoding: gzip")
+        took.clear()
+        for _ in range(5):
+            packed = fetch(f"http://{METRICS}/metrics", "Accept-Encoding: gzip")
+            time.sleep(1)
+        times = " ".join(f"{t:.3f}" for t in took)
+        print(f"GET /metrics (gzip) from the namespace, 5 times: {times} s")
         text = plain.decode()
         samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
         targeted = [ln for ln in samples if 'target="' in ln]
