@@ -29,7 +29,7 @@ from ..output.writer import RecordWriter, stdout_writer
 from ..words import plural
 from .plan import Plan
 from .progress import ProgressLine
-from .report import summary
+from .report import interrupted_line, summary
 from .result import ShareResult
 from .run import run_share
 from .share import Progress
@@ -136,6 +136,9 @@ def _finish(
         message, code = message or str(exc), EXIT_USAGE
     if message is not None:
         report(message)
+    elif total.stopped_by and plan.count != 0 and plan.output.format != "human":
+        # stdout holds records only: the interruption is said where a person reads it
+        report(interrupted_line(plan, total).removeprefix("interrupted: "), prefix="interrupted")
     if total.stopped_by and error is None:
         return EXIT_SIGNAL_BASE + total.stopped_by
     return code

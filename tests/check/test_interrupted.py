@@ -37,3 +37,15 @@ def test_a_finished_sweep_does_not_say_interrupted(netns: Netns) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "interrupted" not in proc.stdout
     assert "127.0.0.1: refused 1-3000\n" in proc.stdout, proc.stdout
+
+
+def test_an_interrupted_json_sweep_says_so_on_stderr(netns: Netns) -> None:
+    server = NsServer(netns, 5)
+    try:
+        args = ["127.0.0.1", "-p", "1-65535", "--rate", "4000", "--workers", "2", "--json"]
+        code, lines, stderr = until_signal(args, signal.SIGINT, 1, netns.prefix(), wait=30)
+    finally:
+        server.close()
+    assert code == 130, (code, stderr)
+    assert re.fullmatch(r"probe: interrupted: \d+ of 65535 endpoints probed\n", stderr), stderr
+    assert all(line.startswith("{") for line in lines)  # stdout: records only
