@@ -34,6 +34,9 @@ from typing import Any, Final, NoReturn, TypeVar
 
 from ..errors import ConfigError, TargetError
 from ..limits import MAX_CONFIG_BYTES, MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL
+from ..mesh.peers import PeerSpec
+from ..serve.answer import MAX_NAME
+from ..serve.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_RATE
 from ..stages.spec import StageSpec
 from ..syntax import Source, parse_endpoint, parse_shard, parse_source_spec
 from ..syntax.endpoint import parse_listen
@@ -203,6 +206,25 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """`[serve]`: the responder inside the daemon (none while `listen` is empty and there is
+    no mesh; with a mesh, the peers' port on every address)."""
+
+    listen: tuple[HostPort, ...] = ()
+    name: str | None = None  # the name in every answer; None: the host name
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    rate: float = DEFAULT_RATE  # new connections per second from one source address
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """`[mesh]`: every peer (all addresses of one name, or a list) probed with reflect."""
+
+    peers: PeerSpec | None = None  # None: no mesh
+    interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file, resolved: every value checked, every default applied."""
 
@@ -218,6 +240,8 @@ class Config:
     # target lists outside this file (target_lists.py), as written; their targets are above
     targets_file: str | None = None
     include: tuple[str, ...] = ()
+    serve: ServeConfig = ServeConfig()
+    mesh: MeshConfig = MeshConfig()
 
     def resolved_targets(self) -> list[ResolvedTarget]:
         return list(self.targets)
@@ -658,6 +682,58 @@ STORE: Final = Table(
 )
 
 
+def _serve_listen(value: object, at: _Path) -> tuple[HostPort, ...]:
+    """`["ADDR:PORT", ...]` (one string is taken as a list of one), as `[metrics] listen` is
+    written, but IP addresses only."""
+    items = [value] if isinstance(value, str) else _array(value, at, max_items=64)
+    out = []
+    for i, item in enumerate(items):
+        where = at if isinstance(value, str) else (*at, i)
+        text = _str(item, where)
+        host, port = _via(parse_listen, text, where)
+        if _family_of(host) is None:
+            _fail(where, f"an IP address is needed, not the name {_show(host)}")
+        out.append(HostPort(host, port))
+    return tuple(out)
+
+
+def _serve_name(value: object, at: _Path) -> str:
+    name = _str(value, at, min_length=1, max_length=MAX_NAME)
+    if not name.isprintable():
+        _fail(at, "printable characters only")
+    return name
+
+
+def _peers(value: object, at: _Path) -> PeerSpec:
+    """`"NAME:PORT"` (every address of the name) or `["HOST:PORT", ...]`."""
+    if not isinstance(value, str):
+        items = _array(value, at, max_items=4096)
+        value = [_str(v, (*at, i)) for i, v in enumerate(items)]
+    try:
+        return PeerSpec.parse(value)
+    except ValueError as exc:
+        _fail(at, str(exc))
+
+
+SERVE: Final = Table(
+    {
+        "listen": Key(_serve_listen, restart=True),
+        "name": Key(_serve_name),
+        "max_connections": Key(lambda v, at: _int(v, at, ge=1, le=CAPS.concurrency)),
+        "rate": Key(lambda v, at: _float(v, at, ge=0.0, le=1_000_000.0)),
+    },
+    ServeConfig,
+)
+
+
+def _mesh_fields(fields: dict[str, Any], table: dict[str, Any], at: _Path) -> None:
+    if "interval" in fields and "peers" not in fields:
+        _fail((*at, "peers"), "required with [mesh] interval: NAME:PORT or a list of HOST:PORT")
+
+
+MESH: Final = Table({"peers": Key(_peers), "interval": Key(_interval)}, MeshConfig, _mesh_fields)
+
+
 def _target_fields(fields: dict[str, Any], table: dict[str, Any], at: _Path) -> None:
     """Where the address is, and the name that defaults to it (defaults are applied by
     `_config`, which knows [defaults])."""
@@ -840,6 +916,8 @@ CONFIG: Final = Table(
         "metrics": Key(METRICS, absent={}),
         "cluster": Key(CLUSTER, absent={}),
         "store": Key(STORE, absent={}),
+        "serve": Key(SERVE, absent={}),
+        "mesh": Key(MESH, absent={}),
         "modules": Key(_tables_of(_module, CAPS.modules), absent={}),
         "targets": Key(_targets, absent=[]),
         "targets_file": Key(_list_file),
