@@ -210,6 +210,27 @@ class Metrics:
             ["destination"],
             registry=None,
         )
+        # reflect targets only: a series appears with a target's first answered attempt
+        self.reflected = Counter(
+            "probe_reflected_attempts",
+            "Attempts whose `probe serve` answer was read (reflect = true).",
+            ["target"],
+            registry=None,
+        )
+        self.translated = Counter(
+            "probe_translated_attempts",
+            "Reflected attempts the far side saw from another address or port (a NAT).",
+            ["target"],
+            registry=None,
+        )
+        self.port_kept = Counter(
+            "probe_port_preserved_attempts",
+            "Reflected attempts the far side saw from the local port itself (port "
+            "preservation; the share is this over probe_reflected_attempts_total).",
+            ["target"],
+            registry=None,
+        )
+        rest += [self.reflected, self.translated, self.port_kept]
         rest += [self.path_up, self.path_attempts, self.path_latency, self.inflight, self.lag]
         rest.append(self.port_shortages)
         rest += [self.targets, self.reloads, self.reload_ok, self.reload_ok_time, self.build]
@@ -244,6 +265,8 @@ class Metrics:
             {n: (s.info, s.histograms) for n, s in self.series.targets.items() if n != name}
         )
         self.tls.targets.pop(name, None)
+        for counter in (self.reflected, self.translated, self.port_kept):
+            _remove(counter, name)
         self._forget_paths(name)
 
     def _forget_paths(self, name: str) -> None:
@@ -256,8 +279,20 @@ class Metrics:
 
     def observe(self, name: str, record: Record) -> None:
         self.series.observe(name, record, error_label(record.error))
-        if record.stages is not None:
+        stages = record.stages
+        if stages is not None:
             self.tls.observe(name, record)
+            if stages.seen_as is not None:
+                self._reflected(name, stages.seen_as, stages.translated, record.local_port)
+
+    def _reflected(
+        self, name: str, seen_as: str, translated: bool | None, local_port: int | None
+    ) -> None:
+        self.reflected.labels(name).inc()
+        if translated:
+            self.translated.labels(name).inc()
+        if local_port is not None and seen_as.rsplit(":", 1)[1] == str(local_port):
+            self.port_kept.labels(name).inc()
 
     def set_up(self, name: str, up: bool | None) -> None:
         """The damped state (daemon/state.py), which the daemon sets after `observe` (whose
