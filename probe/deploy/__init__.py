@@ -33,6 +33,7 @@ FILES: dict[str, str] = {
     "overlays/five-shards/kustomization.yaml": "kustomize overlay: the shard count once, image",
     "overlays/prometheus-operator/kustomization.yaml": "kustomize overlay: base + PodMonitor",
     "overlays/prometheus-operator/podmonitor.yaml": "prometheus-operator PodMonitor for app=probe",
+    "kubernetes/mesh.yaml": "Kubernetes: the mesh, a DaemonSet and headless Service (/mesh)",
 }
 
 

@@ -3,8 +3,9 @@ itself, spread evenly over the interval; the records go to the log like any othe
 into this node's row (`row()`, served as /api/mesh).
 
 A peer is named by the `by` of its answers (until one arrives, by its endpoint). Itself
-is the peer whose answer carries this node's own name, or whose address the connect
-came from: it is probed once, found to be itself, and skipped from then on."""
+is the peer whose answer carries this node's own name, or whose address is the one the
+connect came from with a port this node's responder listens on: it is probed once, found
+to be itself, and skipped from then on."""
 
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ class MeshNode:
         peers: PeerSpec,
         interval: float,
         timeout: float,
+        own_ports: frozenset[int] = frozenset(),
     ) -> None:
         self.name = name
+        self.own_ports = own_ports  # where this node's responder listens
         self.engine = engine
         self.write = write
         self.log = log
@@ -106,7 +109,8 @@ class MeshNode:
         key = (attempt.address.ip, attempt.endpoint.port)
         stages = record.stages
         by = None if stages is None else stages.seen_by
-        if by == self.name or record.local_address == record.address:
+        own = record.local_address == record.address and key[1] in self.own_ports
+        if by == self.name or own:
             self.selves.add(key)  # this node itself: never probed again
             self.pairs.pop(key, None)
             return

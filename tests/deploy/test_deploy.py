@@ -912,6 +912,25 @@ def test_daemonset_probes_every_target_from_every_node(tmp_path: Path) -> None:
     assert "cluster" not in config and config["targets"]
 
 
+def test_mesh_daemonset_serves_and_finds_its_peers_in_the_headless_service(
+    tmp_path: Path,
+) -> None:
+    objects = k8s_objects("kubernetes/mesh.yaml", tmp_path)
+    (ds,) = by_kind(objects, "DaemonSet")
+    (svc,) = by_kind(objects, "Service")
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"].items() <= labels.items()
+    ports = {p["name"]: p["containerPort"] for p in container(ds)["ports"]}
+    assert ports == {"metrics": 9464, "serve": 7070}
+    assert svc["spec"]["ports"][0]["targetPort"] == "serve"
+    config = check_config(config_of(objects, ds), tmp_path)
+    name = svc["metadata"]["name"]
+    assert config["mesh"]["peers"].startswith(f"{name}.") and config["mesh"]["peers"].endswith(
+        ":7070"
+    )
+    assert config["serve"]["listen"] == ["0.0.0.0:7070"]
+
+
 def test_indexed_job_sweeps_in_n_shards(tmp_path: Path) -> None:
     objects = k8s_objects("kubernetes/job-sweep.yaml", tmp_path)
     (job,) = by_kind(objects, "Job")
