@@ -50,6 +50,7 @@ SERIAL = {
     "tests/check/test_rate.py",
     "tests/daemon/test_hostile.py",
     "tests/serve/test_serve_hostile.py",
+    "tests/mesh/test_mesh_netns.py",
     "tests/daemon/test_resilience.py",
     "tests/daemon/test_prometheus.py",
     "tests/daemon/test_daemon.py::test_fixed_rate_schedule_without_drift",

@@ -750,12 +750,15 @@ def free_port_block(n: int, start: int) -> int:
 
 # A DNS server for the namespace's loopback: names under .test are 127.0.0.1 (TTL 0) while
 # the control file is absent; names starting with "hang", and every name while the control
-# file exists, get no answer at all — a dead DNS server, as the resolver sees one.
+# file exists, get no answer at all — a dead DNS server, as the resolver sees one. Optional
+# arguments: the address to listen on, and the A records (comma-separated) of every name.
 FAKE_DNS = r"""
 import os, socket, struct, sys
 hang = sys.argv[1]
+bind = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+records = (sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1").split(",")
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 53))
+s.bind((bind, 53))
 print("ready", flush=True)
 while True:
     data, peer = s.recvfrom(4096)
@@ -771,12 +774,14 @@ while True:
     if name.startswith("hang"):
         continue
     known = name.endswith(".test")
-    answer = b""
+    answers = []
     if known and qtype == 1:
-        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + socket.inet_aton("127.0.0.1")
+        answers = [b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + socket.inet_aton(a)
+                   for a in records]
+    answer = b"".join(answers)
     flags = 0x8180 | (0 if known else 3)
     qid = struct.unpack("!H", data[:2])[0]
-    head = struct.pack("!HHHHHH", qid, flags, 1, 1 if answer else 0, 0, 0)
+    head = struct.pack("!HHHHHH", qid, flags, 1, len(answers), 0, 0)
     s.sendto(head + question + answer, peer)
 """
 

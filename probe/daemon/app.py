@@ -25,6 +25,7 @@ from . import fleet
 from .config import Config, ResolvedTarget, load_config, log_format, metrics_listen, needs_restart
 from .engines import Engines
 from .http import PROBE_TIMEOUT_MAX, HttpServer
+from .meshing import Meshing
 from .metrics import Metrics
 from .ondemand import OnDemand
 from .runner import Runner, own_targets
@@ -75,12 +76,16 @@ class Daemon:
         )
         self.ondemand.configure(config, self.engines.probe_limit)
         self.http: HttpServer | None = None
+        self.http_port = 0
+        self.meshing = Meshing(
+            config, self.engines.schedule, self.runner.write, self.log, lambda: self.http_port
+        )
         if listen is not None:
             runner = self.runner
             page = StatusPage(runner.targets, runner.history, store=lambda: runner.store)
             self.http = HttpServer(
                 listen[0], listen[1], self.metrics.pieces, lambda: self.runner.running,
-                self.ondemand, routes=page.routes(),
+                self.ondemand, routes=[*page.routes(), *self.meshing.routes()],
             )  # fmt: skip
         self._stopped = asyncio.Event()
         self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
@@ -95,6 +100,12 @@ class Daemon:
                 report(f"cannot listen on {self.config.metrics.listen}: {exc.strerror}")
                 return EXIT_USAGE
             self.log.info("listening", address=f"{host}:{port}")
+            self.http_port = port
+        failed = await self.meshing.start()
+        if failed is not None:
+            await self._close()
+            report(failed)
+            return EXIT_USAGE
         self.loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.loop.add_signal_handler(signal.SIGINT, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self._request_reload)
@@ -145,6 +156,7 @@ class Daemon:
             return self._reload_failed(f"{self.path}: {reason}", reason)
         self.engines.reconfigure(old, new)
         self.ondemand.configure(new, self.engines.probe_limit)
+        self.meshing.reconfigure(new)
         self.config = new
         self.runner.log_attempts = new.log.attempts
         notes = {"needs_restart": keys} if (keys := needs_restart(old, new)) else {}
@@ -162,6 +174,7 @@ class Daemon:
     def stop(self) -> None:
         """SIGTERM/SIGINT: stop scheduling now; the shutdown drains what is in flight."""
         self.runner.stop()
+        self.meshing.stop()
         self._stopped.set()
 
     async def _shutdown(self) -> int:
@@ -208,6 +221,7 @@ class Daemon:
     async def _close(self) -> None:
         await self.runner.close()
         self.ondemand.close()
+        await self.meshing.close()
 
     def _engine_closed(self) -> None:
         for engine in self.engines.both:

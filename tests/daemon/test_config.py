@@ -326,7 +326,8 @@ def test_log_format_must_be_a_known_choice() -> None:
         (
             'zzz = "red"\n',
             "zzz",
-            "valid keys: defaults, engine, log, metrics, cluster, store, modules, targets",
+            "valid keys: defaults, engine, log, metrics, cluster, store, serve, mesh, modules, "
+            "targets",
         ),
         ('[metrics]\nlsiten = "x"\n', "metrics.lsiten", 'did you mean "listen"?'),
         ("[defaults]\nintervall = 3\n", "defaults.intervall", 'did you mean "interval"?'),
@@ -979,3 +980,58 @@ def test_run_refuses_hostile_files_at_start(tmp_path: Path, kind: str) -> None:
     assert result.returncode == 2, result
     assert result.stderr.startswith(f"probe: error: {path}: ")
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+# --- [serve] and [mesh] ------------------------------------------------------------------
+
+
+def test_serve_and_mesh_tables() -> None:
+    config = parse_config(
+        '[serve]\nlisten = ["127.0.0.1:7070", "[::1]:0"]\nname = "node-a"\nrate = 5\n'
+        '[mesh]\npeers = "mesh.test:7070"\ninterval = 2.5\n'
+    )
+    assert [str(h) for h in config.serve.listen] == ["127.0.0.1:7070", "[::1]:0"]
+    assert config.serve.name == "node-a" and config.serve.rate == 5.0
+    assert config.mesh.peers is not None
+    assert config.mesh.peers.endpoints == (("mesh.test", 7070),)
+    assert config.mesh.interval == 2.5
+    listed = parse_config('[mesh]\npeers = ["127.0.0.1:1", "[::1]:2"]\n')
+    assert listed.mesh.peers is not None
+    assert listed.mesh.peers.endpoints == (("127.0.0.1", 1), ("::1", 2))
+    plain = parse_config("")
+    assert plain.serve.listen == () and plain.mesh.peers is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[serve]\nlisten = ["localhost:7070"]\n',
+            'config.toml: serve.listen[0]: an IP address is needed, not the name "localhost"',
+        ),
+        (
+            '[serve]\nname = ""\n',
+            'config.toml: serve.name: expected string of length >= 1, got ""',
+        ),
+        ("[serve]\nlisten = 7070\n", "config.toml: serve.listen: expected array, got integer 7070"),
+        (
+            '[mesh]\npeers = "mesh.test"\n',
+            "config.toml: mesh.peers: missing port in 'mesh.test': write HOST:PORT or [IPV6]:PORT",
+        ),
+        (
+            "[mesh]\npeers = []\n",
+            "config.toml: mesh.peers: no peers: give NAME:PORT or a list of HOST:PORT",
+        ),
+        (
+            "[mesh]\ninterval = 5\n",
+            "config.toml: mesh.peers: required with [mesh] interval: NAME:PORT or a list of "
+            "HOST:PORT",
+        ),
+        (
+            '[mesh]\npers = "a:1"\n',
+            'config.toml: mesh.pers: unknown key (typo?); did you mean "peers"?',
+        ),
+    ],
+)
+def test_serve_and_mesh_errors(text: str, expected: str) -> None:
+    assert error_of(text) == expected
