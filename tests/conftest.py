@@ -51,6 +51,7 @@ SERIAL = {
     "tests/daemon/test_hostile.py",
     "tests/serve/test_serve_hostile.py",
     "tests/mesh/test_mesh_netns.py",
+    "tests/mesh/test_daemon_serve.py::test_a_hostile_client_leaves_the_schedule_alone",
     "tests/daemon/test_resilience.py",
     "tests/daemon/test_prometheus.py",
     "tests/daemon/test_daemon.py::test_fixed_rate_schedule_without_drift",

@@ -255,7 +255,7 @@ def run_daemon(path: str, shard: fleet.Shard | None = None) -> int:
     """Load the config (ConfigError escapes: the caller reports it) and serve until a signal.
     `shard`: --shard; when None, the environment's PROBE_SHARD (UsageError if malformed)."""
     config = load_config(path)
-    if not config.targets:
+    if not config.targets and config.mesh.peers is None and not config.serve.listen:
         report(f"{path} has no targets: probing nothing but GET /probe", prefix="warning")
     if shard is None:
         shard = fleet.shard_from_env()

@@ -8,6 +8,7 @@ and its name in the matrix) is `[serve] name`, else the host name."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +74,8 @@ class Meshing:
                 bound = await self.server.start(listens)
             except OSError as exc:
                 where = ", ".join(f"{h or '*'}:{p}" for h, p in listens)
-                return f"cannot listen on {where} (serve.listen): {exc.strerror or exc}"
+                reason = exc.strerror or os.strerror(exc.errno or 0)
+                return f"cannot listen on {where} (serve.listen): {reason}"
             self.log.info("serving", listen=bound, by=self.name)
             if self.node is not None:
                 self.node.own_ports = frozenset(int(b.rsplit(":", 1)[1]) for b in bound)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 
@@ -64,7 +65,7 @@ async def _serve(
         bound = await server.start(endpoints)
     except OSError as exc:
         where = ", ".join(f"{h or '*'}:{p}" for h, p in endpoints)
-        report(f"cannot listen on {where}: {exc.strerror or exc}")
+        report(f"cannot listen on {where}: {exc.strerror or os.strerror(exc.errno or 0)}")
         return EXIT_USAGE
     log.info("serving", listen=bound, by=name)
     writer.flush()
