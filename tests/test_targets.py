@@ -552,8 +552,11 @@ def test_parse_source_any_text(text: str) -> None:
 
 
 hostnames = st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,30}[a-z0-9])?", fullmatch=True).filter(
-    # a numeric last label makes an IPv4 attempt, not a name
-    lambda h: not all(c.isdigit() or c == "-" for c in h.rsplit(".", 1)[-1])
+    # a numeric (or 0x, hexadecimal) last label makes an IPv4 attempt, not a name
+    lambda h: (
+        not all(c.isdigit() or c == "-" for c in h.rsplit(".", 1)[-1])
+        and not h.rsplit(".", 1)[-1].startswith("0x")
+    )
 )
 ipv4s = st.ip_addresses(v=4).map(str)
 ipv6s = st.ip_addresses(v=6).map(str)

@@ -101,13 +101,15 @@ def foreign_flag(words: Iterable[str]) -> str | None:
 
 
 def _is_number(words: list[str]) -> bool:
-    """Is the next word (if any) a number, as -t's value must be?"""
+    """Is the next word (if any) meant as a number, as -t's value must be? (`1s` is: the
+    parser then says what a value looks like; `127.0.0.1` is a target.)"""
     if not words:
         return False
+    word = words[0]
     try:
-        float(words[0])
+        float(word)
     except ValueError:
-        return False
+        return word[:1] in tuple("0123456789.") and word.count(".") <= 1 and ":" not in word
     return True
 
 

@@ -159,6 +159,7 @@ def _may_be_ipv6(text: str) -> bool:
 def _colons(text: str) -> str:
     """The message for `HOST:PORT:...` that is no IPv6 address: what was likely meant."""
     host, _, rest = text.partition(":")
+    host = host if host and not has_bad_char(host) and len(host) <= 60 else "HOST"
     if "," in rest and ":" in rest.split(",", 1)[1]:
         return (
             f"{echo(text)} is several targets: give each as its own argument (or line), or "
@@ -181,7 +182,7 @@ def _refuse_lookalikes(text: str) -> None:
         raise TargetError(
             f"{echo(text)} is a URL, not a target: write HOST:PORT, here {host}:{port}"
         )
-    if text.isprintable() and " " in text:
+    if any(c in " \t" for c in text) and all(c.isprintable() or c == "\t" for c in text):
         raise TargetError(f"{echo(text)} holds white space: one target per argument or per line")
 
 
