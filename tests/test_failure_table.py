@@ -174,6 +174,18 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
             "test_a_replaced_log_file_is_reopened_and_said_so",
         ),
     },
+    "`[log] file` is a FIFO": {
+        RESILIENCE: (
+            "test_a_fifo_without_a_reader_as_log_file_is_one_line_and_exit_2",
+            "test_a_fifo_log_nobody_reads_holds_neither_healthz_nor_sigterm",
+        ),
+    },
+    "output nobody reads (an unread stdout or FIFO)": {
+        RESILIENCE: (
+            "test_sigterm_ends_probe_run_logging_to_an_unread_stdout",
+            "test_sigterm_ends_a_continuous_check_into_an_unread_pipe",
+        ),
+    },
     "the log file's directory is removed": {
         HOSTILE: ("test_a_removed_log_directory_is_exit_1_naming_the_file",),
     },

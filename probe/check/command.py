@@ -25,7 +25,7 @@ from ..errors import (
     SinkError,
     report,
 )
-from ..output.writer import RecordWriter, stdout_writer
+from ..output.writer import OUTPUT_DRAIN, RecordWriter, stdout_writer
 from ..words import plural
 from .plan import Plan
 from .progress import ProgressLine
@@ -127,9 +127,10 @@ def _finish(
         if plan.output.format == "human" and message is None:
             for line in summary(plan, total):
                 out.msg(line.encode())
+        drain = OUTPUT_DRAIN if total.stopped_by else None  # a stopped run waits no longer
         for writer in (out, json_out):
             if writer is not None:
-                writer.close()
+                writer.close(drain)
     except SinkClosed:
         return _quiet_pipe()
     except SinkError as exc:

@@ -20,7 +20,7 @@ import signal
 from .. import loop as event_loop
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, report
 from ..output.log import configure, event_logger
-from ..output.writer import RecordWriter, stdout_writer
+from ..output.writer import OUTPUT_DRAIN, RecordWriter, stdout_writer
 from . import fleet
 from .config import Config, ResolvedTarget, load_config, log_format, metrics_listen, needs_restart
 from .engines import Engines
@@ -200,7 +200,7 @@ class Daemon:
         if self.fatal is None:
             self.log.info("stopped", config=self.path)
             try:
-                self.writer.close()
+                self.writer.close(OUTPUT_DRAIN)  # a reader that does not read: no longer
             except SinkError as exc:
                 report(str(exc))
                 self.exit_code = EXIT_FAILED

@@ -4,35 +4,167 @@ structlog's own BytesLogger flushes after every line, one syscall per record, wh
 of 65,535 attempts cannot afford. `RecordWriter` flushes on a tick and at the end instead,
 and turns write failures into `SinkError` so a full disk stops the run loudly instead of
 losing records.
+
+A pipe, FIFO or socket goes through `PipeStream`: a reader that stops reading must never
+hold the process (a blocked write() stops the event loop, and with it the signal that
+would end the run), and must never get half a record.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import select
+import signal
 import stat
-from typing import BinaryIO
+import threading
+import time
+from typing import Any, Protocol
 
 from ..errors import SinkClosed, SinkError
+
+PIPE_CHUNK = select.PIPE_BUF  # a pipe takes a write of at most this many bytes whole or not at all
+BACKLOG_MAX = 16 << 20  # bytes of records a reader may leave unread before the run stops
+OUTPUT_DRAIN = 2.0  # seconds a stopping run still waits for a reader that does not read
+_POLL_SLICE = 0.1  # seconds between two looks at a stop signal while waiting for a reader
+
+
+class Stream(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+    def flush(self) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Stalled(OSError):
+    """The reader has left more than BACKLOG_MAX unread, or did not read before the
+    drain limit: `records` lines were never written."""
+
+    def __init__(self, records: int) -> None:
+        super().__init__(errno.EAGAIN, f"its reader stopped reading, {records} records not written")
+        self.records = records
+
+
+class PipeStream:
+    """A pipe, FIFO or socket, written only when poll() says it takes a chunk at once, in
+    whole lines of at most PIPE_BUF bytes (a pipe writes those whole or not at all): a
+    reader that stops reading never blocks the process and never gets half a record. What
+    it has not taken waits here, up to BACKLOG_MAX; past that, or when a stopping run's
+    drain limit passes, `Stalled` counts the records that were never written."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        if len(self._buf) > PIPE_CHUNK:
+            self._push(0)
+            if len(self._buf) > BACKLOG_MAX:
+                raise Stalled(self.unwritten())
+        return len(data)
+
+    def flush(self) -> None:
+        """What the reader takes now, without waiting for it."""
+        self._push(0)
+
+    def unwritten(self) -> int:
+        return self._buf.count(b"\n")
+
+    def drain(self, limit: float | None) -> None:
+        """Wait for the reader to take everything: for at most `limit` seconds, or while it
+        takes (None) until a SIGINT or SIGTERM leaves it OUTPUT_DRAIN more. `Stalled`
+        when records are left."""
+        deadline = None if limit is None else time.monotonic() + limit
+        stop = _StopSignals() if limit is None else None
+        try:
+            while self._buf:
+                if stop is not None and stop.seen and deadline is None:
+                    deadline = time.monotonic() + OUTPUT_DRAIN
+                left = _POLL_SLICE if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise Stalled(self.unwritten())
+                self._push(min(left, _POLL_SLICE))
+        finally:
+            if stop is not None:
+                stop.restore()
+
+    def _push(self, wait: float) -> None:
+        buf = self._buf
+        while buf:
+            if not self._poll.poll(wait * 1000.0):
+                return
+            wait = 0.0
+            end = buf.rfind(b"\n", 0, PIPE_CHUNK) + 1 if len(buf) > PIPE_CHUNK else len(buf)
+            if end <= 0:  # one line longer than PIPE_BUF: it goes as it can
+                end = buf.find(b"\n") + 1 or len(buf)
+            try:
+                written = os.write(self._fd, buf[:end])
+            except BlockingIOError:
+                return
+            del buf[:written]
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM noted, not acted on, while the last records wait for a reader
+    (outside the event loop: its handlers are gone by then)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                self._old[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.seen = True
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, old)
+
+
+def is_pipe(fd: int) -> bool:
+    """A pipe, FIFO or socket: what a reader can stop reading."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 class RecordWriter:
     """Buffered byte lines to a file or stream; reopenable for SIGHUP log rotation."""
 
-    def __init__(self, stream: BinaryIO, path: str | None = None) -> None:
+    def __init__(self, stream: Stream, path: str | None = None) -> None:
         """`stream` (standard output) is where records go while `path` is None."""
         self._stdout = stream
         self.path = path
-        self._stream: BinaryIO = stream if path is None else self._open(path)
+        self._stream: Stream = stream if path is None else self._open(path)
         self.name = path or "standard output"
         self._broken: SinkError | None = None  # a write failed: nothing more goes out
 
     @staticmethod
-    def _open(path: str) -> BinaryIO:
+    def _open(path: str) -> Stream:
         # Read and write: after a failed write the file's tail is read back to cut it (a
         # write-only file is still taken, without that).
         flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                return _open_fifo(path, flags)
         try:
             try:
                 fd = os.open(path, os.O_RDWR | flags, 0o666)
@@ -110,11 +242,19 @@ class RecordWriter:
         if old is not self._stdout:
             old.close()
 
-    def close(self) -> None:
+    def close(self, drain: float | None = None) -> None:
+        """Flush and close. A pipe's reader gets the time it takes to read what is left,
+        at most `drain` seconds when given (a stopping run); SinkError names what it did
+        not take."""
         if self._broken is not None:
             return  # already reported, and the file already cut back to whole lines
         try:
             self.flush()
+            if isinstance(self._stream, PipeStream):
+                try:
+                    self._stream.drain(drain)
+                except OSError as exc:
+                    raise self.failure(exc) from None
         finally:
             # flush() above already reported a failure; closing would only repeat it
             with contextlib.suppress(OSError):
@@ -174,8 +314,27 @@ def cut_to_whole_lines(fd: int) -> None:
         pass  # nothing more can be done for this file; the failure is reported anyway
 
 
+def _open_fifo(path: str, flags: int) -> Stream:
+    """A FIFO: write-only (opened read-write, it would never see that no one reads, and
+    would block once the pipe is full) and only with a reader there now."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | flags)
+    except OSError as exc:
+        reason = "a FIFO with no reader" if exc.errno == errno.ENXIO else exc.strerror
+        raise SinkError(f"cannot open log file {path}: {reason}") from None
+    os.set_blocking(fd, True)  # PipeStream polls before it writes
+    return PipeStream(fd)
+
+
+def open_stream(fd: int) -> Stream:
+    """A descriptor we own, as a record stream: a pipe, FIFO or socket through PipeStream,
+    anything else buffered."""
+    if is_pipe(fd):
+        return PipeStream(fd)
+    return io.open(fd, "wb", buffering=1 << 16)  # noqa: UP020
+
+
 def stdout_writer(path: str | None = None) -> RecordWriter:
     """Records to `path`, or to standard output as raw bytes (not through sys.stdout's
     text layer) while there is none."""
-    stream = io.open(os.dup(1), "wb", buffering=1 << 16)  # noqa: SIM115, UP020
-    return RecordWriter(stream, path)
+    return RecordWriter(open_stream(os.dup(1)), path)

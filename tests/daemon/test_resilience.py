@@ -9,9 +9,15 @@ malformed or half-closed requests. Only loopback, and addresses inside our names
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -21,16 +27,20 @@ from helpers import (
     NsServer,
     closed_port,
     config_toml,
+    free_port_block,
     http_fetch,
+    http_get,
     in_netns,
     kill,
     metrics_of,
     ns_get,
     port_range,
+    probe_cmd,
     start_in,
     target_toml,
     ts,
     value,
+    wait_for,
 )
 
 # A listener on PORT, then connections to it until connect() finds no local port left
@@ -302,3 +312,127 @@ def test_answers_say_nosniff_and_name_no_versions(tmp_path: Path, daemons: list[
     got = raw_exchange(d.port, b"GARBAGE\r\n\r\n")
     assert b"aiohttp" not in got and b"Python" not in got, got
     assert d.stop() == 0
+
+
+# -- output nobody reads -------------------------------------------------------------------
+
+
+def busy_config(log: Path | None, listen: str = "127.0.0.1:0") -> str:
+    """Ten closed ports every 50 ms: a 64 KiB pipe is full within seconds."""
+    targets = "".join(target_toml(f"t{i}", f"127.0.0.1:{closed_port()}") for i in range(10))
+    return config_toml(log, targets, interval=0.05, timeout=0.3, listen=listen)
+
+
+class Unread:
+    """The read end of a pipe nobody reads: `stalled()` once it has held 32 KiB or more,
+    unchanged, for a second (its writer cannot put more in: records are waiting)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.held = -1
+        self.since = 0.0
+
+    def stalled(self) -> bool:
+        waiting = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+        held, now = int.from_bytes(waiting, sys.byteorder), time.monotonic()
+        if held != self.held:
+            self.held, self.since = held, now
+            return False
+        return held >= 32768 and now - self.since >= 1.0
+
+
+def whole_lines_then_count(data: bytes, stderr: str) -> int:
+    """The records that reached the reader are whole lines; the last stderr line counts
+    the ones that did not."""
+    assert data.endswith(b"\n") or data == b"", data[-200:]
+    last = stderr.strip().splitlines()[-1]
+    found = re.search(r"(\d+) records not written", last)
+    assert found, stderr
+    return int(found.group(1))
+
+
+def read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 1 << 20):
+            data += chunk
+    return data
+
+
+def test_a_fifo_without_a_reader_as_log_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "config.toml").write_text(busy_config(fifo))
+    result = subprocess.run(
+        [*probe_cmd(), "run", "--config", str(tmp_path / "config.toml")],
+        capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2, result
+    (line,) = result.stderr.splitlines()
+    assert str(fifo) in line and "FIFO with no reader" in line, line
+
+
+def test_a_fifo_log_nobody_reads_holds_neither_healthz_nor_sigterm(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A reader opens the FIFO and never reads: the daemon goes on (/healthz answers), and
+    SIGTERM ends it within the drain limit, the unwritten records counted on stderr."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        port = free_port_block(1, 21000)
+        d = Daemon.start(tmp_path, busy_config(fifo, listen=f"127.0.0.1:{port}"))
+        daemons.append(d)
+        d.wait("a stalled pipe", Unread(reader).stalled, timeout=30)
+        for _ in range(3):
+            assert http_get(port, "/healthz", timeout=3.0)[0] == 200
+        began = time.monotonic()
+        d.send(signal.SIGTERM)
+        assert d.wait_exit(timeout=10) == 1
+        assert time.monotonic() - began < 0.3 + 1.0 + 2.0 + 1.5  # timeout + 1 s, + 2 s output
+        assert whole_lines_then_count(read_all(reader), d.stderr) > 0
+    finally:
+        os.close(reader)
+
+
+def test_sigterm_ends_probe_run_logging_to_an_unread_stdout(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(busy_config(None))
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*probe_cmd(), "run", "--config", str(tmp_path / "config.toml")],
+        stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        wait_for("a stalled pipe", Unread(r).stalled, timeout=30)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 1
+        assert time.monotonic() - began < 0.3 + 1.0 + 2.0 + 1.5
+        assert proc.stderr is not None
+        assert whole_lines_then_count(read_all(r), proc.stderr.read()) > 0
+    finally:
+        kill(proc)
+        os.close(r)
+
+
+def test_sigterm_ends_a_continuous_check_into_an_unread_pipe() -> None:
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", f"127.0.0.1:{closed_port()}", "-c", "0", "-i", "0.001", "--json"],
+        stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        wait_for("a stalled pipe", Unread(r).stalled, timeout=30)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 143
+        assert time.monotonic() - began < 2.0 + 1.5
+        assert proc.stderr is not None
+        assert whole_lines_then_count(read_all(r), proc.stderr.read()) > 0
+    finally:
+        kill(proc)
+        os.close(r)
