@@ -57,6 +57,28 @@ def errno_name(err: int) -> str:
     return errno.errorcode.get(err, f"E{err}")
 
 
+# The JSON record's keys without stages, in the order `output.jsonl.record_json` writes them
+# (tested): the native core takes its order from here.
+RECORD_KEYS: Final = (
+    "event",
+    "timestamp",
+    "target",
+    "host",
+    "port",
+    "address",
+    "family",
+    "local_address",
+    "local_port",
+    "outcome",
+    "error",
+    "latency_ms",
+    "rtt_ms",
+    "syn_retransmits",
+    "dns_ms",
+    "attempt",
+)
+
+
 class Record(Plain):
     """What one attempt found. Plain data: renderers in probe/output decide how it is
     written (the JSON form's keys and their order are `output.jsonl.record_json`'s)."""

@@ -155,15 +155,35 @@ class Resolver:
             raise ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}")) from None
         except UnicodeError:
             raise ResolveError("EAI_NONAME") from None
-        seen: dict[tuple[int, str], int] = {}
-        for fam, _, _, _, sockaddr in infos:
-            if fam == socket.AF_INET:
-                seen[(fam, str(sockaddr[0]))] = 0
-            elif fam == socket.AF_INET6:  # a link-local answer carries its interface
-                seen[(fam, str(sockaddr[0]))] = int(sockaddr[3])
-        if not seen:
-            raise ResolveError("EAI_NODATA")
-        return tuple(Address(fam, ip, scope) for (fam, ip), scope in seen.items())
+        return _addresses(infos)
+
+
+def lookup(host: str, family: int = 0) -> tuple[Address, ...]:
+    """What `Resolver.resolve` answers, looked up here and now (blocking: on a thread of the
+    caller's; the native core's feed)."""
+    lit = literal(host, family)
+    if lit is not None:
+        return (lit,)
+    try:
+        infos = socket.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}")) from None
+    except UnicodeError:
+        raise ResolveError("EAI_NONAME") from None
+    return _addresses(infos)
+
+
+def _addresses(infos: Infos) -> tuple[Address, ...]:
+    """getaddrinfo's answer as addresses, in its order, each once."""
+    seen: dict[tuple[int, str], int] = {}
+    for fam, _, _, _, sockaddr in infos:
+        if fam == socket.AF_INET:
+            seen[(fam, str(sockaddr[0]))] = 0
+        elif fam == socket.AF_INET6:  # a link-local answer carries its interface
+            seen[(fam, str(sockaddr[0]))] = int(sockaddr[3])
+    if not seen:
+        raise ResolveError("EAI_NODATA")
+    return tuple(Address(fam, ip, scope) for (fam, ip), scope in seen.items())
 
 
 def _retrieve(found: asyncio.Future[tuple[Address, ...]]) -> None:

@@ -22,7 +22,7 @@ _ANY: Accept = lambda value, holder: True  # noqa: E731
 
 # The Plan and Output fields the native runner implements, with the values it takes.
 NATIVE_PLAN: dict[str, Accept] = {
-    "tokens": _ANY,  # what the targets hold is judged by `native.plan_targets`
+    "tokens": _ANY,  # addresses, names, ranges, files, standard input: `native_feed`
     "default_ports": _ANY,
     "count": lambda count, _: count == 1,  # repeats (-c N, -c 0) stay with the Python engine
     "interval": _ANY,  # between repeats only
@@ -30,26 +30,25 @@ NATIVE_PLAN: dict[str, Accept] = {
     "workers": _ANY,
     "rate_epoch": _ANY,  # the grid --rate keeps (engine options say whether it is used)
     "endpoints": _ANY,  # a count for the summary, not an option
-    "blocking_input": lambda blocking, _: not blocking,
-    "exclude": lambda exclude, _: exclude is None,
-    "shard": lambda shard, _: shard is None,
+    "blocking_input": _ANY,
+    "exclude": _ANY,
+    "shard": _ANY,
     "options": _ANY,  # judged field by field below
     "output": _ANY,
 }
 NATIVE_OUTPUT: dict[str, Accept] = {
     "format": lambda fmt, _: fmt in ("json", "human"),
-    "open_only": lambda on, output: not on or output.format == "human",  # the reader applies it
+    "open_only": _ANY,
     "list_mode": _ANY,
     "target_width": _ANY,
     "histogram": _ANY,  # buckets of repeats only
-    "json_file": lambda path, _: path is None,
+    "json_file": _ANY,
     "verbose": _ANY,
 }
 
 # How a user names a field (in the -v line); otherwise `--` and the field's name.
 FLAGS = {
     "count": "-c",
-    "blocking_input": "targets from standard input or a FIFO",
     "json_file": "-o",
     "open_only": "--open",
     "source_ports": "-s ADDR:LO-HI",
@@ -62,14 +61,11 @@ FLAGS = {
 class Choice(Frozen):
     """The core that runs a plan, and every reason the native one does not."""
 
-    __slots__ = ("core", "reasons", "targets")
+    __slots__ = ("core", "reasons")
     core: str  # "native" or "python"
     reasons: tuple[str, ...]
-    targets: list[native.NativeTarget] | None  # what the native core takes
 
-    def __init__(
-        self, core: str, reasons: tuple[str, ...], targets: list[native.NativeTarget] | None
-    ) -> None:
+    def __init__(self, core: str, reasons: tuple[str, ...]) -> None:
         self._set(locals())
 
     def line(self) -> str:
@@ -78,21 +74,13 @@ class Choice(Frozen):
         return f"core: {self.core} (not native: {'; '.join(self.reasons)})"
 
 
-def choose(plan: Plan, limit: int) -> Choice:
-    """The native core when it is built, implements every option used and takes every
-    target (at most `limit` addresses); the Python engine otherwise."""
+def choose(plan: Plan) -> Choice:
+    """The native core when it is built and implements every option used; the Python
+    engine otherwise."""
     if native.UNAVAILABLE is not None:
-        return Choice("python", (native.UNAVAILABLE,), None)
-    reasons = list(refused(plan))
-    targets = None
-    if not reasons:
-        targets = native.plan_targets(plan.tokens, plan.default_ports, plan.family, limit)
-        if isinstance(targets, str):
-            reasons.append(targets)
-    if reasons:
-        return Choice("python", tuple(reasons), None)
-    assert not isinstance(targets, str)
-    return Choice("native", (), targets)
+        return Choice("python", (native.UNAVAILABLE,))
+    reasons = tuple(refused(plan))
+    return Choice("python", reasons) if reasons else Choice("native", ())
 
 
 def refused(plan: Plan) -> Iterator[str]:

@@ -45,9 +45,8 @@ def run_plan(plan: Plan) -> int:
     bar = ProgressLine(enabled=output.format == "human" and not output.list_mode)
     if output.verbose:
         from .choice import choose
-        from .run import NATIVE_MAX_TARGETS
 
-        report(choose(plan, NATIVE_MAX_TARGETS).line(), prefix="")
+        report(choose(plan).line(), prefix="")
     if plan.workers > 1:
         # Every share paces on one grid from here; ahead, so workers just forked (late, on a
         # busy machine) are ready for their first slot instead of skipping it.

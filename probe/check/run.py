@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..engine import native
-from ..errors import LocalShortage, SinkClosed, SinkError
+from ..errors import LocalShortage, ProbeError, SinkClosed, SinkError, TargetError
 from .choice import choose
 from .plan import Plan
 from .result import ShareResult, Tally
@@ -24,17 +24,14 @@ if TYPE_CHECKING:
     from ..output.writer import RecordWriter
     from .native_lines import HumanReader
 
-NATIVE_MAX_TARGETS = 4096  # more addresses than this (a long file) stay on the Python engine
-
 
 def run_share(
     plan: Plan, index: int, count: int, sinks: Sinks, progress: Progress | None = None
 ) -> ShareResult:
     """Run share `index` of `count` of the plan on an event loop of its own; records go to
     `sinks` as attempts finish. Errors and signals end up in the result, never raised."""
-    choice = choose(plan, NATIVE_MAX_TARGETS)
-    if choice.targets is not None:
-        return _native_share(plan, index, count, sinks, choice.targets, progress)
+    if choose(plan).core == "native":
+        return _native_share(plan, index, count, sinks, progress)
     from .engine_run import run_engine_share  # asyncio, uvloop: only when the engine runs
 
     sinks.ready()
@@ -45,55 +42,83 @@ def run_share(
 
 
 def _native_share(
-    plan: Plan,
-    index: int,
-    count: int,
-    sinks: Sinks,
-    targets: list[native.NativeTarget],
-    progress: Progress | None,
+    plan: Plan, index: int, count: int, sinks: Sinks, progress: Progress | None
 ) -> ShareResult:
-    """The whole share on the native core: JSON records straight to stdout's descriptor, or,
-    for human output, through a pipe to a thread that tallies every record and renders the
-    ones shown (the same lines and summary as the Python engine's)."""
+    """The whole share on the native core, its targets fed in as it runs: JSON records
+    straight to stdout's descriptor (and -o FILE's), or, for human output, through a pipe
+    to a thread that tallies every record and renders the ones shown (the same lines and
+    summary as the Python engine's)."""
+    from .native_feed import Feed, exclusion_spans
+
     result = ShareResult()
 
     def on_signal(signum: int) -> None:
         result.stopped_by = result.stopped_by or signum
 
-    human = plan.output.format == "human"
+    output = plan.output
+    human = output.format == "human"
     reader: HumanReader | None = None
+    feed = Feed(plan)
     started = time.monotonic()
     try:
         sinks.flush()
         if human:
             from .native_lines import HumanReader  # msgspec decoding: human output only
 
-            listed = plan.output.list_mode
+            listed = output.list_mode
             tally = Tally(result, repeat=False, track_ports=not listed)
-            reader = HumanReader(sinks, tally, every_line=listed)
+            # every record reaches the reader, for the tally; it shows (and --open keeps)
+            # what the Python engine would, on stdout only: -o FILE is written by the core
+            lines = Sinks(output, sinks.out, None, sinks.before_stdout)
+            reader = HumanReader(lines, tally, every_line=listed)
         fd = sinks.out.fileno() if reader is None else reader.write_fd
+        file_fd = -1 if sinks.json_out is None else sinks.json_out.fileno()
         with native.stop_on_signals(on_signal) as stop_fd:
             done = native.sweep(
-                fd, targets, share_options(plan, index, count), (index, count), stop_fd, progress
+                fd,
+                feed,
+                share_options(plan, index, count),
+                (index, count),
+                stop_fd,
+                progress,
+                wake_fd=feed.wake_fd,
+                file_fd=file_fd,
+                open_only=(output.open_only and not human, output.open_only),
+                exclude=exclusion_spans(plan.exclude),
             )
     except (SinkClosed, BrokenPipeError, OSError) as exc:
         failure = reader.finish() if reader is not None else None
         result.error = failure or _write_failure(exc, sinks.out)
         return result
+    finally:
+        feed.close()
     failure = reader.finish() if reader is not None else None
     result.elapsed = time.monotonic() - started
     if reader is None:
         result.outcomes.update(done.outcomes)
-    result.seen = result.targets = done.targets
+    result.targets = done.targets
+    result.seen = done.seen + (feed.dropped if index == 0 else 0)  # every feed drops them all
+    result.excluded = done.excluded
     result.targets_without_open = done.targets_without_open
     if failure is not None:
         result.error = failure
+    elif feed.error is not None:
+        result.error = _input_failure(feed.error)
     elif done.error:
         result.error = LocalShortage(done.error)
     lag = done.lag
     result.lag_p99_ms, result.lag_max_ms = lag.quantile_ms(0.99), lag.max_ms
     result.lag_samples = lag.samples
     return result
+
+
+def _input_failure(exc: BaseException) -> ProbeError:
+    """A bad line of a file or of standard input ended the feed: the run's error."""
+    if isinstance(exc, ProbeError):
+        return exc
+    if isinstance(exc, OSError):
+        return TargetError(f"cannot read targets: {exc.strerror or exc}")
+    raise exc
 
 
 def _write_failure(exc: BaseException, out: RecordWriter) -> SinkError:

@@ -44,7 +44,6 @@
 #define OUT_ROOM 2048 /* a record is far shorter than this */
 #define SELF_CONNECT_TRIES 8
 #define START_BATCH 64         /* starts between two looks at completions */
-#define RATE_SLACK_NS 2000000  /* timer lateness that --rate still makes up */
 #define TICK_NS 200000000LL    /* flush and progress every 0.2 s */
 /* Deadlines are taken in batches: the loop wakes this long after the first one due, not at
  * every one (a wave of 500 timeouts started ~10 us apart would be 500 wake-ups). Each
@@ -54,8 +53,6 @@
 #define SELF_CONNECT (-1)
 
 enum { O_OPEN, O_REFUSED, O_TIMEOUT, O_UNREACHABLE, O_ERROR, N_OUTCOMES };
-static const char *OUTCOME_NAMES[N_OUTCOMES] = {"open", "refused", "timeout", "unreachable",
-                                               "error"};
 
 /* errno -> name, as Python's errno.errorcode spells it (set once from Python). */
 #define N_ERRNAMES 256
@@ -201,12 +198,55 @@ static int is_shortage_at_connect(int err) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Address text                                                                               */
+
+typedef unsigned __int128 u128;
+
+/* An IPv6 address as probe writes it (address.ip_text): ipaddress's text (the longest run of
+ * two or more zero groups as "::", the leftmost of equals; lowercase hex), except that an
+ * IPv4-mapped address keeps its IPv4 part dotted. inet_ntop differs (::1.2.3.4). */
+static size_t ipv6_text(const uint8_t ip[16], char *out) {
+  static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (!memcmp(ip, mapped, 12))
+    return (size_t)sprintf(out, "::ffff:%u.%u.%u.%u", ip[12], ip[13], ip[14], ip[15]);
+  unsigned g[8];
+  for (int i = 0; i < 8; i++) g[i] = (unsigned)ip[2 * i] << 8 | ip[2 * i + 1];
+  int best = -1, best_len = 0;
+  for (int i = 0; i < 8;) {
+    if (g[i]) {
+      i++;
+      continue;
+    }
+    int j = i;
+    while (j < 8 && !g[j]) j++;
+    if (j - i > best_len) best = i, best_len = j - i;
+    i = j;
+  }
+  if (best_len < 2) best = -1;
+  size_t o = 0;
+  for (int i = 0; i < 8; i++) {
+    if (i == best) {
+      out[o++] = ':';
+      if (i == 0) out[o++] = ':';
+      i += best_len - 1;
+      continue;
+    }
+    o += (size_t)sprintf(out + o, "%x", g[i]);
+    if (i < 7) out[o++] = ':';
+  }
+  out[o] = 0;
+  return o;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* One record                                                                                 */
 
 typedef struct {
   const char *host; /* escaped */
   size_t host_len;
-  const char *address; /* escaped */
+  const char *address; /* escaped; NULL: no address (a name that did not resolve) */
   size_t address_len;
   int bracketed, family;
 } rec_target_t;
@@ -216,9 +256,11 @@ typedef struct {
   int port;
   const struct sockaddr_storage *local; /* NULL: never reached connect */
   int outcome, err, timed_out;
+  const char *error; /* the resolver's code, for a record without an address */
   uint64_t latency_ns;
   int64_t rtt_us;          /* < 0: null */
   int64_t syn_retransmits; /* < 0: null */
+  uint64_t dns_k;          /* dns_ms in thousandths */
   unsigned attempt;
 } rec_t;
 
@@ -232,8 +274,8 @@ static void put_host_port(buf_t *b, const char *host, size_t len, int bracketed,
   put_uint(b, (uint64_t)port);
 }
 
-/* An IPv4 or IPv6 socket address as the text inet_ntop gives (into `text`, at least
- * INET6_ADDRSTRLEN bytes) and its port: the record's local endpoint, in both outputs. */
+/* A socket address as the text inet_ntop gives (into `text`, at least INET6_ADDRSTRLEN
+ * bytes) and its port: the record's local endpoint, as Python's socket module writes it. */
 static int endpoint_text(const struct sockaddr_storage *sa, char *text) {
   if (sa->ss_family == AF_INET6) {
     const struct sockaddr_in6 *a = (const void *)sa;
@@ -245,81 +287,226 @@ static int endpoint_text(const struct sockaddr_storage *sa, char *text) {
   return ntohs(a->sin_port);
 }
 
+/* One key's value of a record (the keys, in order, are given by Python: `configure`). */
+enum {
+  K_EVENT, K_TIMESTAMP, K_TARGET, K_HOST, K_PORT, K_ADDRESS, K_FAMILY, K_LOCAL_ADDRESS,
+  K_LOCAL_PORT, K_OUTCOME, K_ERROR, K_LATENCY_MS, K_RTT_MS, K_SYN_RETRANSMITS, K_DNS_MS,
+  K_ATTEMPT, N_KEYS
+};
+static const char *KEY_NAMES[N_KEYS] = {
+    "event", "timestamp", "target", "host", "port", "address", "family", "local_address",
+    "local_port", "outcome", "error", "latency_ms", "rtt_ms", "syn_retransmits", "dns_ms",
+    "attempt"};
+static int key_order[N_KEYS] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* The outcome names, in the order of the enum above (Python's Outcome; `configure`). */
+static char *outcome_names[N_OUTCOMES];
+
+static void put_null_or_str(buf_t *b, const char *s, size_t n) {
+  if (!s) {
+    PUTS(b, "null");
+    return;
+  }
+  PUTS(b, "\"");
+  put(b, s, n);
+  PUTS(b, "\"");
+}
+
 static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec_t *r) {
-  PUTS(b, "{\"event\":\"probe\",\"timestamp\":\"");
-  put_timestamp(b, ts, r->wall);
-  PUTS(b, ",\"target\":\"");
-  put_host_port(b, t->host, t->host_len, t->bracketed, r->port);
-  PUTS(b, "\",\"host\":\"");
-  put(b, t->host, t->host_len);
-  PUTS(b, "\",\"port\":");
-  put_uint(b, (uint64_t)r->port);
-  PUTS(b, ",\"address\":\"");
-  put(b, t->address, t->address_len);
-  if (t->family == AF_INET6)
-    PUTS(b, "\",\"family\":\"ipv6\",\"local_address\":");
-  else
-    PUTS(b, "\",\"family\":\"ipv4\",\"local_address\":");
-  if (r->local == NULL) {
-    PUTS(b, "null,\"local_port\":null");
-  } else {
-    char text[INET6_ADDRSTRLEN];
-    int port = endpoint_text(r->local, text);
-    PUTS(b, "\"");
-    put(b, text, strlen(text));
-    PUTS(b, "\",\"local_port\":");
-    put_uint(b, (uint64_t)port);
+  char local[INET6_ADDRSTRLEN] = "";
+  int local_port = r->local ? endpoint_text(r->local, local) : 0;
+  size_t local_len = strlen(local);
+  for (int k = 0; k < N_KEYS; k++) {
+    int key = key_order[k];
+    if (k)
+      PUTS(b, ",\"");
+    else
+      PUTS(b, "{\"");
+    put(b, KEY_NAMES[key], strlen(KEY_NAMES[key]));
+    PUTS(b, "\":");
+    switch (key) {
+      case K_EVENT: PUTS(b, "\"probe\""); break;
+      case K_TIMESTAMP:
+        PUTS(b, "\"");
+        put_timestamp(b, ts, r->wall);
+        break;
+      case K_TARGET:
+        PUTS(b, "\"");
+        put_host_port(b, t->host, t->host_len, t->bracketed, r->port);
+        PUTS(b, "\"");
+        break;
+      case K_HOST: put_null_or_str(b, t->host, t->host_len); break;
+      case K_PORT: put_uint(b, (uint64_t)r->port); break;
+      case K_ADDRESS: put_null_or_str(b, t->address, t->address_len); break;
+      case K_FAMILY:
+        if (!t->address)
+          PUTS(b, "null");
+        else if (t->family == AF_INET6)
+          PUTS(b, "\"ipv6\"");
+        else
+          PUTS(b, "\"ipv4\"");
+        break;
+      case K_LOCAL_ADDRESS: put_null_or_str(b, r->local ? local : NULL, local_len); break;
+      case K_LOCAL_PORT:
+        if (r->local)
+          put_uint(b, (uint64_t)local_port);
+        else
+          PUTS(b, "null");
+        break;
+      case K_OUTCOME: {
+        const char *name = outcome_names[r->outcome];
+        put_null_or_str(b, name, strlen(name));
+        break;
+      }
+      case K_ERROR: {
+        char tmp[24];
+        const char *e = r->error;
+        if (!e && r->outcome != O_OPEN) e = r->timed_out ? "ETIMEDOUT" : errname(r->err, tmp);
+        put_null_or_str(b, e, e ? strlen(e) : 0);
+        break;
+      }
+      case K_LATENCY_MS: put_thousandths(b, ms_thousandths(r->latency_ns)); break;
+      case K_RTT_MS:
+        if (r->rtt_us < 0)
+          PUTS(b, "null");
+        else
+          put_thousandths(b, (uint64_t)r->rtt_us);
+        break;
+      case K_SYN_RETRANSMITS:
+        if (r->syn_retransmits < 0)
+          PUTS(b, "null");
+        else
+          put_uint(b, (uint64_t)r->syn_retransmits);
+        break;
+      case K_DNS_MS: put_thousandths(b, r->dns_k); break;
+      case K_ATTEMPT: put_uint(b, r->attempt); break;
+    }
   }
-  PUTS(b, ",\"outcome\":\"");
-  const char *name = OUTCOME_NAMES[r->outcome];
-  put(b, name, strlen(name));
-  if (r->outcome == O_OPEN) {
-    PUTS(b, "\",\"error\":null");
-  } else {
-    char tmp[24];
-    const char *e = r->timed_out ? "ETIMEDOUT" : errname(r->err, tmp);
-    PUTS(b, "\",\"error\":\"");
-    put(b, e, strlen(e));
-    PUTS(b, "\"");
-  }
-  PUTS(b, ",\"latency_ms\":");
-  put_thousandths(b, ms_thousandths(r->latency_ns));
-  PUTS(b, ",\"rtt_ms\":");
-  if (r->rtt_us < 0)
-    PUTS(b, "null");
-  else
-    put_thousandths(b, (uint64_t)r->rtt_us);
-  PUTS(b, ",\"syn_retransmits\":");
-  if (r->syn_retransmits < 0)
-    PUTS(b, "null");
-  else
-    put_uint(b, (uint64_t)r->syn_retransmits);
-  PUTS(b, ",\"dns_ms\":0.0");
-  PUTS(b, ",\"attempt\":");
-  put_uint(b, r->attempt);
   PUTS(b, "}\n");
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* The sweep                                                                                  */
+/* Targets, streamed in from Python                                                           */
 
 typedef struct {
-  char *host, *address; /* escaped JSON string bodies */
-  size_t host_len, address_len;
-  int bracketed, family;
-  struct sockaddr_storage sa; /* port filled per attempt */
+  struct sockaddr_storage sa; /* port filled per attempt; sin6_scope_id from a zone */
   socklen_t salen;
+  char *text; /* escaped, as Python writes it (a zone as written) */
+  size_t text_len;
+  int live; /* not excluded */
+} addr_t;
+
+/* A target: an address, a resolved name (one or more addresses), a name that did not
+ * resolve (none: one record per endpoint, no connect), or a range (a CIDR or octet range,
+ * addresses made here), with its port ranges. Freed when the walk and every attempt are
+ * done with it. */
+typedef struct {
+  int refs;
+  int is_range;
+  int bracketed;
   int nranges;
   int (*ranges)[2];
+  /* an address or a name */
+  char *host; /* escaped */
+  size_t host_len;
+  int naddr, nlive;
+  addr_t *addrs;
+  char *error;  /* naddr == 0: the resolver's code */
+  uint64_t dns_k;
+  int dns_left; /* the first endpoint of this share carries dns_ms */
+  /* a range: IPv4 four octet ranges, IPv6 one 128-bit range */
+  int version;
+  unsigned seg[4][2];
+  u128 lo6;
+  u128 nhosts;
 } target_t;
 
 typedef struct {
-  uint32_t target;
+  int pending, opened;
+} group_t; /* one endpoint of a name with several addresses */
+
+typedef struct {
+  target_t *t;
+  group_t *g;
+  uint8_t ip[16]; /* a range's address (IPv4: the first four bytes) */
+  int16_t ai;     /* an address target's address; -1 for a range */
   uint16_t port;
   uint16_t retry;
+  uint8_t self_connects, dns;
   uint32_t number;
-  uint8_t self_connects;
 } attempt_t;
+
+typedef struct {
+  uint32_t (*v4)[2];
+  size_t n4;
+  u128 (*v6)[2];
+  size_t n6;
+  unsigned (*pat)[4][2]; /* IPv4 octet ranges too scattered for intervals */
+  size_t npat;
+} exclusions_t;
+
+static void target_free(target_t *t) {
+  free(t->ranges);
+  free(t->host);
+  for (int i = 0; i < t->naddr; i++) free(t->addrs[i].text);
+  free(t->addrs);
+  free(t->error);
+  free(t);
+}
+
+static inline void release(target_t *t) {
+  if (--t->refs == 0) target_free(t);
+}
+
+static int v4_excluded(const exclusions_t *x, uint32_t v) {
+  size_t lo = 0, hi = x->n4;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (x->v4[mid][1] < v)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < x->n4 && x->v4[lo][0] <= v) return 1;
+  for (size_t i = 0; i < x->npat; i++) {
+    int in = 1;
+    for (int o = 0; o < 4 && in; o++) {
+      unsigned part = v >> (24 - 8 * o) & 255;
+      in = x->pat[i][o][0] <= part && part <= x->pat[i][o][1];
+    }
+    if (in) return 1;
+  }
+  return 0;
+}
+
+/* As syntax.Exclusions.contains: an IPv4-mapped IPv6 address is judged as its IPv4 one. */
+static int excluded(const exclusions_t *x, int family, const uint8_t *ip) {
+  if (!x) return 0;
+  static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (family == AF_INET6 && memcmp(ip, mapped, 12)) {
+    u128 v = 0;
+    for (int i = 0; i < 16; i++) v = v << 8 | ip[i];
+    size_t lo = 0, hi = x->n6;
+    while (lo < hi) {
+      size_t mid = (lo + hi) / 2;
+      if (x->v6[mid][1] < v)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return lo < x->n6 && x->v6[lo][0] <= v;
+  }
+  const uint8_t *b = family == AF_INET6 ? ip + 12 : ip;
+  return v4_excluded(x, (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3]);
+}
+
+static const uint8_t *sa_ip(const struct sockaddr_storage *sa) {
+  if (sa->ss_family == AF_INET6) return ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+  return (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr.s_addr;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The sweep                                                                                  */
 
 typedef struct {
   attempt_t a;
@@ -328,17 +515,16 @@ typedef struct {
   int prev, next; /* deadline list */
   int64_t t0, deadline;
   struct timespec wall;
-  struct sockaddr_storage local;
+  struct sockaddr_storage local, dst;
 } slot_t;
 
 typedef struct {
   /* input */
-  target_t *targets;
-  int ntargets;
+  PyObject *feed;
+  PyThreadState *tstate;
   int shard_index, shard_count;
   int64_t timeout_ns;
   int ceiling;
-  double rate;
   int retries;
   int has_source, source_port;
   struct sockaddr_storage source;
@@ -350,13 +536,22 @@ typedef struct {
   int npool[2];
   uint64_t reused;
   int64_t giveup_ns; /* < 0: never give up */
-  int out_fd, stop_fd;
-  /* endpoint generator */
-  int gt, gr;
+  int out_fd, file_fd, stop_fd, wake_fd;
+  int open_only_out, open_only_file;
+  exclusions_t *exclude;
+  /* the feed: batches of targets, and the walk through them */
+  target_t **batch;
+  Py_ssize_t nbatch, ibatch;
+  int feed_done, feed_wait, feed_failed;
+  PyObject *et, *ev, *etb; /* the feed's exception, raised at the end */
+  target_t *cur;
+  u128 gh;
+  int gr;
   long gport;
-  int64_t gseen;
-  int gdone;
-  /* attempts to start before the generator's next: retries, self-connects */
+  int64_t phase; /* endpoints walked before this range, mod shard_count */
+  int gexcl;     /* the current host is excluded */
+  uint8_t gip[16];
+  /* attempts to start before the walk's next: retries, self-connects, a name's addresses */
   attempt_t *head;
   size_t head_start, head_len, head_cap;
   /* slots */
@@ -367,25 +562,29 @@ typedef struct {
   int inflight, limit;
   int ep;
   /* pacing and shortages */
-  int64_t rate_next, rate_step;
+  int64_t rate_next, rate_step, rate_slack;
   int64_t backoff_ns, resume_at, stuck_since;
   /* output */
-  buf_t out;
+  buf_t out, file;
   tscache_t ts;
   /* how late the loop gets to a 5 ms timer, as engine/lag.py measures the event loop */
-  uint64_t lag_counts[13];
+  uint64_t lag_counts[32];
   double lag_max_ms;
   int64_t lag_due;
   int write_errno;
   /* results */
   uint64_t outcomes[N_OUTCOMES];
   uint64_t targets_done, targets_without_open, started, shortages, self_connects, late;
-  uint64_t lag_throttles;
+  uint64_t lag_throttles, seen, excluded_endpoints;
   int stopped;
   const char *fail; /* a message for the caller (exit 2) */
   char fail_text[256];
   char source_text[INET6_ADDRSTRLEN + 8];
 } sweep_t;
+
+/* lag histogram bounds (ms), from engine/lag.py (`configure`) */
+static double lag_bounds[31] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000};
+static int n_lag_bounds = 12;
 
 static inline int64_t mono_ns(void) {
   struct timespec t;
@@ -393,91 +592,59 @@ static inline int64_t mono_ns(void) {
   return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-static int flush_out(sweep_t *s) {
+static int write_all(sweep_t *s, int fd, buf_t *b) {
   size_t off = 0;
-  while (off < s->out.len) {
-    ssize_t n = write(s->out_fd, s->out.p + off, s->out.len - off);
+  while (off < b->len) {
+    ssize_t n = write(fd, b->p + off, b->len - off);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
-        struct pollfd p = {.fd = s->out_fd, .events = POLLOUT};
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
         poll(&p, 1, 1000);
         continue;
       }
       s->write_errno = errno;
-      s->out.len = 0;
+      b->len = 0;
       return -1;
     }
     off += (size_t)n;
   }
-  s->out.len = 0;
+  b->len = 0;
   return 0;
 }
 
-/* The next endpoint of this shard, in the order of targets.shard(): every count-th
- * endpoint from `index` across all targets' ranges. */
-static int next_endpoint(sweep_t *s, attempt_t *a) {
-  while (!s->gdone) {
-    if (s->gt >= s->ntargets) {
-      s->gdone = 1;
-      break;
-    }
-    target_t *t = &s->targets[s->gt];
-    if (s->gr >= t->nranges) {
-      s->gt++;
-      s->gr = 0;
-      s->gport = -1;
-      continue;
-    }
-    int lo = t->ranges[s->gr][0], hi = t->ranges[s->gr][1];
-    if (s->gport < 0) {
-      int64_t c = s->shard_count;
-      int64_t off = ((s->shard_index - s->gseen) % c + c) % c;
-      s->gport = lo + off;
-    }
-    if (s->gport > hi) {
-      s->gseen += hi - lo + 1;
-      s->gr++;
-      s->gport = -1;
-      continue;
-    }
-    a->target = (uint32_t)s->gt;
-    a->port = (uint16_t)s->gport;
-    a->retry = 0;
-    a->number = 1;
-    a->self_connects = 0;
-    s->gport += s->shard_count;
-    return 1;
-  }
+static int flush_out(sweep_t *s) {
+  if (s->write_errno) return -1;
+  if (write_all(s, s->out_fd, &s->out) < 0) return -1;
+  if (s->file_fd >= 0 && write_all(s, s->file_fd, &s->file) < 0) return -1;
+  return 0;
+}
+
+static int head_grow(sweep_t *s) {
+  size_t cap = s->head_cap ? s->head_cap * 2 : 64;
+  attempt_t *n = malloc(cap * sizeof *n);
+  if (!n) return -1;
+  for (size_t i = 0; i < s->head_len; i++) n[i] = s->head[(s->head_start + i) % s->head_cap];
+  free(s->head);
+  s->head = n;
+  s->head_start = 0;
+  s->head_cap = cap;
   return 0;
 }
 
 static int head_push_front(sweep_t *s, const attempt_t *a) {
-  if (s->head_len == s->head_cap) {
-    size_t cap = s->head_cap ? s->head_cap * 2 : 64;
-    attempt_t *n = malloc(cap * sizeof *n);
-    if (!n) return -1;
-    for (size_t i = 0; i < s->head_len; i++)
-      n[i] = s->head[(s->head_start + i) % s->head_cap];
-    free(s->head);
-    s->head = n;
-    s->head_start = 0;
-    s->head_cap = cap;
-  }
+  if (s->head_len == s->head_cap && head_grow(s) < 0) return -1;
   s->head_start = (s->head_start + s->head_cap - 1) % s->head_cap;
   s->head[s->head_start] = *a;
   s->head_len++;
   return 0;
 }
 
-static int have_pending(sweep_t *s) {
-  if (s->head_len) return 1;
-  if (s->gdone) return 0;
-  /* peek by pulling one into the head queue */
-  attempt_t a;
-  if (!next_endpoint(s, &a)) return 0;
-  if (head_push_front(s, &a) < 0) return 0;
-  return 1;
+static int head_push_back(sweep_t *s, const attempt_t *a) {
+  if (s->head_len == s->head_cap && head_grow(s) < 0) return -1;
+  s->head[(s->head_start + s->head_len) % s->head_cap] = *a;
+  s->head_len++;
+  return 0;
 }
 
 static void pop_pending(sweep_t *s, attempt_t *a) {
@@ -486,25 +653,236 @@ static void pop_pending(sweep_t *s, attempt_t *a) {
   s->head_len--;
 }
 
+/* The record's host and address texts for an attempt (a range's into `text`). */
+static void rec_target(const attempt_t *a, rec_target_t *rt, char *text) {
+  target_t *t = a->t;
+  rt->bracketed = t->bracketed;
+  if (t->is_range) {
+    size_t n;
+    if (t->version == 4) {
+      n = (size_t)sprintf(text, "%u.%u.%u.%u", a->ip[0], a->ip[1], a->ip[2], a->ip[3]);
+      rt->family = AF_INET;
+    } else {
+      n = ipv6_text(a->ip, text);
+      rt->family = AF_INET6;
+    }
+    rt->host = rt->address = text;
+    rt->host_len = rt->address_len = n;
+    return;
+  }
+  rt->host = t->host;
+  rt->host_len = t->host_len;
+  if (a->ai < 0) {
+    rt->address = NULL;
+    rt->address_len = 0;
+    rt->family = 0;
+    return;
+  }
+  addr_t *ad = &t->addrs[a->ai];
+  rt->address = ad->text;
+  rt->address_len = ad->text_len;
+  rt->family = ad->sa.ss_family;
+}
+
+static void write_record(sweep_t *s, const attempt_t *a, const rec_t *r) {
+  int open = r->outcome == O_OPEN;
+  int to_out = open || !s->open_only_out, to_file = s->file_fd >= 0 && (open || !s->open_only_file);
+  if (!to_out && !to_file) return;
+  char text[64];
+  rec_target_t rt;
+  rec_target(a, &rt, text);
+  size_t at = s->out.len;
+  put_record(&s->out, &s->ts, &rt, r);
+  if (to_file) put(&s->file, s->out.p + at, s->out.len - at);
+  if (!to_out) s->out.len = at;
+  if (s->out.len > OUT_SIZE - OUT_ROOM || s->file.len > OUT_SIZE - OUT_ROOM) flush_out(s);
+}
+
+/* A target (an endpoint of a name with several addresses: its last address) is done. */
+static void target_done(sweep_t *s, group_t *g, int open) {
+  if (g) {
+    g->opened |= open;
+    if (--g->pending) return;
+    open = g->opened;
+    free(g);
+  }
+  s->targets_done++;
+  if (!open) s->targets_without_open++;
+}
+
+/* An attempt's record; a timeout with retries left goes back to the queue, anything else
+ * lets go of its target. */
 static void emit(sweep_t *s, const attempt_t *a, rec_t *r) {
-  target_t *t = &s->targets[a->target];
-  rec_target_t rt = {t->host, t->host_len, t->address, t->address_len, t->bracketed, t->family};
   r->port = a->port;
   r->attempt = a->number;
-  put_record(&s->out, &s->ts, &rt, r);
+  r->dns_k = a->dns ? a->t->dns_k : 0;
+  write_record(s, a, r);
   s->outcomes[r->outcome]++;
-  int retry = r->outcome == O_TIMEOUT && a->retry < s->retries && !s->stopped;
-  if (retry) {
+  if (r->outcome == O_TIMEOUT && a->retry < s->retries && !s->stopped) {
     attempt_t again = *a;
     again.number++;
     again.retry++;
     again.self_connects = 0;
-    head_push_front(s, &again);
-  } else {
-    s->targets_done++;
-    if (r->outcome != O_OPEN) s->targets_without_open++;
+    if (head_push_front(s, &again) == 0) return;
   }
-  if (s->out.len > OUT_SIZE - OUT_ROOM) flush_out(s);
+  target_done(s, a->g, r->outcome == O_OPEN);
+  release(a->t);
+}
+
+static target_t *parse_target(sweep_t *s, PyObject *item);
+
+/* Python's feed: the next batch of targets (an empty list: none yet, the wake fd says when;
+ * None: the end). Called with the GIL taken back. */
+static void feed_more(sweep_t *s) {
+  free(s->batch);
+  s->batch = NULL;
+  s->nbatch = s->ibatch = 0;
+  PyEval_RestoreThread(s->tstate);
+  PyObject *got = PyObject_CallNoArgs(s->feed);
+  int failed = got == NULL;
+  if (got == Py_None) {
+    s->feed_done = 1;
+  } else if (got) {
+    PyObject *fast = PySequence_Fast(got, "the feed returns a list of targets or None");
+    failed = fast == NULL;
+    Py_ssize_t n = fast ? PySequence_Fast_GET_SIZE(fast) : 0;
+    if (fast && n == 0) s->feed_wait = 1;
+    if (n) s->batch = calloc((size_t)n, sizeof *s->batch);
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+      target_t *t = parse_target(s, PySequence_Fast_GET_ITEM(fast, i));
+      if (!t) failed = 1;
+      else s->batch[s->nbatch++] = t;
+    }
+    Py_XDECREF(fast);
+  }
+  Py_XDECREF(got);
+  if (failed) {
+    if (!PyErr_Occurred()) PyErr_NoMemory();
+    PyErr_Fetch(&s->et, &s->ev, &s->etb);
+    s->feed_failed = s->feed_done = 1;
+  }
+  s->tstate = PyEval_SaveThread();
+}
+
+static u128 host_count(const target_t *t) { return t->is_range ? t->nhosts : 1; }
+
+/* A range's address number h, into ip. */
+static void range_address(const target_t *t, u128 h, uint8_t *ip) {
+  if (t->version == 4) {
+    for (int o = 3; o >= 0; o--) {
+      unsigned size = t->seg[o][1] - t->seg[o][0] + 1;
+      ip[o] = (uint8_t)(t->seg[o][0] + (unsigned)(h % size));
+      h /= size;
+    }
+    return;
+  }
+  u128 v = t->lo6 + h;
+  for (int i = 15; i >= 0; i--) {
+    ip[i] = (uint8_t)v;
+    v >>= 8;
+  }
+}
+
+/* The next endpoint of this shard, in the order of syntax.shard(): every count-th endpoint
+ * from `index` across all targets' hosts and port ranges. Its attempts go to the back of
+ * the queue (one per live address of a name); a name that did not resolve gets its record
+ * at once. 1: an endpoint was taken; 0: none now (the feed is waiting, or done). */
+static int next_endpoint(sweep_t *s) {
+  int64_t c = s->shard_count;
+  for (;;) {
+    if (!s->cur) {
+      while (s->ibatch >= s->nbatch) {
+        if (s->feed_done || s->feed_wait || s->stopped) return 0;
+        feed_more(s);
+      }
+      s->cur = s->batch[s->ibatch++];
+      s->gh = 0;
+      s->gr = 0;
+      s->gport = -1;
+    }
+    target_t *t = s->cur;
+    if (s->gh >= host_count(t)) {
+      release(t);
+      s->cur = NULL;
+      continue;
+    }
+    if (s->gr >= t->nranges) {
+      s->gh++;
+      s->gr = 0;
+      s->gport = -1;
+      continue;
+    }
+    int lo = t->ranges[s->gr][0], hi = t->ranges[s->gr][1];
+    if (s->gport < 0) {
+      if (s->gr == 0) {
+        if (t->is_range) {
+          range_address(t, s->gh, s->gip);
+          s->gexcl = excluded(s->exclude, t->version == 4 ? AF_INET : AF_INET6, s->gip);
+        } else {
+          s->gexcl = t->naddr > 0 && t->nlive == 0;
+        }
+      }
+      int64_t off = ((s->shard_index - s->phase) % c + c) % c;
+      if (s->gexcl) { /* every endpoint of this host in the shard is skipped, counted */
+        int64_t n = hi - lo + 1, mine = off < n ? (n - off - 1) / c + 1 : 0;
+        s->excluded_endpoints += (uint64_t)mine;
+        s->seen += (uint64_t)mine;
+        s->phase = (s->phase + n) % c;
+        s->gr++;
+        continue;
+      }
+      s->gport = lo + off;
+    }
+    if (s->gport > hi) {
+      s->phase = (s->phase + hi - lo + 1) % c;
+      s->gr++;
+      s->gport = -1;
+      continue;
+    }
+    attempt_t a = {.t = t, .g = NULL, .ai = -1, .port = (uint16_t)s->gport, .number = 1};
+    s->gport += c;
+    s->seen++;
+    a.dns = (uint8_t)t->dns_left;
+    t->dns_left = 0;
+    if (t->is_range) {
+      memcpy(a.ip, s->gip, 16);
+      t->refs++;
+      head_push_back(s, &a);
+      return 1;
+    }
+    if (t->naddr == 0) { /* the name did not resolve: its record, no connect */
+      struct timespec wall;
+      clock_gettime(CLOCK_REALTIME, &wall);
+      rec_t r = {.wall = &wall, .local = NULL, .outcome = O_ERROR, .error = t->error,
+                 .rtt_us = -1, .syn_retransmits = -1};
+      t->refs++;
+      emit(s, &a, &r);
+      return 1;
+    }
+    if (t->nlive > 1) {
+      a.g = malloc(sizeof *a.g);
+      if (a.g) *a.g = (group_t){t->nlive, 0};
+    }
+    for (int i = 0; i < t->naddr; i++) {
+      if (!t->addrs[i].live) continue;
+      a.ai = (int16_t)i;
+      t->refs++;
+      head_push_back(s, &a);
+      if (!a.g) break;
+    }
+    return 1;
+  }
+}
+
+static int have_pending(sweep_t *s) {
+  while (!s->head_len)
+    if (!next_endpoint(s)) return 0;
+  return 1;
+}
+
+/* Nothing left: every target walked, the feed at its end, nothing queued. */
+static int all_done(sweep_t *s) {
+  return s->feed_done && !s->cur && s->ibatch >= s->nbatch && !s->head_len;
 }
 
 static void shortage(sweep_t *s, int64_t now) {
@@ -531,14 +909,38 @@ static void set_port(struct sockaddr_storage *sa, int port) {
     ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
 }
 
-static int same_endpoint(const struct sockaddr_storage *local, const target_t *t, int port) {
-  if (local->ss_family != t->sa.ss_family) return 0;
-  if (local->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *l = (const void *)local, *d = (const void *)&t->sa;
-    return ntohs(l->sin6_port) == port && !memcmp(&l->sin6_addr, &d->sin6_addr, 16);
+/* The attempt's destination. */
+static socklen_t destination(const attempt_t *a, struct sockaddr_storage *sa) {
+  socklen_t len;
+  if (a->ai >= 0) {
+    const addr_t *ad = &a->t->addrs[a->ai];
+    memcpy(sa, &ad->sa, ad->salen);
+    len = ad->salen;
+  } else if (a->t->version == 4) {
+    struct sockaddr_in *a4 = (void *)sa;
+    memset(a4, 0, sizeof *a4);
+    a4->sin_family = AF_INET;
+    memcpy(&a4->sin_addr, a->ip, 4);
+    len = sizeof *a4;
+  } else {
+    struct sockaddr_in6 *a6 = (void *)sa;
+    memset(a6, 0, sizeof *a6);
+    a6->sin6_family = AF_INET6;
+    memcpy(&a6->sin6_addr, a->ip, 16);
+    len = sizeof *a6;
   }
-  const struct sockaddr_in *l = (const void *)local, *d = (const void *)&t->sa;
-  return ntohs(l->sin_port) == port && l->sin_addr.s_addr == d->sin_addr.s_addr;
+  set_port(sa, a->port);
+  return len;
+}
+
+static int same_endpoint(const struct sockaddr_storage *local, const struct sockaddr_storage *d) {
+  if (local->ss_family != d->ss_family) return 0;
+  if (local->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *l = (const void *)local, *r = (const void *)d;
+    return l->sin6_port == r->sin6_port && !memcmp(&l->sin6_addr, &r->sin6_addr, 16);
+  }
+  const struct sockaddr_in *l = (const void *)local, *r = (const void *)d;
+  return l->sin_port == r->sin_port && l->sin_addr.s_addr == r->sin_addr.s_addr;
 }
 
 static void rst_close(int fd) {
@@ -633,8 +1035,7 @@ static void complete(sweep_t *s, int i, int err, int timed_out, const answer_t *
   dl_unlink(s, i);
   s->inflight--;
   s->free_list[s->nfree++] = i;
-  target_t *t = &s->targets[sl->a.target];
-  if (err == 0 && !timed_out && same_endpoint(&sl->local, t, sl->a.port)) {
+  if (err == 0 && !timed_out && same_endpoint(&sl->local, &sl->dst)) {
     /* Simultaneous open with itself: the kernel chose the destination port as the
      * ephemeral port. Our artifact, not the target's answer: try again with another port,
      * unless -s fixed the port, where every try would be the same. */
@@ -644,8 +1045,7 @@ static void complete(sweep_t *s, int i, int err, int timed_out, const answer_t *
     if (!(s->has_source && s->source_port) && sl->a.self_connects < SELF_CONNECT_TRIES) {
       attempt_t again = sl->a;
       again.self_connects++;
-      head_push_front(s, &again);
-      return;
+      if (head_push_front(s, &again) == 0) return;
     }
     rec_t r = {.wall = &sl->wall, .local = &sl->local, .outcome = O_ERROR, .err = SELF_CONNECT,
                .latency_ns = (uint64_t)(t1 - sl->t0), .rtt_us = -1, .syn_retransmits = sretrans};
@@ -655,7 +1055,7 @@ static void complete(sweep_t *s, int i, int err, int timed_out, const answer_t *
   int64_t rtt = err == 0 && !timed_out ? ans->rtt_us : -1, retrans = ans->retrans;
   if (err == 0 && !timed_out && !s->graceful)
     rst_close(sl->fd);
-  else if (err == ECONNREFUSED && s->reuse && !recycle(s, sl->fd, t->family, sl->polled))
+  else if (err == ECONNREFUSED && s->reuse && !recycle(s, sl->fd, sl->dst.ss_family, sl->polled))
     ;
   else
     close(sl->fd);
@@ -671,10 +1071,12 @@ enum { STARTED, SHORT, FATAL };
 
 /* Issue one connect. SHORT: a local shortage, the attempt goes back to the queue. */
 static int start(sweep_t *s, const attempt_t *a, int64_t now) {
-  target_t *t = &s->targets[a->target];
-  int f = t->family == AF_INET6;
+  struct sockaddr_storage dst;
+  socklen_t dlen = destination(a, &dst);
+  int family = dst.ss_family;
+  int f = family == AF_INET6;
   int fd = s->npool[f] ? (s->reused++, s->pool[f][--s->npool[f]])
-                       : socket(t->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                       : socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     int err = errno;
     if (is_shortage(err)) {
@@ -693,7 +1095,7 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
     int one = 1;
     if (s->source_port)
       setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    else if (t->family == AF_INET)
+    else if (family == AF_INET)
       setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&s->source, s->source_len) < 0) {
       int err = errno;
@@ -713,15 +1115,15 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
   sl->a = *a;
   sl->fd = fd;
   sl->polled = 0;
-  set_port(&t->sa, a->port);
+  memcpy(&sl->dst, &dst, dlen);
   clock_gettime(CLOCK_REALTIME, &sl->wall);
   sl->t0 = mono_ns();
-  int err = connect(fd, (struct sockaddr *)&t->sa, t->salen) < 0 ? errno : 0;
+  int err = connect(fd, (struct sockaddr *)&dst, dlen) < 0 ? errno : 0;
   socklen_t ll = sizeof sl->local;
   if (err != EINPROGRESS && err != 0) {
     int64_t t1 = mono_ns();
     if (getsockname(fd, (struct sockaddr *)&sl->local, &ll) < 0)
-      memset(&sl->local, 0, sizeof sl->local), sl->local.ss_family = (sa_family_t)t->family;
+      memset(&sl->local, 0, sizeof sl->local), sl->local.ss_family = (sa_family_t)family;
     if (is_shortage_at_connect(err)) {
       close(fd);
       s->free_list[s->nfree++] = i;
@@ -742,7 +1144,7 @@ static int start(sweep_t *s, const attempt_t *a, int64_t now) {
   }
   if (getsockname(fd, (struct sockaddr *)&sl->local, &ll) < 0) {
     memset(&sl->local, 0, sizeof sl->local);
-    sl->local.ss_family = (sa_family_t)t->family;
+    sl->local.ss_family = (sa_family_t)family;
   }
   s->backoff_ns = 0;
   s->stuck_since = -1;
@@ -790,14 +1192,27 @@ static void expire(sweep_t *s, int i) {
   complete(s, i, ans.err, 0, &ans);
 }
 
-static void close_inflight(sweep_t *s) {
+/* Stopped: close what is in flight and let go of every target still held. */
+static void drop_everything(sweep_t *s) {
   for (int i = s->dl_first; i >= 0;) {
     int next = s->slots[i].next;
     close(s->slots[i].fd);
+    attempt_t *a = &s->slots[i].a;
+    if (a->g && --a->g->pending == 0) free(a->g);
+    release(a->t);
     i = next;
   }
   s->dl_first = s->dl_last = -1;
   s->inflight = 0;
+  while (s->head_len) {
+    attempt_t a;
+    pop_pending(s, &a);
+    if (a.g && --a.g->pending == 0) free(a.g);
+    release(a.t);
+  }
+  if (s->cur) release(s->cur);
+  s->cur = NULL;
+  while (s->ibatch < s->nbatch) release(s->batch[s->ibatch++]);
 }
 
 /* epoll_wait for at most `ns`. epoll_pwait2 (Linux 5.11) keeps the sub-millisecond part:
@@ -817,7 +1232,6 @@ static int wait_events(int ep, struct epoll_event *evs, int n, int64_t ns) {
 }
 
 #define LAG_TICK_NS 5000000LL
-static const double LAG_BOUNDS_MS[12] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000};
 
 /* Sustained lag (two samples running over the limit) lowers the limit to 3/4 of what is in
  * flight, never below the floor; each completion adds one back. One late sample is the
@@ -841,7 +1255,7 @@ static void lag_sample(sweep_t *s, int64_t now) {
   if (now < s->lag_due) return;
   double ms = (double)(now - s->lag_due) / 1e6;
   int i = 0;
-  while (i < 12 && ms > LAG_BOUNDS_MS[i]) i++;
+  while (i < n_lag_bounds && ms > lag_bounds[i]) i++;
   s->lag_counts[i]++;
   if (ms > s->lag_max_ms) s->lag_max_ms = ms;
   s->lag_due = now + LAG_TICK_NS;
@@ -850,7 +1264,11 @@ static void lag_sample(sweep_t *s, int64_t now) {
 
 /* Start the next pending attempt, if the limit, --rate and a shortage's back-off allow one
  * now. 1: one went out (or met a shortage, which sets the back-off); 0: none now, *wake =
- * when pacing or the back-off allows the next. */
+ * when pacing or the back-off allows the next.
+ *
+ * --rate keeps a fixed grid from its epoch (engine/core.py's rule): a start made late by
+ * less than a step (or the slack) keeps its slot, so a loaded machine's late wake-ups are
+ * made up; after a longer stall the missed slots are skipped, on the same grid. */
 static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
   if (s->fail || s->inflight >= s->limit || !have_pending(s)) return 0;
   if (s->resume_at > now) {
@@ -862,8 +1280,9 @@ static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
       *wake = s->rate_next;
       return 0;
     }
-    int64_t slack = s->rate_step > RATE_SLACK_NS ? s->rate_step : RATE_SLACK_NS;
-    if (s->rate_next < now - slack) s->rate_next = now;
+    int64_t slack = s->rate_step > s->rate_slack ? s->rate_step : s->rate_slack;
+    int64_t behind = now - slack - s->rate_next;
+    if (behind > 0) s->rate_next += (behind + s->rate_step - 1) / s->rate_step * s->rate_step;
     s->rate_next += s->rate_step;
   }
   attempt_t a;
@@ -872,12 +1291,17 @@ static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
   if (r == SHORT) {
     head_push_front(s, &a);
     if (s->rate_step) s->rate_next -= s->rate_step;
+  } else if (r == FATAL) {
+    head_push_front(s, &a); /* dropped with the rest */
   }
   return r != FATAL;
 }
 
+#define EV_STOP UINT64_MAX
+#define EV_WAKE (UINT64_MAX - 1)
+
 /* The attempt loop; returns 0, or -1 with a Python exception set (progress callback). */
-static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
+static int run(sweep_t *s, PyObject *progress) {
   struct epoll_event evs[1024];
   int64_t next_tick = mono_ns() + TICK_NS;
   s->lag_due = mono_ns() + LAG_TICK_NS;
@@ -899,8 +1323,8 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
       }
     }
     if (s->write_errno) return 0;
-    if (s->fail) break;
-    if (s->inflight == 0 && !have_pending(s)) break;
+    if (s->fail || s->feed_failed) break;
+    if (s->inflight == 0 && all_done(s)) break;
     /* wait */
     int64_t until = next_tick < s->lag_due ? next_tick : s->lag_due;
     if (s->dl_first >= 0 && s->slots[s->dl_first].deadline + DEADLINE_SLACK_NS < until)
@@ -911,8 +1335,15 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
     if (n < 0 && errno != EINTR) n = 0;
     for (int k = 0; k < n; k++) {
       uint64_t d = evs[k].data.u64;
-      if (d == UINT64_MAX) {
+      if (d == EV_STOP) {
         s->stopped = 1;
+        continue;
+      }
+      if (d == EV_WAKE) {
+        char sink[256];
+        while (read(s->wake_fd, sink, sizeof sink) > 0)
+          ;
+        s->feed_wait = 0;
         continue;
       }
       int i = (int)d;
@@ -927,7 +1358,7 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
     if (now >= next_tick) {
       next_tick = now + TICK_NS;
       if (flush_out(s) < 0) return 0;
-      PyEval_RestoreThread(*ts);
+      PyEval_RestoreThread(s->tstate);
       int bad = 0;
       if (PyErr_CheckSignals() < 0) {
         bad = 1;
@@ -939,7 +1370,7 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
         if (res == NULL) bad = 1;
         Py_XDECREF(res);
       }
-      *ts = PyEval_SaveThread();
+      s->tstate = PyEval_SaveThread();
       if (bad) {
         s->stopped = 1;
         return -1;
@@ -952,20 +1383,27 @@ static int run(sweep_t *s, PyObject *progress, PyThreadState **ts) {
 /* ------------------------------------------------------------------------------------------ */
 /* Python glue                                                                                */
 
-static int parse_sockaddr(const char *text, int port, struct sockaddr_storage *sa,
-                          socklen_t *len) {
+/* An IP literal (a zone after '%' is left to the scope id) into sa; its family, or -1. */
+static int parse_sockaddr(const char *text, int port, uint32_t scope,
+                          struct sockaddr_storage *sa, socklen_t *len) {
   memset(sa, 0, sizeof *sa);
   struct sockaddr_in *a4 = (void *)sa;
   struct sockaddr_in6 *a6 = (void *)sa;
-  if (inet_pton(AF_INET, text, &a4->sin_addr) == 1) {
+  char bare[INET6_ADDRSTRLEN + 1];
+  size_t n = strcspn(text, "%");
+  if (n >= sizeof bare) return -1;
+  memcpy(bare, text, n);
+  bare[n] = 0;
+  if (inet_pton(AF_INET, bare, &a4->sin_addr) == 1) {
     a4->sin_family = AF_INET;
     a4->sin_port = htons((uint16_t)port);
     *len = sizeof *a4;
     return AF_INET;
   }
-  if (inet_pton(AF_INET6, text, &a6->sin6_addr) == 1) {
+  if (inet_pton(AF_INET6, bare, &a6->sin6_addr) == 1) {
     a6->sin6_family = AF_INET6;
     a6->sin6_port = htons((uint16_t)port);
+    a6->sin6_scope_id = scope;
     *len = sizeof *a6;
     return AF_INET6;
   }
@@ -985,114 +1423,262 @@ static char *escaped_copy(PyObject *str, size_t *len) {
   return out;
 }
 
-static void free_targets(target_t *t, int n) {
-  if (!t) return;
-  for (int i = 0; i < n; i++) {
-    free(t[i].host);
-    free(t[i].address);
-    free(t[i].ranges);
+static int parse_ranges(PyObject *ranges, target_t *t) {
+  PyObject *rf = PySequence_Fast(ranges, "ranges must be a sequence");
+  if (!rf) return -1;
+  t->nranges = (int)PySequence_Fast_GET_SIZE(rf);
+  t->ranges = malloc(sizeof *t->ranges * (t->nranges ? (size_t)t->nranges : 1));
+  for (int r = 0; t->ranges && r < t->nranges; r++) {
+    int lo, hi;
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(rf, r), "ii", &lo, &hi) || lo < 1 ||
+        hi > 65535 || hi < lo) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad port range");
+      Py_DECREF(rf);
+      return -1;
+    }
+    t->ranges[r][0] = lo;
+    t->ranges[r][1] = hi;
   }
-  free(t);
+  Py_DECREF(rf);
+  if (!t->ranges) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  return 0;
 }
 
-/* targets: sequence of (host, bracketed, address, ((lo, hi), ...)) */
-static target_t *parse_targets(PyObject *seq, int *count) {
-  PyObject *fast = PySequence_Fast(seq, "targets must be a sequence");
-  if (!fast) return NULL;
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-  target_t *targets = calloc(n ? (size_t)n : 1, sizeof *targets);
-  if (!targets) {
-    Py_DECREF(fast);
-    PyErr_NoMemory();
-    return NULL;
+static u128 u128_of(PyObject *bytes) {
+  u128 v = 0;
+  const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(bytes);
+  for (int i = 0; i < 16; i++) v = v << 8 | p[i];
+  return v;
+}
+
+/* One target of a batch (its walk reference taken):
+ *   ("A", host, bracketed, ((address, scope_id), ...), ranges, dns_thousandths, error|None)
+ *     an address or a name: its addresses as Python writes them; none and an error: a
+ *     name that did not resolve;
+ *   ("R", bracketed, ranges, ((lo, hi),) * 4)  an IPv4 octet range or CIDR;
+ *   ("R6", bracketed, ranges, lo16, hi16)       an IPv6 CIDR (16-byte big-endian bounds). */
+static target_t *parse_target(sweep_t *s, PyObject *item) {
+  target_t *t = calloc(1, sizeof *t);
+  if (!t) return (target_t *)PyErr_NoMemory();
+  t->refs = 1;
+  const char *kind;
+  PyObject *host, *addresses, *ranges, *error, *segs, *lo, *hi;
+  unsigned long long dns_k;
+  if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 1) {
+    PyErr_SetString(PyExc_TypeError, "a target is a tuple");
+    goto fail;
   }
-  for (Py_ssize_t i = 0; i < n; i++) {
-    PyObject *host, *address, *ranges;
-    int bracketed;
-    target_t *t = &targets[i];
-    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "UpUO;target tuple", &host,
-                          &bracketed, &address, &ranges))
+  kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 0));
+  if (!kind) goto fail;
+  if (!strcmp(kind, "A")) {
+    if (!PyArg_ParseTuple(item, "sUpOOKO;address target", &kind, &host, &t->bracketed,
+                          &addresses, &ranges, &dns_k, &error))
       goto fail;
-    const char *addr = PyUnicode_AsUTF8(address);
-    if (!addr) goto fail;
-    t->family = parse_sockaddr(addr, 0, &t->sa, &t->salen);
-    if (t->family < 0) {
-      PyErr_Format(PyExc_ValueError, "not an IP address literal: %R", address);
-      goto fail;
-    }
-    t->bracketed = bracketed;
     if (!(t->host = escaped_copy(host, &t->host_len))) goto fail;
-    if (!(t->address = escaped_copy(address, &t->address_len))) goto fail;
-    PyObject *rf = PySequence_Fast(ranges, "ranges must be a sequence");
-    if (!rf) goto fail;
-    t->nranges = (int)PySequence_Fast_GET_SIZE(rf);
-    t->ranges = malloc(sizeof *t->ranges * (t->nranges ? (size_t)t->nranges : 1));
-    for (int r = 0; r < t->nranges; r++) {
-      int lo, hi;
-      if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(rf, r), "ii", &lo, &hi) || lo < 1 ||
-          hi > 65535 || hi < lo) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad port range");
-        Py_DECREF(rf);
+    if (parse_ranges(ranges, t) < 0) goto fail;
+    t->dns_k = dns_k;
+    t->dns_left = 1;
+    if (error != Py_None) {
+      const char *e = PyUnicode_AsUTF8(error);
+      if (!e || !(t->error = strdup(e))) goto fail;
+    }
+    PyObject *af = PySequence_Fast(addresses, "addresses must be a sequence");
+    if (!af) goto fail;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(af);
+    t->addrs = calloc(n ? (size_t)n : 1, sizeof *t->addrs);
+    for (Py_ssize_t i = 0; t->addrs && i < n; i++) {
+      PyObject *text;
+      unsigned int scope;
+      addr_t *ad = &t->addrs[i];
+      if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(af, i), "UI", &text, &scope)) {
+        Py_DECREF(af);
         goto fail;
       }
-      t->ranges[r][0] = lo;
-      t->ranges[r][1] = hi;
+      const char *u = PyUnicode_AsUTF8(text);
+      if (!u || parse_sockaddr(u, 0, scope, &ad->sa, &ad->salen) < 0) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "not an IP address: %R", text);
+        Py_DECREF(af);
+        goto fail;
+      }
+      if (!(ad->text = escaped_copy(text, &ad->text_len))) {
+        Py_DECREF(af);
+        goto fail;
+      }
+      t->naddr++;
+      ad->live = !excluded(s->exclude, ad->sa.ss_family, sa_ip(&ad->sa));
+      t->nlive += ad->live;
     }
-    Py_DECREF(rf);
+    Py_DECREF(af);
+    if (!t->addrs) {
+      PyErr_NoMemory();
+      goto fail;
+    }
+    return t;
   }
-  Py_DECREF(fast);
-  *count = (int)n;
-  return targets;
+  t->is_range = 1;
+  if (!strcmp(kind, "R")) {
+    if (!PyArg_ParseTuple(item, "spOO;range target", &kind, &t->bracketed, &ranges, &segs))
+      goto fail;
+    if (parse_ranges(ranges, t) < 0) goto fail;
+    t->version = 4;
+    t->nhosts = 1;
+    PyObject *sf = PySequence_Fast(segs, "segments must be a sequence");
+    if (!sf) goto fail;
+    if (PySequence_Fast_GET_SIZE(sf) != 4) {
+      Py_DECREF(sf);
+      PyErr_SetString(PyExc_ValueError, "an IPv4 range has four octet ranges");
+      goto fail;
+    }
+    for (int o = 0; o < 4; o++) {
+      if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(sf, o), "II", &t->seg[o][0],
+                            &t->seg[o][1]) ||
+          t->seg[o][1] > 255 || t->seg[o][0] > t->seg[o][1]) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad octet range");
+        Py_DECREF(sf);
+        goto fail;
+      }
+      t->nhosts *= t->seg[o][1] - t->seg[o][0] + 1;
+    }
+    Py_DECREF(sf);
+    return t;
+  }
+  if (!strcmp(kind, "R6")) {
+    if (!PyArg_ParseTuple(item, "spOSS;range target", &kind, &t->bracketed, &ranges, &lo, &hi))
+      goto fail;
+    if (parse_ranges(ranges, t) < 0) goto fail;
+    if (PyBytes_GET_SIZE(lo) != 16 || PyBytes_GET_SIZE(hi) != 16) {
+      PyErr_SetString(PyExc_ValueError, "IPv6 bounds are 16 bytes");
+      goto fail;
+    }
+    t->version = 6;
+    t->lo6 = u128_of(lo);
+    u128 top = u128_of(hi);
+    if (top < t->lo6) {
+      PyErr_SetString(PyExc_ValueError, "bad IPv6 range");
+      goto fail;
+    }
+    t->nhosts = top - t->lo6 + 1; /* ::/0 wraps to 0: nothing (never asked for) */
+    return t;
+  }
+  PyErr_Format(PyExc_ValueError, "unknown target kind %s", kind);
 fail:
-  Py_DECREF(fast);
-  free_targets(targets, (int)n);
+  target_free(t);
   return NULL;
 }
 
+static int parse_exclusions(PyObject *obj, exclusions_t *x) {
+  PyObject *v4, *v6, *pat;
+  if (!PyArg_ParseTuple(obj, "OOO;exclude is (v4, v6, patterns)", &v4, &v6, &pat)) return -1;
+  PyObject *f4 = PySequence_Fast(v4, "v4"), *f6 = PySequence_Fast(v6, "v6"),
+           *fp = PySequence_Fast(pat, "patterns");
+  int rc = -1;
+  if (!f4 || !f6 || !fp) goto done;
+  x->n4 = (size_t)PySequence_Fast_GET_SIZE(f4);
+  x->n6 = (size_t)PySequence_Fast_GET_SIZE(f6);
+  x->npat = (size_t)PySequence_Fast_GET_SIZE(fp);
+  x->v4 = malloc((x->n4 + 1) * sizeof *x->v4);
+  x->v6 = malloc((x->n6 + 1) * sizeof *x->v6);
+  x->pat = malloc((x->npat + 1) * sizeof *x->pat);
+  if (!x->v4 || !x->v6 || !x->pat) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  for (size_t i = 0; i < x->n4; i++) {
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(f4, i), "II", &x->v4[i][0], &x->v4[i][1]))
+      goto done;
+  }
+  for (size_t i = 0; i < x->n6; i++) {
+    PyObject *lo, *hi;
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(f6, i), "SS", &lo, &hi)) goto done;
+    if (PyBytes_GET_SIZE(lo) != 16 || PyBytes_GET_SIZE(hi) != 16) {
+      PyErr_SetString(PyExc_ValueError, "IPv6 bounds are 16 bytes");
+      goto done;
+    }
+    x->v6[i][0] = u128_of(lo);
+    x->v6[i][1] = u128_of(hi);
+  }
+  for (size_t i = 0; i < x->npat; i++) {
+    PyObject *segs = PySequence_Fast(PySequence_Fast_GET_ITEM(fp, i), "pattern");
+    if (!segs) goto done;
+    int ok = PySequence_Fast_GET_SIZE(segs) == 4;
+    for (int o = 0; ok && o < 4; o++)
+      ok = PyArg_ParseTuple(PySequence_Fast_GET_ITEM(segs, o), "II", &x->pat[i][o][0],
+                            &x->pat[i][o][1]);
+    Py_DECREF(segs);
+    if (!ok) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a pattern is 4 octet ranges");
+      goto done;
+    }
+  }
+  rc = 0;
+done:
+  Py_XDECREF(f4);
+  Py_XDECREF(f6);
+  Py_XDECREF(fp);
+  return rc;
+}
+
+static void free_exclusions(exclusions_t *x) {
+  free(x->v4);
+  free(x->v6);
+  free(x->pat);
+}
+
 PyDoc_STRVAR(sweep_doc,
-"sweep(fd, targets, shard_index, shard_count, timeout, concurrency, rate, retries, source,\n"
-"      graceful, stop_fd, progress, giveup, reuse, lag_limit, lag_floor) -> dict\n\n"
-"Probe every endpoint of this shard of `targets` (host, bracketed, address, ranges) once,\n"
-"writing JSON records to fd. `source` is None or (address, port); `rate` 0 = unlimited;\n"
+"sweep(fd, feed, shard_index, shard_count, timeout, concurrency, rate, rate_epoch, retries,\n"
+"      source, graceful, stop_fd, wake_fd, progress, giveup, reuse, lag_limit, lag_floor,\n"
+"      file_fd, open_only_out, open_only_file, exclude, rate_slack) -> dict\n\n"
+"Probe every endpoint of this shard of the targets `feed()` hands in batches (a list; an\n"
+"empty list: none yet, `wake_fd` becomes readable when there are; None: the end), once,\n"
+"writing JSON records to fd (and to file_fd). `source` is None or (address, port); `rate`\n"
+"0 = unlimited, on a grid from `rate_epoch` (CLOCK_MONOTONIC seconds; < 0: now);\n"
 "`stop_fd` readable ends the call; `progress(records, open)` every 0.2 s; `giveup`:\n"
 "seconds of local shortage with nothing in flight before it returns an error (< 0: never);\n"
 "`lag_limit`: ms of loop lag, twice running, that lowers concurrency (to `lag_floor` at\n"
-"least; 0: never).");
+"least; 0: never); `exclude`: (IPv4 intervals, IPv6 intervals as 16-byte bounds, IPv4\n"
+"octet-range patterns), addresses never probed.");
 
 static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"fd", "targets", "shard_index", "shard_count", "timeout",
-                           "concurrency", "rate", "retries", "source", "graceful",
-                           "stop_fd", "progress", "giveup", "reuse", "lag_limit", "lag_floor", NULL};
+  static char *kwlist[] = {"fd", "feed", "shard_index", "shard_count", "timeout",
+                           "concurrency", "rate", "rate_epoch", "retries", "source",
+                           "graceful", "stop_fd", "wake_fd", "progress", "giveup", "reuse",
+                           "lag_limit", "lag_floor", "file_fd", "open_only_out",
+                           "open_only_file", "exclude", "rate_slack", NULL};
   int fd, shard_index = 0, shard_count = 1, concurrency = 1000, retries = 0, graceful = 0;
-  int reuse = 0, lag_floor = 8;
-  double lag_limit = 0.0;
-  int stop_fd = -1;
-  double timeout = 1.0, rate = 0.0, giveup = 30.0;
-  PyObject *targets_obj, *source = Py_None, *progress = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|iididiOpiOdpdi", kwlist, &fd, &targets_obj,
-                                   &shard_index, &shard_count, &timeout, &concurrency, &rate,
-                                   &retries, &source, &graceful, &stop_fd, &progress,
-                                   &giveup, &reuse, &lag_limit, &lag_floor))
+  int reuse = 0, lag_floor = 8, file_fd = -1, open_only_out = 0, open_only_file = 0;
+  int stop_fd = -1, wake_fd = -1;
+  double timeout = 1.0, rate = 0.0, rate_epoch = -1.0, giveup = 30.0, lag_limit = 0.0;
+  double rate_slack = 0.05;
+  PyObject *feed, *source = Py_None, *progress = Py_None, *exclude = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(
+          args, kw, "iO|iididdiOpiiOdpdiippOd", kwlist, &fd, &feed, &shard_index,
+          &shard_count, &timeout, &concurrency, &rate, &rate_epoch, &retries, &source,
+          &graceful, &stop_fd, &wake_fd, &progress, &giveup, &reuse, &lag_limit, &lag_floor,
+          &file_fd, &open_only_out, &open_only_file, &exclude, &rate_slack))
     return NULL;
   if (shard_count < 1 || shard_index < 0 || shard_index >= shard_count || concurrency < 1 ||
-      !(timeout > 0) || rate < 0 || retries < 0) {
+      !(timeout > 0) || rate < 0 || retries < 0 || !PyCallable_Check(feed)) {
     PyErr_SetString(PyExc_ValueError, "bad sweep parameters");
     return NULL;
   }
   PyObject *result = NULL;
+  exclusions_t excl = {0};
   sweep_t *s = calloc(1, sizeof *s);
   if (!s) return PyErr_NoMemory();
   s->ep = -1;
-  s->targets = parse_targets(targets_obj, &s->ntargets);
-  if (!s->targets) {
-    free(s);
-    return NULL;
+  s->feed = feed;
+  if (exclude != Py_None) {
+    if (parse_exclusions(exclude, &excl) < 0) goto fail;
+    s->exclude = &excl;
   }
   if (source != Py_None) {
     const char *saddr;
     int sport;
     if (!PyArg_ParseTuple(source, "si;source is (address, port)", &saddr, &sport)) goto fail;
-    if (parse_sockaddr(saddr, sport, &s->source, &s->source_len) < 0) {
+    if (parse_sockaddr(saddr, sport, 0, &s->source, &s->source_len) < 0) {
       PyErr_SetString(PyExc_ValueError, "source is not an IP address");
       goto fail;
     }
@@ -1104,8 +1690,9 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->shard_count = shard_count;
   s->timeout_ns = (int64_t)(timeout * 1e9);
   s->ceiling = s->limit = concurrency;
-  s->rate = rate;
   s->rate_step = rate > 0 ? (int64_t)(1e9 / rate) : 0;
+  s->rate_next = rate_epoch >= 0 ? (int64_t)(rate_epoch * 1e9) : mono_ns();
+  s->rate_slack = (int64_t)(rate_slack * 1e9);
   s->retries = retries;
   s->graceful = graceful;
   s->reuse = reuse && source == Py_None;
@@ -1113,7 +1700,11 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->lag_floor = lag_floor < 1 ? 1 : lag_floor;
   s->giveup_ns = giveup < 0 ? -1 : (int64_t)(giveup * 1e9);
   s->out_fd = fd;
+  s->file_fd = file_fd;
+  s->open_only_out = open_only_out;
+  s->open_only_file = open_only_file;
   s->stop_fd = stop_fd;
+  s->wake_fd = wake_fd;
   s->gport = -1;
   s->stuck_since = -1;
   s->dl_first = s->dl_last = -1;
@@ -1122,7 +1713,9 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->free_list = malloc((size_t)concurrency * sizeof *s->free_list);
   s->out.p = malloc(OUT_SIZE);
   s->out.cap = OUT_SIZE;
-  if (!s->slots || !s->free_list || !s->out.p) {
+  s->file.p = malloc(OUT_SIZE);
+  s->file.cap = OUT_SIZE;
+  if (!s->slots || !s->free_list || !s->out.p || !s->file.p) {
     PyErr_NoMemory();
     goto fail;
   }
@@ -1133,31 +1726,38 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
     PyErr_SetFromErrno(PyExc_OSError);
     goto fail;
   }
-  if (stop_fd >= 0) {
-    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, stop_fd, &ev) < 0) {
+  int watched[2] = {stop_fd, wake_fd};
+  uint64_t tags[2] = {EV_STOP, EV_WAKE};
+  for (int w = 0; w < 2; w++) {
+    if (watched[w] < 0) continue;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tags[w]};
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, watched[w], &ev) < 0) {
       PyErr_SetFromErrno(PyExc_OSError);
       goto fail;
     }
   }
 
-  PyThreadState *ts = PyEval_SaveThread();
-  int rc = run(s, progress, &ts);
-  close_inflight(s);
+  s->tstate = PyEval_SaveThread();
+  int rc = run(s, progress);
+  drop_everything(s);
   for (int f = 0; f < 2; f++)
     while (s->npool[f]) close(s->pool[f][--s->npool[f]]);
   if (!s->write_errno) flush_out(s);
-  PyEval_RestoreThread(ts);
+  PyEval_RestoreThread(s->tstate);
 
   if (rc < 0) goto fail;
+  if (s->feed_failed) {
+    PyErr_Restore(s->et, s->ev, s->etb);
+    goto fail;
+  }
   if (s->write_errno) {
     errno = s->write_errno;
     PyErr_SetFromErrno(PyExc_OSError);
     goto fail;
   }
-  PyObject *lag_counts = PyList_New(13);
+  PyObject *lag_counts = PyList_New(n_lag_bounds + 1);
   if (!lag_counts) goto fail;
-  for (int i = 0; i < 13; i++)
+  for (int i = 0; i <= n_lag_bounds; i++)
     PyList_SET_ITEM(lag_counts, i, PyLong_FromUnsignedLongLong(s->lag_counts[i]));
   PyObject *outcomes = PyDict_New();
   if (!outcomes) {
@@ -1167,7 +1767,7 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   for (int o = 0; o < N_OUTCOMES; o++) {
     if (!s->outcomes[o]) continue;
     PyObject *v = PyLong_FromUnsignedLongLong(s->outcomes[o]);
-    if (!v || PyDict_SetItemString(outcomes, OUTCOME_NAMES[o], v) < 0) {
+    if (!v || PyDict_SetItemString(outcomes, outcome_names[o], v) < 0) {
       Py_XDECREF(v);
       Py_DECREF(outcomes);
       Py_DECREF(lag_counts);
@@ -1176,35 +1776,45 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
     Py_DECREF(v);
   }
   result = Py_BuildValue(
-      "{s:K,s:N,s:N,s:d,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "lag_throttles",
-      (unsigned long long)s->lag_throttles, "outcomes", outcomes, "lag_counts",
-      lag_counts, "lag_max_ms", s->lag_max_ms, "reused",
-      (unsigned long long)s->reused, "targets",
+      "{s:K,s:N,s:N,s:d,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s}", "lag_throttles",
+      (unsigned long long)s->lag_throttles, "outcomes", outcomes, "lag_counts", lag_counts,
+      "lag_max_ms", s->lag_max_ms, "reused", (unsigned long long)s->reused, "targets",
       (unsigned long long)s->targets_done, "targets_without_open",
       (unsigned long long)s->targets_without_open, "started", (unsigned long long)s->started,
       "shortages", (unsigned long long)s->shortages, "self_connects",
-      (unsigned long long)s->self_connects, "late", (unsigned long long)s->late, "stopped",
-      s->stopped ? Py_True : Py_False, "error", s->fail);
+      (unsigned long long)s->self_connects, "late", (unsigned long long)s->late, "seen",
+      (unsigned long long)s->seen, "excluded", (unsigned long long)s->excluded_endpoints,
+      "stopped", s->stopped ? Py_True : Py_False, "error", s->fail);
 fail:
   if (s->ep >= 0) close(s->ep);
-  free_targets(s->targets, s->ntargets);
+  free(s->batch);
   free(s->slots);
   free(s->free_list);
   free(s->out.p);
+  free(s->file.p);
   free(s->head);
+  free_exclusions(&excl);
   free(s);
   return result;
 }
 
 /* ---- set-up and test hooks ---------------------------------------------------------------- */
 
-static PyObject *set_errnames(PyObject *self, PyObject *mapping) {
+PyDoc_STRVAR(configure_doc,
+"configure(errnames, outcomes, keys, lag_bounds)\n\n"
+"What records and results hold, from the Python side's one definition: errno.errorcode;\n"
+"the outcome names in the order open, refused, timeout, unreachable, error; the record's\n"
+"keys in order (each must be one this writer knows, every one of them present); the lag\n"
+"histogram's bounds in ms. Raises ValueError when the two disagree.");
+
+static PyObject *configure(PyObject *self, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"errnames", "outcomes", "keys", "lag_bounds", NULL};
+  PyObject *mapping, *outcomes, *keys, *bounds;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO", kwlist, &PyDict_Type, &mapping,
+                                   &outcomes, &keys, &bounds))
+    return NULL;
   PyObject *key, *value;
   Py_ssize_t pos = 0;
-  if (!PyDict_Check(mapping)) {
-    PyErr_SetString(PyExc_TypeError, "expected errno.errorcode");
-    return NULL;
-  }
   while (PyDict_Next(mapping, &pos, &key, &value)) {
     long n = PyLong_AsLong(key);
     if (n == -1 && PyErr_Occurred()) return NULL;
@@ -1215,7 +1825,57 @@ static PyObject *set_errnames(PyObject *self, PyObject *mapping) {
       errnames[n] = strdup(name);
     }
   }
-  Py_RETURN_NONE;
+  PyObject *of = PySequence_Fast(outcomes, "outcomes"), *kf = PySequence_Fast(keys, "keys"),
+           *bf = PySequence_Fast(bounds, "lag_bounds");
+  PyObject *ret = NULL;
+  if (!of || !kf || !bf) goto done;
+  if (PySequence_Fast_GET_SIZE(of) != N_OUTCOMES) {
+    PyErr_Format(PyExc_ValueError, "the native core has %d outcomes", N_OUTCOMES);
+    goto done;
+  }
+  for (int o = 0; o < N_OUTCOMES; o++) {
+    const char *name = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(of, o));
+    if (!name) goto done;
+    free(outcome_names[o]);
+    outcome_names[o] = strdup(name);
+  }
+  if (PySequence_Fast_GET_SIZE(kf) != N_KEYS) {
+    PyErr_Format(PyExc_ValueError, "the native core writes %d record keys, not %zd", N_KEYS,
+                 PySequence_Fast_GET_SIZE(kf));
+    goto done;
+  }
+  int order[N_KEYS], seen[N_KEYS] = {0};
+  for (int k = 0; k < N_KEYS; k++) {
+    const char *name = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(kf, k));
+    if (!name) goto done;
+    int found = -1;
+    for (int j = 0; j < N_KEYS; j++)
+      if (!strcmp(name, KEY_NAMES[j])) found = j;
+    if (found < 0 || seen[found]) {
+      PyErr_Format(PyExc_ValueError, "record key %s unknown to the native core", name);
+      goto done;
+    }
+    seen[found] = 1;
+    order[k] = found;
+  }
+  memcpy(key_order, order, sizeof order);
+  Py_ssize_t nb = PySequence_Fast_GET_SIZE(bf);
+  if (nb < 1 || nb > 31) {
+    PyErr_SetString(PyExc_ValueError, "1 to 31 lag bounds");
+    goto done;
+  }
+  for (Py_ssize_t i = 0; i < nb; i++) {
+    lag_bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(bf, i));
+    if (PyErr_Occurred()) goto done;
+  }
+  n_lag_bounds = (int)nb;
+  ret = Py_None;
+  Py_INCREF(ret);
+done:
+  Py_XDECREF(of);
+  Py_XDECREF(kf);
+  Py_XDECREF(bf);
+  return ret;
 }
 
 static PyObject *py_escape(PyObject *self, PyObject *arg) {
@@ -1245,6 +1905,16 @@ static PyObject *py_format_rtt(PyObject *self, PyObject *arg) {
   return PyBytes_FromStringAndSize(tmp, (Py_ssize_t)b.len);
 }
 
+static PyObject *py_ipv6_text(PyObject *self, PyObject *arg) {
+  if (!PyBytes_Check(arg) || PyBytes_GET_SIZE(arg) != 16) {
+    PyErr_SetString(PyExc_ValueError, "16 bytes");
+    return NULL;
+  }
+  char text[64];
+  size_t n = ipv6_text((const uint8_t *)PyBytes_AS_STRING(arg), text);
+  return PyUnicode_FromStringAndSize(text, (Py_ssize_t)n);
+}
+
 /* _record(wall_s, wall_ns, host, bracketed, address, port, local, err, timed_out,
  *         latency_ns, rtt_us, syn_retransmits, attempt) -> bytes: one line, as sweep writes it.
  * local: None or (address, port). err: errno (0 = open), -1 = SELF_CONNECT. */
@@ -1259,7 +1929,7 @@ static PyObject *py_record(PyObject *self, PyObject *args) {
     return NULL;
   struct sockaddr_storage sa, la;
   socklen_t len;
-  int family = parse_sockaddr(PyUnicode_AsUTF8(address), port, &sa, &len);
+  int family = parse_sockaddr(PyUnicode_AsUTF8(address), port, 0, &sa, &len);
   if (family < 0) {
     PyErr_SetString(PyExc_ValueError, "address is not an IP literal");
     return NULL;
@@ -1268,7 +1938,7 @@ static PyObject *py_record(PyObject *self, PyObject *args) {
     const char *ladr;
     int lport;
     if (!PyArg_ParseTuple(local, "si", &ladr, &lport)) return NULL;
-    if (parse_sockaddr(ladr, lport, &la, &len) < 0) {
+    if (parse_sockaddr(ladr, lport, 0, &la, &len) < 0) {
       PyErr_SetString(PyExc_ValueError, "local is not an IP literal");
       return NULL;
     }
@@ -1299,11 +1969,13 @@ static PyObject *py_record(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"sweep", (PyCFunction)(void (*)(void))sweep, METH_VARARGS | METH_KEYWORDS, sweep_doc},
-    {"set_errnames", set_errnames, METH_O, "errno -> name, from errno.errorcode."},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
+     configure_doc},
     {"_escape", py_escape, METH_O, "Test hook: a str as the writer escapes it."},
     {"_format_latency", py_format_latency, METH_O,
      "Test hook: latency_ms for an elapsed time in ns, as written."},
     {"_format_rtt", py_format_rtt, METH_O, "Test hook: rtt_ms for tcpi_rtt in us, as written."},
+    {"_ipv6_text", py_ipv6_text, METH_O, "Test hook: a range's IPv6 address as written."},
     {"_record", py_record, METH_VARARGS, "Test hook: one record line, as written."},
     {NULL, NULL, 0, NULL}};
 

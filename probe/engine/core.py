@@ -33,7 +33,7 @@ from .attempt import Attempt, Done, Result, Slot
 from .deadlines import Deadlines
 from .held import Entry, Held, destination
 from .lag import LAG_FLOOR, LagMonitor
-from .options import EngineOptions
+from .options import RATE_SLACK, EngineOptions
 from .poller import make_poller
 from .ports import BUSY_AT_CONNECT, PortRange, fit_to_range, shared_range
 from .sockets import LINGER_RESET, bind_source, connected, handshake, syn_retransmits
@@ -58,7 +58,6 @@ _ABORTED = "aborted"  # the run stopped (the source address left this machine)
 
 _SELF_CONNECT_TRIES = 8
 _PORT_SKIPS = 64  # busy ports of a -s range skipped in a row before a short back-off
-RATE_SLACK = 0.05  # seconds of lateness --rate still makes up (a loaded machine wakes us late)
 PUMP_BATCH = 128  # most attempts started in one turn of the event loop
 
 

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
-from ..address import ResolveError, literal
-from ..errors import TargetError
-from ..plain import Frozen, Plain
-from ..syntax import PortRanges, Target, iter_targets
+from ..address import literal
+from ..plain import Plain
+from ..record import OUTCOMES, RECORD_KEYS
+from ..syntax import Target
 from .lag import LAG_FLOOR, LagMonitor
-from .options import EngineOptions
+from .options import RATE_SLACK, EngineOptions
 
 _native: Any
 # Why the native core cannot run at all here (None: it can).
@@ -34,7 +34,16 @@ except ImportError:  # not built here (no compiler, not Linux): the Python engin
     _native = None
     UNAVAILABLE = "the native core is not built here"
 else:
-    _native.set_errnames(errno.errorcode)
+    try:  # one spec: the record's keys, outcomes, errno names and lag buckets from here
+        _native.configure(
+            errnames=errno.errorcode,
+            outcomes=[str(o) for o in OUTCOMES],
+            keys=RECORD_KEYS,
+            lag_bounds=LagMonitor.BOUNDS_MS,
+        )
+    except ValueError as exc:  # a key or an outcome the C writer does not know (yet)
+        _native = None
+        UNAVAILABLE = f"the native core is out of date: {exc}"
     if os.environ.get("PROBE_CORE") == "python":  # the Python engine, to compare the two
         _native = None
         UNAVAILABLE = "PROBE_CORE=python"
@@ -48,6 +57,8 @@ IMPLEMENTS = frozenset(
         "concurrency",
         "graceful_close",
         "lag_limit_ms",
+        "rate",
+        "rate_epoch",
         "retries",
         "shortage_giveup",
         "source",
@@ -58,80 +69,6 @@ IMPLEMENTS = frozenset(
 
 def available() -> bool:
     return _native is not None
-
-
-class NativeTarget(Frozen):
-    """A target the native core can serve: an IP literal and its port ranges."""
-
-    __slots__ = ("address", "bracketed", "family", "host", "ranges")
-    host: str  # as written
-    bracketed: bool
-    address: str  # as the Python engine writes it (ipaddress's text)
-    family: int
-    ranges: tuple[tuple[int, int], ...]
-
-    def __init__(
-        self,
-        host: str,
-        bracketed: bool,
-        address: str,
-        family: int,
-        ranges: tuple[tuple[int, int], ...],
-    ) -> None:
-        self._set(locals())
-
-    def as_tuple(self) -> tuple[str, bool, str, tuple[tuple[int, int], ...]]:
-        return (self.host, self.bracketed, self.address, self.ranges)
-
-
-def native_targets(target: Target, family: int = 0, limit: int = 4096) -> list[NativeTarget] | str:
-    """The target as the native core takes it (a CIDR or octet range: one per address, in the
-    order `targets.shard` walks them), or why the Python engine must serve it: a name to
-    resolve, a zone id, an address of the other family, more than `limit` addresses."""
-    if target.host_count() > limit:
-        return f"more than {limit} addresses"
-    out: list[NativeTarget] = []
-    for host in target.hosts():
-        if "%" in host:
-            return f"a zone id ({host})"
-        try:
-            address = literal(host, family)
-        except ResolveError:
-            return f"an address of the other family ({host})"  # the Python engine's record
-        if address is None:
-            return f"a name to resolve ({host})"
-        out.append(NativeTarget(host, target.bracketed, address.ip, address.family, target.ports))
-    return out
-
-
-def plan_targets(
-    tokens: Iterable[str], default_ports: PortRanges | None, family: int = 0, limit: int = 4096
-) -> list[NativeTarget] | str:
-    """Every target of the tokens as the native core takes them, or why it cannot serve
-    them all (a long file stays lazy on the Python engine)."""
-    out: list[NativeTarget] = []
-    try:
-        for target in iter_targets(tokens, default_ports):
-            native = native_targets(target, family, limit - len(out))
-            if isinstance(native, str):
-                return native
-            out.extend(native)
-    except TargetError:
-        return "a bad target (the Python engine reports it where it meets it)"
-    return out
-
-
-def plan(
-    targets: Iterable[Target], family: int = 0, limit: int = 4096
-) -> list[NativeTarget] | None:
-    """Every target as the native core takes it, or None."""
-    out: list[NativeTarget] = []
-    for target in targets:
-        native = native_targets(target, family, limit - len(out))
-        if isinstance(native, str):
-            return None
-        out.extend(native)
-    return out
 
 
 class Lag:
@@ -170,12 +107,14 @@ class SweepResult(Plain):
 
     __slots__ = (
         "error",
+        "excluded",
         "lag_counts",
         "lag_max_ms",
         "lag_throttles",
         "late",
         "outcomes",
         "reused",
+        "seen",
         "self_connects",
         "shortages",
         "started",
@@ -194,6 +133,8 @@ class SweepResult(Plain):
     self_connects: int
     late: int
     reused: int
+    seen: int
+    excluded: int
     stopped: bool
     error: str | None
 
@@ -210,6 +151,8 @@ class SweepResult(Plain):
         self_connects: int = 0,
         late: int = 0,
         reused: int = 0,  # attempts that took a refused attempt's socket (reuse=True)
+        seen: int = 0,  # endpoints walked in this shard, excluded ones too
+        excluded: int = 0,  # endpoints skipped: every address they had is excluded
         stopped: bool = False,
         error: str | None = None,  # a local shortage it gave up on, a source address gone
     ) -> None:
@@ -224,14 +167,20 @@ class SweepResult(Plain):
 
 def sweep(
     fd: int,
-    targets: list[NativeTarget],
+    feed: Callable[[], list[tuple[Any, ...]] | None],
     options: EngineOptions,
     shard: tuple[int, int] = (0, 1),
     stop_fd: int = -1,
     progress: Callable[[int, int], None] | None = None,
     reuse: bool = True,
+    wake_fd: int = -1,
+    file_fd: int = -1,
+    open_only: tuple[bool, bool] = (False, False),
+    exclude: tuple[Any, ...] | None = None,
 ) -> SweepResult:
-    """Probe this shard of `targets` once per endpoint, JSON records to `fd`.
+    """Probe this shard of the targets `feed` hands in (see `_native.sweep`) once per
+    endpoint, JSON records to `fd` and to `file_fd`; `open_only`: only open attempts' to
+    each; `exclude`: addresses never probed (`check.native_feed.exclusion_spans`).
 
     `reuse`: a refused attempt's socket is reset (connect with AF_UNSPEC) and serves the next
     attempt: a third less CPU per attempt, and each attempt still sends its own SYN from its
@@ -244,23 +193,48 @@ def sweep(
         raise RuntimeError("the native sweep core is not built")
     raw: dict[str, Any] = _native.sweep(
         fd,
-        [t.as_tuple() for t in targets],
+        feed,
         shard_index=shard[0],
         shard_count=shard[1],
         timeout=options.timeout,
         concurrency=options.concurrency,
         rate=options.rate or 0.0,
+        rate_epoch=-1.0 if options.rate_epoch is None else options.rate_epoch,
+        rate_slack=RATE_SLACK,
         retries=options.retries,
         source=options.source,
         graceful=options.graceful_close,
         stop_fd=stop_fd,
+        wake_fd=wake_fd,
         progress=progress,
         giveup=-1.0 if options.shortage_giveup is None else options.shortage_giveup,
         reuse=reuse,
         lag_limit=options.lag_limit_ms or 0.0,
         lag_floor=lag_floor(options),
+        file_fd=file_fd,
+        open_only_out=open_only[0],
+        open_only_file=open_only[1],
+        exclude=exclude,
     )
     return SweepResult(**raw)
+
+
+def addresses(targets: Iterable[Target], family: int = 0) -> list[tuple[Any, ...]]:
+    """Targets of IP literals as the core's feed hands them in (tests, benches)."""
+    out: list[tuple[Any, ...]] = []
+    for target in targets:
+        for host in target.hosts():
+            address = literal(host, family)
+            assert address is not None, host
+            ip = ((address.ip, address.scope_id),)
+            out.append(("A", host, target.bracketed, ip, target.ports, 0, None))
+    return out
+
+
+def once(items: list[tuple[Any, ...]]) -> Callable[[], list[tuple[Any, ...]] | None]:
+    """A feed that hands in `items` at once, then ends."""
+    left = [items]
+    return lambda: left.pop() if left else None
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ..plain import Frozen
 
+RATE_SLACK = 0.05  # seconds of lateness --rate still makes up (a loaded machine wakes us late)
+
 
 class EngineOptions(Frozen):
     """The engine's knobs for one run (or one share of it)."""

@@ -50,6 +50,12 @@ class Exclusions:
     def __bool__(self) -> bool:
         return bool(self._patterns or self._starts[4] or self._starts[6])
 
+    def spans(self) -> tuple[dict[int, list[tuple[int, int]]], list[AddressSet]]:
+        """The merged intervals per IP version (IPv4-mapped entries in IPv4's too) and the
+        scattered octet ranges: what `contains` searches, for the native core to search."""
+        spans = {v: list(zip(self._starts[v], self._ends[v], strict=True)) for v in (4, 6)}
+        return spans, list(self._patterns)
+
     def contains(self, ip: str) -> bool:
         """Whether an address is excluded; a name (or anything not an address) is not.
         An IPv4-mapped IPv6 address is judged as the IPv4 address it carries."""

@@ -5,10 +5,12 @@ against msgspec's, interrupts, and local shortages that never become records."""
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -38,6 +40,9 @@ from helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from probe.address import ip_text
+from probe.check.native_feed import Feed
+from probe.check.plan import build_plan
 from probe.engine import EngineOptions, native
 from probe.output.log import configure
 from probe.output.writer import RecordWriter
@@ -52,7 +57,7 @@ if native.available():
     from probe.engine import _native  # type: ignore[attr-defined]
 
 # What differs between two honest runs: when, how long, and which port the kernel picked.
-VOLATILE = {"timestamp", "latency_ms", "rtt_ms", "local_port"}
+VOLATILE = {"timestamp", "latency_ms", "rtt_ms", "local_port", "dns_ms"}
 
 
 def python_line(record: Record) -> bytes:
@@ -161,8 +166,7 @@ def test_record_matches_python_path(case: tuple[Any, ...]) -> None:
 
 
 def run_native(targets: list[str], **kw: Any) -> tuple[list[dict[str, Any]], native.SweepResult]:
-    plan = native.plan([parse_target(t) for t in targets])
-    assert plan is not None
+    plan = native.once(native.addresses([parse_target(t) for t in targets]))
     r, w = os.pipe()
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(r, 1 << 16), b"")))
@@ -249,8 +253,7 @@ def test_shards_cover_every_endpoint_once() -> None:
 
 
 def run_sharded(targets: list[str], shard: tuple[int, int]) -> tuple[list[dict[str, Any]], Any]:
-    plan = native.plan([parse_target(t) for t in targets])
-    assert plan is not None
+    plan = native.once(native.addresses([parse_target(t) for t in targets]))
     with tempfile.TemporaryFile() as out:
         result = native.sweep(out.fileno(), plan, EngineOptions(timeout=0.5), shard)
         out.seek(0)
@@ -258,17 +261,45 @@ def run_sharded(targets: list[str], shard: tuple[int, int]) -> tuple[list[dict[s
     return [json.loads(line) for line in lines], result
 
 
-def test_names_and_zones_stay_with_python_engine() -> None:
-    assert native.plan([parse_target("localhost:80")]) is None
-    assert native.plan([parse_target("[fe80::1%lo]:80")]) is None
-    assert native.plan([parse_target("[::1]:80")], socket.AF_INET) is None
-    assert native.plan([parse_target("127.0.0.0/20:80")], limit=4096) is not None
-    assert native.plan([parse_target("127.0.0.0/19:80")], limit=4096) is None
-    plan = native.plan([parse_target("[0:0::1]:80")])
-    assert plan is not None and plan[0].address == "::1" and plan[0].host == "0:0::1"
-    plan = native.plan([parse_target("127.0.0.1-3:80"), parse_target("[::1]/127:22")])
-    assert plan is not None
-    assert [t.host for t in plan] == ["127.0.0.1", "127.0.0.2", "127.0.0.3", "::", "::1"]
+def test_the_feed_hands_ranges_addresses_and_names(tmp_path: Path) -> None:
+    """Ranges go in whole, addresses and names with their addresses (a zone with its
+    interface index), a name that does not resolve with its error."""
+    listed = tmp_path / "targets"
+    listed.write_text("127.0.0.9:5\n[0:0::1]:80\n")
+    tokens = ["127.0.0.1-3:80", "[::1]/127:22", f"@{listed}", "localhost:7", "[fe80::1%lo]:9"]
+    plan = build_plan([*tokens, "nonexistent.invalid:1"])
+    feed = Feed(plan)
+    items: list[Any] = []
+    while (batch := feed()) is not None:
+        if not batch:  # a name on its way: the wake pipe says when
+            waiting = select.poll()
+            waiting.register(feed.wake_fd, select.POLLIN)
+            waiting.poll(10_000)
+            os.read(feed.wake_fd, 64)
+        items.extend(batch)
+    feed.close()
+    assert items[0] == ("R", False, ((80, 80),), ((127, 127), (0, 0), (0, 0), (1, 3)))
+    assert items[1] == ("R6", True, ((22, 22),), bytes(16), (1).to_bytes(16, "big"))
+    assert items[2] == ("A", "127.0.0.9", False, (("127.0.0.9", 0),), ((5, 5),), 0, None)
+    assert items[3] == ("A", "0:0::1", True, (("::1", 0),), ((80, 80),), 0, None)
+    kind, host, _, addresses, _, dns_k, error = items[4]
+    assert (kind, host, error) == ("A", "localhost", None) and addresses and dns_k >= 0
+    assert items[5] == ("A", "fe80::1%lo", True, (("fe80::1%lo", socket.if_nametoindex("lo")),),
+                        ((9, 9),), 0, None)  # fmt: skip
+    assert items[6][3] == () and items[6][6] in ("EAI_NONAME", "EAI_AGAIN")
+
+
+@given(st.integers(0, (1 << 128) - 1))
+def test_range_addresses_are_written_as_python_writes_them(value: int) -> None:
+    text = _native._ipv6_text(value.to_bytes(16, "big"))
+    assert text == ip_text(ipaddress.IPv6Address(value))
+
+
+def test_range_addresses_edge_cases() -> None:
+    for text in ["::", "::1", "1::", "::ffff:1.2.3.4", "::1.2.3.4", "1:0:0:1:0:0:0:1",
+                 "1:0:1:0:1:0:1:0", "0:0:1::", "fe80::1:0:0:0"]:  # fmt: skip
+        value = ipaddress.IPv6Address(text)
+        assert _native._ipv6_text(value.packed) == ip_text(value), text
 
 
 def test_lag_limit_holds_concurrency_down(full_queue: FullQueueListener) -> None:
@@ -303,8 +334,9 @@ def test_progress_reports_records_and_opens(
     listener: RecordingListener, full_queue: FullQueueListener
 ) -> None:
     calls: list[tuple[int, int]] = []
-    plan = native.plan([parse_target(listener.target), parse_target(full_queue.target)])
-    assert plan is not None
+    plan = native.once(
+        native.addresses([parse_target(listener.target), parse_target(full_queue.target)])
+    )
     with tempfile.TemporaryFile() as out:
         native.sweep(
             out.fileno(),
@@ -333,8 +365,7 @@ def test_closed_reader_exits_141_quietly(workers: str) -> None:
 
 
 def test_stop_fd_ends_a_sweep_of_timeouts_promptly(full_queue: FullQueueListener) -> None:
-    plan = native.plan([parse_target(full_queue.target)])
-    assert plan is not None
+    plan = native.once(native.addresses([parse_target(full_queue.target)]))
     stop_r, stop_w = os.pipe()
     out = os.open(os.devnull, os.O_WRONLY)
     box: dict[str, Any] = {}
@@ -420,14 +451,19 @@ def listening_ns(netns: Netns) -> Iterator[Netns]:
     proc.wait(5)
 
 
-def sweep_in(ns: Netns, *args: str, core: str = "native") -> tuple[int, list[dict[str, Any]]]:
+def sweep_in(
+    ns: Netns, *args: str, core: str = "native", stdin: bytes | None = None
+) -> tuple[int, list[dict[str, Any]]]:
     env = {**os.environ, "PROBE_CORE": core}
     out = subprocess.run(
-        [*ns.prefix(), *probe_cmd(), "check", *args, "--json"],
+        [*ns.prefix(), *probe_cmd(), "check", *args, "--json", "-v"],
         capture_output=True,
         env=env,
         timeout=120,
+        input=stdin,
     )
+    said = out.stderr.decode().splitlines()[0]
+    assert said.startswith(f"probe: core: {core}"), said
     return out.returncode, [json.loads(line) for line in out.stdout.splitlines()]
 
 
@@ -443,6 +479,13 @@ def sweep_in(ns: Netns, *args: str, core: str = "native") -> tuple[int, list[dic
         ("[::1]:1-300", "-s", "::1"),
         ("127.0.0.1:1-300", "--rate", "2000"),
         ("127.0.0.1-3:20-30,75-85", "127.0.0.0/31:440-445"),
+        ("127.0.0.0/23", "-p", "22,80", "--exclude", "127.0.0.128/25,127.0.1.7"),
+        ("127.0.0.0/24", "-p", "22,23", "--shard", "1/3", "--workers", "2"),
+        ("127.0.0.1:1-2000", "--open"),
+        ("localhost:20-25,75-85", "127.0.0.1:22"),  # a name: 127.0.0.1 and ::1 (one target)
+        ("[::1]/126:80", "127.0.0.1:80", "-4"),  # the other family: EAI_ADDRFAMILY records
+        ("nonexistent.invalid:1-3", "127.0.0.1:22"),  # no answer: error records
+        ("127.0.0.1:1-300", "--retries", "1", "--lag-limit", "0", "--graceful-close"),
     ],
 )
 def test_differential_sweep_in_namespace(listening_ns: Netns, args: tuple[str, ...]) -> None:
@@ -453,11 +496,42 @@ def test_differential_sweep_in_namespace(listening_ns: Netns, args: tuple[str, .
     assert stable(native_records) == stable(python_records)
     for r in native_records:
         assert list(r) == list(python_records[0])
+        if r["address"] is None:  # a name without an answer, an address of the other family
+            assert r["outcome"] == "error" and r["error"].startswith("EAI_")
+            continue
         assert r["local_port"] > 0
         assert r["outcome"] in ("open", "refused")
         assert (r["rtt_ms"] is not None) == (r["outcome"] == "open")
-    opened = {r["target"] for r in native_records if r["outcome"] == "open"}
-    assert opened <= {f"127.0.0.1:{p}" for p in (22, 80, 443, 1500, 1999)} | {"[::1]:80"}
+    opened = {(r["address"], r["port"]) for r in native_records if r["outcome"] == "open"}
+    assert opened <= {("127.0.0.1", p) for p in (22, 80, 443, 1500, 1999)} | {("::1", 80)}
+
+
+@needs_netns
+def test_files_stdin_and_outputs_match_python_engine(listening_ns: Netns, tmp_path: Path) -> None:
+    """Targets from a file and from standard input; -o FILE gets the bytes stdout gets
+    (--open: the open ones only, on both); `-o -` is standard output."""
+    listing = tmp_path / "targets"
+    listing.write_text("127.0.0.1:20-30\n# a comment\n127.0.0.0/30:80\n[::1]:79-81\n")
+    lines = b"127.0.0.1:440-450\n127.0.0.2:22\n"
+    for args in [(f"@{listing}",), ("-", "-p", "1-3"), (f"@{listing}", "-", "--open")]:
+        results = {}
+        for core in ("native", "python"):
+            saved = tmp_path / f"{core}.jsonl"
+            code, records = sweep_in(listening_ns, *args, "-o", str(saved), core=core, stdin=lines)
+            assert code == 1
+            assert [json.loads(line) for line in saved.read_bytes().splitlines()] == records
+            results[core] = records
+        assert stable(results["native"]) == stable(results["python"]), args
+        assert len(results["native"]) > 0
+    out = subprocess.run(
+        [*probe_cmd(), "check", f"127.0.0.1:{closed_port()}", "-o", "-"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["outcome"] == "refused"
+    assert not (tmp_path / "-").exists()
 
 
 @needs_netns
@@ -490,7 +564,8 @@ SHORT_OF_FDS = textwrap.dedent(
     from probe.syntax import parse_target
     dropped, closed = sys.argv[1], sys.argv[2]
     # 200 attempts whose SYNs are dropped stay in flight: far more than 64 descriptors.
-    plan = native.plan([parse_target(dropped)] * 200 + [parse_target(closed)] * 50)
+    targets = [parse_target(dropped)] * 200 + [parse_target(closed)] * 50
+    plan = native.once(native.addresses(targets))
     result = native.sweep(1, plan, EngineOptions(timeout=0.3, concurrency=500))
     sys.stderr.write(json.dumps({"shortages": result.shortages, "error": result.error}))
     """
@@ -521,7 +596,7 @@ GIVE_UP = textwrap.dedent(
     import json, os, sys, resource
     from probe.engine import EngineOptions, native
     from probe.syntax import parse_target
-    plan = native.plan([parse_target(f"127.0.0.1:{sys.argv[1]}")])
+    plan = native.once(native.addresses([parse_target(f"127.0.0.1:{sys.argv[1]}")]))
     out = os.open(os.devnull, os.O_WRONLY)
     held = []
     try:
@@ -560,7 +635,7 @@ CAPTURE = textwrap.dedent(
     from probe.engine import EngineOptions, native
     from probe.syntax import parse_target
     reuse, pcap, out = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
-    plan = native.plan([parse_target("127.0.0.1:1-2000")])
+    plan = native.once(native.addresses([parse_target("127.0.0.1:1-2000")]))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     result = native.sweep(fd, plan, EngineOptions(timeout=1.0, concurrency=100), reuse=reuse)
     os.close(fd)
