@@ -483,7 +483,7 @@ def sweep_in(
         ("127.0.0.0/24", "-p", "22,23", "--shard", "1/3", "--workers", "2"),
         ("127.0.0.1:1-2000", "--open"),
         ("localhost:20-25,75-85", "127.0.0.1:22"),  # a name: 127.0.0.1 and ::1 (one target)
-        ("[::1]/126:80", "127.0.0.1:80", "-4"),  # the other family: EAI_ADDRFAMILY records
+        ("localhost:79-81", "[::1]:80", "-6"),
         ("nonexistent.invalid:1-3", "127.0.0.1:22"),  # no answer: error records
         ("127.0.0.1:1-300", "--retries", "1", "--lag-limit", "0", "--graceful-close"),
     ],
