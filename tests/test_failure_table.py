@@ -210,6 +210,9 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
         HOSTILE: ("test_slowloris_under_a_low_descriptor_limit_stops_neither_probes_nor_metrics",),
         HERE: ("test_http_headers_have_5_s_and_the_oldest_idle_connection_makes_room",),
     },
+    "100 HTTP clients under `prlimit --nofile=64`": {
+        RESILIENCE: ("test_http_clients_under_nofile_64_leave_the_schedule_its_slots",),
+    },
     "80 clients that never read, each pipelining 20 `GET /metrics`": {
         RESILIENCE: ("test_clients_that_do_not_read_are_cut_and_healthz_keeps_answering",),
     },

@@ -86,6 +86,7 @@ class Daemon:
             self.http = HttpServer(
                 listen[0], listen[1], self.metrics.pieces, lambda: self.runner.running,
                 self.ondemand, routes=[*page.routes(), *self.meshing.routes()],
+                max_connections=self.engines.http_limit,
             )  # fmt: skip
         self._stopped = asyncio.Event()
         self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
@@ -99,7 +100,9 @@ class Daemon:
                 await self._close()
                 report(f"cannot listen on {self.config.metrics.listen}: {exc.strerror}")
                 return EXIT_USAGE
-            self.log.info("listening", address=f"{host}:{port}")
+            self.log.info(
+                "listening", address=f"{host}:{port}", connections=self.engines.http_limit
+            )
             self.http_port = port
         failed = await self.meshing.start()
         if failed is not None:

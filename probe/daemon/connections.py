@@ -91,7 +91,7 @@ class Guard:
         self, cap: int, reserved: int = RESERVED, write_timeout: float = WRITE_TIMEOUT
     ) -> None:
         self.cap = cap
-        self.reserved = min(reserved, max(0, cap - 1))
+        self.reserved = min(reserved, cap // 2)
         self.write_timeout = write_timeout
         self.busy: set[object] = set()  # connections whose request is being handled
         self.half_closed: set[object] = set()  # the client sent its FIN

@@ -25,14 +25,21 @@ def source_ports(config: Config) -> tuple[int, int] | None:
     return source.port_lo, source.port_hi
 
 
+def http_connections(room: int) -> int:
+    """HTTP connections at once, for `room` descriptors: MAX_CONNECTIONS, or a quarter of
+    a smaller room (at least 2), so that clients can never take the schedule's share."""
+    return max(2, min(MAX_CONNECTIONS, room // 4))
+
+
 def budget(config: Config, http: bool) -> tuple[int, int]:
     """(schedule's concurrency, /probe's): what fits in the descriptors once the HTTP
     connections and /probe's attempts have theirs."""
-    probes = config.metrics.probe_concurrency if http else 0  # below engine.concurrency
-    reserved = probes + (MAX_CONNECTIONS if http else 0)
     _, room = fit_concurrency(None)
-    schedule = max(1, min(config.engine.concurrency, room - reserved))
-    return schedule, max(1, min(probes, room - schedule - (MAX_CONNECTIONS if http else 0)))
+    connections = http_connections(room) if http else 0
+    probes = config.metrics.probe_concurrency if http else 0  # below engine.concurrency
+    probes = min(probes, max(1, room // 8))
+    schedule = max(1, min(config.engine.concurrency, room - probes - connections))
+    return schedule, max(1, min(probes, room - schedule - connections))
 
 
 def engine_options(config: Config, concurrency: int, lag_limit_ms: float | None) -> EngineOptions:
@@ -54,6 +61,7 @@ class Engines:
         self.http = http
         self.log = log
         concurrency, self.probe_limit = budget(config, http)
+        self.http_limit = http_connections(fit_concurrency(None)[1])  # fixed from the start
         concurrency = self._fit_source_range(config, concurrency)
         self.schedule = Engine(engine_options(config, concurrency, config.engine.lag_limit_ms))
         # Loop lag holds the schedule's engine down, not this one.

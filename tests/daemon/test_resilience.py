@@ -25,6 +25,7 @@ from helpers import (
     Daemon,
     Netns,
     NsServer,
+    RecordingListener,
     closed_port,
     config_toml,
     free_port_block,
@@ -436,3 +437,37 @@ def test_sigterm_ends_a_continuous_check_into_an_unread_pipe() -> None:
     finally:
         kill(proc)
         os.close(r)
+
+
+# -- few descriptors, many HTTP clients ----------------------------------------------------
+
+
+def test_http_clients_under_nofile_64_leave_the_schedule_its_slots(
+    tmp_path: Path, daemons: list[Daemon], listener: RecordingListener
+) -> None:
+    """`prlimit --nofile=64`: the HTTP connection cap shrinks to a quarter of what is left
+    (said in the `listening` event), so 100 clients holding connections cannot take the
+    descriptors the schedule's attempts need: twenty slots in 5 s, twenty attempts."""
+    log = tmp_path / "probe.log"
+    text = config_toml(log, target_toml("a", listener.target), interval=0.25)
+    d = start_in(tmp_path, text, log, daemons, prefix=("prlimit", "--nofile=64:64"))
+    event = d.wait_event("listening")
+    assert 2 <= event["connections"] < 16, event
+    port = int(event["address"].rpartition(":")[2])
+    d.wait_records("a", 1)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        began = time.time()
+        recs = d.wait_records("a", 20, after=began, timeout=15)
+        assert ts(recs[19]) - began < 5.0 + 2.0, [ts(r) - began for r in recs]
+        assert all(r["outcome"] == "open" for r in recs), recs
+        status, _, body = http_get(port, "/healthz", timeout=3.0)  # a held slot gives way
+        assert (status, body) == (200, "ok\n")
+    finally:
+        for s in clients:
+            s.close()
+    assert d.stop() == 0
+    assert "EMFILE" not in log.read_text()
