@@ -6,6 +6,11 @@ for --seconds. Reads the daemon's own `probe_schedule_lag_seconds` histogram and
 `probe_skipped_slots_total` at the start and at the end of the window, and reports the
 difference: schedule lag p99 and skipped slots. Goal: p99 <= 5 ms, no skipped slot.
 
+`--tls N` adds N targets with stages after the connect, in thirds: a full TLS handshake
+with an `openssl s_server`, a TLS handshake with a server that accepts and never speaks
+(each one stalls to its 1 s deadline), and an expect against a server that streams bytes
+without a newline (each reads its 64 KiB limit); none of them may move the lag.
+
 `--tree DIR` runs the daemon from another checkout (PYTHONPATH=DIR), e.g. the layout commit
 in a temporary worktree, for the "before" figure.
 
@@ -88,6 +93,50 @@ SCRAPE = (
 )
 
 
+# Inside the namespace: a listener that accepts and never speaks, and one that streams
+# bytes without a newline to every connection (until the reader goes).
+STAGE_SERVERS = r"""
+import socket, sys, threading
+def silent(s):
+    held = []
+    while True:
+        held.append(s.accept()[0])
+def flood(s):
+    while True:
+        c = s.accept()[0]
+        def pour(c=c):
+            try:
+                while True:
+                    c.sendall(b"x" * 65536)
+            except OSError:
+                c.close()
+        threading.Thread(target=pour, daemon=True).start()
+for port, body in ((int(sys.argv[1]), silent), (int(sys.argv[2]), flood)):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(4096)
+    threading.Thread(target=body, args=(s,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+TLS_PORT, SILENT_PORT, FLOOD_PORT = 31001, 31002, 31003
+
+
+def stage_targets(n: int) -> list[str]:
+    """n targets with stages, in thirds: TLS to s_server, TLS to a silent server, expect
+    against a flood."""
+    kinds = [
+        (TLS_PORT, "tls = { insecure_skip_verify = true }"),
+        (SILENT_PORT, "tls = true"),
+        (FLOOD_PORT, 'expect = "^never"'),
+    ]
+    out = []
+    for i in range(n):
+        port, stage = kinds[i % 3]
+        out.append(f'[[targets]]\nname = "stage{i}"\naddress = "127.0.0.1:{port}"\n{stage}\n')
+    return out
+
+
 def read_metrics(prefix: list[str]) -> tuple[list[tuple[float, float]], float]:
     """(lag histogram buckets as (le, cumulative count), skipped slots in all)."""
     text = subprocess.run([*prefix, sys.executable, "-c", SCRAPE], capture_output=True,
@@ -113,6 +162,7 @@ def main() -> int:
     ap.add_argument("--scrape-every", type=float, default=5.0, help="seconds (0: no scrapes)")
     ap.add_argument("--tree", help="run the daemon from this checkout (PYTHONPATH)")
     ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
+    ap.add_argument("--tls", type=int, default=0, help="targets with stages (see above)")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
@@ -120,6 +170,7 @@ def main() -> int:
     lines = ['[defaults]\ninterval = 10.0\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
              f'[metrics]\nlisten = "127.0.0.1:{PORT}"\n']  # fmt: skip
     lines += [f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in range(20001, 20001 + TARGETS)]
+    lines += stage_targets(a.tls)
     config.write_text("".join(lines))
     env = dict(os.environ)
     tree = Path(a.tree).resolve() if a.tree else Path(__file__).resolve().parents[2]
@@ -128,6 +179,28 @@ def main() -> int:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     prefix = ["ip", "netns", "exec", ns]
     subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
+    helpers: list[subprocess.Popen[str]] = []
+    if a.tls:
+        pem = config.with_name("server.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-subj", "/CN=127.0.0.1", "-days", "30", "-keyout", str(pem),
+             "-out", str(pem)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        helpers.append(subprocess.Popen(
+            [*prefix, "openssl", "s_server", "-accept", f"127.0.0.1:{TLS_PORT}", "-cert",
+             str(pem), "-quiet"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            text=True,
+        ))  # fmt: skip
+        stages = subprocess.Popen(
+            [*prefix, sys.executable, "-c", STAGE_SERVERS, str(SILENT_PORT), str(FLOOD_PORT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        helpers.append(stages)
+        assert stages.stdout is not None
+        stages.stdout.readline()  # ready
     nice = ["nice", "-n", str(a.nice)] if a.nice else []  # nice execs: the pid is probe's
     daemon = subprocess.Popen(
         [*prefix, *nice, sys.executable, "-m", "probe", "run", "--config", str(config)],
@@ -168,6 +241,9 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait(10)
+        for helper in helpers:
+            helper.kill()
+            helper.wait()
         subprocess.run(["ip", "netns", "del", ns], check=False)
     return 0
 
