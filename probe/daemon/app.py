@@ -32,6 +32,7 @@ from .runner import Runner, own_targets
 from .runner import _job_key as _job_key  # the schedule's key, for tests
 from .shortage import PortShortages
 from .status import StatusPage
+from .tls_series import STATUS_COLUMNS
 
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
 RESOLVE_DEADLINE = 5.0  # seconds a scheduled name's re-resolution may take
@@ -82,7 +83,15 @@ class Daemon:
         )
         if listen is not None:
             runner = self.runner
-            page = StatusPage(runner.targets, runner.history, store=lambda: runner.store)
+            # TLS targets at start: the page gains their version and days to expiry
+            tls = any(t.stages is not None and t.stages.uses_tls for t in config.targets)
+            page = StatusPage(
+                runner.targets,
+                runner.history,
+                store=lambda: runner.store,
+                extra_columns=STATUS_COLUMNS if tls else (),
+                extras=self.metrics.tls.columns if tls else None,
+            )
             self.http = HttpServer(
                 listen[0], listen[1], self.metrics.pieces, lambda: self.runner.running,
                 self.ondemand, routes=[*page.routes(), *self.meshing.routes()],

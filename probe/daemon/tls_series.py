@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client.utils import floatToGoString
@@ -46,6 +47,7 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
     ),
 )
 EXPIRY, CHAIN, VERSION, HANDSHAKE = range(len(FAMILIES))
+STATUS_COLUMNS = ("TLS", "cert expires in")  # the status page's columns for TLS targets
 
 
 def _go(value: float) -> str:
@@ -107,6 +109,19 @@ class TlsSeries:
         """The last handshake's earliest expiry and version (the status page's)."""
         s = self.targets.get(name)
         return (None, None) if s is None else (s.expiry, s.version)
+
+    def columns(self, name: str) -> dict[str, str]:
+        """The status page's TLS columns for a target (STATUS_COLUMNS): the version and the
+        days until the earliest certificate expiry, from its last handshake; empty until
+        one produced a session."""
+        s = self.targets.get(name)
+        if s is None or s.version is None:
+            return {}
+        out = {STATUS_COLUMNS[0]: s.version}
+        if s.expiry is not None:
+            days = math.floor((s.expiry - time.time()) / 86400)
+            out[STATUS_COLUMNS[1]] = f"{days} days" if days >= 0 else "expired"
+        return out
 
     def _text(self, s: _Target) -> tuple[str, ...]:
         q = s.label

@@ -238,7 +238,16 @@ class Engine:
         rate = self.options.rate
         budget = PUMP_BATCH
         held = self._held
-        while queue and self.inflight < self.limit and not self._closed:
+        # Attempts in their stages (a TLS handshake, an expect) count against the ceiling
+        # (each holds a socket) but not against the lag-lowered limit: a stalled handshake
+        # waits for its deadline without using the loop, and must not hold connects back.
+        staging = self._staging
+        while (
+            queue
+            and self.inflight - len(staging) < self.limit
+            and self.inflight < self.ceiling
+            and not self._closed
+        ):
             budget -= 1
             if budget < 0:
                 # Yield a turn: other completions and timers must not wait for a long batch,
@@ -409,9 +418,10 @@ class Engine:
         rate = self.options.rate
         if rate:
             floor = max(floor, min(self.ceiling, math.ceil(rate * self.options.timeout)))
-        if self._lagging < 2 or self.inflight <= floor:
+        connecting = self.inflight - len(self._staging)  # stages wait without the loop
+        if self._lagging < 2 or connecting <= floor:
             return
-        lowered = max(floor, int(self.inflight * 0.75))
+        lowered = max(floor, int(connecting * 0.75))
         if lowered < self.limit:
             self.limit = lowered
             self.stats.lag_throttles += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,21 @@ def test_defaults_and_module_layers(tmp_path: Path) -> None:
     assert [s.expect for s in first.stages.steps] == ["^220"]
     assert second.stages is not None and not second.stages.tls
     assert third.stages is not None and [s.expect for s in third.stages.steps] == ["^SSH"]
+
+
+def test_status_page_shows_tls_version_and_days_to_expiry(daemon: Daemon) -> None:
+    def ready() -> dict[str, object] | None:
+        status, _, body = daemon.get("/api/targets")
+        assert status == 200, body
+        rows = {r["name"]: r for g in json.loads(body)["groups"] for r in g["rows"]}
+        return rows if rows["valid"]["extra"] else None
+
+    rows = daemon.wait("TLS columns on the status page", ready)
+    days = int((EXPIRY - time.time()) // 86400)
+    assert rows["valid"]["extra"] == {"TLS": "TLSv1.3", "cert expires in": f"{days} days"}
+    assert rows["smtp"]["extra"]["TLS"] == "TLSv1.3"
+    assert rows["plain"]["extra"] == {} and rows["expired"]["extra"] == {}
+    status, _, html = daemon.get("/")
+    assert status == 200
+    assert '<th class="extra">TLS</th>' in html and "cert expires in" in html
+    assert f"{days} days" in html
