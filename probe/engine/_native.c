@@ -592,16 +592,21 @@ static inline int64_t mono_ns(void) {
   return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
+/* Whole buffer to fd. A reader that does not read holds the write; a stop (SIGINT, SIGTERM:
+ * the stop fd) ends the wait, the rest unwritten (EAGAIN to the caller). */
 static int write_all(sweep_t *s, int fd, buf_t *b) {
   size_t off = 0;
   while (off < b->len) {
     ssize_t n = write(fd, b->p + off, b->len - off);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        poll(&p, 1, 1000);
-        continue;
+      if (errno == EINTR || errno == EAGAIN) {
+        struct pollfd p[2] = {{.fd = fd, .events = POLLOUT}, {.fd = s->stop_fd, .events = POLLIN}};
+        if (poll(p, s->stop_fd >= 0 ? 2 : 1, errno == EAGAIN ? 1000 : 0) > 0 && p[1].revents) {
+          s->stopped = 1;
+          errno = EAGAIN;
+        } else {
+          continue;
+        }
       }
       s->write_errno = errno;
       b->len = 0;
