@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from _socket import AF_INET, AF_INET6, inet_pton
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ class Feed:
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
         self._names: dict[str, tuple[Item, ...] | str] = {}
+        self._v4_ok = plan.family != AF_INET6
         self._batches = self._run()
 
     @property
@@ -152,6 +154,9 @@ class Feed:
 
     def _host(self, host: str, bracketed: bool, ports: Any) -> Iterator[Item]:
         """An address or a name, with its addresses (a name: looked up on a thread)."""
+        if self._v4_ok and _is_ipv4(host):  # the common line: its text is already the one
+            yield ("A", host, bracketed, ((host, 0),), ports, 0, None)
+            return
         try:
             address = literal(host, self.plan.family)
         except ResolveError as exc:
@@ -219,9 +224,17 @@ def _b16(value: int) -> bytes:
 
 
 def _family(version: int) -> int:
-    from _socket import AF_INET, AF_INET6
-
     return AF_INET if version == 4 else AF_INET6
+
+
+def _is_ipv4(host: str) -> bool:
+    """A dotted-quad IPv4 address as ipaddress writes it (inet_pton takes no other form:
+    no leading zeros, no shorthand)."""
+    try:
+        inet_pton(AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 def _on_thread(work: Callable[..., None], *args: Any, name: str) -> None:

@@ -45,6 +45,7 @@
 #define SELF_CONNECT_TRIES 8
 #define START_BATCH 64         /* starts between two looks at completions */
 #define TICK_NS 200000000LL    /* flush and progress every 0.2 s */
+#define RATE_NAP_NS 2000000LL  /* --rate: the shortest sleep before the next slots */
 /* Deadlines are taken in batches: the loop wakes this long after the first one due, not at
  * every one (a wave of 500 timeouts started ~10 us apart would be 500 wake-ups). Each
  * slot's next attempt starts at most this much later; epoll_wait's milliseconds were up
@@ -1282,7 +1283,9 @@ static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
   }
   if (s->rate_step) {
     if (s->rate_next > now) {
-      *wake = s->rate_next;
+      /* Ahead of the grid: sleep at least RATE_NAP_NS, then start every slot due by then
+       * (a wake-up per attempt would cost as much CPU as the attempts themselves). */
+      *wake = s->rate_next > now + RATE_NAP_NS ? s->rate_next : now + RATE_NAP_NS;
       return 0;
     }
     int64_t slack = s->rate_step > s->rate_slack ? s->rate_step : s->rate_slack;
