@@ -267,9 +267,10 @@ def run_daemon(path: str, shard: fleet.Shard | None = None) -> int:
     """Load the config (ConfigError escapes: the caller reports it) and serve until a signal.
     `shard`: --shard; when None, the environment's PROBE_SHARD (UsageError if malformed)."""
     config = load_config(path)
-    if not config.targets and config.mesh.peers is None and not config.serve.listen:
-        report(f"{path} has no targets: probing nothing but GET /probe", prefix="warning")
     if shard is None:
         shard = fleet.shard_from_env()
     own_targets(path, config, shard)  # refuse a config whose labels or shard are bad, now
+    # a usable config, but likely not the one meant (said after the checks that refuse one)
+    if not config.targets and config.mesh.peers is None and not config.serve.listen:
+        report(f"{path} has no targets: probing nothing but GET /probe", prefix="warning")
     return event_loop.run(_serve(path, config, shard))
