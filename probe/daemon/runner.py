@@ -166,7 +166,9 @@ class Runner:
             self._flush_handle.cancel()
         if self.store is not None:
             self.history.flush()  # the minute in progress: its rest adds to it after a restart
-            await self.loop.run_in_executor(None, self.store.close)
+            store = self.store
+            await self.loop.run_in_executor(None, store.close)
+            self.log.info("store", result="closed", path=str(store.path), **store.stats())
         self._pool.close()
 
     def running_names(self) -> list[str]:

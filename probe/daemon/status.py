@@ -50,6 +50,7 @@ CHART_W, CHART_H = 240, 36  # the chart's coordinates
 SHOWN_W = 180  # its width on the page
 DAYS = 90  # the uptime bar's length
 BADGE_DAYS = 30  # the badge's uptime span
+_FULL = 100.0
 DAYS_MAX_AGE = 60.0  # seconds a target's bar is reused (it changes once a minute at most)
 DAY_W, DAY_STEP, DAY_H = 1.5, 2, 14  # one day's mark in the bar
 
@@ -298,6 +299,7 @@ class StatusPage:
                 by_day = got.get(name, {})
                 bar = tuple(
                     None if not (af := by_day.get(d)) or not af[0]
+                    else _FULL if not af[1]  # one shared object for the usual day
                     else round(100.0 * (af[0] - af[1]) / af[0], 3)
                     for d in range(first, today + 1)
                 )  # fmt: skip

@@ -303,6 +303,17 @@ class Store:
         self._reader.shutdown()
         self._conn.close()
 
+    def stats(self) -> dict[str, float]:
+        """What the writer did: batches committed, rows queued, and the time its commits
+        took (a thread's time, not the loop's)."""
+        mean = self.flush_total_ms / self.batches if self.batches else 0.0
+        return {
+            "batches": self.batches,
+            "written": self.written,
+            "commit_mean_ms": round(mean, 2),
+            "commit_max_ms": round(self.flush_max_ms, 2),
+        }
+
     def flush_now(self) -> None:
         """Ask the writer for a batch at once (tests, shutdown)."""
         self._wake.set()

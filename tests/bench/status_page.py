@@ -8,9 +8,13 @@ daemon_cost.py does) and the measured window alone (the difference: start-up's s
 10,000 targets' first records make their metrics and histories, are not the page's; the
 first scrape's own stall is inside the window, the same with and without the page).
 Goal: schedule lag p99 at most 5 ms. `--no-poll` measures the same without the page.
+The durable store is on (a fresh directory; `--no-store`: off), as a daemon runs by default;
+what its writer costs, in its own thread, is measured by status_memory.py --store.
+`--detail` also fetches a target's page (`/target/NAME`, read from the store) each second.
 
 Needs root and iproute2. Usage:
-  sudo .venv/bin/python tests/bench/status_page.py [--seconds 120] [--no-poll] [--tree DIR]
+  sudo .venv/bin/python tests/bench/status_page.py [--seconds 120] [--no-poll] [--no-store]
+      [--detail] [--tree DIR]
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ BASE = "http://127.0.0.1:9464"
 POLLER = """
 import json, sys, time, urllib.request as u
 opener = u.build_opener(u.ProxyHandler({}))
-took = {"/": [], "/api/targets": []}
+took = {p: [] for p in sys.argv[3:]}
 size = {}
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
@@ -72,14 +76,18 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
     ap.add_argument("--tree", help="run the daemon from this checkout (PYTHONPATH), e.g. main")
+    ap.add_argument("--no-store", action="store_true", help='[store] path = ""')
+    ap.add_argument("--detail", action="store_true", help="also GET /target/NAME each second")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
     tree = Path(a.tree).resolve() if a.tree else Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(tree)}  # and the cwd: `-m` puts it first on the path
-    config = Path(tempfile.mkdtemp()) / "config.toml"
+    work = Path(tempfile.mkdtemp())
+    config = work / "config.toml"
+    store = "" if a.no_store else str(work / "state")
     lines = [f'[defaults]\ninterval = {a.interval}\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
-             '[metrics]\nlisten = "127.0.0.1:9464"\n']  # fmt: skip
+             '[metrics]\nlisten = "127.0.0.1:9464"\n', f'[store]\npath = "{store}"\n']  # fmt: skip
     lines += [
         f'[[targets]]\naddress = "127.0.0.1:{p}"\nlabels = {{ team = "t{p % 10}" }}\n'
         for p in range(20001, 20000 + a.targets)
@@ -106,8 +114,9 @@ def main() -> int:
             time.sleep(a.seconds)
             seen = None
         else:
-            out = subprocess.run([*prefix, sys.executable, "-c", POLLER, str(a.seconds), BASE],
-                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+            paths = ["/", "/api/targets"] + (["/target/127.0.0.1:20001"] if a.detail else [])
+            poller = [*prefix, sys.executable, "-c", POLLER, str(a.seconds), BASE, *paths]
+            out = subprocess.run(poller, capture_output=True, text=True, check=True).stdout
             seen = json.loads(out)
         # A scrape of 10,000 targets' series holds the loop for a while, and the starts it
         # delays are counted after it: the window below includes the first scrape's stall
@@ -115,7 +124,8 @@ def main() -> int:
         cpu = cpu_seconds(daemon.pid) - cpu
         buckets = scraped_lag(prefix)
         print(f"{'no polling' if a.no_poll else 'polled'}, {a.seconds} s, {a.targets} targets "
-              f"every {a.interval:g} s, daemon from {tree}")  # fmt: skip
+              f"every {a.interval:g} s, store {'off' if a.no_store else 'on'}, "
+              f"daemon from {tree}")  # fmt: skip
         if seen is not None:
             for path, took in seen["took"].items():
                 took.sort()
@@ -131,6 +141,7 @@ def main() -> int:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(15)
         subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
