@@ -52,7 +52,7 @@ DAYS = 90  # the uptime bar's length
 BADGE_DAYS = 30  # the badge's uptime span
 _FULL = 100.0
 DAYS_MAX_AGE = 60.0  # seconds a target's bar is reused (it changes once a minute at most)
-DAY_W, DAY_STEP, DAY_H = 1.5, 2, 14  # one day's mark in the bar
+DAY_STEP, DAY_H = 2, 14  # one day's mark in the bar (1.5 drawn, 0.5 gap: status.css)
 
 COLUMNS = ("name", "address", "state", "since", "last outcome", "local endpoint", "latency",
            "RTT", "uptime", "last hour", "90 days", "state changes")  # fmt: skip
@@ -696,10 +696,18 @@ def day_class(pct: float | None) -> int:
 
 
 def days_svg(days: tuple[float | None, ...]) -> str:
-    """The uptime bar: one mark per day, a path per kind of day (a few hundred bytes)."""
+    """The uptime bar: one mark per day, drawn as a dashed stroke per run of days of the same
+    kind (a few dozen bytes for a steady target, whatever the number of days)."""
     paths: list[list[str]] = [[], [], [], []]
-    for i, pct in enumerate(days):
-        paths[day_class(pct)].append(f"M{i * DAY_STEP} 0h{DAY_W}v{DAY_H}h-{DAY_W}z")
+    run_start, kind = 0, -1
+    for i, pct in enumerate((*days, -1.0)):
+        k = -1 if pct == -1.0 else day_class(pct)
+        if k != kind:
+            if kind >= 0:
+                paths[kind].append(
+                    f"M{run_start * DAY_STEP} {DAY_H / 2:g}h{(i - run_start) * DAY_STEP}"
+                )
+            run_start, kind = i, k
     known = [p for p in days if p is not None]
     worst = f"; worst day {min(known):.2f} %" if known else ""
     title = f"uptime by day, {len(known)} days with attempts{worst}"

@@ -9,7 +9,7 @@
   const EVERY_MS = 2000;
   const SVG = "http://www.w3.org/2000/svg";
   const W = 240, H = 36, SHOWN_W = 180;
-  const DAY_W = 1.5, DAY_STEP = 2, DAY_H = 14;
+  const DAY_STEP = 2, DAY_H = 14;
   const DAY_CLASSES = ["none", "bad", "warn", "ok"];
   // Text cells by class, and the index of their text in the row's `cells`.
   const TEXT = [["address", 1], ["state", 2], ["since", 3], ["outcome", 4], ["local", 5],
@@ -77,8 +77,14 @@
     const svg = svgEl("svg", {class: "days", viewBox: `0 0 ${width} ${DAY_H}`, width: width,
                               height: DAY_H, role: "img"});
     const paths = [[], [], [], []];
-    days.forEach((pct, i) => paths[dayClass(pct)].push(
-      `M${i * DAY_STEP} 0h${DAY_W}v${DAY_H}h-${DAY_W}z`));
+    let start = 0, kind = -1;  // runs of days of one kind: one dashed stroke each
+    [...days, undefined].forEach((pct, i) => {
+      const k = pct === undefined ? -1 : dayClass(pct);
+      if (k === kind) return;
+      if (kind >= 0) paths[kind].push(`M${start * DAY_STEP} ${DAY_H / 2}h${(i - start) * DAY_STEP}`);
+      start = i;
+      kind = k;
+    });
     const known = days.filter(d => d !== null);
     const title = svgEl("title", {});
     title.textContent = `uptime by day, ${known.length} days with attempts` +
