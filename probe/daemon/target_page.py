@@ -182,7 +182,7 @@ def _figure(k: int, span: Span, cols: list[Column], scale: float, end: float) ->
         f'<figure class="span" id="span-{k}"><figcaption>{_e(caption)}</figcaption>'
         f'<svg class="history" viewBox="{box}" tabindex="0" role="group" '
         f'aria-label="{_e(label)}" aria-describedby="readout-{k}">'
-        f'<text class="ylabel" x="0" y="{H / 2:.0f}">ms</text>{axis}{"".join(parts)}{times}'
+        f"{axis}{''.join(parts)}{times}"
         f'</svg><p class="readout" id="readout-{k}" aria-live="polite"></p></figure>'
     )
 

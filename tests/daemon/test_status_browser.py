@@ -226,6 +226,10 @@ def test_status_page_in_a_browser(
     _shot(web, tmp_path, "status-wide.png")
     width = web.execute_script("return [document.documentElement.scrollWidth, window.innerWidth];")
     assert width[0] <= width[1], width  # 1400 px: no sideways scroll either
+    lines = web.execute_script("""
+      return Array.from(document.querySelectorAll("#targets td.name a")).map(a =>
+        a.getClientRects().length);""")
+    assert lines == [1, 1, 1, 1], lines  # no name wraps, let alone inside a word
 
     # A selection in the local endpoint (which changes with every attempt), and focus on a
     # link, survive three refreshes: the cell is left alone while it is selected.
@@ -308,6 +312,15 @@ def test_narrow_and_dark(daemon: Daemon, browser: Any, tmp_path: Path) -> None:
         [a.textContent, a.getClientRects().length]);""")
     assert all(n == 1 for _, n in lines), lines
     _shot(web, tmp_path, "status-narrow.png")
+    # The scroll position survives three refreshes too (a short window: the page scrolls).
+    web.set_window_size(390, 420)
+    scrolled = web.execute_script(
+        "window.scrollTo(0, 150); return [window.scrollY, document.documentElement.scrollHeight,"
+        " window.innerHeight];"
+    )
+    assert scrolled[0] == 150, scrolled
+    _after_polls(web, 3)
+    assert web.execute_script("return window.scrollY;") == 150
 
     light = web.execute_script("return getComputedStyle(document.body).backgroundColor;")
     dark_scheme = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}

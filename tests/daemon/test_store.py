@@ -274,3 +274,22 @@ def test_daemon_restart_keeps_state_since_and_history(tmp_path: Path) -> None:
             assert second.stop(timeout=10) == 0, second.stderr
     finally:
         up.close()
+
+
+def test_daemon_with_a_corrupt_store_warns_and_starts_fresh(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / FILE_NAME).write_bytes(b"\x00garbage" * 1000)
+    refused = f"127.0.0.1:{closed_port()}"
+    log = tmp_path / "log"
+    d = Daemon.start(tmp_path, config_toml(log, target_toml("down", refused), interval=0.3), log)
+    try:
+        warned = d.wait_event("store", result="fresh")
+        assert Path(warned["moved_to"]).read_bytes().startswith(b"\x00garbage")
+        wait_for("the target's state", lambda: b'probe_up{target="down"} 0.0' in
+                 http_fetch(d.port, "/metrics")[2])  # fmt: skip
+    finally:
+        assert d.stop(timeout=10) == 0, d.stderr
+    conn = sqlite3.connect(state / FILE_NAME)  # the fresh store took the outage
+    assert conn.execute("SELECT up FROM targets WHERE name = 'down'").fetchone() == (0,)
+    conn.close()
