@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import CONTRACT_KEYS, Daemon, config_toml, parse_prometheus, run_probe, value
-from stage_servers import Certs, Servers, servers
+from stage_servers import Certs, Servers, servers, tls10_possible
 
 # trustme's certificates end at 3000-01-01T00:00:00Z: blackbox exposes that as Unix seconds
 EXPIRY = float(calendar.timegm((3000, 1, 1, 0, 0, 0)))
@@ -38,6 +38,7 @@ def ports(srv: Servers, certs: Certs) -> dict[str, int]:
     out["smtp"] = srv.smtp(certs.context())
     out["flood"] = srv.flood()
     out["banner"] = srv.banner(b"SSH-2.0-test\r\n")
+    out["tls10"] = srv.tls(certs.context("tls10")) if tls10_possible() is None else 0
     return out
 
 
@@ -58,6 +59,7 @@ def stage_config(log: Path, ports: dict[str, int], ca: str) -> str:
         f'[modules.smtp]\nstarttls = "smtp"\n{tls}\n\n'
         '[modules.ssh]\nexpect = "^SSH-2\\\\.0"\n\n'
         "[modules.plain]\n\n"
+        f'[modules.tls10]\ntls = {{ ca_file = {json.dumps(ca)}, min_version = "TLS10" }}\n\n'
     )
     return config_toml(log, targets, interval=0.5, timeout=0.4)
 
@@ -159,6 +161,24 @@ def test_probe_with_module(
         assert value(samples, "probe_tls_version_info", version="TLSv1.3") == 1
     if module == "ssh":
         assert value(samples, "probe_failed_due_to_regex") == (0 if error is None else 1)
+
+
+def test_probe_tls10_only_server(daemon: Daemon, ports: dict[str, int]) -> None:
+    """The default minimum (TLS 1.2) refuses it; a module with min_version = "TLS10" says
+    which version it speaks, as blackbox's probe_tls_version_info does."""
+    why = tls10_possible()
+    if why:
+        pytest.skip(why)
+    target = f"/probe?target=127.0.0.1:{ports['tls10']}"
+    _, _, body = daemon.get(f"{target}&module=tls_ca")
+    samples = parse_prometheus(body)
+    assert value(samples, "probe_success") == 0
+    assert value(samples, "probe_failed_due_to", reason="TLS_HANDSHAKE") == 1
+    _, _, body = daemon.get(f"{target}&module=tls10")
+    samples = parse_prometheus(body)
+    if value(samples, "probe_success") != 1:
+        pytest.skip("this OpenSSL would not make the TLS 1.0 handshake")
+    assert value(samples, "probe_tls_version_info", version="TLSv1") == 1
 
 
 def test_probe_without_module_is_a_plain_connect(daemon: Daemon, ports: dict[str, int]) -> None:
