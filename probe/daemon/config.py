@@ -47,6 +47,7 @@ from .stage_config import (
     STAGE_KEYS,
     StageConfigError,
     check_module_name,
+    fresh_files,
 )
 from .stage_config import resolve as resolve_stages
 from .target_lists import MAX_GLOBS, MAX_TARGETS
@@ -1048,6 +1049,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
     except ValueError:  # int() refuses more than 4300 digits
         raise ConfigError(path, None, "a number has too many digits") from None
     base = _BASE.set(Path(path).parent)
+    fresh_files()  # TLS files are read again on every load (a renewed CA, same path)
     try:
         return _resolve(data)
     except _Invalid as exc:

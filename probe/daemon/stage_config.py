@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,15 @@ class StageConfigError(ValueError):
         super().__init__(problem)
         self.at = at
         self.problem = problem
+
+
+def fresh_files() -> None:
+    """A config load reads the TLS files again (a renewed CA or client certificate under the
+    same path): the contexts made for the last load are forgotten. Within one load, targets
+    with the same settings share one context."""
+    tls = sys.modules.get("probe.stages.tls")
+    if tls is not None:
+        tls.client_context.cache_clear()
 
 
 def stage_table(table: Mapping[str, Any]) -> dict[str, Any]:

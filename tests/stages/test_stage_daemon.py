@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,3 +268,30 @@ def test_status_page_shows_tls_version_and_days_to_expiry(daemon: Daemon) -> Non
     assert status == 200
     assert '<th class="extra">TLS</th>' in html and "cert expires in" in html
     assert f"{days} days" in html
+
+
+def test_reload_reads_the_ca_file_again(tmp_path: Path, srv: Servers, certs: Certs) -> None:
+    """The same ca_file path with other contents after SIGHUP: the next handshakes check
+    against the new file (a context is never kept across loads)."""
+    ca = tmp_path / "ca.pem"
+    certs.ca.cert_pem.write_to_path(str(ca))
+    port = srv.tls(certs.context())
+    log = tmp_path / "log.jsonl"
+    text = config_toml(
+        log,
+        f'[[targets]]\nname = "t"\naddress = "127.0.0.1:{port}"\n'
+        f"tls = {{ ca_file = {json.dumps(str(ca))} }}\n",
+        interval=0.2,
+    )
+    d = Daemon.start(tmp_path, text, log)
+    try:
+        assert d.wait_records("t", 1)[0]["outcome"] == "open"
+        certs.other_ca.cert_pem.write_to_path(str(ca))
+        d.send(signal.SIGHUP)
+        d.wait_event("reload", result="ok")
+        d.wait(
+            "a record checked against the new CA",
+            lambda: any(r["error"] == "CERT_UNTRUSTED" for r in d.records("t")),
+        )
+    finally:
+        d.kill()
