@@ -180,6 +180,16 @@ def _listening(host: str) -> Iterator[RecordingListener]:
     lst.close()
 
 
+@pytest.fixture(autouse=True)
+def _own_state_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each test's daemons start from an empty default store: a target restored from another
+    test's run (a name like "web" is common) would start with that test's state."""
+    if "STATE_DIRECTORY" not in os.environ:
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state-home")))
+
+
 @pytest.fixture
 def listener() -> Iterator[RecordingListener]:
     yield from _listening("127.0.0.1")
