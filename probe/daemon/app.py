@@ -1,7 +1,7 @@
 """`probe run`: the daemon. Builds the parts, then serve → run until a signal → shutdown.
 
 The parts: `runner` (schedule → resolve → engine → state), `ondemand` (GET /probe), their
-two `engines`, `metrics`, `http`, `status`. Signals are captured once, on the loop, and stay
+two `engines`, `metrics`, `meshing`, `web`. Signals are captured once, on the loop, and stay
 captured until exit: SIGHUP reloads the config and reopens the log file (coalesced: a storm
 of them is one reload per loop turn); SIGTERM and SIGINT stop scheduling, let the attempts
 in flight finish (bounded by their timeout), flush, and exit 0. During that drain SIGHUP is
@@ -24,15 +24,14 @@ from ..output.writer import OUTPUT_DRAIN, RecordWriter, stdout_writer
 from . import fleet
 from .config import Config, ResolvedTarget, load_config, log_format, metrics_listen, needs_restart
 from .engines import Engines
-from .http import PROBE_TIMEOUT_MAX, HttpServer
+from .http import PROBE_TIMEOUT_MAX
 from .meshing import Meshing
 from .metrics import Metrics
 from .ondemand import OnDemand
 from .runner import Runner, own_targets
 from .runner import _job_key as _job_key  # the schedule's key, for tests
 from .shortage import PortShortages
-from .status import StatusPage
-from .tls_series import STATUS_COLUMNS
+from .web import Web
 
 RESOLVE_TTL = 60.0  # seconds: a months-long run follows DNS changes
 RESOLVE_DEADLINE = 5.0  # seconds a scheduled name's re-resolution may take
@@ -55,8 +54,7 @@ class Daemon:
         self.writer = writer
         write_record = configure(writer, log_format(config))  # before anything logs
         self.log = event_logger()
-        listen = metrics_listen(config)
-        self.engines = Engines(config, listen is not None, self.log)
+        self.engines = Engines(config, metrics_listen(config) is not None, self.log)
         self.metrics = Metrics(lambda: float(self.engines.inflight))
         self.engines.hook(self._engine_closed, PortShortages(self.metrics.port_shortages, self.log))
         self.runner = Runner(
@@ -76,44 +74,17 @@ class Daemon:
             lambda: self.runner.running,
         )
         self.ondemand.configure(config, self.engines.probe_limit)
-        self.http: HttpServer | None = None
-        self.http_port = 0
         self.meshing = Meshing(
-            config, self.engines.schedule, self.runner.write, self.log, lambda: self.http_port
+            config, self.engines.schedule, self.runner.write, self.log, lambda: self.web.port
         )
-        if listen is not None:
-            runner = self.runner
-            # TLS targets at start: the page gains their version and days to expiry
-            tls = any(t.stages is not None and t.stages.uses_tls for t in config.targets)
-            page = StatusPage(
-                runner.targets,
-                runner.history,
-                store=lambda: runner.store,
-                extra_columns=STATUS_COLUMNS if tls else (),
-                extras=self.metrics.tls.columns if tls else None,
-            )
-            self.http = HttpServer(
-                listen[0], listen[1], self.metrics.pieces, lambda: self.runner.running,
-                self.ondemand, routes=[*page.routes(), *self.meshing.routes()],
-                max_connections=self.engines.http_limit,
-            )  # fmt: skip
+        parts = (self.engines, self.metrics, self.runner, self.ondemand)
+        self.web = Web(config, *parts, self.meshing.routes())
         self._stopped = asyncio.Event()
         self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
         self._reload_pending = False
 
     async def serve(self) -> int:
-        if self.http is not None:
-            try:
-                host, port = await self.http.start()
-            except OSError as exc:
-                await self._close()
-                report(f"cannot listen on {self.config.metrics.listen}: {exc.strerror}")
-                return EXIT_USAGE
-            self.log.info(
-                "listening", address=f"{host}:{port}", connections=self.engines.http_limit
-            )
-            self.http_port = port
-        failed = await self.meshing.start()
+        failed = await self.web.start(self.log) or await self.meshing.start()
         if failed is not None:
             await self._close()
             report(failed)
@@ -201,13 +172,12 @@ class Daemon:
         if not self.engines.closed:
             # Every attempt in flight ends by its own deadline; this bound is a safety net.
             longest = self.runner.longest_timeout()
-            if self.http is not None:
+            if self.web.server is not None:
                 longest = max(longest, PROBE_TIMEOUT_MAX)  # a GET /probe may ask for this long
             if not await self.engines.drain(longest + 1.0, self._abandon):
                 self._report_abandoned()
         self.engines.close()  # what is still waiting for a record gets 503
-        if self.http is not None:
-            await self.http.stop()
+        await self.web.stop()
         await self._close()
         if self.fatal is None:
             self.log.info("stopped", config=self.path)
