@@ -49,6 +49,10 @@ LABEL_JOIN = "probe_up * on(target) group_left(team) probe_target_info"
 MEDIAN = (
     "histogram_quantile(0.5, sum by(le,target)(rate(probe_connect_latency_seconds_bucket[1m])))"
 )
+MEAN = (
+    "sum by(target)(rate(probe_connect_seconds_sum[1m]))"
+    " / sum by(target)(rate(probe_connect_seconds_count[1m]))"
+)
 
 RULES = """\
 groups:
@@ -268,6 +272,8 @@ def test_prometheus_scrapes_three_shards(
 
     median = prom.poll("a median connect latency", medians, deadline)
     assert 0 < median["open"] < 0.1 and 0 < median["refused"] < 0.1
+    mean = {s["metric"]["target"]: float(s["value"][1]) for s in prom.query(MEAN)}
+    assert 0 < mean["open"] < 0.1 and 0 < mean["refused"] < 0.1
     assert "slow" not in median or median["slow"] != median["slow"]  # timeouts: no latency
 
     # The alert on the refused target fires.
