@@ -153,9 +153,11 @@ class MeshPage:
         async with self._session.get(f"http://{where}/api/mesh", allow_redirects=False) as resp:
             if resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}")
-            body = await resp.content.read(ROW_LIMIT + 1)
-            if len(body) > ROW_LIMIT:
-                raise ValueError("row too large")
+            body = b""
+            while chunk := await resp.content.read(ROW_LIMIT + 1 - len(body)):
+                body += chunk
+                if len(body) > ROW_LIMIT:
+                    raise ValueError("row too large")
             try:
                 return _decode(body)
             except msgspec.DecodeError:

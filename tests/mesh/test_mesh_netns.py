@@ -9,10 +9,7 @@ PROBE_MESH_NODES sets N (default 6; 20 is the goal's size, ~1 min of a 2-core ma
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,123 +17,30 @@ from typing import Any
 
 import pytest
 from helpers import (
-    FAKE_DNS,
-    Daemon,
-    Netns,
+    MESH_HTTP,
+    MESH_INTERVAL,
+    MESH_PORT,
+    MESH_TIMEOUT,
+    MeshNet,
     can_netns,
     in_netns,
-    kill,
-    need_tools,
-    ns_get,
-    start_in,
+    mesh_ip,
+    mesh_name,
     wait_for,
 )
 
 NODES = int(os.environ.get("PROBE_MESH_NODES", "6"))
 INTERVAL, TIMEOUT = 3.0, 2.0
-NET = "10.78.0"  # private, only inside the namespaces made here
-HUB = f"{NET}.254"
-PORT, HTTP = 7070, 9464
-CELL = re.compile(r'<td class="(\w+)"><a href="[^"]*" title="([^"]+) → ([^"]+)">(.*?)</a></td>')
-
-
-def ip(i: int) -> str:
-    return f"{NET}.{i + 1}"
-
-
-def name(i: int) -> str:
-    return f"n{i:02d}"
-
-
-CONFIG = """\
-[metrics]
-listen = "0.0.0.0:{http}"
-probe_allow = ["{net}.0/24"]
-
-[log]
-format = "json"
-file = "{log}"
-
-[defaults]
-timeout = {timeout}
-
-[serve]
-name = "{name}"
-
-[mesh]
-peers = "mesh.test:{port}"
-interval = {interval}
-"""
-
-
-class Mesh:
-    def __init__(self, tmp: Path, n: int) -> None:
-        self.hub = Netns()
-        self.nodes: list[Netns] = []
-        self.daemons: list[Daemon] = []
-        self.dns: subprocess.Popen[str] | None = None
-        self.etc: list[Path] = []
-        need_tools(self.hub, "iptables")
-        self.hub.run("ip", "link", "add", "br0", "type", "bridge")
-        self.hub.run("ip", "addr", "add", f"{HUB}/24", "dev", "br0")
-        self.hub.run("ip", "link", "set", "br0", "up")
-        for i in range(n):
-            ns = Netns()
-            self.nodes.append(ns)
-            ns.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"h{i}",
-                   "netns", self.hub.name)  # fmt: skip
-            ns.run("ip", "addr", "add", f"{ip(i)}/24", "dev", "eth0")
-            ns.run("ip", "link", "set", "eth0", "up")
-            self.hub.run("ip", "link", "set", f"h{i}", "master", "br0", "up")
-            etc = Path("/etc/netns") / ns.name
-            etc.mkdir(parents=True)
-            (etc / "resolv.conf").write_text(f"nameserver {HUB}\noptions timeout:2 attempts:2\n")
-            self.etc.append(etc)
-        records = ",".join(ip(i) for i in range(n))
-        self.dns = self.hub.popen(sys.executable, "-c", FAKE_DNS, str(tmp / "no-hang"), HUB,
-                                  records, stdout=subprocess.PIPE)  # fmt: skip
-        assert self.dns.stdout is not None and self.dns.stdout.readline().strip() == "ready"
-        for i, ns in enumerate(self.nodes):
-            home = tmp / name(i)
-            home.mkdir()
-            log = home / "log"
-            text = CONFIG.format(http=HTTP, net=NET, log=log, timeout=TIMEOUT, name=name(i),
-                                 port=PORT, interval=INTERVAL)  # fmt: skip
-            start_in(home, text, log, self.daemons, ns=ns)
-        for d in self.daemons:
-            d.wait_event("started", timeout=60)
-
-    def row(self, i: int) -> dict[str, Any]:
-        import json
-
-        status, _, body = ns_get(self.nodes[i], HTTP, "/api/mesh")
-        assert status == 200, body
-        row: dict[str, Any] = json.loads(body)
-        return row
-
-    def matrix(self, i: int = 0) -> tuple[str, dict[tuple[str, str], tuple[str, str]]]:
-        status, ctype, body = ns_get(self.nodes[i], HTTP, "/mesh", timeout=10)
-        assert status == 200 and ctype.startswith("text/html"), body
-        cells = {(m[2], m[3]): (m[1], m[4]) for m in CELL.finditer(body)}
-        return body, cells
-
-    def close(self) -> None:
-        for d in self.daemons:
-            d.kill()
-        if self.dns is not None:
-            kill(self.dns)
-        for etc in self.etc:
-            shutil.rmtree(etc, ignore_errors=True)
-        for ns in (*self.nodes, self.hub):
-            ns.delete()
+INTERVAL, TIMEOUT = MESH_INTERVAL, MESH_TIMEOUT
+ip, name, PORT, HTTP = mesh_ip, mesh_name, MESH_PORT, MESH_HTTP
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Mesh]:
+def mesh(tmp_path: Path) -> Iterator[MeshNet]:
     reason = can_netns()
     if reason:
         pytest.skip(reason)
-    m = Mesh(tmp_path, NODES)
+    m = MeshNet(tmp_path, NODES)
     try:
         yield m
     finally:
@@ -147,7 +51,7 @@ def all_pairs(n: int) -> set[tuple[str, str]]:
     return {(name(a), name(b)) for a in range(n) for b in range(n) if a != b}
 
 
-def test_the_matrix_shows_exactly_the_broken_pair(mesh: Mesh, tmp_path: Path) -> None:
+def test_the_matrix_shows_exactly_the_broken_pair(mesh: MeshNet, tmp_path: Path) -> None:
     n = len(mesh.nodes)
     began = time.monotonic()
 
@@ -233,7 +137,7 @@ def _epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
-def screenshot(mesh: Mesh, tmp: Path, file: str) -> None:
+def screenshot(mesh: MeshNet, tmp: Path, file: str) -> None:
     """The matrix in Chromium, run inside node 0's namespace; no console errors (a CSP
     violation is one); kept in $PROBE_SCREENSHOTS when set."""
     chromium = next((p for c in ("chromium", "chromium-browser") if (p := shutil.which(c))), None)
