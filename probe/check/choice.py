@@ -30,6 +30,7 @@ NATIVE_PLAN: dict[str, Accept] = {
     "workers": _ANY,
     "rate_epoch": _ANY,  # the grid --rate keeps (engine options say whether it is used)
     "endpoints": _ANY,  # a count for the summary, not an option
+    "concurrency_given": _ANY,  # for the -C lowered message
     "blocking_input": _ANY,
     "exclude": _ANY,
     "shard": _ANY,

@@ -32,6 +32,7 @@ from .progress import ProgressLine
 from .report import interrupted_line, summary
 from .result import ShareResult
 from .run import run_share
+from .settle import settle
 from .share import Progress
 from .sinks import Sinks, csv_rows
 
@@ -39,6 +40,7 @@ RATE_START = 0.25  # seconds from now to --rate's first slot, when workers share
 
 
 def run_plan(plan: Plan) -> int:
+    plan = settle(plan)
     out = stdout_writer()
     json_out = _json_file(plan)
     output = plan.output

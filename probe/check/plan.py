@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from ..address import literal
 from ..engine import EngineOptions
-from ..engine.nofile import fit_concurrency
-from ..errors import TargetError, UsageError, report
+from ..engine.nofile import DEFAULT_CONCURRENCY
+from ..errors import TargetError, UsageError
 from ..plain import Frozen
 from ..syntax import (
     Exclusions,
@@ -33,7 +33,6 @@ from ..syntax import (
     parse_target,
     read_exclusions,
 )
-from ..words import plural
 
 # At most this many endpoints and every attempt gets its own line, whatever the count
 # (nmap lists up to 25 closed ports before it folds them into "Not shown").
@@ -100,6 +99,7 @@ class Plan(Frozen):
 
     __slots__ = (
         "blocking_input",
+        "concurrency_given",
         "count",
         "default_ports",
         "endpoints",
@@ -130,6 +130,7 @@ class Plan(Frozen):
     # on one grid from it.
     rate_epoch: float | None
     stages: StageSpec | None  # after each connect: TLS, send/expect (the Python engine's)
+    concurrency_given: bool  # -C was given (a lowered -C is then said on stderr)
 
     def __init__(
         self,
@@ -147,6 +148,7 @@ class Plan(Frozen):
         rate_epoch: float | None = None,
         stages: StageSpec | None = None,
         endpoints: int | None = None,
+        concurrency_given: bool = False,
     ) -> None:
         self._set(locals())
 
@@ -202,11 +204,12 @@ def build_plan(
     )
     excluded = _exclusions(exclude, exclude_files)
     share = _shard(shard)
-    # last: they may say on stderr that -C was lowered
-    fitted = _fit_range(_concurrency(concurrency), concurrency, source_ports)
+    # what the machine allows (the open-files limit, a source port range, a bind) is found
+    # out by `settle`, before the run: planning touches nothing and says nothing
+    asked = DEFAULT_CONCURRENCY if concurrency is None else concurrency
     options = EngineOptions(
         timeout=timeout,
-        concurrency=fitted,
+        concurrency=asked,
         rate=rate,
         retries=retries,
         source=bound,
@@ -219,7 +222,7 @@ def build_plan(
     wanted = cpus if workers is None else min(workers, MAX_WORKERS_PER_CPU * cpus)
     # A source range: one allocator hands out its ports, one per attempt, in one process.
     one = list_mode or blocking or source_ports is not None
-    processes = 1 if one else max(1, min(wanted, fitted))
+    processes = 1 if one else max(1, min(wanted, asked))
     output = Output(fmt, open_only, json_file, list_mode, width, histogram, verbose)
     return Plan(
         tokens=tuple(tokens),
@@ -235,6 +238,7 @@ def build_plan(
         output=output,
         stages=stages,
         endpoints=endpoints,
+        concurrency_given=concurrency is not None,
     )
 
 
@@ -281,37 +285,7 @@ def _source(text: str | None, family: int) -> tuple[tuple[str, int], tuple[int, 
         raise UsageError(f"-s {text}: source address family does not match -4/-6")
     bound = (address, 0 if spec.is_range else spec.port_lo)
     ports = (spec.port_lo, spec.port_hi) if spec.is_range else None
-    from ..engine import check_source  # -s only: it imports socket
-
-    try:
-        check_source(bound, ports)
-    except OSError as exc:
-        raise UsageError(f"-s {text}: cannot bind: {exc.strerror}") from None
     return bound, ports
-
-
-def _fit_range(concurrency: int, requested: int | None, ports: tuple[int, int] | None) -> int:
-    """One attempt per port of `-s ADDR:LO-HI`: a smaller range lowers -C, said once."""
-    if ports is None or ports[1] - ports[0] + 1 >= concurrency:
-        return concurrency
-    lo, hi = ports
-    size = hi - lo + 1
-    report(
-        f"-C {requested if requested is not None else concurrency} lowered to {size}: the "
-        f"source range {lo}-{hi} has {plural(size, 'port')} (one attempt per port)",
-        prefix="",
-    )
-    return size
-
-
-def _concurrency(requested: int | None) -> int:
-    concurrency, room = fit_concurrency(requested)
-    if requested is not None and requested > concurrency:
-        report(
-            f"-C {requested} lowered to {concurrency}: the open-files limit leaves room for {room}",
-            prefix="",
-        )
-    return concurrency
 
 
 def _exclusions(items: Sequence[str], files: Sequence[str]) -> Excluded | None:
