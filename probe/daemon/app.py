@@ -126,7 +126,7 @@ class Daemon:
             return
         old = self.config
         try:
-            new = load_config(self.path)
+            new = load_config(self.path, fleet.owner(self.shard_override))
             targets = self._own_targets(new)
         except ConfigError as exc:
             return self._reload_failed(str(exc), str(exc))
@@ -236,9 +236,9 @@ async def _serve(path: str, config: Config, shard: fleet.Shard | None) -> int:
 def run_daemon(path: str, shard: fleet.Shard | None = None) -> int:
     """Load the config (ConfigError escapes: the caller reports it) and serve until a signal.
     `shard`: --shard; when None, the environment's PROBE_SHARD (UsageError if malformed)."""
-    config = load_config(path)
     if shard is None:
         shard = fleet.shard_from_env()
+    config = load_config(path, fleet.owner(shard))
     own_targets(path, config, shard)  # refuse a config whose labels or shard are bad, now
     # a usable config, but likely not the one meant (said after the checks that refuse one)
     if not config.targets and config.mesh.peers is None and not config.serve.listen:

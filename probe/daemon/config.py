@@ -40,6 +40,7 @@ from ..serve.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_RATE
 from ..stages.spec import StageSpec
 from ..syntax import Source, parse_endpoint, parse_shard, parse_source_spec
 from ..syntax.endpoint import parse_listen
+from ..syntax.sharding import shard_of
 from . import target_lists
 from .stage_config import (
     MODULE_KEY,
@@ -802,6 +803,18 @@ def _globs(value: object, at: _Path) -> tuple[str, ...]:
 
 # The directory relative list paths start from: the config file's (parse_config sets it).
 _BASE: ContextVar[Path] = ContextVar("config_base", default=Path())
+# Which listed targets a daemon keeps (its shard's, by name): the others are checked and
+# their names counted, but not built, so a shard of a big fleet holds only its share.
+_KEEP: ContextVar[Callable[[str], bool] | None] = ContextVar("config_keep", default=None)
+
+
+def _keeper(cluster: ClusterConfig) -> Callable[[str], bool] | None:
+    """The shard to keep: the caller's (--shard, PROBE_SHARD), else [cluster] shard."""
+    keep = _KEEP.get()
+    if keep is None and cluster.shard is not None:
+        index, count = cluster.shard
+        return lambda name: shard_of(name, count) == index
+    return keep
 
 
 def _listed(
@@ -817,6 +830,7 @@ def _listed(
         return
     raw_defaults, modules = table.get("defaults", {}), fields["modules"]
     plain = _stages(_stage_layers({}, ("defaults",), raw_defaults, modules), ("defaults",))
+    keep = _keeper(fields["cluster"])
     for path in lists:
         for item in target_lists.items(path):
             if len(resolved) >= MAX_TARGETS:
@@ -827,6 +841,12 @@ def _listed(
                     _target_fields(given, item.table, ())
                 else:
                     given = TARGET(item.table, ())
+                name = given["name"]
+                if keep is not None and not keep(name):
+                    if name in names:
+                        raise _Invalid(("name",), _duplicate(name, item, names))
+                    names[name] = f"{item.file} line {item.line}"
+                    continue
                 stages = plain
                 if not STAGES.keys().isdisjoint(item.table):
                     stages = _stages(_stage_layers(item.table, (), raw_defaults, modules), ())
@@ -834,14 +854,14 @@ def _listed(
             except _Invalid as exc:
                 raise item.error(_render_key(exc.at) if exc.at else None, exc.problem) from None
             if target.name in names:
-                hint = "" if "name" in item.table else " (name defaults to the address)"
-                raise item.error(
-                    "name",
-                    f"duplicate target name {_show(target.name)}{hint}, "
-                    f"already used by {names[target.name]}",
-                )
+                raise item.error("name", _duplicate(target.name, item, names))
             names[target.name] = f"{item.file} line {item.line}"
             resolved.append(target)
+
+
+def _duplicate(name: str, item: target_lists.Item, names: Mapping[str, str]) -> str:
+    hint = "" if "name" in item.table else " (name defaults to the address)"
+    return f"duplicate target name {_show(name)}{hint}, already used by {names[name]}"
 
 
 def _targets(value: object, at: _Path) -> list[dict[str, Any]]:
@@ -953,8 +973,10 @@ def _resolve(data: dict[str, Any]) -> Config:
 # -- reading and parsing --------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read (bounded), parse and resolve a config file; every failure is a ConfigError."""
+def load_config(path: str | os.PathLike[str], keep: Callable[[str], bool] | None = None) -> Config:
+    """Read (bounded), parse and resolve a config file; every failure is a ConfigError.
+    `keep`: which listed targets (by name) a daemon builds; every line is checked all the
+    same. None: the config's [cluster] shard, else every one."""
     shown = os.fspath(path)
     raw = _read_bounded(shown)
     try:
@@ -970,7 +992,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             f"(byte 0x{raw[exc.start]:02x}); TOML files must be UTF-8",
         ) from None
     # Editors on Windows like to prepend a BOM, which tomllib rejects.
-    return parse_config(text.removeprefix("\ufeff"), shown)
+    return parse_config(text.removeprefix("\ufeff"), shown, keep)
 
 
 def _read_bounded(shown: str) -> bytes:
@@ -1029,8 +1051,11 @@ def _check_dotted_keys(text: str, path: str) -> None:
             )
 
 
-def parse_config(text: str, path: str = "config.toml") -> Config:
-    """Check and resolve TOML text; ``path`` only labels error messages."""
+def parse_config(
+    text: str, path: str = "config.toml", keep: Callable[[str], bool] | None = None
+) -> Config:
+    """Check and resolve TOML text; ``path`` labels error messages and is where relative
+    target lists start; ``keep`` as in :func:`load_config`."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(path, None, f"file too large (over {MAX_CONFIG_BYTES} bytes)")
     _check_dotted_keys(text, path)
@@ -1048,7 +1073,7 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         raise ConfigError(path, None, "arrays or tables are nested too deeply") from None
     except ValueError:  # int() refuses more than 4300 digits
         raise ConfigError(path, None, "a number has too many digits") from None
-    base = _BASE.set(Path(path).parent)
+    base, kept = _BASE.set(Path(path).parent), _KEEP.set(keep)
     fresh_files()  # TLS files are read again on every load (a renewed CA, same path)
     try:
         return _resolve(data)
@@ -1056,3 +1081,4 @@ def parse_config(text: str, path: str = "config.toml") -> Config:
         raise ConfigError(path, _render_key(exc.at), exc.problem) from None
     finally:
         _BASE.reset(base)
+        _KEEP.reset(kept)

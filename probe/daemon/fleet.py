@@ -15,7 +15,7 @@ pod index or an Indexed Job's JOB_COMPLETION_INDEX), then the config's `[cluster
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -37,6 +37,12 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+def owner(shard: Shard | None) -> Callable[[str], bool] | None:
+    """Which names a shard keeps (load_config builds only those listed targets); None for
+    no shard given, when the config's own [cluster] shard decides."""
+    return None if shard is None else shard.owns
 
 
 def parse_shard(text: str) -> Shard:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import Daemon, closed_port, config_toml, run_probe, target_toml
 
+from probe.daemon import fleet
 from probe.daemon.config import load_config
 from probe.daemon.target_lists import MAX_LINE
 from probe.errors import ConfigError
@@ -142,3 +143,33 @@ def test_sighup_reads_the_lists_again(tmp_path: Path, daemons: list[Daemon]) -> 
     failed = d.wait_event("reload", result="failed")
     assert "t.list: line 1: not a JSON object" in failed["error"]
     assert d.stop() == 0
+
+
+def test_a_shard_builds_only_its_share_and_checks_every_line(tmp_path: Path) -> None:
+    """Given the shard (--shard, PROBE_SHARD or [cluster] shard), the listed targets of
+    other shards are checked and their names counted, not built; inline ones all stay."""
+    config = write(tmp_path / "config.toml", 'targets_file = "t.list"\n')
+    names = [f"t{i}" for i in range(300)]
+    lines = [
+        json.dumps({"address": f"127.0.0.1:{1000 + i}", "name": n}) for i, n in enumerate(names)
+    ]
+    write(tmp_path / "t.list", "\n".join(lines) + "\n")
+    shard = fleet.parse_shard("1/3")
+    mine = [t.name for t in load_config(config, fleet.owner(shard)).targets]
+    assert mine == [n for n in names if shard.owns(n)] and 50 < len(mine) < 150
+    config.write_text('targets_file = "t.list"\n[cluster]\nshard = "1/3"\n')
+    assert [t.name for t in load_config(config).targets] == mine
+    # a bad line or a duplicate in another shard's share still stops this one
+    other = next(n for n in names if not shard.owns(n))
+    write(
+        tmp_path / "t.list",
+        "\n".join([*lines, json.dumps({"address": "127.0.0.1:1", "name": other})]),
+    )
+    with pytest.raises(ConfigError, match=rf'line 301.name: duplicate target name "{other}"'):
+        load_config(config, fleet.owner(shard))
+    write(
+        tmp_path / "t.list",
+        "\n".join([*lines, json.dumps({"address": "127.0.0.1:99999", "name": other + "x"})]),
+    )
+    with pytest.raises(ConfigError, match=r"line 301.address"):
+        load_config(config, fleet.owner(shard))
