@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..plain import Frozen
 
-RATE_SLACK = 0.05  # seconds of lateness --rate still makes up (a loaded machine wakes us late)
+RATE_SLACK = 0.25  # seconds of lateness --rate makes up after a stall (both engines)
 
 
 class EngineOptions(Frozen):

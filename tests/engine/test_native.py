@@ -44,6 +44,7 @@ from probe.address import ip_text
 from probe.check.native_feed import Feed
 from probe.check.plan import build_plan
 from probe.engine import EngineOptions, native
+from probe.engine.options import RATE_SLACK
 from probe.output.log import configure
 from probe.output.writer import RecordWriter
 from probe.record import Record, errno_name, outcome_of
@@ -319,9 +320,11 @@ def test_rate_is_never_exceeded() -> None:
     records, result = run_native([f"127.0.0.1:{p}" for p in held], rate=20.0)
     assert result.outcomes == {"refused": 41}
     starts = sorted(stamp(r["timestamp"]) for r in records)
-    assert starts[-1] - starts[0] >= 40 / 20 - 0.05  # a late tick may catch up one step
-    for i, first in enumerate(starts):  # at most R + 1 starts in any one-second window
-        assert sum(1 for t in starts[i:] if t < first + 1.0) <= 21
+    # A grid from the first start: the last one cannot come early (a late tick may take a
+    # step with the next, and the core naps up to 2 ms ahead of the grid)
+    assert starts[-1] - starts[0] >= 40 / 20 - 0.05
+    for i, first in enumerate(starts):  # R + 1 in a second, plus a stall's catch-up at most
+        assert sum(1 for t in starts[i:] if t < first + 1.0) <= 21 + RATE_SLACK * 20
 
 
 def stamp(text: str) -> float:
