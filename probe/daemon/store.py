@@ -418,7 +418,8 @@ class Store:
 
     def _prune(self) -> None:
         """Rows past their retention go, a few targets per transaction (each one a range of
-        its primary key, so no pass over the whole table holds the write lock)."""
+        its primary key, so no pass over the whole table holds the write lock). A target
+        not probed within the retention (renamed, removed) goes whole, name and all."""
         now = self._clock()
         self._pruned = now
         minute_cut = int((now - MINUTE_DAYS * 86400) // 60)
@@ -426,6 +427,7 @@ class Store:
         day_cut = int((now - self.retention_days * 86400) // 86400)
         at_cut = now - self.retention_days * 86400
         conn = self._conn
+        gone: set[int] = set()
         try:
             ids = [int(r[0]) for r in conn.execute("SELECT id FROM targets")]
             for i in range(0, len(ids), PRUNE_CHUNK):
@@ -436,6 +438,8 @@ class Store:
                     conn.execute("DELETE FROM hours WHERE id = ? AND hour < ?", (tid, hour_cut))
                     conn.execute("DELETE FROM days WHERE id = ? AND day < ?", (tid, day_cut))
                     conn.execute("DELETE FROM changes WHERE id = ? AND at < ?", (tid, at_cut))
+                    if self._forgotten(tid, at_cut):
+                        gone.add(tid)
                 conn.execute("COMMIT")
                 if self._queue:
                     self._flush()  # the loop's writes do not wait for a whole pruning
@@ -443,6 +447,23 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 conn.rollback()
             self._warn("store", result="prune_failed", path=str(self.path), error=str(exc))
+        if gone:
+            self._ids = {n: i for n, i in self._ids.items() if i not in gone}
+            for tid in gone:
+                self._slots.pop(tid, None)
+
+    def _forgotten(self, tid: int, at_cut: float) -> bool:
+        """Delete a target with no attempt since `at_cut` and no rows left; True if it went."""
+        conn = self._conn
+        last = conn.execute("SELECT max(at) FROM attempts WHERE id = ?", (tid,)).fetchone()[0]
+        if last is not None and last >= at_cut:
+            return False
+        conn.execute("DELETE FROM attempts WHERE id = ?", (tid,))
+        for table in ("minutes", "hours", "days", "changes"):
+            if conn.execute(f"SELECT 1 FROM {table} WHERE id = ? LIMIT 1", (tid,)).fetchone():
+                return False
+        conn.execute("DELETE FROM targets WHERE id = ?", (tid,))
+        return True
 
     # -- reading back at start (before the writer starts) -----------------------------------------
 

@@ -27,7 +27,7 @@ from helpers import (
 
 from probe.daemon.config import parse_config
 from probe.daemon.history import BUCKET_SECONDS, BUCKETS, History
-from probe.daemon.store import FILE_NAME, Store, default_directory, open_store
+from probe.daemon.store import FILE_NAME, Seen, Store, default_directory, open_store
 from probe.errors import ConfigError
 from probe.record import OPEN, REFUSED
 
@@ -293,3 +293,32 @@ def test_daemon_with_a_corrupt_store_warns_and_starts_fresh(tmp_path: Path) -> N
     conn = sqlite3.connect(state / FILE_NAME)  # the fresh store took the outage
     assert conn.execute("SELECT up FROM targets WHERE name = 'down'").fetchone() == (0,)
     conn.close()
+
+
+def test_pruning_keeps_the_retention_and_forgets_targets_gone_for_longer(tmp_path: Path) -> None:
+    warnings: Warnings = []
+    day = 86400.0
+    now = T0 + 100 * day
+    store = open_store(tmp_path, 90, lambda e, **f: warnings.append((e, f)), lambda: now)
+    assert store is not None
+    old, kept = History(sink=store.put), History(sink=store.put)
+    feed(old, "renamed", T0, 3, down_from=1)  # 100 days ago: past the 90-day retention
+    feed(kept, "web", now - 2 * day, 3, down_from=1)  # two days ago
+    feed(kept, "web", now - 600, 3, down_from=9)  # ten minutes ago
+    old.flush()
+    kept.flush()
+    store._flush()
+    store._prune()
+    conn = sqlite3.connect(tmp_path / FILE_NAME)
+    assert [r[0] for r in conn.execute("SELECT name FROM targets")] == ["web"]
+    minutes = [m for (m,) in conn.execute("SELECT minute FROM minutes ORDER BY minute")]
+    assert minutes == [int((now - 600) // 60) + m for m in range(3)]  # one day of minutes
+    hours = [h for (h,) in conn.execute("SELECT hour FROM hours ORDER BY hour")]
+    assert hours[0] == int((now - 2 * day) // 3600)  # hours for the retention
+    assert conn.execute("SELECT count(*) FROM changes").fetchone()[0] == 3
+    conn.close()
+    store.put(Seen("renamed", now, "open", None, None, None, 1.0, None))  # back: a new id
+    store._flush()
+    assert set(store.load(["renamed", "web"], now, BUCKETS)) == {"renamed", "web"}
+    store.close()
+    assert warnings == []
