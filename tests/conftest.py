@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,8 +31,9 @@ sys.dont_write_bytecode = False
 
 # A daemon started by a test keeps its durable store under a directory of this run, never in
 # the user's ~/.local/state (helpers.Daemon gives each one its own test directory).
-if "STATE_DIRECTORY" not in os.environ:
-    os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="probe-test-state-"))
+if "STATE_DIRECTORY" not in os.environ and "XDG_STATE_HOME" not in os.environ:
+    os.environ["XDG_STATE_HOME"] = _state = tempfile.mkdtemp(prefix="probe-test-state-")
+    atexit.register(shutil.rmtree, _state, True)  # the workers inherit it; this process ends last
 
 # CI explores the same examples every run, so a red build always reproduces; locally,
 # hypothesis keeps searching new ones. No per-example deadline: it is a timing assertion
