@@ -1,10 +1,10 @@
-"""The README's "Failure behaviour" table, row by row: ROWS below names, for each row, the
+"""docs/reliability.md's failure table, row by row: ROWS below names, for each row, the
 tests that make that fault happen (real kernels: namespaces, iptables on their `lo`, prlimit,
 a tmpfs, a DNS server of ours on a namespace's loopback) and check what the row says. The
-tests in this file check what a row says and no older test did. A README row without an
+tests in this file check what a row says and no older test did. A row without an
 entry here, or an entry naming a test that is gone, fails `test_every_row_has_its_tests`.
 
-The metrics table's names are checked in daemon/test_metrics.py, test_daemon.py,
+docs/metrics.md's metric names are checked in daemon/test_metrics.py, test_daemon.py,
 test_diagnostics.py, test_hostile.py and test_prometheus.py; the ones no test named before
 are checked here: `probe_path_attempts_total`, `probe_path_connect_latency_seconds`,
 `python_gc_*`, the RTT histogram's buckets, `probe_syn_retransmits_total` from a real resent
@@ -74,7 +74,7 @@ HOSTILE = "daemon/test_hostile.py"
 METRICS = "daemon/test_metrics.py"
 RESILIENCE = "daemon/test_resilience.py"
 
-# README "Failure behaviour": the first cell of each row -> {test file under tests/: tests}.
+# docs/reliability.md's failure table: the first cell of each row -> {file under tests/: tests}.
 ROWS: dict[str, dict[str, tuple[str, ...]]] = {
     "SYN dropped (`iptables -j DROP`)": {
         FAULTS: ("test_firewall_answers_ipv4", "test_firewall_answers_ipv6"),
@@ -740,8 +740,8 @@ def test_rtt_histogram_has_the_latency_buckets_and_gc_series_are_there() -> None
 
 
 def test_every_row_has_its_tests() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("\n## Failure behaviour\n", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
+    section = page.split("\n## Failure table\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
     faults = [row[2:].split(" | ", 1)[0] for row in rows]
     assert faults and len(faults) == len(set(faults))
