@@ -86,6 +86,8 @@ class MeshNode:
         live = {(a.ip, p) for a, p in found}
         for key in [k for k in self.pairs if k not in live]:
             del self.pairs[key]  # a peer that left the name's answer leaves the row
+        self.names = {k: v for k, v in self.names.items() if k in live}
+        self.selves &= live
         if not peers:
             return
         step = self.interval / len(peers)
@@ -126,9 +128,12 @@ class MeshNode:
 
     def row(self) -> dict[str, Any]:
         """This node's row: its name and, per peer name, the pair's figures."""
-        peers = {}
+        peers: dict[str, Any] = {}
         for key, pair in sorted(self.pairs.items()):
-            peers[self.names.get(key, endpoint_text(key))] = pair.json()
+            name = self.names.get(key, endpoint_text(key))
+            if name in peers:  # two peers answering with one name: both stay visible
+                name = f"{name} ({endpoint_text(key)})"
+            peers[name] = pair.json()
         return {
             "node": self.name,
             "at": format_timestamp(time.time()),

@@ -137,3 +137,38 @@ def test_matrix_marks_exactly_the_broken_pair_and_escapes_names() -> None:
 )
 def test_cell_class(pair: dict[str, Any], css: str) -> None:
     assert cell_class(pair) == css
+
+
+async def test_two_peers_answering_with_one_name_both_stay_in_the_row() -> None:
+    servers, ports = await responders("twin", "twin")
+    engine = Engine(EngineOptions(timeout=1.0))
+    peers = PeerSpec.parse([f"127.0.0.1:{p}" for p in ports])
+    node = MeshNode("a", engine, lambda r: None, Log(), peers, interval=0.2, timeout=1.0)
+    node.start()
+    try:
+        await until("two named pairs", lambda: len(node.row()["peers"]) == 2 and all(
+            p["state"] == "up" for p in node.row()["peers"].values()))  # fmt: skip
+        names = sorted(node.row()["peers"])
+    finally:
+        node.stop()
+        engine.close()
+        for s in servers:
+            s.close()
+    assert names == ["twin", f"twin (127.0.0.1:{max(ports)})"]  # the later endpoint marked
+
+
+async def test_a_peer_gone_from_the_answer_leaves_the_row() -> None:
+    servers, ports = await responders("b", "c")
+    engine = Engine(EngineOptions(timeout=1.0))
+    node = MeshNode("a", engine, lambda r: None, Log(), PeerSpec.parse(
+        [f"127.0.0.1:{p}" for p in ports]), interval=0.2, timeout=1.0)  # fmt: skip
+    node.start()
+    try:
+        await until("b and c", lambda: sorted(node.row()["peers"]) == ["b", "c"])
+        node.configure(PeerSpec.parse([f"127.0.0.1:{ports[0]}"]), 0.2, 1.0)
+        await until("c gone", lambda: sorted(node.row()["peers"]) == ["b"])
+    finally:
+        node.stop()
+        engine.close()
+        for s in servers:
+            s.close()
