@@ -720,7 +720,7 @@ def _peers(value: object, at: _Path) -> PeerSpec:
 SERVE: Final = Table(
     {
         "listen": Key(_serve_listen, restart=True),
-        "name": Key(_serve_name),
+        "name": Key(_serve_name, restart=True),
         "max_connections": Key(lambda v, at: _int(v, at, ge=1, le=CAPS.concurrency)),
         "rate": Key(lambda v, at: _float(v, at, ge=0.0, le=1_000_000.0)),
     },

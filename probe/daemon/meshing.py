@@ -84,14 +84,15 @@ class Meshing:
         return None
 
     def reconfigure(self, config: Config) -> None:
-        """A reload: the mesh's peers, interval and timeout (listen and name: at restart)."""
+        """A reload: the mesh's peers, interval and timeout, the responder's limits (listen
+        and name take effect at the next start)."""
         self.config = config
         mesh = config.mesh
         if self.node is not None and mesh.peers is not None:
             self.node.configure(mesh.peers, mesh.interval, config.defaults.timeout)
         if self.server is not None:
             serve = config.serve
-            self.server.limits = ServeLimits(serve.max_connections, serve.rate)
+            self.server.set_limits(ServeLimits(serve.max_connections, serve.rate))
 
     def stop(self) -> None:
         """Stop probing peers (the responder keeps answering until `close`)."""

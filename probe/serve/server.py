@@ -133,6 +133,11 @@ class Server:
             raise
         return bound
 
+    def set_limits(self, limits: ServeLimits) -> None:
+        """New limits (a reload); the per-source buckets start full again."""
+        self.limits = limits
+        self.rates = SourceRates(limits.rate, limits.burst)
+
     def shed(self, why: str) -> None:
         if why == "busy":
             self.stats.busy += 1
