@@ -103,14 +103,9 @@ class MeshPage:
         ttl = min(CACHE_MAX, max(CACHE_MIN, self.node.interval / 2))
         if cached is not None and time.monotonic() - cached.at < ttl:
             return cached
-        if self._refresh is None:
+        if self._refresh is None or self._refresh.done():  # one round of fetches at a time
             self._refresh = asyncio.ensure_future(self._fetch_all())
-        refresh = self._refresh
-        try:
-            return await asyncio.shield(refresh)
-        finally:
-            if self._refresh is refresh and refresh.done():
-                self._refresh = None
+        return await asyncio.shield(self._refresh)
 
     async def _fetch_all(self) -> Rows:
         node = self.node

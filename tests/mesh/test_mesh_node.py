@@ -172,3 +172,38 @@ async def test_a_peer_gone_from_the_answer_leaves_the_row() -> None:
         engine.close()
         for s in servers:
             s.close()
+
+
+async def test_the_page_fetches_rows_again_once_its_cache_is_old() -> None:
+    """A peer whose HTTP port is closed is listed as missing, and a later view (past the
+    cache) makes a new round of fetches, not the old round's answer again."""
+    import ipaddress
+    import socket
+
+    from probe.mesh.page import MeshPage
+    from probe.mesh.stats import Pair
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    engine = Engine(EngineOptions(timeout=1.0))
+    node = MeshNode("a", engine, lambda r: None, Log(), PeerSpec.parse(["127.0.0.1:1"]),
+                    interval=10.0, timeout=1.0)  # fmt: skip
+    node.pairs[("127.0.0.2", 7070)] = Pair("127.0.0.2", 7070)
+    allow = [ipaddress.ip_network("127.0.0.0/8")]
+    page = MeshPage(node, lambda: closed, lambda: allow)
+    try:
+        first = await page.rows()
+        assert list(first.rows) == ["a"]
+        assert list(first.missing) == [f"127.0.0.2:{closed}"]
+        assert await page.rows() is first  # cached
+        first.at -= 60
+        second = await page.rows()
+        assert second is not first and list(second.missing) == [f"127.0.0.2:{closed}"]
+        outside = MeshPage(node, lambda: closed, lambda: [ipaddress.ip_network("::1/128")])
+        rows = await outside.rows()
+        assert rows.missing == {f"127.0.0.2:{closed}": "outside [metrics] probe_allow"}
+        await outside.close()
+    finally:
+        await page.close()
+        engine.close()
