@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import threading
 import time
 from _socket import AF_INET, AF_INET6, inet_pton
 from collections.abc import Callable, Iterator
@@ -89,6 +87,8 @@ class Feed:
         if not self.plan.blocking_input:
             yield from targets
             return
+        import queue  # standard input or a FIFO only: start-up
+
         got: queue.SimpleQueue[Any] = queue.SimpleQueue()
         _on_thread(self._read_all, targets, got, name="probe-input")
         while True:
@@ -103,7 +103,7 @@ class Feed:
                 return
             yield target
 
-    def _read_all(self, targets: Iterator[Target], got: queue.SimpleQueue[Any]) -> None:
+    def _read_all(self, targets: Iterator[Target], got: Any) -> None:
         """On a thread: the targets of standard input or a FIFO, as they come."""
         try:
             for target in targets:
@@ -239,4 +239,6 @@ def _is_ipv4(host: str) -> bool:
 
 def _on_thread(work: Callable[..., None], *args: Any, name: str) -> None:
     """A daemon thread: a read or lookup that never returns must not keep the process."""
+    import threading  # names and standard input only: start-up
+
     threading.Thread(target=work, args=args, name=name, daemon=True).start()
