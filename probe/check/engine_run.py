@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -43,18 +42,6 @@ class Excludes(Protocol):
 
 
 YIELD_EVERY = 64  # endpoints fed between two turns of the event loop
-
-
-@dataclass(slots=True)
-class CheckResult:
-    outcomes: Counter[str] = field(default_factory=Counter)
-    targets: int = 0
-    targets_without_open: int = 0
-    excluded: int = 0  # endpoints not probed: every address they resolved to is excluded
-
-    @property
-    def attempts(self) -> int:
-        return sum(self.outcomes.values())
 
 
 class _Target:
@@ -104,6 +91,7 @@ class _Check:
         engine: Engine,
         resolver: Resolver,
         on_record: Callable[[Record], None],
+        result: ShareResult,
         count: int,
         interval: float,
         exclude: Excludes | None = None,
@@ -113,7 +101,7 @@ class _Check:
         self.engine, self.resolver, self.on_record = engine, resolver, on_record
         self.count, self.interval, self.exclude = count, interval, exclude
         self.stages = stages
-        self.result = CheckResult()
+        self.result = result  # targets and exclusions here; the tally counts the records
         self.active = 0
         # Repeat mode keeps targets alive across intervals; bound them like attempts.
         self.max_active = engine.ceiling if count != 1 else 1 << 62
@@ -130,7 +118,6 @@ class _Check:
 
     def emit(self, record: Record) -> None:
         self.on_record(record)
-        self.result.outcomes[record.outcome] += 1
 
     def submit(self, attempt: Attempt, on_done: Callable[[Record, Attempt, bool], None]) -> None:
         if not self.engine.closed:
@@ -239,14 +226,15 @@ async def run_check(
     engine: Engine,
     resolver: Resolver,
     on_record: Callable[[Record], None],
+    result: ShareResult,
     count: int = 1,
     interval: float = 1.0,
     exclude: Excludes | None = None,
     stages: StageSpec | None = None,
-) -> CheckResult:
+) -> None:
     """Probe every endpoint `count` times (0: until stopped), skipping excluded addresses;
-    records go to `on_record` as attempts finish."""
-    check = _Check(engine, resolver, on_record, count, interval, exclude, stages)
+    records go to `on_record` as attempts finish, targets and exclusions into `result`."""
+    check = _Check(engine, resolver, on_record, result, count, interval, exclude, stages)
     try:
         await check.feed(endpoints)
         await check.finished.wait()
@@ -256,7 +244,6 @@ async def run_check(
             raise check.input_error
     finally:
         engine.close()
-    return check.result
 
 
 # -- one share of a plan on the engine ---------------------------------------------------------
@@ -346,19 +333,17 @@ async def _share(
 
     ticker = _Ticker(loop, engine, sinks, result, progress)
     try:
-        checked = await run_check(
+        await run_check(
             share_endpoints(plan, index, count, result),
             engine,
             Resolver(plan.family),
             on_record,
+            result,
             count=plan.count,
             interval=plan.interval,
             exclude=plan.exclude,
             stages=plan.stages,
         )
-        result.targets = checked.targets
-        result.targets_without_open = checked.targets_without_open
-        result.excluded = checked.excluded
     except asyncio.CancelledError:
         result.stopped_by = result.stopped_by or signal.SIGINT
     except ProbeError as exc:  # a bad line in @FILE or stdin, a sink, a local shortage

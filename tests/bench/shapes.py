@@ -7,6 +7,7 @@ run, inside a throwaway network namespace holding only `lo` (every 127/8 address
   open-o     slash16 with --open -o FILE             (goal: within 10 % of slash16's CPU)
   exclude    slash16 with --exclude 127.0.5.0/24     (same)
   rate       slash16 with --rate 20000               (same; the delivered rate within 5 %)
+  rate-cores 127.0.0.0/18 -p 22 --rate 20000 on each core: the delivered rates side by side
   million    127.0.0.0/12 -p 22: 1,048,576 attempts  (goal: every process's RSS < 120 MiB)
 
 Rounds alternate the commands, so drift in the machine's speed hits all alike. Prints the
@@ -15,7 +16,7 @@ the same-run ratios, and the load average before and after.
 
 Needs root, iproute2 and nmap. Usage:
   sudo PATH=$PWD/.venv/bin:$PATH python3 tests/bench/shapes.py [--rounds 3]
-       [--only slash16,file100k,open-o,exclude,rate,million]
+       [--only slash16,file100k,open-o,exclude,rate,rate-cores,million]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def delivered(path: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="slash16,file100k,open-o,exclude,rate,million")
+    ap.add_argument("--only", default="slash16,file100k,open-o,exclude,rate,rate-cores,million")
     a = ap.parse_args()
     probe = shutil.which("probe")
     if not probe or not shutil.which("nmap") or os.geteuid() != 0:
@@ -83,6 +84,21 @@ def run(rounds: int, only: list[str], probe: str, prefix: list[str], tmp: Path) 
             **({"rate": [*plain, "--rate", str(RATE), "-o", str(paced)]} if "rate" in only else {}),
         },
         "million": {"probe": [probe, "check", "127.0.0.0/12", "-p", "22", "--json"]},
+        "rate-cores": {
+            core: [
+                probe,
+                "check",
+                "127.0.0.0/18",
+                "-p",
+                "22",
+                "--rate",
+                str(RATE),
+                "--json",
+                "-o",
+                str(tmp / f"{core}.jsonl"),
+            ]
+            for core in ("native", "python")
+        },
     }
     print(f"load average before: {os.getloadavg()}")
     for name, cmds in groups.items():
@@ -91,7 +107,8 @@ def run(rounds: int, only: list[str], probe: str, prefix: list[str], tmp: Path) 
         runs: dict[str, list[tuple[float, float, int]]] = {k: [] for k in cmds}
         for _ in range(1 if name == "million" else rounds):
             for k, cmd in cmds.items():
-                runs[k].append(timed([*prefix, *cmd])[:3])
+                env = {**os.environ, "PROBE_CORE": "python"} if k == "python" else None
+                runs[k].append(timed([*prefix, *cmd], env)[:3])
         print(f"\n{name}: {rounds} rounds")
         wall = {k: statistics.median(w for w, _, _ in v) for k, v in runs.items()}
         cpu = {k: statistics.median(c for _, c, _ in v) for k, v in runs.items()}
@@ -114,6 +131,10 @@ def run(rounds: int, only: list[str], probe: str, prefix: list[str], tmp: Path) 
             if "rate" in cmds:
                 got = delivered(paced)
                 print(f"  --rate {RATE}: delivered {got:.0f}/s ({got / RATE:.3f} of asked)")
+        if name == "rate-cores":
+            for core in cmds:
+                got = delivered(tmp / f"{core}.jsonl")
+                print(f"  {core}: --rate {RATE} delivered {got:.0f}/s ({got / RATE:.3f}), last run")
     print(f"\nload average after: {os.getloadavg()}")
 
 
