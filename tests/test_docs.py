@@ -1,7 +1,7 @@
-"""The README and docs/*.md as a reader follows them: every relative link reaches a file,
-every `#anchor` a heading of its page (GitHub's heading ids), and the README stays a landing
-page of at most 15 KiB. Parsed with markdown-it (CommonMark and tables), so links inside code
-are not links."""
+"""The README, docs/*.md and the bench results as a reader follows them: every relative link
+reaches a file, every `#anchor` a heading of its page (GitHub's heading ids), and the README
+stays a landing page of at most 15 KiB. Parsed with markdown-it (CommonMark and tables), so
+links inside code are not links."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from markdown_it import MarkdownIt
 from mdit_py_plugins.anchors import anchors_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "tests" / "bench" / "RESULTS.md",
+]
 README_LIMIT = 15 * 1024
 
 _MD = MarkdownIt("commonmark").enable("table").use(anchors_plugin, max_level=6)
