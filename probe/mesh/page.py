@@ -29,6 +29,7 @@ FETCH_CONCURRENCY = 16
 ROW_LIMIT = 1 << 20  # bytes of one peer's row
 CACHE_MIN, CACHE_MAX = 1.0, 5.0  # seconds the assembled rows are kept (half an interval)
 NAME_MAX = 128
+MAX_NODES = 256  # the matrix's side at most: a peer's row cannot make the page unbounded
 
 HEADERS = {
     "Content-Security-Policy": (
@@ -203,7 +204,10 @@ def render_matrix(rows: Rows, here: str) -> str:
     names = set(rows.rows)
     for row in rows.rows.values():
         names.update(k for k in row.get("peers", {}) if isinstance(k, str))
-    nodes = sorted(names)
+    owners = sorted(rows.rows)  # the nodes whose rows are here come first
+    others = sorted(n for n in names - set(owners) if len(n) <= NAME_MAX)
+    nodes = sorted((owners + others)[:MAX_NODES])
+    cut = len(owners) + len(others) - len(nodes)
     out = _head(f"probe mesh: {len(nodes)} nodes")
     out.append(f"<h1>mesh: {len(nodes)} nodes</h1>")
     out.append(
@@ -229,6 +233,8 @@ def render_matrix(rows: Rows, here: str) -> str:
             out.append(_cell(src, dst, pair))
         out.append("</tr>")
     out.append("</tbody></table>")
+    if cut > 0:
+        out.append(f"<p>{cut} more names in the rows are not drawn (at most {MAX_NODES}).</p>")
     if rows.missing:
         out.append("<h2>rows not fetched</h2><ul>")
         out.extend(f"<li>{e(w)}: {e(why)}</li>" for w, why in sorted(rows.missing.items()))

@@ -207,3 +207,12 @@ async def test_the_page_fetches_rows_again_once_its_cache_is_old() -> None:
     finally:
         await page.close()
         engine.close()
+
+
+def test_a_row_naming_thousands_of_peers_does_not_make_the_page_unbounded() -> None:
+    flood = {f"ghost{i:05d}": _pair() for i in range(5000)}
+    rows = Rows({"a": _row("a", {"b": _pair()}), "b": _row("b", flood)}, {}, 0.0)
+    page = render_matrix(rows, "a")
+    assert len(page) < 5_000_000
+    assert ">a</th>" in page and ">b</th>" in page  # the rows' own nodes are kept
+    assert "more names in the rows are not drawn" in page
