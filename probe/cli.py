@@ -590,7 +590,10 @@ def console() -> NoReturn:
     one by one, which the kernel does at once: 5 ms after one endpoint, 60 to 90 ms after a large
     sweep on a loaded machine. So a check ends with `os._exit` once stdout and stderr are
     flushed; the daemon and the other commands exit the usual way."""
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a SIGINT before a command took the signal over: no traceback
+        code = EXIT_SIGNAL_BASE + signal.SIGINT
     if sys.argv[1:2] == ["check"]:
         try:
             sys.stdout.flush()

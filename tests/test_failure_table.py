@@ -137,6 +137,9 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
         ),
         "check/test_tcping.py": ("test_count_zero_runs_until_signal_then_summary",),
     },
+    "SIGINT while standard input never ends": {
+        RESILIENCE: ("test_sigint_with_endless_stdin_leaves_no_noise_on_stderr",),
+    },
     "standard output closed early (`\\| head -1`)": {
         FAULTS: ("test_head_one_in_a_shell_pipeline", "test_head_one_after_a_sweep_with_workers"),
         CLI: ("test_reader_leaves_after_one_line_quietly",),

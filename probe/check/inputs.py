@@ -7,6 +7,7 @@ signals on the loop.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
@@ -16,35 +17,63 @@ from ..syntax import Endpoint, Target
 T = TypeVar("T")
 
 _END = object()
+_HANDOFF_WAIT = 0.1  # seconds the input thread waits for room before it looks at `stop`
 
 
 async def threaded(items: Iterator[T]) -> AsyncIterator[T]:
     """Pull from a blocking iterator (standard input, a FIFO) on a thread of its own, so the
     loop keeps its timers, deadlines and signals while the next line is slow to come. A
-    daemon thread: a read that never returns must not keep the process alive."""
+    daemon thread: a read that never returns must not keep the process alive. The thread
+    hands items over through a thread-side queue and only wakes the loop, so a run that
+    stops (its loop closed) leaves it nothing to schedule there: it just stops."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue(maxsize=64)
+    handoff: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=64)
+    ready = asyncio.Event()
+    stop = threading.Event()
 
-    def put(item: object, exc: BaseException | None = None) -> None:
-        asyncio.run_coroutine_threadsafe(queue.put((item, exc)), loop).result()
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(ready.set)
+        except RuntimeError:  # the loop is closed: the run is over
+            stop.set()
+
+    def put(item: object, exc: BaseException | None = None) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((item, exc), timeout=_HANDOFF_WAIT)
+            except queue.Full:
+                continue
+            wake()
+            return True
+        return False
 
     def pull() -> None:
         try:
             for item in items:
-                put(item)
+                if not put(item):
+                    return
         except Exception as exc:
             put(_END, exc)
         else:
             put(_END)
 
     threading.Thread(target=pull, name="probe-input", daemon=True).start()
-    while True:
-        item, exc = await queue.get()
-        if exc is not None:
-            raise exc
-        if item is _END:
-            return
-        yield item  # type: ignore[misc]
+    try:
+        while True:
+            try:
+                item, exc = handoff.get_nowait()
+            except queue.Empty:
+                ready.clear()  # a put from now on sets it again (on the loop, after this)
+                if handoff.empty():
+                    await ready.wait()
+                continue
+            if exc is not None:
+                raise exc
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
 
 
 async def expand_async(targets: AsyncIterator[Target]) -> AsyncIterator[Endpoint]:

@@ -18,8 +18,10 @@ import socket
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from helpers import (
     Daemon,
@@ -471,3 +473,37 @@ def test_http_clients_under_nofile_64_leave_the_schedule_its_slots(
             s.close()
     assert d.stop() == 0
     assert "EMFILE" not in log.read_text()
+
+
+# -- SIGINT while standard input never ends ------------------------------------------------
+
+
+def test_sigint_with_endless_stdin_leaves_no_noise_on_stderr() -> None:
+    """A line on stdin every 2 ms, for ever; SIGINT once records flow. Exit 130, and stderr
+    holds no traceback, no `Event loop is closed`, no `never awaited` (the input thread
+    used to hand its next line to a loop that had just closed). Eight runs: it was timing."""
+    port = closed_port()
+    for _ in range(8):
+        proc = subprocess.Popen(
+            [*probe_cmd(), "check", "-", "--json", "-c", "3", "-i", "0.01"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+        def feed(stdin: IO[bytes]) -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while True:
+                    stdin.write(f"127.0.0.1:{port}\n".encode())
+                    stdin.flush()
+                    time.sleep(0.002)
+
+        threading.Thread(target=feed, args=(proc.stdin,), daemon=True).start()
+        try:
+            assert proc.stdout.readline()  # records flow
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 130
+            err = proc.stderr.read().decode()
+        finally:
+            kill(proc)
+        for noise in ("Traceback", "Event loop is closed", "never awaited", "Exception in"):
+            assert noise not in err, err
