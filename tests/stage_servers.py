@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import socket
 import ssl
+import struct
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -183,6 +185,18 @@ class Servers:
                 writer.close()
                 return
             await _until_closed(reader, writer)
+
+        return self.start(handler)
+
+    def reset(self) -> int:
+        """Resets the connection (SO_LINGER 0) once the client's first bytes arrive (a TLS
+        client's ClientHello)."""
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
 
         return self.start(handler)
 

@@ -60,7 +60,9 @@ async def run_stages(
     if reset:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
     writer: asyncio.StreamWriter | None = None
-    stage = "connect"
+    # Named by the stage that would run first, so a reset or the deadline while the
+    # transport is made blames that stage.
+    stage = "reflect" if spec.reflect else "tls" if spec.tls else "expect"
     expect_t = 0.0
     try:
         async with asyncio.timeout_at(deadline):

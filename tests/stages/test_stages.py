@@ -138,6 +138,16 @@ async def test_silent_server_costs_the_deadline(srv: Servers, certs: Certs) -> N
     assert list(rec)[len(CONTRACT_KEYS) :] == EXPECT_KEYS
 
 
+async def test_reset_mid_handshake(srv: Servers, certs: Certs) -> None:
+    rec = await attempt(srv.reset(), tls_spec(certs))
+    connect_core(rec)
+    assert (rec["outcome"], rec["error"]) == ("error", "TLS_HANDSHAKE")
+    rec = await attempt(
+        srv.reset(), StageSpec(steps=(Step(send=b"HELLO\r\n"), Step(expect="^220")))
+    )
+    assert (rec["outcome"], rec["error"]) == ("error", "EXPECT_MISMATCH")
+
+
 async def test_banner_expect(srv: Servers) -> None:
     port = srv.banner(b"SSH-2.0-test_server\r\n")
     rec = await attempt(port, StageSpec(steps=(Step(expect=r"^SSH-2\.0"),)))
