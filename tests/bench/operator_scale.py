@@ -36,6 +36,7 @@ FIRST_PORT = 20001
 OPEN_EVERY = 10  # every tenth target listens: 90 % refused
 METRICS = "127.0.0.1:9464"
 PROMETHEUS_LISTEN = "127.0.0.1:9090"
+STATIC = "127.0.0.1:9465"
 
 LISTENER = """
 import selectors, socket, sys
@@ -84,6 +85,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=300)
     ap.add_argument("--log-attempts", choices=["all", "failures", "changes"])
     ap.add_argument("--histograms", action="store_true")
+    ap.add_argument(
+        "--static-copy",
+        action="store_true",
+        help="also scrape a static copy of the page (python -m http.server): Prometheus' own "
+        "share of the scrape duration, apart from the daemon's",
+    )
     ap.add_argument("--no-store", action="store_true", help='[store] path = "" (no store)')
     a = ap.parse_args()
     prometheus = shutil.which("prometheus")
@@ -107,7 +114,12 @@ def main() -> int:
             {
                 "global": {"scrape_interval": "15s", "scrape_timeout": "10s"},
                 "scrape_configs": [
-                    {"job_name": "probe", "static_configs": [{"targets": [METRICS]}]}
+                    {"job_name": "probe", "static_configs": [{"targets": [METRICS]}]},
+                    *(
+                        [{"job_name": "static", "static_configs": [{"targets": [STATIC]}]}]
+                        if a.static_copy
+                        else []
+                    ),
                 ],
             }
         )
@@ -147,6 +159,15 @@ def main() -> int:
                 sys.exit("probe run exited early")
             time.sleep(0.1)
         print(f"daemon listening after {time.monotonic() - started:.1f} s")
+        if a.static_copy:
+            time.sleep(12)  # every target attempted: the page at its full size
+            (tmp / "static").mkdir()
+            (tmp / "static" / "metrics").write_bytes(fetch(f"http://{METRICS}/metrics"))
+            procs.append(subprocess.Popen(
+                [*prefix, sys.executable, "-m", "http.server", STATIC.rsplit(":", 1)[1],
+                 "--bind", "127.0.0.1", "--directory", str(tmp / "static")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
         prom = subprocess.Popen(
             [*prefix, prometheus, f"--config.file={tmp / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address={PROMETHEUS_LISTEN}",
@@ -191,6 +212,11 @@ def main() -> int:
         scraped = query('scrape_samples_scraped{job="probe"}')
         print(f"Prometheus scrape_duration_seconds over the run: mean {mean:.3f} s, "
               f"max {worst:.3f} s; samples scraped {scraped:,.0f}")  # fmt: skip
+        if a.static_copy:
+            job = 'scrape_duration_seconds{job="static"}'
+            print(f"  the static copy of the page: mean "
+                  f"{query(f'avg_over_time({job}{window})'):.3f} s, max "
+                  f"{query(f'max_over_time({job}{window})'):.3f} s")  # fmt: skip
         print(f"Prometheus RSS {status_mib(prom.pid):.1f} MiB "
               f"(peak {status_mib(prom.pid, 'VmHWM'):.1f} MiB)")  # fmt: skip
         print(f"logged: {lines / minutes:,.0f} lines/min, {size / minutes / 1e6:.2f} MB/min "
