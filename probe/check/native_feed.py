@@ -15,11 +15,20 @@ import contextlib
 import os
 import time
 from _socket import AF_INET, AF_INET6, inet_pton
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..address import ResolveError, literal
-from ..syntax import Target, iter_targets, shard_of
+from ..syntax import (
+    PortRanges,
+    Target,
+    TargetError,
+    bounded_lines,
+    iter_targets,
+    read_targets,
+    shard_of,
+)
+from ..syntax.files import open_file
 from .plan import Excluded, Plan
 
 BATCH = 64  # targets per batch: a file's parse stalls the core's loop a fraction of a ms
@@ -34,10 +43,14 @@ class Feed:
     """Called by the core: the next batch, [] (wait for `wake_fd`), or None (the end).
     An input error ends the feed; it is kept in `error` for the caller."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, index: int = 0, count: int = 1) -> None:
         self.plan = plan
+        self.index, self.count = index, count  # this worker's share
         self.error: BaseException | None = None
-        self.dropped = 0  # endpoints --shard gave to other machines
+        self.dropped = 0  # endpoints --shard gave to other machines, of every worker's
+        self.dropped_own = 0  # and of the lines only this worker reads
+        self._whole = False  # the target at hand is this worker's alone
+        self._mine = True
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
         self._names: dict[str, tuple[Item, ...] | str] = {}
@@ -83,8 +96,12 @@ class Feed:
             yield batch
 
     def _targets(self) -> Iterator[Any]:
-        targets = iter_targets(self.plan.tokens, self.plan.default_ports)
-        if not self.plan.blocking_input:
+        plan = self.plan
+        targets = iter_targets(plan.tokens, plan.default_ports)
+        if not plan.blocking_input and self.count > 1:
+            yield from self._shared(plan.tokens, plan.default_ports)
+            return
+        if not plan.blocking_input:
             yield from targets
             return
         import queue  # standard input or a FIFO only: start-up
@@ -102,6 +119,37 @@ class Feed:
             if target is _END:
                 return
             yield target
+
+    def _shared(self, tokens: Iterable[str], default_ports: PortRanges | None) -> Iterator[Target]:
+        """Targets for one of several workers: the command line's all (the core interleaves
+        their endpoints), but a file's lines taken in turn, each worker its own lines whole:
+        a line of another worker's that is an address alone is not parsed here at all (the
+        rest are, so every worker stops at the same bad line)."""
+        for token in tokens:
+            if not token.startswith("@"):
+                self._whole = False
+                yield from iter_targets([token], default_ports)
+                continue
+            path = token[1:]
+            with open_file(path) as handle:
+                lines = self._turns(bounded_lines(handle, path), default_ports is not None)
+                try:
+                    for target in read_targets(lines, path, default_ports):
+                        if self._mine:
+                            self._whole = True
+                            yield target
+                except UnicodeDecodeError:
+                    raise TargetError(f"{path}: not UTF-8 text") from None
+
+    def _turns(self, lines: Iterable[str], bare_is_valid: bool) -> Iterator[str]:
+        """The lines, another worker's address-alone lines blanked (valid as they are)."""
+        index, count = self.index, self.count
+        for number, line in enumerate(lines):
+            self._mine = number % count == index
+            if not self._mine and bare_is_valid and _is_ipv4(line.split("#", 1)[0].strip()):
+                yield "\n"
+                continue
+            yield line
 
     def _read_all(self, targets: Iterator[Target], got: Any) -> None:
         """On a thread: the targets of standard input or a FIFO, as they come."""
@@ -127,10 +175,10 @@ class Feed:
         family = self.plan.family
         if addresses is not None and (not family or _family(addresses.version) == family):
             if addresses.version == 4:
-                yield ("R", target.bracketed, target.ports, addresses.segments)
+                yield ("R", target.bracketed, target.ports, addresses.segments, self._whole)
             else:
                 ((lo, hi),) = addresses.segments
-                yield ("R6", target.bracketed, target.ports, _b16(lo), _b16(hi))
+                yield ("R6", target.bracketed, target.ports, _b16(lo), _b16(hi), self._whole)
             return
         for host in target.hosts():
             yield from self._host(host, target.bracketed, target.ports)
@@ -144,26 +192,30 @@ class Feed:
             for lo, hi in target.ports:
                 for port in range(lo, hi + 1):
                     if shard_of(target.label(port, host), count) != index:
-                        self.dropped += 1
+                        if self._whole:
+                            self.dropped_own += 1
+                        else:
+                            self.dropped += 1
                         continue
                     for item in self._host(host, target.bracketed, ((port, port),)):
                         if item is not _WAIT and not first:
-                            item = (*item[:5], 0, item[6])  # dns_ms: the first one only
+                            item = (*item[:5], 0, *item[6:])  # dns_ms: the first one only
                         yield item
                     first = False
 
     def _host(self, host: str, bracketed: bool, ports: Any) -> Iterator[Item]:
         """An address or a name, with its addresses (a name: looked up on a thread)."""
         if self._v4_ok and _is_ipv4(host):  # the common line: its text is already the one
-            yield ("A", host, bracketed, ((host, 0),), ports, 0, None)
+            yield ("A", host, bracketed, ((host, 0),), ports, 0, None, self._whole)
             return
         try:
             address = literal(host, self.plan.family)
         except ResolveError as exc:
-            yield ("A", host, bracketed, (), ports, 0, exc.code)
+            yield ("A", host, bracketed, (), ports, 0, exc.code, self._whole)
             return
         if address is not None:
-            yield ("A", host, bracketed, ((address.ip, address.scope_id),), ports, 0, None)
+            ip = ((address.ip, address.scope_id),)
+            yield ("A", host, bracketed, ip, ports, 0, None, self._whole)
             return
         kept = self._names.get(host)
         began = time.perf_counter()
@@ -179,9 +231,9 @@ class Feed:
         found = kept
         dns_k = round((time.perf_counter() - began) * 1e6)  # ms, in thousandths
         if isinstance(found, str):
-            yield ("A", host, bracketed, (), ports, dns_k, found)
+            yield ("A", host, bracketed, (), ports, dns_k, found, self._whole)
         else:
-            yield ("A", host, bracketed, found, ports, dns_k, None)
+            yield ("A", host, bracketed, found, ports, dns_k, None, self._whole)
 
     def _lookup(self, host: str, box: list[tuple[Item, ...] | str]) -> None:
         from ..resolve import lookup  # a name in the input: getaddrinfo, as the engine's

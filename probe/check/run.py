@@ -58,7 +58,7 @@ def _native_share(
     output = plan.output
     human = output.format == "human"
     reader: HumanReader | None = None
-    feed = Feed(plan)
+    feed = Feed(plan, index, count)
     started = time.monotonic()
     try:
         sinks.flush()
@@ -97,7 +97,8 @@ def _native_share(
     if reader is None:
         result.outcomes.update(done.outcomes)
     result.targets = done.targets
-    result.seen = done.seen + (feed.dropped if index == 0 else 0)  # every feed drops them all
+    # every worker's feed drops the shared targets' endpoints; its own lines' only it
+    result.seen = done.seen + feed.dropped_own + (feed.dropped if index == 0 else 0)
     result.excluded = done.excluded
     result.targets_without_open = done.targets_without_open
     if failure is not None:

@@ -404,6 +404,7 @@ typedef struct {
 typedef struct {
   int refs;
   int is_range;
+  int whole; /* this worker's alone: all its endpoints, outside the interleave */
   int bracketed;
   int nranges;
   int (*ranges)[2];
@@ -794,7 +795,6 @@ static void range_address(const target_t *t, u128 h, uint8_t *ip) {
  * the queue (one per live address of a name); a name that did not resolve gets its record
  * at once. 1: an endpoint was taken; 0: none now (the feed is waiting, or done). */
 static int next_endpoint(sweep_t *s) {
-  int64_t c = s->shard_count;
   for (;;) {
     if (!s->cur) {
       while (s->ibatch >= s->nbatch) {
@@ -807,6 +807,10 @@ static int next_endpoint(sweep_t *s) {
       s->gport = -1;
     }
     target_t *t = s->cur;
+    /* a target this worker owns whole (a line of a file its share holds) is walked
+     * end to end, outside the interleave of the others */
+    int64_t c = t->whole ? 1 : s->shard_count, phase = t->whole ? 0 : s->phase;
+    int64_t index = t->whole ? 0 : s->shard_index;
     if (s->gh >= host_count(t)) {
       release(t);
       s->cur = NULL;
@@ -828,19 +832,19 @@ static int next_endpoint(sweep_t *s) {
           s->gexcl = t->naddr > 0 && t->nlive == 0;
         }
       }
-      int64_t off = ((s->shard_index - s->phase) % c + c) % c;
+      int64_t off = ((index - phase) % c + c) % c;
       if (s->gexcl) { /* every endpoint of this host in the shard is skipped, counted */
         int64_t n = hi - lo + 1, mine = off < n ? (n - off - 1) / c + 1 : 0;
         s->excluded_endpoints += (uint64_t)mine;
         s->seen += (uint64_t)mine;
-        s->phase = (s->phase + n) % c;
+        if (!t->whole) s->phase = (s->phase + n) % c;
         s->gr++;
         continue;
       }
       s->gport = lo + off;
     }
     if (s->gport > hi) {
-      s->phase = (s->phase + hi - lo + 1) % c;
+      if (!t->whole) s->phase = (s->phase + hi - lo + 1) % c;
       s->gr++;
       s->gport = -1;
       continue;
@@ -1467,7 +1471,8 @@ static u128 u128_of(PyObject *bytes) {
  *     an address or a name: its addresses as Python writes them; none and an error: a
  *     name that did not resolve;
  *   ("R", bracketed, ranges, ((lo, hi),) * 4)  an IPv4 octet range or CIDR;
- *   ("R6", bracketed, ranges, lo16, hi16)       an IPv6 CIDR (16-byte big-endian bounds). */
+ *   ("R6", bracketed, ranges, lo16, hi16)       an IPv6 CIDR (16-byte big-endian bounds);
+ * each with a last, optional `whole`: this worker's alone, every endpoint of it. */
 static target_t *parse_target(sweep_t *s, PyObject *item) {
   target_t *t = calloc(1, sizeof *t);
   if (!t) return (target_t *)PyErr_NoMemory();
@@ -1482,8 +1487,8 @@ static target_t *parse_target(sweep_t *s, PyObject *item) {
   kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 0));
   if (!kind) goto fail;
   if (!strcmp(kind, "A")) {
-    if (!PyArg_ParseTuple(item, "sUpOOKO;address target", &kind, &host, &t->bracketed,
-                          &addresses, &ranges, &dns_k, &error))
+    if (!PyArg_ParseTuple(item, "sUpOOKO|p;address target", &kind, &host, &t->bracketed,
+                          &addresses, &ranges, &dns_k, &error, &t->whole))
       goto fail;
     if (!(t->host = escaped_copy(host, &t->host_len))) goto fail;
     if (parse_ranges(ranges, t) < 0) goto fail;
@@ -1528,7 +1533,8 @@ static target_t *parse_target(sweep_t *s, PyObject *item) {
   }
   t->is_range = 1;
   if (!strcmp(kind, "R")) {
-    if (!PyArg_ParseTuple(item, "spOO;range target", &kind, &t->bracketed, &ranges, &segs))
+    if (!PyArg_ParseTuple(item, "spOO|p;range target", &kind, &t->bracketed, &ranges, &segs,
+                          &t->whole))
       goto fail;
     if (parse_ranges(ranges, t) < 0) goto fail;
     t->version = 4;
@@ -1554,7 +1560,8 @@ static target_t *parse_target(sweep_t *s, PyObject *item) {
     return t;
   }
   if (!strcmp(kind, "R6")) {
-    if (!PyArg_ParseTuple(item, "spOSS;range target", &kind, &t->bracketed, &ranges, &lo, &hi))
+    if (!PyArg_ParseTuple(item, "spOSS|p;range target", &kind, &t->bracketed, &ranges, &lo,
+                          &hi, &t->whole))
       goto fail;
     if (parse_ranges(ranges, t) < 0) goto fail;
     if (PyBytes_GET_SIZE(lo) != 16 || PyBytes_GET_SIZE(hi) != 16) {

@@ -279,14 +279,14 @@ def test_the_feed_hands_ranges_addresses_and_names(tmp_path: Path) -> None:
             os.read(feed.wake_fd, 64)
         items.extend(batch)
     feed.close()
-    assert items[0] == ("R", False, ((80, 80),), ((127, 127), (0, 0), (0, 0), (1, 3)))
-    assert items[1] == ("R6", True, ((22, 22),), bytes(16), (1).to_bytes(16, "big"))
-    assert items[2] == ("A", "127.0.0.9", False, (("127.0.0.9", 0),), ((5, 5),), 0, None)
-    assert items[3] == ("A", "0:0::1", True, (("::1", 0),), ((80, 80),), 0, None)
-    kind, host, _, addresses, _, dns_k, error = items[4]
+    assert items[0] == ("R", False, ((80, 80),), ((127, 127), (0, 0), (0, 0), (1, 3)), False)
+    assert items[1] == ("R6", True, ((22, 22),), bytes(16), (1).to_bytes(16, "big"), False)
+    assert items[2] == ("A", "127.0.0.9", False, (("127.0.0.9", 0),), ((5, 5),), 0, None, False)
+    assert items[3] == ("A", "0:0::1", True, (("::1", 0),), ((80, 80),), 0, None, False)
+    kind, host, _, addresses, _, dns_k, error, _ = items[4]
     assert (kind, host, error) == ("A", "localhost", None) and addresses and dns_k >= 0
-    assert items[5] == ("A", "fe80::1%lo", True, (("fe80::1%lo", socket.if_nametoindex("lo")),),
-                        ((9, 9),), 0, None)  # fmt: skip
+    zone = (("fe80::1%lo", socket.if_nametoindex("lo")),)
+    assert items[5] == ("A", "fe80::1%lo", True, zone, ((9, 9),), 0, None, False)
     assert items[6][3] == () and items[6][6] in ("EAI_NONAME", "EAI_AGAIN")
 
 
@@ -535,6 +535,30 @@ def test_files_stdin_and_outputs_match_python_engine(listening_ns: Netns, tmp_pa
     assert out.returncode == 1
     assert json.loads(out.stdout)["outcome"] == "refused"
     assert not (tmp_path / "-").exists()
+
+
+@needs_netns
+@pytest.mark.parametrize("bad_line", [None, 150])
+def test_workers_take_a_files_lines_in_turn(
+    listening_ns: Netns, tmp_path: Path, bad_line: int | None
+) -> None:
+    """Two workers share a long file line by line (each parses only its own address-alone
+    lines): every endpoint once, as the Python engine's workers probe them; a bad line
+    stops both cores' workers at the same place."""
+    lines = [f"127.0.{n // 250}.{n % 250 + 1}\n" for n in range(300)]
+    lines[7] = "127.0.0.1:440-450 # a comment\n"
+    lines[8] = "[::1]/127\n"
+    if bad_line is not None:
+        lines[bad_line - 1] = "127.0.0.1:nope\n"
+    listing = tmp_path / "targets"
+    listing.write_text("".join(lines))
+    args = (f"@{listing}", "-p", "22,80", "--workers", "2")
+    code_n, native_records = sweep_in(listening_ns, *args, core="native")
+    code_p, python_records = sweep_in(listening_ns, *args, core="python")
+    assert code_n == code_p == (1 if bad_line is None else 2)
+    assert stable(native_records) == stable(python_records)
+    targets = [r["target"] for r in native_records]
+    assert len(targets) == len(set(targets)) > 0
 
 
 @needs_netns
