@@ -176,7 +176,12 @@ static const char *errname(int err, char *tmp) {
   return tmp;
 }
 
+/* errno -> outcome, from Python's record.outcome_of (`configure`); these until then. */
+static unsigned char errno_outcome[N_ERRNAMES];
+static int errno_outcome_set;
+
 static int outcome_of(int err) {
+  if (errno_outcome_set) return err >= 0 && err < N_ERRNAMES ? errno_outcome[err] : O_ERROR;
   switch (err) {
     case 0: return O_OPEN;
     case ECONNREFUSED:
@@ -1816,18 +1821,42 @@ fail:
 /* ---- set-up and test hooks ---------------------------------------------------------------- */
 
 PyDoc_STRVAR(configure_doc,
-"configure(errnames, outcomes, keys, lag_bounds)\n\n"
+"configure(errnames, outcomes, by_errno, keys, lag_bounds)\n\n"
 "What records and results hold, from the Python side's one definition: errno.errorcode;\n"
-"the outcome names in the order open, refused, timeout, unreachable, error; the record's\n"
+"the outcome names in the order open, refused, timeout, unreachable, error; for each errno\n"
+"below 256 the index of its outcome; the record's\n"
 "keys in order (each must be one this writer knows, every one of them present); the lag\n"
 "histogram's bounds in ms. Raises ValueError when the two disagree.");
 
 static PyObject *configure(PyObject *self, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"errnames", "outcomes", "keys", "lag_bounds", NULL};
-  PyObject *mapping, *outcomes, *keys, *bounds;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO", kwlist, &PyDict_Type, &mapping,
-                                   &outcomes, &keys, &bounds))
+  static char *kwlist[] = {"errnames", "outcomes", "by_errno", "keys", "lag_bounds", NULL};
+  PyObject *mapping, *outcomes, *by_errno, *keys, *bounds;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOO", kwlist, &PyDict_Type, &mapping,
+                                   &outcomes, &by_errno, &keys, &bounds))
     return NULL;
+  PyObject *ef = PySequence_Fast(by_errno, "by_errno");
+  if (!ef) return NULL;
+  if (PySequence_Fast_GET_SIZE(ef) != N_ERRNAMES) {
+    Py_DECREF(ef);
+    PyErr_Format(PyExc_ValueError, "by_errno holds the outcome of errnos 0 to %d", N_ERRNAMES - 1);
+    return NULL;
+  }
+  for (int e = 0; e < N_ERRNAMES; e++) {
+    long o = PyLong_AsLong(PySequence_Fast_GET_ITEM(ef, e));
+    if (o < 0 || o >= N_OUTCOMES) {
+      Py_DECREF(ef);
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "an outcome index out of range");
+      return NULL;
+    }
+    errno_outcome[e] = (unsigned char)o;
+  }
+  Py_DECREF(ef);
+  /* the core's own rules lean on these: a connect that succeeded, a timeout to retry */
+  if (errno_outcome[0] != O_OPEN || errno_outcome[ETIMEDOUT] != O_TIMEOUT) {
+    PyErr_SetString(PyExc_ValueError, "errno 0 must be open and ETIMEDOUT a timeout");
+    return NULL;
+  }
+  errno_outcome_set = 1;
   PyObject *key, *value;
   Py_ssize_t pos = 0;
   while (PyDict_Next(mapping, &pos, &key, &value)) {

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..address import literal
 from ..plain import Plain
-from ..record import OUTCOMES, RECORD_KEYS
+from ..record import OUTCOMES, RECORD_KEYS, outcome_of
 from ..syntax import Target
 from .lag import LAG_FLOOR, LagMonitor
 from .options import RATE_SLACK, EngineOptions
@@ -34,10 +34,11 @@ except ImportError:  # not built here (no compiler, not Linux): the Python engin
     _native = None
     UNAVAILABLE = "the native core is not built here"
 else:
-    try:  # one spec: the record's keys, outcomes, errno names and lag buckets from here
+    try:  # one spec: the record's keys, outcomes (and each errno's), errno names, lag buckets
         _native.configure(
             errnames=errno.errorcode,
             outcomes=[str(o) for o in OUTCOMES],
+            by_errno=[OUTCOMES.index(outcome_of(e)) for e in range(256)],
             keys=RECORD_KEYS,
             lag_bounds=LagMonitor.BOUNDS_MS,
         )

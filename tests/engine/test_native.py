@@ -4,6 +4,7 @@ against msgspec's, interrupts, and local shortages that never become records."""
 
 from __future__ import annotations
 
+import errno
 import io
 import ipaddress
 import json
@@ -44,10 +45,11 @@ from probe.address import ip_text
 from probe.check.native_feed import Feed
 from probe.check.plan import build_plan
 from probe.engine import EngineOptions, native
+from probe.engine.lag import LagMonitor
 from probe.engine.options import RATE_SLACK
 from probe.output.log import configure
 from probe.output.writer import RecordWriter
-from probe.record import Record, errno_name, outcome_of
+from probe.record import OUTCOMES, RECORD_KEYS, Record, errno_name, outcome_of
 from probe.syntax import parse_target
 
 pytestmark = pytest.mark.skipif(
@@ -760,3 +762,40 @@ def test_self_connect_with_fixed_source_port_matches_python_engine(netns: Netns)
     assert (by_port[7]["outcome"], by_port[7]["error"]) == ("error", "SELF_CONNECT")
     assert by_port[7]["local_port"] == 7
     assert by_port[8]["outcome"] == "refused" and by_port[8]["local_port"] == 7
+
+
+def test_one_spec_for_both_cores() -> None:
+    """The C writer takes the record's keys, the outcomes (each errno's too), errno names and
+    lag buckets from the Python side at import, and refuses what it cannot write: a key or
+    an outcome added on one side only makes the native core unavailable, never wrong."""
+    record = Record(
+        started=0.0, target="127.0.0.1:1", host="127.0.0.1", port=1, address="127.0.0.1",
+        family="ipv4", local_address=None, local_port=None, outcome=outcome_of(111),
+        error="ECONNREFUSED", latency_ms=0.0, rtt_ms=None, syn_retransmits=None, dns_ms=0.0,
+        attempt=1,
+    )  # fmt: skip
+    assert tuple(json.loads(python_line(record))) == RECORD_KEYS
+    spec: dict[str, Any] = {
+        "errnames": errno.errorcode,
+        "outcomes": [str(o) for o in OUTCOMES],
+        "by_errno": [OUTCOMES.index(outcome_of(e)) for e in range(256)],
+        "keys": RECORD_KEYS,
+        "lag_bounds": LagMonitor.BOUNDS_MS,
+    }
+    for wrong in (
+        {"keys": (*RECORD_KEYS, "tls_ms")},
+        {"keys": (*RECORD_KEYS[:-1], "attempts")},
+        {"outcomes": [*spec["outcomes"], "filtered"]},
+        {"by_errno": [0] * 256},
+    ):
+        with pytest.raises(ValueError):
+            _native.configure(**{**spec, **wrong})
+    _native.configure(**spec)  # as at import
+    reordered = (RECORD_KEYS[1], RECORD_KEYS[0], *RECORD_KEYS[2:])
+    try:
+        _native.configure(**{**spec, "keys": reordered})
+        line = _native._record(0, 0, "127.0.0.1", False, "127.0.0.1", 1, None, 111, False,
+                               0, -1, -1, 1)  # fmt: skip
+        assert tuple(json.loads(line)) == reordered
+    finally:
+        _native.configure(**spec)
