@@ -45,53 +45,23 @@ settings.load_profile("ci" if os.environ.get("CI") else "probe")
 
 # The suite runs on three pytest-xdist workers (`-n 3 --dist loadgroup` in pyproject's
 # addopts). Tests that look at time (rate, pacing, lag, latency, schedule slots, "promptly")
-# or that use a fixed resource share one group: they run one after another on one worker, so
-# none of them ever shares the machine with another of its kind; everything else is
-# independent (free ports, tmp_path, namespaces of its own; every iptables rule is inside a
-# namespace the test made). Whole modules here, or "module::test" for single tests.
-SERIAL = {
-    "tests/check/test_rate.py",
-    "tests/daemon/test_hostile.py",
-    "tests/serve/test_serve_hostile.py",
-    "tests/mesh/test_mesh_netns.py",
-    "tests/mesh/test_daemon_serve.py::test_a_hostile_client_leaves_the_schedule_alone",
-    "tests/daemon/test_resilience.py",
-    "tests/daemon/test_prometheus.py",
-    "tests/daemon/test_daemon.py::test_fixed_rate_schedule_without_drift",
-    "tests/daemon/test_daemon.py::test_about_ten_attempts_in_two_seconds",
-    # the other readers of the module-scoped daemon those two time: it starts once, here
-    "tests/daemon/test_daemon.py::test_every_log_line_is_json_and_records_have_the_contract_keys",
-    "tests/daemon/test_daemon.py::test_open_records_local_endpoint_is_what_the_listener_saw",
-    "tests/daemon/test_daemon.py::test_refused_records_have_a_local_port",
-    "tests/daemon/test_daemon.py::test_state_events",
-    "tests/daemon/test_daemon.py::test_metrics_endpoint",
-    "tests/daemon/test_daemon.py::test_healthz",
-    "tests/daemon/test_daemon.py::test_probe_open_target",
-    "tests/daemon/test_daemon.py::test_probe_closed_target",
-    "tests/daemon/test_daemon.py::test_probe_bad_target_is_400",
-    "tests/daemon/test_daemon.py::test_probe_outside_allow_is_403_and_connects_nowhere",
-    "tests/daemon/test_daemon.py::test_probe_localhost_resolves_inside_allow",
-    "tests/daemon/test_daemon.py::test_reload_changing_the_interval_replaces_the_schedule",
-    "tests/daemon/test_daemon.py::test_the_shipped_config_runs",  # 127.0.0.1:9464
-    "tests/daemon/test_metrics.py::test_probe_timeout_is_the_smaller_of_query_and_scrape_header",
-    "tests/daemon/test_schedule.py::test_10k_jobs_pop_at_most_a_few_per_millisecond",
-    "tests/engine/test_engine.py::test_rate_paces_attempts",
-    "tests/engine/test_engine.py::test_rate_is_at_most_n_in_any_second",
-    "tests/engine/test_engine.py::test_rate_is_delivered_above_the_timer_resolution",
-    "tests/engine/test_engine.py::test_per_attempt_timeouts_expire_in_deadline_order",
-    "tests/engine/test_engine.py::test_loop_lag_holds_concurrency_down",
-    "tests/engine/test_native.py::test_rate_is_never_exceeded",
-    "tests/engine/test_native.py::test_stop_fd_ends_a_sweep_of_timeouts_promptly",
-    "tests/engine/test_native.py::test_signal_stops_probe_check_promptly",
-    "tests/check/test_cli.py::test_human_repeat_summary",
-    "tests/check/test_plan.py::test_rate_is_shared_and_interleaved",
-    "tests/test_faults.py::test_daemon_sockets_stay_within_concurrency_then_sigterm_drains",
-    "tests/test_failure_table.py::test_a_failed_re_resolution_keeps_the_last_good_address",
-    "tests/test_failure_table.py::test_a_stall_skips_slots_and_does_not_make_them_up",
-}
+# or that use a fixed resource are marked `@pytest.mark.serial` (a module: `pytestmark`):
+# they run one after another on one worker, so none of them ever shares the machine with
+# another of its kind; everything else is independent (free ports, tmp_path, namespaces of
+# its own; every iptables rule is inside a namespace the test made). `--strict-markers`
+# makes a misspelt mark an error.
+#
+# The scheduler runs in the controller, which collects nothing and sees node ids only: each
+# worker writes the node ids of its serial tests to a file this process names (workers
+# inherit the environment) before it reports its collection, and the scheduler reads it.
+SERIAL_IDS = "PROBE_TEST_SERIAL_IDS"
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    _serial_dir = tempfile.mkdtemp(prefix="probe-test-serial-")
+    atexit.register(shutil.rmtree, _serial_dir, True)
+    os.environ[SERIAL_IDS] = os.path.join(_serial_dir, "ids")
 
 
-# Modules with a module-scoped daemon: one unit each (but for their SERIAL tests), so the
+# Modules with a module-scoped daemon: one unit each (but for their serial tests), so the
 # daemon starts once a run. Split over both workers, interleaved with other modules, pytest
 # tore such a fixture down at every change of module and started it again.
 ONE_UNIT = {
@@ -101,50 +71,62 @@ ONE_UNIT = {
 }
 
 
-def is_serial(nodeid: str) -> bool:
-    if nodeid.rfind("@") > nodeid.rfind("]"):  # an older pytest: xdist's group suffix
-        nodeid = nodeid[: nodeid.rfind("@")]
-    return nodeid.split("::")[0] in SERIAL or nodeid.split("[")[0] in SERIAL
-
-
-def unit(nodeid: str) -> str:
+def unit(nodeid: str, serial: frozenset[str]) -> str:
     """The scheduling unit of a test: the serial group, its module, or itself."""
-    if is_serial(nodeid):
+    if nodeid in serial:
         return "serial"
     module = nodeid.split("::")[0]
     return module if module in ONE_UNIT else nodeid
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """An xdist_group mark alone groups nothing (see below): SERIAL is the one list."""
-    stray = [
-        i.nodeid for i in items if i.get_closest_marker("xdist_group") and not is_serial(i.nodeid)
-    ]
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An xdist_group mark reaches no scheduler (see below): `serial` is the one mark.
+    On a worker, hand the serial tests' node ids to the controller's scheduler."""
+    stray = [i.nodeid for i in items if i.get_closest_marker("xdist_group")]
     if stray:
         raise pytest.UsageError(
-            "marked xdist_group but missing from SERIAL in tests/conftest.py, the list the "
-            "scheduler reads: " + ", ".join(stray)
+            "xdist_group groups nothing here; mark the test @pytest.mark.serial: "
+            + ", ".join(stray)
         )
+    path = os.environ.get(SERIAL_IDS)
+    if path and hasattr(config, "workerinput"):
+        ids = "".join(f"{i.nodeid}\n" for i in items if i.get_closest_marker("serial"))
+        part = f"{path}.{config.workerinput['workerid']}"
+        with open(part, "w") as out:
+            out.write(ids)
+        os.replace(part, path)  # every worker collects the same tests: the same file
+
+
+def _serial_ids() -> frozenset[str]:
+    path = os.environ.get(SERIAL_IDS)
+    if not path or not os.path.exists(path):
+        return frozenset()
+    with open(path) as ids:
+        return frozenset(ids.read().splitlines())
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup` with the units above, given to the scheduler by node id.
-    (xdist_group marks no longer reach it: pytest 9.2 ignores the nodeid suffix xdist 3.8
-    writes, so grouped tests were spread over both workers, pytest-xdist#1386.) Units go out
-    longest first by the last run's times (.pytest_cache), else largest first; a worker takes
-    the next when it has two tests or fewer left."""
+    (xdist's own xdist_group marks no longer reach it: pytest 9.2 ignores the nodeid suffix
+    xdist 3.8 writes, so grouped tests were spread over both workers, pytest-xdist#1386.)
+    Units go out longest first by the last run's times (.pytest_cache), else largest first;
+    a worker takes the next when it has two tests or fewer left."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
-    last: dict[str, float] = config.cache.get(DURATIONS, {}) if config.cache else {}
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    last: dict[str, float] = cache.get(DURATIONS, {}) if cache else {}
 
     class Units(LoadScopeScheduling):  # type: ignore[misc]
         ordered = False
+        serial: frozenset[str] | None = None
 
         def _split_scope(self, nodeid: str) -> str:
-            return unit(nodeid)
+            if self.serial is None:  # first called once every worker has collected
+                self.serial = _serial_ids()
+            return unit(nodeid, self.serial)
 
         def _assign_work_unit(self, node: Any) -> None:
             # Longest first, by the last run's durations (none known: collection order), so
@@ -171,10 +153,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Each test's time (setup + call + teardown), kept for the next run's order."""
-    config = session.config
-    if config.cache is None or hasattr(config, "workerinput") or not _took:
+    cache = getattr(session.config, "cache", None)
+    if cache is None or hasattr(session.config, "workerinput") or not _took:
         return
-    config.cache.set(DURATIONS, {**config.cache.get(DURATIONS, {}), **_took})
+    cache.set(DURATIONS, {**cache.get(DURATIONS, {}), **_took})
 
 
 def _listening(host: str) -> Iterator[RecordingListener]:

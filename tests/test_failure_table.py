@@ -65,7 +65,6 @@ from helpers import (
     value,
 )
 
-SERIAL = pytest.mark.xdist_group("serial")
 HERE = "test_failure_table.py"
 FAULTS = "test_faults.py"
 CLI = "check/test_cli.py"
@@ -522,7 +521,7 @@ def test_a_hung_probe_lookup_ends_at_the_attempts_timeout(
     d.kill()
 
 
-@SERIAL
+@pytest.mark.serial
 def test_a_failed_re_resolution_keeps_the_last_good_address(
     dns: DnsNetns, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -600,7 +599,7 @@ def test_http_headers_have_5_s_and_the_oldest_idle_connection_makes_room(
     assert d.stop() == 0
 
 
-@SERIAL
+@pytest.mark.serial
 def test_a_stall_skips_slots_and_does_not_make_them_up(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:

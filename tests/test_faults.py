@@ -523,6 +523,7 @@ def targets_toml(address: str, n: int) -> str:
 OVERHEAD = 12
 
 
+@pytest.mark.serial
 def test_daemon_sockets_stay_within_concurrency_then_sigterm_drains(
     tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
 ) -> None:

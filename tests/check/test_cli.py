@@ -245,6 +245,7 @@ def test_human_refused_line() -> None:
     assert re.fullmatch(rf"127\.0\.0\.1:{port} +refused +local 127\.0\.0\.1:\d+ +{MS}", line), line
 
 
+@pytest.mark.serial
 def test_human_repeat_summary(listener: RecordingListener) -> None:
     result = probe("check", listener.target, "-c", "3", "-i", "0.05")
     assert result.returncode == 0, result.stderr

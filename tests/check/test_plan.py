@@ -64,6 +64,7 @@ def test_bad_options_fail_in_the_plan(kwargs: dict[str, object], named: str) -> 
         build_plan(["127.0.0.1:1"], **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.serial
 def test_rate_is_shared_and_interleaved() -> None:
     plan = build_plan(["127.0.0.1:1"], rate=300.0, concurrency=10).replace(rate_epoch=100.0)
     shares = [share_options(plan, i, 3) for i in range(3)]

@@ -21,6 +21,8 @@ from probe.engine.core import RATE_SLACK
 from probe.resolve import Address
 from probe.syntax import Endpoint
 
+pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
+
 
 def _starts(stdout: str) -> list[float]:
     return sorted(datetime.fromisoformat(r["timestamp"]).timestamp() for r in records(stdout))

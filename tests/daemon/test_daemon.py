@@ -120,6 +120,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
 # -- 1. records --------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_every_log_line_is_json_and_records_have_the_contract_keys(shared: Shared) -> None:
     lines = shared.d.lines()  # fails on any line that is not JSON
     assert lines
@@ -142,6 +143,7 @@ def test_every_log_line_is_json_and_records_have_the_contract_keys(shared: Share
     assert all(not r.get("labels") for r in records if r["name"] == "shut")
 
 
+@pytest.mark.serial
 def test_open_records_local_endpoint_is_what_the_listener_saw(shared: Shared) -> None:
     web = shared.d.records("web")
     assert web and all(r["outcome"] == "open" and r["error"] is None for r in web)
@@ -153,6 +155,7 @@ def test_open_records_local_endpoint_is_what_the_listener_saw(shared: Shared) ->
     assert len({r["local_port"] for r in web}) == len(web)  # a fresh socket each attempt
 
 
+@pytest.mark.serial
 def test_refused_records_have_a_local_port(shared: Shared) -> None:
     shut = shared.d.records("shut")
     assert shut
@@ -166,6 +169,7 @@ def test_refused_records_have_a_local_port(shared: Shared) -> None:
 # -- 2. schedule -------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("name", ["web", "shut"])
 def test_fixed_rate_schedule_without_drift(shared: Shared, name: str) -> None:
     recs = shared.d.records(name)
@@ -181,6 +185,7 @@ def test_fixed_rate_schedule_without_drift(shared: Shared, name: str) -> None:
     assert max(grid_offset(s, phase, INTERVAL) for s in starts) < GRID_SLACK
 
 
+@pytest.mark.serial
 def test_about_ten_attempts_in_two_seconds(shared: Shared) -> None:
     by_name = {n: [ts(r) for r in shared.d.records(n)] for n in ("web", "shut")}
     window = max(starts[0] for starts in by_name.values())
@@ -193,6 +198,7 @@ def test_about_ten_attempts_in_two_seconds(shared: Shared) -> None:
 # -- 3. state events ---------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_state_events(shared: Shared) -> None:
     states: dict[str, list[tuple[str, str]]] = {}
     for ev in shared.d.events("state"):
@@ -216,6 +222,7 @@ def test_state_events(shared: Shared) -> None:
 # -- 4. metrics --------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_metrics_endpoint(shared: Shared) -> None:
     logged_web = len(shared.d.records("web"))
     status, ctype, body = shared.d.get("/metrics")
@@ -256,6 +263,7 @@ def test_metrics_endpoint(shared: Shared) -> None:
         assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
 
 
+@pytest.mark.serial
 def test_healthz(shared: Shared) -> None:
     status, _, body = shared.d.get("/healthz")
     assert status == 200 and body.strip() == "ok"
@@ -273,6 +281,7 @@ def probe_answer(d: Daemon, target: str) -> tuple[int, str, dict[str, float]]:
     return status, body, values
 
 
+@pytest.mark.serial
 def test_probe_open_target(shared: Shared) -> None:
     before = len(shared.web.peers)
     status, body, v = probe_answer(shared.d, shared.web.target)
@@ -284,6 +293,7 @@ def test_probe_open_target(shared: Shared) -> None:
     assert ("127.0.0.1", local_port) in peers
 
 
+@pytest.mark.serial
 def test_probe_closed_target(shared: Shared) -> None:
     status, body, v = probe_answer(shared.d, f"127.0.0.1:{shared.shut}")
     assert status == 200, body
@@ -291,6 +301,7 @@ def test_probe_closed_target(shared: Shared) -> None:
     assert 0 < v["probe_local_port"] < 65536
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(
     "query",
     [
@@ -311,6 +322,7 @@ def test_probe_bad_target_is_400(shared: Shared, query: str) -> None:
     assert status == 400
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("form", ["127.0.0.2:{port}", "[::ffff:127.0.0.2]:{port}"])
 def test_probe_outside_allow_is_403_and_connects_nowhere(shared: Shared, form: str) -> None:
     other = RecordingListener("127.0.0.2")
@@ -322,6 +334,7 @@ def test_probe_outside_allow_is_403_and_connects_nowhere(shared: Shared, form: s
         other.close()
 
 
+@pytest.mark.serial
 def test_probe_localhost_resolves_inside_allow(shared: Shared) -> None:
     status, body, v = probe_answer(shared.d, f"localhost:{shared.web.port}")
     assert status == 200, body
@@ -434,6 +447,7 @@ def test_reload_failing_to_open_the_new_log_keeps_the_old_one(
     assert d.stop() == 0
 
 
+@pytest.mark.serial
 def test_reload_changing_the_interval_replaces_the_schedule(
     start: Callable[..., Daemon], tmp_path: Path
 ) -> None:
@@ -779,6 +793,7 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+@pytest.mark.serial  # 127.0.0.1:9464
 def test_the_shipped_config_runs(start: Callable[..., Daemon], tmp_path: Path) -> None:
     if not port_is_free(9464):
         pytest.skip("127.0.0.1:9464 is taken on this machine")

@@ -48,6 +48,8 @@ from helpers import (
     value,
 )
 
+pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
+
 T = TypeVar("T")
 
 # -- the namespaced daemon and its DNS -------------------------------------------------------------

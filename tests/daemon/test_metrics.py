@@ -465,6 +465,7 @@ def test_probe_ipv6_protocol(live: tuple[Daemon, dict[str, str]]) -> None:
         web6.close()
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(
     ("query", "header", "expected"),
     [

@@ -34,6 +34,8 @@ from helpers import (
 
 from probe.daemon.fleet import shard_of
 
+pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
+
 PROMETHEUS = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
 )

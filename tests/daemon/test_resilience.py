@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+import pytest
 from helpers import (
     Daemon,
     Netns,
@@ -45,6 +46,8 @@ from helpers import (
     value,
     wait_for,
 )
+
+pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
 
 # A listener on PORT, then connections to it until connect() finds no local port left
 # (EADDRNOTAVAIL three times in a row, 50 ms apart: a port a probe held for a moment comes

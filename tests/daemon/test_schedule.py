@@ -359,6 +359,7 @@ def test_stall_ending_exactly_on_a_slot_gives_one_entry() -> None:
         assert len(out) == 1, (k, [(p, st) for _, p, st in out])
 
 
+@pytest.mark.serial
 def test_10k_jobs_pop_at_most_a_few_per_millisecond() -> None:
     """10,000 targets at a 10 s interval: about 1 per ms, never a burst."""
     interval = 10.0

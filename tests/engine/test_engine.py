@@ -551,6 +551,7 @@ async def test_repeat_mode_refused() -> None:
     assert [r.attempt for r in records] == [1, 2, 3]
 
 
+@pytest.mark.serial
 async def test_rate_paces_attempts() -> None:
     port = closed_port()
     rate, attempts = 50.0, 20
@@ -564,6 +565,7 @@ async def test_rate_paces_attempts() -> None:
     assert most_in_window(starts, 0.1) <= rate * 0.1 + 2
 
 
+@pytest.mark.serial
 async def test_rate_is_at_most_n_in_any_second() -> None:
     # A fresh engine once started two attempts at once. Starts keep a fixed cadence, so a
     # start the millisecond timer made late can share a window with the slot a second
@@ -576,6 +578,7 @@ async def test_rate_is_at_most_n_in_any_second() -> None:
     assert starts[1] - starts[0] >= 0.9 / rate  # no second start right after the first
 
 
+@pytest.mark.serial
 async def test_rate_is_delivered_above_the_timer_resolution() -> None:
     # Timers tick in whole milliseconds; 1,000/s once came out near 500/s.
     port = closed_port()
@@ -590,6 +593,7 @@ async def test_rate_is_delivered_above_the_timer_resolution() -> None:
     assert most_in_window(starts, 0.1) <= (0.1 + RATE_SLACK) * rate + 3
 
 
+@pytest.mark.serial
 async def test_per_attempt_timeouts_expire_in_deadline_order(
     full_queue: FullQueueListener,
 ) -> None:
@@ -913,6 +917,7 @@ def test_engine_on_the_production_loop(
     assert late == ["open", "refused"]
 
 
+@pytest.mark.serial
 async def test_loop_lag_holds_concurrency_down(full_queue: FullQueueListener) -> None:
     """A loop kept busy (a callback that blocks 8 ms, again and again) makes the engine lower
     its concurrency while attempts wait in flight; without the lag limit it does not."""

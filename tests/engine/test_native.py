@@ -316,6 +316,7 @@ def test_lag_limit_holds_concurrency_down(full_queue: FullQueueListener) -> None
     assert free.lag_throttles == 0
 
 
+@pytest.mark.serial
 def test_rate_is_never_exceeded() -> None:
     """--rate R: starts on a fixed cadence, so N attempts span at least (N - 1) / R seconds."""
     held = [closed_port() for _ in range(41)]
@@ -369,6 +370,7 @@ def test_closed_reader_exits_141_quietly(workers: str) -> None:
 # -- interrupts -------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_stop_fd_ends_a_sweep_of_timeouts_promptly(full_queue: FullQueueListener) -> None:
     plan = native.once(native.addresses([parse_target(full_queue.target)]))
     stop_r, stop_w = os.pipe()
@@ -394,6 +396,7 @@ def test_stop_fd_ends_a_sweep_of_timeouts_promptly(full_queue: FullQueueListener
     assert box["result"].targets == 0  # nothing finished, nothing written
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_probe_check_promptly(full_queue: FullQueueListener, signum: int) -> None:
     closed = closed_port()

@@ -69,6 +69,7 @@ def test_a_listen_port_in_use_is_exit_2(tmp_path: Path, responder: Responder) ->
         d.kill()
 
 
+@pytest.mark.serial
 def test_a_hostile_client_leaves_the_schedule_alone(tmp_path: Path) -> None:
     """10,000 connections, a slowloris, a megabyte each: the daemon's own target keeps its
     0.2 s cadence and its descriptors stay under the responder's bound."""

@@ -29,6 +29,8 @@ from helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
+
 NODES = int(os.environ.get("PROBE_MESH_NODES", "6"))
 INTERVAL, TIMEOUT = 3.0, 2.0
 INTERVAL, TIMEOUT = MESH_INTERVAL, MESH_TIMEOUT

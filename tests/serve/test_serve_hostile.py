@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from helpers import Responder, wait_for
 
+pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
+
 FLOOD = 10_000
 SLOWLORIS = 200
 MAX_CONNECTIONS = 64
