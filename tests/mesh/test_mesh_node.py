@@ -216,3 +216,25 @@ def test_a_row_naming_thousands_of_peers_does_not_make_the_page_unbounded() -> N
     assert len(page) < 5_000_000
     assert ">a</th>" in page and ">b</th>" in page  # the rows' own nodes are kept
     assert "more names in the rows are not drawn" in page
+
+
+async def test_ipv6_peers() -> None:
+    from helpers import has_ipv6_loopback
+
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    server = Server("six", ServeLimits(), Log().info)
+    [bound] = await server.start([("::1", 0)])
+    engine = Engine(EngineOptions(timeout=1.0))
+    node = MeshNode("a", engine, lambda r: None, Log(), PeerSpec.parse([bound]), 0.2, 1.0)
+    node.start()
+    try:
+        await until("six up", lambda: node.row()["peers"].get("six", {}).get("state") == "up")
+    finally:
+        node.stop()
+        engine.close()
+        server.close()
+    pair = node.row()["peers"]["six"]
+    assert pair["address"] == "::1" and pair["translated"] == 0
+    assert pair["recent"][0]["seen_as"] == pair["recent"][0]["local"]
+    assert pair["recent"][0]["local"].startswith("[::1]:")
