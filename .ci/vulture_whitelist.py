@@ -22,9 +22,6 @@ _.per_page
 # Python calls a module's __getattr__ for names it does not hold (PEP 562): lazy imports.
 __getattr__  # engine/__init__.py
 
-# Set through Frozen._set(locals()), read by the CLI's result and tests/engine/test_native.py.
-_.shortages  # engine/native.py NativeResult
-
 # pytest and its plugins call these by name.
 pytestmark
 pytest_collection_modifyitems
@@ -39,14 +36,9 @@ _.binary_location  # tests/daemon/test_status_browser.py: selenium reads it
 
 # Landed ahead of their first reader (features in progress); drop a line once the name is
 # used, or the name itself if it never is.
-LOG_ATTEMPTS  # daemon/runner.py: [log] attempts
 DEFAULT_RETENTION_DAYS  # daemon/store.py
-_.batches  # daemon/store.py write counters
-_.written
-_.flush_total_ms
 STAGE_ERRORS  # stages/result.py
 STAGE_OF
-_.uses_tls  # stages/spec.py
 _.has_expect
 _.listening  # serve/server.py
 _.router_in  # tests/serve/test_nat.py
