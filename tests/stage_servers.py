@@ -175,6 +175,44 @@ class Servers:
 
         return self.start(handler)
 
+    def starttls(self, protocol: str, ctx: ssl.SSLContext) -> int:
+        """An IMAP, POP3 or XMPP server as far as its STARTTLS: greeting, the upgrade
+        command's answer, then TLS."""
+        greeting, command, answer = {
+            "imap": (b"* OK IMAP4rev1 ready\r\n", b"STARTTLS", b"a1 OK Begin TLS now\r\n"),
+            "pop3": (b"+OK POP3 ready\r\n", b"STLS", b"+OK Begin TLS\r\n"),
+            "xmpp": (
+                b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+                b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>"
+                b"<required/></starttls></stream:features>",
+                b"<starttls",
+                b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+            ),
+        }[protocol]
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                if protocol == "xmpp":
+                    await reader.readuntil(b">")  # the client's stream header first
+                    await reader.readuntil(b">")
+                writer.write(greeting)
+                seen = b""
+                while command not in seen.upper() and command.upper() not in seen.upper():
+                    chunk = await reader.read(4096)
+                    if not chunk:
+                        writer.close()
+                        return
+                    seen += chunk
+                writer.write(answer)
+                await writer.drain()
+                await writer.start_tls(ctx)
+                await _until_closed(reader, writer)
+            except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
+                writer.close()
+
+        return self.start(handler)
+
     def banner(self, text: bytes, close: bool = False) -> int:
         """Writes `text`, then waits for the client to close (or closes, with `close`)."""
 

@@ -194,6 +194,17 @@ async def test_starttls_smtp(srv: Servers, certs: Certs) -> None:
     assert (rec["outcome"], rec["error"]) == ("error", "EXPECT_TIMEOUT")
 
 
+@pytest.mark.parametrize("protocol", ["imap", "pop3", "xmpp"])
+async def test_starttls_other_protocols(srv: Servers, certs: Certs, protocol: str) -> None:
+    spec = StageSpec(tls_options=TlsOptions(ca_file=certs.ca_file), starttls=protocol)
+    rec = await attempt(srv.starttls(protocol, certs.context()), spec)
+    assert rec["outcome"] == "open", rec
+    assert rec["tls_version"] == "TLSv1.3"
+    assert rec["cert_not_after"] == TRUSTME_NOT_AFTER
+    rec = await attempt(srv.starttls(protocol, certs.context("wrong_name")), spec)
+    assert (rec["outcome"], rec["error"]) == ("error", "HOSTNAME_MISMATCH")
+
+
 async def test_stalled_stages_hold_nothing_else(srv: Servers, certs: Certs) -> None:
     """A handshake that stalls and a 10 MB banner, beside plain connects on one engine: the
     plain attempts' records all arrive while the stalled ones still wait for their
