@@ -38,7 +38,7 @@ NATIVE_PLAN: dict[str, Accept] = {
     "output": _ANY,
 }
 NATIVE_OUTPUT: dict[str, Accept] = {
-    "format": lambda fmt, _: fmt in ("json", "human"),
+    "format": _ANY,  # human (rendered from the core's records), json, csv
     "open_only": _ANY,
     "list_mode": _ANY,
     "target_width": _ANY,

@@ -85,6 +85,7 @@ def _native_share(
                 file_fd=file_fd,
                 open_only=(output.open_only and not human, output.open_only),
                 exclude=exclusion_spans(plan.exclude),
+                csv=output.format == "csv",
             )
     except (SinkClosed, BrokenPipeError, OSError) as exc:
         failure = reader.finish() if reader is not None else None

@@ -252,6 +252,8 @@ static size_t ipv6_text(const uint8_t ip[16], char *out) {
 typedef struct {
   const char *host; /* escaped */
   size_t host_len;
+  const char *host_raw; /* as written (CSV); NULL: the same as `host` */
+  size_t host_raw_len;
   const char *address; /* escaped; NULL: no address (a name that did not resolve) */
   size_t address_len;
   int bracketed, family;
@@ -391,6 +393,92 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
   PUTS(b, "}\n");
 }
 
+/* One CSV field as Python's csv writer (QUOTE_MINIMAL) writes it: quoted, quotes doubled,
+ * when it holds a comma, a quote or a line break. */
+static void put_csv_field(buf_t *b, const char *s, size_t n) {
+  int quote = 0;
+  for (size_t i = 0; i < n && !quote; i++)
+    quote = s[i] == ',' || s[i] == '"' || s[i] == '\n' || s[i] == '\r';
+  if (!quote) {
+    put(b, s, n);
+    return;
+  }
+  PUTS(b, "\"");
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '"') PUTS(b, "\"");
+    put(b, s + i, 1);
+  }
+  PUTS(b, "\"");
+}
+
+/* The record as a CSV row (output/csv.py): the same keys in the same order, the JSON
+ * values' text, null as an empty field. */
+static void put_record_csv(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec_t *r) {
+  char local[INET6_ADDRSTRLEN] = "";
+  int local_port = r->local ? endpoint_text(r->local, local) : 0;
+  const char *host = t->host_raw ? t->host_raw : t->host;
+  size_t host_len = t->host_raw ? t->host_raw_len : t->host_len;
+  for (int k = 0; k < N_KEYS; k++) {
+    if (k) PUTS(b, ",");
+    switch (key_order[k]) {
+      case K_EVENT: PUTS(b, "probe"); break;
+      case K_TIMESTAMP: {
+        put_timestamp(b, ts, r->wall);
+        b->len--; /* its closing quote */
+        break;
+      }
+      case K_TARGET: {
+        char tmp[600];
+        buf_t tb = {tmp, 0, sizeof tmp};
+        if (host_len + 16 > sizeof tmp) {
+          put_host_port(b, host, host_len, t->bracketed, r->port); /* (never this long) */
+          break;
+        }
+        put_host_port(&tb, host, host_len, t->bracketed, r->port);
+        put_csv_field(b, tb.p, tb.len);
+        break;
+      }
+      case K_HOST: put_csv_field(b, host, host_len); break;
+      case K_PORT: put_uint(b, (uint64_t)r->port); break;
+      case K_ADDRESS:
+        if (t->address) put(b, t->address, t->address_len);
+        break;
+      case K_FAMILY:
+        if (t->address) {
+          if (t->family == AF_INET6)
+            PUTS(b, "ipv6");
+          else
+            PUTS(b, "ipv4");
+        }
+        break;
+      case K_LOCAL_ADDRESS:
+        if (r->local) put(b, local, strlen(local));
+        break;
+      case K_LOCAL_PORT:
+        if (r->local) put_uint(b, (uint64_t)local_port);
+        break;
+      case K_OUTCOME: put(b, outcome_names[r->outcome], strlen(outcome_names[r->outcome])); break;
+      case K_ERROR: {
+        char tmp[24];
+        const char *e = r->error;
+        if (!e && r->outcome != O_OPEN) e = r->timed_out ? "ETIMEDOUT" : errname(r->err, tmp);
+        if (e) put(b, e, strlen(e));
+        break;
+      }
+      case K_LATENCY_MS: put_thousandths(b, ms_thousandths(r->latency_ns)); break;
+      case K_RTT_MS:
+        if (r->rtt_us >= 0) put_thousandths(b, (uint64_t)r->rtt_us);
+        break;
+      case K_SYN_RETRANSMITS:
+        if (r->syn_retransmits >= 0) put_uint(b, (uint64_t)r->syn_retransmits);
+        break;
+      case K_DNS_MS: put_thousandths(b, r->dns_k); break;
+      case K_ATTEMPT: put_uint(b, r->attempt); break;
+    }
+  }
+  PUTS(b, "\n");
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Targets, streamed in from Python                                                           */
 
@@ -416,6 +504,8 @@ typedef struct {
   /* an address or a name */
   char *host; /* escaped */
   size_t host_len;
+  char *host_raw; /* as written, when that differs (CSV) */
+  size_t host_raw_len;
   int naddr, nlive;
   addr_t *addrs;
   char *error;  /* naddr == 0: the resolver's code */
@@ -455,6 +545,7 @@ typedef struct {
 static void target_free(target_t *t) {
   free(t->ranges);
   free(t->host);
+  free(t->host_raw);
   for (int i = 0; i < t->naddr; i++) free(t->addrs[i].text);
   free(t->addrs);
   free(t->error);
@@ -544,7 +635,7 @@ typedef struct {
   uint64_t reused;
   int64_t giveup_ns; /* < 0: never give up */
   int out_fd, file_fd, stop_fd, wake_fd;
-  int open_only_out, open_only_file;
+  int open_only_out, open_only_file, csv;
   exclusions_t *exclude;
   /* the feed: batches of targets, and the walk through them */
   target_t **batch;
@@ -680,10 +771,13 @@ static void rec_target(const attempt_t *a, rec_target_t *rt, char *text) {
     }
     rt->host = rt->address = text;
     rt->host_len = rt->address_len = n;
+    rt->host_raw = NULL;
     return;
   }
   rt->host = t->host;
   rt->host_len = t->host_len;
+  rt->host_raw = t->host_raw;
+  rt->host_raw_len = t->host_raw_len;
   if (a->ai < 0) {
     rt->address = NULL;
     rt->address_len = 0;
@@ -703,10 +797,15 @@ static void write_record(sweep_t *s, const attempt_t *a, const rec_t *r) {
   char text[64];
   rec_target_t rt;
   rec_target(a, &rt, text);
-  size_t at = s->out.len;
-  put_record(&s->out, &s->ts, &rt, r);
-  if (to_file) put(&s->file, s->out.p + at, s->out.len - at);
-  if (!to_out) s->out.len = at;
+  if (s->csv) { /* CSV rows on out, the JSON records to the file */
+    if (to_out) put_record_csv(&s->out, &s->ts, &rt, r);
+    if (to_file) put_record(&s->file, &s->ts, &rt, r);
+  } else {
+    size_t at = s->out.len;
+    put_record(&s->out, &s->ts, &rt, r);
+    if (to_file) put(&s->file, s->out.p + at, s->out.len - at);
+    if (!to_out) s->out.len = at;
+  }
   if (s->out.len > OUT_SIZE - OUT_ROOM || s->file.len > OUT_SIZE - OUT_ROOM) flush_out(s);
 }
 
@@ -1496,6 +1595,14 @@ static target_t *parse_target(sweep_t *s, PyObject *item) {
                           &addresses, &ranges, &dns_k, &error, &t->whole))
       goto fail;
     if (!(t->host = escaped_copy(host, &t->host_len))) goto fail;
+    Py_ssize_t raw_len;
+    const char *raw = PyUnicode_AsUTF8AndSize(host, &raw_len);
+    if (!raw) goto fail;
+    if ((size_t)raw_len != t->host_len || memcmp(raw, t->host, t->host_len)) {
+      if (!(t->host_raw = malloc((size_t)raw_len + 1))) goto fail;
+      memcpy(t->host_raw, raw, (size_t)raw_len);
+      t->host_raw_len = (size_t)raw_len;
+    }
     if (parse_ranges(ranges, t) < 0) goto fail;
     t->dns_k = dns_k;
     t->dns_left = 1;
@@ -1666,18 +1773,18 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
                            "concurrency", "rate", "rate_epoch", "retries", "source",
                            "graceful", "stop_fd", "wake_fd", "progress", "giveup", "reuse",
                            "lag_limit", "lag_floor", "file_fd", "open_only_out",
-                           "open_only_file", "exclude", "rate_slack", NULL};
+                           "open_only_file", "exclude", "rate_slack", "csv", NULL};
   int fd, shard_index = 0, shard_count = 1, concurrency = 1000, retries = 0, graceful = 0;
-  int reuse = 0, lag_floor = 8, file_fd = -1, open_only_out = 0, open_only_file = 0;
+  int reuse = 0, lag_floor = 8, file_fd = -1, open_only_out = 0, open_only_file = 0, csv = 0;
   int stop_fd = -1, wake_fd = -1;
   double timeout = 1.0, rate = 0.0, rate_epoch = -1.0, giveup = 30.0, lag_limit = 0.0;
   double rate_slack = 0.05;
   PyObject *feed, *source = Py_None, *progress = Py_None, *exclude = Py_None;
   if (!PyArg_ParseTupleAndKeywords(
-          args, kw, "iO|iididdiOpiiOdpdiippOd", kwlist, &fd, &feed, &shard_index,
+          args, kw, "iO|iididdiOpiiOdpdiippOdp", kwlist, &fd, &feed, &shard_index,
           &shard_count, &timeout, &concurrency, &rate, &rate_epoch, &retries, &source,
           &graceful, &stop_fd, &wake_fd, &progress, &giveup, &reuse, &lag_limit, &lag_floor,
-          &file_fd, &open_only_out, &open_only_file, &exclude, &rate_slack))
+          &file_fd, &open_only_out, &open_only_file, &exclude, &rate_slack, &csv))
     return NULL;
   if (shard_count < 1 || shard_index < 0 || shard_index >= shard_count || concurrency < 1 ||
       !(timeout > 0) || rate < 0 || retries < 0 || !PyCallable_Check(feed)) {
@@ -1723,6 +1830,7 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
   s->file_fd = file_fd;
   s->open_only_out = open_only_out;
   s->open_only_file = open_only_file;
+  s->csv = csv;
   s->stop_fd = stop_fd;
   s->wake_fd = wake_fd;
   s->gport = -1;
@@ -1994,7 +2102,8 @@ static PyObject *py_record(PyObject *self, PyObject *args) {
     free(h);
     return NULL;
   }
-  rec_target_t t = {h, hl, a, al, bracketed, family};
+  rec_target_t t = {.host = h, .host_len = hl, .address = a, .address_len = al,
+                    .bracketed = bracketed, .family = family};
   struct timespec wall = {(time_t)wall_s, (long)wall_ns};
   rec_t r = {.wall = &wall, .port = port, .local = local == Py_None ? NULL : &la,
              .outcome = timed_out ? O_TIMEOUT : (err == SELF_CONNECT ? O_ERROR : outcome_of(err)),

@@ -178,10 +178,12 @@ def sweep(
     file_fd: int = -1,
     open_only: tuple[bool, bool] = (False, False),
     exclude: tuple[Any, ...] | None = None,
+    csv: bool = False,
 ) -> SweepResult:
     """Probe this shard of the targets `feed` hands in (see `_native.sweep`) once per
-    endpoint, JSON records to `fd` and to `file_fd`; `open_only`: only open attempts' to
-    each; `exclude`: addresses never probed (`check.native_feed.exclusion_spans`).
+    endpoint, JSON records (`csv`: CSV rows) to `fd`, JSON records to `file_fd`;
+    `open_only`: only open attempts' to each; `exclude`: addresses never probed
+    (`check.native_feed.exclusion_spans`).
 
     `reuse`: a refused attempt's socket is reset (connect with AF_UNSPEC) and serves the next
     attempt: a third less CPU per attempt, and each attempt still sends its own SYN from its
@@ -216,6 +218,7 @@ def sweep(
         open_only_out=open_only[0],
         open_only_file=open_only[1],
         exclude=exclude,
+        csv=csv,
     )
     return SweepResult(**raw)
 

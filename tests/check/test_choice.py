@@ -32,6 +32,7 @@ def test_a_sweep_runs_on_the_native_core_whatever_its_options() -> None:
         (["127.0.0.0/16"], {"ports": "22", "shard": "0/2"}),
         (["-"], {"ports": "22"}),
         (["localhost:80", "[fe80::1%lo]:80", "::1"], {"ports": "22"}),
+        (["127.0.0.1:1-100"], {"fmt": "csv", "json_file": "/dev/null", "open_only": True}),
     ]:
         choice = choose(build_plan(targets, **kwargs))
         assert (choice.core, choice.reasons) == ("native", ()), (targets, kwargs)
@@ -43,7 +44,6 @@ def test_a_sweep_runs_on_the_native_core_whatever_its_options() -> None:
     [
         ({"count": 3}, "-c 3"),
         ({"count": 0}, "-c 0"),
-        ({"fmt": "csv"}, "--format csv"),
         ({"source": "127.0.0.1:40000-40010"}, "-s ADDR:LO-HI"),
     ],
 )

@@ -4,6 +4,7 @@ against msgspec's, interrupts, and local shortages that never become records."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import io
 import ipaddress
@@ -540,6 +541,27 @@ def test_files_stdin_and_outputs_match_python_engine(listening_ns: Netns, tmp_pa
     assert out.returncode == 1
     assert json.loads(out.stdout)["outcome"] == "refused"
     assert not (tmp_path / "-").exists()
+
+
+@needs_netns
+def test_csv_matches_python_engine(listening_ns: Netns) -> None:
+    """CSV on the native core: the Python engine's rows, column for column."""
+    rows = {}
+    for core in ("native", "python"):
+        out = subprocess.run(
+            [*listening_ns.prefix(), *probe_cmd(), "check", "127.0.0.1:1-600", "[::1]:79-81",
+             "localhost:22", "nonexistent.invalid:5", "--format", "csv", "-v"],
+            capture_output=True, text=True, env={**os.environ, "PROBE_CORE": core}, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 1
+        assert out.stderr.startswith(f"probe: core: {core}")
+        table = list(csv.DictReader(io.StringIO(out.stdout)))
+        rows[core] = sorted(
+            ({k: (len(v) > 0 if k in VOLATILE else v) for k, v in row.items()} for row in table),
+            key=lambda row: (row["target"], row["address"]),
+        )
+        assert len(table) >= 600 + 3 + 1 + 1  # localhost: one address or two
+    assert rows["native"] == rows["python"]
 
 
 @needs_netns
