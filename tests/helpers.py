@@ -1167,9 +1167,10 @@ class Responder:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                assert self.proc.wait(10) == 0, "probe serve: SIGTERM is exit 0"
             except subprocess.TimeoutExpired:
                 kill(self.proc)
+                raise AssertionError("probe serve did not stop on SIGTERM") from None
         no_traceback(self.err.read_text())
 
 
