@@ -633,6 +633,18 @@ class Daemon:
 
         return self.wait(f"event {event} {fields}", found, timeout)
 
+    def wait_inflight(self, n: int = 1, timeout: float = 10.0) -> None:
+        """Until `probe_inflight` (attempts in flight, both engines) is at least `n`."""
+
+        def enough() -> bool:
+            return (value(self.metrics()[1], "probe_inflight") or 0) >= n
+
+        self.wait(f"{n} attempts in flight", enough, timeout)
+
+    def wait_draining(self) -> None:
+        """After SIGTERM: until /healthz answers 503, the sign that the drain has begun."""
+        self.wait("the drain to begin", lambda: self.get("/healthz")[0] == 503)
+
     @property
     def port(self) -> int:
         """The metrics port the daemon listens on (from its `listening` event)."""
@@ -771,7 +783,9 @@ while True:
     qtype = struct.unpack("!H", data[i + 1 : i + 3])[0]
     question = data[12 : i + 5]
     name = b".".join(labels).decode("ascii", "replace").lower()
-    if name.startswith("hang"):
+    if name.startswith("hang"):  # never answered; the test may wait until it was asked
+        with open(hang + ".asked", "a") as asked:
+            asked.write(name + "\n")
         continue
     known = name.endswith(".test")
     answers = []
@@ -859,6 +873,13 @@ class DnsNetns:
         """From now on the DNS server answers nothing."""
         self.hang_file.touch()
 
+    def asked(self) -> set[str]:
+        """The names starting with "hang" (never answered) that lookups have asked for."""
+        try:
+            return set(Path(f"{self.hang_file}.asked").read_text().split())
+        except FileNotFoundError:
+            return set()
+
     def close(self) -> None:
         self.server.kill()
         self.server.wait(5)
@@ -934,7 +955,7 @@ def draining(tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListene
 
     d.wait("the first attempt in flight", in_flight, timeout=15)
     d.send(signal.SIGTERM)  # the drain now waits up to 2.9 s for that attempt
-    time.sleep(0.3)
+    d.wait_draining()
     assert d.proc.poll() is None
     return d
 

@@ -458,8 +458,7 @@ def test_reload_changing_the_interval_replaces_the_schedule(
     d.rewrite(config_toml(log, target_toml("a", f"127.0.0.1:{port}", interval=0.5)))
     d.send(signal.SIGHUP)
     at = ts(d.wait_event("reload", result="ok"))
-    d.wait_records("a", 3, after=at + 0.05, timeout=5)
-    time.sleep(1.2)
+    d.wait_records("a", 5, after=at + 0.05, timeout=10)
     starts = [ts(r) for r in d.records("a") if ts(r) > at + 0.05]
     assert len(starts) >= 3
     gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -656,7 +655,7 @@ def test_sigterm_answers_a_probe_request_in_flight(
         target=lambda: answer.append(http_get(port, f"/probe?target={full_queue.target}"))
     )
     thread.start()
-    time.sleep(0.3)  # the attempt (1 s, the default timeout) is in flight
+    d.wait_inflight()  # the attempt (1 s, the default timeout)
     d.send(signal.SIGTERM)
     assert d.proc.wait(timeout=1.0 + 1.0 + 1.5) == 0
     thread.join(5)
@@ -676,7 +675,7 @@ def test_sigterm_lets_a_long_probe_request_finish(
     query = f"/probe?target={full_queue.target}&timeout=2.5"
     thread = threading.Thread(target=lambda: answer.append(http_get(port, query)))
     thread.start()
-    time.sleep(0.3)
+    d.wait_inflight()  # the attempt (2.5 s)
     d.send(signal.SIGTERM)
     assert d.proc.wait(timeout=2.5 + 1.0 + 1.5) == 0
     thread.join(5)

@@ -46,6 +46,7 @@ from helpers import (
     target_toml,
     ts,
     value,
+    wait_for,
 )
 
 pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
@@ -96,7 +97,10 @@ def test_hung_probe_lookups_do_not_starve_a_named_target_added_by_reload(
         )
         for i in range(8)
     ]
-    time.sleep(0.5)  # every /probe lookup is hanging now
+    from probe.daemon.app import LOOKUP_THREADS  # here: the daemon tests run on old trees
+
+    # every thread of /probe's lookup pool hangs (the other requests queue behind them)
+    wait_for("/probe's lookup threads hanging", lambda: len(dns.asked()) >= LOOKUP_THREADS)
     d.rewrite(config_toml(log, target_toml("named", "good.test:9")))
     d.send(signal.SIGHUP)
     recs = d.wait_records("named", 3, timeout=5)
@@ -148,7 +152,7 @@ def test_sigterm_abandons_a_hung_probe_lookup_at_once(
     thread, answer = background(
         lambda: ns_get(dns.ns, port, "/probe?target=hang.test:80&timeout=20", 25)
     )
-    time.sleep(0.5)
+    wait_for("the /probe lookup hanging", lambda: "hang.test" in dns.asked())
     sent = time.monotonic()
     d.send(signal.SIGTERM)
     assert d.proc.wait(timeout=10) == 0
@@ -178,7 +182,7 @@ def test_probe_flood_to_a_dropped_port_leaves_the_schedule_its_slots(
         background(lambda: http_get(port, f"/probe?target={full_queue.target}&timeout=10", 15))
         for _ in range(24)
     ]
-    time.sleep(1.0)  # every /probe attempt that was let in is in flight now
+    d.wait_inflight(10)  # /probe's own limit (probe_concurrency, default 10) is full
     mark = len(d.lines())
     time.sleep(3.0)
     after = records_between(d, "sched", mark)
@@ -186,7 +190,7 @@ def test_probe_flood_to_a_dropped_port_leaves_the_schedule_its_slots(
     samples = metrics_of(d.get)  # answered while the flood holds /probe's slots
     assert skipped_total(samples) == 0
     d.send(signal.SIGTERM)
-    time.sleep(0.3)
+    d.wait_draining()
     d.send(signal.SIGTERM)  # no need to wait out the flood's 10 s attempts
     statuses = []
     for thread, out in flood:
@@ -343,13 +347,12 @@ def test_a_wall_clock_step_neither_stops_nor_bursts_probing(
     d = start_in(tmp_path, text, log, daemons, patches={"_clock_step": [step, str(flag)]})
     d.wait_records("a", 2)
     flag.touch()
-    time.sleep(0.5)  # the step is noticed on the next flush tick (0.1 s)
+    event = d.wait_event("clock")  # the step is noticed on the next flush tick (0.1 s)
     mark = len(d.lines())
     time.sleep(2.0)
     after = records_between(d, "a", mark)
     assert 2.0 / INTERVAL - 3 <= len(after) <= 2.0 / INTERVAL + 2, len(after)
     assert skipped_total(metrics_of(d.get)) == 0
-    event = d.wait_event("clock")
     assert event["step_s"] == pytest.approx(step, abs=1.0)
     assert d.stop() == 0
 
