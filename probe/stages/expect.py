@@ -33,9 +33,12 @@ class Dialogue:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def expect(self, pattern: re.Pattern[str], limit: int) -> str | None:
+    async def expect(
+        self, pattern: re.Pattern[str], limit: int, refuse: re.Pattern[str] | None = None
+    ) -> tuple[str | None, bool]:
         """The first line (or unfinished line) that `pattern` matches, without its line end
-        and truncated; None when the peer closed or `limit` bytes were read first."""
+        and truncated, and False; (None, False) when the peer closed or `limit` bytes were
+        read first; (the line, True) when a whole line matched `refuse` first."""
         pending = self.pending
         read = 0
         tried = 0  # the unfinished line's length when it was last tried
@@ -45,18 +48,23 @@ class Dialogue:
                 del pending[: end + 1]
                 tried = 0
                 if pattern.search(line):
-                    return line[:MATCHED_MAX]
+                    return line[:MATCHED_MAX], False
+                if refuse is not None and refuse.search(line):
+                    return line[:MATCHED_MAX], True
             size = len(pending)
             if size and (size <= TAIL_ALWAYS or size >= 2 * tried):
                 tried = size
                 tail = pending.decode("latin-1")
                 if pattern.search(tail):
                     pending.clear()
-                    return tail[:MATCHED_MAX]
+                    return tail[:MATCHED_MAX], False
+                if refuse is not None and refuse.search(tail):
+                    pending.clear()
+                    return tail[:MATCHED_MAX], True
             if read >= limit:
-                return None
+                return None, False
             chunk = await self.reader.read(min(65536, limit - read))
             if not chunk:
-                return None
+                return None, False
             read += len(chunk)
             pending += chunk

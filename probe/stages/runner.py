@@ -83,11 +83,14 @@ async def run_stages(
                 try:
                     if step.expect is not None:
                         stage = "expect"
-                        line = await talk.expect(_compiled(step.expect), spec.expect_limit)
-                        if line is None:
+                        refuse = None if step.refuse is None else _compiled(step.refuse)
+                        line, refused = await talk.expect(
+                            _compiled(step.expect), spec.expect_limit, refuse
+                        )
+                        result.matched = line
+                        if line is None or refused:
                             result.error = EXPECT_MISMATCH
                             return result
-                        result.matched = line
                     if step.send is not None:
                         stage = "send"
                         try:

@@ -64,13 +64,20 @@ class Step(Frozen):
     """One of blackbox's `query_response` entries: wait for `expect` (a regex matched
     against each line read), then write `send`, then begin TLS if `starttls`."""
 
-    __slots__ = ("expect", "send", "starttls")
+    __slots__ = ("expect", "refuse", "send", "starttls")
     expect: str | None
     send: bytes | None
     starttls: bool
+    # A line matching this before `expect` does ends the wait at once, as a mismatch (a
+    # protocol's refusal: SMTP's 502 to STARTTLS). The STARTTLS dialogues' own.
+    refuse: str | None
 
     def __init__(
-        self, expect: str | None = None, send: bytes | None = None, starttls: bool = False
+        self,
+        expect: str | None = None,
+        send: bytes | None = None,
+        starttls: bool = False,
+        refuse: str | None = None,
     ) -> None:
         self._set(locals())
 
