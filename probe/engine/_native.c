@@ -670,6 +670,7 @@ typedef struct {
   double lag_max_ms;
   int64_t lag_due;
   int write_errno;
+  uint64_t unwritten; /* records a reader that stopped reading never got */
   /* results */
   uint64_t outcomes[N_OUTCOMES];
   uint64_t targets_done, targets_without_open, started, shortages, self_connects, late;
@@ -691,20 +692,33 @@ static inline int64_t mono_ns(void) {
 }
 
 /* Whole buffer to fd. A reader that does not read holds the write; a stop (SIGINT, SIGTERM:
- * the stop fd) ends the wait, the rest unwritten (EAGAIN to the caller). */
+ * the stop fd) ends the wait, the rest unwritten (EAGAIN to the caller). A signal ends a
+ * blocked write() early, with EINTR or with what it wrote so far: the stop fd is asked
+ * after either. */
+static int stop_pending(sweep_t *s) {
+  struct pollfd p = {.fd = s->stop_fd, .events = POLLIN};
+  return s->stop_fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
+}
+
 static int write_all(sweep_t *s, int fd, buf_t *b) {
   size_t off = 0;
   while (off < b->len) {
+    if (off && stop_pending(s)) { /* a short write: perhaps a signal, perhaps a stop */
+      errno = EAGAIN;
+      goto stalled;
+    }
     ssize_t n = write(fd, b->p + off, b->len - off);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) {
-        struct pollfd p[2] = {{.fd = fd, .events = POLLOUT}, {.fd = s->stop_fd, .events = POLLIN}};
-        if (poll(p, s->stop_fd >= 0 ? 2 : 1, errno == EAGAIN ? 1000 : 0) > 0 && p[1].revents) {
-          s->stopped = 1;
+        if (stop_pending(s)) {
           errno = EAGAIN;
-        } else {
-          continue;
+          goto stalled;
         }
+        if (errno == EAGAIN) {
+          struct pollfd p = {.fd = fd, .events = POLLOUT};
+          poll(&p, 1, 1000);
+        }
+        continue;
       }
       s->write_errno = errno;
       b->len = 0;
@@ -714,6 +728,12 @@ static int write_all(sweep_t *s, int fd, buf_t *b) {
   }
   b->len = 0;
   return 0;
+stalled:
+  s->stopped = 1;
+  for (size_t i = off; i < b->len; i++) s->unwritten += b->p[i] == '\n';
+  s->write_errno = EAGAIN;
+  b->len = 0;
+  return -1;
 }
 
 static int flush_out(sweep_t *s) {
@@ -1872,10 +1892,23 @@ static PyObject *sweep(PyObject *self, PyObject *args, PyObject *kw) {
     while (s->npool[f]) close(s->pool[f][--s->npool[f]]);
   if (!s->write_errno) flush_out(s);
   PyEval_RestoreThread(s->tstate);
+  /* a stop's signal handler runs now, while the caller's handlers are still the ones set */
+  if (PyErr_CheckSignals() < 0) rc = -1;
 
   if (rc < 0) goto fail;
   if (s->feed_failed) {
     PyErr_Restore(s->et, s->ev, s->etb);
+    goto fail;
+  }
+  if (s->write_errno == EAGAIN && s->unwritten) { /* stopped, the reader not reading */
+    /* the words of output/writer.py's Stalled */
+    PyObject *text = PyUnicode_FromFormat("its reader stopped reading, %llu records not written",
+                                          (unsigned long long)s->unwritten);
+    PyObject *exc_args = text ? Py_BuildValue("(iN)", EAGAIN, text) : NULL;
+    if (exc_args) {
+      PyErr_SetObject(PyExc_OSError, exc_args);
+      Py_DECREF(exc_args);
+    }
     goto fail;
   }
   if (s->write_errno) {

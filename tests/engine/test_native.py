@@ -38,6 +38,7 @@ from helpers import (
     closed_port,
     need_tools,
     probe_cmd,
+    wait_for,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -416,6 +417,39 @@ def test_signal_stops_probe_check_promptly(full_queue: FullQueueListener, signum
     record = json.loads(first)
     assert record["port"] == closed and record["outcome"] == "refused"
     assert rest == b""  # the unfinished attempt leaves no record, torn or whole
+
+
+@pytest.mark.serial
+def test_a_stop_ends_a_write_to_a_reader_that_does_not_read(tmp_path: Path) -> None:
+    """The pipe full, its reader asleep: SIGTERM still ends the run at once, and the last
+    line counts the records never written (the words of the Python path's writer)."""
+    err = tmp_path / "err"
+    with err.open("wb") as errors:
+        proc = subprocess.Popen(
+            [*probe_cmd(), "check", "127.0.0.1", "-p", "1-65535", "--json", "--workers", "1"],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        assert proc.stdout is not None
+        proc.stdout.read(1)  # it has started writing; from here on nobody reads
+        wait_for("probe blocked writing to a full pipe", lambda: _pipe_full(proc.pid), 20)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+        proc.stdout.close()
+    assert time.monotonic() - sent < 3.0
+    assert code == 2  # the write failed (the Python engine: the signal's 143, after its drain)
+    last = err.read_text().splitlines()[-1]
+    assert re.search(r"its reader stopped reading, \d+ records not written$", last), last
+
+
+def _pipe_full(pid: int) -> bool:
+    """The process sleeps in write() (its kernel stack says so, or its wchan)."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+    return "pipe_write" in wchan or "wait_woken" in wchan or "write" in wchan
 
 
 # -- the whole command ------------------------------------------------------------------------
