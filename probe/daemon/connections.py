@@ -2,14 +2,15 @@
 /healthz, a scrape or the schedule needs.
 
 - At most `cap` connections (inside the descriptor budget the daemon set aside). A new one
-  past the cap takes the place of the oldest connection that is not handling a request,
-  else of the one whose client has stopped reading for longest; when every one is busy
-  and reading, it is closed at once.
+  past the cap takes the place of a client that has not read its answer for `STALLED`
+  seconds, else of the oldest connection that is not handling a request, else of any
+  client not reading; when every one is busy and reading, it is closed at once.
 - Every response has a write deadline: a connection whose answer has waited in our buffer
   for `write_timeout` (its client does not read) is cut. A handler blocked on such a
   write counts as busy, so without the deadline a few non-reading clients hold every slot.
 - `reserved` slots are kept for /healthz and /metrics: past `cap - reserved` busy
-  connections, any other path gets 503 at once.
+  connections (a client not reading its answer does not count), any other path gets 503
+  at once.
 - A request followed by the client's FIN (`shutdown(SHUT_WR)`, as `nc -N` does) still gets
   its answer; the connection closes after it.
 - aiohttp's own errors (a malformed request, a client gone mid-answer) are one log event,
@@ -29,6 +30,7 @@ from aiohttp import web
 WRITE_TIMEOUT = 10.0  # seconds an answer may wait for a client that does not read
 WATCH_EVERY = 0.5  # seconds between two looks at the connections' unsent bytes
 RESERVED = 8  # connection slots only /healthz and /metrics may take
+STALLED = 2.0  # seconds an answer has waited for its reader before a newcomer may take its slot
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
 ERROR_LOG_EVERY = 10.0  # seconds between two http_error events
 
@@ -116,12 +118,14 @@ class Guard:
         # oldest first; one closed a moment ago is still listed until its connection_lost
         connections = [c for c in server.connections if c.transport is not None]
         if len(connections) >= self.cap:
-            victim = next((c for c in connections if c not in self.busy), None)
-            if victim is not None:
-                victim.force_close()  # a half-sent request or an idle keep-alive: make room
-            elif self._unsent:
-                # Every one is busy: the client that stopped reading longest gives way.
-                stalled = min(self._unsent, key=self._unsent.__getitem__)
+            unsent = self._unsent
+            stalled = min(unsent, key=unsent.__getitem__) if unsent else None
+            idle = next((c for c in connections if c not in self.busy), None)
+            if stalled is not None and time.monotonic() - unsent[stalled] >= STALLED:
+                self._cut(stalled)  # a client that has not read for a while gives way first
+            elif idle is not None:
+                idle.force_close()  # a half-sent request or an idle keep-alive: make room
+            elif stalled is not None:
                 self._cut(stalled)
             else:
                 return Refused()
@@ -132,7 +136,8 @@ class Guard:
         take the last `reserved` slots."""
         if request.path in RESERVED_PATHS:
             return True
-        return len(self.busy) < self.cap - self.reserved
+        stalled = sum(1 for conn in self._unsent if conn in self.busy)  # not reading: not work
+        return len(self.busy) - stalled < self.cap - self.reserved
 
     def prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """Headers every answer carries; no keep-alive after the client's FIN."""

@@ -12,6 +12,13 @@ with an `openssl s_server`, a TLS handshake with a server that accepts and never
 without a newline (each reads its 64 KiB limit); none of them may move the lag. The
 servers run at nice 19, so the daemon's lag is its own, not theirs for the CPU.
 
+`--port-exhaustion N` narrows the namespace's ephemeral range to 100 ports, fills every one
+of them with a connection held to 127.0.0.1:19998 and adds N targets there: their attempts
+find no local port (EADDRNOTAVAIL) and wait; the other targets may neither lag nor skip.
+`--slow-readers N` adds N clients with a 4 KiB receive buffer, each pipelining 20
+`GET /metrics` and never reading (one opened again whenever the daemon cuts it).
+Skipped slots are reported for the other targets (names not starting with `stuck`).
+
 `--tree DIR` runs the daemon from another checkout (PYTHONPATH=DIR), e.g. the layout commit
 in a temporary worktree, for the "before" figure.
 
@@ -39,27 +46,44 @@ TARGETS = 10_000
 PORT = 9464
 
 # The load, run inside the namespace: one thread scrapes /metrics every 5 s, eight threads
-# send /probe requests paced to 100/s in all. Prints one JSON line at the end.
+# send /probe requests paced to 100/s in all, each on a kept-alive connection (as Prometheus
+# does: a new connection per request would run a 100-port range out of ports by itself).
+# Prints one JSON line at the end.
 CLIENT = r"""
-import json, sys, threading, time, urllib.request, urllib.error
+import http.client, json, sys, threading, time
 seconds, rate, port = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 every = float(sys.argv[4])
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-base = f"http://127.0.0.1:{port}"
 stop = time.monotonic() + seconds
 scrapes, probes, lock = [], {}, threading.Lock()
 
+def get(box, path, timeout):
+    # (status, body) on the thread's kept-alive connection, made again once if it was closed
+    for again in (False, True):
+        if box[0] is None:
+            box[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            box[0].request("GET", path)
+            resp = box[0].getresponse()
+            return resp.status, resp.read()
+        except (http.client.HTTPException, OSError):
+            box[0].close()
+            box[0] = None
+            if again:
+                raise
+
 def scraper():
+    box = [None]
     while every and time.monotonic() < stop:
         t0 = time.monotonic()
         try:
-            size = len(opener.open(base + "/metrics", timeout=30).read())
+            size = len(get(box, "/metrics", 30)[1])
             scrapes.append((time.monotonic() - t0, size))
         except Exception as exc:
             scrapes.append((time.monotonic() - t0, repr(exc)))
         time.sleep(max(0.0, every - (time.monotonic() - t0)))
 
 def prober(k, n):
+    box = [None]
     start = time.monotonic()
     i = 0
     while rate:
@@ -68,24 +92,46 @@ def prober(k, n):
             return
         time.sleep(max(0.0, due - time.monotonic()))
         try:
-            status = opener.open(base + "/probe?target=127.0.0.1:19999", timeout=10).status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
+            status = get(box, "/probe?target=127.0.0.1:19999", 10)[0]
         except Exception as exc:
             status = type(exc).__name__
         with lock:
             probes[status] = probes.get(status, 0) + 1
         i += 1
 
+slow = int(sys.argv[5])
+cut = [0]
+
+def slow_reader():
+    # Pipelines 20 scrapes and never reads; opens another connection when cut. A cut is
+    # seen by sending: the daemon's reset may not get through our zero window, but the
+    # reset that answers a segment of ours does.
+    import socket
+    while time.monotonic() < stop:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: probe\r\n\r\n" * 20)
+            while time.monotonic() < stop:
+                time.sleep(0.5)
+                s.send(b"\r\n")  # an empty line between requests: harmless while alive
+        except OSError:
+            with lock:
+                cut[0] += 1
+        finally:
+            s.close()
+
 threads = [threading.Thread(target=scraper)] + [
     threading.Thread(target=prober, args=(k, 8)) for k in range(8)
-]
+] + [threading.Thread(target=slow_reader, daemon=True) for _ in range(slow)]
 for t in threads:
     t.start()
 for t in threads:
     t.join()
 time.sleep(max(0.0, stop - time.monotonic()))  # the window lasts --seconds, load or none
-print(json.dumps({"scrapes": scrapes, "probes": {str(k): v for k, v in probes.items()}}))
+print(json.dumps({"scrapes": scrapes, "probes": {str(k): v for k, v in probes.items()},
+                  "slow_cut": cut[0]}))
 """
 
 SCRAPE = (
@@ -121,6 +167,39 @@ print("ready", flush=True)
 sys.stdin.read()
 """
 TLS_PORT, SILENT_PORT, FLOOD_PORT = 31001, 31002, 31003
+STUCK_PORT = 19998
+
+# Inside the namespace: a listener on STUCK_PORT, then connections to it until connect()
+# finds no local port (three times, 50 ms apart), all held until stdin closes.
+PORT_FILLER = r"""
+import errno, socket, sys, threading, time
+port = int(sys.argv[1])
+lst = socket.socket()
+lst.bind(("127.0.0.1", port))
+lst.listen(4096)
+kept = []
+def accept():
+    while True:
+        kept.append(lst.accept()[0])
+threading.Thread(target=accept, daemon=True).start()
+held, misses = 0, 0
+while misses < 3:
+    c = socket.socket()
+    try:
+        c.connect(("127.0.0.1", port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRNOTAVAIL:
+            raise
+        c.close()
+        misses += 1
+        time.sleep(0.05)
+        continue
+    kept.append(c)
+    held += 1
+    misses = 0
+print(held, flush=True)
+sys.stdin.read()
+"""
 
 
 def stage_targets(n: int) -> list[str]:
@@ -138,16 +217,23 @@ def stage_targets(n: int) -> list[str]:
     return out
 
 
-def read_metrics(prefix: list[str]) -> tuple[list[tuple[float, float]], float]:
-    """(lag histogram buckets as (le, cumulative count), skipped slots in all)."""
+def read_metrics(prefix: list[str]) -> tuple[list[tuple[float, float]], float, float]:
+    """(lag histogram buckets as (le, cumulative count), skipped slots of the targets not
+    made to wait (`stuck*`), port shortages counted)."""
     text = subprocess.run([*prefix, sys.executable, "-c", SCRAPE], capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
+    lines = text.splitlines()
     skipped = sum(
         float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("probe_skipped_slots_total")
+        for line in lines
+        if line.startswith("probe_skipped_slots_total") and 'target="stuck' not in line
     )
-    return lag_buckets(text), skipped
+    shortages = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("probe_port_shortages_total")
+    )
+    return lag_buckets(text), skipped, shortages
 
 
 def cpu_seconds(pid: int) -> float:
@@ -164,6 +250,20 @@ def main() -> int:
     ap.add_argument("--tree", help="run the daemon from this checkout (PYTHONPATH)")
     ap.add_argument("--nice", type=int, default=0, help="the daemon's niceness (e.g. -10)")
     ap.add_argument("--tls", type=int, default=0, help="targets with stages (see above)")
+    ap.add_argument(
+        "--port-exhaustion",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N targets at a destination with no local port left (see above)",
+    )
+    ap.add_argument(
+        "--slow-readers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N clients pipelining scrapes and never reading (see above)",
+    )
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("ip"):
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
@@ -172,6 +272,8 @@ def main() -> int:
              f'[metrics]\nlisten = "127.0.0.1:{PORT}"\n']  # fmt: skip
     lines += [f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in range(20001, 20001 + TARGETS)]
     lines += stage_targets(a.tls)
+    lines += [f'[[targets]]\nname = "stuck{i}"\naddress = "127.0.0.1:{STUCK_PORT}"\n'
+              for i in range(a.port_exhaustion)]  # fmt: skip
     config.write_text("".join(lines))
     env = dict(os.environ)
     tree = Path(a.tree).resolve() if a.tree else Path(__file__).resolve().parents[2]
@@ -204,6 +306,16 @@ def main() -> int:
         helpers.append(stages)
         assert stages.stdout is not None
         stages.stdout.readline()  # ready
+    if a.port_exhaustion:
+        subprocess.run([*prefix, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40099"],
+                       check=True)  # fmt: skip
+        filler = subprocess.Popen(
+            [*prefix, sys.executable, "-c", PORT_FILLER, str(STUCK_PORT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        helpers.append(filler)
+        assert filler.stdout is not None
+        print(f"connections held to 127.0.0.1:{STUCK_PORT}: {filler.stdout.readline().strip()}")
     nice = ["nice", "-n", str(a.nice)] if a.nice else []  # nice execs: the pid is probe's
     daemon = subprocess.Popen(
         [*prefix, *nice, sys.executable, "-m", "probe", "run", "--config", str(config)],
@@ -215,14 +327,14 @@ def main() -> int:
         if daemon.poll() is not None:
             sys.exit("probe run exited early")
         print(f"daemon from {tree}, nice {a.nice}")
-        b0, s0 = read_metrics(prefix)
+        b0, s0, p0 = read_metrics(prefix)
         cpu = cpu_seconds(daemon.pid)  # `ip netns exec` execs: this is probe run itself
         load = subprocess.run(
             [*prefix, sys.executable, "-c", CLIENT, str(a.seconds), str(a.rate), str(PORT),
-             str(a.scrape_every)],
+             str(a.scrape_every), str(a.slow_readers)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
-        b1, s1 = read_metrics(prefix)
+        b1, s1, p1 = read_metrics(prefix)
         cpu = cpu_seconds(daemon.pid) - cpu
         result = json.loads(load.stdout)
         starts = b1[-1][1] - b0[-1][1]
@@ -234,9 +346,13 @@ def main() -> int:
               f"{max(sizes, default=0) / 1e6:.1f} MB), {len(failed)} failed "
               f"{failed[:2]}")  # fmt: skip
         print(f"/probe answers: {result['probes']}")
+        if a.slow_readers:
+            print(f"slow readers cut by the write deadline: {result['slow_cut']}")
+        if a.port_exhaustion:
+            print(f"connects that found no local port (probe_port_shortages_total): {p1 - p0:.0f}")
         print(f"daemon CPU in the window (with any renderer children): {cpu:.1f} s")
         print_lag([(le, c1 - c0) for (le, c1), (_, c0) in zip(b1, b0, strict=True)])
-        print(f"skipped slots in the window: {s1 - s0:.0f}")
+        print(f"skipped slots in the window (targets not made to wait): {s1 - s0:.0f}")
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
