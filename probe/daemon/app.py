@@ -198,7 +198,10 @@ class Daemon:
         if names or probes:
             inflight = self.engines.inflight
             abandoned = {"names": names[:ABANDON_NAMES], "probe_requests": probes}
-            self.log.info("abandoned", attempts=inflight, **abandoned)
+            try:
+                self.log.info("abandoned", attempts=inflight, **abandoned)
+            except SinkError as exc:
+                self._die(str(exc))
 
     async def _close(self) -> None:
         await self.runner.close()

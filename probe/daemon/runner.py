@@ -168,7 +168,10 @@ class Runner:
             self.history.flush()  # the minute in progress: its rest adds to it after a restart
             store = self.store
             await self.loop.run_in_executor(None, store.close)
-            self.log.info("store", result="closed", path=str(store.path), **store.stats())
+            try:
+                self.log.info("store", result="closed", path=str(store.path), **store.stats())
+            except SinkError as exc:  # the log broke: a runtime failure (exit 1), not usage
+                self.die(str(exc))
         self._pool.close()
 
     def running_names(self) -> list[str]:
