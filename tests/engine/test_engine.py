@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import pytest
 from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
 
-from probe.check.engine_run import CheckResult, run_check
+from probe.check import engine_run
+from probe.check.result import ShareResult
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.engine.core import RATE_SLACK
 from probe.loop import run as run_on_production_loop
@@ -59,11 +60,11 @@ async def check(
     resolver: Resolver | None = None,
     count: int = 1,
     interval: float = 0.05,
-) -> tuple[CheckResult, list[Record]]:
+) -> tuple[ShareResult, list[Record]]:
     """`run_check` over target tokens; every record it wrote, in order."""
     records: list[Record] = []
     engine = Engine(options or EngineOptions(timeout=1.0, concurrency=50))
-    run = run_check(
+    run = counted_check(
         expand(parse_target(s) for s in specs),
         engine,
         resolver or Resolver(),
@@ -74,6 +75,25 @@ async def check(
     result = await bounded(run)
     assert engine.closed, "run_check must close the engine"
     return result, records
+
+
+async def counted_check(
+    endpoints: Iterable[Endpoint],
+    engine: Engine,
+    resolver: Resolver,
+    on_record: Callable[[Record], None],
+    **kw: Any,
+) -> ShareResult:
+    """`run_check` with the outcomes counted as a share's tally counts them (the records
+    it was handed); targets and exclusions are the runner's own."""
+    result = ShareResult()
+
+    def counted(rec: Record) -> None:
+        on_record(rec)
+        result.outcomes[rec.outcome] += 1
+
+    await engine_run.run_check(endpoints, engine, resolver, counted, result, **kw)
+    return result
 
 
 async def bounded(aw: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
@@ -386,7 +406,7 @@ async def test_concurrency_bound_with_timeouts(full_queue: FullQueueListener) ->
     # closed SYN_SENT socket can linger there a moment after its descriptor is gone.)
     sampler = Sampler(lambda: (engine.inflight, socket_fds() - base))
     result = await bounded(
-        run_check(
+        counted_check(
             expand([parse_target(ports_spec("127.0.0.1", [full_queue.port] * attempts))]),
             engine,
             Resolver(),
@@ -423,7 +443,7 @@ async def test_refused_on_loopback_is_answered_inside_connect() -> None:
         peaks[1] = max(peaks[1], socket_fds() - base)
 
     endpoints = expand([parse_target(ports_spec("127.0.0.1", ports * 50))])
-    result = await bounded(run_check(endpoints, engine, Resolver(), sink))
+    result = await bounded(counted_check(endpoints, engine, Resolver(), sink))
     assert result.outcomes == Counter(refused=200)
     assert socket_fds() == base
     assert peaks == [0, 0]  # each one finished (and was closed) before its record
@@ -667,7 +687,7 @@ async def test_failing_sink_stops_the_run_and_closes_everything(
     with warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always", ResourceWarning)
         with pytest.raises(OSError) as caught:
-            await bounded(run_check(expand([parse_target(spec)]), engine, Resolver(), sink))
+            await bounded(counted_check(expand([parse_target(spec)]), engine, Resolver(), sink))
         gc.collect()
     assert caught.value is boom
     assert time.monotonic() - t0 < 1.0  # did not wait for the in-flight timeouts
@@ -698,7 +718,7 @@ async def test_failing_sink_on_a_timeout_leaves_no_loop_error(
     try:
         with pytest.raises(OSError) as caught:
             await bounded(
-                run_check(expand([parse_target(full_queue.target)]), engine, Resolver(), sink)
+                counted_check(expand([parse_target(full_queue.target)]), engine, Resolver(), sink)
             )
         assert caught.value is boom
         await asyncio.sleep(0.05)
@@ -747,7 +767,7 @@ async def test_fixed_source_port_equal_to_destination_port_finishes() -> None:
     engine = Engine(EngineOptions(timeout=0.2, source=("127.0.0.1", port)))
     try:
         result = await asyncio.wait_for(
-            run_check(
+            counted_check(
                 expand([parse_target(f"127.0.0.1:{port}")]), engine, Resolver(), records.append
             ),
             timeout=1.0,
@@ -804,7 +824,7 @@ async def test_sweep_has_no_self_connect_opens(listener: RecordingListener) -> N
         if rec.outcome == "open" and listening_on(rec.port):
             listened.add(rec.port)
 
-    result = await bounded(run_check(expand([parse_target(spec)]), engine, Resolver(), sink))
+    result = await bounded(counted_check(expand([parse_target(spec)]), engine, Resolver(), sink))
 
     assert len(records) == len(ports) + 1
     assert sorted(r.port for r in records) == sorted([*ports, listener.port])
@@ -881,7 +901,7 @@ def test_engine_on_the_production_loop(
     """The CLI runs on uvloop where installed: the same outcomes there."""
     closed = closed_port()
 
-    async def scenario() -> tuple[CheckResult, list[Record], list[str], str]:
+    async def scenario() -> tuple[ShareResult, list[Record], list[str], str]:
         loop_module = type(asyncio.get_running_loop()).__module__
         result, records = await check(
             f"127.0.0.1:{listener.port},{closed},{full_queue.port}",
