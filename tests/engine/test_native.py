@@ -308,17 +308,22 @@ def test_range_addresses_edge_cases() -> None:
 
 
 def test_lag_limit_holds_concurrency_down(full_queue: FullQueueListener) -> None:
-    """--lag-limit reaches the core: a limit every sample exceeds (a wake-up is never 1 ns
-    late only) lowers the limit; without one, nothing does. Timeouts keep slots busy."""
-    targets = [full_queue.target] * 200
-    _, held = run_native(targets, timeout=0.3, concurrency=100, lag_limit_ms=1e-6)
+    """--lag-limit reaches the core: a loop kept busy (refusals answered inside connect(),
+    back to back) while timeouts hold ~100 slots lags by its own work; a limit any such lag
+    exceeds lowers the concurrency, and without a limit nothing does. A loop that waits
+    (timeouts only) is not made to lag by what it does, whatever the machine's load."""
+    closed = f"127.0.0.1:{closed_port()}"
+    busy = ([full_queue.target] + [closed] * 100) * 300
+    _, held = run_native(busy, timeout=0.3, concurrency=100, lag_limit_ms=1e-6)
     assert held.lag_throttles > 0
-    assert held.outcomes == {"timeout": 200}
-    _, free = run_native(targets, timeout=0.3, concurrency=100, lag_limit_ms=None)
+    assert held.outcomes == {"timeout": 300, "refused": 30000}
+    _, free = run_native(busy, timeout=0.3, concurrency=100, lag_limit_ms=None)
     assert free.lag_throttles == 0
+    _, waiting = run_native([full_queue.target] * 300, timeout=0.3, concurrency=100,
+                            lag_limit_ms=1e-6)  # fmt: skip
+    assert waiting.lag_throttles == 0 and waiting.outcomes == {"timeout": 300}
 
 
-@pytest.mark.serial
 def test_rate_is_never_exceeded() -> None:
     """--rate R: starts on a fixed cadence, so N attempts span at least (N - 1) / R seconds."""
     held = [closed_port() for _ in range(41)]
