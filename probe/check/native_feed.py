@@ -53,6 +53,7 @@ class Feed:
         self._mine = True
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
+        self._threads = False  # a thread of ours was started
         self._names: dict[str, tuple[Item, ...] | str] = {}
         self._v4_ok = plan.family != AF_INET6
         self._batches = self._run()
@@ -65,11 +66,17 @@ class Feed:
         return next(self._batches, None)
 
     def close(self) -> None:
+        """After the sweep. With a thread of ours started (a lookup, a read of standard
+        input), the pipe stays open: the thread may still wake it, and a closed descriptor's
+        number may by then be another file's."""
         self._closed = True
-        os.close(self._read)
-        os.close(self._write)
+        if not self._threads:
+            os.close(self._read)
+            os.close(self._write)
 
     def _wake(self) -> None:
+        if self._closed:
+            return
         with contextlib.suppress(OSError):  # full: the core has wake-ups pending anyway
             os.write(self._write, b"\0")
 
@@ -107,6 +114,7 @@ class Feed:
         import queue  # standard input or a FIFO only: start-up
 
         got: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = True
         _on_thread(self._read_all, targets, got, name="probe-input")
         while True:
             try:
@@ -221,6 +229,7 @@ class Feed:
         began = time.perf_counter()
         if kept is None:
             box: list[tuple[Item, ...] | str] = []
+            self._threads = True
             _on_thread(self._lookup, host, box, name="probe-lookup")
             while not box:
                 yield _WAIT
