@@ -1,5 +1,5 @@
-"""Fixtures shared by every test. The real-socket helpers behind them are in helpers.py
-(importable from any test as `helpers`, see pytest's `pythonpath`)."""
+"""Fixtures shared by every test. The real-socket helpers behind them are in the package
+helpers/ (importable from any test as `helpers`, see pytest's `pythonpath`)."""
 
 from __future__ import annotations
 

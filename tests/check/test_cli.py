@@ -12,22 +12,20 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    MS,
+    RTT,
     FullQueueListener,
     Netns,
     NsServer,
     RecordingListener,
     check_in,
     closed_port,
-    has_ipv6_loopback,
-    probe_cmd,
-)
-from support import (
-    MS,
-    RTT,
     compact_ports,
     free_port,
+    has_ipv6_loopback,
     one_line_error,
     probe,
+    probe_cmd,
     records,
     until_signal,
     without_lag,

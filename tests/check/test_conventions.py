@@ -9,8 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Daemon, closed_port, config_toml, probe_cmd, run_probe, target_toml
-from support import one_line_error, probe, records
+from helpers import (
+    Daemon,
+    closed_port,
+    config_toml,
+    one_line_error,
+    probe,
+    probe_cmd,
+    records,
+    run_probe,
+    target_toml,
+)
 
 
 def test_o_dash_is_standard_output(tmp_path: Path) -> None:

@@ -10,8 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from helpers import RecordingListener, closed_port
-from support import one_line_error, probe, records
+from helpers import RecordingListener, closed_port, one_line_error, probe, records
 
 # -- target forms ----------------------------------------------------------------------------
 

@@ -7,8 +7,7 @@ import re
 import signal
 import subprocess
 
-from helpers import Netns, NsServer, probe_cmd
-from support import until_signal
+from helpers import Netns, NsServer, probe_cmd, until_signal
 
 
 def test_an_interrupted_sweep_says_so_and_keeps_ranges(netns: Netns) -> None:

@@ -5,8 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import Daemon, Netns, config_toml, http_get, in_netns, run_probe, start_in
-from support import one_line_error, probe
+from helpers import (
+    Daemon,
+    Netns,
+    config_toml,
+    http_get,
+    in_netns,
+    one_line_error,
+    probe,
+    run_probe,
+    start_in,
+)
 
 
 @pytest.mark.parametrize(

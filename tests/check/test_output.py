@@ -11,8 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
-from support import compact_ports, one_line_error, probe, probe_env, records, without_lag
+from helpers import (
+    CONTRACT_KEYS,
+    FullQueueListener,
+    RecordingListener,
+    closed_port,
+    compact_ports,
+    one_line_error,
+    probe,
+    probe_env,
+    records,
+    without_lag,
+)
 
 
 def _columns(line: str) -> tuple[int, int, int]:

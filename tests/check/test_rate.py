@@ -13,8 +13,7 @@ import time
 from datetime import datetime
 
 import pytest
-from helpers import FullQueueListener, closed_port
-from support import probe, records
+from helpers import FullQueueListener, closed_port, probe, records
 
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.engine.core import RATE_SLACK

@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers import RecordingListener, closed_port
-from support import probe
+from helpers import RecordingListener, closed_port, probe
 
 _VARYING = re.compile(r"local 127\.0\.0\.1:\d+|\d+\.\d+ ms|\d+\.\d+/\d+\.\d+/\d+\.\d+/\d+\.\d+ ms")
 

@@ -13,8 +13,7 @@ import re
 from typing import NoReturn
 
 import pytest
-from helpers import RecordingListener
-from support import free_port, probe_env
+from helpers import RecordingListener, free_port, probe_env
 
 from probe import cli
 

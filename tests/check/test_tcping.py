@@ -15,8 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FullQueueListener, RecordingListener, closed_port, probe_cmd
-from support import MS, probe, records, until_signal, without_lag
+from helpers import (
+    MS,
+    FullQueueListener,
+    RecordingListener,
+    closed_port,
+    probe,
+    probe_cmd,
+    records,
+    until_signal,
+    without_lag,
+)
 
 ATTEMPT = re.compile(rf"127\.0\.0\.1:\d+ +(open|refused|timeout) +local 127\.0\.0\.1:\d+ +{MS}.*")
 

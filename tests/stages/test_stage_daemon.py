@@ -1,5 +1,5 @@
 """Stages in the daemon: per target, from [defaults] and from [modules.NAME], scheduled and
-through /probe?module=NAME, against the real servers of stage_servers; their records, the
+through /probe?module=NAME, against the real servers of helpers/stages.py; their records, the
 TLS metrics (compared with blackbox_exporter's documented values: expiry as Unix seconds)
 and the config's refusals."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import CONTRACT_KEYS, Daemon, config_toml, parse_prometheus, run_probe, value
-from stage_servers import Certs, Servers, servers, tls10_possible
+from helpers.stages import Certs, Servers, servers, tls10_possible
 
 # trustme's certificates end at 3000-01-01T00:00:00Z: blackbox exposes that as Unix seconds
 EXPIRY = float(calendar.timegm((3000, 1, 1, 0, 0, 0)))

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import CONTRACT_KEYS, run_probe
-from stage_servers import FLOOD_BYTES, Certs, Servers, servers, tls10_possible
+from helpers.stages import FLOOD_BYTES, Certs, Servers, servers, tls10_possible
 
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.output.jsonl import record_json

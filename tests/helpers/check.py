@@ -13,11 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers import parse_records, probe_cmd, run_probe
+from .records import parse_records
+from .run import probe_cmd, run_probe
 
 RUN_TIMEOUT = 30
 
+
 MS = r"\d+\.\d\d ms"
+
+
 RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"
 
 
