@@ -67,7 +67,6 @@ from helpers import (
 
 HERE = "test_failure_table.py"
 FAULTS = "test_faults.py"
-CLI = "check/test_cli.py"
 DAEMON = "daemon/test_daemon.py"
 HOSTILE = "daemon/test_hostile.py"
 METRICS = "daemon/test_metrics.py"
@@ -76,8 +75,12 @@ RESILIENCE = "daemon/test_resilience.py"
 # docs/reliability.md's failure table: the first cell of each row -> {file under tests/: tests}.
 ROWS: dict[str, dict[str, tuple[str, ...]]] = {
     "SYN dropped (`iptables -j DROP`)": {
-        FAULTS: ("test_firewall_answers_ipv4", "test_firewall_answers_ipv6"),
-        CLI: ("test_json_timeout_has_local_port", "test_json_retries_after_timeout"),
+        FAULTS: (
+            "test_firewall_answers_ipv4",
+            "test_firewall_answers_ipv6",
+            "test_json_timeout_has_local_port",
+            "test_json_retries_after_timeout",
+        ),
         HERE: ("test_dropped_syns_with_retries_are_each_recorded",),
     },
     "`REJECT --reject-with icmp-host-unreachable`": {
@@ -87,15 +90,18 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
         FAULTS: ("test_firewall_answers_ipv4", "test_firewall_answers_ipv6"),
     },
     "`REJECT --reject-with tcp-reset`, or nothing listening": {
-        FAULTS: ("test_firewall_answers_ipv4", "test_firewall_answers_ipv6"),
-        CLI: ("test_json_refused_has_local_port",),
+        FAULTS: (
+            "test_firewall_answers_ipv4",
+            "test_firewall_answers_ipv6",
+            "test_json_refused_has_local_port",
+        ),
         DAEMON: ("test_refused_records_have_a_local_port",),
     },
     "`REJECT --reject-with icmp-proto-unreachable`": {
         FAULTS: ("test_icmp_protocol_unreachable_is_an_error_of_the_target",),
     },
     "the name does not resolve": {
-        CLI: ("test_unresolvable_name_in_namespace",),
+        FAULTS: ("test_unresolvable_name_in_namespace",),
         HERE: ("test_a_name_that_does_not_exist_is_eai_noname",),
     },
     "no free ephemeral port (`ip_local_port_range` narrowed)": {
@@ -129,8 +135,9 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
         HERE: ("test_a_low_descriptor_limit_is_said_in_one_line",),
     },
     "SIGINT or SIGTERM during `probe check`": {
-        FAULTS: ("test_signal_mid_sweep", "test_ctrl_c_to_the_process_group_mid_sweep"),
-        CLI: (
+        FAULTS: (
+            "test_signal_mid_sweep",
+            "test_ctrl_c_to_the_process_group_mid_sweep",
             "test_sigint_writes_whole_records_and_exits_130",
             "test_unresolvable_name_until_interrupted_in_namespace",  # the human summary
         ),
@@ -140,12 +147,15 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
         RESILIENCE: ("test_sigint_with_endless_stdin_leaves_no_noise_on_stderr",),
     },
     "standard output closed early (`\\| head -1`)": {
-        FAULTS: ("test_head_one_in_a_shell_pipeline", "test_head_one_after_a_sweep_with_workers"),
-        CLI: ("test_reader_leaves_after_one_line_quietly",),
+        FAULTS: (
+            "test_head_one_in_a_shell_pipeline",
+            "test_head_one_after_a_sweep_with_workers",
+            "test_reader_leaves_after_one_line_quietly",
+        ),
         HERE: ("test_head_one_is_exit_141",),
     },
     "a bad line in `@FILE` or on stdin, met mid-run": {
-        CLI: ("test_bad_line_3_of_target_file",),
+        FAULTS: ("test_bad_line_3_of_target_file",),
         HERE: ("test_a_bad_stdin_line_lets_the_attempt_in_flight_finish",),
     },
     "SIGTERM / SIGINT to the daemon": {

@@ -33,6 +33,7 @@ from helpers import (
     RecordingListener,
     SocketSampler,
     assert_local_endpoint,
+    check_in,
     check_reading_stdin,
     closed_port,
     config_toml,
@@ -42,11 +43,16 @@ from helpers import (
     kill,
     need_tools,
     no_traceback,
+    one_line_error,
     parse_records,
     pipe_into_head,
     port_range,
+    probe,
     probe_cmd,
+    records,
     socket_inodes,
+    until_signal,
+    without_lag,
 )
 
 Rec = dict[str, Any]
@@ -653,3 +659,126 @@ def test_daemon_log_on_a_read_only_mount_is_loud(tmp_path: Path, daemons: list[D
     (line,) = err.splitlines()
     assert str(log) in line and "Read-only" in line, line
     assert log.read_text() == ""
+
+
+# -- `probe check`: what a record says of a fault, and what the run does ------------------
+
+
+def test_json_refused_has_local_port() -> None:
+    port = closed_port()
+    result = probe("check", f"127.0.0.1:{port}", "--json")
+    assert result.returncode == 1
+    [rec] = records(result.stdout)
+    assert rec["outcome"] == "refused"
+    assert rec["error"] == "ECONNREFUSED"
+    assert rec["local_address"] == "127.0.0.1"
+    assert isinstance(rec["local_port"], int)
+    assert rec["local_port"] != port
+
+
+def test_json_timeout_has_local_port(full_queue: FullQueueListener) -> None:
+    result = probe("check", full_queue.target, "-t", "0.3", "--json")
+    assert result.returncode == 1
+    [rec] = records(result.stdout)
+    assert rec["outcome"] == "timeout"
+    assert rec["error"] == "ETIMEDOUT"
+    assert rec["local_address"] == "127.0.0.1"
+    assert isinstance(rec["local_port"], int)
+    assert rec["latency_ms"] >= 250  # the time waited, not the time to give up early
+
+
+def test_json_retries_after_timeout(full_queue: FullQueueListener) -> None:
+    result = probe("check", full_queue.target, "-t", "0.2", "--retries", "2", "--json")
+    assert result.returncode == 1
+    recs = records(result.stdout)
+    assert [r["attempt"] for r in recs] == [1, 2, 3]
+    assert {r["outcome"] for r in recs} == {"timeout"}
+
+
+def test_bad_line_3_of_target_file(tmp_path: Path) -> None:
+    first, second = closed_port(), closed_port()
+    listing = tmp_path / "targets.txt"
+    listing.write_text(f"127.0.0.1:{first}\n127.0.0.1:{second}\n127.0.0.1:nope\n127.0.0.1:1\n")
+    result = probe("check", f"@{listing}", "--json")
+    line = one_line_error(result)
+    assert str(listing) in line
+    assert "line 3" in line
+    assert "nope" in line
+    recs = records(result.stdout)
+    assert sorted(r["port"] for r in recs) == sorted([first, second])  # lines 1-2 were probed
+
+
+@pytest.mark.parametrize("fmt", ["json", "human"])
+def test_reader_leaves_after_one_line_quietly(fmt: str, listener: RecordingListener) -> None:
+    # `probe check ... | head -1`: enough attempts that probe is still writing afterwards.
+    args = ["check", listener.target, "-c", "1000", "-i", "0.01"]
+    if fmt == "json":
+        args.append("--json")
+    proc = subprocess.Popen(
+        [*probe_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert listener.target in first
+        proc.stdout.close()
+        code = proc.wait(timeout=20)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in stderr
+    assert stderr == ""
+    assert code not in (0, 2), code  # it stopped at the broken pipe, and not as an error
+
+
+def test_sigint_writes_whole_records_and_exits_130(full_queue: FullQueueListener) -> None:
+    args = [full_queue.target, "-c", "1000", "-i", "0.05", "-t", "0.2", "--json"]
+    code, lines, stderr = until_signal(args, signal.SIGINT, 2)  # once records are coming
+    assert code == 130, (code, stderr)
+    assert "Traceback" not in stderr
+    recs = records("".join(line + "\n" for line in lines))
+    assert len(recs) >= 2
+    assert {r["outcome"] for r in recs} == {"timeout"}
+    assert [r["attempt"] for r in recs] == list(range(1, len(recs) + 1))
+
+
+def test_unresolvable_name_in_namespace(netns: Netns) -> None:
+    # Only `lo` exists in the namespace and its resolver points at 127.0.0.1, where nothing
+    # answers: the lookup fails here and cannot reach the machine's DNS server.
+    with netns.etc("resolv.conf", "nameserver 127.0.0.1\n"):
+        seen = netns.run("cat", "/etc/resolv.conf").stdout
+        assert seen.split() == ["nameserver", "127.0.0.1"], seen
+        result = check_in(netns, "no-such-host.invalid:80", "-c", "2", "-i", "0.01", "--json")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    recs = records(result.stdout)
+    assert [r["attempt"] for r in recs] == [1, 2]
+    for rec in recs:
+        assert rec["target"] == "no-such-host.invalid:80"
+        assert rec["host"] == "no-such-host.invalid"
+        assert rec["outcome"] == "error"
+        assert rec["error"] in ("EAI_NONAME", "EAI_AGAIN", "EAI_NODATA", "EAI_FAIL")
+        assert rec["address"] is None
+        assert rec["family"] is None
+        assert rec["local_address"] is None
+        assert rec["local_port"] is None
+
+
+def test_unresolvable_name_until_interrupted_in_namespace(netns: Netns) -> None:
+    """`-c 0` on a name that does not resolve: an `error` line every interval, then on
+    SIGINT the summary counts them as `other`, exit 130."""
+    with netns.etc("resolv.conf", "nameserver 127.0.0.1\n"):
+        args = ["no-such-host.invalid:80", "-c", "0", "-i", "0.05"]
+        code, lines, _ = until_signal(args, signal.SIGINT, 3, netns.prefix(), wait=30)
+    assert code == 130
+    lines = without_lag(lines)
+    attempts = [line for line in lines if line.startswith("no-such-host.invalid:80 ")]
+    assert len(attempts) >= 3
+    assert all(" error " in line and line.split()[-1].startswith("EAI_") for line in attempts)
+    n = len(attempts)
+    assert lines[n:] == [
+        "--- no-such-host.invalid:80 ---",
+        f"{n} attempts, 0 open, 0 refused, 0 timeout, {n} other, 100.0% loss",
+    ]
