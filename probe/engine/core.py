@@ -366,7 +366,7 @@ class Engine:
                 self._finish_now(attempt, on_done, finished)
         self._backoff = 0.0
         self._stuck_since = None
-        if self._held.count:
+        if self._held.backing_off:
             self._held.got_port(destination(attempt))
         self.inflight += 1
         self.stats.started += 1

@@ -57,10 +57,14 @@ class Held:
         entries.append(entry)
         self.count += 1
 
+    @property
+    def backing_off(self) -> bool:
+        """Has any destination a back-off that a connect getting a port would end?"""
+        return bool(self._backoff)
+
     def got_port(self, key: Key) -> None:
         """A connect towards `key` got a port: its next shortage starts a short back-off."""
-        if self._backoff:
-            self._backoff.pop(key, None)
+        self._backoff.pop(key, None)
 
     def _release(self, key: Key) -> None:
         self._timers.pop(key, None)
