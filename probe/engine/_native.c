@@ -45,7 +45,6 @@
 #define SELF_CONNECT_TRIES 8
 #define START_BATCH 64         /* starts between two looks at completions */
 #define TICK_NS 200000000LL    /* flush and progress every 0.2 s */
-#define RATE_NAP_NS 2000000LL  /* --rate: the shortest sleep before the next slots */
 /* Deadlines are taken in batches: the loop wakes this long after the first one due, not at
  * every one (a wave of 500 timeouts started ~10 us apart would be 500 wake-ups). Each
  * slot's next attempt starts at most this much later; epoll_wait's milliseconds were up
@@ -1426,9 +1425,10 @@ static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
   }
   if (s->rate_step) {
     if (s->rate_next > now) {
-      /* Ahead of the grid: sleep at least RATE_NAP_NS, then start every slot due by then
-       * (a wake-up per attempt would cost as much CPU as the attempts themselves). */
-      *wake = s->rate_next > now + RATE_NAP_NS ? s->rate_next : now + RATE_NAP_NS;
+      /* Ahead of the grid: the slots due by the loop's next lag tick start then, together
+       * (a wake-up per attempt, or one beside each tick, cost as much CPU as the attempts
+       * themselves); a slot beyond that tick wakes the loop itself. */
+      *wake = s->rate_next > s->lag_due ? s->rate_next : s->lag_due;
       return 0;
     }
     int64_t slack = s->rate_step > s->rate_slack ? s->rate_step : s->rate_slack;
