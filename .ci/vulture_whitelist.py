@@ -42,7 +42,7 @@ STAGE_OF
 _.has_expect
 _.listening  # serve/server.py
 _.router_in  # tests/serve/test_nat.py
-_.leaf_not_after  # tests/stage_servers.py
+_.leaf_not_after  # tests/helpers/stages.py
 
 # argparse-manpage reads these attributes of its Manpage when it renders probe(1).
 _.description  # manpage.py
