@@ -627,7 +627,12 @@ async def test_per_attempt_timeouts_expire_in_deadline_order(
         engine.submit(
             Attempt(endpoint("127.0.0.1", full_queue.port), V4, timeout=timeout), keep(name)
         )
-    await asyncio.sleep(0.6)
+
+    async def fast_and_slow_done() -> None:
+        while not {"fast", "slow"} <= done.keys():
+            await asyncio.sleep(0.01)
+
+    await bounded(fast_and_slow_done(), 5.0)
     engine.close()  # drops the 5 s one without a record
     assert set(done) == {"fast", "slow"}
     assert 95 <= done["fast"].latency_ms < 300

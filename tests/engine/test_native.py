@@ -38,6 +38,8 @@ from helpers import (
     closed_port,
     need_tools,
     probe_cmd,
+    socket_inodes,
+    tcp_by_inode,
     wait_for,
 )
 from hypothesis import given
@@ -388,9 +390,15 @@ def test_stop_fd_ends_a_sweep_of_timeouts_promptly(full_queue: FullQueueListener
         box["result"] = native.sweep(out, plan, EngineOptions(timeout=60.0), stop_fd=stop_r)
         box["at"] = time.monotonic()
 
+    def towards_it() -> int:  # this process's sockets connected or connecting to the listener
+        tcp = tcp_by_inode()
+        return sum(tcp.get(inode) == full_queue.port for inode in socket_inodes(os.getpid()))
+
+    fillers = towards_it()
     thread = threading.Thread(target=sweep)
     thread.start()
-    time.sleep(0.3)  # the attempt is in flight: its deadline is a minute away
+    # the attempt is in flight (its SYN dropped: its deadline is a minute away)
+    wait_for("the sweep's attempt in flight", lambda: towards_it() > fillers)
     stopped_at = time.monotonic()
     os.write(stop_w, b"x")
     thread.join(10)
