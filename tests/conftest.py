@@ -51,58 +51,60 @@ settings.load_profile("ci" if os.environ.get("CI") else "probe")
 # its own; every iptables rule is inside a namespace the test made). `--strict-markers`
 # makes a misspelt mark an error.
 #
+# Modules whose tests share module-scoped fixtures (a daemon) are marked `module_unit`: one unit
+# each (but for their serial tests), so the fixture starts once a run. Split over the workers,
+# interleaved with other modules, pytest tore such a fixture down at every change of module
+# and started it again.
+#
 # The scheduler runs in the controller, which collects nothing and sees node ids only: each
-# worker writes the node ids of its serial tests to a file this process names (workers
-# inherit the environment) before it reports its collection, and the scheduler reads it.
-SERIAL_IDS = "PROBE_TEST_SERIAL_IDS"
+# worker writes the scheduling unit of every marked test to a file this process names
+# (workers inherit the environment) before it reports its collection, and the scheduler
+# reads it.
+UNITS_FILE = "PROBE_TEST_UNITS"
 if "PYTEST_XDIST_WORKER" not in os.environ:
-    _serial_dir = tempfile.mkdtemp(prefix="probe-test-serial-")
-    atexit.register(shutil.rmtree, _serial_dir, True)
-    os.environ[SERIAL_IDS] = os.path.join(_serial_dir, "ids")
+    _units_dir = tempfile.mkdtemp(prefix="probe-test-units-")
+    atexit.register(shutil.rmtree, _units_dir, True)
+    os.environ[UNITS_FILE] = os.path.join(_units_dir, "units")
 
 
-# Modules with a module-scoped daemon: one unit each (but for their serial tests), so the
-# daemon starts once a run. Split over both workers, interleaved with other modules, pytest
-# tore such a fixture down at every change of module and started it again.
-ONE_UNIT = {
-    "tests/daemon/test_metrics.py",
-    "tests/deploy/test_deploy.py",
-    "tests/test_fuzz.py",
-}
-
-
-def unit(nodeid: str, serial: frozenset[str]) -> str:
-    """The scheduling unit of a test: the serial group, its module, or itself."""
-    if nodeid in serial:
+def unit_of(item: pytest.Item) -> str | None:
+    """The scheduling unit of a marked test: the serial group, or its module."""
+    if item.get_closest_marker("serial"):
         return "serial"
-    module = nodeid.split("::")[0]
-    return module if module in ONE_UNIT else nodeid
+    if item.get_closest_marker("module_unit"):
+        return item.nodeid.split("::")[0]
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """An xdist_group mark reaches no scheduler (see below): `serial` is the one mark.
-    On a worker, hand the serial tests' node ids to the controller's scheduler."""
+    On a worker, hand the marked tests' units to the controller's scheduler."""
     stray = [i.nodeid for i in items if i.get_closest_marker("xdist_group")]
     if stray:
         raise pytest.UsageError(
             "xdist_group groups nothing here; mark the test @pytest.mark.serial: "
             + ", ".join(stray)
         )
-    path = os.environ.get(SERIAL_IDS)
+    path = os.environ.get(UNITS_FILE)
     if path and hasattr(config, "workerinput"):
-        ids = "".join(f"{i.nodeid}\n" for i in items if i.get_closest_marker("serial"))
+        marked = ((unit_of(i), i.nodeid) for i in items)
+        lines = "".join(f"{unit}\t{nodeid}\n" for unit, nodeid in marked if unit)
         part = f"{path}.{config.workerinput['workerid']}"
         with open(part, "w") as out:
-            out.write(ids)
+            out.write(lines)
         os.replace(part, path)  # every worker collects the same tests: the same file
 
 
-def _serial_ids() -> frozenset[str]:
-    path = os.environ.get(SERIAL_IDS)
+def _units() -> dict[str, str]:
+    """node id → unit, for the marked tests (every other test is a unit of its own)."""
+    path = os.environ.get(UNITS_FILE)
     if not path or not os.path.exists(path):
-        return frozenset()
-    with open(path) as ids:
-        return frozenset(ids.read().splitlines())
+        return {}
+    with open(path) as lines:
+        return {
+            nodeid: unit
+            for unit, _, nodeid in (ln.partition("\t") for ln in lines.read().splitlines())
+        }
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -121,12 +123,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class Units(LoadScopeScheduling):  # type: ignore[misc]
         ordered = False
-        serial: frozenset[str] | None = None
+        units: dict[str, str] | None = None
 
         def _split_scope(self, nodeid: str) -> str:
-            if self.serial is None:  # first called once every worker has collected
-                self.serial = _serial_ids()
-            return unit(nodeid, self.serial)
+            if self.units is None:  # first called once every worker has collected
+                self.units = _units()
+            return self.units.get(nodeid, nodeid)
 
         def _assign_work_unit(self, node: Any) -> None:
             # Longest first, by the last run's durations (none known: collection order), so

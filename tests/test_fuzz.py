@@ -45,6 +45,8 @@ from probe.output.jsonl import event_json, record_json
 from probe.record import Outcome, Record
 from probe.syntax import PortRanges, Target, TargetError, iter_targets, parse_target
 
+pytestmark = pytest.mark.module_unit  # its module-scoped fixtures start once a run
+
 Rec = dict[str, Any]
 P = ((1, 1),)  # stand-in default ports (-p): never used to connect
 

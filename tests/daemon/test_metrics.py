@@ -57,6 +57,8 @@ from probe.daemon.ondemand import TIMEOUT_OFFSET
 from probe.errors import ConfigError, UsageError
 from probe.record import OUTCOMES
 
+pytestmark = pytest.mark.module_unit  # its module-scoped fixtures start once a run
+
 PROMTOOL = shutil.which("promtool")
 
 

@@ -45,6 +45,8 @@ from probe.cli import _subparser, build_parser
 from probe.deploy import FILES
 from probe.syntax import parse_ports, read_targets
 
+pytestmark = pytest.mark.module_unit  # its module-scoped fixtures start once a run
+
 KUBERNETES = [
     name
     for name in FILES
