@@ -1,5 +1,5 @@
-"""What every part of the harness uses: the type variable, the checkout's root, waiting
-on a condition with a deadline, killing a process, no traceback on stderr."""
+"""What every part of the harness uses: waiting on a condition with a deadline, killing a
+process, no traceback on stderr, the checkout's root."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-
-
 Rec = dict[str, Any]
-
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent  # the checkout
 
 
 def no_traceback(stderr: str | bytes) -> None:

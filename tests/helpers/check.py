@@ -17,11 +17,7 @@ from .records import parse_records
 from .run import probe_cmd, run_probe
 
 RUN_TIMEOUT = 30
-
-
 MS = r"\d+\.\d\d ms"
-
-
 RTT = rf"  rtt {MS}" if sys.platform == "linux" else rf"(  rtt {MS})?"
 
 

@@ -63,17 +63,9 @@ class Responder:
 
 
 MESH_NET = "10.78.0"  # private, only inside the namespaces made here
-
-
 MESH_HUB = f"{MESH_NET}.254"
-
-
 MESH_PORT, MESH_HTTP = 7070, 9464
-
-
 MESH_INTERVAL, MESH_TIMEOUT = 3.0, 2.0
-
-
 MESH_CELL = re.compile(
     r'<td class="(\w+)"><a href="[^"]*" title="([^"]+) → ([^"]+)">(.*?)</a></td>'
 )

@@ -214,8 +214,6 @@ while True:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
 CLONE_NEWNET = 0x40000000
 
 

@@ -7,11 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-
-
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 

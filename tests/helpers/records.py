@@ -37,11 +37,7 @@ CONTRACT_KEYS = [
 
 
 KEYS = set(CONTRACT_KEYS)
-
-
 OUTCOMES = ("open", "refused", "timeout", "unreachable", "error")
-
-
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
