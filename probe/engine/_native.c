@@ -305,6 +305,15 @@ static const char *KEY_NAMES[N_KEYS] = {
     "local_port", "outcome", "error", "latency_ms", "rtt_ms", "syn_retransmits", "dns_ms",
     "attempt"};
 static int key_order[N_KEYS] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+/* `{"key":` for the first key, `,"key":` for the others: made once per key order */
+static char key_head[N_KEYS][40];
+static size_t key_head_len[N_KEYS];
+
+static void make_key_heads(void) {
+  for (int k = 0; k < N_KEYS; k++)
+    key_head_len[k] = (size_t)snprintf(key_head[k], sizeof key_head[k], "%c\"%s\":",
+                                       k ? ',' : '{', KEY_NAMES[key_order[k]]);
+}
 
 /* The outcome names, in the order of the enum above (Python's Outcome; `configure`). */
 static char *outcome_names[N_OUTCOMES];
@@ -325,12 +334,7 @@ static void put_record(buf_t *b, tscache_t *ts, const rec_target_t *t, const rec
   size_t local_len = strlen(local);
   for (int k = 0; k < N_KEYS; k++) {
     int key = key_order[k];
-    if (k)
-      PUTS(b, ",\"");
-    else
-      PUTS(b, "{\"");
-    put(b, KEY_NAMES[key], strlen(KEY_NAMES[key]));
-    PUTS(b, "\":");
+    put(b, key_head[k], key_head_len[k]);
     switch (key) {
       case K_EVENT: PUTS(b, "\"probe\""); break;
       case K_TIMESTAMP:
@@ -2060,6 +2064,7 @@ static PyObject *configure(PyObject *self, PyObject *args, PyObject *kw) {
     order[k] = found;
   }
   memcpy(key_order, order, sizeof order);
+  make_key_heads();
   Py_ssize_t nb = PySequence_Fast_GET_SIZE(bf);
   if (nb < 1 || nb > 31) {
     PyErr_SetString(PyExc_ValueError, "1 to 31 lag bounds");
@@ -2185,4 +2190,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
                                     "The native sweep core of probe check (Linux).", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+  make_key_heads();
+  return PyModule_Create(&module);
+}
