@@ -113,6 +113,13 @@ class MeshNet:
         self.daemons: list[Daemon] = []
         self.dns: subprocess.Popen[str] | None = None
         self.etc: list[Path] = []
+        try:
+            self._build(tmp, n, interval, timeout)
+        except BaseException:  # a skip or a failed start: leave no namespace or process behind
+            self.close()
+            raise
+
+    def _build(self, tmp: Path, n: int, interval: float, timeout: float) -> None:
         need_tools(self.hub, "iptables")
         self.hub.run("ip", "link", "add", "br0", "type", "bridge")
         self.hub.run("ip", "addr", "add", f"{MESH_HUB}/24", "dev", "br0")
