@@ -88,6 +88,8 @@ def foreign_flag(words: Iterable[str]) -> str | None:
             return None
         if word in ("-t", "--timeout") and not _is_number(listed[i + 1 : i + 2]):
             given = f"got {listed[i + 1]!r}" if i + 1 < len(listed) else "got nothing"
+            if word == "--timeout":  # tcping's -t is not what a long-option user meant
+                return f"--timeout needs SECONDS, {given}"
             return f"-t needs SECONDS, {given}: {_TCPING_T}"
         if word in VALUED:
             skip = True

@@ -69,6 +69,11 @@ def test_other_tools_flags_get_a_line(args: list[str], says: str) -> None:
     assert says in one_line_error(probe("check", *args))
 
 
+def test_a_long_timeout_without_seconds_names_itself_not_tcping() -> None:
+    line = one_line_error(probe("check", "127.0.0.1:22", "--timeout", "abc"))
+    assert "--timeout needs SECONDS, got 'abc'" in line and "tcping" not in line, line
+
+
 def test_ports_after_p_suggest_the_list() -> None:
     line = one_line_error(probe("check", "127.0.0.1", "-p", "22", "80"))
     assert "did you mean -p 22,80" in line, line

@@ -29,6 +29,7 @@ from helpers import (
     config_toml,
     has_ipv6_loopback,
     http_fetch,
+    make_record,
     parse_prometheus,
     record,
     run_probe,
@@ -56,6 +57,8 @@ from probe.daemon.metrics import (
 from probe.daemon.ondemand import TIMEOUT_OFFSET
 from probe.errors import ConfigError, UsageError
 from probe.record import OUTCOMES
+from probe.stages.reflect import translated
+from probe.stages.result import StageResult
 
 pytestmark = pytest.mark.module_unit  # its module-scoped fixtures start once a run
 
@@ -118,6 +121,25 @@ def per_target(s: Samples) -> dict[str, int]:
         if target is not None:
             out[target] = out.get(target, 0) + 1
     return out
+
+
+def test_reflected_attempts_count_translations_and_preserved_ports() -> None:
+    """What a `probe serve` answered, counted per target: seen as itself (nothing
+    translated), its port rewritten, its address rewritten with the port kept."""
+    m = Metrics(lambda: 0.0)
+    m.set_targets([T("far")])
+    for seen in ("127.0.0.1:40000", "127.0.0.1:50000", "127.0.0.2:40000"):
+        stages = StageResult()
+        stages.reflected = True
+        stages.seen_as = seen
+        stages.translated = translated(seen, ("127.0.0.1", 40000))
+        m.observe("far", make_record(local_port=40000, stages=stages))
+    _, s = scrape(m)
+    assert value(s, "probe_reflected_attempts_total", target="far") == 3.0
+    assert value(s, "probe_translated_attempts_total", target="far") == 2.0
+    assert value(s, "probe_port_preserved_attempts_total", target="far") == 2.0
+    m.forget("far")
+    assert value(scrape(m)[1], "probe_translated_attempts_total", target="far") is None
 
 
 def test_a_target_without_histograms_keeps_to_twelve_series() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import CONTRACT_KEYS, run_probe
@@ -113,6 +115,40 @@ async def test_server_name_is_sent_and_checked(srv: Servers, certs: Certs) -> No
     port = srv.tls(certs.context("wrong_name"))
     rec = await attempt(port, tls_spec(certs, server_name="other.invalid"))
     assert rec["outcome"] == "open"
+
+
+async def test_cert_file_and_key_file_make_the_client_certificate(
+    srv: Servers, certs: Certs, tmp_path: Path
+) -> None:
+    """A server that requires a client certificate from its CA greets the client that shows
+    one (cert_file, key_file) by the certificate's name; without them nothing is greeted."""
+    client = certs.ca.issue_cert("probe-client.test")
+    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
+    client.cert_chain_pems[0].write_to_path(str(cert_file))
+    client.private_key_pem.write_to_path(str(key_file))
+    ctx = certs.context()
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(certs.ca_file)
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        subject = dict(pair[0] for pair in writer.get_extra_info("peercert")["subject"])
+        writer.write(f"HELLO {subject.get('organizationalUnitName', '')}\r\n".encode())
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    port = srv.start(greet, ctx)
+    steps = (Step(expect="^HELLO"),)
+    spec = tls_spec(certs, cert_file=str(cert_file), key_file=str(key_file))
+    rec = await attempt(port, StageSpec(tls=True, tls_options=spec.tls_options, steps=steps))
+    assert rec["outcome"] == "open", rec
+    assert str(rec["matched"]).startswith("HELLO Testing cert"), rec  # trustme's client name
+    # Without one, TLS 1.3's client finishes its handshake before the server refuses it:
+    # the refusal arrives as the read's failure.
+    no_client = StageSpec(tls=True, tls_options=tls_spec(certs).tls_options, steps=steps)
+    rec = await attempt(port, no_client)
+    assert rec["outcome"] == "error" and rec["matched"] is None, rec
+    assert rec["error"] in ("TLS_HANDSHAKE", "EXPECT_MISMATCH"), rec
 
 
 async def test_tls10_only_server(srv: Servers, certs: Certs) -> None:
