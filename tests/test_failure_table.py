@@ -100,6 +100,15 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
     "`REJECT --reject-with icmp-proto-unreachable`": {
         FAULTS: ("test_icmp_protocol_unreachable_is_an_error_of_the_target",),
     },
+    "a link-local address with its zone (`[fe80::1%v0]:22`, `%3`)": {
+        "test_zones.py": (
+            "test_check_connects_on_the_zones_interface",
+            "test_without_a_zone_the_link_local_address_fails",
+            "test_an_unknown_interface_is_a_usage_error_naming_it",
+            "test_the_daemon_and_probe_connect_on_the_zone",
+            "test_a_loopback_zone_is_judged_as_its_address",
+        ),
+    },
     "the name does not resolve": {
         FAULTS: ("test_unresolvable_name_in_namespace",),
         HERE: ("test_a_name_that_does_not_exist_is_eai_noname",),
