@@ -120,10 +120,6 @@ def number(value: float) -> str:
     return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
 
 
-def _go(value: float) -> str:
-    return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
-
-
 def _histogram_template(name: str, le: Sequence[str]) -> tuple[str, str]:
     """A histogram's text as a %-format template (label, count, label, count, ... label,
     sum: for whole counts below a million) and as a `str.format` one ({0} the label, then
@@ -303,7 +299,7 @@ class Series(Collector):
             )  # fmt: skip
         connect = (
             f"probe_connect_seconds_count{{{q}}} {n(s.answered)}\n"
-            f"probe_connect_seconds_sum{{{q}}} {_go(s.answered_sum)}\n"
+            f"probe_connect_seconds_sum{{{q}}} {number(s.answered_sum)}\n"
             if s.answered
             else ""
         )

@@ -16,10 +16,8 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
-from prometheus_client.utils import floatToGoString
-
 from ..record import Record
-from .series import JOIN_SLICE, escape
+from .series import JOIN_SLICE, escape, number
 
 # (name in the page, documentation, type); the order is the page's
 FAMILIES: tuple[tuple[str, str, str], ...] = (
@@ -50,10 +48,6 @@ EXPIRY, CHAIN, VERSION, HANDSHAKE = range(len(FAMILIES))
 STATUS_COLUMNS = ("TLS", "cert expires in")  # the status page's columns for TLS targets
 
 
-def _go(value: float) -> str:
-    return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
-
-
 class _Target:
     __slots__ = ("buckets", "chain", "counts", "expiry", "label", "sum", "text", "version")
 
@@ -73,7 +67,7 @@ class TlsSeries:
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.bounds = (*buckets, math.inf)
-        self._le = [_go(b) for b in self.bounds]
+        self._le = [number(b) for b in self.bounds]
         self.targets: dict[str, _Target] = {}
         self._buckets: dict[str, bool] = {}  # name → its histograms setting
 
@@ -129,13 +123,13 @@ class TlsSeries:
         lines = []
         for le, total in zip(self._le, itertools.accumulate(s.counts), strict=True):
             if s.buckets or le == "+Inf":  # without histograms: +Inf, count, sum (3 series)
-                lines.append(f'{name}_bucket{{le="{le}",{q}}} {_go(total)}\n')
+                lines.append(f'{name}_bucket{{le="{le}",{q}}} {number(total)}\n')
         count = sum(s.counts)
-        lines.append(f"{name}_count{{{q}}} {_go(count)}\n{name}_sum{{{q}}} {_go(s.sum)}\n")
+        lines.append(f"{name}_count{{{q}}} {number(count)}\n{name}_sum{{{q}}} {number(s.sum)}\n")
         version = "" if s.version is None else escape(s.version)
         return (
-            "" if s.expiry is None else f"{FAMILIES[EXPIRY][0]}{{{q}}} {_go(s.expiry)}\n",
-            "" if s.chain is None else f"{FAMILIES[CHAIN][0]}{{{q}}} {_go(s.chain)}\n",
+            "" if s.expiry is None else f"{FAMILIES[EXPIRY][0]}{{{q}}} {number(s.expiry)}\n",
+            "" if s.chain is None else f"{FAMILIES[CHAIN][0]}{{{q}}} {number(s.chain)}\n",
             f'{FAMILIES[VERSION][0]}{{{q},version="{version}"}} 1.0\n',
             "".join(lines),
         )
