@@ -28,6 +28,7 @@ from ..syntax import (
     read_targets,
     shard_of,
 )
+from ..syntax.exclusions import merge_spans
 from ..syntax.files import open_file
 from .plan import Excluded, Plan
 
@@ -267,17 +268,7 @@ def exclusion_spans(exclude: Excluded | None) -> tuple[Any, ...] | None:
         v4.extend(spans[4])
         v6.extend(spans[6])
         patterns.extend(p.segments for p in scattered if p.version == 4)
-    return (_merged(v4), [(_b16(lo), _b16(hi)) for lo, hi in _merged(v6)], patterns)
-
-
-def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(spans):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
+    return (merge_spans(v4), [(_b16(lo), _b16(hi)) for lo, hi in merge_spans(v6)], patterns)
 
 
 def _b16(value: int) -> bytes:

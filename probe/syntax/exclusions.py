@@ -38,12 +38,7 @@ class Exclusions:
         self._starts: dict[int, list[int]] = {}
         self._ends: dict[int, list[int]] = {}
         for version, intervals in spans.items():
-            merged: list[tuple[int, int]] = []
-            for lo, hi in sorted(intervals):
-                if merged and lo <= merged[-1][1] + 1:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-                else:
-                    merged.append((lo, hi))
+            merged = merge_spans(intervals)
             self._starts[version] = [lo for lo, _ in merged]
             self._ends[version] = [hi for _, hi in merged]
 
@@ -71,6 +66,17 @@ class Exclusions:
         if i >= 0 and value <= self._ends[version][i]:
             return True
         return any(p.version == version and p.contains_int(value) for p in self._patterns)
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive integer intervals sorted, with overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _exclusion_set(item: str) -> AddressSet:
