@@ -22,7 +22,6 @@ import ipaddress
 import json
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -997,19 +996,9 @@ def load_config(path: str | os.PathLike[str], keep: Callable[[str], bool] | None
 
 def _read_bounded(shown: str) -> bytes:
     """At most MAX_CONFIG_BYTES + 1 bytes of a regular file: never a FIFO's or a device's
-    endless stream (opened non-blocking, so a FIFO without a writer cannot hang us)."""
+    endless stream."""
+    fd = target_lists.open_regular(shown)
     try:
-        fd = os.open(shown, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(shown, None, f"cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:  # an embedded NUL byte in the path
-        raise ConfigError(shown, None, f"cannot read: {exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ConfigError(shown, None, "cannot read: Is a directory")
-        if not stat.S_ISREG(mode):
-            raise ConfigError(shown, None, "not a regular file (a FIFO, device or socket)")
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_CONFIG_BYTES:

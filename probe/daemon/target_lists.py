@@ -67,21 +67,28 @@ def files(base: Path, targets_file: str | None, include: tuple[str, ...]) -> lis
     return found
 
 
-def items(path: Path) -> Iterator[Item]:
-    """The target lines of one list, a line at a time."""
-    shown = str(path)
+def open_regular(shown: str) -> int:
+    """A descriptor of the regular file at `shown`: a FIFO, device or directory is refused,
+    and the open is non-blocking, so a FIFO without a writer cannot hang us."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(shown, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(shown, None, f"cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:  # an embedded NUL byte in the path
         raise ConfigError(shown, None, f"cannot read: {exc}") from None
-    with open(fd, "rb", buffering=1 << 16, closefd=True) as stream:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ConfigError(shown, None, "cannot read: Is a directory")
-        if not stat.S_ISREG(mode):
-            raise ConfigError(shown, None, "not a regular file (a FIFO, device or socket)")
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise ConfigError(shown, None, "cannot read: Is a directory")
+    raise ConfigError(shown, None, "not a regular file (a FIFO, device or socket)")
+
+
+def items(path: Path) -> Iterator[Item]:
+    """The target lines of one list, a line at a time."""
+    shown = str(path)
+    with open(open_regular(shown), "rb", buffering=1 << 16, closefd=True) as stream:
         number = 0
         while True:
             try:
