@@ -72,13 +72,11 @@ class Held:
         self.count -= len(entries)
         self._wake(entries)
 
-    def clear(self) -> list[Entry]:
+    def clear(self) -> None:
         """Forget every waiting attempt (the engine closes or drops what has not started)."""
         for timer in self._timers.values():
             timer.cancel()
-        dropped = [entry for entries in self._waiting.values() for entry in entries]
         self._timers.clear()
         self._waiting.clear()
         self._backoff.clear()
         self.count = 0
-        return dropped
