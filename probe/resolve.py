@@ -151,10 +151,8 @@ class Resolver:
                 infos = await loop.getaddrinfo(
                     host, None, family=self.family, type=socket.SOCK_STREAM
                 )
-        except socket.gaierror as exc:
-            raise ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}")) from None
-        except UnicodeError:
-            raise ResolveError("EAI_NONAME") from None
+        except (socket.gaierror, UnicodeError) as exc:
+            raise _failure(exc) from None
         return _addresses(infos)
 
 
@@ -166,11 +164,17 @@ def lookup(host: str, family: int = 0) -> tuple[Address, ...]:
         return (lit,)
     try:
         infos = socket.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}")) from None
-    except UnicodeError:
-        raise ResolveError("EAI_NONAME") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        raise _failure(exc) from None
     return _addresses(infos)
+
+
+def _failure(exc: socket.gaierror | UnicodeError) -> ResolveError:
+    """A failed getaddrinfo as the resolver code's name; a name IDNA cannot encode is
+    EAI_NONAME."""
+    if isinstance(exc, socket.gaierror):
+        return ResolveError(_EAI_NAMES.get(exc.errno, f"EAI_{exc.errno}"))
+    return ResolveError("EAI_NONAME")
 
 
 def _addresses(infos: Infos) -> tuple[Address, ...]:
