@@ -335,10 +335,7 @@ class Runner:
         try:
             addresses = await self.names.first(target.host, target.timeout)
         except ResolveError as exc:
-            record = unresolved_record(target.address, target.host, target.port, exc.code, number)
-            record.extra = extra_of(target)
-            record.dns_ms = (time.perf_counter() - began) * 1000.0
-            self._finished(job, record, Path(target.name))
+            self._unresolved(job, exc.code, number, (time.perf_counter() - began) * 1000.0)
             return
         # The lookup that serves this attempt (and, kept, those after it until the next one).
         dns_ms = 0.0 if literal(target.host) else self.names.cost_ms(target.host)
@@ -361,21 +358,23 @@ class Runner:
         last of them is recorded."""
         target = job.item
         chosen = select(addresses, target.family, target.addresses)
-        if chosen:
-            live = [path_of(target.name, target.addresses, a) for a in chosen]
-            for path in self.health.keep(target.name, live):
-                self._forget_path(path)  # the address left the name (or the mode changed)
-        else:  # the name has no address of this family
-            record = unresolved_record(
-                target.address, target.host, target.port, "EAI_ADDRFAMILY", number
-            )
-            record.extra = extra_of(target)
-            record.dns_ms = dns_ms
-            self._finished(job, record, Path(target.name))
+        if not chosen:  # the name has no address of this family
+            self._unresolved(job, "EAI_ADDRFAMILY", number, dns_ms)
             return
+        live = [path_of(target.name, target.addresses, a) for a in chosen]
+        for path in self.health.keep(target.name, live):
+            self._forget_path(path)  # the address left the name (or the mode changed)
         pending = [len(chosen)]
         for address in chosen:
             self._submit(job, address, number, dns_ms, pending)
+
+    def _unresolved(self, job: Job[ResolvedTarget], code: str, number: int, dns_ms: float) -> None:
+        """No address to connect to: the attempt's record carries the resolver's `code`."""
+        target = job.item
+        record = unresolved_record(target.address, target.host, target.port, code, number)
+        record.extra = extra_of(target)
+        record.dns_ms = dns_ms
+        self._finished(job, record, Path(target.name))
 
     def _submit(
         self,
