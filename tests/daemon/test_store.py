@@ -276,6 +276,26 @@ def test_daemon_restart_keeps_state_since_and_history(tmp_path: Path) -> None:
         up.close()
 
 
+def test_store_path_in_the_config_wins_and_empty_keeps_nothing(tmp_path: Path) -> None:
+    """`[store] path` is the directory used instead of the environment's default (the
+    helper's STATE_DIRECTORY); `path = ""` writes no store anywhere."""
+    refused = f"127.0.0.1:{closed_port()}"
+    chosen, default = tmp_path / "chosen", tmp_path / "state"
+    chosen.mkdir()
+    for path in (str(chosen), ""):
+        log = tmp_path / f"log-{bool(path)}"
+        text = config_toml(log, target_toml("down", refused), interval=0.2)
+        d = Daemon.start(tmp_path, text + f"\n[store]\npath = {json.dumps(path)}\n", log)
+        try:
+            d.wait_records("down", 3)
+        finally:
+            assert d.stop(timeout=10) == 0, d.stderr
+        assert not (default / FILE_NAME).exists()
+    conn = sqlite3.connect(chosen / FILE_NAME)
+    assert conn.execute("SELECT up FROM targets WHERE name = 'down'").fetchone() == (0,)
+    conn.close()
+
+
 def test_daemon_with_a_corrupt_store_warns_and_starts_fresh(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
