@@ -173,6 +173,15 @@ def test_a_target_without_histograms_keeps_to_twelve_series() -> None:
     assert value(s, "probe_connect_seconds_count", target="lean") == 4.0
 
 
+def test_histograms_are_off_by_default_and_set_in_defaults_or_per_target() -> None:
+    base = '[[targets]]\naddress = "127.0.0.1:1"\n\n[[targets]]\naddress = "127.0.0.1:2"\n'
+    assert [t.histograms for t in parse_config(base).targets] == [False, False]
+    text = "[defaults]\nhistograms = true\n\n" + base + "histograms = false\n"
+    assert [t.histograms for t in parse_config(text).targets] == [True, False]
+    with pytest.raises(ConfigError, match="histograms"):
+        parse_config('[defaults]\nhistograms = "yes"\n')
+
+
 def test_render_is_prometheus_clients_text_byte_for_byte() -> None:
     m = Metrics(lambda: 0.0)
     for name in ("ProcessCollector", "GCCollector", "PlatformCollector"):  # values move
