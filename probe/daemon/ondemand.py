@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.utils import floatToGoString
-
 from ..engine import Attempt, Engine
 from ..errors import TargetError
 from ..output.jsonl import record_json
@@ -29,7 +27,7 @@ from ..syntax import AddressSet, Endpoint, Exclusions, parse_target
 from .config import Config
 from .http import Answer, ProbeRequest, text_answer
 from .metrics import CONTENT_TYPE, error_label
-from .series import escape
+from .series import escape, number
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Seconds kept back from Prometheus' scrape timeout for the answer to travel, as
@@ -94,8 +92,7 @@ def exposition(record: Record, duration: float, dns_seconds: float) -> bytes:
     out: list[str] = []
 
     def gauge(name: str, doc: str, value: float, labels: str = "") -> None:
-        shown = floatToGoString(value)  # type: ignore[no-untyped-call]
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n{name}{labels} {shown}\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n{name}{labels} {number(value)}\n")
 
     gauge("probe_success", "1 when the connect succeeded (outcome open).",
           1 if record.outcome == OPEN else 0)  # fmt: skip
