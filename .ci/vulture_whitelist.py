@@ -36,11 +36,7 @@ _.binary_location  # tests/daemon/test_status_browser.py: selenium reads it
 
 # Landed ahead of their first reader (features in progress); drop a line once the name is
 # used, or the name itself if it never is.
-DEFAULT_RETENTION_DAYS  # daemon/store.py
 STAGE_ERRORS  # stages/result.py
-STAGE_OF
-_.has_expect
-_.listening  # serve/server.py
 _.router_in  # tests/serve/test_nat.py
 _.leaf_not_after  # tests/helpers/stages.py
 

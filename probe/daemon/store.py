@@ -39,7 +39,6 @@ FILE_NAME = "probe.sqlite3"
 SCHEMA_VERSION = 1
 FLUSH_EVERY = 0.5  # seconds between two batched commits
 MINUTE_DAYS = 1  # per-minute rows kept this many days; hours and days for the retention
-DEFAULT_RETENTION_DAYS = 90
 ATTEMPTS_KEPT = 20  # last attempts kept per target
 CHANGES_RESTORED = 10  # state changes read back per target at start
 PRUNE_EVERY = 600.0  # seconds between two prunings of rows past their retention

@@ -160,7 +160,3 @@ class Server:
         if self._shed_timer is not None:
             self._shed_timer.cancel()
             self._shed_timer = None
-
-    @property
-    def listening(self) -> bool:
-        return bool(self._servers)

@@ -27,17 +27,6 @@ STAGE_ERRORS: Final = (
     SEND_FAILED,
     NOT_A_RESPONDER,
 )
-# blackbox's probe_failed_due_to reasons: which stage failed
-STAGE_OF: Final = {
-    TLS_HANDSHAKE: "tls",
-    CERT_EXPIRED: "tls",
-    CERT_UNTRUSTED: "tls",
-    HOSTNAME_MISMATCH: "tls",
-    EXPECT_MISMATCH: "expect",
-    EXPECT_TIMEOUT: "expect",
-    SEND_FAILED: "send",
-    NOT_A_RESPONDER: "reflect",
-}
 
 
 class StageResult(Plain):

@@ -111,10 +111,6 @@ class StageSpec(Frozen):
     def uses_tls(self) -> bool:
         return self.tls or self.starttls is not None or any(s.starttls for s in self.steps)
 
-    @property
-    def has_expect(self) -> bool:
-        return self.starttls is not None or bool(self.steps)
-
 
 def decode_send(text: str) -> bytes:
     """`send` text to bytes: the escapes `\\r`, `\\n`, `\\t`, `\\0`, `\\xHH` and `\\\\` are
