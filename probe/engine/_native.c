@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -674,6 +675,7 @@ typedef struct {
   int64_t lag_due, lag_cpu;
   int write_errno;
   uint64_t unwritten; /* records a reader that stopped reading never got */
+  int64_t drain_end;  /* 0, or (after a stop) when a reader that does not read is given up */
   /* results */
   uint64_t outcomes[N_OUTCOMES];
   uint64_t targets_done, targets_without_open, started, shortages, self_connects, late;
@@ -694,10 +696,15 @@ static inline int64_t mono_ns(void) {
   return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-/* Whole buffer to fd. A reader that does not read holds the write; a stop (SIGINT, SIGTERM:
- * the stop fd) ends the wait, the rest unwritten (EAGAIN to the caller). A signal ends a
- * blocked write() early, with EINTR or with what it wrote so far: the stop fd is asked
- * after either. */
+#define STOP_DRAIN_NS 2000000000LL /* output/writer.py's OUTPUT_DRAIN */
+
+/* Whole buffer to fd. A reader that does not read holds the write until a stop (SIGINT,
+ * SIGTERM: the stop fd). From the stop on, the reader has STOP_DRAIN_NS to take the rest
+ * (a reader that reads loses nothing to the stop), in pieces of at most PIPE_BUF written
+ * only when poll() says they fit, since no signal will end a blocked write() now; what it
+ * has not taken by then stays unwritten (EAGAIN to the caller). A signal ends a blocked
+ * write() early, with EINTR or with what it wrote so far: the stop fd is asked after
+ * either. */
 static int stop_pending(sweep_t *s) {
   struct pollfd p = {.fd = s->stop_fd, .events = POLLIN};
   return s->stop_fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
@@ -706,18 +713,24 @@ static int stop_pending(sweep_t *s) {
 static int write_all(sweep_t *s, int fd, buf_t *b) {
   size_t off = 0;
   while (off < b->len) {
-    if (off && stop_pending(s)) { /* a short write: perhaps a signal, perhaps a stop */
-      errno = EAGAIN;
-      goto stalled;
+    size_t len = b->len - off;
+    if (!s->drain_end && (s->stopped || stop_pending(s))) s->drain_end = mono_ns() + STOP_DRAIN_NS;
+    if (s->drain_end) {
+      int64_t left = s->drain_end - mono_ns();
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      int ready = left > 0 ? poll(&p, 1, (int)((left + 999999) / 1000000)) : 0;
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) {
+        errno = EAGAIN;
+        goto stalled;
+      }
+      if (len > PIPE_BUF) len = PIPE_BUF;
     }
-    ssize_t n = write(fd, b->p + off, b->len - off);
+    ssize_t n = write(fd, b->p + off, len);
     if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        if (stop_pending(s)) {
-          errno = EAGAIN;
-          goto stalled;
-        }
-        if (errno == EAGAIN) {
+      if (errno == EINTR) continue; /* the loop's top asks the stop fd */
+      if (errno == EAGAIN) {
+        if (!s->drain_end) {
           struct pollfd p = {.fd = fd, .events = POLLOUT};
           poll(&p, 1, 1000);
         }
