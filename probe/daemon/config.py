@@ -904,6 +904,10 @@ def _config(fields: dict[str, Any], table: dict[str, Any], at: _Path) -> None:
         fields["metrics"] = replace(metrics, probe_concurrency=probe)
     raw_defaults = table.get("defaults", {})  # a table: DEFAULTS checked it
     modules = fields["modules"]
+    # Each module, then [defaults] (with its module), on its own first: a bad stage key is
+    # named where it was written, and is found even when no target uses it.
+    module_specs = {name: _stages([module], ("modules", name)) for name, module in modules.items()}
+    _stages(_stage_layers({}, ("defaults",), raw_defaults, modules), ("defaults",))
     resolved = []
     for i, given in enumerate(fields["targets"]):
         at = ("targets", i)
@@ -922,9 +926,7 @@ def _config(fields: dict[str, Any], table: dict[str, Any], at: _Path) -> None:
         seen[target.name] = i
     _listed(fields, table, resolved, {name: f"targets[{i}]" for name, i in seen.items()})
     fields["targets"] = tuple(resolved)
-    fields["modules"] = MappingProxyType(
-        {name: _stages([module], ("modules", name)) for name, module in modules.items()}
-    )
+    fields["modules"] = MappingProxyType(module_specs)
 
 
 # The whole file: its sections (and, later, its top-level keys).

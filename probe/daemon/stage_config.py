@@ -73,9 +73,9 @@ def resolve(layers: Sequence[Mapping[str, Any]], at: Path) -> StageSpec | None:
         direct = tls
     elif isinstance(tls, Mapping):
         try:
-            options = tls_options(tls, name=lambda key: key)
+            options = tls_options(tls)  # its messages start `tls.KEY:` or `tls:`
         except ValueError as exc:
-            raise _located((*at, "tls"), str(exc)) from None
+            raise _located(at, str(exc)) from None
         direct = starttls is None
     else:
         raise StageConfigError((*at, "tls"), "expected true, false or a table of TLS settings")

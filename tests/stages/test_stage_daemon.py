@@ -212,7 +212,8 @@ def test_probe_debug_names_the_module_and_the_stages(daemon: Daemon, ports: dict
         ("tls = 3", "targets[0].tls: expected true, false or a table of TLS settings"),
         ('tls = { min_version = "SSL3" }', "targets[0].tls.min_version: unknown TLS version"),
         ('tls = { colour = "red" }', "targets[0].tls.colour: unknown key"),
-        ('tls = { ca_file = "/nonexistent/ca.pem" }', "cannot use /nonexistent/ca.pem"),
+        ('tls = { ca_file = "/nonexistent/ca.pem" }', "targets[0].tls: cannot use /nonexistent"),
+        ('tls = { key_file = "/x.key" }', "targets[0].tls: key_file needs cert_file"),
         ('expect = "("', "targets[0].expect: bad regex"),
         ('query_response = [{ expect = "(" }]', "targets[0].query_response[0].expect: bad regex"),
         ('starttls = "ftp"', "targets[0].starttls: unknown protocol 'ftp'"),
@@ -227,6 +228,27 @@ def test_bad_stage_config_is_one_line_exit_2(tmp_path: Path, text: str, message:
     config.write_text(
         f'[[targets]]\naddress = "127.0.0.1:9"\n{text}\n\n[modules.tls]\ntls = true\n'
     )
+    done = run_probe("validate", str(config))
+    assert done.returncode == 2, done.stdout
+    assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("targets", ["", '[[targets]]\naddress = "127.0.0.1:9"\n'])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[defaults]\ntls = { min_version = "X" }\n', "defaults.tls.min_version: unknown TLS"),
+        ('[defaults]\nexpect = "("\n', "defaults.expect: bad regex"),
+        ('[defaults]\nmodule = "nope"\n', "defaults.module: no [modules.nope] table"),
+        ('[defaults]\nmodule = "m"\n\n[modules.m]\nexpect = "("\n', "modules.m.expect: bad"),
+    ],
+)
+def test_a_bad_default_stage_key_is_named_where_it_was_written(
+    tmp_path: Path, text: str, message: str, targets: str
+) -> None:
+    """Not under the first target that inherits it, and found with no target at all."""
+    config = tmp_path / "config.toml"
+    config.write_text(text + "\n" + targets)
     done = run_probe("validate", str(config))
     assert done.returncode == 2, done.stdout
     assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
