@@ -77,6 +77,11 @@ def ip_text(ip: IPAddress) -> str:
     return str(ip)
 
 
+def host_port(host: str, port: int) -> str:
+    """`HOST:PORT`, an IPv6 address in brackets (`[::1]:80`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def literal(host: str, family: int = 0) -> Address | None:
     """An IP literal without asking the resolver; raises ResolveError on a family mismatch
     (EAI_ADDRFAMILY) or a zone that names no interface (ENODEV)."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeVar
 
+from ..address import host_port
 from ..errors import ConfigError, TargetError
 from ..limits import MAX_CONFIG_BYTES, MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL
 from ..mesh.peers import PeerSpec
@@ -133,7 +134,7 @@ class HostPort:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 DEFAULT_LISTEN: Final = HostPort("127.0.0.1", 9464)

@@ -12,15 +12,14 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from ..address import host_port
 from ..engine import Attempt
 
 LOG_EVERY = 10.0  # seconds between two port_shortage events of one destination
 
 
 def destination_of(attempt: Attempt) -> str:
-    ip = attempt.address.ip
-    port = attempt.endpoint.port
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return host_port(attempt.address.ip, attempt.endpoint.port)
 
 
 class PortShortages:

@@ -29,6 +29,7 @@ import msgspec
 from aiohttp import web
 from multidict import MultiMapping
 
+from ..address import host_port
 from . import target_page
 from .badge import badge_svg
 from .config import ResolvedTarget
@@ -457,11 +458,8 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
     opened = attempts - failures
     uptime = 100.0 * opened / attempts if attempts else None
     state = updown(history.state)
-    local = None
-    if history.local_port is not None:
-        address = history.local_address or "?"
-        local = f"[{address}]:{history.local_port}" if ":" in address else (
-            f"{address}:{history.local_port}")  # fmt: skip
+    port = history.local_port
+    local = None if port is None else host_port(history.local_address or "?", port)
     outcome = history.outcome or ""
     if history.error:
         outcome = f"{outcome} {history.error}"

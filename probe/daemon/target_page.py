@@ -17,6 +17,7 @@ import math
 import time
 from typing import NamedTuple
 
+from ..address import host_port
 from .config import ResolvedTarget
 from .history import TargetHistory, updown
 from .pagetext import _duration, _e, _iso, _ms, _nice
@@ -223,10 +224,7 @@ def _changes(changes: list[tuple[float, str, str, str | None]]) -> str:
 def _attempts(attempts: list[Seen]) -> str:
     rows: list[str] = []
     for a in attempts:
-        local = ""
-        if a.local_port is not None:
-            address = a.local_address or "?"
-            local = f"[{address}]:{a.local_port}" if ":" in address else f"{address}:{a.local_port}"
+        local = "" if a.local_port is None else host_port(a.local_address or "?", a.local_port)
         rtt = "" if a.rtt_ms is None or math.isnan(a.rtt_ms) else _ms(a.rtt_ms)
         rows.append(
             f"<tr><td>{_e(_iso_ms(a.at))}</td><td>{_e(a.outcome)}</td><td>{_e(a.error or '')}"

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..address import host_port
 from ..record import OPEN, Record, format_timestamp
 
 WINDOW = 30  # attempts per peer the figures are drawn from
@@ -42,11 +43,8 @@ class Seen:
 
 def seen_of(record: Record) -> Seen:
     stages = record.stages
-    local = None
-    if record.local_port is not None:
-        address = record.local_address or ""
-        local = f"[{address}]:{record.local_port}" if ":" in address else (
-            f"{address}:{record.local_port}")  # fmt: skip
+    port = record.local_port
+    local = None if port is None else host_port(record.local_address or "", port)
     return Seen(
         at=record.started,
         outcome=str(record.outcome),
