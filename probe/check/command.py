@@ -56,10 +56,11 @@ def run_plan(plan: Plan) -> int:
     total = ShareResult()
     died = 0
     try:
+        stages = plan.stages is not None
         if output.format == "csv":
-            out.write_lines(csv_rows().header())
+            out.write_lines(csv_rows(stages).header())
         if plan.workers == 1:
-            sinks = Sinks(output, out, json_out, bar.before_stdout)
+            sinks = Sinks(output, out, json_out, bar.before_stdout, stages)
             total.merge(run_share(plan, 0, 1, sinks, bar.update))
         else:
             outs = [out] if json_out is None else [out, json_out]
@@ -68,7 +69,8 @@ def run_plan(plan: Plan) -> int:
                 index: int, count: int, streams: list[BinaryIO], progress: Progress
             ) -> ShareResult:
                 writers = [RecordWriter(s) for s in streams]
-                sinks = Sinks(output, writers[0], writers[1] if len(writers) > 1 else None)
+                file_out = writers[1] if len(writers) > 1 else None
+                sinks = Sinks(output, writers[0], file_out, stages=stages)
                 return run_share(plan, index, count, sinks, progress)
 
             from .workers import run_workers  # worker processes: only a run that forks them

@@ -17,10 +17,10 @@ if TYPE_CHECKING:
     from ..output.csv import CsvRows
 
 
-def csv_rows() -> CsvRows:
+def csv_rows(stages: bool = False) -> CsvRows:
     from ..output.csv import CsvRows
 
-    return CsvRows()
+    return CsvRows(stages)
 
 
 class Sinks:
@@ -30,6 +30,7 @@ class Sinks:
         out: RecordWriter,
         json_out: RecordWriter | None = None,
         before_stdout: Callable[[], None] | None = None,
+        stages: bool = False,  # stages after the connect: CSV has their columns
     ) -> None:
         self.output = output
         self.out = out
@@ -37,7 +38,7 @@ class Sinks:
         self.before_stdout = before_stdout
         self.lines = RecordLines(output.target_width)
         fmt = output.format
-        self.csv = csv_rows() if fmt == "csv" else None
+        self.csv = csv_rows(stages) if fmt == "csv" else None
         wants_json = fmt == "json" or json_out is not None
         # msgspec is imported at the first record: a worker whose share the native core
         # serves writes its JSON itself and never needs it

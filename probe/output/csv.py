@@ -1,8 +1,10 @@
 """Records as CSV: a header row with the record's keys, then one row per attempt.
 
 The columns are the JSON record's keys in the same order, from the JSON form itself (one
-definition of the keys and of their rounding); null is an empty field. The stdlib writer
-does the quoting, so a name with a comma or a quote stays one field.
+definition of the keys and of their rounding); null is an empty field, true and false as
+JSON writes them. A run with stages after the connect adds every stage key
+(STAGE_COLUMNS), empty where that stage did not run. The stdlib writer does the quoting,
+so a name with a comma or a quote stays one field.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import msgspec
 
 from ..record import Outcome, Record
+from ..stages.result import StageResult
 from .jsonl import record_json
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -46,10 +49,22 @@ COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-class CsvRows:
-    """Renders the header and the rows; each call returns whole lines as bytes."""
+def _stage_columns() -> tuple[str, ...]:
+    every = StageResult()
+    every.tls_ms = every.expect_ms = 0.0
+    every.reflected = True
+    return tuple(every.fields())
 
-    def __init__(self) -> None:
+
+STAGE_COLUMNS: tuple[str, ...] = _stage_columns()
+
+
+class CsvRows:
+    """Renders the header and the rows; each call returns whole lines as bytes. `stages`:
+    the run has stages after the connect (their keys become columns too)."""
+
+    def __init__(self, stages: bool = False) -> None:
+        self.columns = COLUMNS + STAGE_COLUMNS if stages else COLUMNS
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, lineterminator="\n")
 
@@ -61,8 +76,17 @@ class CsvRows:
         return text.encode()
 
     def header(self) -> bytes:
-        return self._take(list(COLUMNS))
+        return self._take(list(self.columns))
 
     def row(self, record: Record) -> bytes:
         fields = _fields(record)
-        return self._take(["" if fields.get(k) is None else fields[k] for k in COLUMNS])
+        return self._take([_cell(fields.get(k)) for k in self.columns])
+
+
+def _cell(value: object) -> object:
+    """null is an empty field; true and false are written as JSON writes them."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value

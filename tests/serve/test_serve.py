@@ -65,6 +65,15 @@ def test_every_accept_is_one_record_with_peer_and_local(responder: Responder) ->
         assert list(a)[:2] == ["event", "timestamp"]
 
 
+def test_reflect_in_csv_writes_translated_as_json_does(responder: Responder) -> None:
+    done = run_probe("check", f"127.0.0.1:{responder.port}", "--reflect", "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    header, row = (line.split(",") for line in done.stdout.splitlines())
+    cells = dict(zip(header, row, strict=True))
+    assert cells["seen_as"] == f"127.0.0.1:{cells['local_port']}"
+    assert (cells["translated"], cells["seen_by"]) == ("false", "node-a")
+
+
 def test_reflect_adds_seen_as_and_translated_only_when_asked(responder: Responder) -> None:
     target = f"127.0.0.1:{responder.port}"
     reflected = run_probe("check", target, "--reflect", "--json", "-c", "3", "-i", "0")

@@ -4,6 +4,8 @@ loopback: the engine in this process and `probe check` as a user runs it."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import ssl
 import time
@@ -290,6 +292,23 @@ def check_json(port: int, *flags: str, timeout: str = "2") -> tuple[int, dict[st
     lines = done.stdout.splitlines()
     assert len(lines) == 1, done.stdout
     return done.returncode, json.loads(lines[0])
+
+
+def test_check_csv_has_the_stage_columns(srv: Servers, certs: Certs) -> None:
+    """With stages, CSV has every stage key as a column (the JSON record's names and values;
+    empty where a stage did not run); without, the plain columns only."""
+    port = srv.tls(certs.context())
+    flags = ("--tls", "--tls-ca-file", certs.ca_file)
+    _, rec = check_json(port, *flags)
+    done = run_probe("check", f"localhost:{port}", "--format", "csv", *flags)
+    assert done.returncode == 0, done.stderr
+    (row,) = csv.DictReader(io.StringIO(done.stdout))
+    assert list(row) == [*rec, "expect_ms", "matched", "seen_as", "translated", "seen_by"]
+    for key in TLS_KEYS[1:]:
+        assert row[key] == str(rec[key]), key
+    assert row["matched"] == row["seen_as"] == ""
+    plain = run_probe("check", f"localhost:{port}", "--format", "csv")
+    assert plain.stdout.splitlines()[0].split(",") == CONTRACT_KEYS
 
 
 def test_check_tls_prints_version_cipher_and_days_to_expiry(srv: Servers, certs: Certs) -> None:
