@@ -261,9 +261,7 @@ class Metrics:
 
     def forget(self, name: str) -> None:
         """Drop a removed target's series, so dashboards do not show it frozen forever."""
-        self.series.keep(
-            {n: (s.info, s.histograms) for n, s in self.series.targets.items() if n != name}
-        )
+        self.series.targets.pop(name, None)  # one target: not a pass over every other
         self.tls.targets.pop(name, None)
         for counter in (self.reflected, self.translated, self.port_kept):
             _remove(counter, name)
