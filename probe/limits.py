@@ -1,5 +1,5 @@
 """The bounds every input path shares, in one place, so the CLI, the config and `/probe`
-cannot drift apart (they once allowed 86,400 s, 3,600 s and 30 s as the largest timeout)."""
+cannot drift apart (one largest timeout, one longest line, whichever way a value comes in)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Which addresses of a name the daemon probes, and the series each one is.
 
 Per target, `family` ("ipv4", "ipv6", "any") filters the name's addresses and `addresses`
-("first", "all") picks from what is left. With "first" the target is one series, as it
-always was (`probe_up{target="web"}`). With "all" every address is probed on the target's
+("first", "all") picks from what is left. With "first" the target is one series
+(`probe_up{target="web"}`). With "all" every address is probed on the target's
 schedule and is a series of its own, told apart by the `address` and `family` labels
 beside `target` in the `probe_path_*` metrics: a broken IPv6 path behind a working IPv4
 one shows as `probe_path_up{target="web",family="ipv6"} 0`, and the target's own
@@ -11,7 +11,7 @@ one shows as `probe_path_up{target="web",family="ipv6"} 0`, and the target's own
 Labels, not a suffixed `target`, because that is Prometheus practice: `target` keeps
 meaning the configured name that `probe_target_info` and every alert join on. Separate
 `probe_path_*` families, not `address`/`family` labels on every per-target metric, so a
-"first" target's series stay exactly what they were (no empty labels in the text).
+"first" target's series carry no empty `address`/`family` labels.
 """
 
 from __future__ import annotations

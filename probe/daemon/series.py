@@ -1,17 +1,17 @@
-"""Every target's own series, in plain per-target structures, exposed without a fork.
+"""Every target's own series, in plain per-target structures, rendered on the daemon's loop.
 
 At 10,000 targets the per-target families are ~500,000 samples, a 15 MB page: through
 prometheus-client's labelled children (a lock and a value object per bucket) and its
-`collect()` (a Sample tuple per sample) one page cost 6-15 s of CPU, too much for the
-daemon's loop, so it was rendered in a forked child, and the fork and the child still
-cost the schedule its slots. Here a target's counters are a few lists of ints; its text,
+`collect()` (a Sample tuple per sample) one page costs 6-15 s of CPU, too much for the
+daemon's loop, and rendering it in a forked child costs the schedule its slots all the
+same. So a target's counters are a few lists of ints; its text,
 one string per family, is made again only after it changed (an attempt, a skip), and a
 scrape is a join of those strings, made in small pieces with places between them where
 the caller lets the loop run (http.SharedRender), so no scrape holds a scheduled start for
 more than a few pieces' work.
 
 The text is prometheus-client's, byte for byte (`collect()` feeds the same numbers to
-`generate_latest`, and a test compares the two), so the page does not change with this.
+`generate_latest`, and a test compares the two): scrapers see prometheus-client's page.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ resolves after M successes in a row), as does Uptime Kuma's retries before DOWN.
 The first state too needs its run: a new target is `unknown` until N failures or M
 successes in a row decide it. So a target that fails once at start and then answers is
 never reported down (the point of damping), and with the defaults (1 and 1) the first
-result sets the state at once, as before damping existed. A result that agrees with the
+result sets the state at once (no damping). A result that agrees with the
 current state resets the opposite run: flapping below the thresholds changes nothing.
 """
 

@@ -1,8 +1,8 @@
 """Which targets a status page shows, and in which order, without looking at every target.
 
 The page lists targets down first, then unknown, then up, in config order within each, and
-counts them: with 10,000 targets a pass over all of them in Python for every build was the
-page's main cost to the daemon's loop. Here every target's state is one byte in a bytearray
+counts them: with 10,000 targets a pass over all of them in Python for every build would be
+the page's main cost to the daemon's loop. Here every target's state is one byte in a bytearray
 in config order, kept current from the history's log of state changes (`History.moved`: only
 the targets that changed are touched). Counting is `bytes.count`, picking the n-th target in
 a state is `itertools.compress` over a translated mask: C loops over 10,000 bytes, tens of

@@ -2,7 +2,7 @@
 same: the certificate expiries as Unix seconds, the version as an info gauge, and the
 handshake's duration as a histogram. A target gets them from its first handshake that
 produced a session (a failed handshake has no certificate to report); a target without TLS
-has none, so a daemon without TLS targets serves the page it always did.
+has none, so a daemon without TLS targets serves none of these families.
 
 As in `series`, a target's text is made again only after it changed, and a scrape joins
 those strings in pieces with places between them where the caller may let its loop run.
