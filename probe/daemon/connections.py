@@ -127,6 +127,8 @@ class Guard:
                 idle.force_close()  # a half-sent request or an idle keep-alive: make room
             elif stalled is not None:
                 self._cut(stalled)
+            elif (waiting := _unsent_now(connections)) is not None:
+                self._cut(waiting)  # not reading since the last look (a loaded loop looks late)
             else:
                 return Refused()
         return Handler(server, self)
@@ -170,6 +172,15 @@ class Guard:
         transport = conn.transport
         if transport is not None:
             transport.abort()  # close() would wait for the bytes the client will not take
+
+
+def _unsent_now(connections: list[Any]) -> Any:
+    """The first connection whose answer waits in our buffer now, if any."""
+    for conn in connections:
+        transport = conn.transport
+        if transport is not None and transport.get_write_buffer_size():
+            return conn
+    return None
 
 
 class ErrorLog(logging.Handler):
