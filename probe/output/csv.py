@@ -1,10 +1,10 @@
 """Records as CSV: a header row with the record's keys, then one row per attempt.
 
-The columns are the JSON record's keys in the same order, from the JSON form itself (one
-definition of the keys and of their rounding); null is an empty field, true and false as
-JSON writes them. A run with stages after the connect adds every stage key
-(STAGE_COLUMNS), empty where that stage did not run. The stdlib writer does the quoting,
-so a name with a comma or a quote stays one field.
+The columns are the JSON record's keys in the same order (`record.RECORD_KEYS`, held to
+`record_json`'s by a test); each row's values come from the JSON form itself (one definition
+of their rounding): null is an empty field, true and false as JSON writes them. A run with
+stages after the connect adds every stage key (STAGE_COLUMNS), empty where that stage did not
+run. The stdlib writer does the quoting, so a name with a comma or a quote stays one field.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ..record import Outcome, Record
+from ..record import RECORD_KEYS, Record
 from ..stages.result import StageResult
 from .jsonl import record_json
 
@@ -26,27 +26,7 @@ def _fields(record: Record) -> dict[str, Any]:
     return _decode(record_json(record))
 
 
-COLUMNS: tuple[str, ...] = tuple(
-    _fields(
-        Record(
-            started=0.0,
-            target="",
-            host="",
-            port=1,
-            address=None,
-            family=None,
-            local_address=None,
-            local_port=None,
-            outcome=Outcome.OPEN,
-            error=None,
-            latency_ms=0.0,
-            rtt_ms=None,
-            syn_retransmits=None,
-            dns_ms=0.0,
-            attempt=1,
-        )
-    )
-)
+COLUMNS: tuple[str, ...] = RECORD_KEYS
 
 
 def _stage_columns() -> tuple[str, ...]:
