@@ -49,7 +49,8 @@ def main() -> int:
     probe = str(Path(sys.executable).with_name("probe"))
     config = Path(tempfile.mkdtemp()) / "config.toml"
     lines = ['[defaults]\ninterval = 10.0\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
-             '[metrics]\nlisten = "127.0.0.1:9464"\n']  # fmt: skip
+             '[metrics]\nlisten = "127.0.0.1:9464"\n',
+             f'[store]\npath = "{config.parent / "store"}"\n']  # fmt: skip
     lines += [f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in range(20001, 20000 + TARGETS)]
     lines.append('[[targets]]\naddress = "127.0.0.1:9464"\n')
     config.write_text("".join(lines))

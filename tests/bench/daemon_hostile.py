@@ -269,7 +269,8 @@ def main() -> int:
         sys.exit("needs root and iproute2: the targets live in their own network namespace")
     config = Path(tempfile.mkdtemp()) / "config.toml"
     lines = ['[defaults]\ninterval = 10.0\ntimeout = 1.0\n[log]\nfile = "/dev/null"\n',
-             f'[metrics]\nlisten = "127.0.0.1:{PORT}"\n']  # fmt: skip
+             f'[metrics]\nlisten = "127.0.0.1:{PORT}"\n',
+             f'[store]\npath = "{config.parent / "store"}"\n']  # fmt: skip
     lines += [f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in range(20001, 20001 + TARGETS)]
     lines += stage_targets(a.tls)
     lines += [f'[[targets]]\nname = "stuck{i}"\naddress = "127.0.0.1:{STUCK_PORT}"\n'

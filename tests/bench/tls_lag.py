@@ -45,6 +45,7 @@ def run(probe: str, tmp: Path, ports: list[int], tls: str, seconds: int) -> None
         f"[defaults]\ninterval = 10.0\ntimeout = 1.0\n{tls}\n",
         '[log]\nfile = "/dev/null"\n',
         f'[metrics]\nlisten = "127.0.0.1:{listen}"\n',
+        f'[store]\npath = "{tmp / "store"}"\n',  # never the user's ~/.local/state
     ]
     lines += [
         f'[[targets]]\nname = "t{i}"\naddress = "127.0.0.1:{ports[i % len(ports)]}"\n'
