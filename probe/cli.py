@@ -538,8 +538,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not words:  # `probe` alone: what it does and its commands
         sys.stderr.write(build_parser().format_help())
         return EXIT_USAGE
-    if words[0] != "check" and not words[0].startswith("-"):
-        _known_command(words[0])
     if words[:1] == ["check"]:
         rest = split_attached(words[1:])
         habit = foreign_flag(rest)
@@ -554,7 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = check_parser().parse_intermixed_args(rest)
         args.targets = [*args.targets, *after]
     else:
-        args = build_parser().parse_args(words)
+        parser = build_parser()
+        if not words[0].startswith("-"):
+            _known_command(parser, words[0])
+        args = parser.parse_args(words)
     try:
         code: int = args.func(args)
     except ProbeError as exc:  # the one edge where an error becomes a line and an exit code
@@ -565,9 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _known_command(word: str) -> None:
+def _known_command(parser: argparse.ArgumentParser, word: str) -> None:
     """A mistyped command gets the nearest one (`probe chekc`: did you mean check?)."""
-    commands = list(_subparsers(build_parser()).choices)
+    commands = list(_subparsers(parser).choices)
     if word in commands:
         return
     import difflib
