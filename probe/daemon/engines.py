@@ -31,10 +31,9 @@ def http_connections(room: int) -> int:
     return max(2, min(MAX_CONNECTIONS, room // 4))
 
 
-def budget(config: Config, http: bool) -> tuple[int, int]:
-    """(schedule's concurrency, /probe's): what fits in the descriptors once the HTTP
+def budget(config: Config, http: bool, room: int) -> tuple[int, int]:
+    """(schedule's concurrency, /probe's): what fits in `room` descriptors once the HTTP
     connections and /probe's attempts have theirs."""
-    _, room = fit_concurrency(None)
     connections = http_connections(room) if http else 0
     probes = config.metrics.probe_concurrency if http else 0  # below engine.concurrency
     probes = min(probes, max(1, room // 8))
@@ -60,8 +59,9 @@ class Engines:
     def __init__(self, config: Config, http: bool, log: Any) -> None:
         self.http = http
         self.log = log
-        concurrency, self.probe_limit = budget(config, http)
-        self.http_limit = http_connections(fit_concurrency(None)[1])  # fixed from the start
+        _, room = fit_concurrency(None)
+        concurrency, self.probe_limit = budget(config, http, room)
+        self.http_limit = http_connections(room)  # fixed from the start
         concurrency = self._fit_source_range(config, concurrency)
         self.schedule = Engine(engine_options(config, concurrency, config.engine.lag_limit_ms))
         # Loop lag holds the schedule's engine down, not this one.
@@ -94,7 +94,7 @@ class Engines:
             check_source(source)
 
     def reconfigure(self, old: Config, new: Config) -> None:
-        concurrency, self.probe_limit = budget(new, self.http)
+        concurrency, self.probe_limit = budget(new, self.http, fit_concurrency(None)[1])
         if (new.engine.source, new.engine.concurrency) != (
             old.engine.source,
             old.engine.concurrency,
