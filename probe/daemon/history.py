@@ -160,6 +160,12 @@ class TargetHistory:
                             None if math.isnan(median) else median,
                             None if math.isnan(high) else high)  # fmt: skip
 
+    def unstored(self, name: str) -> store.Minute | None:
+        """The newest minute with records when the store does not have it yet."""
+        if self.open_slot < 0 or self.open_done:
+            return None
+        return self.minute(name, self.open_slot)
+
     def restore(self, saved: store.Saved, now: float) -> None:
         """Take back what the store kept: state, since, changes, the last attempt's fields
         and the complete minutes of the window (already stored: never handed back)."""
@@ -277,10 +283,8 @@ class History:
         # A minute goes to the store once a record of a later minute comes (or at `flush`).
         slot = int(record.started // BUCKET_SECONDS)
         open_slot = history.open_slot
-        if slot > open_slot and open_slot >= 0 and not history.open_done:
-            closed = history.minute(name, open_slot)
-            if closed is not None:
-                sink(closed)
+        if slot > open_slot and (closed := history.unstored(name)) is not None:
+            sink(closed)
         moved = history.add(record, up)
         if slot > open_slot:
             history.open_slot, history.open_done = slot, False
@@ -312,11 +316,10 @@ class History:
         if sink is None:
             return
         for name, history in self.targets.items():
-            if history.open_slot >= 0 and not history.open_done:
-                minute = history.minute(name, history.open_slot)
-                if minute is not None:
-                    sink(minute)
-                history.open_done = True
+            minute = history.unstored(name)
+            if minute is not None:
+                sink(minute)
+            history.open_done = True
 
     def get(self, name: str) -> TargetHistory | None:
         return self.targets.get(name)
