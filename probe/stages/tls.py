@@ -89,17 +89,13 @@ async def handshake(
     try:
         await writer.start_tls(context, server_hostname=name, ssl_handshake_timeout=3600)
     except ssl.SSLCertVerificationError as exc:
-        result.tls_ms = (time.perf_counter() - t0) * 1000
         code = exc.verify_code
         error = CERT_EXPIRED if code in _DATES else HOSTNAME_MISMATCH if code in _NAME else None
         raise TlsFailure(error or CERT_UNTRUSTED, exc.verify_message or str(exc)) from None
     except (ssl.SSLError, OSError, EOFError) as exc:
-        result.tls_ms = (time.perf_counter() - t0) * 1000
         raise TlsFailure(TLS_HANDSHAKE, str(exc)) from None
-    except asyncio.CancelledError:
+    finally:  # however it ended (a cancel at the deadline too): how long it took
         result.tls_ms = (time.perf_counter() - t0) * 1000
-        raise
-    result.tls_ms = (time.perf_counter() - t0) * 1000
     describe(writer.get_extra_info("ssl_object"), result)
 
 
