@@ -393,10 +393,7 @@ class StatusPage:
             failures = sum(f for _, f in days.values())
             span = f"{BADGE_DAYS} d"
         if not attempts and history is not None:
-            for b in history.buckets(now):
-                if b is not None:
-                    attempts += b.attempts
-                    failures += b.failures
+            attempts, failures = _totals(history.buckets(now))
             span = "1 h"
         uptime = 100.0 * (attempts - failures) / attempts if attempts else None
         state = updown(None if history is None else history.state)
@@ -443,6 +440,16 @@ async def render_json(page: Page) -> bytes:
     return _encode(msgspec.structs.replace(page, groups=cast(list[Group], groups)))
 
 
+def _totals(buckets: Iterable[Bucket | None]) -> tuple[int, int]:
+    """(attempts, failures) over a window's minutes."""
+    attempts = failures = 0
+    for b in buckets:
+        if b is not None:
+            attempts += b.attempts
+            failures += b.failures
+    return attempts, failures
+
+
 def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> Row:
     labels = dict(target.labels)
     if history is None:
@@ -450,11 +457,7 @@ def _row(target: ResolvedTarget, history: TargetHistory | None, now: float) -> R
         return Row(target.name, target.address, labels, "unknown", None, None, None, None,
                    None, None, None, None, 0, cells, _chart(()), (None,) * BUCKETS, ())  # fmt: skip
     buckets = history.buckets(now)
-    attempts = failures = 0
-    for b in buckets:
-        if b is not None:
-            attempts += b.attempts
-            failures += b.failures
+    attempts, failures = _totals(buckets)
     opened = attempts - failures
     uptime = 100.0 * opened / attempts if attempts else None
     state = updown(history.state)
