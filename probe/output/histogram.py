@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..words import plural
+
 BUCKETS = 10
 BAR = 40  # characters of the longest bar
 
@@ -27,8 +29,7 @@ def histogram_lines(latencies_ms: Sequence[float], buckets: int = BUCKETS) -> li
     top = max(counts)
     digits = len(str(top))
     label = max(len(f"{e:.3f}") for e in edges)
-    plural = "" if len(latencies_ms) == 1 else "s"
-    lines = [f"latency histogram ({len(latencies_ms)} attempt{plural}, ms):"]
+    lines = [f"latency histogram ({plural(len(latencies_ms), 'attempt')}, ms):"]
     for i, count in enumerate(counts):
         bar = "#" * round(BAR * count / top)
         if count and not bar:
