@@ -15,14 +15,14 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .. import loop as event_loop
 from ..engine import Attempt, Engine
 from ..errors import ProbeError, SinkError
 from ..record import OPEN, Record, unresolved_record
 from ..resolve import Address, ResolveError, Resolver, literal
-from ..syntax import Endpoint, expand, iter_targets, shard
+from ..syntax import Endpoint, Exclusions, expand, iter_targets, shard
 from .inputs import expand_async, threaded
 from .plan import Plan
 from .result import ShareResult, Tally
@@ -33,12 +33,6 @@ FLUSH_EVERY = 0.2  # seconds: records reach a pipe promptly without a write per 
 
 if TYPE_CHECKING:
     from ..stages.spec import StageSpec
-
-
-class Excludes(Protocol):
-    """Addresses never probed (`targets.Exclusions`)."""
-
-    def contains(self, ip: str) -> bool: ...
 
 
 YIELD_EVERY = 64  # endpoints fed between two turns of the event loop
@@ -94,7 +88,7 @@ class _Check:
         result: ShareResult,
         count: int,
         interval: float,
-        exclude: Excludes | None = None,
+        exclude: Exclusions | None = None,
         stages: StageSpec | None = None,
     ) -> None:
         # Its collaborators, then what it repeats and skips, and does after each connect.
@@ -229,7 +223,7 @@ async def run_check(
     result: ShareResult,
     count: int = 1,
     interval: float = 1.0,
-    exclude: Excludes | None = None,
+    exclude: Exclusions | None = None,
     stages: StageSpec | None = None,
 ) -> None:
     """Probe every endpoint `count` times (0: until stopped), skipping excluded addresses;

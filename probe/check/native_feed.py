@@ -20,6 +20,7 @@ from typing import Any
 
 from ..address import ResolveError, literal
 from ..syntax import (
+    Exclusions,
     PortRanges,
     Target,
     TargetError,
@@ -28,9 +29,8 @@ from ..syntax import (
     read_targets,
     shard_of,
 )
-from ..syntax.exclusions import merge_spans
 from ..syntax.files import open_file
-from .plan import Excluded, Plan
+from .plan import Plan
 
 BATCH = 64  # targets per batch: a file's parse stalls the core's loop a fraction of a ms
 NAMES_KEPT = 4096  # answers kept per run (the Python engine's resolver cache)
@@ -255,20 +255,14 @@ class Feed:
         self._wake()
 
 
-def exclusion_spans(exclude: Excluded | None) -> tuple[Any, ...] | None:
-    """Every --exclude and --exclude-file as the core searches them: IPv4 intervals, IPv6
+def exclusion_spans(exclude: Exclusions | None) -> tuple[Any, ...] | None:
+    """--exclude and --exclude-file as the core searches them: IPv4 intervals, IPv6
     intervals (16-byte bounds) and scattered IPv4 octet ranges."""
     if exclude is None:
         return None
-    v4: list[tuple[int, int]] = []
-    v6: list[tuple[int, int]] = []
-    patterns: list[Any] = []
-    for part in exclude.parts:
-        spans, scattered = part.spans()
-        v4.extend(spans[4])
-        v6.extend(spans[6])
-        patterns.extend(p.segments for p in scattered if p.version == 4)
-    return (merge_spans(v4), [(_b16(lo), _b16(hi)) for lo, hi in merge_spans(v6)], patterns)
+    spans, scattered = exclude.spans()
+    v6 = [(_b16(lo), _b16(hi)) for lo, hi in spans[6]]
+    return (spans[4], v6, [p.segments for p in scattered if p.version == 4])
 
 
 def _b16(value: int) -> bytes:

@@ -84,16 +84,6 @@ class Output(Frozen):
         self._set(locals())
 
 
-class Excluded:
-    """Every `--exclude` and `--exclude-file`, asked as one."""
-
-    def __init__(self, parts: Sequence[Exclusions]) -> None:
-        self.parts = tuple(parts)
-
-    def contains(self, ip: str) -> bool:
-        return any(part.contains(ip) for part in self.parts)
-
-
 class Plan(Frozen):
     """One run of `probe check`, validated."""
 
@@ -120,7 +110,7 @@ class Plan(Frozen):
     interval: float
     options: EngineOptions  # the whole run's; a worker takes its share of rate and -C
     family: int  # 0, AF_INET or AF_INET6
-    exclude: Excluded | None
+    exclude: Exclusions | None  # --exclude and --exclude-file, as one set
     shard: tuple[int, int] | None  # --shard I/N: only this share of the endpoints
     workers: int
     blocking_input: bool  # standard input or a FIFO: read on a thread, by one process
@@ -140,7 +130,7 @@ class Plan(Frozen):
         interval: float,
         options: EngineOptions,
         family: int,
-        exclude: Excluded | None,
+        exclude: Exclusions | None,
         shard: tuple[int, int] | None,
         workers: int,
         blocking_input: bool,
@@ -288,10 +278,10 @@ def _source(text: str | None, family: int) -> tuple[tuple[str, int], tuple[int, 
     return bound, ports
 
 
-def _exclusions(items: Sequence[str], files: Sequence[str]) -> Excluded | None:
+def _exclusions(items: Sequence[str], files: Sequence[str]) -> Exclusions | None:
     parts: list[Exclusions] = [_flag("--exclude", parse_exclusions, text) for text in items]
     parts += [_flag("--exclude-file", read_exclusions, path) for path in files]
-    return Excluded(parts) if parts else None
+    return Exclusions.union(parts) if parts else None
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

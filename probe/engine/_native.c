@@ -672,7 +672,7 @@ typedef struct {
   /* how late the loop gets to a 5 ms timer, as engine/lag.py measures the event loop */
   uint64_t lag_counts[32];
   double lag_max_ms;
-  int64_t lag_due, lag_cpu;
+  int64_t lag_due, lag_cpu; /* the next sample's due time; the thread's CPU at the last */
   int write_errno;
   uint64_t unwritten; /* records a reader that stopped reading never got */
   int64_t drain_end;  /* 0, or (after a stop) when a reader that does not read is given up */
@@ -1410,9 +1410,9 @@ static inline int64_t thread_cpu_ns(void) {
 
 /* A sample of how late the loop got to its 5 ms timer: into the histogram (the figure the
  * summary reports), and, as far as this loop's own work made it late, to the throttle: a
- * loop that was off the CPU (a loaded machine's other processes had it) is not made less
- * late by fewer attempts in flight. Its own share: the CPU this thread used beyond the
- * tick's 5 ms since the last sample, at most the lag. */
+ * loop that was off the CPU (a loaded machine's other processes had it, or it waited for
+ * answers) is not made less late by fewer attempts in flight. Its own share: the CPU this
+ * thread used since the last sample beyond the tick's 5 ms, at most the lag. */
 static void lag_sample(sweep_t *s, int64_t now) {
   if (now < s->lag_due) return;
   double ms = (double)(now - s->lag_due) / 1e6;
@@ -1509,9 +1509,10 @@ static int run(sweep_t *s, PyObject *progress) {
         continue;
       }
       if (d == EV_WAKE) {
-        char sink[256];
-        while (read(s->wake_fd, sink, sizeof sink) > 0)
-          ;
+        char sink[256]; /* one read: the pipe need not be non-blocking */
+        if (read(s->wake_fd, sink, sizeof sink) < 0) {
+          /* nothing (EAGAIN) or gone: the feed is asked again either way */
+        }
         s->feed_wait = 0;
         continue;
       }

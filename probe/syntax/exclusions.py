@@ -35,12 +35,28 @@ class Exclusions:
                     lo, hi = max(lo, _MAPPED), min(hi, _MAPPED + 0xFFFFFFFF)
                     if lo <= hi:
                         spans[4].append((lo - _MAPPED, hi - _MAPPED))
+        self._merge(spans)
+
+    def _merge(self, spans: dict[int, list[tuple[int, int]]]) -> None:
         self._starts: dict[int, list[int]] = {}
         self._ends: dict[int, list[int]] = {}
         for version, intervals in spans.items():
             merged = merge_spans(intervals)
             self._starts[version] = [lo for lo, _ in merged]
             self._ends[version] = [hi for _, hi in merged]
+
+    @classmethod
+    def union(cls, parts: Iterable[Exclusions]) -> Exclusions:
+        """Every part's addresses as one set (`--exclude` more than once, `--exclude-file`)."""
+        whole = cls()
+        spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        for part in parts:
+            part_spans, scattered = part.spans()
+            for version in (4, 6):
+                spans[version].extend(part_spans[version])
+            whole._patterns.extend(scattered)
+        whole._merge(spans)
+        return whole
 
     def __bool__(self) -> bool:
         return bool(self._patterns or self._starts[4] or self._starts[6])

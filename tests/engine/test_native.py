@@ -310,17 +310,40 @@ def test_range_addresses_edge_cases() -> None:
 
 
 def test_lag_limit_holds_concurrency_down(full_queue: FullQueueListener) -> None:
-    """--lag-limit reaches the core: a loop kept busy (refusals answered inside connect(),
-    back to back) while timeouts hold ~100 slots lags by its own work; a limit any such lag
-    exceeds lowers the concurrency, and without a limit nothing does. A loop that waits
-    (timeouts only) is not made to lag by what it does, whatever the machine's load."""
-    closed = f"127.0.0.1:{closed_port()}"
-    busy = ([full_queue.target] + [closed] * 100) * 300
-    _, held = run_native(busy, timeout=0.3, concurrency=100, lag_limit_ms=1e-6)
+    """--lag-limit reaches the core: a loop made late by its own work (here a feed that
+    spends 10 ms of CPU on each target it hands in, one a turn of the loop, while timeouts
+    hold slots) lowers the concurrency; without a limit nothing does; and a loop that only
+    waits is not late by its own work, whatever the machine's load: never held down."""
+
+    def sweep(lag_limit_ms: float | None) -> native.SweepResult:
+        items = native.addresses([parse_target(full_queue.target)]) * 60
+        wake_r, wake_w = os.pipe()
+        turn = [False]
+
+        def slow_feed() -> Any:
+            turn[0] = not turn[0]
+            if not turn[0]:  # nothing this turn: the loop goes round, and is woken at once
+                os.write(wake_w, b"\0")
+                return []
+            if not items:
+                return None
+            spin = time.thread_time() + 0.010
+            while time.thread_time() < spin:
+                pass
+            return [items.pop()]
+
+        options = EngineOptions(timeout=0.5, concurrency=100, lag_limit_ms=lag_limit_ms)
+        out = os.open(os.devnull, os.O_WRONLY)
+        try:
+            return native.sweep(out, slow_feed, options, wake_fd=wake_r)
+        finally:
+            for fd in (out, wake_r, wake_w):
+                os.close(fd)
+
+    held = sweep(1.0)
     assert held.lag_throttles > 0
-    assert held.outcomes == {"timeout": 300, "refused": 30000}
-    _, free = run_native(busy, timeout=0.3, concurrency=100, lag_limit_ms=None)
-    assert free.lag_throttles == 0
+    assert held.outcomes == {"timeout": 60}
+    assert sweep(None).lag_throttles == 0
     _, waiting = run_native([full_queue.target] * 300, timeout=0.3, concurrency=100,
                             lag_limit_ms=1e-6)  # fmt: skip
     assert waiting.lag_throttles == 0 and waiting.outcomes == {"timeout": 300}
