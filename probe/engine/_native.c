@@ -2,14 +2,17 @@
  *
  * Why: per attempt the Python engine spends ~100 us, a third of it in the kernel; the rest
  * is Python objects around a handful of syscalls. Here one call runs a worker's whole share
- * of a sweep (literal addresses x port ranges) with the GIL released: socket, optional bind,
+ * of a sweep with the GIL released, its targets streamed in by a Python feed as it runs
+ * (addresses and resolved names, CIDR and octet ranges made here, exclusions applied here,
+ * every count-th endpoint taken as syntax.shard walks them): socket, optional bind,
  * connect, getsockname at once, the answer already in at connect taken there, epoll for the
  * rest, a deadline FIFO, SO_ERROR/getpeername before calling a timeout, TCP_INFO, RST close,
  * self-connect retry, --retries, --rate pacing, and local shortages handled as the Python
  * engine handles them (never a record; back off, retry the same attempt, give up after
- * 30 s stuck with nothing in flight). Records are written as JSON lines, byte for byte as
- * the Python path writes them (record.py as_dict + msgspec), to a file descriptor in large
- * chunks of whole lines.
+ * 30 s stuck with nothing in flight). Records are written as JSON lines (or CSV rows), byte
+ * for byte as the Python path writes them (output/jsonl.py, output/csv.py; the keys, the
+ * outcomes and errno names and the lag buckets given by Python at import: `configure`), to
+ * a file descriptor (and -o FILE's) in large chunks of whole lines.
  *
  * A stop fd (the read end of the pipe that signal.set_wakeup_fd writes to) sits in the
  * epoll set: SIGINT/SIGTERM end the call promptly; records finished by then are written. */

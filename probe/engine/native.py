@@ -1,5 +1,6 @@
-"""The native sweep core (`_native.c`), where it was built: a worker's whole share of a sweep
-of literal addresses x port ranges, one attempt each, run in C with the GIL released.
+"""The native sweep core (`_native.c`), where it was built: a worker's whole share of a sweep,
+one attempt per endpoint, run in C with the GIL released, its targets (addresses with
+their port ranges, address ranges) handed in by a feed while it runs.
 
 The extension is optional at build time; without it `available()` is False and the Python
 engine (`core`) does everything. `IMPLEMENTS` names the engine options the core honours; a
