@@ -9,11 +9,19 @@ them: a one-shot check of literal endpoints starts without asyncio.
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import TYPE_CHECKING
 
 from ..engine import native
-from ..errors import LocalShortage, ProbeError, SinkClosed, SinkError, TargetError
+from ..errors import (
+    EXIT_SIGNAL_BASE,
+    LocalShortage,
+    ProbeError,
+    SinkClosed,
+    SinkError,
+    TargetError,
+)
 from .choice import choose
 from .plan import Plan
 from .result import ShareResult, Tally
@@ -90,6 +98,10 @@ def _native_share(
     except (SinkClosed, BrokenPipeError, OSError) as exc:
         failure = reader.finish() if reader is not None else None
         result.error = failure or _write_failure(exc, sinks.out)
+        if result.stopped_by and isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
+            # a stopped run whose reader did not take the rest: the signal's status, as the
+            # Python engine's writer gives after its drain (the message still says it)
+            result.error.exit_code = EXIT_SIGNAL_BASE + result.stopped_by
         return result
     finally:
         feed.close()
