@@ -257,6 +257,7 @@ def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
     d.wait("a first round", lambda: len(d.records()) >= n, timeout=20)
     scrape = lambda path: d.get(path, timeout=30)  # noqa: E731  a 3 MB page on a busy machine
     before = metrics_of(scrape)
+    waited = run_queue_wait(d.proc.pid)
     # At least three scrapes back to back and at least 6 s of schedule beside them: the
     # window is counted in pages and seconds both, so a slow machine lengthens it instead of
     # failing it.
@@ -267,6 +268,7 @@ def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
         assert status == 200
         pages += 1
     after = metrics_of(scrape)
+    waited = run_queue_wait(d.proc.pid) - waited
 
     def over(samples: dict[Any, float], bound: str) -> float:
         total = value(samples, "probe_schedule_lag_seconds_count") or 0.0
@@ -278,7 +280,15 @@ def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
     )
     late = over(after, "0.25") - over(before, "0.25")
     assert starts >= 2 * n, (starts, pages)
-    assert late <= starts * 0.001, (late, starts, pages)
+    # Starts the scrapes delayed, not the machine: while the loop was ready to run but other
+    # processes had both cores, at most the starts falling due then (n per 2 s) were late.
+    assert late <= starts * 0.001 + waited * n / 2.0, (late, starts, pages, waited)
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process's main thread (the daemon's loop) has spent ready to run but
+    waiting for a CPU (/proc/PID/schedstat: on-CPU ns, run-queue ns, slices)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 def test_a_stalled_daemon_counts_and_logs_its_late_starts(
