@@ -809,12 +809,17 @@ def test_every_attempt_sends_its_own_syn_from_its_recorded_port(
         "tcpdump", "-i", "lo", "-n", "-U", "-c", "2000", "-w", str(pcap), syn_only,
         stderr=subprocess.PIPE,
     )  # fmt: skip
-    assert capture.stderr is not None
-    assert "listening on lo" in capture.stderr.readline()
-    ran = listening_ns.run(
-        sys.executable, "-c", CAPTURE, "1" if reuse else "0", str(pcap), str(out)
-    )
-    capture.wait(30)
+    try:  # a failed sweep must not leave the capture running after the test
+        assert capture.stderr is not None
+        assert "listening on lo" in capture.stderr.readline()
+        ran = listening_ns.run(
+            sys.executable, "-c", CAPTURE, "1" if reuse else "0", str(pcap), str(out)
+        )
+        capture.wait(30)
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+            capture.wait()
     reused = json.loads(ran.stdout)["reused"]
     assert (reused > 1000) if reuse else (reused == 0)
     text = subprocess.run(
