@@ -445,7 +445,10 @@ class Engine:
             return
         self._held.hold(destination(attempt), entry)
         if self.on_port_shortage is not None:
-            self.on_port_shortage(attempt)
+            try:
+                self.on_port_shortage(attempt)
+            except BaseException as exc:  # its sink (the log) failed: stop, as a record's does
+                self.abort(exc)
 
     def _given_up(self, now: float) -> bool:
         """Stuck with nothing in flight for longer than `shortage_giveup`: abort the run

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import random
 import socket
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from helpers import FullQueueListener, RecordingListener, closed_port, free_port_block
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
 
+from probe.daemon.shortage import PortShortages
 from probe.engine import Attempt, Engine, EngineOptions
 from probe.engine.ports import PortRange, fit_to_range
+from probe.errors import SinkError
+from probe.output.log import Renderer
+from probe.output.writer import RecordWriter
 from probe.record import Record
 from probe.resolve import Address
 from probe.syntax import Endpoint
@@ -182,6 +191,45 @@ async def test_a_port_whose_4_tuple_is_taken_is_skipped_not_blamed(
     assert [r.outcome for r in records] == ["open"] * 6
     assert {r.local_port for r in records} == {lo + 1, lo + 2}
     assert ports_in_engine.skipped >= 2  # round-robin came back to lo at least twice
+
+
+async def test_a_shortage_whose_log_has_failed_stops_the_engine_as_a_record_would(
+    listener: RecordingListener, socks: list[socket.socket]
+) -> None:
+    """The range's one port already has a connection to the listener, so the attempt finds
+    no port towards it and is held; the daemon's `port_shortage` event then goes to a log
+    on /dev/full that has already failed. The engine stops with the log's error (the daemon
+    then exits 1 naming the log), as when a record cannot be written, instead of the error
+    escaping from submit() into whoever submitted (the schedule's timer)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    lo = free_port_block(1, 20000)
+    holder = socket.socket()
+    socks.append(holder)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", lo))
+    holder.connect(("127.0.0.1", listener.port))
+    writer = RecordWriter(io.BytesIO(), "/dev/full")  # the daemon's `[log] file`
+    writer.msg(b"{}")
+    with pytest.raises(SinkError) as broken:
+        writer.flush()
+    log = structlog.wrap_logger(
+        writer, [Renderer("json")], structlog.make_filtering_bound_logger(0)
+    )
+    counter = PromCounter("shortages", "", ["destination"], registry=CollectorRegistry())
+    engine = Engine(EngineOptions(concurrency=1, source=("127.0.0.1", 0), source_ports=(lo, lo)))
+    engine.on_port_shortage = PortShortages(counter, log)
+    closed: list[bool] = []
+    engine.on_close.append(lambda: closed.append(True))
+    unhandled: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: unhandled.append(context))
+    records: list[Record] = []
+    engine.submit(attempt(listener.port), lambda rec, _, __: records.append(rec))
+    with pytest.raises(SinkError):
+        await asyncio.wait_for(engine.drain(), 5.0)
+    assert engine.failure is broken.value and engine.closed and closed == [True]
+    assert counter.labels(f"127.0.0.1:{listener.port}")._value.get() == 1
+    assert records == [] and unhandled == []
 
 
 def test_the_native_core_leaves_a_port_range_to_the_python_engine() -> None:
