@@ -120,10 +120,12 @@ class Daemon:
         if self._stopped.is_set():
             return
         try:
-            self.writer.reopen()
-        except SinkError as exc:
+            self._apply_reload()
+        except SinkError as exc:  # the log broke: on its reopen, or writing an event here
             self._die(str(exc))
-            return
+
+    def _apply_reload(self) -> None:
+        self.writer.reopen()
         old = self.config
         try:
             new = load_config(self.path, fleet.owner(self.shard_override))

@@ -246,3 +246,50 @@ def test_a_source_range_confines_ports_and_lowers_concurrency_once(
     assert {r["outcome"] for r in recs if r["port"] == listener.port} == {"open"}
     assert {r["outcome"] for r in recs if r["port"] == full.port} == {"timeout"}
     assert d.stop() == 0
+
+
+RELOAD_INTO_A_FULL_LOG = """
+import asyncio, os, sys
+from probe.daemon.app import Daemon
+from probe.daemon.config import load_config
+from probe.output.writer import RecordWriter, open_stream
+
+async def main(path):
+    writer = RecordWriter(open_stream(os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)))
+    daemon = Daemon(path, load_config(path), writer)
+    writer.msg(b"x" * 65500)  # buffered: the next event overflows the 64 KiB buffer
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("concurrency = 4", "concurrency = 50"))
+    daemon._reload()  # what SIGHUP runs: its source_range event is the write that fails
+    print(daemon.exit_code, daemon.fatal)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_reload_whose_source_range_event_meets_a_full_log_stops_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """A reload that raises the concurrency past a source range writes `source_range`; when
+    that write is the one that finds the log full, the daemon stops as for any broken log
+    (exit 1, naming the log), not with a traceback from the signal's callback."""
+    lo = free_port_block(4, 21000)
+    path = tmp_path / "probe.toml"
+    path.write_text(
+        config(
+            '[[targets]]\naddress = "127.0.0.1:9"\n',
+            extra=f'[engine]\nconcurrency = 4\nsource = "127.0.0.1:{lo}-{lo + 3}"\n',
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", RELOAD_INTO_A_FULL_LOG, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (
+        done.stdout.strip() == "1 cannot write records to standard output: No space left on device"
+    )
