@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     INTERVAL,
+    ROOT,
     Daemon,
     DnsNetns,
     FullQueueListener,
@@ -65,12 +66,12 @@ from helpers import (
     value,
 )
 
-HERE = "test_failure_table.py"
-FAULTS = "test_faults.py"
+HERE = "faults/test_failure_table.py"
+FAULTS = "faults/test_check_path.py"
 DAEMON = "daemon/test_daemon.py"
-HOSTILE = "daemon/test_hostile.py"
+HOSTILE = "faults/test_hostile.py"
 METRICS = "daemon/test_metrics.py"
-RESILIENCE = "daemon/test_resilience.py"
+RESILIENCE = "faults/test_daemon_http.py"
 
 # docs/reliability.md's failure table: the first cell of each row -> {file under tests/: tests}.
 ROWS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -761,13 +762,13 @@ def test_rtt_histogram_has_the_latency_buckets_and_gc_series_are_there() -> None
 
 
 def test_every_row_has_its_tests() -> None:
-    page = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
+    page = (ROOT / "docs" / "reliability.md").read_text()
     section = page.split("\n## Failure table\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
     faults = [row[2:].split(" | ", 1)[0] for row in rows]
     assert faults and len(faults) == len(set(faults))
     assert sorted(faults) == sorted(ROWS), set(faults) ^ set(ROWS)
-    here = Path(__file__).resolve().parent
+    here = ROOT / "tests"
     defined: dict[str, set[str]] = {}
     for tests in ROWS.values():
         for path, names in tests.items():
