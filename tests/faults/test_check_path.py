@@ -1,44 +1,45 @@
-"""Faults made for real: firewall answers, local shortages, signals, broken sinks,
-resource caps and the /probe allow-list, against real kernels rather than mocks.
+"""`probe check` under faults made for real: firewall answers, local shortages, signals,
+slow input, broken sinks and what a record says of each, against real kernels rather than
+mocks.
 
 Traffic stays on loopback: inside a network namespace the test creates (iptables rules go on
 its `lo`), or on the host's 127.0.0.1 to ports the test holds. Namespace tests skip when
-there is no root, no `ip` or no `iptables`.
+there is no root, no `ip` or no `iptables`. Tests that look at time or hold a fixed resource
+are marked `serial` one by one (tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import (
+    IO,
+    Any,
+)
 
 import pytest
 from helpers import (
-    Daemon,
+    DnsNetns,
     FullQueueListener,
     Netns,
     NsServer,
     RecordingListener,
-    SocketSampler,
     assert_local_endpoint,
     check_in,
     check_reading_stdin,
     closed_port,
-    config_toml,
     firewall,
-    flood,
     hold_ports,
     kill,
     need_tools,
@@ -51,14 +52,13 @@ from helpers import (
     probe_cmd,
     records,
     socket_inodes,
+    tcp_by_inode,
+    ts,
     until_signal,
     without_lag,
 )
 
 Rec = dict[str, Any]
-
-
-# -- helpers -----------------------------------------------------------------------------------
 
 
 def ns_check(
@@ -112,7 +112,8 @@ class LineReader:
         return bytes(self.data)
 
 
-# -- 1. network answers --------------------------------------------------------------------------
+# -- 1. network answers ----------------------------------------------------------------------------
+
 
 V4_RULES: list[tuple[list[str], str, str]] = [
     (["-j", "DROP"], "timeout", "ETIMEDOUT"),
@@ -195,6 +196,21 @@ def test_firewall_answers_ipv6(netns: Netns) -> None:
         assert rec["local_address"] == "::1"
 
 
+def test_dropped_syns_with_retries_are_each_recorded(netns: Netns) -> None:
+    need_tools(netns, "iptables")
+    firewall(netns, "--dport", "5001", "-j", "DROP")
+    result = ns_check(netns, "127.0.0.1:5001", "-t", "0.5", "--retries", "2", "--json")
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    recs = parse_records(result.stdout)
+    assert [r["attempt"] for r in recs] == [1, 2, 3]
+    for rec in recs:
+        assert (rec["outcome"], rec["error"]) == ("timeout", "ETIMEDOUT"), rec
+        assert_local_endpoint(rec)
+        assert 450 <= rec["latency_ms"] < 3000, rec  # after -t, not before it
+    assert len({r["local_port"] for r in recs}) == 3  # a socket of its own each
+
+
 # -- 2. no free ephemeral port ---------------------------------------------------------------------
 
 
@@ -256,6 +272,24 @@ def test_ports_taken_by_another_process_are_a_shortage_not_an_error(netns: Netns
     (rec,) = parse_records(out)
     assert (rec["outcome"], rec["error"]) == ("timeout", "ETIMEDOUT"), rec
     assert_local_endpoint(rec, (40000, 40001))
+
+
+def test_ports_held_elsewhere_for_good_end_in_exit_2_after_30_s(netns: Netns) -> None:
+    """Both ephemeral ports are bound by another process and never come back, and none of
+    ours is in flight: after 30 s without progress, one line and exit 2, no record."""
+    holder = hold_ports(netns, 40000, 40001)
+    try:
+        began = time.monotonic()
+        result = ns_check(netns, "127.0.0.1:5001", "-t", "0.5", "--json", timeout=120)
+        took = time.monotonic() - began
+    finally:
+        kill(holder)
+    no_traceback(result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""  # never a record blaming the target
+    (line,) = result.stderr.splitlines()
+    assert "no free file descriptor or local port" in line, line
+    assert took >= 29.5, took
 
 
 # -- 3. no free file descriptor --------------------------------------------------------------------
@@ -342,7 +376,33 @@ def test_descriptor_limit_lowered_mid_run(netns: Netns) -> None:
     assert Counter((r["outcome"], r["error"]) for r in recs) == {("timeout", "ETIMEDOUT"): 200}
 
 
-# -- 4. signals mid-run ---------------------------------------------------------------------------
+def test_a_low_descriptor_limit_is_said_in_one_line() -> None:
+    ports = [closed_port() for _ in range(20)]
+    result = subprocess.run(
+        [
+            "prlimit",
+            "--nofile=64:64",
+            *probe_cmd(),
+            "check",
+            *(f"127.0.0.1:{p}" for p in ports),
+            "-C",
+            "1000",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert re.fullmatch(r"probe: -C 1000 lowered to \d+: .*", line), line
+    recs = parse_records(result.stdout)
+    assert sorted(r["port"] for r in recs) == sorted(ports)
+    assert {(r["outcome"], r["error"]) for r in recs} == {("refused", "ECONNREFUSED")}
+
+
+# -- 4. signals mid-run ----------------------------------------------------------------------------
 
 
 def sweep(ns: Netns, *extra: str, session: bool = False) -> subprocess.Popen[bytes]:
@@ -405,6 +465,41 @@ def test_ctrl_c_to_the_process_group_mid_sweep(netns: Netns) -> None:
     ports = [r["port"] for r in recs]
     assert len(ports) == len(set(ports))
     assert 1000 <= len(ports) < 65535
+
+
+@pytest.mark.serial
+def test_sigint_with_endless_stdin_leaves_no_noise_on_stderr() -> None:
+    """A line on stdin every 2 ms, for ever; SIGINT once records flow. Exit 130, and stderr
+    holds no traceback, no `Event loop is closed`, no `never awaited` (the input thread
+    used to hand its next line to a loop that had just closed). Eight runs: it was timing."""
+    port = closed_port()
+    for _ in range(8):
+        proc = subprocess.Popen(
+            [*probe_cmd(), "check", "-", "--json", "-c", "3", "-i", "0.01"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+        def feed(stdin: IO[bytes]) -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while True:
+                    stdin.write(f"127.0.0.1:{port}\n".encode())
+                    stdin.flush()
+                    time.sleep(0.002)
+
+        threading.Thread(target=feed, args=(proc.stdin,), daemon=True).start()
+        try:
+            assert proc.stdout.readline()  # records flow
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 130
+            err = proc.stderr.read().decode()
+        finally:
+            kill(proc)
+        for noise in ("Traceback", "Event loop is closed", "never awaited", "Exception in"):
+            assert noise not in err, err
+
+
+# -- 5. slow input: standard input and FIFOs -------------------------------------------------------
 
 
 def wait_reading_stdin(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -470,7 +565,87 @@ def test_slow_stdin_does_not_stretch_a_timeout(full_queue: FullQueueListener) ->
     assert first["latency_ms"] < 2000, first  # 0.5 s asked; 4x slack for a busy machine
 
 
-# -- 5. broken sinks ------------------------------------------------------------------------------
+FIFO_WRITER = """
+import sys, time
+first, second = sys.argv[2], sys.argv[3]
+with open(sys.argv[1], "w") as out:
+    out.write(first + "\\n")
+    out.flush()
+    time.sleep(3.0)
+    out.write(second + "\\n")
+"""
+
+
+def test_a_slow_fifo_does_not_stretch_a_timeout(
+    tmp_path: Path, full_queue: FullQueueListener
+) -> None:
+    fifo = tmp_path / "targets.fifo"
+    os.mkfifo(fifo)
+    later = f"127.0.0.1:{closed_port()}"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", FIFO_WRITER, str(fifo), full_queue.target, later]
+    )
+    try:
+        result = subprocess.run(
+            [*probe_cmd(), "check", f"@{fifo}", "--json", "-t", "0.5", "--workers", "1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        kill(writer)
+    no_traceback(result.stderr)
+    recs = {r["target"]: r for r in parse_records(result.stdout)}
+    assert set(recs) == {full_queue.target, later}
+    first = recs[full_queue.target]
+    assert first["outcome"] == "timeout"
+    assert first["latency_ms"] < 2000, first  # 0.5 s asked; the next line came 3 s later
+    assert ts(recs[later]) - ts(first) > 2.0  # the writer was slow indeed
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _opening_a_fifo(pid: int) -> bool:
+    """Is a thread of `pid` blocked in open() on a FIFO that has no writer yet?"""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if (task / "wchan").read_text() == "wait_for_partner":
+                return True
+    return False
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_check_waiting_for_a_fifo(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """No writer yet: opening the FIFO blocks. The signal still ends the run."""
+    fifo = tmp_path / "targets.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", f"@{fifo}", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until("a thread blocked opening the FIFO", lambda: _opening_a_fifo(proc.pid))
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=3.0)
+    finally:
+        kill(proc)
+    no_traceback(err)
+    assert proc.returncode == code, err
+    assert out == ""
+
+
+# -- 6. broken sinks -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", ["json", "human"])
@@ -502,6 +677,41 @@ def test_head_one_after_a_sweep_with_workers(netns: Netns, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("fmt", ["json", "human"])
+def test_head_one_is_exit_141(tmp_path: Path, fmt: str, listener: RecordingListener) -> None:
+    cmd = [*probe_cmd(), "check", listener.target, "-c", "1000000", "-i", "0"]
+    if fmt == "json":
+        cmd.append("--json")
+    out, code, err = pipe_into_head(cmd, tmp_path)
+    assert (code, err) == (141, "")
+    assert out.count("\n") == 1 and listener.target in out
+
+
+@pytest.mark.parametrize("fmt", ["json", "human"])
+def test_reader_leaves_after_one_line_quietly(fmt: str, listener: RecordingListener) -> None:
+    # `probe check ... | head -1`: enough attempts that probe is still writing afterwards.
+    args = ["check", listener.target, "-c", "1000", "-i", "0.01"]
+    if fmt == "json":
+        args.append("--json")
+    proc = subprocess.Popen(
+        [*probe_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert listener.target in first
+        proc.stdout.close()
+        code = proc.wait(timeout=20)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in stderr
+    assert stderr == ""
+    assert code not in (0, 2), code  # it stopped at the broken pipe, and not as an error
+
+
+@pytest.mark.parametrize("fmt", ["json", "human"])
 def test_check_into_dev_full_is_loud(fmt: str) -> None:
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
@@ -517,151 +727,7 @@ def test_check_into_dev_full_is_loud(fmt: str) -> None:
     assert "standard output" in line and "No space left" in line, line
 
 
-# -- daemons ---------------------------------------------------------------------------------------
-
-
-def targets_toml(address: str, n: int) -> str:
-    return "".join(f'[[targets]]\naddress = "{address}"\nname = "t{i}"\n\n' for i in range(n))
-
-
-# A daemon's own sockets besides its attempts: the HTTP listener, the loop's wake-up pair,
-# a resolver socket or two. Generous, but far below what the attempts could add.
-OVERHEAD = 12
-
-
-@pytest.mark.serial
-def test_daemon_sockets_stay_within_concurrency_then_sigterm_drains(
-    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
-) -> None:
-    """200 targets that all time out, concurrency 20: the daemon never holds more than 20
-    attempt sockets. Then SIGTERM with 20 attempts in flight: they finish, exit 0, whole
-    lines, each attempt recorded once."""
-    log = tmp_path / "probe.log"
-    text = config_toml(
-        log, targets_toml(full_queue.target, 200), timeout=0.5, interval=1.0, concurrency=20
-    )
-    d = Daemon.start(tmp_path, text, log)
-    daemons.append(d)
-    d.port  # noqa: B018 - waits for the listening event
-    sampler = SocketSampler(d.proc.pid, full_queue.port)
-    try:
-        d.wait("60 records", lambda: len([x for x in d.lines() if x["event"] == "probe"]) >= 60)
-    finally:
-        sampler.stop()
-    assert sampler.samples > 10
-    assert sampler.most_out == 20  # the bound was reached, and never passed
-    assert sampler.most_total <= 20 + OVERHEAD, sampler.most_total
-    sent = time.monotonic()
-    d.proc.send_signal(signal.SIGTERM)
-    assert d.proc.wait(timeout=0.5 + 2.5) == 0, d.stderr
-    assert time.monotonic() - sent < 3.0
-    no_traceback(d.stderr)
-    assert d.log.read_bytes().endswith(b"\n")
-    lines = d.lines()
-    assert lines[-1]["event"] == "stopped"
-    recs = [x for x in lines if x["event"] == "probe"]
-    keys = [(r["name"], r["attempt"]) for r in recs]
-    assert len(keys) == len(set(keys)), "an attempt recorded twice"
-    assert {(r["outcome"], r["error"]) for r in recs} == {("timeout", "ETIMEDOUT")}
-    for rec in recs:
-        assert_local_endpoint(rec)
-
-
-def test_probe_flood_shares_the_concurrency_bound(
-    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
-) -> None:
-    """200 concurrent GET /probe of a target that times out, concurrency 20: every request
-    is answered 200 or 503 (never a dropped connection or a 500), no more than 20 attempt
-    sockets at once, and the daemon keeps serving afterwards."""
-    log = tmp_path / "probe.log"
-    d = Daemon.start(tmp_path, config_toml(log, "", timeout=0.5, interval=1.0, concurrency=20), log)
-    daemons.append(d)
-    d.port  # noqa: B018 - waits for the listening event
-    query = f"/probe?target={urllib.parse.quote(full_queue.target)}&timeout=1"
-    answers, sampler = flood(d, query, 200, full_queue.port, timeout=30)
-    assert len(answers) == 200
-    errors = [a for a in answers if isinstance(a, str)]
-    assert errors == []
-    statuses = Counter(a[0] for a in answers if not isinstance(a, str))
-    assert set(statuses) <= {200, 503}, statuses
-    assert statuses[200] >= 1
-    for a in answers:
-        if not isinstance(a, str) and a[0] == 200:
-            assert "probe_success 0" in a[2], a[2]
-    assert 1 <= sampler.most_out <= 20, sampler.most_out
-    assert d.proc.poll() is None, d.stderr
-    assert d.get("/healthz")[0] == 200
-    assert d.wait("sockets back down", lambda: len(socket_inodes(d.proc.pid)) <= OVERHEAD)
-    no_traceback(d.stderr)
-
-
-def test_probe_allow_is_judged_after_name_resolution(
-    tmp_path: Path, daemons: list[Daemon], listener: RecordingListener
-) -> None:
-    """`localhost` is 127.0.0.1 (in /etc/hosts); with only ::1 allowed, the name must not be
-    a detour to an address outside probe_allow."""
-    try:
-        resolved = {str(info[4][0]) for info in socket.getaddrinfo("localhost", None)}
-    except socket.gaierror:
-        pytest.skip("localhost does not resolve here")
-    if not resolved or not all(ip.startswith("127.") for ip in resolved):
-        pytest.skip(f"localhost resolves to {sorted(resolved)} here, not only to 127.0.0.0/8")
-    log = tmp_path / "probe.log"
-    text = config_toml(log, "", timeout=0.5, interval=1.0, extra='probe_allow = ["::1/128"]\n')
-    d = Daemon.start(tmp_path, text, log)
-    daemons.append(d)
-    status, _, body = d.get(f"/probe?target=localhost:{listener.port}")
-    assert status == 403, body
-    listener.assert_not_reached()
-    assert not [x for x in d.lines() if x.get("event") == "probe"]
-
-
-@pytest.mark.parametrize("path", ["/proc/version", "/sys/probe-test.log"])
-def test_daemon_log_on_an_unwritable_path_is_loud(
-    tmp_path: Path, daemons: list[Daemon], path: str
-) -> None:
-    if not os.path.exists(os.path.dirname(path)):
-        pytest.skip(f"no {os.path.dirname(path)}")
-    port = closed_port()
-    text = config_toml(path, targets_toml(f"127.0.0.1:{port}", 1), timeout=0.5, interval=1.0)
-    d = Daemon.start(tmp_path, text, Path(path))
-    daemons.append(d)
-    assert d.wait_exit() != 0
-    err = d.stderr
-    no_traceback(err)
-    (line,) = err.splitlines()
-    assert path in line, line
-
-
-def test_daemon_log_on_a_read_only_mount_is_loud(tmp_path: Path, daemons: list[Daemon]) -> None:
-    """A bind mount remounted read-only, in a mount namespace of its own (root ignores
-    permission bits, not a read-only mount). The log file already exists there."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
-        pytest.skip("needs root, unshare and mount")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    log = ro / "probe.log"
-    log.write_text("")
-    probe = shlex.quote(str(ro))
-    inner = f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe} {probe} && exec"
-    port = closed_port()
-    text = config_toml(log, targets_toml(f"127.0.0.1:{port}", 1), timeout=0.5, interval=1.0)
-    check = subprocess.run(
-        ["unshare", "-m", "sh", "-c", f"{inner} touch {probe}/x"], capture_output=True, text=True
-    )
-    if "Read-only" not in check.stderr:
-        pytest.skip(f"cannot make a read-only bind mount here: {check.stderr.strip()}")
-    d = Daemon.start(tmp_path, text, log, wrap=["unshare", "-m", "sh", "-c", f'{inner} "$@"', "sh"])
-    daemons.append(d)
-    assert d.wait_exit() != 0
-    err = d.stderr
-    no_traceback(err)
-    (line,) = err.splitlines()
-    assert str(log) in line and "Read-only" in line, line
-    assert log.read_text() == ""
-
-
-# -- `probe check`: what a record says of a fault, and what the run does ------------------
+# -- 7. what a record says of a fault, and what the run does ---------------------------------------
 
 
 def test_json_refused_has_local_port() -> None:
@@ -708,29 +774,26 @@ def test_bad_line_3_of_target_file(tmp_path: Path) -> None:
     assert sorted(r["port"] for r in recs) == sorted([first, second])  # lines 1-2 were probed
 
 
-@pytest.mark.parametrize("fmt", ["json", "human"])
-def test_reader_leaves_after_one_line_quietly(fmt: str, listener: RecordingListener) -> None:
-    # `probe check ... | head -1`: enough attempts that probe is still writing afterwards.
-    args = ["check", listener.target, "-c", "1000", "-i", "0.01"]
-    if fmt == "json":
-        args.append("--json")
-    proc = subprocess.Popen(
-        [*probe_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def test_a_bad_stdin_line_lets_the_attempt_in_flight_finish(
+    full_queue: FullQueueListener,
+) -> None:
+    proc = check_reading_stdin(full_queue.target, "-t", "1", "--workers", "1")
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        first = proc.stdout.readline()
-        assert listener.target in first
-        proc.stdout.close()
-        code = proc.wait(timeout=20)
-        stderr = proc.stderr.read()
+        # its attempt in flight (1 s to a full accept queue): a socket to that port
+        wait_until(
+            "the first attempt in flight",
+            lambda: full_queue.port in {tcp_by_inode().get(i) for i in socket_inodes(proc.pid)},
+        )
+        out, err = proc.communicate("127.0.0.1:nope\n", timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in stderr
-    assert stderr == ""
-    assert code not in (0, 2), code  # it stopped at the broken pipe, and not as an error
+        kill(proc)
+    no_traceback(err)
+    assert proc.returncode == 2, err
+    (line,) = err.splitlines()
+    assert "<stdin>" in line and "line 2" in line and "nope" in line, line
+    (rec,) = parse_records(out)
+    assert rec["target"] == full_queue.target and rec["outcome"] == "timeout"
+    assert rec["latency_ms"] >= 900  # finished, not cut short by the error
 
 
 def test_sigint_writes_whole_records_and_exits_130(full_queue: FullQueueListener) -> None:
@@ -764,6 +827,18 @@ def test_unresolvable_name_in_namespace(netns: Netns) -> None:
         assert rec["family"] is None
         assert rec["local_address"] is None
         assert rec["local_port"] is None
+
+
+def test_a_name_that_does_not_exist_is_eai_noname(dns: DnsNetns) -> None:
+    """Our DNS server answers NXDOMAIN for names outside .test: the resolver's own 'no such
+    name', not a failure to ask (that is EAI_AGAIN, test_cli's namespace without a server)."""
+    result = ns_check(dns.ns, "nosuch.invalid:80", "--json")
+    no_traceback(result.stderr)
+    assert result.returncode == 1, result.stderr
+    (rec,) = parse_records(result.stdout)
+    assert (rec["outcome"], rec["error"]) == ("error", "EAI_NONAME"), rec
+    assert rec["address"] is None and rec["family"] is None
+    assert rec["local_address"] is None and rec["local_port"] is None
 
 
 def test_unresolvable_name_until_interrupted_in_namespace(netns: Netns) -> None:

@@ -1,5 +1,6 @@
 """The daemon under hostile load, bad luck and clock steps: whatever arrives over
-HTTP, from DNS or from the clock, scheduled probes keep their slots and records stay whole.
+HTTP, from DNS or from the clock, scheduled probes keep their slots and records stay whole;
+a drain ends as asked.
 
 Every test runs the real daemon as a subprocess. Faults come from real kernels: network
 namespaces with a DNS server of ours on their loopback (`/etc/netns/NAME/resolv.conf` points
@@ -8,31 +9,31 @@ a small tmpfs for a full disk, SIGSTOP for a stalled daemon. The one thing injec
 wall clock for the clock-step test: `time.time` is patched inside the daemon's process,
 which is what a stepped system clock looks like to Python code (the monotonic clock, as in
 a real step, is left alone). Only loopback, and addresses inside our namespaces, are used.
+
+Tests that look at time or hold a fixed resource are marked `serial` (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import ast
-import os
 import resource
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import (
+    Any,
+    TypeVar,
+)
 
 import pytest
 from helpers import (
     INTERVAL,
-    ROOT,
     Daemon,
     DnsNetns,
     FullQueueListener,
-    Netns,
     closed_port,
     config_toml,
     draining,
@@ -49,18 +50,7 @@ from helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
-
 T = TypeVar("T")
-
-# -- the namespaced daemon and its DNS -------------------------------------------------------------
-
-
-@pytest.fixture
-def dns(netns: Netns, tmp_path: Path) -> Iterator[DnsNetns]:
-    d = DnsNetns(netns, tmp_path)
-    yield d
-    d.close()
 
 
 def background(fn: Callable[[], T]) -> tuple[threading.Thread, list[T | BaseException]]:
@@ -85,6 +75,7 @@ def records_between(d: Daemon, name: str, first: int) -> list[dict[str, Any]]:
 # -- 1. lookups with bounds ------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_hung_probe_lookups_do_not_starve_a_named_target_added_by_reload(
     dns: DnsNetns, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -110,6 +101,7 @@ def test_hung_probe_lookups_do_not_starve_a_named_target_added_by_reload(
     d.kill()
 
 
+@pytest.mark.serial
 def test_a_hung_re_resolution_keeps_the_last_good_address(
     dns: DnsNetns, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -139,10 +131,40 @@ def test_a_hung_re_resolution_keeps_the_last_good_address(
     assert failures is not None and failures >= 1
 
 
+@pytest.mark.serial
+def test_a_failed_re_resolution_keeps_the_last_good_address(
+    dns: DnsNetns, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The DNS server dies (its port answers ICMP unreachable: the lookup fails at once,
+    rather than hangs as above): the last good address is kept."""
+    log = tmp_path / "probe.log"
+    text = config_toml(log, target_toml("named", "good.test:9"))
+    d = start_in(
+        tmp_path, text, log, daemons, dns.ns, {"RESOLVE_TTL": 1.0, "RESOLVE_DEADLINE": 1.0}
+    )
+    d.wait_records("named", 2)
+    dns.server.kill()
+    dns.server.wait(5)
+    killed = time.time()
+    stale = d.wait_event("resolve", result="stale", host="good.test")
+    assert stale["names"] == ["named"]
+    recs = d.wait_records("named", 5, after=ts(stale))
+    assert {(r["address"], r["outcome"]) for r in recs} == {("127.0.0.1", "refused")}
+    after = [r for r in d.records("named") if ts(r) > killed]
+    span = ts(after[-1]) - ts(after[0])
+    assert len(after) >= span / INTERVAL - 2, (len(after), span)  # no slot lost
+    port = int(d.events("listening")[0]["address"].rpartition(":")[2])
+    samples = metrics_of(lambda path: ns_get(dns.ns, port, path))
+    assert skipped_total(samples) == 0
+    assert (value(samples, "probe_resolve_failures_total", target="named") or 0) >= 1
+    d.kill()
+
+
 def ts_span(records: list[dict[str, Any]]) -> float:
     return ts(records[-1]) - ts(records[0]) if len(records) > 1 else 0.0
 
 
+@pytest.mark.serial
 def test_sigterm_abandons_a_hung_probe_lookup_at_once(
     dns: DnsNetns, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -165,9 +187,39 @@ def test_sigterm_abandons_a_hung_probe_lookup_at_once(
     assert "Traceback" not in d.stderr
 
 
+def plain(body: str) -> dict[str, float]:
+    return {name: v for (name, labels), v in parse_prometheus(body).items() if not labels}
+
+
+def test_a_hung_probe_lookup_ends_at_the_attempts_timeout(
+    dns: DnsNetns, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    log = tmp_path / "probe.log"
+    d = start_in(tmp_path, config_toml(log, ""), log, daemons, dns.ns)
+    port = int(d.wait("listening", lambda: d.events("listening"))[0]["address"].rpartition(":")[2])
+    began = time.monotonic()
+    status, _, body = ns_get(dns.ns, port, "/probe?target=hang.test:80&timeout=1", 15)
+    took = time.monotonic() - began
+    assert status == 200, body
+    v = plain(body)
+    assert v["probe_success"] == 0.0
+    assert v["probe_ip_protocol"] == 0.0  # the name did not resolve
+    assert value(parse_prometheus(body), "probe_failed_due_to", reason="EAI_AGAIN") == 1.0
+    assert 0.9 <= took < 5.0, took  # the attempt's 1 s, not the resolver's 30 s
+    (rec,) = d.wait("the record", lambda: [r for r in d.records() if r["host"] == "hang.test"])
+    assert (rec["outcome"], rec["error"], rec["address"]) == ("error", "EAI_AGAIN", None)
+    # and a name that does not exist: NXDOMAIN, the same 0
+    status, _, body = ns_get(dns.ns, port, "/probe?target=nosuch.invalid:80", 10)
+    assert status == 200, body
+    assert plain(body)["probe_ip_protocol"] == 0.0
+    assert value(parse_prometheus(body), "probe_failed_due_to", reason="EAI_NONAME") == 1.0
+    d.kill()
+
+
 # -- 2. the schedule owns its slots ----------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_probe_flood_to_a_dropped_port_leaves_the_schedule_its_slots(
     tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
 ) -> None:
@@ -215,6 +267,7 @@ def _slowloris(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
+@pytest.mark.serial
 def test_slowloris_under_a_low_descriptor_limit_stops_neither_probes_nor_metrics(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -246,6 +299,7 @@ def test_slowloris_under_a_low_descriptor_limit_stops_neither_probes_nor_metrics
     assert d.stop() == 0
 
 
+@pytest.mark.serial
 def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -291,6 +345,7 @@ def run_queue_wait(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
+@pytest.mark.serial
 def test_a_stalled_daemon_counts_and_logs_its_late_starts(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -306,9 +361,31 @@ def test_a_stalled_daemon_counts_and_logs_its_late_starts(
     assert (value(samples, "probe_late_starts_total") or 0) >= 1
 
 
+@pytest.mark.serial
+def test_a_stall_skips_slots_and_does_not_make_them_up(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    log = tmp_path / "probe.log"
+    d = logging_one_target(tmp_path, log, daemons)
+    assert skipped_total(metrics_of(d.get)) == 0
+    d.proc.send_signal(signal.SIGSTOP)
+    time.sleep(1.2)  # six slots of 0.2 s
+    resumed = time.time()
+    d.proc.send_signal(signal.SIGCONT)
+    d.wait_event("late")
+    d.wait_records("a", 4, after=resumed)
+    samples = metrics_of(d.get)
+    assert skipped_total(samples) >= 3, samples
+    assert (value(samples, "probe_late_starts_total") or 0) >= 1
+    first = [ts(r) for r in d.records("a") if resumed <= ts(r) < resumed + 0.5]
+    assert len(first) <= 4, first  # 0.5 s holds 2-3 slots; a make-up burst would add 5
+    assert d.stop() == 0
+
+
 # -- 3. the clock ----------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_clock_step_re_anchors_the_schedule_unit() -> None:
     from probe.daemon.schedule import Clock, Schedule  # here: the daemon tests run on old trees
 
@@ -347,6 +424,7 @@ def test_clock_step_re_anchors_the_schedule_unit() -> None:
     assert len(popped) == 2 and all(job.skipped == 0 for job, _, _ in popped)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("step", [-3600.0, 3600.0])
 def test_a_wall_clock_step_neither_stops_nor_bursts_probing(
     tmp_path: Path, daemons: list[Daemon], step: float
@@ -367,95 +445,10 @@ def test_a_wall_clock_step_neither_stops_nor_bursts_probing(
     assert d.stop() == 0
 
 
-# -- 4. the log ------------------------------------------------------------------------------------
+# -- 4. signals during the drain -------------------------------------------------------------------
 
 
-def _mount_tmpfs(where: Path, size: str) -> None:
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "small"
-    _mount_tmpfs(where, "64k")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def test_a_full_disk_leaves_only_whole_lines_and_the_next_run_appends_cleanly(
-    tmp_path: Path, daemons: list[Daemon], small_disk: Path
-) -> None:
-    log = small_disk / "probe.log"
-    shut = closed_port()
-    targets = "".join(target_toml(f"t{i}", f"127.0.0.1:{shut}", interval=0.05) for i in range(40))
-    run1 = tmp_path / "run1"
-    run1.mkdir()
-    d = start_in(run1, config_toml(log, targets), log, daemons)
-    assert d.proc.wait(timeout=30) == 1
-    stderr = d.stderr.strip().splitlines()
-    assert len(stderr) == 1 and str(log) in stderr[0] and "No space left" in stderr[0], stderr
-    data = log.read_bytes()
-    assert len(data) > 30_000 and data.endswith(b"\n"), data[-200:]
-    first = d.lines()  # every line JSON: read_lines fails on a torn one
-    # room again: the next run's lines start on a line of their own
-    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
-    run2 = tmp_path / "run2"
-    run2.mkdir()
-    d2 = start_in(run2, config_toml(log, target_toml("again", f"127.0.0.1:{shut}")), log, daemons)
-    d2.wait_records("again", 2)
-    assert d2.stop() == 0
-    lines = d2.lines()
-    assert lines[: len(first)] == first
-    assert lines[-1]["event"] == "stopped"
-
-
-def test_a_removed_log_file_is_reopened_within_a_second(
-    tmp_path: Path, daemons: list[Daemon]
-) -> None:
-    log = tmp_path / "logs" / "probe.log"
-    log.parent.mkdir()
-    d = logging_one_target(tmp_path, log, daemons)
-    log.unlink()
-    removed = time.monotonic()
-    d.wait("the log file again", log.exists, timeout=2)
-    assert time.monotonic() - removed < 1.5
-    event = d.wait_event("log", result="reopened")
-    assert event["file"] == str(log)
-    d.wait_records("a", 3)
-    assert d.stop() == 0
-    assert d.lines()[-1]["event"] == "stopped"
-
-
-def test_a_replaced_log_file_is_reopened_and_said_so(tmp_path: Path, daemons: list[Daemon]) -> None:
-    log = tmp_path / "probe.log"
-    d = logging_one_target(tmp_path, log, daemons)
-    new = tmp_path / "replacement"
-    new.write_text("")
-    os.replace(new, log)  # another file now has the name
-    event = d.wait_event("log", result="reopened", timeout=3)
-    assert event["file"] == str(log)
-    d.wait_records("a", 2)  # in the new file
-    assert d.stop() == 0
-
-
-def test_a_removed_log_directory_is_exit_1_naming_the_file(
-    tmp_path: Path, daemons: list[Daemon]
-) -> None:
-    log = tmp_path / "logs" / "probe.log"
-    log.parent.mkdir()
-    d = logging_one_target(tmp_path, log, daemons)
-    shutil.rmtree(log.parent)
-    assert d.proc.wait(timeout=2) == 1
-    stderr = d.stderr.strip().splitlines()
-    assert len(stderr) == 1 and str(log) in stderr[0], stderr
-
-
-# -- 5. signals during the drain -------------------------------------------------------------------
-
-
+@pytest.mark.serial
 def test_sighup_during_the_drain_is_ignored(
     tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
 ) -> None:
@@ -468,6 +461,7 @@ def test_sighup_during_the_drain_is_ignored(
     assert d.proc.wait(timeout=3) == 0
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_signal_ends_the_drain_at_once(
     tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener, second: signal.Signals
@@ -484,94 +478,3 @@ def test_a_second_signal_ends_the_drain_at_once(
     # the attempt in flight has no record: its outcome is unknown, so none is claimed
     assert d.records("slow") == []
     assert "Traceback" not in d.stderr
-
-
-# -- 6. objects with one life ----------------------------------------------------------------------
-
-
-def test_parse_probe_request() -> None:
-    from probe.daemon.http import Answer, ProbeRequest, parse_probe
-
-    got = parse_probe(
-        {"target": "127.0.0.1:80", "timeout": "2.5", "debug": "true"},
-        {"X-Prometheus-Scrape-Timeout-Seconds": "4"},
-    )
-    assert got == ProbeRequest("127.0.0.1:80", 2.5, True, 4.0)
-    assert parse_probe({"target": "a:1"}, {}) == ProbeRequest("a:1")
-    for query in (
-        {},
-        {"target": ""},
-        {"target": "a:1", "timeout": "x"},
-        {"target": "a:1", "timeout": "31"},
-    ):
-        bad = parse_probe(query, {})
-        assert isinstance(bad, Answer) and bad.status == 400, query
-
-
-def _daemon_class() -> ast.ClassDef:
-    tree = ast.parse((ROOT / "probe" / "daemon" / "app.py").read_text())
-    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Daemon")
-
-
-def test_app_does_not_import_aiohttp() -> None:
-    tree = ast.parse((ROOT / "probe" / "daemon" / "app.py").read_text())
-    imported = [
-        alias.name if isinstance(node, ast.Import) else node.module or ""
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in node.names
-    ]
-    assert not [name for name in imported if name.startswith("aiohttp")]
-
-
-def test_every_daemon_attribute_is_created_in_init() -> None:
-    created: set[str] = set()
-    assigned: dict[str, set[str]] = {}
-    for method in _daemon_class().body:
-        if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        for node in ast.walk(method):
-            targets = (
-                node.targets
-                if isinstance(node, ast.Assign)
-                else [node.target]
-                if isinstance(node, ast.AnnAssign | ast.AugAssign)
-                else []
-            )
-            for target in targets:
-                for t in ast.walk(target):
-                    if (
-                        isinstance(t, ast.Attribute)
-                        and isinstance(t.value, ast.Name)
-                        and t.value.id == "self"
-                    ):
-                        if method.name == "__init__":
-                            created.add(t.attr)
-                        else:
-                            assigned.setdefault(method.name, set()).add(t.attr)
-    outside = {m: attrs - created for m, attrs in assigned.items() if attrs - created}
-    assert outside == {}
-
-
-def test_reload_reconfigures_the_engine_through_its_method() -> None:
-    source = ast.unparse(_daemon_class())
-    assert ".options = " not in source
-    assert "reconfigure(" in source
-
-
-def test_reload_timeout_change_reaches_new_attempts(
-    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
-) -> None:
-    log = tmp_path / "probe.log"
-    text = config_toml(log, target_toml("t", full_queue.target), timeout=0.2, interval=1.0)
-    d = start_in(tmp_path, text, log, daemons)
-    d.wait_records("t", 1)
-    port = d.port
-    d.rewrite(config_toml(log, target_toml("t", full_queue.target), timeout=0.6, interval=1.0))
-    d.send(signal.SIGHUP)
-    d.wait_event("reload", result="ok")
-    status, _, _ = http_get(port, f"/probe?target={full_queue.target}")  # the default timeout
-    assert status == 200
-    recs = d.wait_records(full_queue.target, 1)  # the /probe record, named by its target
-    assert 550 <= recs[-1]["latency_ms"] < 1500
-    assert d.stop(timeout=5) == 0
