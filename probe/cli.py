@@ -427,7 +427,7 @@ def _records_file(args: argparse.Namespace, fmt: Format) -> tuple[Format, str | 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check.command import run_plan
+    from .check.command import check
     from .check.plan import build_plan
 
     _ignored(args)
@@ -457,7 +457,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         stages=_stages(args),
         verbose=args.verbose,
     )
-    return run_plan(plan)
+    return check(plan)
 
 
 def _stages(args: argparse.Namespace) -> StageSpec | None:

@@ -1,5 +1,8 @@
-"""`probe check`: run a plan in one process or N workers (the same code), merge the typed
-results, write the summary, pick the exit code.
+"""`probe check`: run a plan's shares in this process or in N workers (the same code), merge
+their typed results, write the summary, pick the exit code.
+
+`check` → one share here, or `workers.run_workers` forking one per share → `run.run_share`
+(one share, on the core `choice` picks) → the native core or `engine_run.run_on_python`.
 
 Exit status: 0 every target had an open attempt; 1 some target had none; 2 bad usage or
 input; 128 + signal when SIGINT/SIGTERM stopped the run; 141 when standard output's reader
@@ -39,7 +42,8 @@ from .sinks import Sinks, csv_rows
 RATE_START = 0.25  # seconds from now to --rate's first slot, when workers share it
 
 
-def run_plan(plan: Plan) -> int:
+def check(plan: Plan) -> int:
+    """Run the plan as this machine allows it; the exit code."""
     plan = settle(plan)
     out = stdout_writer()
     json_out = _json_file(plan)
@@ -54,14 +58,13 @@ def run_plan(plan: Plan) -> int:
         # busy machine) are ready for their first slot instead of skipping it.
         plan = plan.replace(rate_epoch=time.monotonic() + RATE_START)
     total = ShareResult()
-    died = 0
     try:
         stages = plan.stages is not None
         if output.format == "csv":
             out.write_lines(csv_rows(stages).header())
         if plan.workers == 1:
             sinks = Sinks(output, out, json_out, bar.before_stdout, stages)
-            total.merge(run_share(plan, 0, 1, sinks, bar.update))
+            total = run_share(plan, 0, 1, sinks, bar.update)
         else:
             outs = [out] if json_out is None else [out, json_out]
 
@@ -75,21 +78,12 @@ def run_plan(plan: Plan) -> int:
 
             from .workers import run_workers  # worker processes: only a run that forks them
 
-            merged = run_workers(plan.workers, body, outs, bar.update, bar.before_stdout)
-            for result in merged.results:
-                total.merge(result)
-            # Only a signal this process got stops the run: workers the parent stopped
-            # itself (their output failed) report SIGTERM, which is not the run's status.
-            total.stopped_by = merged.stopped_by
-            if merged.pipe_closed:
-                total.error = SinkClosed("standard output: reader went away")
-            total.error = total.error or merged.sink_error
-            died = 0 if total.stopped_by else merged.died
+            total = run_workers(plan.workers, body, outs, bar.update, bar.before_stdout)
     except SinkError as exc:  # the CSV header could not be written
         total.error = exc
     finally:
         bar.erase()
-    return _finish(plan, total, died, out, json_out)
+    return _finish(plan, total, out, json_out)
 
 
 def _json_file(plan: Plan) -> RecordWriter | None:
@@ -103,7 +97,7 @@ def _json_file(plan: Plan) -> RecordWriter | None:
 
 
 def _finish(
-    plan: Plan, total: ShareResult, died: int, out: RecordWriter, json_out: RecordWriter | None
+    plan: Plan, total: ShareResult, out: RecordWriter, json_out: RecordWriter | None
 ) -> int:
     """The summary (human output, no error), flushed outputs, one error line, the exit code."""
     error = total.error
@@ -113,8 +107,8 @@ def _finish(
         return _quiet_pipe()
     if error is not None:
         message, code = str(error), error.exit_code
-    elif died:
-        worker = plural(died, "worker process", "worker processes")
+    elif total.workers_died:
+        worker = plural(total.workers_died, "worker process", "worker processes")
         message = f"{worker} died without a result"
         code = EXIT_USAGE
     elif total.stopped_by:

@@ -1,11 +1,12 @@
 """A share of a plan on the Python engine (asyncio, uvloop): endpoints → attempts → records,
 with repeat mode and per-target verdicts.
 
-`run_check` is the engine-facing part: endpoints are pulled from their (lazy) iterator only
-as the engine has room, and a target's state lives only while its attempts do, so memory
-follows concurrency, not the target count. `probe.check.run` imports this module only
-when a share does not run on the native core, so that a one-shot check of literal
-endpoints starts without asyncio.
+`run_on_python` runs the share on an event loop of its own (`_on_loop`: signals, the
+engine, the flush timer); `probe_endpoints` is the engine-facing part: endpoints are pulled
+from their (lazy) iterator only as the engine has room, and a target's state lives only
+while its attempts do, so memory follows concurrency, not the target count.
+`probe.check.run` imports this module only when a share does not run on the native core,
+so that a one-shot check of literal endpoints starts without asyncio.
 """
 
 from __future__ import annotations
@@ -51,35 +52,37 @@ class _Target:
 class _Stream:
     """The attempts to one address of one endpoint: `count` of them, `interval` apart."""
 
-    __slots__ = ("address", "check", "endpoint", "remaining", "target")
+    __slots__ = ("address", "endpoint", "probing", "remaining", "target")
 
     def __init__(
-        self, check: _Check, target: _Target, endpoint: Endpoint, address: Address
+        self, probing: _Probing, target: _Target, endpoint: Endpoint, address: Address
     ) -> None:
-        self.check = check
+        self.probing = probing
         self.target = target
         self.endpoint = endpoint
         self.address = address
-        self.remaining = check.count or -1  # -c 0: until the run is stopped
+        self.remaining = probing.count or -1  # -c 0: until the run is stopped
 
     def done(self, record: Record, attempt: Attempt, final: bool) -> None:
-        check = self.check
-        check.emit(record)
+        probing = self.probing
+        probing.emit(record)
         if record.outcome == OPEN:
             self.target.opened = True
         if not final:
             return  # the engine retries this timeout itself
         self.remaining -= 1
         if self.remaining != 0:
-            nxt = Attempt(self.endpoint, self.address, record.attempt + 1, stages=check.stages)
+            nxt = Attempt(self.endpoint, self.address, record.attempt + 1, stages=probing.stages)
             started = time.time() - record.started
-            delay = max(0.0, check.interval - started)
-            check.engine.loop.call_later(delay, check.submit, nxt, self.done)
+            delay = max(0.0, probing.interval - started)
+            probing.engine.loop.call_later(delay, probing.submit, nxt, self.done)
         else:
-            check.target_done(self.target)
+            probing.target_done(self.target)
 
 
-class _Check:
+class _Probing:
+    """One `probe_endpoints` call: the targets in flight, the room for more, the end."""
+
     def __init__(
         self,
         engine: Engine,
@@ -215,7 +218,7 @@ class _Check:
             self.finished.set()
 
 
-async def run_check(
+async def probe_endpoints(
     endpoints: Iterable[Endpoint] | AsyncIterator[Endpoint],
     engine: Engine,
     resolver: Resolver,
@@ -228,14 +231,14 @@ async def run_check(
 ) -> None:
     """Probe every endpoint `count` times (0: until stopped), skipping excluded addresses;
     records go to `on_record` as attempts finish, targets and exclusions into `result`."""
-    check = _Check(engine, resolver, on_record, result, count, interval, exclude, stages)
+    probing = _Probing(engine, resolver, on_record, result, count, interval, exclude, stages)
     try:
-        await check.feed(endpoints)
-        await check.finished.wait()
+        await probing.feed(endpoints)
+        await probing.finished.wait()
         if engine.failure is not None:
             raise engine.failure
-        if check.input_error is not None:
-            raise check.input_error
+        if probing.input_error is not None:
+            raise probing.input_error
     finally:
         engine.close()
 
@@ -272,9 +275,11 @@ async def _counted_async(
             yield endpoint
 
 
-def run_engine_share(
+def run_on_python(
     plan: Plan, index: int, count: int, sinks: Sinks, progress: Progress | None = None
 ) -> ShareResult:
+    """Share `index` of `count` on the Python engine, on an event loop of its own; errors
+    and signals end up in the result, never raised."""
     result = ShareResult()
     output = plan.output
     tally = Tally(
@@ -285,7 +290,7 @@ def run_engine_share(
     )
     started = time.monotonic()
     try:
-        event_loop.run(_share(plan, index, count, sinks, tally, progress))
+        event_loop.run(_on_loop(plan, index, count, sinks, tally, progress))
     except KeyboardInterrupt:  # a SIGINT before the loop took the signal over
         result.stopped_by = result.stopped_by or signal.SIGINT
     except ProbeError as exc:
@@ -298,7 +303,7 @@ def run_engine_share(
     return result
 
 
-async def _share(
+async def _on_loop(
     plan: Plan,
     index: int,
     count: int,
@@ -327,7 +332,7 @@ async def _share(
 
     ticker = _Ticker(loop, engine, sinks, result, progress)
     try:
-        await run_check(
+        await probe_endpoints(
             share_endpoints(plan, index, count, result),
             engine,
             Resolver(plan.family),
@@ -346,9 +351,7 @@ async def _share(
         ticker.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        result.lag_p99_ms = engine.lag.quantile_ms(0.99)
-        result.lag_max_ms = engine.lag.max_ms
-        result.lag_samples = engine.lag.samples
+        result.note_lag(engine.lag)
 
 
 @dataclass(eq=False)

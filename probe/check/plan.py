@@ -192,7 +192,7 @@ def build_plan(
     list_mode = (endpoints is not None and endpoints <= LIST_LIMIT) or (
         endpoints is None and count != 1
     )
-    excluded = _exclusions(exclude, exclude_files)
+    exclusions = _exclusions(exclude, exclude_files)
     share = _shard(shard)
     # what the machine allows (the open-files limit, a source port range, a bind) is found
     # out by `settle`, before the run: planning touches nothing and says nothing
@@ -221,7 +221,7 @@ def build_plan(
         interval=interval,
         options=options,
         family=fam,
-        exclude=excluded,
+        exclude=exclusions,
         shard=share,
         workers=processes,
         blocking_input=blocking,

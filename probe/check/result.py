@@ -1,7 +1,8 @@
 """What running a share of a plan found, as typed data the parent merges.
 
-A worker process sends its `ShareResult` to the parent pickled, whole; one process is the
-same with one share. Nothing here is text to be parsed back: counts are counters, the
+One type for a share and for the whole run: a worker process sends its `ShareResult` to
+the parent pickled, whole, and the parent merges them into one (one process is the same
+with one share). Nothing here is text to be parsed back: counts are counters, the
 first error is the exception itself (its type decides the exit code), latency statistics
 merge exactly (Chan et al.'s parallel variance), and the non-open ports of a few hosts
 travel as bitmaps that merge with `|`.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from ..errors import ProbeError
 from ..plain import Plain
@@ -27,6 +28,18 @@ HostKey = tuple[str, str | None]  # (host as written, the address it resolved to
 # Beside each outcome's bitmap, the ports probed at all: an interrupted sweep's workers each
 # stopped somewhere else, and the summary tells a port not probed from one of another outcome.
 PROBED = "probed"
+
+
+class Lag(Protocol):
+    """An event loop's (or the native core's) lag histogram, as either runner keeps it."""
+
+    @property
+    def samples(self) -> int: ...
+
+    @property
+    def max_ms(self) -> float: ...
+
+    def quantile_ms(self, q: float) -> float: ...
 
 
 class Latency(Plain):
@@ -119,7 +132,7 @@ class TargetStats(Plain):
 
 
 class ShareResult(Plain):
-    """A share's counts, sent whole (pickled) from a worker to the parent."""
+    """A share's counts, sent whole (pickled) from a worker to the parent; merged, the run's."""
 
     __slots__ = (
         "elapsed",
@@ -135,6 +148,7 @@ class ShareResult(Plain):
         "stopped_by",
         "targets",
         "targets_without_open",
+        "workers_died",
     )
     outcomes: Counter[str]
     seen: int
@@ -149,6 +163,7 @@ class ShareResult(Plain):
     lag_max_ms: float
     lag_samples: int
     elapsed: float
+    workers_died: int
 
     def __init__(
         self,
@@ -165,6 +180,7 @@ class ShareResult(Plain):
         lag_max_ms: float = 0.0,
         lag_samples: int = 0,
         elapsed: float = 0.0,
+        workers_died: int = 0,  # worker processes that ended without a result
     ) -> None:
         self._set(locals())
         self.outcomes = Counter() if outcomes is None else outcomes
@@ -174,6 +190,12 @@ class ShareResult(Plain):
     @property
     def attempts(self) -> int:
         return sum(self.outcomes.values())
+
+    def note_lag(self, lag: Lag) -> None:
+        """The runner's loop lag, for the summary's lag line."""
+        self.lag_p99_ms = lag.quantile_ms(0.99)
+        self.lag_max_ms = lag.max_ms
+        self.lag_samples = lag.samples
 
     def merge(self, other: ShareResult) -> None:
         self.outcomes.update(other.outcomes)
@@ -201,6 +223,7 @@ class ShareResult(Plain):
         self.lag_max_ms = max(self.lag_max_ms, other.lag_max_ms)
         self.lag_samples = max(self.lag_samples, other.lag_samples)
         self.elapsed = max(self.elapsed, other.elapsed)
+        self.workers_died += other.workers_died
 
 
 class Tally:

@@ -1,5 +1,5 @@
-"""A one-shot run of one share of a plan: on the native core when it can serve the share
-exactly, on the Python engine (`engine_run`, asyncio) otherwise.
+"""One share of a plan: on the native core when it can serve the share exactly, on the
+Python engine (`engine_run.run_on_python`, asyncio) otherwise.
 
 `run_share(plan, index, count, sinks)` runs one share of a plan in this process and returns
 its typed result; one process is the case count = 1, a worker process one of count. The
@@ -39,17 +39,17 @@ def run_share(
     """Run share `index` of `count` of the plan on an event loop of its own; records go to
     `sinks` as attempts finish. Errors and signals end up in the result, never raised."""
     if choose(plan).core == "native":
-        return _native_share(plan, index, count, sinks, progress)
-    from .engine_run import run_engine_share  # asyncio, uvloop: only when the engine runs
+        return _run_on_native(plan, index, count, sinks, progress)
+    from .engine_run import run_on_python  # asyncio, uvloop: only when the engine runs
 
     sinks.ready()
-    return run_engine_share(plan, index, count, sinks, progress)
+    return run_on_python(plan, index, count, sinks, progress)
 
 
 # -- the native core -------------------------------------------------------------------------
 
 
-def _native_share(
+def _run_on_native(
     plan: Plan, index: int, count: int, sinks: Sinks, progress: Progress | None
 ) -> ShareResult:
     """The whole share on the native core, its targets fed in as it runs: JSON records
@@ -120,9 +120,7 @@ def _native_share(
         result.error = _input_failure(feed.error)
     elif done.error:
         result.error = LocalShortage(done.error)
-    lag = done.lag
-    result.lag_p99_ms, result.lag_max_ms = lag.quantile_ms(0.99), lag.max_ms
-    result.lag_samples = lag.samples
+    result.note_lag(done.lag)
     return result
 
 

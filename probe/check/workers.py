@@ -5,7 +5,7 @@ records to pipes of its own (one per output: standard output's form, and `-o FIL
 JSON); the parent copies complete lines only from each pipe to the matching output, so
 records from different workers never interleave or arrive torn. One more pipe per worker
 carries progress counts and, at the end, its `ShareResult`, pickled in length-prefixed
-frames: the parent gets typed data, never text to parse.
+frames: the parent gets typed data, never text to parse, and merges them into the run's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import selectors
 import signal
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ..errors import EXIT_PIPE, SinkClosed, SinkError, report
@@ -29,15 +28,6 @@ Body = Callable[[int, int, list[BinaryIO], Callable[[int, int], None]], ShareRes
 
 _FRAME = struct.Struct("!I")
 EXIT_WORKER_FAILED = 70  # EX_SOFTWARE: a worker's own bug, reported on stderr
-
-
-@dataclass
-class Merged:
-    results: list[ShareResult] = field(default_factory=list)
-    stopped_by: int = 0  # the first signal forwarded to the workers
-    pipe_closed: bool = False
-    sink_error: SinkError | None = None
-    died: int = 0  # workers that ended without a result
 
 
 class _Channel:
@@ -68,9 +58,14 @@ def run_workers(
     outs: Sequence[RecordWriter],
     progress: Callable[[int, int], None] | None = None,
     before_stdout: Callable[[], None] | None = None,
-) -> Merged:
+) -> ShareResult:
     """Fork `count` workers running `body`; copy their lines to `outs` (the first is
-    standard output); return their results."""
+    standard output); return their results merged into the run's.
+
+    Only a signal this process got stops the run: workers the parent stopped itself (their
+    output failed) report SIGTERM, which is not the run's status. An output that failed
+    here is the run's error; workers that ended without a result count in `workers_died`
+    unless a signal stopped the run."""
     children: dict[int, int] = {}  # pid → index
     lines: dict[int, tuple[int, bytearray]] = {}  # fd → (which output, unfinished line)
     controls: dict[int, _Channel] = {}
@@ -92,10 +87,10 @@ def run_workers(
         children[pid] = index
         controls[control_r] = _Channel()
 
-    merged = Merged()
+    parent = ShareResult()  # what this process met: the signal it got, an output's failure
 
     def forward(signum: int, _: Any) -> None:
-        merged.stopped_by = merged.stopped_by or signum
+        parent.stopped_by = parent.stopped_by or signum
         _signal_all(children, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -115,7 +110,7 @@ def run_workers(
                     which, pending = lines[fd]
                     if which == 0 and before_stdout is not None:
                         before_stdout()
-                    _copy_lines(pending, chunk, outs[which], merged, children)
+                    _copy_lines(pending, chunk, outs[which], parent, children)
                 else:
                     controls[fd].feed(chunk)
                     if progress is not None:
@@ -126,30 +121,39 @@ def run_workers(
             os.waitpid(pid, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    total = ShareResult()
+    died = 0
     for channel in controls.values():
         if channel.result is None:
-            merged.died += 1
+            died += 1
         else:
-            merged.results.append(channel.result)
-    return merged
+            total.merge(channel.result)
+    total.stopped_by = parent.stopped_by
+    if isinstance(parent.error, SinkClosed):
+        total.error = parent.error
+    total.error = total.error or parent.error
+    total.workers_died = 0 if total.stopped_by else died
+    return total
 
 
 def _copy_lines(
-    pending: bytearray, chunk: bytes, out: RecordWriter, merged: Merged, children: dict[int, int]
+    pending: bytearray,
+    chunk: bytes,
+    out: RecordWriter,
+    parent: ShareResult,
+    children: dict[int, int],
 ) -> None:
-    """Write the complete lines of this pipe; keep its unfinished tail for the next read."""
+    """Write the complete lines of this pipe; keep its unfinished tail for the next read.
+    A write that fails is the parent's error; the workers are stopped."""
     pending += chunk
     cut = pending.rfind(b"\n") + 1
-    if not cut or merged.pipe_closed or merged.sink_error:
+    if not cut or parent.error is not None:
         return
     try:
         out.write_lines(bytes(pending[:cut]))
         out.flush()  # the workers already batch; pass their lines on as they come
     except SinkError as exc:
-        if isinstance(exc, SinkClosed):
-            merged.pipe_closed = True
-        else:
-            merged.sink_error = exc
+        parent.error = exc
         _signal_all(children, signal.SIGTERM)  # nobody will read what they find
     del pending[:cut]
 

@@ -51,7 +51,7 @@ class Query:
         self.steps.append(line)
 
 
-def plan(
+def make_query(
     text: str,
     endpoint: Endpoint,
     timeout: float | None,
@@ -288,7 +288,7 @@ class OnDemand:
             self.active -= 1
 
     async def _probe(self, request: ProbeRequest, endpoint: Endpoint) -> Answer:
-        query = plan(
+        query = make_query(
             request.target,
             endpoint,
             request.timeout,

@@ -153,7 +153,7 @@ class SweepResult(Plain):
         self_connects: int = 0,
         late: int = 0,
         reused: int = 0,  # attempts that took a refused attempt's socket (reuse=True)
-        seen: int = 0,  # endpoints walked in this shard, excluded ones too
+        seen: int = 0,  # endpoints walked in this share, excluded ones too
         excluded: int = 0,  # endpoints skipped: every address they had is excluded
         stopped: bool = False,
         error: str | None = None,  # a local shortage it gave up on, a source address gone
@@ -171,7 +171,7 @@ def sweep(
     fd: int,
     feed: Callable[[], list[tuple[Any, ...]] | None],
     options: EngineOptions,
-    shard: tuple[int, int] = (0, 1),
+    share: tuple[int, int] = (0, 1),
     stop_fd: int = -1,
     progress: Callable[[int, int], None] | None = None,
     reuse: bool = True,
@@ -181,7 +181,7 @@ def sweep(
     exclude: tuple[Any, ...] | None = None,
     csv: bool = False,
 ) -> SweepResult:
-    """Probe this shard of the targets `feed` hands in (see `_native.sweep`) once per
+    """Probe this share (index, count) of the targets `feed` hands in (see `_native.sweep`) once per
     endpoint, JSON records (`csv`: CSV rows) to `fd`, JSON records to `file_fd`;
     `open_only`: only open attempts' to each; `exclude`: addresses never probed
     (`check.native_feed.exclusion_spans`).
@@ -198,8 +198,8 @@ def sweep(
     raw: dict[str, Any] = _native.sweep(
         fd,
         feed,
-        shard_index=shard[0],
-        shard_count=shard[1],
+        shard_index=share[0],
+        shard_count=share[1],
         timeout=options.timeout,
         concurrency=options.concurrency,
         rate=options.rate or 0.0,

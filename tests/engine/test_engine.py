@@ -1,4 +1,4 @@
-"""In-process tests of the connect engine and `run_check`, against real loopback sockets.
+"""In-process tests of the connect engine and `probe_endpoints`, against real loopback sockets.
 
 Everything here connects only to 127.0.0.0/8 and ::1, and resolves no name but `localhost`
 (from /etc/hosts). Outcomes are made by the kernel: a listener (open), a bound port that
@@ -62,7 +62,7 @@ async def check(
     count: int = 1,
     interval: float = 0.05,
 ) -> tuple[ShareResult, list[Record]]:
-    """`run_check` over target tokens; every record it wrote, in order."""
+    """`probe_endpoints` over target tokens; every record it wrote, in order."""
     records: list[Record] = []
     engine = Engine(options or EngineOptions(timeout=1.0, concurrency=50))
     run = counted_check(
@@ -74,7 +74,7 @@ async def check(
         interval=interval,
     )
     result = await bounded(run)
-    assert engine.closed, "run_check must close the engine"
+    assert engine.closed, "probe_endpoints must close the engine"
     return result, records
 
 
@@ -85,7 +85,7 @@ async def counted_check(
     on_record: Callable[[Record], None],
     **kw: Any,
 ) -> ShareResult:
-    """`run_check` with the outcomes counted as a share's tally counts them (the records
+    """`probe_endpoints` with the outcomes counted as a share's tally counts them (the records
     it was handed); targets and exclusions are the runner's own."""
     result = ShareResult()
 
@@ -93,7 +93,7 @@ async def counted_check(
         on_record(rec)
         result.outcomes[rec.outcome] += 1
 
-    await engine_run.run_check(endpoints, engine, resolver, counted, result, **kw)
+    await engine_run.probe_endpoints(endpoints, engine, resolver, counted, result, **kw)
     return result
 
 

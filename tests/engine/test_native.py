@@ -173,14 +173,14 @@ def test_record_matches_python_path(case: tuple[Any, ...]) -> None:
 
 
 def run_native(targets: list[str], **kw: Any) -> tuple[list[dict[str, Any]], native.SweepResult]:
-    plan = native.once(native.addresses([parse_target(t) for t in targets]))
+    feed = native.once(native.addresses([parse_target(t) for t in targets]))
     r, w = os.pipe()
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(r, 1 << 16), b"")))
     reader.start()
     try:
         options = EngineOptions(**{"timeout": 0.5, "concurrency": 100, **kw})
-        result = native.sweep(w, plan, options)
+        result = native.sweep(w, feed, options)
     finally:
         os.close(w)
         reader.join()
@@ -260,9 +260,9 @@ def test_shards_cover_every_endpoint_once() -> None:
 
 
 def run_sharded(targets: list[str], shard: tuple[int, int]) -> tuple[list[dict[str, Any]], Any]:
-    plan = native.once(native.addresses([parse_target(t) for t in targets]))
+    feed = native.once(native.addresses([parse_target(t) for t in targets]))
     with tempfile.TemporaryFile() as out:
-        result = native.sweep(out.fileno(), plan, EngineOptions(timeout=0.5), shard)
+        result = native.sweep(out.fileno(), feed, EngineOptions(timeout=0.5), shard)
         out.seek(0)
         lines = out.read().splitlines()
     return [json.loads(line) for line in lines], result
@@ -372,13 +372,13 @@ def test_progress_reports_records_and_opens(
     listener: RecordingListener, full_queue: FullQueueListener
 ) -> None:
     calls: list[tuple[int, int]] = []
-    plan = native.once(
+    feed = native.once(
         native.addresses([parse_target(listener.target), parse_target(full_queue.target)])
     )
     with tempfile.TemporaryFile() as out:
         native.sweep(
             out.fileno(),
-            plan,
+            feed,
             EngineOptions(timeout=0.7),
             progress=lambda a, o: calls.append((a, o)),
         )
@@ -404,13 +404,13 @@ def test_closed_reader_exits_141_quietly(workers: str) -> None:
 
 @pytest.mark.serial
 def test_stop_fd_ends_a_sweep_of_timeouts_promptly(full_queue: FullQueueListener) -> None:
-    plan = native.once(native.addresses([parse_target(full_queue.target)]))
+    feed = native.once(native.addresses([parse_target(full_queue.target)]))
     stop_r, stop_w = os.pipe()
     out = os.open(os.devnull, os.O_WRONLY)
     box: dict[str, Any] = {}
 
     def sweep() -> None:
-        box["result"] = native.sweep(out, plan, EngineOptions(timeout=60.0), stop_fd=stop_r)
+        box["result"] = native.sweep(out, feed, EngineOptions(timeout=60.0), stop_fd=stop_r)
         box["at"] = time.monotonic()
 
     def towards_it() -> int:  # this process's sockets connected or connecting to the listener
@@ -714,8 +714,8 @@ SHORT_OF_FDS = textwrap.dedent(
     dropped, closed = sys.argv[1], sys.argv[2]
     # 200 attempts whose SYNs are dropped stay in flight: far more than 64 descriptors.
     targets = [parse_target(dropped)] * 200 + [parse_target(closed)] * 50
-    plan = native.once(native.addresses(targets))
-    result = native.sweep(1, plan, EngineOptions(timeout=0.3, concurrency=500))
+    feed = native.once(native.addresses(targets))
+    result = native.sweep(1, feed, EngineOptions(timeout=0.3, concurrency=500))
     sys.stderr.write(json.dumps({"shortages": result.shortages, "error": result.error}))
     """
 )
@@ -745,7 +745,7 @@ GIVE_UP = textwrap.dedent(
     import json, os, sys, resource
     from probe.engine import EngineOptions, native
     from probe.syntax import parse_target
-    plan = native.once(native.addresses([parse_target(f"127.0.0.1:{sys.argv[1]}")]))
+    feed = native.once(native.addresses([parse_target(f"127.0.0.1:{sys.argv[1]}")]))
     out = os.open(os.devnull, os.O_WRONLY)
     held = []
     try:
@@ -753,7 +753,7 @@ GIVE_UP = textwrap.dedent(
             held.append(os.open(os.devnull, os.O_RDONLY))
     except OSError:
         os.close(held.pop())  # one for the core's epoll set; none for a socket
-    result = native.sweep(out, plan, EngineOptions(timeout=1.0, shortage_giveup=0.5))
+    result = native.sweep(out, feed, EngineOptions(timeout=1.0, shortage_giveup=0.5))
     for fd in held:
         os.close(fd)
     print(json.dumps({"error": result.error, "targets": result.targets}))
@@ -784,9 +784,9 @@ CAPTURE = textwrap.dedent(
     from probe.engine import EngineOptions, native
     from probe.syntax import parse_target
     reuse, pcap, out = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
-    plan = native.once(native.addresses([parse_target("127.0.0.1:1-2000")]))
+    feed = native.once(native.addresses([parse_target("127.0.0.1:1-2000")]))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    result = native.sweep(fd, plan, EngineOptions(timeout=1.0, concurrency=100), reuse=reuse)
+    result = native.sweep(fd, feed, EngineOptions(timeout=1.0, concurrency=100), reuse=reuse)
     os.close(fd)
     print(json.dumps({"reused": result.reused}))
     """

@@ -1,0 +1,51 @@
+"""`run_workers` forks real worker processes and merges what they send into the run's one
+`ShareResult`: their counts, their lines whole, and the workers that sent nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from probe.check.result import ShareResult
+from probe.check.workers import run_workers
+from probe.errors import TargetError
+from probe.output.writer import RecordWriter
+
+
+def _run(tmp_path: Path, body: Callable[[int, int, list[BinaryIO]], ShareResult]) -> ShareResult:
+    with open(tmp_path / "out", "wb") as stream:
+        out = RecordWriter(stream)
+        total = run_workers(3, lambda i, n, streams, _: body(i, n, streams), [out])
+        out.close(None)
+    return total
+
+
+def test_results_merge_and_a_worker_without_one_is_counted(tmp_path: Path) -> None:
+    def body(index: int, count: int, streams: list[BinaryIO]) -> ShareResult:
+        streams[0].write(f"line of {index}\n".encode())
+        if index == 1:
+            streams[0].flush()
+            os._exit(0)  # ends without sending its result
+        return ShareResult(seen=10 + index, targets=1)
+
+    total = _run(tmp_path, body)
+    assert (total.seen, total.targets, total.workers_died) == (10 + 12, 2, 1)
+    assert total.stopped_by == 0 and total.error is None
+    lines = (tmp_path / "out").read_text().splitlines()
+    assert sorted(lines) == ["line of 0", "line of 1", "line of 2"]
+
+
+def test_a_workers_error_is_the_runs_and_its_own_signal_is_not(tmp_path: Path) -> None:
+    """A worker's error reaches the run; a signal only the workers saw does not stop it
+    (only a signal this process got does)."""
+
+    def body(index: int, count: int, streams: list[BinaryIO]) -> ShareResult:
+        if index == 2:
+            return ShareResult(error=TargetError("bad line"), stopped_by=15)
+        return ShareResult(seen=1)
+
+    total = _run(tmp_path, body)
+    assert isinstance(total.error, TargetError) and str(total.error) == "bad line"
+    assert total.stopped_by == 0 and total.workers_died == 0 and total.seen == 2
