@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import EXIT_OK, EXIT_SIGNAL_BASE, EXIT_USAGE, ProbeError, fail, report
 from .limits import MAX_INTERVAL, MAX_TIMEOUT
-from .serve.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_RATE, DEFAULT_WRITE_TIMEOUT
 from .words import plural
 
 if TYPE_CHECKING:
@@ -254,6 +253,9 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # `probe serve`'s defaults: imported here, not on `probe check`'s path
+    from .serve.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_RATE, DEFAULT_WRITE_TIMEOUT
+
     parser = _Parser(
         prog="probe",
         description="TCP connect probes that show the local "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..record import OPEN, Record, unresolved_record
 from ..resolve import LookupPool, ResolveError, Resolver
 from ..stages.result import EXPECT_MISMATCH, EXPECT_TIMEOUT, StageResult
 from ..stages.spec import StageSpec
-from ..syntax import AddressSet, Endpoint, Exclusions, parse_target
+from ..syntax import Endpoint, Exclusions, allow_list, parse_target
 from .config import Config
 from .http import Answer, ProbeRequest, text_answer
 from .metrics import CONTENT_TYPE, error_label
@@ -212,20 +212,6 @@ def debug_text(query: Query, record: Record | None, metrics: bytes | None) -> by
     if metrics is not None:
         lines += ["", "Metrics that would have been returned:", metrics.decode().rstrip()]
     return ("\n".join(lines) + "\n").encode()
-
-
-def allow_list(networks: Iterable[Network]) -> Exclusions:
-    """probe_allow as an address set: the `--exclude` lookup (IPv4-mapped IPv6 addresses
-    judged as the IPv4 address they carry, where the packets really go)."""
-    sets: list[AddressSet] = []
-    for net in networks:
-        lo, hi = int(net.network_address), int(net.broadcast_address)
-        if net.version == 6:
-            sets.append(AddressSet(6, ((lo, hi),)))
-        else:
-            octets = tuple(((lo >> s) & 0xFF, (hi >> s) & 0xFF) for s in (24, 16, 8, 0))
-            sets.append(AddressSet(4, octets))
-    return Exclusions(sets)
 
 
 class OnDemand:

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..record import format_timestamp
 from ..serve.answer import endpoint_text
+from ..syntax import allow_list
 from .node import MeshNode
 
 FETCH_TIMEOUT = 1.0  # seconds for one peer's row
@@ -114,13 +115,13 @@ class MeshPage:
         rows = {own["node"]: own}
         missing: dict[str, str] = {}
         port = self.http_port()
-        allow = self.allow()
+        allowed = allow_list(self.allow())  # as /probe judges it, IPv4-mapped included
         addresses = sorted({address for address, _ in node.pairs})
         gate = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def one(address: str) -> None:
             where = endpoint_text((address, port))
-            if not _allowed(address, allow):
+            if not allowed.contains(address):
                 missing[where] = "outside [metrics] probe_allow"
                 return
             async with gate:
@@ -158,14 +159,6 @@ class MeshPage:
                 return _decode(body)
             except msgspec.DecodeError:
                 raise ValueError("not JSON") from None
-
-
-def _allowed(address: str, allow: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return False
-    return any(ip in net for net in allow if net.version == ip.version)
 
 
 # -- rendering ------------------------------------------------------------------------------------

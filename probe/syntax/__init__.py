@@ -11,7 +11,7 @@ all parse here, one module per concern:
 - `files`: `@FILE` and stdin, read with a bound per line;
 - `sharding`: `--shard I/N` (blake2b mod N) and the interleaved split between workers;
 - `sources`: `-s ADDR[:PORT]`;
-- `exclusions`: `--exclude`, `--exclude-file`.
+- `exclusions`: `--exclude`, `--exclude-file`, and the same set as the daemon's allow-list.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..errors import TargetError
 from .addresses import AddressSet
 from .endpoint import parse_endpoint
-from .exclusions import Exclusions, parse_exclusions, read_exclusions
+from .exclusions import Exclusions, allow_list, parse_exclusions, read_exclusions
 from .files import bounded_lines, iter_targets, read_targets
 from .ports import ALL_PORTS, PortRanges, count_ports, parse_ports
 from .sharding import parse_shard, shard, shard_of
@@ -36,6 +36,7 @@ __all__ = [
     "Source",
     "Target",
     "TargetError",
+    "allow_list",
     "bounded_lines",
     "count_ports",
     "expand",

@@ -1,4 +1,5 @@
-"""Addresses never probed (`--exclude`, `--exclude-file`)."""
+"""Addresses never probed (`--exclude`, `--exclude-file`); the same set, built from
+networks, is the daemon's allow-list (`probe_allow`, for /probe and the mesh page)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,22 @@ class Exclusions:
         if i >= 0 and value <= self._ends[version][i]:
             return True
         return any(p.version == version and p.contains_int(value) for p in self._patterns)
+
+
+def allow_list(
+    networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> Exclusions:
+    """Networks as an address set: the `--exclude` lookup (IPv4-mapped IPv6 addresses
+    judged as the IPv4 address they carry, where the packets really go; zone ids dropped)."""
+    sets: list[AddressSet] = []
+    for net in networks:
+        lo, hi = int(net.network_address), int(net.broadcast_address)
+        if net.version == 6:
+            sets.append(AddressSet(6, ((lo, hi),)))
+        else:
+            octets = tuple(((lo >> s) & 0xFF, (hi >> s) & 0xFF) for s in (24, 16, 8, 0))
+            sets.append(AddressSet(4, octets))
+    return Exclusions(sets)
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

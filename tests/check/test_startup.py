@@ -36,16 +36,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def imported(*args: str) -> tuple[set[str], str]:
-    """The top-level packages a `probe` run imported, and its standard output."""
+def imported_modules(*args: str) -> tuple[set[str], str]:
+    """The modules (dotted names) a `probe` run imported, and its standard output."""
     result = probe_env({"PYTHONPROFILEIMPORTTIME": "1"}, *args)
     names = set()
     for line in result.stderr.splitlines():
         match = IMPORT_LINE.match(line)
         if match:
-            names.add(match.group(2).split(".")[0])
+            names.add(match.group(2))
     assert "probe" in names, result.stderr[-2000:]  # the log was read at all
     return names, result.stdout
+
+
+def imported(*args: str) -> tuple[set[str], str]:
+    """The top-level packages a `probe` run imported, and its standard output."""
+    modules, out = imported_modules(*args)
+    return {name.split(".")[0] for name in modules}, out
 
 
 def test_literal_check_of_an_open_port_imports_no_event_loop(
@@ -70,6 +76,16 @@ def test_json_of_literal_endpoints_imports_no_event_loop() -> None:
     assert '"outcome":"refused"' in out, out
     lean = ("asyncio", "uvloop", "structlog", "dataclasses", "socket")
     assert sorted(names.intersection(lean)) == []
+
+
+def test_check_imports_nothing_of_the_other_commands() -> None:
+    """`probe check` loads no module of `probe serve`, the daemon or the mesh: the defaults
+    their options show are read when their parsers are built, which check never does."""
+    port = free_port()
+    modules, out = imported_modules("check", f"127.0.0.1:{port}")
+    assert "refused" in out, out
+    others = ("probe.serve", "probe.daemon", "probe.mesh")
+    assert sorted(m for m in modules if m.startswith(others)) == []
 
 
 def test_the_python_engine_still_imports_its_loop_when_it_runs() -> None:

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from probe.daemon.ondemand import allow_list
+from probe.syntax import allow_list
 
 
 @pytest.mark.parametrize(

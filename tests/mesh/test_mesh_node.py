@@ -209,6 +209,36 @@ async def test_the_page_fetches_rows_again_once_its_cache_is_old() -> None:
         engine.close()
 
 
+async def test_the_page_judges_a_mapped_peer_address_as_its_ipv4_address() -> None:
+    """A peer seen as `::ffff:127.0.0.2` is 127.0.0.2, as /probe's allow check judges it:
+    inside a probe_allow of 127.0.0.0/8 (its row is fetched: the closed port refuses), and
+    outside one of ::1/128."""
+    import ipaddress
+    import socket
+
+    from probe.mesh.page import MeshPage
+    from probe.mesh.stats import Pair
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    engine = Engine(EngineOptions(timeout=1.0))
+    node = MeshNode("a", engine, lambda r: None, Log(), PeerSpec.parse(["127.0.0.1:1"]),
+                    interval=10.0, timeout=1.0)  # fmt: skip
+    node.pairs[("::ffff:127.0.0.2", 7070)] = Pair("::ffff:127.0.0.2", 7070)
+    where = f"127.0.0.2:{closed}"
+    inside = MeshPage(node, lambda: closed, lambda: [ipaddress.ip_network("127.0.0.0/8")])
+    outside = MeshPage(node, lambda: closed, lambda: [ipaddress.ip_network("::1/128")])
+    try:
+        fetched = (await inside.rows()).missing
+        assert list(fetched) == [where] and "probe_allow" not in fetched[where], fetched
+        assert (await outside.rows()).missing == {where: "outside [metrics] probe_allow"}
+    finally:
+        await inside.close()
+        await outside.close()
+        engine.close()
+
+
 def test_a_row_naming_thousands_of_peers_does_not_make_the_page_unbounded() -> None:
     flood = {f"ghost{i:05d}": _pair() for i in range(5000)}
     rows = Rows({"a": _row("a", {"b": _pair()}), "b": _row("b", flood)}, {}, 0.0)
