@@ -199,8 +199,12 @@ def test_daemon_sockets_stay_within_concurrency_then_sigterm_drains(
     daemons.append(d)
     d.port  # noqa: B018 - waits for the listening event
     sampler = SocketSampler(d.proc.pid, full_queue.port)
+
+    def enough() -> bool:  # counted in records and samples: a slow machine lengthens it
+        return sampler.samples > 10 and len([x for x in d.lines() if x["event"] == "probe"]) >= 60
+
     try:
-        d.wait("60 records", lambda: len([x for x in d.lines() if x["event"] == "probe"]) >= 60)
+        d.wait("60 records and 10 samples of the sockets", enough)
     finally:
         sampler.stop()
     assert sampler.samples > 10
