@@ -109,7 +109,9 @@ def test_a_fifo_log_nobody_reads_holds_neither_healthz_nor_sigterm(
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        port = free_port_block(1, 21000)
+        # A fixed port (the unread log cannot tell one), from a block no other test uses:
+        # source ranges elsewhere bind from 21000 up.
+        port = free_port_block(1, 22000)
         d = Daemon.start(tmp_path, busy_config(fifo, listen=f"127.0.0.1:{port}"))
         daemons.append(d)
         d.wait("a stalled pipe", Unread(reader).stalled, timeout=30)
