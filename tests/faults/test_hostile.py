@@ -42,6 +42,7 @@ from helpers import (
     metrics_of,
     ns_get,
     parse_prometheus,
+    run_queue_wait,
     skipped_total,
     start_in,
     target_toml,
@@ -337,12 +338,6 @@ def test_scrapes_of_a_big_page_do_not_delay_scheduled_starts(
     # Starts the scrapes delayed, not the machine: while the loop was ready to run but other
     # processes had both cores, at most the starts falling due then (n per 2 s) were late.
     assert late <= starts * 0.001 + waited * n / 2.0, (late, starts, pages, waited)
-
-
-def run_queue_wait(pid: int) -> float:
-    """Seconds the process's main thread (the daemon's loop) has spent ready to run but
-    waiting for a CPU (/proc/PID/schedstat: on-CPU ns, run-queue ns, slices)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 @pytest.mark.serial

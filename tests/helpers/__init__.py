@@ -24,6 +24,7 @@ from .base import (
     T,
     kill,
     no_traceback,
+    run_queue_wait,
     wait_for,
 )
 from .check import (
@@ -207,6 +208,7 @@ __all__ = [
     "record",
     "records",
     "run_probe",
+    "run_queue_wait",
     "skipped_total",
     "socket_inodes",
     "start_in",

@@ -1,5 +1,5 @@
 """What every part of the harness uses: waiting on a condition with a deadline, killing a
-process, no traceback on stderr, the checkout's root."""
+process, no traceback on stderr, a process's time waiting for a CPU, the checkout's root."""
 
 from __future__ import annotations
 
@@ -40,3 +40,10 @@ def kill(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process's main thread (a daemon's loop) has spent ready to run but
+    waiting for a CPU (/proc/PID/schedstat: on-CPU ns, run-queue ns, slices): what a loaded
+    machine, not the program, made late."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
