@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 import xml.etree.ElementTree as ET
 from array import array
@@ -28,7 +27,10 @@ from helpers import (
     RecordingListener,
     closed_port,
     config_toml,
+    find_chromium,
+    home_of,
     http_fetch,
+    start_chromium,
     target_toml,
     wait_for,
 )
@@ -112,42 +114,18 @@ def test_page_and_api_headers(daemon: Daemon) -> None:
     assert [r["name"] for g in only_web["groups"] for r in g["rows"]] == ["dropped"]
 
 
-def _browser() -> tuple[str, str] | str:
-    """(chromium, chromedriver), or why they cannot be had."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[test]')"
-    chromium = next((p for n in ("chromium", "chromium-browser") if (p := shutil.which(n))), None)
-    driver = shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        return "no chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
-    return chromium, driver
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    found = _browser()
+    found = find_chromium()
     if isinstance(found, str):
         pytest.skip(found)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = found
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
-                 "--window-size=1400,700"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # The driver is Debian's: selenium must not go looking for (or download) another.
-    web = webdriver.Chrome(options=options, service=Service(driver))
+    web = start_chromium(tmp_path / "chromium", *found, window="1400,700")
     try:
         yield web
     finally:
         web.quit()
+    # What it keeps outside its profile (crash reports) went to its home, not the user's.
+    assert (home_of(tmp_path / "chromium") / ".config" / "chromium").is_dir()
 
 
 def _rows(web: Any) -> dict[str, dict[str, str]]:

@@ -12,6 +12,7 @@ itself (`from helpers import Daemon, wait_for`), as the tests do.
 - `daemon`: `probe run` in a subprocess (`Daemon`), its config builders, floods of requests;
 - `mesh`: `probe serve` in a namespace (`Responder`), a mesh of daemons on a bridge;
 - `check`: `probe check` for the tests of tests/check/: runs, records, one-line errors;
+- `chromium`: headless Chromium for the page tests, writing nothing in the user's home;
 - `stages`, imported on its own (`from helpers.stages import servers`): TLS, STARTTLS and
   expect servers for the stage tests.
 """
@@ -41,6 +42,11 @@ from .check import (
     records,
     until_signal,
     without_lag,
+)
+from .chromium import (
+    find_chromium,
+    home_of,
+    start_chromium,
 )
 from .daemon import (
     INTERVAL,
@@ -178,12 +184,14 @@ __all__ = [
     "config_toml",
     "draining",
     "drop_syns",
+    "find_chromium",
     "firewall",
     "flood",
     "free_port",
     "free_port_block",
     "has_ipv6_loopback",
     "hold_ports",
+    "home_of",
     "http_fetch",
     "http_get",
     "in_netns",
@@ -211,6 +219,7 @@ __all__ = [
     "run_queue_wait",
     "skipped_total",
     "socket_inodes",
+    "start_chromium",
     "start_in",
     "target_toml",
     "tcp_by_inode",

@@ -9,7 +9,6 @@ PROBE_MESH_NODES sets N (default 6; 20 is the goal's size, ~1 min of a 2-core ma
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +22,11 @@ from helpers import (
     MESH_TIMEOUT,
     MeshNet,
     can_netns,
+    find_chromium,
     in_netns,
     mesh_ip,
     mesh_name,
+    start_chromium,
     wait_for,
 )
 
@@ -142,28 +143,12 @@ def _epoch(stamp: str) -> float:
 def screenshot(mesh: MeshNet, tmp: Path, file: str) -> None:
     """The matrix in Chromium, run inside node 0's namespace; no console errors (a CSP
     violation is one); kept in $PROBE_SCREENSHOTS when set."""
-    chromium = next((p for c in ("chromium", "chromium-browser") if (p := shutil.which(c))), None)
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return
-    if chromium is None or driver is None:
+    found = find_chromium()
+    if isinstance(found, str):
         return
 
     def shoot() -> tuple[list[Any], int, float]:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", f"--user-data-dir={tmp / 'chromium'}",
-                     "--window-size=1500,1000"):  # fmt: skip
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        web = webdriver.Chrome(options=options, service=Service(driver))
+        web = start_chromium(tmp / "chromium", *found, window="1500,1000")
         try:
             t0 = time.monotonic()
             web.get(f"http://127.0.0.1:{HTTP}/mesh")
