@@ -112,8 +112,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup` with the units above, given to the scheduler by node id.
     (xdist's own xdist_group marks no longer reach it: pytest 9.2 ignores the nodeid suffix
     xdist 3.8 writes, so grouped tests were spread over both workers, pytest-xdist#1386.)
-    Units go out longest first by the last run's times (.pytest_cache), else largest first;
-    a worker takes the next when it has two tests or fewer left."""
+    The serial group goes out first: it is the run's critical path (one worker, one test
+    at a time, while the others share the rest). The other units go out longest first by
+    the last run's times (.pytest_cache), else largest first; a worker takes the next when
+    it has two tests or fewer left."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
@@ -131,12 +133,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return self.units.get(nodeid, nodeid)
 
         def _assign_work_unit(self, node: Any) -> None:
-            # Longest first, by the last run's durations (none known: collection order), so
-            # a 30 s test does not start last while the other worker has nothing left.
-            if not self.ordered and last:
-                order = sorted(
-                    self.workqueue.items(), key=lambda u: -sum(last.get(t, 0.0) for t in u[1])
-                )
+            # Longest first, by the last run's durations (none known: xdist's order, the
+            # units with most tests first), so a 30 s test does not start last while the
+            # other workers have nothing left; the serial group before everything.
+            if not self.ordered:
+                order = list(self.workqueue.items())
+                if last:
+                    order.sort(key=lambda u: -sum(last.get(t, 0.0) for t in u[1]))
+                order.sort(key=lambda u: u[0] != "serial")  # stable: the rest keep their order
                 self.workqueue.clear()
                 self.workqueue.update(order)
                 self.ordered = True

@@ -87,7 +87,7 @@ async def test_lag_throttle_keeps_what_the_rate_needs(full_queue: FullQueueListe
 
     def hog() -> None:
         nonlocal lowest
-        time.sleep(0.008)
+        time.sleep(0.008)  # the fault: a callback that blocks the loop
         lowest = min(lowest, engine.limit)
         if loop.time() < stop:
             loop.call_soon(hog)
@@ -96,7 +96,7 @@ async def test_lag_throttle_keeps_what_the_rate_needs(full_queue: FullQueueListe
     for _ in range(300):
         engine.submit(Attempt(endpoint, Address(2, "127.0.0.1")), lambda *_: None)
     loop.call_soon(hog)
-    await asyncio.sleep(1.05)
+    await asyncio.sleep(1.05)  # an observation window: the 1 s the hog runs
     engine.close()
     assert engine.stats.lag_throttles > 0  # the loop did lag, and the engine reacted
     assert lowest >= 100

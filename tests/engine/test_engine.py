@@ -751,7 +751,7 @@ async def test_failing_sink_on_a_timeout_leaves_no_loop_error(
                 counted_check(expand([parse_target(full_queue.target)]), engine, Resolver(), sink)
             )
         assert caught.value is boom
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # an observation window: a stray task's error would show
     finally:
         loop.set_exception_handler(None)
     assert [c.get("message") for c in errors] == []
@@ -943,7 +943,7 @@ def test_engine_on_the_production_loop(
         late: list[Record] = []
         for port in (listener.port, closed):
             engine.submit(Attempt(endpoint("127.0.0.1", port), V4), lambda r, a, f: late.append(r))
-        time.sleep(0.2)
+        time.sleep(0.2)  # the fault: the loop blocked well past both deadlines
         await bounded(engine.drain())
         engine.close()
         return result, records, sorted(r.outcome for r in late), loop_module
@@ -980,14 +980,14 @@ async def test_loop_lag_holds_concurrency_down(full_queue: FullQueueListener) ->
         stop = loop.time() + 0.5
 
         def hog() -> None:
-            time.sleep(0.008)
+            time.sleep(0.008)  # the fault: a callback that blocks the loop
             if loop.time() < stop:
                 loop.call_soon(hog)
 
         for _ in range(60):
             engine.submit(Attempt(endpoint("127.0.0.1", full_queue.port), V4), lambda *_: None)
         loop.call_soon(hog)
-        await asyncio.sleep(0.55)
+        await asyncio.sleep(0.55)  # an observation window: the 0.5 s the hog runs
         lowest = engine.limit
         throttles = engine.stats.lag_throttles
         engine.close()

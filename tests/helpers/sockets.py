@@ -168,7 +168,7 @@ class SocketSampler:
             self.most_total = max(self.most_total, len(mine))
             self.most_out = max(self.most_out, out)
             self.samples += 1
-            time.sleep(0.005)
+            time.sleep(0.005)  # the sampling period
 
     def stop(self) -> None:
         self._stop.set()

@@ -92,7 +92,7 @@ def test_a_hostile_client_leaves_the_schedule_alone(tmp_path: Path) -> None:
         def sample() -> None:
             while not stop.is_set():
                 peak[0] = max(peak[0], len(os.listdir(f"/proc/{pid}/fd")))
-                time.sleep(0.02)
+                time.sleep(0.02)  # the sampling period
 
         def flood() -> None:
             junk = b"x" * (1 << 20)
@@ -126,7 +126,7 @@ def test_a_hostile_client_leaves_the_schedule_alone(tmp_path: Path) -> None:
         for t in threads:
             t.start()
         threads[1].join(120)
-        time.sleep(1.0)
+        time.sleep(1.0)  # an observation window: the slowloris alone, after the flood
         stop.set()
         for t in threads:
             t.join(30)

@@ -84,7 +84,6 @@ async def test_a_peer_that_stops_answering_goes_down_with_its_error() -> None:
     try:
         await until("b up", lambda: node.row()["peers"].get("b", {}).get("state") == "up")
         servers[0].close()
-        await asyncio.sleep(0.05)
         await until("b down", lambda: node.row()["peers"]["b"]["state"] == "down")
     finally:
         node.stop()

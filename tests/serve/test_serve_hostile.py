@@ -111,7 +111,7 @@ def test_hostile_clients_leave_the_responder_bounded(responder: Responder) -> No
         while not stop.is_set():
             peaks["fds"] = max(peaks["fds"], fds(pid))
             peaks["rss"] = max(peaks["rss"], rss_kb(pid))
-            time.sleep(0.02)
+            time.sleep(0.02)  # the sampling period
 
     made: list[int] = []
     threads = [
@@ -127,7 +127,7 @@ def test_hostile_clients_leave_the_responder_bounded(responder: Responder) -> No
             took, answer = ask()  # a client from another address is answered meanwhile
             assert answer["by"] == "calm"
             waits.append(took)
-            time.sleep(0.05)
+            time.sleep(0.05)  # the calm client's pace while the hostile ones run
     finally:
         stop.set()
         for t in threads:
