@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import (
     IO,
@@ -55,6 +54,7 @@ from helpers import (
     tcp_by_inode,
     ts,
     until_signal,
+    wait_for,
     without_lag,
 )
 
@@ -467,7 +467,7 @@ def test_ctrl_c_to_the_process_group_mid_sweep(netns: Netns) -> None:
     assert 1000 <= len(ports) < 65535
 
 
-@pytest.mark.serial
+# Not serial: it looks at exit codes and stderr, not at the clock, and holds nothing fixed.
 def test_sigint_with_endless_stdin_leaves_no_noise_on_stderr() -> None:
     """A line on stdin every 2 ms, for ever; SIGINT once records flow. Exit 130, and stderr
     holds no traceback, no `Event loop is closed`, no `never awaited` (the input thread
@@ -485,7 +485,7 @@ def test_sigint_with_endless_stdin_leaves_no_noise_on_stderr() -> None:
                 while True:
                     stdin.write(f"127.0.0.1:{port}\n".encode())
                     stdin.flush()
-                    time.sleep(0.002)
+                    time.sleep(0.002)  # the feed's pace
 
         threading.Thread(target=feed, args=(proc.stdin,), daemon=True).start()
         try:
@@ -571,7 +571,7 @@ first, second = sys.argv[2], sys.argv[3]
 with open(sys.argv[1], "w") as out:
     out.write(first + "\\n")
     out.flush()
-    time.sleep(3.0)
+    time.sleep(3.0)  # the fault: a writer that is slow to send the next line
     out.write(second + "\\n")
 """
 
@@ -603,13 +603,6 @@ def test_a_slow_fifo_does_not_stretch_a_timeout(
     assert ts(recs[later]) - ts(first) > 2.0  # the writer was slow indeed
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def _opening_a_fifo(pid: int) -> bool:
     """Is a thread of `pid` blocked in open() on a FIFO that has no writer yet?"""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -633,8 +626,8 @@ def test_a_signal_stops_a_check_waiting_for_a_fifo(
         text=True,
     )
     try:
-        wait_until("a thread blocked opening the FIFO", lambda: _opening_a_fifo(proc.pid))
-        time.sleep(0.2)
+        wait_for("a thread blocked opening the FIFO", lambda: _opening_a_fifo(proc.pid), 20)
+        time.sleep(0.2)  # an observation window: it stays blocked there
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=3.0)
@@ -780,7 +773,7 @@ def test_a_bad_stdin_line_lets_the_attempt_in_flight_finish(
     proc = check_reading_stdin(full_queue.target, "-t", "1", "--workers", "1")
     try:
         # its attempt in flight (1 s to a full accept queue): a socket to that port
-        wait_until(
+        wait_for(
             "the first attempt in flight",
             lambda: full_queue.port in {tcp_by_inode().get(i) for i in socket_inodes(proc.pid)},
         )

@@ -165,7 +165,7 @@ def raw_exchange(port: int, data: bytes, half_close: bool = False) -> bytes:
         return got
 
 
-@pytest.mark.serial
+# Not serial: no clock, no fixed resource (a daemon of its own on a free port).
 def test_malformed_requests_are_one_log_line_not_tracebacks(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -187,7 +187,7 @@ def test_malformed_requests_are_one_log_line_not_tracebacks(
     assert errors[0]["count"] >= 1
 
 
-@pytest.mark.serial
+# Not serial: no clock, no fixed resource (a daemon of its own on a free port).
 def test_head_metrics_has_no_body_and_the_next_answer_follows_cleanly(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -218,7 +218,7 @@ def test_a_half_closed_request_gets_its_answer(tmp_path: Path, daemons: list[Dae
     assert d.stop() == 0
 
 
-@pytest.mark.serial
+# Not serial: no clock, no fixed resource (a daemon of its own on a free port).
 def test_answers_say_nosniff_and_name_no_versions(tmp_path: Path, daemons: list[Daemon]) -> None:
     d = many_targets_daemon(tmp_path, daemons, n=1)
     closed = f"127.0.0.1:{closed_port()}"

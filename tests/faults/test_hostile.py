@@ -115,7 +115,7 @@ def test_a_hung_re_resolution_keeps_the_last_good_address(
     dns.hang()
     mark = len(d.lines())
     # the answer expires after 1 s; the re-resolution hangs; 1 s later it is given up
-    time.sleep(3.5)
+    time.sleep(3.5)  # an observation window: the schedule's slots through all of that
     after = records_between(d, "named", mark)
     span = ts_span(after)
     # every slot of the 3.5 s since the DNS died was probed, on the old address
@@ -237,7 +237,7 @@ def test_probe_flood_to_a_dropped_port_leaves_the_schedule_its_slots(
     ]
     d.wait_inflight(10)  # /probe's own limit (probe_concurrency, default 10) is full
     mark = len(d.lines())
-    time.sleep(3.0)
+    time.sleep(3.0)  # an observation window: the schedule's slots while the flood holds
     after = records_between(d, "sched", mark)
     assert len(after) >= 3.0 / INTERVAL - 3, len(after)  # ~15 slots, all probed
     samples = metrics_of(d.get)  # answered while the flood holds /probe's slots
@@ -286,7 +286,7 @@ def test_slowloris_under_a_low_descriptor_limit_stops_neither_probes_nor_metrics
     socks = _slowloris(port, 600)
     try:
         mark = len(d.lines())
-        time.sleep(3.0)
+        time.sleep(3.0)  # an observation window: the schedule's slots beside the slowloris
         status, _, body = http_get(port, "/metrics", timeout=3)
         after = records_between(d, "sched", mark)
     finally:
@@ -348,7 +348,7 @@ def test_a_stalled_daemon_counts_and_logs_its_late_starts(
     d = logging_one_target(tmp_path, log, daemons)
     assert value(metrics_of(d.get), "probe_late_starts_total") == 0
     d.proc.send_signal(signal.SIGSTOP)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the fault: a stall of 0.5 s
     d.proc.send_signal(signal.SIGCONT)
     late = d.wait_event("late")
     assert late["starts"] >= 1 and late["worst_ms"] > 100
@@ -432,7 +432,7 @@ def test_a_wall_clock_step_neither_stops_nor_bursts_probing(
     flag.touch()
     event = d.wait_event("clock")  # the step is noticed on the next flush tick (0.1 s)
     mark = len(d.lines())
-    time.sleep(2.0)
+    time.sleep(2.0)  # an observation window: neither a stop nor a burst
     after = records_between(d, "a", mark)
     assert 2.0 / INTERVAL - 3 <= len(after) <= 2.0 / INTERVAL + 2, len(after)
     assert skipped_total(metrics_of(d.get)) == 0
@@ -449,7 +449,7 @@ def test_sighup_during_the_drain_is_ignored(
 ) -> None:
     d = draining(tmp_path, daemons, full_queue)
     d.send(signal.SIGHUP)
-    time.sleep(0.3)
+    time.sleep(0.3)  # an observation window: neither a reload nor an end comes
     assert d.proc.poll() is None  # still draining: not killed, not reloaded
     assert d.events("reload") == []
     d.send(signal.SIGTERM)

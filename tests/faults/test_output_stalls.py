@@ -85,7 +85,7 @@ def read_all(fd: int) -> bytes:
     return data
 
 
-@pytest.mark.serial
+# Not serial: no clock, no fixed resource.
 def test_a_fifo_without_a_reader_as_log_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
@@ -249,7 +249,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-@pytest.mark.serial
+# Not serial: no clock, and the small disk is a tmpfs of its own.
 def test_a_full_disk_leaves_only_whole_lines_and_the_next_run_appends_cleanly(
     tmp_path: Path, daemons: list[Daemon], small_disk: Path
 ) -> None:
