@@ -44,7 +44,9 @@
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-#define OUT_SIZE (1 << 16)
+/* Records are written in batches of this size (and on the 0.2 s tick): a worker's pipe
+ * holds a whole batch, so its parent takes it in one read (check/workers.py) */
+#define OUT_SIZE (1 << 18)
 #define OUT_ROOM 2048 /* a record is far shorter than this */
 #define SELF_CONNECT_TRIES 8
 #define START_BATCH 64         /* starts between two looks at completions */
@@ -668,6 +670,7 @@ typedef struct {
   int ep;
   /* pacing and shortages */
   int64_t rate_next, rate_step, rate_slack;
+  int64_t pace_due; /* the pacer's next tick: the slots due by then start then, together */
   int64_t backoff_ns, resume_at, stuck_since;
   /* output */
   buf_t out, file;
@@ -1385,6 +1388,11 @@ static int wait_events(int ep, struct epoll_event *evs, int n, int64_t ns) {
 }
 
 #define LAG_TICK_NS 5000000LL
+/* --rate starts the slots due by the pacer's next tick together, then: a wake-up per
+ * attempt, or one every lag tick, cost as much CPU as the attempts themselves (an idle
+ * core woken costs its process tens of microseconds). The grid stays exact: a start is
+ * at most this late, and keeps its slot (RATE_SLACK makes up far more). */
+#define PACE_TICK_NS 20000000LL
 
 /* Sustained lag (two samples running over the limit) lowers the limit to 3/4 of what is in
  * flight, never below the floor; each completion adds one back. One late sample is the
@@ -1411,11 +1419,12 @@ static inline int64_t thread_cpu_ns(void) {
   return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-/* A sample of how late the loop got to its 5 ms timer: into the histogram (the figure the
- * summary reports), and, as far as this loop's own work made it late, to the throttle: a
- * loop that was off the CPU (a loaded machine's other processes had it, or it waited for
- * answers) is not made less late by fewer attempts in flight. Its own share: the CPU this
- * thread used since the last sample beyond the tick's 5 ms, at most the lag. */
+/* A sample of how late the loop got to its lag timer (every 5 ms while attempts are in
+ * flight): into the histogram (the figure the summary reports), and, as far as this loop's
+ * own work made it late, to the throttle: a loop that was off the CPU (a loaded machine's
+ * other processes had it, or it waited for answers) is not made less late by fewer
+ * attempts in flight. Its own share: the CPU this thread used since the last sample
+ * beyond the tick's 5 ms, at most the lag. */
 static void lag_sample(sweep_t *s, int64_t now) {
   if (now < s->lag_due) return;
   double ms = (double)(now - s->lag_due) / 1e6;
@@ -1445,12 +1454,12 @@ static int start_next(sweep_t *s, int64_t now, int64_t *wake) {
   }
   if (s->rate_step) {
     if (s->rate_next > now) {
-      /* Ahead of the grid: the slots due by the loop's next lag tick start then, together
-       * (a wake-up per attempt, or one beside each tick, cost as much CPU as the attempts
-       * themselves); a slot beyond that tick wakes the loop itself. */
-      *wake = s->rate_next > s->lag_due ? s->rate_next : s->lag_due;
+      /* Ahead of the grid: the slots due by the pacer's next tick start then; a slot
+       * beyond that tick wakes the loop itself. */
+      *wake = s->rate_next > s->pace_due ? s->rate_next : s->pace_due;
       return 0;
     }
+    if (now >= s->pace_due) s->pace_due = now + PACE_TICK_NS;
     int64_t slack = s->rate_step > s->rate_slack ? s->rate_step : s->rate_slack;
     int64_t behind = now - slack - s->rate_next;
     if (behind > 0) s->rate_next += (behind + s->rate_step - 1) / s->rate_step * s->rate_step;
@@ -1497,8 +1506,11 @@ static int run(sweep_t *s, PyObject *progress) {
     if (s->write_errno) return 0;
     if (s->fail || s->feed_failed) break;
     if (s->inflight == 0 && all_done(s)) break;
-    /* wait */
-    int64_t until = next_tick < s->lag_due ? next_tick : s->lag_due;
+    /* wait; the lag timer only while attempts are in flight (their latencies carry the
+     * lag): a loop with none, waiting for its pacer or its feed, is not woken by it, and
+     * its sample is how late it got to the wake-up it asked for */
+    int lag_timer = s->inflight > 0;
+    int64_t until = lag_timer && s->lag_due < next_tick ? s->lag_due : next_tick;
     if (s->dl_first >= 0 && s->slots[s->dl_first].deadline + DEADLINE_SLACK_NS < until)
       until = s->slots[s->dl_first].deadline + DEADLINE_SLACK_NS;
     if (wake >= 0 && wake < until) until = wake;
@@ -1527,6 +1539,7 @@ static int run(sweep_t *s, PyObject *progress) {
     if (s->write_errno) return 0;
     if (s->stopped) break;
     now = mono_ns();
+    if (!lag_timer && s->lag_due < until) s->lag_due = until;
     lag_sample(s, now);
     if (now >= next_tick) {
       next_tick = now + TICK_NS;

@@ -31,8 +31,11 @@ OUTPUT_DRAIN = 2.0  # seconds a stopping run still waits for a reader that does 
 _POLL_SLICE = 0.1  # seconds between two looks at a stop signal while waiting for a reader
 
 
+Lines = bytes | bytearray | memoryview  # rendered lines, as they come (a worker's read: a view)
+
+
 class Stream(Protocol):
-    def write(self, data: bytes, /) -> Any: ...
+    def write(self, data: Lines, /) -> Any: ...
     def flush(self) -> None: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
@@ -60,7 +63,7 @@ class PipeStream:
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Lines) -> int:
         self._buf += data
         if len(self._buf) > PIPE_CHUNK:
             self._push(0)
@@ -204,7 +207,7 @@ class RecordWriter:
 
     info = warning = error = msg
 
-    def write_lines(self, data: bytes) -> None:
+    def write_lines(self, data: Lines) -> None:
         """Complete lines, already rendered (a worker's records, merged by the parent)."""
         if self._broken is not None:
             raise self._broken

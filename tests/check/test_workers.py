@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from probe.check.result import ShareResult
-from probe.check.workers import run_workers
+from probe.check.workers import PIPE_SIZE, run_workers
 from probe.errors import TargetError
 from probe.output.writer import RecordWriter
 
@@ -49,3 +49,22 @@ def test_a_workers_error_is_the_runs_and_its_own_signal_is_not(tmp_path: Path) -
     total = _run(tmp_path, body)
     assert isinstance(total.error, TargetError) and str(total.error) == "bad line"
     assert total.stopped_by == 0 and total.workers_died == 0 and total.seen == 2
+
+
+def test_lines_longer_than_a_read_arrive_whole_and_apart(tmp_path: Path) -> None:
+    """A line longer than one read of the pipe comes in pieces: the parent keeps the
+    pieces until the line ends, and another worker's lines never land inside it."""
+    long = [bytes([ord("a") + i]) * (PIPE_SIZE + PIPE_SIZE // 2) for i in range(3)]
+
+    def body(index: int, count: int, streams: list[BinaryIO]) -> ShareResult:
+        streams[0].write(b"%d first\n%s\n%d last\n" % (index, long[index], index))
+        return ShareResult(seen=1)
+
+    total = _run(tmp_path, body)
+    assert total.seen == 3 and total.workers_died == 0
+    lines = (tmp_path / "out").read_bytes().split(b"\n")
+    assert lines.pop() == b""
+    firsts, lasts = [b"%d first" % i for i in range(3)], [b"%d last" % i for i in range(3)]
+    assert sorted(lines) == sorted([*firsts, *long, *lasts])
+    for i in range(3):  # each worker's lines in the order it wrote them
+        assert lines.index(firsts[i]) < lines.index(long[i]) < lines.index(lasts[i])
