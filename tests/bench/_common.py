@@ -55,12 +55,17 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int, int]:
-    """Run `cmd` with output to /dev/null: (wall s, CPU s of the whole tree, peak RSS KiB
-    summed over the tree, sampled every 20 ms, exit status). `ip netns exec` execs the
-    command in place, so the tree below the child is the command's own."""
+def timed(
+    cmd: list[str], env: dict[str, str] | None = None, out: Path | None = None
+) -> tuple[float, float, int, int]:
+    """Run `cmd` with output to /dev/null (or to the file `out`): (wall s, CPU s of the
+    whole tree, peak RSS KiB summed over the tree, sampled every 20 ms, exit status).
+    `ip netns exec` execs the command in place, so the tree below the child is the
+    command's own."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    with contextlib.ExitStack() as files:  # the child keeps its own descriptor
+        sink = subprocess.DEVNULL if out is None else files.enter_context(out.open("wb"))
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.DEVNULL, env=env)
     peak = 0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
