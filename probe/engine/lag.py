@@ -48,18 +48,23 @@ class LagMonitor:
             self.on_sample(lag_ms)
 
     def quantile_ms(self, q: float) -> float:
-        """Upper bound of the bucket holding the q-quantile (the max for the top bucket)."""
-        if not self.samples:
-            return 0.0
-        rank = q * self.samples
-        seen = 0
-        for i, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank:
-                return (
-                    min(self.BOUNDS_MS[i], self.max_ms) if i < len(self.BOUNDS_MS) else self.max_ms
-                )
-        return self.max_ms
+        return quantile_ms(self.counts, self.max_ms, q)
 
     def stop(self) -> None:
         self._handle.cancel()
+
+
+def quantile_ms(counts: list[int], max_ms: float, q: float) -> float:
+    """Of a lag histogram over `LagMonitor.BOUNDS_MS` (either core's): the upper bound of
+    the bucket holding the q-quantile, the max for the top bucket."""
+    samples = sum(counts)
+    if not samples:
+        return 0.0
+    rank = q * samples
+    seen = 0
+    bounds = LagMonitor.BOUNDS_MS
+    for i, count in enumerate(counts):
+        seen += count
+        if seen >= rank:
+            return min(bounds[i], max_ms) if i < len(bounds) else max_ms
+    return max_ms

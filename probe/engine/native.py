@@ -23,7 +23,7 @@ from ..address import literal
 from ..plain import Plain
 from ..record import OUTCOMES, RECORD_KEYS, outcome_of
 from ..syntax import Target
-from .lag import LAG_FLOOR, LagMonitor
+from .lag import LAG_FLOOR, LagMonitor, quantile_ms
 from .options import RATE_SLACK, EngineOptions
 
 _native: Any
@@ -52,21 +52,26 @@ else:
 
 CORE = "python" if _native is None else "native"
 
-# The `EngineOptions` fields the native core honours. Any other field away from its default
-# (a source port range, anything added later) sends the run to the Python engine.
-IMPLEMENTS = frozenset(
-    {
-        "concurrency",
-        "graceful_close",
-        "lag_limit_ms",
-        "rate",
-        "rate_epoch",
-        "retries",
-        "shortage_giveup",
-        "source",
-        "timeout",
-    }
-)
+# The `EngineOptions` fields the native core honours, each with the `_native.sweep` keywords
+# it is handed in as: the one list, so a field cannot be declared here and not passed (or
+# passed and not declared). Any other field away from its default (a source port range,
+# anything added later) sends the run to the Python engine (`probe.check.choice`).
+_SWEEP_ARGS: dict[str, Callable[[EngineOptions], dict[str, Any]]] = {
+    "concurrency": lambda o: {"concurrency": o.concurrency},
+    "graceful_close": lambda o: {"graceful": o.graceful_close},
+    "lag_limit_ms": lambda o: {"lag_limit": o.lag_limit_ms or 0.0, "lag_floor": lag_floor(o)},
+    "rate": lambda o: {"rate": o.rate or 0.0, "rate_slack": RATE_SLACK},
+    "rate_epoch": lambda o: {"rate_epoch": -1.0 if o.rate_epoch is None else o.rate_epoch},
+    "retries": lambda o: {"retries": o.retries},
+    "shortage_giveup": lambda o: {"giveup": _or_never(o.shortage_giveup)},
+    "source": lambda o: {"source": o.source},
+    "timeout": lambda o: {"timeout": o.timeout},
+}
+IMPLEMENTS = frozenset(_SWEEP_ARGS)
+
+
+def _or_never(seconds: float | None) -> float:
+    return -1.0 if seconds is None else seconds
 
 
 def available() -> bool:
@@ -74,7 +79,7 @@ def available() -> bool:
 
 
 class Lag:
-    """How late the core's loop got to a 5 ms timer: the figure `engine.lag.LagMonitor`
+    """How late the core's loop got to its lag timer: the figure `engine.lag.LagMonitor`
     gives for the event loop, from the same histogram."""
 
     def __init__(self, counts: list[int], max_ms: float) -> None:
@@ -83,16 +88,7 @@ class Lag:
         self.samples = sum(counts)
 
     def quantile_ms(self, q: float) -> float:
-        if not self.samples:
-            return 0.0
-        rank = q * self.samples
-        seen = 0
-        bounds = LagMonitor.BOUNDS_MS
-        for i, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank:
-                return min(bounds[i], self.max_ms) if i < len(bounds) else self.max_ms
-        return self.max_ms
+        return quantile_ms(self.counts, self.max_ms, q)
 
 
 def lag_floor(options: EngineOptions) -> int:
@@ -200,26 +196,16 @@ def sweep(
         feed,
         shard_index=share[0],
         shard_count=share[1],
-        timeout=options.timeout,
-        concurrency=options.concurrency,
-        rate=options.rate or 0.0,
-        rate_epoch=-1.0 if options.rate_epoch is None else options.rate_epoch,
-        rate_slack=RATE_SLACK,
-        retries=options.retries,
-        source=options.source,
-        graceful=options.graceful_close,
         stop_fd=stop_fd,
         wake_fd=wake_fd,
         progress=progress,
-        giveup=-1.0 if options.shortage_giveup is None else options.shortage_giveup,
         reuse=reuse,
-        lag_limit=options.lag_limit_ms or 0.0,
-        lag_floor=lag_floor(options),
         file_fd=file_fd,
         open_only_out=open_only[0],
         open_only_file=open_only[1],
         exclude=exclude,
         csv=csv,
+        **{key: value for take in _SWEEP_ARGS.values() for key, value in take(options).items()},
     )
     return SweepResult(**raw)
 
