@@ -14,7 +14,6 @@ records is worse than one that stops.
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 
 from .. import loop as event_loop
@@ -22,6 +21,7 @@ from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SinkError, r
 from ..output.log import configure, event_logger
 from ..output.writer import OUTPUT_DRAIN, RecordWriter, stdout_writer
 from . import fleet
+from .collector import Collector
 from .config import Config, ResolvedTarget, load_config, log_format, metrics_listen, needs_restart
 from .engines import Engines
 from .http import PROBE_TIMEOUT_MAX
@@ -82,6 +82,7 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
         self._reload_pending = False
+        self.collector = Collector(self.loop)
 
     async def serve(self) -> int:
         failed = await self.web.start(self.log) or await self.meshing.start()
@@ -95,9 +96,10 @@ class Daemon:
         targets = self._own_targets(self.config)
         self.runner.start(targets, await self.runner.open_store(self.config.store, targets))
         self.metrics.config_loaded(True, reload=False)
-        # What start-up built lives as long as the daemon: out of the cyclic collector's way,
-        # so a full collection never walks 10,000 targets' objects while starts wait.
-        gc.freeze()
+        # What start-up and the first records build lives as long as the daemon: out of the
+        # cyclic collector's way, so a full collection never walks 10,000 targets' objects
+        # while starts wait (collector.py).
+        self.collector.settled(self.runner.first_round())
         shard = {"shard": str(self.shard)} if self.shard is not None else {}
         self.log.info("started", config=self.path, targets=len(self.runner.schedule.jobs), **shard)
         await self._stopped.wait()
@@ -146,6 +148,7 @@ class Daemon:
         self.runner.log_attempts = new.log.attempts
         notes = {"needs_restart": keys} if (keys := needs_restart(old, new)) else {}
         counts = self.runner.apply(targets)
+        self.collector.settled(self.runner.first_round())
         self.metrics.config_loaded(True)
         self.log.info("reload", result="ok", config=self.path, **counts, **notes)
 
@@ -164,6 +167,7 @@ class Daemon:
 
     async def _shutdown(self) -> int:
         self.runner.stop()
+        self.collector.stop()
         # Handlers stay installed until exit: during the drain a SIGHUP is ignored and a
         # second SIGTERM/SIGINT ends the drain, instead of killing us mid-record.
         self.loop.add_signal_handler(signal.SIGTERM, self._abandon.set)

@@ -67,6 +67,10 @@ class Handler(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.guard.half_closed.discard(self)
         super().connection_lost(exc)
+        # Requests pipelined behind the one being answered are never handled now. Dropped
+        # here, they go by reference counting; kept, they lived as long as this handler,
+        # which a cut client's exception cycle leaves to the slow full collection.
+        self._messages.clear()
 
     def handle_error(
         self,

@@ -177,6 +177,12 @@ class Runner:
     def running_names(self) -> list[str]:
         return sorted({job.item.name for job in self.schedule.jobs.values() if job.running})
 
+    def first_round(self) -> float:
+        """Seconds until every target has had its first record: the longest interval plus
+        the longest timeout."""
+        intervals = [job.interval for job in self.schedule.jobs.values()]
+        return max(intervals, default=0.0) + self.longest_timeout()
+
     def longest_timeout(self) -> float:
         timeouts = [job.item.timeout for job in self.schedule.jobs.values()]
         return max([self.engine.options.timeout, *timeouts])
