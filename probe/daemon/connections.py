@@ -72,6 +72,16 @@ class Handler(web.RequestHandler):
         # which a cut client's exception cycle leaves to the slow full collection.
         self._messages.clear()
 
+    def force_close(self) -> None:
+        """Close now, whatever is still unsent (a newcomer taking an idle slot, a FIN, a
+        keep-alive timeout). aiohttp's close waits for the unsent bytes, for a client that
+        does not read forever, and forgets the transport at once: the connection would hold
+        its descriptor out of the guard's sight, never cut by the write deadline."""
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            transport.abort()
+        super().force_close()
+
     def handle_error(
         self,
         request: Any,
