@@ -21,7 +21,6 @@ from helpers import (
 )
 
 
-@pytest.mark.serial
 def test_parse_probe_request() -> None:
     from probe.daemon.http import Answer, ProbeRequest, parse_probe
 
@@ -46,7 +45,6 @@ def _daemon_class() -> ast.ClassDef:
     return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Daemon")
 
 
-@pytest.mark.serial
 def test_app_does_not_import_aiohttp() -> None:
     tree = ast.parse((ROOT / "probe" / "daemon" / "app.py").read_text())
     imported = [
@@ -58,7 +56,6 @@ def test_app_does_not_import_aiohttp() -> None:
     assert not [name for name in imported if name.startswith("aiohttp")]
 
 
-@pytest.mark.serial
 def test_every_daemon_attribute_is_created_in_init() -> None:
     created: set[str] = set()
     assigned: dict[str, set[str]] = {}
@@ -88,7 +85,6 @@ def test_every_daemon_attribute_is_created_in_init() -> None:
     assert outside == {}
 
 
-@pytest.mark.serial
 def test_reload_reconfigures_the_engine_through_its_method() -> None:
     source = ast.unparse(_daemon_class())
     assert ".options = " not in source

@@ -37,6 +37,8 @@ from helpers import (
 
 from probe.daemon.store import Change, Minute, Seen, open_store
 
+pytestmark = pytest.mark.module_unit  # its module-scoped fixtures start once a run
+
 EVIL = "<img src=x onerror=alert(1)>"
 
 
@@ -114,18 +116,33 @@ def test_page_and_api_headers(daemon: Daemon) -> None:
     assert [r["name"] for g in only_web["groups"] for r in g["rows"]] == ["dropped"]
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One Chromium for the module's tests (it takes seconds to start)."""
     found = find_chromium()
     if isinstance(found, str):
         pytest.skip(found)
-    web = start_chromium(tmp_path / "chromium", *found, window="1400,700")
+    where = tmp_path_factory.mktemp("chromium")
+    web = start_chromium(where, *found, window="1400,700")
+    web.first_size = web.get_window_size()
     try:
         yield web
     finally:
         web.quit()
     # What it keeps outside its profile (crash reports) went to its home, not the user's.
-    assert (home_of(tmp_path / "chromium") / ".config" / "chromium").is_dir()
+    assert (home_of(where) / ".config" / "chromium").is_dir()
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Any:
+    """The module's Chromium as a test finds it fresh: a blank page, the window of its
+    start, light, the console read."""
+    chromium.get("about:blank")
+    if chromium.get_window_size() != chromium.first_size:
+        chromium.set_window_size(chromium.first_size["width"], chromium.first_size["height"])
+    chromium.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    chromium.get_log("browser")
+    return chromium
 
 
 def _rows(web: Any) -> dict[str, dict[str, str]]:

@@ -380,8 +380,7 @@ def test_a_stall_skips_slots_and_does_not_make_them_up(
 # -- 3. the clock ----------------------------------------------------------------------------------
 
 
-@pytest.mark.serial
-def test_clock_step_re_anchors_the_schedule_unit() -> None:
+def test_clock_step_re_anchors_the_schedule_unit() -> None:  # fake clocks: not serial
     from probe.daemon.schedule import Clock, Schedule  # here: the daemon tests run on old trees
 
     wall, mono = [1_000_000.0], [50.0]
