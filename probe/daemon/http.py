@@ -6,8 +6,8 @@ daemon does not know aiohttp). The server is hardened so that no client can take
 schedule needs: connections.py caps them inside the descriptor budget the daemon set aside,
 keeps slots for /healthz and /metrics and cuts clients that do not read; request headers
 must arrive within `header_timeout` (slowloris); and /metrics is made a slice at a time,
-one render at a time, shared by concurrent scrapes, so a big page never holds up the event
-loop for long.
+one render at a time, shared by the scrapes that wait for it, so a big page never holds up
+the event loop for long.
 """
 
 from __future__ import annotations
@@ -129,24 +129,42 @@ class SharedRender:
     text, a piece of a family joined), with a pause of RENDER_PAUSE after each in which the
     loop runs (scheduled starts first) or the process sleeps: starts wait for one burst at
     most. (A thread held the GIL for seconds; a forked child cost a fork of the whole
-    daemon and a second CPU-bound process beside the loop, once per scrape.) One render at
-    a time; a scrape arriving while one runs shares it."""
+    daemon and a second CPU-bound process beside the loop, once per scrape.)
+
+    One render at a time, shared: a scrape never gets a render begun before it arrived (a
+    /metrics read right after a record shows it), so one arriving while a render runs waits
+    for the next, which every scrape arriving meanwhile shares. However many scrapes come,
+    at most two renders are wanted at once."""
 
     def __init__(self, pieces: Callable[[], Iterable[bytes | None]]) -> None:
         self._pieces = pieces
-        self._pending: asyncio.Task[list[bytes]] | None = None
+        self._running: asyncio.Task[list[bytes]] | None = None
+        self._next: asyncio.Task[list[bytes]] | None = None  # starts when _running ends
 
     async def get(self) -> list[bytes]:
         """The page, in the pieces it was made in: sent as they are, never joined (a 15 MB
         copy on the loop is milliseconds every scheduled start would wait for)."""
-        if self._pending is None:
-            pending = asyncio.get_running_loop().create_task(self._make())
-            self._pending = pending
-            pending.add_done_callback(self._forget)
-        return await asyncio.shield(self._pending)
+        loop = asyncio.get_running_loop()
+        running, ahead = self._running, self._next
+        if ahead is None and running is None:
+            self._running = running = loop.create_task(self._make())
+            running.add_done_callback(self._ended)
+            return await asyncio.shield(running)
+        if ahead is None:
+            assert running is not None
+            self._next = ahead = loop.create_task(self._after(running))
+        return await asyncio.shield(ahead)
 
-    def _forget(self, _: asyncio.Task[list[bytes]]) -> None:
-        self._pending = None
+    def _ended(self, task: asyncio.Task[list[bytes]]) -> None:
+        if self._running is task:
+            self._running = None
+
+    async def _after(self, previous: asyncio.Task[list[bytes]]) -> list[bytes]:
+        await asyncio.wait([previous])  # its outcome is its own scrapes'
+        self._running, self._next = self._next, None
+        assert self._running is not None
+        self._running.add_done_callback(self._ended)
+        return await self._make()
 
     async def _make(self) -> list[bytes]:
         chunks: list[bytes] = []
@@ -159,8 +177,9 @@ class SharedRender:
         return chunks
 
     def close(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
+        for task in (self._next, self._running):
+            if task is not None:
+                task.cancel()
 
 
 class HttpServer:

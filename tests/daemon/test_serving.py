@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 from probe.daemon.collector import SETTLE_MARGIN, Collector
-from probe.daemon.http import SEND_BUFFER, Answer, HttpServer, ProbeRequest
+from probe.daemon.http import SEND_BUFFER, Answer, HttpServer, ProbeRequest, SharedRender
 
 PIECE = b'probe_demo_metric{target="t"} 1.0\n' * 2000  # ~70 KB
 PAGE_PIECES = 240  # ~17 MB: far more than any socket buffer holds
@@ -82,3 +82,29 @@ async def test_state_built_after_start_is_frozen_once_the_first_round_is_over() 
     finally:
         collector.stop()
         gc.unfreeze()
+
+
+async def test_a_scrape_never_gets_a_render_begun_before_it_arrived() -> None:
+    """A render runs over many loop turns. A scrape arriving during one waits for the next
+    (shared by all that arrive meanwhile), so it shows every record made before it came."""
+    value = [1]
+    renders = [0]
+
+    def pieces() -> Iterator[bytes | None]:
+        renders[0] += 1
+        seen = value[0]  # the state is read as the render begins
+        for _ in range(20):
+            time.sleep(0.002)  # a burst of work, then a pause in which the loop runs
+            yield None
+        yield f"{seen}\n".encode()
+
+    shared = SharedRender(pieces)
+    first = asyncio.ensure_future(shared.get())
+    await asyncio.sleep(0.01)  # the first render has begun and read value 1
+    value[0] = 2  # a record arrives
+    later = [asyncio.ensure_future(shared.get()) for _ in range(5)]
+    assert await first == [b"1\n"]
+    assert [await got for got in later] == [[b"2\n"]] * 5
+    assert renders[0] == 2  # the five scrapes that came during the first shared one render
+    assert await shared.get() == [b"2\n"]  # nothing running: a render of its own
+    assert renders[0] == 3
