@@ -50,8 +50,8 @@ MEDIAN = (
     "histogram_quantile(0.5, sum by(le,target)(rate(probe_connect_latency_seconds_bucket[1m])))"
 )
 MEAN = (
-    "sum by(target)(rate(probe_connect_seconds_sum[1m]))"
-    " / sum by(target)(rate(probe_connect_seconds_count[1m]))"
+    "sum by(target)(rate(probe_connect_seconds_total[1m]))"
+    ' / sum by(target)(rate(probe_attempts_total{outcome=~"open|refused"}[1m]))'
 )
 
 RULES = """\

@@ -59,7 +59,7 @@ METRIC_NAMES = {
     "probe_up",
     "probe_attempts_total",
     "probe_connect_latency_seconds",
-    "probe_connect_seconds",
+    "probe_connect_seconds_total",
     "probe_tcp_rtt_seconds",
     "probe_errors_total",
     "probe_syn_retransmits_total",
@@ -81,8 +81,7 @@ METRIC_NAMES = {
         }
     ),
 }
-HISTOGRAMS = {  # and the summary: named without _count/_sum too
-    "probe_connect_seconds",
+HISTOGRAMS = {
     "probe_connect_latency_seconds",
     "probe_tcp_rtt_seconds",
     "probe_schedule_lag_seconds",
