@@ -160,7 +160,6 @@ class TargetSeries:
     as the numbers change; the histograms' text is remade at the next page (`stale`)."""
 
     __slots__ = (
-        "answered",
         "answered_sum",
         "attempts",
         "errors",
@@ -184,9 +183,8 @@ class TargetSeries:
         self.label = f'target="{escape(name)}"'
         self.info: dict[str, str] = {}
         self.attempts = [0] * len(OUTCOMES)  # every outcome's series at 0 from the start
+        self.answered_sum = 0.0  # connect time of the open and refused ones, from the start
         self.errors: dict[str, int] = {}  # error label → count, in the order first seen
-        self.answered = 0  # attempts with a latency (open or refused), and their sum
-        self.answered_sum = 0.0
         self.latency: Histogram | None = None  # None: no series until the first sample
         self.rtt: Histogram | None = None
         self.retransmits = 0  # 0: no series until the first (as each error's)
@@ -251,7 +249,6 @@ class Series(Collector):
             lines[ERRORS] = self._errors(s)
         if outcome in (OPEN, REFUSED):
             seconds = record.latency_ms / 1000.0
-            s.answered += 1
             s.answered_sum += seconds
             lines[CONNECT] = f"probe_connect_seconds_total{{{s.label}}} {number(s.answered_sum)}\n"
             if s.histograms:
@@ -267,9 +264,7 @@ class Series(Collector):
         retransmits = record.syn_retransmits
         if isinstance(retransmits, int) and retransmits > 0:
             s.retransmits += retransmits
-            lines[RETRANSMITS] = (
-                f"probe_syn_retransmits_total{{{s.label}}} {number(s.retransmits)}\n"
-            )
+            lines[RETRANSMITS] = self._counter(s, RETRANSMITS, s.retransmits)
         up = 1 if outcome == OPEN else 0
         if up != s.up:
             s.up = up
@@ -288,15 +283,13 @@ class Series(Collector):
         s = self.targets.get(name)
         if s is not None and n:
             s.skipped += n
-            s.lines[SKIPPED] = f"probe_skipped_slots_total{{{s.label}}} {number(s.skipped)}\n"
+            s.lines[SKIPPED] = self._counter(s, SKIPPED, s.skipped)
 
     def add_resolve_failure(self, name: str) -> None:
         s = self.targets.get(name)
         if s is not None:
             s.resolve_failures += 1
-            s.lines[RESOLVE] = (
-                f"probe_resolve_failures_total{{{s.label}}} {number(s.resolve_failures)}\n"
-            )
+            s.lines[RESOLVE] = self._counter(s, RESOLVE, s.resolve_failures)
 
     # -- the text ----------------------------------------------------------------------------
 
@@ -317,29 +310,28 @@ class Series(Collector):
     def _errors(s: TargetSeries) -> str:
         q = s.label
         return "".join(
-            [f'probe_errors_total{{error="{e}",{q}}} {number(c)}\n' for e, c in s.errors.items()]
-        )
+            [f'probe_errors_total{{error="{e}",{q}}} {number(c)}\n'
+             for e, c in s.errors.items()]
+        )  # fmt: skip
+
+    @staticmethod
+    def _counter(s: TargetSeries, family: int, count: int) -> str:
+        """The line of a counter born with its first event ("" before it)."""
+        if not count:
+            return ""
+        return f"{FAMILIES[family][0]}_total{{{s.label}}} {number(count)}\n"
 
     def redraw(self, s: TargetSeries) -> None:
         """Remakes every line of the target from its numbers."""
-        q, n = s.label, number
         lines = s.lines
         lines[ATTEMPTS] = self._attempts(s)
         lines[ERRORS] = self._errors(s)
-        lines[CONNECT] = (
-            f"probe_connect_seconds_total{{{q}}} {n(s.answered_sum)}\n" if s.answered else ""
-        )
+        lines[CONNECT] = f"probe_connect_seconds_total{{{s.label}}} {number(s.answered_sum)}\n"
         self._draw_histograms(s)
-        lines[RETRANSMITS] = (
-            f"probe_syn_retransmits_total{{{q}}} {n(s.retransmits)}\n" if s.retransmits else ""
-        )
-        lines[UP] = "" if s.up is None else f"probe_up{{{q}}} {s.up}.0\n"
-        lines[SKIPPED] = f"probe_skipped_slots_total{{{q}}} {n(s.skipped)}\n" if s.skipped else ""
-        lines[RESOLVE] = (
-            f"probe_resolve_failures_total{{{q}}} {n(s.resolve_failures)}\n"
-            if s.resolve_failures
-            else ""
-        )
+        lines[RETRANSMITS] = self._counter(s, RETRANSMITS, s.retransmits)
+        lines[UP] = "" if s.up is None else f"probe_up{{{s.label}}} {s.up}.0\n"
+        lines[SKIPPED] = self._counter(s, SKIPPED, s.skipped)
+        lines[RESOLVE] = self._counter(s, RESOLVE, s.resolve_failures)
 
     def _draw_histograms(self, s: TargetSeries) -> None:
         s.lines[LATENCY] = self._histogram(self._latency, s.label, s.latency)
@@ -398,8 +390,7 @@ class Series(Collector):
                 )
             for error, count in s.errors.items():
                 out[ERRORS].add_sample("probe_errors_total", {**t, "error": error}, float(count))
-            if s.answered:
-                out[CONNECT].add_sample("probe_connect_seconds_total", t, s.answered_sum)
+            out[CONNECT].add_sample("probe_connect_seconds_total", t, s.answered_sum)
             for family, h in ((LATENCY, s.latency), (RTT, s.rtt)):
                 if h is None:
                     continue
@@ -410,17 +401,17 @@ class Series(Collector):
                     out[family].add_sample(f"{name}_bucket", {**t, "le": le}, float(total))
                 out[family].add_sample(f"{name}_count", t, float(total))
                 out[family].add_sample(f"{name}_sum", t, h.sum)
-            if s.retransmits:
-                out[RETRANSMITS].add_sample("probe_syn_retransmits_total", t, float(s.retransmits))
             if s.up is not None:
                 out[UP].add_sample("probe_up", t, float(s.up))
             out[INFO].add_sample(INFO_NAME, {**t, **s.info}, 1.0)
-            if s.skipped:
-                out[SKIPPED].add_sample("probe_skipped_slots_total", t, float(s.skipped))
-            if s.resolve_failures:
-                out[RESOLVE].add_sample(
-                    "probe_resolve_failures_total", t, float(s.resolve_failures)
-                )
+            for family, count in (
+                (RETRANSMITS, s.retransmits),
+                (SKIPPED, s.skipped),
+                (RESOLVE, s.resolve_failures),
+            ):
+                if count:
+                    name = FAMILIES[family][0] + "_total"
+                    out[family].add_sample(name, t, float(count))
         return out
 
 

@@ -19,6 +19,7 @@ Needs root, iproute2 and prometheus. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -175,7 +176,17 @@ def main() -> int:
              "--log.level=warn"],
         )  # fmt: skip
         procs.append(prom)
-        time.sleep(12)  # one full interval before measuring
+        # Measure from Prometheus' second scrape on: its first one creates every series, a
+        # cost paid once (seconds at 100,000 series), which would land in the window or
+        # not depending on when Prometheus happened to schedule it.
+        while True:
+            time.sleep(1)
+            with contextlib.suppress(subprocess.CalledProcessError):  # not listening yet
+                if query('count(scrape_samples_scraped{job="probe"})') == 1:
+                    break
+            if time.monotonic() - started > 120:
+                sys.exit("Prometheus has not scraped the daemon")
+        time.sleep(2)
         pid = daemon.pid  # ip netns exec execs in place
         t0, c0, b0 = time.monotonic(), cpu_seconds(pid), log.stat().st_size
         prom_c0 = cpu_seconds(prom.pid)
@@ -213,7 +224,7 @@ def main() -> int:
         mean = query(f"avg_over_time({job}{window})")
         worst = query(f"max_over_time({job}{window})")
         scraped = query('scrape_samples_scraped{job="probe"}')
-        scrapes = query(f"count_over_time({job}{window})")
+        scrapes = query(f"count_over_time({job}{window})")  # the first one is before it
         print(f"Prometheus scrape_duration_seconds over the run: mean {mean:.3f} s, "
               f"max {worst:.3f} s; samples scraped {scraped:,.0f}")  # fmt: skip
         print(f"Prometheus CPU over the run: {prom_cpu:.2f} s, {scrapes:.0f} scrapes of the daemon "

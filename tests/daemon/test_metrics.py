@@ -83,22 +83,36 @@ def scrape(m: Metrics) -> tuple[str, Samples]:
 
 
 def test_every_outcome_series_exists_at_zero_from_the_first_schedule() -> None:
-    """The outcomes exist at 0 (ratios see a first failure); the rarer counters, like
-    each error's, are born with their first event, which saves Prometheus two series a
-    target."""
+    """The outcomes and the connect time exist at 0 (ratios and the mean see a first
+    failure or answer); the counters most targets never move are born with their first
+    event, as each error's, which saves Prometheus two series a target."""
     m = Metrics(lambda: 0.0)
     m.set_targets([T("never", team="net")])
     _, s = scrape(m)
     for outcome in OUTCOMES:
         assert value(s, "probe_attempts_total", target="never", outcome=outcome) == 0.0
+    assert value(s, "probe_connect_seconds_total", target="never") == 0.0
     assert value(s, "probe_syn_retransmits_total", target="never") is None
     assert value(s, "probe_skipped_slots_total", target="never") is None
-    assert value(s, "probe_connect_seconds_total", target="never") is None
-    m.add_skipped("never", 2)
-    assert value(scrape(m)[1], "probe_skipped_slots_total", target="never") == 2.0
     assert value(s, "probe_target_info", target="never", team="net") == 1.0
     assert value(s, "probe_targets") == 1.0
     assert value(s, "probe_up", target="never") is None  # unknown until the first attempt
+
+
+def test_the_rarer_counters_are_born_with_their_first_event() -> None:
+    m = Metrics(lambda: 0.0, standard=False)  # no process collectors: their values move
+    m.set_targets([T("a"), T("b")])
+    m.add_skipped("a", 2)
+    m.add_skipped("b", 0)  # nothing skipped: still no series
+    m.observe("a", record("open", None, 1005.0, None, syn_retransmits=1))
+    m.observe("b", record("open", None, 0.2, 0.1, syn_retransmits=0))
+    m.resolve_failed("a")
+    text, s = scrape(m)
+    for name in ("probe_skipped_slots_total", "probe_syn_retransmits_total",
+                 "probe_resolve_failures_total"):  # fmt: skip
+        assert value(s, name, target="a") == (2.0 if "skipped" in name else 1.0), name
+        assert value(s, name, target="b") is None, name
+    assert text.encode() == generate_latest(m.registry)  # the same numbers in both views
 
 
 def test_observe_counts_errors_latency_rtt_and_retransmits() -> None:
@@ -187,6 +201,9 @@ def test_a_target_without_histograms_keeps_to_the_series_budget() -> None:
     _, s = scrape(m)
     assert value(s, "probe_connect_latency_seconds_count", target="open") == 1.0
     assert value(s, "probe_connect_seconds_total", target="open") == pytest.approx(1.0059)
+    m.set_targets([T("open", histograms=False)])
+    m.observe("open", record("open", None, 0.2, 0.1))
+    assert per_target(scrape(m)[1])["open"] == 10  # more attempts add no series
 
 
 def test_histograms_are_off_by_default_and_set_in_defaults_or_per_target() -> None:
