@@ -257,6 +257,10 @@ def test_the_daemons_page_is_prometheus_clients_text_byte_for_byte() -> None:
     m.series.redraw(big)
     assert m.exposition() == generate_latest(m.registry)
     assert b"1.234567e+06" in m.exposition()
+    m.observe("a", record("refused", "ECONNREFUSED", 0.3, None))  # an attempt's lines too
+    m.observe("a", record("timeout", "ETIMEDOUT", 1000.0, None))  # a second error
+    assert m.exposition() == generate_latest(m.registry)
+    assert b'probe_attempts_total{outcome="open",target="a"} 1.234567e+06' in m.exposition()
     assert value(parse_prometheus(after.decode()), "probe_attempts_total", target="a",
                  outcome="refused") == 2.0  # fmt: skip
 
