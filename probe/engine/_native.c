@@ -679,6 +679,7 @@ typedef struct {
   uint64_t lag_counts[32];
   double lag_max_ms;
   int64_t lag_due, lag_cpu; /* the next sample's due time; the thread's CPU at the last */
+  int64_t lag_period;       /* from the last sample to lag_due: 5 ms, longer after a nap */
   int write_errno;
   uint64_t unwritten; /* records a reader that stopped reading never got */
   int64_t drain_end;  /* 0, or (after a stop) when a reader that does not read is given up */
@@ -1424,7 +1425,7 @@ static inline int64_t thread_cpu_ns(void) {
  * own work made it late, to the throttle: a loop that was off the CPU (a loaded machine's
  * other processes had it, or it waited for answers) is not made less late by fewer
  * attempts in flight. Its own share: the CPU this thread used since the last sample
- * beyond the tick's 5 ms, at most the lag. */
+ * beyond the timer's period (5 ms, or the nap's), at most the lag. */
 static void lag_sample(sweep_t *s, int64_t now) {
   if (now < s->lag_due) return;
   double ms = (double)(now - s->lag_due) / 1e6;
@@ -1432,8 +1433,9 @@ static void lag_sample(sweep_t *s, int64_t now) {
   while (i < n_lag_bounds && ms > lag_bounds[i]) i++;
   s->lag_counts[i]++;
   if (ms > s->lag_max_ms) s->lag_max_ms = ms;
+  int64_t cpu = thread_cpu_ns(), used = cpu - s->lag_cpu - s->lag_period;
   s->lag_due = now + LAG_TICK_NS;
-  int64_t cpu = thread_cpu_ns(), used = cpu - s->lag_cpu - LAG_TICK_NS;
+  s->lag_period = LAG_TICK_NS;
   s->lag_cpu = cpu;
   double own = used > 0 ? (double)used / 1e6 : 0.0;
   on_lag(s, own < ms ? own : ms);
@@ -1485,6 +1487,7 @@ static int run(sweep_t *s, PyObject *progress) {
   struct epoll_event evs[1024];
   int64_t next_tick = mono_ns() + TICK_NS;
   s->lag_due = mono_ns() + LAG_TICK_NS;
+  s->lag_period = LAG_TICK_NS;
   s->lag_cpu = thread_cpu_ns();
   for (;;) {
     int64_t now = mono_ns();
@@ -1539,7 +1542,10 @@ static int run(sweep_t *s, PyObject *progress) {
     if (s->write_errno) return 0;
     if (s->stopped) break;
     now = mono_ns();
-    if (!lag_timer && s->lag_due < until) s->lag_due = until;
+    if (!lag_timer && s->lag_due < until) {
+      s->lag_period += until - s->lag_due;
+      s->lag_due = until;
+    }
     lag_sample(s, now);
     if (now >= next_tick) {
       next_tick = now + TICK_NS;
