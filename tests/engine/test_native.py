@@ -365,15 +365,16 @@ def test_rate_is_never_exceeded() -> None:
 def test_a_paced_loop_wakes_for_its_pacer_not_for_each_lag_tick() -> None:
     """--rate with answers that come at once: the loop sleeps from one pacer tick (20 ms) to
     the next, the slots due by then starting together; nothing in flight, the 5 ms lag
-    timer does not wake it. Every wake-up is one lag sample: about 25 over half a second,
-    not 100 (every lag tick) or 1,000 (every attempt)."""
+    timer does not wake it. Every wake-up is one lag sample: about 25 over half a second
+    (a loaded machine that holds a batch back past 5 ms adds one), not 100 (every lag tick)
+    or 1,000 (every attempt)."""
     port = closed_port()
     records, result = run_native([f"127.0.0.1:{port}"] * 1000, rate=2000.0)
     assert result.outcomes == {"refused": 1000}
     starts = sorted(stamp(r["timestamp"]) for r in records)
     span = starts[-1] - starts[0]
     assert span >= 0.45
-    assert sum(result.lag_counts) <= span / 0.020 * 1.5 + 5, (sum(result.lag_counts), span)
+    assert sum(result.lag_counts) <= span / 0.020 * 2 + 5, (sum(result.lag_counts), span)
 
 
 def stamp(text: str) -> float:
