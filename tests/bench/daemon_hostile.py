@@ -242,6 +242,13 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Time the process' main thread (the daemon's loop) was ready to run but waited for a
+    CPU other processes held (/proc/PID/schedstat: on-CPU ns, run-queue ns, slices): the
+    part of the lag a loaded machine adds, not the daemon."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -330,6 +337,7 @@ def main() -> int:
         print(f"daemon from {tree}, nice {a.nice}")
         b0, s0, p0 = read_metrics(prefix)
         cpu = cpu_seconds(daemon.pid)  # `ip netns exec` execs: this is probe run itself
+        waited = run_queue_seconds(daemon.pid)
         load = subprocess.run(
             [*prefix, sys.executable, "-c", CLIENT, str(a.seconds), str(a.rate), str(PORT),
              str(a.scrape_every), str(a.slow_readers)],
@@ -337,6 +345,7 @@ def main() -> int:
         )  # fmt: skip
         b1, s1, p1 = read_metrics(prefix)
         cpu = cpu_seconds(daemon.pid) - cpu
+        waited = run_queue_seconds(daemon.pid) - waited
         result = json.loads(load.stdout)
         starts = b1[-1][1] - b0[-1][1]
         print(f"window: {a.seconds:.0f} s, scheduled starts in it: {starts:.0f}")
@@ -352,6 +361,7 @@ def main() -> int:
         if a.port_exhaustion:
             print(f"connects that found no local port (probe_port_shortages_total): {p1 - p0:.0f}")
         print(f"daemon CPU in the window (with any renderer children): {cpu:.1f} s")
+        print(f"the daemon loop's run-queue time (waiting for a CPU): {waited:.2f} s")
         print_lag([(le, c1 - c0) for (le, c1), (_, c0) in zip(b1, b0, strict=True)])
         print(f"skipped slots in the window (targets not made to wait): {s1 - s0:.0f}")
     finally:
