@@ -18,6 +18,7 @@ HOSTILE = "faults/test_hostile.py"
 OUTPUT = "faults/test_output_stalls.py"
 DAEMON = "daemon/test_daemon.py"
 METRICS = "daemon/test_metrics.py"
+SERVING = "daemon/test_serving.py"
 
 # docs/reliability.md's failure table: the first cell of each row -> {file under tests/: tests}.
 ROWS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -204,6 +205,7 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "80 clients that never read, each pipelining 20 `GET /metrics`": {
         HTTP: ("test_clients_that_do_not_read_are_cut_and_healthz_keeps_answering",),
+        SERVING: ("test_a_client_that_does_not_read_holds_a_bounded_kernel_buffer",),
     },
     "300 malformed requests": {
         HTTP: ("test_malformed_requests_are_one_log_line_not_tracebacks",),
@@ -219,6 +221,7 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "`/metrics` with thousands of targets": {
         HOSTILE: ("test_scrapes_of_a_big_page_do_not_delay_scheduled_starts",),
+        SERVING: ("test_a_scrape_never_gets_a_render_begun_before_it_arrived",),
     },
     "the daemon stalls (SIGSTOP, an overloaded machine)": {
         HOSTILE: (
@@ -257,6 +260,7 @@ def test_every_row_has_its_tests() -> None:
         for path, names in tests.items():
             if path not in defined:
                 tree = ast.parse((here / path).read_text())
-                defined[path] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+                functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+                defined[path] = {n.name for n in tree.body if isinstance(n, functions)}
             missing = set(names) - defined[path]
             assert not missing, (path, missing)
