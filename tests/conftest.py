@@ -149,6 +149,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return Units(config, log)
 
 
+# A worker about to run a test outside the serial group gives way on the CPU (nice 10, for
+# it and the processes its tests start): the serial group is the run's critical path, and
+# mostly waits on timers, sockets and daemons that then get the CPU when they need it.
+YIELDING = 10
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if not hasattr(item.config, "workerinput") or item.get_closest_marker("serial"):
+        return
+    if os.getpriority(os.PRIO_PROCESS, 0) < YIELDING:
+        os.setpriority(os.PRIO_PROCESS, 0, YIELDING)  # for good: raising it back takes root
+
+
 DURATIONS = "probe-suite/durations"
 _took: dict[str, float] = {}
 

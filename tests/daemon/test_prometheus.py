@@ -306,14 +306,14 @@ groups:
     rules:
       - alert: RestartTargetDown
         expr: probe_up{target="down"} == 0
-        for: 2s
+        for: 0s
         keep_firing_for: %ds
         labels:
           severity: test
 """
 # seconds: covers the scrapes a restart misses (about 2 s seen on a 2-core machine at load 9,
 # stop to the second daemon's first scrape), on a more loaded machine too
-KEEP_FIRING = 10
+KEEP_FIRING = 8
 
 
 @pytest.mark.serial  # the restart must fit in keep_firing_for: timing under load
