@@ -75,7 +75,10 @@ async def test_state_built_after_start_is_frozen_once_the_first_round_is_over() 
         at_start = gc.get_freeze_count()
         assert at_start >= before
         state = [[i] for i in range(10_000)]  # what the first records build
-        await asyncio.sleep(0.05 + SETTLE_MARGIN + 0.3)
+        deadline = time.monotonic() + 0.05 + SETTLE_MARGIN + 5.0
+        while collector.freezes < 2:  # the round's end, then the freeze after it
+            assert time.monotonic() < deadline, "no freeze after the first round"
+            await asyncio.sleep(0.01)
         assert gc.get_freeze_count() > at_start + len(state) // 2
         assert not any(o is state for o in gc.get_objects())  # out of every generation
         assert collector.freezes == 2

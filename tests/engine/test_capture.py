@@ -6,10 +6,8 @@ capture. The basic retransmit tests are in test_syn_retransmits.py; these add th
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from helpers import (
     EVERY_OTHER,
     Netns,
     NsServer,
+    SynCapture,
     check_in,
     drop_syns,
     need_tools,
@@ -26,51 +25,12 @@ from helpers import (
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
 
-# "12:00:00.000000 IP 127.0.0.1.43282 > 127.0.0.1.5001: Flags [S], seq ..."
-SYN_LINE = re.compile(r"IP6? (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[S\],")
-
-
-class Capture:
-    """tcpdump on the namespace's `lo`, SYNs (without ACK) to one port, into a file."""
-
-    def __init__(self, ns: Netns, port: int, path: Path) -> None:
-        self.path = path
-        self.proc = ns.popen(
-            "tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-w", str(path),
-            f"tcp dst port {port} and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn",
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert self.proc.stderr is not None
-        # tcpdump says "listening on lo" once the capture is armed
-        line = self.proc.stderr.readline()
-        assert "listening on" in line, line
-
-    def syns(self) -> list[tuple[str, int, str, int]]:
-        """Stop, read the file back: (src, sport, dst, dport) of every SYN, in order."""
-        time.sleep(0.5)  # let the last packet reach the file (-U writes per packet)
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(5)
-        out = subprocess.run(
-            ["tcpdump", "-r", str(self.path), "-nn"], capture_output=True, text=True, check=True
-        ).stdout
-        found = []
-        for line in out.splitlines():
-            m = SYN_LINE.search(line)
-            assert m, line
-            found.append((m[1], int(m[2]), m[3], int(m[4])))
-        return found
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
 
 def captured(
     ns: Netns, port: int, pcap: Path, *args: str
 ) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, int, str, int]]]:
     """`probe check ARGS` in the namespace, and the SYNs to `port` a capture saw meanwhile."""
-    cap = Capture(ns, port, pcap)
+    cap = SynCapture(ns, pcap, port)
     try:
         result = check_in(ns, *args)
         return result, cap.syns()

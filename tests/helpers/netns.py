@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .base import T, kill, no_traceback
+from .base import T, kill, no_traceback, wait_for
 from .run import probe_cmd
 
 
@@ -329,3 +332,75 @@ def veth(a: Netns, a_addr: str, b: Netns, b_addr: str) -> tuple[str, str]:
     a.run("ip", "link", "set", a_if, "up")
     b.run("ip", "link", "set", b_if, "up")
     return a_if, b_if
+
+
+# "12:00:00.000000 IP 127.0.0.1.43282 > 127.0.0.1.5001: Flags [S], seq ..."
+SYN_LINE = re.compile(r"IP6? (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[S\],")
+MARK = 9  # discard: a closed port in a namespace of our own, never a probe's target
+
+
+class SynCapture:
+    """tcpdump on a namespace's `lo`, into a file: the SYNs (without ACK) sent to `port` (or
+    all of them). Our own SYNs to MARK, each from a source port of its own, say how far the
+    file has got: tcpdump writes packets in order, so once one is in the file everything sent
+    before it is too (no fixed wait for the last packets to arrive)."""
+
+    def __init__(self, ns: Netns, path: Path, port: int | None = None) -> None:
+        self.ns, self.path, self.knocks = ns, path, 0
+        match = "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
+        if port is not None:
+            match += f" and (dst port {port} or dst port {MARK})"
+        self.proc = ns.popen(
+            "tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-w", str(path), match,
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "listening on lo" once the capture is armed
+        assert "listening on" in line, line
+        self.written()  # and writing
+
+    def _lines(self, whole: bool = False) -> list[tuple[str, int, str, int]]:
+        """The SYNs in the file (while it is written, its last packet may be cut short)."""
+        out = subprocess.run(["tcpdump", "-r", str(self.path), "-nn"], capture_output=True,
+                             text=True, check=whole).stdout  # fmt: skip
+        found = []
+        for line in out.splitlines():
+            m = SYN_LINE.search(line)
+            assert m or not whole, line
+            if m:
+                found.append((m[1], int(m[2]), m[3], int(m[4])))
+        return found
+
+    def written(self) -> None:
+        """Until everything sent so far is in the file: a SYN of ours to MARK seen there (sent
+        again each second: a burst before it may have overrun the capture's buffer)."""
+        self.knocks += 1
+        sport = 30000 + self.knocks  # below the ephemeral ports: nothing else sends from it
+
+        def knock() -> None:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", sport))
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", MARK))  # refused: the SYN is all that is sent
+
+        sent = [0.0]
+
+        def seen() -> bool:
+            if time.monotonic() - sent[0] >= 1.0:
+                in_netns(self.ns, knock)
+                sent[0] = time.monotonic()
+            return any(sp == sport and dp == MARK for _, sp, _, dp in self._lines())
+
+        wait_for("the capture to write a SYN of ours", seen, timeout=15, step=0.05)
+
+    def syns(self) -> list[tuple[str, int, str, int]]:
+        """Stop once the file holds every SYN sent so far: (src, sport, dst, dport) of each,
+        in order, ours to MARK left out."""
+        self.written()
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(5)
+        return [syn for syn in self._lines(whole=True) if syn[3] != MARK]
+
+    def close(self) -> None:
+        kill(self.proc)
