@@ -43,7 +43,7 @@ settings.register_profile("probe", deadline=None)
 settings.register_profile("ci", parent=settings.get_profile("probe"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "probe")
 
-# The suite runs on four pytest-xdist workers (`-n 4 --dist loadgroup` in pyproject's
+# The suite runs on five pytest-xdist workers (`-n 5 --dist loadgroup` in pyproject's
 # addopts). Tests that look at time (rate, pacing, lag, latency, schedule slots, "promptly")
 # or that use a fixed resource are marked `@pytest.mark.serial` (a module: `pytestmark`):
 # they run one after another on one worker, so none of them ever shares the machine with
