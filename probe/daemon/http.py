@@ -276,12 +276,18 @@ class HttpServer:
         await response.prepare(request)
         if request.method == "HEAD":  # the headers a GET would get, and no body
             return response
-        if gzip:
-            await self._write_gzip(response, chunks)
-        else:
-            for chunk in chunks:
-                await response.write(chunk)  # waits for the socket to drain: the loop runs on
-        await response.write_eof()
+        try:
+            if gzip:
+                await self._write_gzip(response, chunks)
+            else:
+                for chunk in chunks:
+                    await response.write(chunk)  # waits for the socket to drain: the loop runs
+            await response.write_eof()
+        except ConnectionError:
+            # The client is gone (cut for not reading, or it closed): nothing is left to send.
+            # Let out of the handler, the error would tie the request, its task and their
+            # frames into a cycle only a full collection frees, at every cut slow reader.
+            pass
         return response
 
     @staticmethod

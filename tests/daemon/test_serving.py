@@ -111,3 +111,49 @@ async def test_a_scrape_never_gets_a_render_begun_before_it_arrived() -> None:
     assert renders[0] == 2  # the five scrapes that came during the first shared one render
     assert await shared.get() == [b"2\n"]  # nothing running: a render of its own
     assert renders[0] == 3
+
+
+async def test_a_client_cut_mid_answer_leaves_no_garbage_cycle() -> None:
+    """Every cut slow reader used to leave its error tied to its request, task and frames in
+    a cycle (~50 objects) that only a full collection frees, and cuts come by the hundred."""
+    server = await serve()
+    loop = asyncio.get_running_loop()
+    clients = []
+    try:
+        for _ in range(3):
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.setblocking(False)
+            await loop.sock_connect(client, ("127.0.0.1", server.port))
+            client.send(b"GET /metrics HTTP/1.1\r\nHost: probe\r\n\r\n")
+            clients.append(client)
+        deadline = time.monotonic() + 15.0
+        while len(waiting(server)) < 3:  # every answer is held up by its reader
+            assert time.monotonic() < deadline, "the answers never filled the send buffers"
+            await asyncio.sleep(0.02)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage
+        server.guard.write_timeout = 0.5  # the write deadline, made short: they are cut
+        while server.guard._server.connections:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the clients were never cut"
+            await asyncio.sleep(0.02)
+        assert server.guard.cut == 3
+        await asyncio.sleep(0.1)  # the handlers end
+        gc.collect()
+        errors = [o for o in gc.garbage if isinstance(o, ConnectionError)]
+        assert not errors, errors
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        for client in clients:
+            client.close()
+        await server.stop()
+
+
+def waiting(server: HttpServer) -> list[asyncio.BaseTransport]:
+    """The server's transports holding bytes their client has not taken."""
+    return [
+        c.transport
+        for c in server.guard._server.connections  # type: ignore[union-attr]
+        if c.transport is not None and c.transport.get_write_buffer_size()
+    ]
