@@ -45,6 +45,29 @@ def quantile(q: float, values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+def bucket_of(value: float) -> tuple[float, float]:
+    """The (lower, upper] edges of the LATENCY_BUCKETS bucket holding `value`."""
+    lower = 0.0
+    for upper in LATENCY_BUCKETS:
+        if value <= upper:
+            return lower, upper
+        lower = upper
+    return lower, float("inf")
+
+
+def histogram_quantile(q: float, values: list[float]) -> float:
+    """What Prometheus' histogram_quantile makes of `values` counted in LATENCY_BUCKETS:
+    the bucket where rank q * n falls, interpolated linearly inside it."""
+    rank = q * len(values)
+    below = 0
+    for lower, upper in itertools.pairwise((0.0, *LATENCY_BUCKETS)):
+        inside = sum(1 for v in values if lower < v <= upper)
+        if inside and below + inside >= rank:
+            return lower + (upper - lower) * (rank - below) / inside
+        below += inside
+    return LATENCY_BUCKETS[-1]
+
+
 def test_edges_step_at_the_syn_retransmission_times() -> None:
     """Each retransmission time (1, 3, 7, 15, 31, 63 s) is an edge, with one at most 5 %
     past it; below 1 s the steps are fine (at most 2.5x)."""
@@ -136,12 +159,17 @@ def test_one_dropped_syn_quantiles_within_ten_percent(netns: Netns, tmp_path: Pa
             (sample,) = query(expr, at)
             reported = float(sample["value"][1])
             truth = quantile(q, population)
-            assert abs(reported - truth) <= 0.1 * truth, (
-                q,
-                reported,
-                truth,
-                statistics.mean(population),
-            )
+            why = (q, reported, truth, statistics.mean(population), sorted(population))
+            # Every record counted in its bucket: Prometheus reads what the records make.
+            assert reported == pytest.approx(histogram_quantile(q, population), rel=1e-6), why
+            # The edges 5 % past each retransmission time keep a quantile there within 10 %.
+            # A loaded machine can stretch a connect past them (the answer came at 1 s, the
+            # loop saw it later): its bucket is wider, and so is the estimate's error.
+            lower, upper = bucket_of(truth)
+            if upper <= 1.05 * lower:
+                assert abs(reported - truth) <= 0.1 * truth, why
+            else:
+                assert lower < reported <= upper, why
     finally:
         if prom is not None:
             prom.terminate()
