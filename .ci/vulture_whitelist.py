@@ -26,6 +26,7 @@ __getattr__  # engine/__init__.py
 pytestmark
 pytest_collection_modifyitems
 pytest_xdist_make_scheduler
+pytest_runtest_setup
 pytest_runtest_logreport
 pytest_sessionfinish
 _._split_scope  # tests/conftest.py: xdist's LoadScopeScheduling hook
