@@ -419,24 +419,33 @@ def test_clock_step_re_anchors_the_schedule_unit() -> None:  # fake clocks: not 
 
 
 @pytest.mark.serial
-@pytest.mark.parametrize("step", [-3600.0, 3600.0])
 def test_a_wall_clock_step_neither_stops_nor_bursts_probing(
-    tmp_path: Path, daemons: list[Daemon], step: float
+    tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    log = tmp_path / "probe.log"
-    text = config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}"))
-    flag = tmp_path / "step-now"
-    d = start_in(tmp_path, text, log, daemons, patches={"_clock_step": [step, str(flag)]})
-    d.wait_records("a", 2)
-    flag.touch()
-    event = d.wait_event("clock")  # the step is noticed on the next flush tick (0.1 s)
-    mark = len(d.lines())
+    """An hour back on one daemon and an hour forward on another, side by side."""
+    runs = []
+    for step in (-3600.0, 3600.0):
+        home = tmp_path / f"step{step:+.0f}"
+        home.mkdir()
+        log = home / "probe.log"
+        text = config_toml(log, target_toml("a", f"127.0.0.1:{closed_port()}"))
+        flag = home / "step-now"
+        d = start_in(home, text, log, daemons, patches={"_clock_step": [step, str(flag)]})
+        runs.append((step, flag, d))
+    for _, _, d in runs:
+        d.wait_records("a", 2)
+    for _, flag, _ in runs:
+        flag.touch()
+    # the step is noticed on the next flush tick (0.1 s)
+    events = [d.wait_event("clock") for _, _, d in runs]
+    marks = [len(d.lines()) for _, _, d in runs]
     time.sleep(2.0)  # an observation window: neither a stop nor a burst
-    after = records_between(d, "a", mark)
-    assert 2.0 / INTERVAL - 3 <= len(after) <= 2.0 / INTERVAL + 2, len(after)
-    assert skipped_total(metrics_of(d.get)) == 0
-    assert event["step_s"] == pytest.approx(step, abs=1.0)
-    assert d.stop() == 0
+    for (step, _, d), event, mark in zip(runs, events, marks, strict=True):
+        after = records_between(d, "a", mark)
+        assert 2.0 / INTERVAL - 3 <= len(after) <= 2.0 / INTERVAL + 2, (step, len(after))
+        assert skipped_total(metrics_of(d.get)) == 0, step
+        assert event["step_s"] == pytest.approx(step, abs=1.0)
+        assert d.stop() == 0
 
 
 # -- 4. signals during the drain -------------------------------------------------------------------
