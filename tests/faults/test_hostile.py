@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import (
     Any,
@@ -465,19 +466,27 @@ def test_sighup_during_the_drain_is_ignored(
 
 
 @pytest.mark.serial
-@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_signal_ends_the_drain_at_once(
-    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener, second: signal.Signals
+    tmp_path: Path, daemons: list[Daemon], full_queue: FullQueueListener
 ) -> None:
-    d = draining(tmp_path, daemons, full_queue)
-    sent = time.monotonic()
-    d.send(second)
-    assert d.proc.wait(timeout=3) == 0
-    assert time.monotonic() - sent < 2.0
-    lines = d.lines()
-    assert lines[-1]["event"] == "stopped"
-    abandoned = [line for line in lines if line.get("event") == "abandoned"]
-    assert len(abandoned) == 1 and abandoned[0]["names"] == ["slow"]
-    # the attempt in flight has no record: its outcome is unknown, so none is claimed
-    assert d.records("slow") == []
-    assert "Traceback" not in d.stderr
+    """SIGTERM, then SIGTERM again on one daemon and SIGINT on another, side by side."""
+    seconds = (signal.SIGTERM, signal.SIGINT)
+    homes = [tmp_path / second.name for second in seconds]
+    for home in homes:
+        home.mkdir()
+    with ThreadPoolExecutor(len(seconds)) as pool:  # both drains at once: one wait for both
+        drains = list(pool.map(lambda home: draining(home, daemons, full_queue), homes))
+    sent = []
+    for d, second in zip(drains, seconds, strict=True):
+        sent.append(time.monotonic())
+        d.send(second)
+    for d, second, at in zip(drains, seconds, sent, strict=True):
+        assert d.proc.wait(timeout=3) == 0, second
+        assert time.monotonic() - at < 2.0, second
+        lines = d.lines()
+        assert lines[-1]["event"] == "stopped"
+        abandoned = [line for line in lines if line.get("event") == "abandoned"]
+        assert len(abandoned) == 1 and abandoned[0]["names"] == ["slow"]
+        # the attempt in flight has no record: its outcome is unknown, so none is claimed
+        assert d.records("slow") == []
+        assert "Traceback" not in d.stderr
