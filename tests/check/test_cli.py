@@ -371,22 +371,28 @@ def test_mixed_sources_in_order(listener: RecordingListener, tmp_path: Path) -> 
 # -- inside a network namespace --------------------------------------------------------------
 
 
-def test_full_sweep_in_namespace(netns: Netns) -> None:
+def test_full_sweep_in_namespace(netns: Netns, tmp_path: Path) -> None:
+    """Every port of a namespace's loopback, into a file: 21 MB of records come in about a
+    second, and a pipe read by a test starved of CPU fell 16 MiB behind, which stops the
+    run by design (docs/reliability.md: 16 MiB unread); that is not what is tested here."""
     server = NsServer(netns, 0, 0, 0)
+    out = tmp_path / "records.jsonl"
     try:
         open_ports = set(server.ports)
         assert len(open_ports) == 3
-        result = subprocess.run(
-            [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p", "1-65535", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        with out.open("wb") as stdout:
+            result = subprocess.run(
+                [*netns.prefix(), *probe_cmd(), "check", "127.0.0.1", "-p", "1-65535", "--json"],
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
     finally:
         server.close()
     assert "Traceback" not in result.stderr
     assert result.returncode in (0, 1), result.stderr  # 1: most ports have no open attempt
-    recs = records(result.stdout)
+    recs = records(out.read_text())
     assert len(recs) == 65535
     assert sorted(r["port"] for r in recs) == list(range(1, 65536))
     assert {r["port"] for r in recs if r["outcome"] == "open"} == open_ports
