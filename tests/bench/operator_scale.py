@@ -13,7 +13,7 @@ Prometheus <= 300 MB.
 
 Needs root, iproute2 and prometheus. Usage:
     sudo .venv/bin/python tests/bench/operator_scale.py [--seconds 300]
-        [--log-attempts all|failures|changes] [--histograms]
+        [--log-attempts all|failures|changes] [--histograms] [--save-page FILE]
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ def main() -> int:
         "share of the scrape duration, apart from the daemon's",
     )
     ap.add_argument("--no-store", action="store_true", help='[store] path = "" (no store)')
+    ap.add_argument(
+        "--save-page", type=Path, help="write the last /metrics here (prometheus_ingest.py's input)"
+    )
     a = ap.parse_args()
     prometheus = shutil.which("prometheus")
     if os.geteuid() != 0 or not shutil.which("ip") or prometheus is None:
@@ -213,6 +216,8 @@ def main() -> int:
             time.sleep(1)
         times = " ".join(f"{t:.3f}" for t in took)
         print(f"GET /metrics (gzip) from the namespace, 5 times: {times} s")
+        if a.save_page is not None:
+            a.save_page.write_bytes(plain)
         text = plain.decode()
         samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
         targeted = [ln for ln in samples if 'target="' in ln]
