@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import CONTRACT_KEYS, FullQueueListener, RecordingListener, closed_port
+from helpers import (
+    CONTRACT_KEYS,
+    FullQueueListener,
+    RecordingListener,
+    closed_port,
+    socket_inodes,
+)
 
 from probe.check import engine_run
 from probe.check.result import ShareResult
@@ -157,15 +163,10 @@ def resends_by(ms: float) -> int:
     return sum(ms >= at for at in (1000, 3000, 7000, 15000))
 
 
-def socket_fds() -> int:
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                n += 1
-        except OSError:
-            pass  # the directory's own descriptor, gone by now
-    return n
+def new_sockets(before: set[str]) -> int:
+    """Sockets this process holds now that it did not hold at `before` (socket_inodes of
+    this process): another test's socket closed meanwhile (collected garbage) is no change."""
+    return len(socket_inodes(os.getpid()) - before)
 
 
 def open_fds() -> dict[int, str]:
@@ -397,7 +398,7 @@ async def test_ipv4_only_resolver(listener: RecordingListener) -> None:
 )
 async def test_family_mismatch_is_an_error_record(family: int, spec: str) -> None:
     port = closed_port()
-    before = socket_fds()
+    before = socket_inodes(os.getpid())
     result, records = await check(spec.format(port=port), resolver=Resolver(family), count=2)
 
     assert result.outcomes == Counter(error=2)
@@ -411,7 +412,7 @@ async def test_family_mismatch_is_an_error_record(family: int, spec: str) -> Non
         assert rec.rtt_ms is None
         assert rec.port == port
         assert list(as_json(rec)) == CONTRACT_KEYS
-    assert socket_fds() == before  # no socket was ever made
+    assert new_sockets(before) == 0  # no socket was ever made
 
 
 # -- concurrency, retries, repeat, rate ------------------------------------------------------
@@ -419,12 +420,12 @@ async def test_family_mismatch_is_an_error_record(family: int, spec: str) -> Non
 
 async def test_concurrency_bound_with_timeouts(full_queue: FullQueueListener) -> None:
     timeout, limit, attempts = 0.1, 5, 40
-    base = socket_fds()
+    base = socket_inodes(os.getpid())
     engine = Engine(EngineOptions(timeout=timeout, concurrency=limit))
     records: list[Record] = []
     # The engine's own count, and the sockets this process holds. (Not /proc/net/tcp: a
     # closed SYN_SENT socket can linger there a moment after its descriptor is gone.)
-    sampler = Sampler(lambda: (engine.inflight, socket_fds() - base))
+    sampler = Sampler(lambda: (engine.inflight, new_sockets(base)))
     result = await bounded(
         counted_check(
             expand([parse_target(ports_spec("127.0.0.1", [full_queue.port] * attempts))]),
@@ -453,19 +454,19 @@ async def test_refused_on_loopback_is_answered_inside_connect() -> None:
     once, so a refused attempt never waits in flight for the poller (the concurrency bound
     itself is tested with timeouts above)."""
     ports = [closed_port() for _ in range(4)]
-    base = socket_fds()
+    base = socket_inodes(os.getpid())
     engine = Engine(EngineOptions(concurrency=100))
     peaks = [0, 0]
 
     def sink(rec: Record) -> None:
         assert rec.outcome == "refused"
         peaks[0] = max(peaks[0], engine.inflight)
-        peaks[1] = max(peaks[1], socket_fds() - base)
+        peaks[1] = max(peaks[1], new_sockets(base))
 
     endpoints = expand([parse_target(ports_spec("127.0.0.1", ports * 50))])
     result = await bounded(counted_check(endpoints, engine, Resolver(), sink))
     assert result.outcomes == Counter(refused=200)
-    assert socket_fds() == base
+    assert new_sockets(base) == 0
     assert peaks == [0, 0]  # each one finished (and was closed) before its record
 
 
@@ -599,10 +600,12 @@ async def test_rate_paces_attempts() -> None:
         ports_spec("127.0.0.1", [port] * attempts), options=EngineOptions(rate=rate)
     )
     assert result.outcomes == Counter(refused=attempts)
-    starts = [r.started for r in records]
-    assert max(starts) - min(starts) >= 0.37  # 19 gaps of 20 ms
-    # Paced, not bursts: a tenth of a second holds about five starts, never all twenty.
-    assert most_in_window(starts, 0.1) <= rate * 0.1 + 2
+    starts = sorted(r.started for r in records)
+    # Paced from the first start on, never ahead of its slot (20 ms apart): all twenty at
+    # once would be. A loop stalled on a loaded machine makes up the slots it missed (up to
+    # RATE_SLACK of them) in a burst that only catches up with the grid.
+    ahead = [(i, s - starts[0]) for i, s in enumerate(starts) if s - starts[0] < i / rate - 0.002]
+    assert not ahead, ahead
 
 
 @pytest.mark.serial
