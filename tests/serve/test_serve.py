@@ -3,6 +3,7 @@ what a record gains (and what a plain one does not), and what a non-responder gi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -141,7 +142,7 @@ class Talker:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
+            with conn, contextlib.suppress(OSError):  # a client may leave before the greeting
                 conn.sendall(self.greeting)
 
     @property
