@@ -45,7 +45,7 @@ RATE_START = 0.25  # seconds from now to --rate's first slot, when workers share
 def check(plan: Plan) -> int:
     """Run the plan as this machine allows it; the exit code."""
     plan = settle(plan)
-    out = stdout_writer()
+    out = stdout_writer(stall=False)  # a slow reader holds the run, never loses records
     json_out = _json_file(plan)
     output = plan.output
     bar = ProgressLine(enabled=output.format == "human" and not output.list_mode)

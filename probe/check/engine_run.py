@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .. import loop as event_loop
 from ..engine import Attempt, Engine
@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 
 
 YIELD_EVERY = 64  # endpoints fed between two turns of the event loop
+ROOM_POLL = 0.01  # seconds between two pushes to a slow reader while starts wait for it
+
+
+class Backlog(Protocol):
+    """Where records wait for a slow reader: `full()` while no attempt should start."""
+
+    def full(self) -> bool: ...
+    def flush(self) -> None: ...
 
 
 class _Target:
@@ -93,11 +101,15 @@ class _Probing:
         interval: float,
         exclude: Exclusions | None = None,
         stages: StageSpec | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         # Its collaborators, then what it repeats and skips, and does after each connect.
         self.engine, self.resolver, self.on_record = engine, resolver, on_record
         self.count, self.interval, self.exclude = count, interval, exclude
         self.stages = stages
+        self.backlog = backlog
+        self.held: list[tuple[Attempt, Callable[[Record, Attempt, bool], None]]] = []
+        self.releasing: asyncio.Task[None] | None = None
         self.result = result  # targets and exclusions here; the tally counts the records
         self.active = 0
         # Repeat mode keeps targets alive across intervals; bound them like attempts.
@@ -117,8 +129,33 @@ class _Probing:
         self.on_record(record)
 
     def submit(self, attempt: Attempt, on_done: Callable[[Record, Attempt, bool], None]) -> None:
-        if not self.engine.closed:
-            self.engine.submit(attempt, on_done)
+        if self.engine.closed:
+            return
+        if self.backlog is not None and self.backlog.full():  # a repeat waits like a start
+            self.held.append((attempt, on_done))
+            if self.releasing is None:
+                self.releasing = asyncio.ensure_future(self._release())
+            return
+        self.engine.submit(attempt, on_done)
+
+    async def output_room(self) -> None:
+        """Wait while the reader of the records has too much unread: attempts in flight
+        finish and are written; the next one starts when the reader has taken enough."""
+        backlog = self.backlog
+        while backlog is not None and backlog.full() and not self.engine.closed:
+            await asyncio.sleep(ROOM_POLL)
+            backlog.flush()
+
+    async def _release(self) -> None:
+        try:
+            await self.output_room()
+        except ProbeError as exc:  # the output failed: the run ends with its error
+            self.engine.abort(exc)
+        finally:
+            self.releasing = None
+        held, self.held = self.held, []
+        for attempt, on_done in held:
+            self.submit(attempt, on_done)
 
     def target_done(self, target: _Target) -> None:
         target.pending -= 1
@@ -201,6 +238,7 @@ class _Probing:
                 # would make this loop wait: give timers, signals and I/O their turn.
                 await asyncio.sleep(0)
             await engine.room()
+            await self.output_room()
             while self.active >= self.max_active and not engine.closed:
                 self.room.clear()
                 await self.room.wait()
@@ -228,10 +266,14 @@ async def probe_endpoints(
     interval: float = 1.0,
     exclude: Exclusions | None = None,
     stages: StageSpec | None = None,
+    backlog: Backlog | None = None,
 ) -> None:
     """Probe every endpoint `count` times (0: until stopped), skipping excluded addresses;
-    records go to `on_record` as attempts finish, targets and exclusions into `result`."""
-    probing = _Probing(engine, resolver, on_record, result, count, interval, exclude, stages)
+    records go to `on_record` as attempts finish, targets and exclusions into `result`.
+    While `backlog` is full, no attempt starts."""
+    probing = _Probing(
+        engine, resolver, on_record, result, count, interval, exclude, stages, backlog
+    )
     try:
         await probing.feed(endpoints)
         await probing.finished.wait()
@@ -342,6 +384,7 @@ async def _on_loop(
             interval=plan.interval,
             exclude=plan.exclude,
             stages=plan.stages,
+            backlog=sinks,
         )
     except asyncio.CancelledError:
         result.stopped_by = result.stopped_by or signal.SIGINT

@@ -80,6 +80,10 @@ class Sinks:
         if self.json_line == self._first_json:
             self._load_json()
 
+    def full(self) -> bool:
+        """An output's reader has too much unread: start no attempt until it reads."""
+        return self.out.full() or (self.json_out is not None and self.json_out.full())
+
     def flush(self) -> None:
         self.out.flush()
         if self.json_out is not None:

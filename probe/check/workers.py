@@ -32,6 +32,7 @@ Body = Callable[[int, int, list[BinaryIO], Callable[[int, int], None]], ShareRes
 
 _FRAME = struct.Struct("!I")
 PIPE_SIZE = 1 << 20  # a record pipe's capacity (where the system allows) and one read's most
+HOLD_POLL = 0.1  # seconds between two looks at a stop signal while a slow reader is waited for
 EXIT_WORKER_FAILED = 70  # EX_SOFTWARE: a worker's own bug, reported on stderr
 
 
@@ -106,10 +107,13 @@ def run_workers(
     for fd in (*lines, *controls):
         selector.register(fd, selectors.EVENT_READ)
     buffer = bytearray(PIPE_SIZE)
+    held = _Hold(selector, outs, lines, parent)
     try:
         while selector.get_map():
-            for key, _ in selector.select():
+            for key, _ in selector.select(held.timeout()):
                 fd = int(key.fd)
+                if held.woke(fd):
+                    continue
                 size = os.readv(fd, [buffer])
                 if not size:
                     selector.unregister(fd)
@@ -120,6 +124,7 @@ def run_workers(
                     if which == 0 and before_stdout is not None:
                         before_stdout()
                     _copy_lines(pending, buffer, size, outs[which], parent, children)
+                    held.check()
                 else:
                     controls[fd].feed(buffer[:size])
                     if progress is not None:
@@ -143,6 +148,68 @@ def run_workers(
     total.error = total.error or parent.error
     total.workers_died = 0 if total.stopped_by else died
     return total
+
+
+class _Hold:
+    """Backpressure: while an output's reader has more than BACKLOG_MAX unread, the workers'
+    record pipes are not read, so each worker waits in its own write, as one process waits
+    for its reader (its attempts in flight are not cut short; new ones do not start).
+    Meanwhile the selector watches the output for room, and a signal (SIGINT, SIGTERM)
+    ends the hold: the workers stop, their last lines are taken, and the drain limit
+    counts what the reader never took."""
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        outs: Sequence[RecordWriter],
+        lines: dict[int, tuple[int, bytearray]],
+        parent: ShareResult,
+    ) -> None:
+        self.selector, self.outs, self.lines, self.parent = selector, outs, lines, parent
+        self.held: list[int] = []  # record pipes not read for now
+        self.watched = -1  # the output whose room is awaited
+
+    def check(self) -> None:
+        """After a write: hold the record pipes when an output is full."""
+        if self.held or self.parent.stopped_by or self.parent.error is not None:
+            return
+        full = next((out for out in self.outs if out.full()), None)
+        if full is None:
+            return
+        self.held = [fd for fd in self.lines if fd in self.selector.get_map()]
+        for fd in self.held:
+            self.selector.unregister(fd)
+        self.watched = full.fileno()
+        self.selector.register(self.watched, selectors.EVENT_WRITE)
+
+    def timeout(self) -> float | None:
+        """While held, a look at the stop signal every HOLD_POLL."""
+        if self.held and (self.parent.stopped_by or self.parent.error is not None):
+            self._release()
+        return HOLD_POLL if self.held else None
+
+    def woke(self, fd: int) -> bool:
+        """The watched output has room: pass on what it takes; read again once it is not
+        full. True: nothing to read from `fd` now (the output, or a held pipe)."""
+        if fd in self.held:
+            return True
+        if fd != self.watched or not self.held:
+            return False
+        try:
+            for out in self.outs:
+                out.flush()
+        except SinkError as exc:
+            self.parent.error = exc
+        if self.parent.error is not None or not any(out.full() for out in self.outs):
+            self._release()
+        return True
+
+    def _release(self) -> None:
+        self.selector.unregister(self.watched)
+        self.watched = -1
+        for fd in self.held:
+            self.selector.register(fd, selectors.EVENT_READ)
+        self.held = []
 
 
 def _copy_lines(

@@ -7,7 +7,9 @@ losing records.
 
 A pipe, FIFO or socket goes through `PipeStream`: a reader that stops reading must never
 hold the process (a blocked write() stops the event loop, and with it the signal that
-would end the run), and must never get half a record.
+would end the run), and must never get half a record. A daemon must keep probing, so past
+BACKLOG_MAX its writes fail; a check instead waits for a slow reader (`RecordWriter.full`
+tells it when to stop starting attempts) and loses nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 from ..errors import SinkClosed, SinkError
 
 PIPE_CHUNK = select.PIPE_BUF  # a pipe takes a write of at most this many bytes whole or not at all
-BACKLOG_MAX = 16 << 20  # bytes of records a reader may leave unread before the run stops
+BACKLOG_MAX = 16 << 20  # bytes a reader may leave unread: a daemon stops, a check waits
 OUTPUT_DRAIN = 2.0  # seconds a stopping run still waits for a reader that does not read
 _POLL_SLICE = 0.1  # seconds between two looks at a stop signal while waiting for a reader
 
@@ -54,11 +56,13 @@ class PipeStream:
     """A pipe, FIFO or socket, written only when poll() says it takes a chunk at once, in
     whole lines of at most PIPE_BUF bytes (a pipe writes those whole or not at all): a
     reader that stops reading never blocks the process and never gets half a record. What
-    it has not taken waits here, up to BACKLOG_MAX; past that, or when a stopping run's
-    drain limit passes, `Stalled` counts the records that were never written."""
+    it has not taken waits here, up to BACKLOG_MAX when `stall` (past that, or when a
+    stopping run's drain limit passes, `Stalled` counts the records that were never
+    written); without `stall` the writer is to wait while `full()`."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, stall: bool = True) -> None:
         self._fd = fd
+        self._stall = stall
         self._buf = bytearray()
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
@@ -67,9 +71,13 @@ class PipeStream:
         self._buf += data
         if len(self._buf) > PIPE_CHUNK:
             self._push(0)
-            if len(self._buf) > BACKLOG_MAX:
+            if self._stall and len(self._buf) > BACKLOG_MAX:
                 raise Stalled(self.unwritten())
         return len(data)
+
+    def full(self) -> bool:
+        """The reader has left more than BACKLOG_MAX unread."""
+        return len(self._buf) > BACKLOG_MAX
 
     def flush(self) -> None:
         """What the reader takes now, without waiting for it."""
@@ -216,6 +224,12 @@ class RecordWriter:
         except OSError as exc:
             raise self.failure(exc) from None
 
+    def full(self) -> bool:
+        """A pipe's reader has left more than BACKLOG_MAX unread: start nothing new (what
+        is in flight still finishes and is written) until it has read."""
+        stream = self._stream
+        return isinstance(stream, PipeStream) and stream.full()
+
     def fileno(self) -> int:
         """The descriptor records go to (the native core writes to it directly)."""
         return self._stream.fileno()
@@ -329,15 +343,16 @@ def _open_fifo(path: str, flags: int) -> Stream:
     return PipeStream(fd)
 
 
-def open_stream(fd: int) -> Stream:
-    """A descriptor we own, as a record stream: a pipe, FIFO or socket through PipeStream,
-    anything else buffered."""
+def open_stream(fd: int, stall: bool = True) -> Stream:
+    """A descriptor we own, as a record stream: a pipe, FIFO or socket through PipeStream
+    (`stall`: see there), anything else buffered."""
     if is_pipe(fd):
-        return PipeStream(fd)
+        return PipeStream(fd, stall)
     return io.open(fd, "wb", buffering=1 << 16)  # noqa: UP020
 
 
-def stdout_writer(path: str | None = None) -> RecordWriter:
+def stdout_writer(path: str | None = None, stall: bool = True) -> RecordWriter:
     """Records to `path`, or to standard output as raw bytes (not through sys.stdout's
-    text layer) while there is none."""
-    return RecordWriter(open_stream(os.dup(1)), path)
+    text layer) while there is none; `stall=False`: a pipe's slow reader is waited for
+    (the caller watches `full()`), never given up on."""
+    return RecordWriter(open_stream(os.dup(1), stall), path)

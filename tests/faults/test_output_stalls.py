@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,10 +53,11 @@ def busy_config(log: Path | None, listen: str = "127.0.0.1:0") -> str:
 
 class Unread:
     """The read end of a pipe nobody reads: `stalled()` once it has held 32 KiB or more,
-    unchanged, for a second (its writer cannot put more in: records are waiting)."""
+    unchanged, for `quiet` seconds (its writer cannot put more in: records are waiting)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, quiet: float = 1.0) -> None:
         self.fd = fd
+        self.quiet = quiet
         self.held = -1
         self.since = 0.0
 
@@ -63,7 +67,7 @@ class Unread:
         if held != self.held:
             self.held, self.since = held, now
             return False
-        return held >= 32768 and now - self.since >= 1.0
+        return held >= 32768 and now - self.since >= self.quiet
 
 
 def whole_lines_then_count(data: bytes, stderr: str) -> int:
@@ -167,6 +171,91 @@ def test_sigterm_ends_a_continuous_check_into_an_unread_pipe() -> None:
     finally:
         kill(proc)
         os.close(r)
+
+
+def read_to_end(fd: int, proc: subprocess.Popen[str], timeout: float = 120.0) -> bytes:
+    """Everything the writer writes, until it closes the pipe (or the deadline)."""
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while time.monotonic() < deadline:
+        if not poller.poll(1000):
+            continue
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    kill(proc)
+    raise AssertionError(f"the check did not finish within {timeout} s")
+
+
+SWEPT = 65535  # at ~370 bytes a JSON record, well past the 16 MiB a check may leave unread
+SWEPT_ADDRESS = "127.0.0.113"  # away from 127.0.0.1, where other tests' listeners are
+
+
+def listening_ports() -> set[int]:
+    """Ports a socket listens on for every address: connects to one whose backlog is full
+    time out for real."""
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port = local.split(":")
+        if state == "0A" and address in ("00000000", "7100007F"):
+            ports.add(int(port, 16))
+    return ports
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize(
+    ("workers", "core"),
+    [
+        ((), "native"),
+        (("--workers", "1"), "native"),
+        ((), "python"),
+        (("--workers", "1"), "python"),
+    ],
+    ids=["workers-native", "one-process-native", "workers-python", "one-process-python"],
+)
+def test_a_late_reader_gets_every_record_and_no_false_timeout(
+    workers: tuple[str, ...], core: str
+) -> None:
+    """The reader starts reading only after the pipe has stood full for 3 s: the check waits
+    for it (no record lost, no error), and waiting turns no connect into a timeout: every
+    port of a loopback address refuses (or, where another test's listener is, answers or,
+    its backlog full, times out)."""
+    env = dict(os.environ)
+    if core == "python":
+        env["PROBE_CORE"] = "python"
+    else:
+        env.pop("PROBE_CORE", None)
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", SWEPT_ADDRESS, "-p", f"1-{SWEPT}", "--json", "-t", "1", *workers],
+        stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        wait_for("a reader 3 s late", Unread(r, quiet=3.0).stalled, timeout=60)
+        data = read_to_end(r, proc)
+        code = proc.wait(timeout=30)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+    finally:
+        kill(proc)
+        os.close(r)
+    assert stderr == "", stderr
+    records = [json.loads(line) for line in data.splitlines()]
+    outcomes = Counter(record["outcome"] for record in records)
+    assert sum(outcomes.values()) == SWEPT, outcomes
+    assert set(outcomes) <= {"refused", "open", "timeout"}, outcomes
+    timed_out = {record["port"] for record in records if record["outcome"] == "timeout"}
+    assert timed_out <= listening_ports(), outcomes
+    assert code == (0 if outcomes["open"] == SWEPT else 1)
 
 
 # -- a log that cannot be written ------------------------------------------------------------------
