@@ -258,6 +258,40 @@ def test_a_late_reader_gets_every_record_and_no_false_timeout(
     assert code == (0 if outcomes["open"] == SWEPT else 1)
 
 
+@pytest.mark.serial
+@pytest.mark.parametrize(
+    ("workers", "core"),
+    [((), "native"), ((), "python"), (("--workers", "1"), "python")],
+    ids=["workers-native", "workers-python", "one-process-python"],
+)
+def test_sigterm_ends_a_check_waiting_for_its_reader(workers: tuple[str, ...], core: str) -> None:
+    """A check held by a reader that never reads: SIGTERM ends it within the drain limit,
+    whole lines written, the last stderr line counting the rest."""
+    env = dict(os.environ)
+    if core == "python":
+        env["PROBE_CORE"] = "python"
+    else:
+        env.pop("PROBE_CORE", None)
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", SWEPT_ADDRESS, "-p", f"1-{SWEPT}", "--json", *workers],
+        stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        wait_for("a stalled pipe", Unread(r, quiet=2.0).stalled, timeout=60)
+        assert proc.poll() is None, "the check gave up on its reader"
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 143
+        assert time.monotonic() - began < 2.0 + 1.5
+        assert proc.stderr is not None
+        assert whole_lines_then_count(read_all(r), proc.stderr.read()) > 0
+    finally:
+        kill(proc)
+        os.close(r)
+
+
 # -- a log that cannot be written ------------------------------------------------------------------
 
 
