@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import BinaryIO
 
 from ..errors import (
     EXIT_NO_OPEN,
@@ -69,9 +68,8 @@ def check(plan: Plan) -> int:
             outs = [out] if json_out is None else [out, json_out]
 
             def body(
-                index: int, count: int, streams: list[BinaryIO], progress: Progress
+                index: int, count: int, writers: list[RecordWriter], progress: Progress
             ) -> ShareResult:
-                writers = [RecordWriter(s) for s in streams]
                 file_out = writers[1] if len(writers) > 1 else None
                 sinks = Sinks(output, writers[0], file_out, stages=stages)
                 return run_share(plan, index, count, sinks, progress)

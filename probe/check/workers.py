@@ -21,14 +21,14 @@ import selectors
 import signal
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..errors import EXIT_PIPE, SinkClosed, SinkError, report
-from ..output.writer import RecordWriter
+from ..output.writer import OUTPUT_DRAIN, PipeStream, RecordWriter
 from .result import ShareResult
 
-# A worker's body: (index, count, its record streams, progress(attempts, open)) → result.
-Body = Callable[[int, int, list[BinaryIO], Callable[[int, int], None]], ShareResult]
+# A worker's body: (index, count, its record writers, progress(attempts, open)) → result.
+Body = Callable[[int, int, list[RecordWriter], Callable[[int, int], None]], ShareResult]
 
 _FRAME = struct.Struct("!I")
 PIPE_SIZE = 1 << 20  # a record pipe's capacity (where the system allows) and one read's most
@@ -261,15 +261,20 @@ def _worker(index: int, count: int, body: Body, data_w: list[int], control_w: in
     """Runs in the child; never returns."""
     code = 0
     try:
-        streams: list[BinaryIO] = [os.fdopen(fd, "wb", buffering=1 << 16) for fd in data_w]
+        # Written only as the parent takes them: while it holds this worker's pipes (its own
+        # reader is slow), the engine holds its starts instead of its event loop.
+        writers = [RecordWriter(PipeStream(fd, stall=False)) for fd in data_w]
 
         def progress(attempts: int, opened: int) -> None:
             _send(control_w, (attempts, opened))
 
-        result = body(index, count, streams, progress)
-        for stream in streams:
-            with contextlib.suppress(OSError):
-                stream.close()
+        result = body(index, count, writers, progress)
+        drain = OUTPUT_DRAIN if result.stopped_by else None
+        for writer in writers:
+            try:
+                writer.close(drain)
+            except SinkError as exc:
+                result.error = result.error or exc
         _send(control_w, result)
     except BrokenPipeError:
         code = EXIT_PIPE

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from probe.check.result import ShareResult
 from probe.check.workers import PIPE_SIZE, run_workers
@@ -14,7 +13,9 @@ from probe.errors import TargetError
 from probe.output.writer import RecordWriter
 
 
-def _run(tmp_path: Path, body: Callable[[int, int, list[BinaryIO]], ShareResult]) -> ShareResult:
+def _run(
+    tmp_path: Path, body: Callable[[int, int, list[RecordWriter]], ShareResult]
+) -> ShareResult:
     with open(tmp_path / "out", "wb") as stream:
         out = RecordWriter(stream)
         total = run_workers(3, lambda i, n, streams, _: body(i, n, streams), [out])
@@ -23,8 +24,8 @@ def _run(tmp_path: Path, body: Callable[[int, int, list[BinaryIO]], ShareResult]
 
 
 def test_results_merge_and_a_worker_without_one_is_counted(tmp_path: Path) -> None:
-    def body(index: int, count: int, streams: list[BinaryIO]) -> ShareResult:
-        streams[0].write(f"line of {index}\n".encode())
+    def body(index: int, count: int, streams: list[RecordWriter]) -> ShareResult:
+        streams[0].write_lines(f"line of {index}\n".encode())
         if index == 1:
             streams[0].flush()
             os._exit(0)  # ends without sending its result
@@ -41,7 +42,7 @@ def test_a_workers_error_is_the_runs_and_its_own_signal_is_not(tmp_path: Path) -
     """A worker's error reaches the run; a signal only the workers saw does not stop it
     (only a signal this process got does)."""
 
-    def body(index: int, count: int, streams: list[BinaryIO]) -> ShareResult:
+    def body(index: int, count: int, streams: list[RecordWriter]) -> ShareResult:
         if index == 2:
             return ShareResult(error=TargetError("bad line"), stopped_by=15)
         return ShareResult(seen=1)
@@ -56,8 +57,8 @@ def test_lines_longer_than_a_read_arrive_whole_and_apart(tmp_path: Path) -> None
     pieces until the line ends, and another worker's lines never land inside it."""
     long = [bytes([ord("a") + i]) * (PIPE_SIZE + PIPE_SIZE // 2) for i in range(3)]
 
-    def body(index: int, count: int, streams: list[BinaryIO]) -> ShareResult:
-        streams[0].write(b"%d first\n%s\n%d last\n" % (index, long[index], index))
+    def body(index: int, count: int, streams: list[RecordWriter]) -> ShareResult:
+        streams[0].write_lines(b"%d first\n%s\n%d last\n" % (index, long[index], index))
         return ShareResult(seen=1)
 
     total = _run(tmp_path, body)
