@@ -170,6 +170,12 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
             "test_sigterm_ends_a_continuous_check_into_an_unread_pipe",
         ),
     },
+    "`probe check` into a slow or late reader (`\\| less`, `\\| (sleep 3; wc -l)`)": {
+        OUTPUT: (
+            "test_a_late_reader_gets_every_record_and_no_false_timeout",
+            "test_sigterm_ends_a_check_waiting_for_its_reader",
+        ),
+    },
     "the log file's directory is removed": {
         OUTPUT: ("test_a_removed_log_directory_is_exit_1_naming_the_file",),
     },
