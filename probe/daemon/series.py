@@ -372,10 +372,10 @@ class Series(Collector):
         """The families' text in pieces; None marks a place where the caller may let the
         loop run. A slice of targets' lines is joined family by family at once (their
         histograms remade first if they moved), so a target changed after that shows as
-        it was then; the joins are strings, which the garbage collector does not track
+        it was then; the joins are bytes, which the garbage collector does not track
         (a tuple a target per page made young collections 8x as frequent)."""
         targets = list(self.targets.values())
-        parts: list[list[str]] = [[] for _ in FAMILIES]
+        parts: list[list[bytes]] = [[] for _ in FAMILIES]
         drawn = 0
         for start in range(0, len(targets), JOIN_SLICE):
             chunk = targets[start : start + JOIN_SLICE]
@@ -386,13 +386,13 @@ class Series(Collector):
                     if drawn % RENDER_SLICE == 0:
                         yield None
             for family, out in enumerate(parts):
-                out.append("".join([s.lines[family] for s in chunk]))
+                out.append("".join([s.lines[family] for s in chunk]).encode())
             yield None
         for header, out in zip(_HEADERS, parts, strict=True):
             yield header.encode()
             for part in out:
                 if part:
-                    yield part.encode()
+                    yield part  # the caller keeps these very bytes: no second copy
                 yield None
 
     # -- prometheus-client's view ------------------------------------------------------------
