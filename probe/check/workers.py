@@ -107,7 +107,7 @@ def run_workers(
     for fd in (*lines, *controls):
         selector.register(fd, selectors.EVENT_READ)
     buffer = bytearray(PIPE_SIZE)
-    held = _Hold(selector, outs, lines, parent)
+    held = _Hold(selector, outs, lines, parent, children)
     try:
         while selector.get_map():
             for key, _ in selector.select(held.timeout()):
@@ -164,8 +164,10 @@ class _Hold:
         outs: Sequence[RecordWriter],
         lines: dict[int, tuple[int, bytearray]],
         parent: ShareResult,
+        children: dict[int, int],
     ) -> None:
         self.selector, self.outs, self.lines, self.parent = selector, outs, lines, parent
+        self.children = children
         self.held: list[int] = []  # record pipes not read for now
         self.watched = -1  # the output whose room is awaited
 
@@ -200,6 +202,7 @@ class _Hold:
                 out.flush()
         except SinkError as exc:
             self.parent.error = exc
+            _signal_all(self.children, signal.SIGTERM)  # nobody will read what they find
         if self.parent.error is not None or not any(out.full() for out in self.outs):
             self._release()
         return True

@@ -292,6 +292,29 @@ def test_sigterm_ends_a_check_waiting_for_its_reader(workers: tuple[str, ...], c
         os.close(r)
 
 
+@pytest.mark.serial
+def test_a_reader_that_leaves_while_the_check_waits_ends_it_quietly() -> None:
+    """Workers held for a slow reader that then closes the pipe: they are stopped at once
+    (nobody will read what they find), and the check exits 141 without a word."""
+    env = {**os.environ, "PROBE_CORE": "python"}  # the slower engine: far from done
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*probe_cmd(), "check", "127.0.0.112/30", "-p", f"1-{SWEPT}", "--json", "--workers", "2"],
+        stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        wait_for("a stalled pipe", Unread(r, quiet=2.0).stalled, timeout=60)
+        os.close(r)
+        began = time.monotonic()
+        assert proc.wait(timeout=30) == 141
+        assert time.monotonic() - began < 2.0
+        assert proc.stderr is not None
+        assert proc.stderr.read() == ""
+    finally:
+        kill(proc)
+
+
 # -- a log that cannot be written ------------------------------------------------------------------
 
 
