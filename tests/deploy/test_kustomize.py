@@ -1,7 +1,8 @@
 """The Kubernetes files as operators deploy them: the kustomize base and its overlays,
 rendered offline by the real `kubectl kustomize` (or `kustomize build`) from the tree
 `probe deploy` ships, and every rendered object checked against the Kubernetes API's own
-schemas by kubernetes-validate (strict: an unknown field is an error)."""
+schemas by kubernetes-validate, or a custom resource against its CRD's schema as vendored
+from its project (helpers.crd); strictly, either way: an unknown field is an error."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
 import pytest
 import yaml  # type: ignore[import-untyped]
+from helpers import crd
 
 from probe.deploy import FILES, read
 
@@ -21,10 +23,8 @@ KUSTOMIZATIONS = ["kubernetes", "overlays/five-shards", "overlays/prometheus-ope
 STANDALONE = [
     name
     for name in FILES
-    if name.startswith("kubernetes/") and not name.endswith("kustomization.yaml")
+    if name.startswith(("kubernetes/", "overlays/")) and not name.endswith("kustomization.yaml")
 ]
-# kinds whose schema is a CRD's (prometheus-operator), not the API server's own
-CUSTOM = {("monitoring.coreos.com/v1", "PodMonitor")}
 
 
 def write_tree(tmp: Path) -> Path:
@@ -55,7 +55,7 @@ def validate(obj: dict[str, Any]) -> None:
     try:
         kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
     except kubernetes_validate.SchemaNotFoundError:
-        assert (obj["apiVersion"], obj["kind"]) in CUSTOM, obj["kind"]
+        crd.validate(obj)  # not the API server's own kind: its CRD's schema
     except kubernetes_validate.ValidationError as exc:
         raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {exc}") from None
 
@@ -139,3 +139,51 @@ def test_budget_policy_and_monitor_select_the_probe_pods(tmp_path: Path) -> None
     assert endpoint["port"] in ports
     targets = {r["targetLabel"] for r in endpoint["relabelings"]}
     assert {"instance", "node"} <= targets  # what the alerts keep
+
+
+def _endpoint(pm: dict[str, Any]) -> dict[str, Any]:
+    endpoint: dict[str, Any] = pm["spec"]["podMetricsEndpoints"][0]
+    return endpoint
+
+
+# (mutation of the shipped PodMonitor, what the error names)
+MUTATIONS: dict[str, tuple[Any, str]] = {
+    "unknown field": (lambda pm: _endpoint(pm).update(scrapeInterval="15s"), "scrapeInterval"),
+    "wrong type": (lambda pm: _endpoint(pm).update(interval=15), "15 is not of type 'string'"),
+    "pattern": (lambda pm: _endpoint(pm).update(interval="15 s"), "does not match"),
+    "enum": (lambda pm: _endpoint(pm)["relabelings"][0].update(action="rename"), "'rename'"),
+    "required": (lambda pm: pm["spec"].pop("selector"), "'selector' is a required"),
+    "int or string": (lambda pm: _endpoint(pm).update(targetPort=[9464]), "any of"),
+    "set": (
+        lambda pm: pm["spec"].update(scrapeProtocols=["PrometheusProto"] * 2),
+        "non-unique",
+    ),
+    "metadata": (lambda pm: pm["metadata"].update(label={"app": "probe"}), "'label'"),
+    "version": (lambda pm: pm.update(apiVersion="monitoring.coreos.com/v2"), "no CRD schema"),
+    "status": (lambda pm: pm.update(status={}), "no status"),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_a_custom_resource_error_is_caught(mutation: str) -> None:
+    """The PodMonitor is held to prometheus-operator's CRD as the API server holds it:
+    each of these mutations of the shipped one is refused, naming what is wrong."""
+    (monitor,) = yaml.safe_load_all(read("overlays/prometheus-operator/podmonitor.yaml").decode())
+    validate(monitor)
+    mutate, match = MUTATIONS[mutation]
+    mutate(monitor)
+    with pytest.raises(AssertionError, match=match):
+        validate(monitor)
+
+
+def test_a_crd_check_that_cannot_be_applied_is_refused(tmp_path: Path) -> None:
+    """A CRD whose schema holds a rule jsonschema cannot apply (here a CEL rule) fails to
+    load, rather than passing every object unchecked."""
+    path = crd.SCHEMAS / "monitoring.coreos.com_podmonitors.yaml"
+    doc = yaml.safe_load(path.read_text())
+    spec = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    crd.load(path)
+    spec["x-kubernetes-validations"] = [{"rule": "has(self.selector)"}]
+    (tmp_path / "crd.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(NotImplementedError, match="x-kubernetes-validations"):
+        crd.load(tmp_path / "crd.yaml")
