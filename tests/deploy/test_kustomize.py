@@ -139,6 +139,11 @@ def test_budget_policy_and_monitor_select_the_probe_pods(tmp_path: Path) -> None
     assert endpoint["port"] in ports
     targets = {r["targetLabel"] for r in endpoint["relabelings"]}
     assert {"instance", "node"} <= targets  # what the alerts keep
+    # the job is the pods' label value, as the plain scrape's job_name and the alerts say
+    (scrape,) = yaml.safe_load_all(read("kubernetes/prometheus-scrape.yaml").decode())
+    (job,) = yaml.safe_load(scrape["data"]["prometheus.yml"])["scrape_configs"]
+    assert pod_labels[monitor["spec"]["jobLabel"]] == job["job_name"] == "probe"
+    assert 'up{job="probe"}' in read("alerts.yml").decode()
 
 
 def _endpoint(pm: dict[str, Any]) -> dict[str, Any]:
