@@ -31,8 +31,9 @@ FILES: dict[str, str] = {
     "kubernetes/networkpolicy.yaml": "Kubernetes: NetworkPolicy, only Prometheus reaches the pods",
     "kubernetes/kustomization.yaml": "kustomize base: the StatefulSet, its budget and policy",
     "overlays/five-shards/kustomization.yaml": "kustomize overlay: the shard count once, image",
-    "overlays/prometheus-operator/kustomization.yaml": "kustomize overlay: base + PodMonitor",
+    "overlays/prometheus-operator/kustomization.yaml": "kustomize overlay: base + monitor, rules",
     "overlays/prometheus-operator/podmonitor.yaml": "prometheus-operator PodMonitor for app=probe",
+    "overlays/prometheus-operator/prometheusrule.yaml": "alerts.yml as a PrometheusRule",
     "kubernetes/mesh.yaml": "Kubernetes: the mesh, a DaemonSet and headless Service (/mesh)",
 }
 

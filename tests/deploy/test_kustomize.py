@@ -7,6 +7,7 @@ from its project (helpers.crd); strictly, either way: an unknown field is an err
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -169,16 +170,51 @@ MUTATIONS: dict[str, tuple[Any, str]] = {
 }
 
 
-@pytest.mark.parametrize("mutation", MUTATIONS)
-def test_a_custom_resource_error_is_caught(mutation: str) -> None:
-    """The PodMonitor is held to prometheus-operator's CRD as the API server holds it:
-    each of these mutations of the shipped one is refused, naming what is wrong."""
-    (monitor,) = yaml.safe_load_all(read("overlays/prometheus-operator/podmonitor.yaml").decode())
-    validate(monitor)
-    mutate, match = MUTATIONS[mutation]
-    mutate(monitor)
-    with pytest.raises(AssertionError, match=match):
-        validate(monitor)
+def _rule(pr: dict[str, Any]) -> dict[str, Any]:
+    rule: dict[str, Any] = pr["spec"]["groups"][0]["rules"][0]
+    return rule
+
+
+RULE_MUTATIONS: dict[str, tuple[Any, str]] = {
+    "unknown field": (lambda pr: _rule(pr).update(keepFiringFor="2m"), "keepFiringFor"),
+    "pattern": (lambda pr: _rule(pr).update({"for": "5 minutes"}), "does not match"),
+    "min length": (lambda pr: _rule(pr).update(keep_firing_for=""), "non-empty"),
+    "label type": (lambda pr: _rule(pr)["labels"].update(severity=1), "not of type 'string'"),
+    "required": (lambda pr: _rule(pr).pop("expr"), "'expr' is a required"),
+    "list map": (
+        lambda pr: pr["spec"]["groups"].append(dict(pr["spec"]["groups"][0])),
+        "duplicate entry {'name': 'probe-targets'}",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "mutation"),
+    [("podmonitor.yaml", m) for m in MUTATIONS]
+    + [("prometheusrule.yaml", m) for m in RULE_MUTATIONS],
+)
+def test_a_custom_resource_error_is_caught(name: str, mutation: str) -> None:
+    """The PodMonitor and the PrometheusRule are held to prometheus-operator's CRDs as the
+    API server holds them: each of these mutations of the shipped one is refused, naming
+    what is wrong."""
+    (obj,) = yaml.safe_load_all(read(f"overlays/prometheus-operator/{name}").decode())
+    validate(obj)
+    mutate, match = (MUTATIONS if name == "podmonitor.yaml" else RULE_MUTATIONS)[mutation]
+    mutate(obj)
+    with pytest.raises(AssertionError, match=re.escape(match)):
+        validate(obj)
+
+
+def test_the_prometheus_rule_is_alerts_yml(tmp_path: Path) -> None:
+    """The operator's Prometheus evaluates the same rules as a plain one: the rendered
+    PrometheusRule's groups are alerts.yml's (which promtool checks and tests)."""
+    objects = kustomize(write_tree(tmp_path) / "overlays/prometheus-operator")
+    rule = one(objects, "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(read("alerts.yml"))["groups"], (
+        "prometheusrule.yaml's spec.groups must be alerts.yml's groups block, indented by two"
+    )
+    # one Prometheus selects both: the same labels
+    assert rule["metadata"]["labels"] == one(objects, "PodMonitor")["metadata"]["labels"]
 
 
 def test_a_crd_check_that_cannot_be_applied_is_refused(tmp_path: Path) -> None:

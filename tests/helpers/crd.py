@@ -15,6 +15,8 @@ date format), so a refreshed CRD cannot bring a check that would silently go una
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,28 @@ INERT = {
 }  # fmt: skip
 # Formats the API server does not check either.
 UNCHECKED_FORMATS = {"int32", "int64", "float", "double"}
+LIST_MAP_KEYS = "x-kubernetes-list-map-keys"
+
+
+def _list_map_keys(
+    validator: Any, keys: list[str], instance: Any, schema: dict[str, Any]
+) -> Iterator[Any]:
+    """A list of type map holds at most one item per value of its keys."""
+    if not validator.is_type(instance, "array"):
+        return
+    seen = set()
+    for item in instance:
+        values = [item.get(k) for k in keys] if isinstance(item, dict) else [item]
+        if repr(values) in seen:
+            entry = dict(zip(keys, values, strict=False))
+            yield jsonschema.ValidationError(f"duplicate entry {entry}")
+        seen.add(repr(values))
+
+
+# Draft 4, plus the list-map uniqueness the server checks
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft4Validator, {LIST_MAP_KEYS: _list_map_keys}
+)
 
 
 def _strict(node: dict[str, Any], where: str) -> dict[str, Any]:
@@ -55,8 +79,17 @@ def _strict(node: dict[str, Any], where: str) -> dict[str, Any]:
         elif key == "x-kubernetes-list-type":
             if value == "set":
                 out["uniqueItems"] = True
+            elif value == "map":  # keyed by x-kubernetes-list-map-keys, applied below
+                out[LIST_MAP_KEYS] = node[LIST_MAP_KEYS]
             elif value != "atomic":
                 raise NotImplementedError(f"{where}: list type {value!r} is not applied")
+        elif key == LIST_MAP_KEYS:
+            if node.get("x-kubernetes-list-type") != "map":
+                raise NotImplementedError(f"{where}: {key} outside a map list")
+        elif key == "pattern":
+            # Go's RE2 lets flags follow the anchor (^(?i)...); Python wants them first.
+            # Any other difference fails check_schema's compile, not a match.
+            out[key] = re.sub(r"^\^\(\?([a-z]+)\)", r"(?\1)^", value)
         elif key == "properties":
             out[key] = {k: _strict(v, f"{where}.{k}") for k, v in value.items()}
         elif key in ("items", "not") or (key == "additionalProperties" and value is not True):
@@ -87,8 +120,8 @@ def load(path: Path) -> dict[tuple[str, str], Any]:
         del schema["properties"]["status"]
         strict = _strict(schema, kind)
         strict["properties"]["metadata"] = {"type": "object"}
-        jsonschema.Draft4Validator.check_schema(strict)
-        validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft4Validator(strict)
+        Validator.check_schema(strict)
+        validators[(f"{group}/{version['name']}", kind)] = Validator(strict)
     return validators
 
 
