@@ -120,6 +120,40 @@ def test_the_shard_count_is_written_once(tmp_path: Path) -> None:
     assert sts["spec"]["replicas"] == 7 and shard_env(sts) == "$(POD_INDEX)/7"
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects LABELS."""
+    ops = {
+        "In": lambda key, values: labels.get(key) in values,
+        "NotIn": lambda key, values: labels.get(key) not in values,
+        "Exists": lambda key, _: key in labels,
+        "DoesNotExist": lambda key, _: key not in labels,
+    }
+    return selector.get("matchLabels", {}).items() <= labels.items() and all(
+        ops[e["operator"]](e["key"], e.get("values", []))
+        for e in selector.get("matchExpressions", [])
+    )
+
+
+def test_each_kind_of_probe_pod_is_selected_by_what_it_needs() -> None:
+    """Across the shipped files: the budget holds the shards only, the NetworkPolicy fences
+    shards and vantage points but not the mesh's pods (their peers must reach them, which
+    it would forbid), and the PodMonitor scrapes all three."""
+    pods = {}
+    for name in ("statefulset.yaml", "daemonset.yaml", "mesh.yaml"):
+        for obj in yaml.safe_load_all(read(f"kubernetes/{name}").decode()):
+            if obj and "template" in obj.get("spec", {}):
+                labels = obj["spec"]["template"]["metadata"]["labels"]
+                pods[labels["probe-role"]] = labels
+    assert set(pods) == {"shard", "vantage", "mesh"}
+    (pdb,) = yaml.safe_load_all(read("kubernetes/pdb.yaml").decode())
+    (policy,) = yaml.safe_load_all(read("kubernetes/networkpolicy.yaml").decode())
+    (monitor,) = yaml.safe_load_all(read("overlays/prometheus-operator/podmonitor.yaml").decode())
+    for role, labels in pods.items():
+        assert selects(pdb["spec"]["selector"], labels) == (role == "shard"), role
+        assert selects(policy["spec"]["podSelector"], labels) == (role != "mesh"), role
+        assert selects(monitor["spec"]["selector"], labels), role
+
+
 def test_budget_policy_and_monitor_select_the_probe_pods(tmp_path: Path) -> None:
     objects = kustomize(write_tree(tmp_path) / "overlays/prometheus-operator")
     sts = one(objects, "StatefulSet")
@@ -130,7 +164,7 @@ def test_budget_policy_and_monitor_select_the_probe_pods(tmp_path: Path) -> None
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
     policy = one(objects, "NetworkPolicy")
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert selects(policy["spec"]["podSelector"], pod_labels)
     (rule,) = policy["spec"]["ingress"]
     assert {p["port"] for p in rule["ports"]} <= ports
     assert policy["spec"]["policyTypes"] == ["Ingress"]  # probes must reach anywhere
