@@ -1,12 +1,17 @@
 """Human output from the native core: its JSON records read back on a thread, every one
 tallied, and rendered as the Python engine would render them (a sweep: the open ones; a
-list of a few endpoints: every one, as it comes)."""
+list of a few endpoints: every one, as it comes).
+
+A slow reader of the human lines holds the sweep as it holds the JSON path's: while more
+than the writer's BACKLOG_MAX waits for it, the thread reads no more records, the core's
+pipe fills, and the core starts nothing new until the reader takes some."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import select
 import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -18,6 +23,8 @@ from .sinks import Sinks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+ROOM_WAIT = 0.1  # seconds between two looks at a stop while the reader is waited for
 
 
 def _sweep_decoder() -> Callable[[bytes], Any]:
@@ -49,13 +56,21 @@ class HumanReader:
     without the GIL): every record to the tally, the open ones (`every_line`: every one)
     to the human sinks."""
 
-    def __init__(self, sinks: Sinks, tally: Tally, every_line: bool = False) -> None:
+    def __init__(
+        self, sinks: Sinks, tally: Tally, every_line: bool = False, stop_fd: int = -1
+    ) -> None:
+        """`stop_fd`: readable once the run is stopped (`native.stop_on_signals`): from
+        then on the reader is no longer waited for (the writer's drain limit applies)."""
         self.sinks = sinks
         self.tally = tally
         self.every_line = every_line
         read_fd, self.write_fd = os.pipe()
         self.stream = os.fdopen(read_fd, "rb", buffering=1 << 16)
         self.failure: SinkError | None = None
+        self.ending = threading.Event()  # the sweep is over: what is left is read at once
+        self.stop = select.poll()
+        if stop_fd >= 0:
+            self.stop.register(stop_fd, select.POLLIN)
         self.thread = threading.Thread(target=self._run, name="probe-native-records")
         self.thread.start()
 
@@ -67,6 +82,7 @@ class HumanReader:
                     record = _record(line)
                     self.tally.add(record)
                     write(record)  # the sinks flush each line (list mode is live)
+                    self._room()
                 return
             light = _sweep_decoder()
             for line in self.stream:
@@ -75,13 +91,22 @@ class HumanReader:
                 if rec.outcome == OPEN:
                     write(_record(line))
                     self.sinks.flush()
+                    self._room()
         except SinkError as exc:
             self.failure = exc
         finally:
             self.stream.close()  # a writer still going gets EPIPE and stops
 
+    def _room(self) -> None:
+        """While the reader of the human lines has too much unread, read no further: the
+        core, its pipe full, starts nothing new. Not after a stop or the sweep's end."""
+        out = self.sinks.out
+        while out.full() and not self.ending.is_set() and not self.stop.poll(0):
+            out.wait_room(ROOM_WAIT)
+
     def finish(self) -> SinkError | None:
         """After the sweep: end of input for the thread; wait for it."""
+        self.ending.set()
         with contextlib.suppress(OSError):
             os.close(self.write_fd)
         self.thread.join()

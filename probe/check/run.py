@@ -70,18 +70,18 @@ def _run_on_native(
     started = time.monotonic()
     try:
         sinks.flush()
-        if human:
-            from .native_lines import HumanReader  # msgspec decoding: human output only
-
-            listed = output.list_mode
-            tally = Tally(result, repeat=False, track_ports=not listed)
-            # every record reaches the reader, for the tally; it shows (and --open keeps)
-            # what the Python engine would, on stdout only: -o FILE is written by the core
-            lines = Sinks(output, sinks.out, None, sinks.before_stdout)
-            reader = HumanReader(lines, tally, every_line=listed)
-        fd = sinks.out.fileno() if reader is None else reader.write_fd
-        file_fd = -1 if sinks.json_out is None else sinks.json_out.fileno()
         with native.stop_on_signals(on_signal) as stop_fd:
+            if human:
+                from .native_lines import HumanReader  # msgspec decoding: human output only
+
+                listed = output.list_mode
+                tally = Tally(result, repeat=False, track_ports=not listed)
+                # every record reaches the reader, for the tally; it shows (and --open keeps)
+                # what the Python engine would, on stdout only: -o FILE is written by the core
+                lines = Sinks(output, sinks.out, None, sinks.before_stdout)
+                reader = HumanReader(lines, tally, every_line=listed, stop_fd=stop_fd)
+            fd = sinks.out.fileno() if reader is None else reader.write_fd
+            file_fd = -1 if sinks.json_out is None else sinks.json_out.fileno()
             done = native.sweep(
                 fd,
                 feed,

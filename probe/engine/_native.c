@@ -12,7 +12,8 @@
  * 30 s stuck with nothing in flight). Records are written as JSON lines (or CSV rows), byte
  * for byte as the Python path writes them (output/jsonl.py, output/csv.py; the keys, the
  * outcomes and errno names and the lag buckets given by Python at import: `configure`), to
- * a file descriptor (and -o FILE's) in large chunks of whole lines.
+ * a file descriptor (and -o FILE's) in large chunks of whole lines (a pipe's reader that
+ * stops reading never gets half of one: write_all).
  *
  * A stop fd (the read end of the pipe that signal.set_wakeup_fd writes to) sits in the
  * epoll set: SIGINT/SIGTERM end the call promptly; records finished by then are written. */
@@ -34,6 +35,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <linux/time_types.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -705,24 +708,91 @@ static inline int64_t mono_ns(void) {
 
 #define STOP_DRAIN_NS 2000000000LL /* output/writer.py's OUTPUT_DRAIN */
 
-/* Whole buffer to fd. A reader that does not read holds the write until a stop (SIGINT,
- * SIGTERM: the stop fd). From the stop on, the reader has STOP_DRAIN_NS to take the rest
- * (a reader that reads loses nothing to the stop), in pieces of at most PIPE_BUF written
- * only when poll() says they fit, since no signal will end a blocked write() now; what it
- * has not taken by then stays unwritten (EAGAIN to the caller). A signal ends a blocked
- * write() early, with EINTR or with what it wrote so far: the stop fd is asked after
- * either. */
+/* Whole buffer to fd, and never half a line to a reader: a reader that stops reading must
+ * get whole records, however the run ends.
+ *
+ * A pipe or socket is only written when the write cannot wait on its reader, since a signal
+ * ends a waiting write() part way, mid-line, and a reader that never reads again would keep
+ * that half record: an empty pipe takes up to its size at once; otherwise (a pipe that
+ * holds something, a socket) poll() waits for room, and the write is whole lines of at most
+ * PIPE_BUF bytes, which a pipe takes whole or not at all. While it waits, a slow reader
+ * holds the run (nothing new starts: the JSON and CSV path's back-pressure), until it reads
+ * or a stop (SIGINT, SIGTERM: the stop fd). From the stop on, the reader has STOP_DRAIN_NS
+ * to take the rest (a reader that reads loses nothing to the stop); what it has not taken
+ * by then stays unwritten (EAGAIN to the caller), counted, and the output ends at a line's
+ * end. A file is written in large chunks (a full disk: the caller cuts it back to whole
+ * lines). */
 static int stop_pending(sweep_t *s) {
   struct pollfd p = {.fd = s->stop_fd, .events = POLLIN};
   return s->stop_fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
 }
 
+enum { SINK_FILE, SINK_PIPE, SINK_SOCKET };
+
+static int sink_kind(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return SINK_FILE; /* the write says what is wrong */
+  if (S_ISFIFO(st.st_mode)) return SINK_PIPE;
+  return S_ISSOCK(st.st_mode) ? SINK_SOCKET : SINK_FILE;
+}
+
+/* What an empty pipe takes in one write that cannot wait; 0: it holds something (or this
+ * cannot be told), so the next write waits for room and takes at most PIPE_BUF. */
+static size_t empty_pipe_room(int fd) {
+  int held;
+  if (ioctl(fd, FIONREAD, &held) < 0 || held != 0) return 0;
+  int size = fcntl(fd, F_GETPIPE_SZ);
+  return size > 0 ? (size_t)size : 0;
+}
+
+/* The first bytes of p[0..len) that are whole lines, at most `max` of them (a line longer
+ * than that goes alone: no write keeps it whole, as the Python writer's). */
+static size_t whole_lines(const char *p, size_t len, size_t max) {
+  if (len <= max) return len;
+  const char *nl = memrchr(p, '\n', max);
+  if (!nl) nl = memchr(p + max, '\n', len - max);
+  return nl ? (size_t)(nl - p) + 1 : len;
+}
+
+/* Until fd takes a write without waiting (1), or, after a stop, the drain limit passed (0).
+ * A stop while it waits starts the drain limit. */
+static int wait_room(sweep_t *s, int fd) {
+  for (;;) {
+    int timeout = -1;
+    if (s->drain_end) {
+      int64_t left = s->drain_end - mono_ns();
+      if (left <= 0) return 0;
+      timeout = (int)((left + 999999) / 1000000);
+    }
+    struct pollfd p[2] = {{.fd = fd, .events = POLLOUT},
+                          {.fd = s->drain_end ? -1 : s->stop_fd, .events = POLLIN}};
+    int ready = poll(p, 2, timeout);
+    if (ready < 0 && errno != EINTR) return 1; /* the write says what is wrong */
+    if (ready <= 0) continue;                  /* a signal (its byte is on the stop fd), or late */
+    if (p[0].revents) return 1;                /* room, or an error the write reports */
+    if (p[1].revents) s->drain_end = mono_ns() + STOP_DRAIN_NS;
+  }
+}
+
 static int write_all(sweep_t *s, int fd, buf_t *b) {
+  int kind = sink_kind(fd);
   size_t off = 0;
   while (off < b->len) {
     size_t len = b->len - off;
-    if (!s->drain_end && (s->stopped || stop_pending(s))) s->drain_end = mono_ns() + STOP_DRAIN_NS;
-    if (s->drain_end) {
+    /* (a pipe's or socket's wait for room watches the stop fd itself) */
+    if (!s->drain_end && (s->stopped || (kind == SINK_FILE && stop_pending(s))))
+      s->drain_end = mono_ns() + STOP_DRAIN_NS;
+    if (kind != SINK_FILE) {
+      size_t room = kind == SINK_PIPE ? empty_pipe_room(fd) : 0;
+      if (!room) {
+        if (!wait_room(s, fd)) {
+          errno = EAGAIN;
+          goto stalled;
+        }
+        room = PIPE_BUF;
+      }
+      len = whole_lines(b->p + off, len, room);
+    } else if (s->drain_end) {
       int64_t left = s->drain_end - mono_ns();
       struct pollfd p = {.fd = fd, .events = POLLOUT};
       int ready = left > 0 ? poll(&p, 1, (int)((left + 999999) / 1000000)) : 0;
@@ -731,13 +801,12 @@ static int write_all(sweep_t *s, int fd, buf_t *b) {
         errno = EAGAIN;
         goto stalled;
       }
-      if (len > PIPE_BUF) len = PIPE_BUF;
     }
     ssize_t n = write(fd, b->p + off, len);
     if (n < 0) {
       if (errno == EINTR) continue; /* the loop's top asks the stop fd */
-      if (errno == EAGAIN) {
-        if (!s->drain_end) {
+      if (errno == EAGAIN) {        /* a non-blocking descriptor: wait for room */
+        if (kind == SINK_FILE && !s->drain_end) {
           struct pollfd p = {.fd = fd, .events = POLLOUT};
           poll(&p, 1, 1000);
         }

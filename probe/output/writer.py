@@ -83,6 +83,10 @@ class PipeStream:
         """What the reader takes now, without waiting for it."""
         self._push(0)
 
+    def wait(self, seconds: float) -> None:
+        """What the reader takes within `seconds` (a writer held while `full()`)."""
+        self._push(seconds)
+
     def unwritten(self) -> int:
         return self._buf.count(b"\n")
 
@@ -229,6 +233,17 @@ class RecordWriter:
         is in flight still finishes and is written) until it has read."""
         stream = self._stream
         return isinstance(stream, PipeStream) and stream.full()
+
+    def wait_room(self, seconds: float) -> None:
+        """While `full()`: give the reader up to `seconds` to take some of what waits."""
+        if self._broken is not None:
+            raise self._broken
+        stream = self._stream
+        if isinstance(stream, PipeStream):
+            try:
+                stream.wait(seconds)
+            except OSError as exc:
+                raise self.failure(exc) from None
 
     def fileno(self) -> int:
         """The descriptor records go to (the native core writes to it directly)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import io
 import ipaddress
 import json
@@ -19,10 +20,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from helpers import (
     RecordingListener,
     can_netns,
     closed_port,
+    kill,
     need_tools,
     probe_cmd,
     socket_inodes,
@@ -46,14 +49,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from probe.address import ip_text
+from probe.check.choice import choose
 from probe.check.native_feed import Feed
 from probe.check.plan import build_plan
+from probe.check.run import run_share
+from probe.check.sinks import Sinks
 from probe.engine import EngineOptions, native
 from probe.engine.lag import LagMonitor
 from probe.engine.options import RATE_SLACK
+from probe.output import writer as writer_module
 from probe.output.log import configure
-from probe.output.writer import OUTPUT_DRAIN, RecordWriter
-from probe.record import OUTCOMES, RECORD_KEYS, Record, errno_name, outcome_of
+from probe.output.writer import OUTPUT_DRAIN, PipeStream, RecordWriter
+from probe.record import OPEN, OUTCOMES, RECORD_KEYS, Record, errno_name, outcome_of
 from probe.syntax import parse_target
 
 pytestmark = pytest.mark.skipif(
@@ -484,7 +491,7 @@ def test_a_stop_ends_a_write_to_a_reader_that_does_not_read(tmp_path: Path) -> N
         )
         assert proc.stdout is not None
         proc.stdout.read(1)  # it has started writing; from here on nobody reads
-        wait_for("probe blocked writing to a full pipe", lambda: _pipe_full(proc.pid), 20)
+        wait_for("a full pipe nobody reads", _unread_pipe(proc.stdout.fileno()), 20)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(10)
@@ -493,6 +500,40 @@ def test_a_stop_ends_a_write_to_a_reader_that_does_not_read(tmp_path: Path) -> N
     assert code == 128 + signal.SIGTERM  # as the Python engine's, after its drain
     last = err.read_text().splitlines()[-1]
     assert re.search(r"its reader stopped reading, \d+ records not written$", last), last
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_a_stop_leaves_a_reader_that_does_not_read_whole_lines(tmp_path: Path, fmt: str) -> None:
+    """SIGTERM while the core waits on a full pipe nobody reads: what reached the reader is
+    whole lines (every one parses), and the rest is counted, never half written."""
+    err = tmp_path / "err"
+    with err.open("wb") as errors:
+        sweep = ["check", "127.0.0.1", "-p", "1-65535", "--format", fmt, "--workers", "1"]
+        proc = subprocess.Popen([*probe_cmd(), *sweep], stdout=subprocess.PIPE, stderr=errors)
+        assert proc.stdout is not None
+        try:
+            wait_for("a full pipe nobody reads", _unread_pipe(proc.stdout.fileno()), 20)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(10)
+            data = proc.stdout.read()
+        finally:
+            kill(proc)
+            proc.stdout.close()
+    assert code == 128 + signal.SIGTERM
+    last = err.read_text().splitlines()[-1]
+    unwritten = re.search(r"its reader stopped reading, (\d+) records not written$", last)
+    assert unwritten and int(unwritten.group(1)) > 0, last
+    assert len(data) >= 32768 and data.endswith(b"\n"), data[-300:]
+    lines = data.splitlines()
+    if fmt == "json":
+        ports = [json.loads(line)["port"] for line in lines]
+    else:
+        (head, *rows) = list(csv.reader(io.StringIO(data.decode())))
+        width = len(head)
+        assert all(len(row) == width for row in rows), [r for r in rows if len(r) != width][:3]
+        ports = [int(row[head.index("port")]) for row in rows]
+    assert len(set(ports)) == len(ports) > 100
 
 
 @pytest.mark.serial
@@ -508,7 +549,7 @@ def test_a_stop_still_writes_to_a_reader_that_reads(tmp_path: Path) -> None:
         )
         assert proc.stdout is not None
         first = proc.stdout.read(1)
-        wait_for("probe blocked writing to a full pipe", lambda: _pipe_full(proc.pid), 20)
+        wait_for("a full pipe nobody reads", _unread_pipe(proc.stdout.fileno()), 20)
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()
         code = proc.wait(10)
@@ -519,13 +560,20 @@ def test_a_stop_still_writes_to_a_reader_that_reads(tmp_path: Path) -> None:
     assert len({r["port"] for r in records}) == len(records) > 1
 
 
-def _pipe_full(pid: int) -> bool:
-    """The process sleeps in write() (its kernel stack says so, or its wchan)."""
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return False
-    return "pipe_write" in wchan or "wait_woken" in wchan or "write" in wchan
+def _unread_pipe(fd: int, quiet: float = 1.0) -> Callable[[], bool]:
+    """A condition: the pipe (its read end `fd`) holds 32 KiB or more, unchanged for
+    `quiet` seconds: its writer has more than the reader took, and waits."""
+    seen = {"held": -1, "since": 0.0}
+
+    def stalled() -> bool:
+        waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        held, now = int.from_bytes(waiting, sys.byteorder), time.monotonic()
+        if held != seen["held"]:
+            seen.update(held=held, since=now)
+            return False
+        return held >= 32768 and now - seen["since"] >= quiet
+
+    return stalled
 
 
 # -- the whole command ------------------------------------------------------------------------
@@ -851,6 +899,82 @@ def test_every_attempt_sends_its_own_syn_from_its_recorded_port(
     assert opened == [22, 80, 443, 1500, 1999]  # no false open
     time_wait = listening_ns.run("ss", "-tan", "state", "time-wait").stdout.splitlines()
     assert len(time_wait) <= 1  # the header only: RST closes, refusals leave nothing
+
+
+class WatchedPipe(PipeStream):
+    """A pipe stream that notes the most it ever held for its reader."""
+
+    high = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        written = super().write(data)
+        self.high = max(self.high, len(self._buf))
+        return written
+
+
+@pytest.mark.parametrize("core", ["native", "python"])
+def test_human_lines_wait_for_a_slow_reader_in_bounded_room(
+    monkeypatch: pytest.MonkeyPatch, core: str
+) -> None:
+    """Human output to a pipe nobody reads yet, 3,000 open ports to sweep: the sweep is held
+    (no new connects) while what waits for the reader stays within the writer's cap (here
+    16 KiB, plus what the attempts in flight add); once it reads, it gets every line."""
+    cap, total, concurrency = 16 << 10, 3000, 64
+    monkeypatch.setattr(writer_module, "BACKLOG_MAX", cap)
+    if core == "python":
+        monkeypatch.setattr(native, "UNAVAILABLE", "the Python engine, for this test")
+    listeners = []
+    try:
+        for _ in range(total):
+            sock = socket.socket()
+            listeners.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+        ports = {sock.getsockname()[1] for sock in listeners}
+        plan = build_plan([f"127.0.0.1:{port}" for port in ports], concurrency=concurrency)
+        assert choose(plan).core == core
+        r, w = os.pipe()
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+        out = WatchedPipe(w, stall=False)
+        stdout = RecordWriter(out)
+        connected = select.poll()
+        for sock in listeners:
+            connected.register(sock, select.POLLIN)
+        seen = {"count": -1, "since": 0.0}
+        box: dict[str, Any] = {}
+
+        def held() -> bool:
+            """No new connect for a second, the output full (or every port done)."""
+            count, now = len(connected.poll(0)), time.monotonic()
+            if count != seen["count"]:
+                seen.update(count=count, since=now)
+            return count == total or (stdout.full() and now - seen["since"] >= 1.0)
+
+        def read_later() -> None:
+            try:
+                wait_for("the sweep held by its reader", held, 60)
+                box["held"] = seen["count"]
+            finally:
+                box["data"] = b"".join(iter(lambda: os.read(r, 1 << 16), b""))
+
+        reader = threading.Thread(target=read_later)
+        reader.start()
+        try:
+            result = run_share(plan, 0, 1, Sinks(plan.output, stdout))
+            stdout.close()
+        finally:
+            reader.join(60)
+            os.close(r)
+    finally:
+        for sock in listeners:
+            sock.close()
+    assert result.error is None and result.outcomes[OPEN] == total
+    assert out.high <= cap + concurrency * 200, out.high
+    assert box["held"] < total / 2  # the rest waited for the reader
+    lines = box["data"].decode().splitlines()
+    assert len(lines) == total
+    assert {int(line.split()[0].rsplit(":", 1)[1]) for line in lines} == ports
+    assert all(line.split()[1] == "open" for line in lines)
 
 
 @needs_netns
