@@ -336,6 +336,11 @@ def veth(a: Netns, a_addr: str, b: Netns, b_addr: str) -> tuple[str, str]:
 
 # "12:00:00.000000 IP 127.0.0.1.43282 > 127.0.0.1.5001: Flags [S], seq ..."
 SYN_LINE = re.compile(r"IP6? (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[S\],")
+# A SYN's headers (link, IPv6, TCP with options) fit in 128 bytes. tcpdump's default snap
+# length makes each slot of its ring buffer as large as loopback's 64 KiB MTU: 2 MiB then
+# holds 32 packets, and a burst of hundreds sent while tcpdump waits for a core is lost.
+SNAPLEN = 128
+CAPTURE_BUFFER_KIB = 16384  # the ring: ~60,000 SYNs at this snap length
 MARK = 9  # discard: a closed port in a namespace of our own, never a probe's target
 
 
@@ -351,7 +356,8 @@ class SynCapture:
         if port is not None:
             match += f" and (dst port {port} or dst port {MARK})"
         self.proc = ns.popen(
-            "tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-w", str(path), match,
+            "tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-s", str(SNAPLEN),
+            "-B", str(CAPTURE_BUFFER_KIB), "-w", str(path), match,
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         assert self.proc.stderr is not None
@@ -400,6 +406,10 @@ class SynCapture:
         self.written()
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(5)
+        assert self.proc.stderr is not None
+        report = self.proc.stderr.read()  # its counts, at exit
+        dropped = re.search(r"(\d+) packets? dropped by kernel", report)
+        assert dropped is not None and dropped[1] == "0", f"the capture lost packets: {report}"
         return [syn for syn in self._lines(whole=True) if syn[3] != MARK]
 
     def close(self) -> None:
