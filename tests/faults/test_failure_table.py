@@ -19,6 +19,7 @@ OUTPUT = "faults/test_output_stalls.py"
 DAEMON = "daemon/test_daemon.py"
 METRICS = "daemon/test_metrics.py"
 SERVING = "daemon/test_serving.py"
+NATIVE = "engine/test_native.py"
 
 # docs/reliability.md's failure table: the first cell of each row -> {file under tests/: tests}.
 ROWS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -169,12 +170,14 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
             "test_sigterm_ends_probe_run_logging_to_an_unread_stdout",
             "test_sigterm_ends_a_continuous_check_into_an_unread_pipe",
         ),
+        NATIVE: ("test_a_stop_leaves_a_reader_that_does_not_read_whole_lines",),
     },
     "`probe check` into a slow or late reader (`\\| less`, `\\| (sleep 3; wc -l)`)": {
         OUTPUT: (
             "test_a_late_reader_gets_every_record_and_no_false_timeout",
             "test_sigterm_ends_a_check_waiting_for_its_reader",
         ),
+        NATIVE: ("test_human_lines_wait_for_a_slow_reader_in_bounded_room",),
     },
     "the log file's directory is removed": {
         OUTPUT: ("test_a_removed_log_directory_is_exit_1_naming_the_file",),
