@@ -51,8 +51,14 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self.exit_code = EXIT_OK
         self.fatal: str | None = None
+        self._stopped = asyncio.Event()
+        self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
+        self._built = False
         self.writer = writer
-        write_record = configure(writer, log_format(config))  # before anything logs
+        # Before anything logs. Every line, record or event, goes through one guard: a log
+        # that breaks on any of them stops the daemon (_die), never a traceback from the
+        # callback that happened to write.
+        write_record = configure(writer, log_format(config), self._die)
         self.log = event_logger()
         self.engines = Engines(config, metrics_listen(config) is not None, self.log)
         self.metrics = Metrics(lambda: float(self.engines.inflight))
@@ -79,10 +85,9 @@ class Daemon:
         )
         parts = (self.engines, self.metrics, self.runner, self.ondemand)
         self.web = Web(config, *parts, self.meshing.routes())
-        self._stopped = asyncio.Event()
-        self._abandon = asyncio.Event()  # a second SIGTERM/SIGINT during the drain
         self._reload_pending = False
         self.collector = Collector(self.loop)
+        self._built = True
 
     async def serve(self) -> int:
         failed = await self.web.start(self.log) or await self.meshing.start()
@@ -123,7 +128,7 @@ class Daemon:
             return
         try:
             self._apply_reload()
-        except SinkError as exc:  # the log broke: on its reopen, or writing an event here
+        except SinkError as exc:  # the log file could not be opened anew
             self._die(str(exc))
 
     def _apply_reload(self) -> None:
@@ -187,11 +192,11 @@ class Daemon:
         await self._close()
         if self.fatal is None:
             self.log.info("stopped", config=self.path)
+        if self.fatal is None:  # (that write may have found the log broken)
             try:
                 self.writer.close(OUTPUT_DRAIN)  # a reader that does not read: no longer
             except SinkError as exc:
-                report(str(exc))
-                self.exit_code = EXIT_FAILED
+                self.fatal, self.exit_code = str(exc), EXIT_FAILED
         if self.fatal is not None:
             report(self.fatal)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -204,10 +209,7 @@ class Daemon:
         if names or probes:
             inflight = self.engines.inflight
             abandoned = {"names": names[:ABANDON_NAMES], "probe_requests": probes}
-            try:
-                self.log.info("abandoned", attempts=inflight, **abandoned)
-            except SinkError as exc:
-                self._die(str(exc))
+            self.log.info("abandoned", attempts=inflight, **abandoned)
 
     async def _close(self) -> None:
         await self.runner.close()
@@ -224,7 +226,10 @@ class Daemon:
         if self.fatal is None:
             self.fatal = message
             self.exit_code = EXIT_FAILED
-        self.stop()
+        if self._built:
+            self.stop()
+        else:  # an event of a part being built: serve() goes straight to the shutdown
+            self._stopped.set()
 
 
 async def _serve(path: str, config: Config, shard: fleet.Shard | None) -> int:

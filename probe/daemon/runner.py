@@ -101,7 +101,9 @@ class Runner:
         self.engine = engine
         self.metrics = metrics
         self.writer = writer
-        self.write_record = write_record
+        # A record (as every event) that finds the log broken stops the daemon at the sink
+        # (log.configure's `broken`): it never raises here.
+        self.write = write_record
         self.die = die  # the log cannot be written: the daemon stops, naming the file
         self.log = log
         self.clock = Clock()
@@ -127,12 +129,6 @@ class Runner:
 
     def targets(self) -> list[ResolvedTarget]:
         return [job.item for job in self.schedule.jobs.values()]
-
-    def write(self, record: Record) -> None:
-        try:
-            self.write_record(record)
-        except SinkError as exc:
-            self.die(str(exc))
 
     def track(self, task: asyncio.Task[Any]) -> None:
         self.lookups.add(task)
@@ -168,10 +164,7 @@ class Runner:
             self.history.flush()  # the minute in progress: its rest adds to it after a restart
             store = self.store
             await self.loop.run_in_executor(None, store.close)
-            try:
-                self.log.info("store", result="closed", path=str(store.path), **store.stats())
-            except SinkError as exc:  # the log broke: a runtime failure (exit 1), not usage
-                self.die(str(exc))
+            self.log.info("store", result="closed", path=str(store.path), **store.stats())
         self._pool.close()
 
     def running_names(self) -> list[str]:

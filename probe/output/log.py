@@ -1,7 +1,12 @@
 """structlog, configured once per process with our renderer, writing to a `RecordWriter`.
 Records and the daemon's own events go out the same way; a record travels as itself (the
 `record` value of its event), never as a dict of its fields, and the renderer writes it
-in the chosen format."""
+in the chosen format.
+
+A process that must not raise out of its callbacks (the daemon: an event is written from a
+timer, a lookup's callback or a signal's) passes `broken`: a write that finds the sink
+broken (its reader gone, a full disk, a backlog past its limit) hands the error's one line
+to it, whichever event or record that write was, and returns."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from ..errors import SinkError
 from ..record import Record, format_timestamp
 from .human import EventDict, console_line, probe_line
 from .jsonl import event_json, record_json
@@ -65,11 +71,34 @@ class Renderer:
         return self._event(event_dict)
 
 
-def configure(writer: RecordWriter, fmt: str = "json") -> Callable[[Record], None]:
-    """Configure structlog once for this process; returns the function that writes a record."""
+class GuardedSink:
+    """structlog's logger in a process that passes `broken`: the one place where a failed
+    write of a line, record or event alike, becomes a call instead of an exception."""
+
+    __slots__ = ("_broken", "_write")
+
+    def __init__(self, writer: RecordWriter, broken: Callable[[str], None]) -> None:
+        self._write = writer.msg
+        self._broken = broken
+
+    def msg(self, message: bytes) -> None:
+        try:
+            self._write(message)
+        except SinkError as exc:
+            self._broken(str(exc))
+
+    info = warning = error = msg
+
+
+def configure(
+    writer: RecordWriter, fmt: str = "json", broken: Callable[[str], None] | None = None
+) -> Callable[[Record], None]:
+    """Configure structlog once for this process; returns the function that writes a record.
+    Without `broken`, a failed write raises SinkError to whoever logged."""
+    sink: RecordWriter | GuardedSink = writer if broken is None else GuardedSink(writer, broken)
     structlog.configure(
         processors=[Renderer(fmt)],
-        logger_factory=lambda *_: writer,
+        logger_factory=lambda *_: sink,
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=True,
     )

@@ -171,6 +171,10 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
             "test_sigterm_ends_a_continuous_check_into_an_unread_pipe",
         ),
         NATIVE: ("test_a_stop_leaves_a_reader_that_does_not_read_whole_lines",),
+        "faults/test_broken_log_events.py": (
+            "test_an_event_that_finds_the_log_broken_stops_the_daemon",
+            "test_a_resolve_event_that_finds_the_log_broken_stops_the_daemon",
+        ),
     },
     "`probe check` into a slow or late reader (`\\| less`, `\\| (sleep 3; wc -l)`)": {
         OUTPUT: (
