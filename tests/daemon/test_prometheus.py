@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -27,6 +26,7 @@ from helpers import (
     RecordingListener,
     closed_port,
     config_toml,
+    free_port,
     http_get,
     target_toml,
     wait_for,
@@ -68,13 +68,6 @@ groups:
 
 T = TypeVar("T")
 Vector = list[dict[str, Any]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tomllib
@@ -34,6 +33,7 @@ from helpers import (
     RecordingListener,
     closed_port,
     config_toml,
+    free_port,
     http_get,
     probe_cmd,
     read_lines,
@@ -1037,13 +1037,6 @@ def test_kubernetes_scrape_config_keeps_the_probe_pods(tmp_path: Path) -> None:
     assert kept(by_kind(workloads["statefulset.yaml"], "StatefulSet")[0])
     assert kept(by_kind(workloads["daemonset.yaml"], "DaemonSet")[0])
     assert not kept(by_kind(workloads["job-sweep.yaml"], "Job")[0])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

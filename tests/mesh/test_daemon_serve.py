@@ -14,15 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Daemon, Responder, config_toml, target_toml, value
+from helpers import Daemon, Responder, config_toml, free_port, target_toml, value
 
 SERVE_PORT_CONFIG = '[serve]\nlisten = ["127.0.0.1:{port}"]\nname = "daemon-a"\n\n'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
