@@ -554,6 +554,57 @@ def test_a_stop_leaves_a_reader_that_does_not_read_whole_lines(
     assert len(set(ports)) == len(ports) > 100
 
 
+# `probe check` of 3,000 open ports on 127.0.0.1 (listeners of its own), human output, the
+# writer's cap lowered to 16 KiB: its reader soon holds the sweep.
+HELD_HUMAN = """
+import socket, sys
+from probe.output import writer
+writer.BACKLOG_MAX = 16 << 10
+listeners = [socket.socket() for _ in range(3000)]
+for sock in listeners:
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+sys.argv = ["probe", "check", *(f"127.0.0.1:{s.getsockname()[1]}" for s in listeners),
+            *sys.argv[1:]]
+from probe.cli import console
+console()
+"""
+
+
+@pytest.mark.serial
+def test_a_stop_ends_human_output_held_by_its_reader(tmp_path: Path) -> None:
+    """Human lines held for a reader that does not read: SIGTERM ends the check within the
+    drain limit (the core's reader thread stops holding it at once), whole lines written,
+    the last stderr line counting the rest."""
+    script = tmp_path / "held.py"
+    script.write_text(HELD_HUMAN)
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--workers", "1"],
+        stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        wait_for("a full pipe nobody reads", _unread_pipe(r), 30)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+        took = time.monotonic() - sent
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()
+        with open(r, "rb", closefd=False) as reader:
+            data = reader.read()
+    finally:
+        kill(proc)
+        os.close(r)
+    assert code == 128 + signal.SIGTERM, stderr
+    assert took < OUTPUT_DRAIN + 1.5
+    last = stderr.splitlines()[-1]
+    assert re.search(r"its reader stopped reading, [1-9]\d* records not written$", last), last
+    assert data.endswith(b"\n")
+    assert all(line.split()[1] == "open" for line in data.decode().splitlines())
+
+
 @pytest.mark.serial
 def test_a_stop_still_writes_to_a_reader_that_reads(tmp_path: Path) -> None:
     """SIGINT ends a write to a full pipe part way; its reader, slow but reading, still gets

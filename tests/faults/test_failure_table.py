@@ -181,7 +181,10 @@ ROWS: dict[str, dict[str, tuple[str, ...]]] = {
             "test_a_late_reader_gets_every_record_and_no_false_timeout",
             "test_sigterm_ends_a_check_waiting_for_its_reader",
         ),
-        NATIVE: ("test_human_lines_wait_for_a_slow_reader_in_bounded_room",),
+        NATIVE: (
+            "test_human_lines_wait_for_a_slow_reader_in_bounded_room",
+            "test_a_stop_ends_human_output_held_by_its_reader",
+        ),
     },
     "the log file's directory is removed": {
         OUTPUT: ("test_a_removed_log_directory_is_exit_1_naming_the_file",),
