@@ -629,7 +629,7 @@ def test_a_stop_still_writes_to_a_reader_that_reads(tmp_path: Path) -> None:
     assert len({r["port"] for r in records}) == len(records) > 1
 
 
-def _unread_pipe(fd: int, quiet: float = 1.0) -> Callable[[], bool]:
+def _unread_pipe(fd: int, quiet: float = 0.5) -> Callable[[], bool]:
     """A condition: the pipe (its read end `fd`) holds 32 KiB or more, unchanged for
     `quiet` seconds: its writer has more than the reader took, and waits."""
     seen = {"held": -1, "since": 0.0}
