@@ -63,9 +63,10 @@ class Engines:
         concurrency, self.probe_limit = budget(config, http, room)
         self.http_limit = http_connections(room)  # fixed from the start
         concurrency = self._fit_source_range(config, concurrency)
-        self.schedule = Engine(engine_options(config, concurrency, config.engine.lag_limit_ms))
+        options = engine_options(config, concurrency, config.engine.lag_limit_ms)
+        self.schedule = Engine(options, report_lag=False)  # the lag limit's samples only
         # Loop lag holds the schedule's engine down, not this one.
-        self.probe = Engine(engine_options(config, self.probe_limit, None))
+        self.probe = Engine(engine_options(config, self.probe_limit, None), report_lag=False)
         self.both = (self.schedule, self.probe)
 
     def hook(

@@ -33,10 +33,11 @@ from .store import Saved, Store, default_directory, open_store
 
 FLUSH_EVERY = 0.1  # seconds between log flushes, log-file checks and clock-step checks
 LATE_START = 0.1  # seconds: a scheduled start later than this is counted and logged
-# The loop's timers count whole milliseconds (libuv): a slot less than half a millisecond
-# away fires at once, and the timer of one further away may fire early. Slots due within
-# this much are started now, instead of spinning through the loop until their instant.
-EARLY = 0.001
+# Slots due within this much are started now: one wake-up of the loop starts every slot of
+# the next few milliseconds (at 1,000 starts a second, ~170 wake-ups instead of ~300, each
+# costing the process 20-40 µs of CPU), and a start that early is as good as on its slot.
+# (The loop's timers count whole milliseconds, and may fire up to one early.)
+EARLY = 0.005
 
 
 def should_log(mode: str, record: Record, previous: tuple[str, str | None] | None) -> bool:

@@ -74,7 +74,9 @@ class EngineStats:
 class Engine:
     """Connect attempts with a concurrency bound, pacing, retries and shortage handling."""
 
-    def __init__(self, options: EngineOptions) -> None:
+    def __init__(self, options: EngineOptions, report_lag: bool = True) -> None:
+        """`report_lag=False`: nobody reads `lag` but the lag limit, so it is sampled only
+        while connects are in flight (the daemon's engines; a run reports the whole run's)."""
         self.options = options
         self.loop = asyncio.get_running_loop()
         self._ports = _port_range(options)
@@ -106,7 +108,11 @@ class Engine:
         self._poller = make_poller(self.loop, self._ready, self._after_completions)
         # A loop that runs late notices completions late and would inflate their latency:
         # measure the lag, and past the limit hold concurrency down rather than report it.
-        self.lag = LagMonitor(self.loop, self._on_lag if options.lag_limit_ms else None)
+        self.lag = LagMonitor(
+            self.loop,
+            self._on_lag if options.lag_limit_ms else None,
+            None if report_lag else self._connecting,
+        )
 
     # -- the public side -------------------------------------------------------------------
 
@@ -378,6 +384,9 @@ class Engine:
                 slot, attempt.timeout or self.options.timeout, 2 * self.ceiling + 64
             )
             self._poller.watch(slot)
+            if self.lag.idle:
+                self._lagging = 0  # the samples before the pause are no run of lateness
+                self.lag.wake()
         return _DONE
 
     def _bind(self, sock: socket.socket) -> tuple[str, int | None]:
@@ -404,6 +413,9 @@ class Engine:
                     return _ABORTED, None
                 return _SHORT, None  # the fixed port is busy for now (TIME_WAIT, another socket)
         return _DONE, None
+
+    def _connecting(self) -> bool:
+        return self.inflight > len(self._staging)  # stages wait without the loop
 
     def _on_lag(self, lag_ms: float) -> None:
         """Multiplicative decrease on sustained lag; completions add one back at a time.

@@ -998,14 +998,19 @@ def test_engine_on_the_production_loop(
 
 
 @pytest.mark.serial
-async def test_loop_lag_holds_concurrency_down(full_queue: FullQueueListener) -> None:
+@pytest.mark.parametrize("report_lag", [True, False])
+async def test_loop_lag_holds_concurrency_down(
+    full_queue: FullQueueListener, report_lag: bool
+) -> None:
     """A loop kept busy (a callback that blocks 8 ms, again and again) makes the engine lower
     its concurrency while attempts wait in flight; without the lag limit it does not. No
     attempt ends before the limit is read (each completion adds one back): a loaded machine
-    may wake the reader well after the hog stops."""
+    may wake the reader well after the hog stops. The same when the lag is sampled only
+    while connects are in flight (the daemon's engines)."""
 
     async def run(lag_limit_ms: float | None) -> tuple[int, int]:
-        engine = Engine(EngineOptions(timeout=10.0, concurrency=60, lag_limit_ms=lag_limit_ms))
+        options = EngineOptions(timeout=10.0, concurrency=60, lag_limit_ms=lag_limit_ms)
+        engine = Engine(options, report_lag=report_lag)
         loop = asyncio.get_running_loop()
         stop = loop.time() + 0.5
 
@@ -1028,3 +1033,29 @@ async def test_loop_lag_holds_concurrency_down(full_queue: FullQueueListener) ->
     assert lowest < 60
     lowest, throttles = await run(None)
     assert (lowest, throttles) == (60, 0)
+
+
+async def test_lag_unreported_is_sampled_only_while_connects_are_in_flight(
+    full_queue: FullQueueListener,
+) -> None:
+    """An engine whose lag nobody reads (the daemon's) stops its lag timer at the first tick
+    that finds nothing in flight, and starts it again with the next connect left waiting."""
+    engine = Engine(EngineOptions(timeout=10.0, concurrency=4), report_lag=False)
+    await asyncio.sleep(0.1)  # a timer due after the first tick's: that tick has run
+    assert (engine.lag.samples, engine.lag.idle) == (1, True)
+    await asyncio.sleep(0.1)
+    assert engine.lag.samples == 1  # no tick while idle
+    engine.submit(Attempt(endpoint("127.0.0.1", full_queue.port), V4), lambda *_: None)
+    assert not engine.lag.idle
+
+    async def samples(of: Engine, n: int) -> None:
+        while of.lag.samples < n:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(samples(engine, 4), 15.0)  # the connect waits: the queue is full
+    reported = Engine(EngineOptions(timeout=10.0, concurrency=4))
+    await asyncio.wait_for(samples(reported, 4), 15.0)  # a run's: every tick, idle or not
+    assert not reported.lag.idle
+    engine.close()
+    reported.close()
+    assert not engine.lag.idle  # stopped for good: a closed engine's timer never restarts

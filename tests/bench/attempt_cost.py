@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""The daemon's CPU per attempt on its record path, in-process: what the loop spends from
+the engine's answer to the log (the record made, the damped state, the status page's
+history, the metrics, the log sink, the store's queue), and what a /metrics page costs.
+
+10,000 targets as operator_scale.py has them (10 s interval, every tenth open, the rest
+refused, `[log] attempts = "changes"`, the store on), their records fed straight into the
+runner round after round with the clock moved 10 s a round: no sockets, no timers, so the
+figures are CPU time of this thread (and of the store's writer thread), far less sensitive
+to the machine's load than a whole daemon's CPU share. The first rounds (state being built)
+are not counted. A page is rendered and gzipped (level 1, as served) after every round.
+
+Usage: .venv/bin/python tests/bench/attempt_cost.py [--rounds 12] [--no-store] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import errno
+import pstats
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+from probe import loop as event_loop
+from probe.address import literal
+from probe.daemon.config import load_config
+from probe.daemon.http import GZIP_LEVEL
+from probe.daemon.metrics import Metrics
+from probe.daemon.paths import path_of
+from probe.daemon.runner import Runner, own_targets
+from probe.engine import Engine, EngineOptions
+from probe.output.log import configure, event_logger
+from probe.output.writer import stdout_writer
+from probe.record import OPEN, REFUSED, Record, errno_name
+
+TARGETS = 10_000
+FIRST_PORT = 20001
+OPEN_EVERY = 10
+INTERVAL = 10.0
+WARMUP = 2  # rounds not counted: the first builds every target's state
+
+
+def thread_cpu(thread: threading.Thread | None) -> float:
+    if thread is None or thread.ident is None:
+        return 0.0
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def page_cost(metrics: Metrics) -> tuple[float, int]:
+    """CPU seconds of one page, rendered and gzipped as served; its gzipped size."""
+    began = time.thread_time()
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    size = 0
+    for piece in metrics.pieces():
+        if piece is not None:
+            size += len(packer.compress(piece))
+    size += len(packer.flush())
+    return time.thread_time() - began, size
+
+
+async def bench(a: argparse.Namespace, tmp: Path) -> None:
+    ports = range(FIRST_PORT, FIRST_PORT + TARGETS)
+    head = f"[defaults]\ninterval = {INTERVAL}\ntimeout = 1.0\n"
+    head += f'[log]\nformat = "json"\nfile = "{tmp / "probe.log"}"\nattempts = "changes"\n'
+    head += f'[store]\npath = "{"" if a.no_store else tmp / "store"}"\n'
+    (tmp / "config.toml").write_text(
+        head + "".join(f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in ports)
+    )
+    config = load_config(str(tmp / "config.toml"), None)
+    targets, _ = own_targets(str(tmp / "config.toml"), config, None)
+    writer = stdout_writer(config.log.file)
+    write_record = configure(writer, "json")
+    engine = Engine(EngineOptions(timeout=1.0, concurrency=1000, lag_limit_ms=None))
+    metrics = Metrics(lambda: 0.0)
+    runner = Runner(engine, (60.0, 5.0, 4), metrics, writer, write_record, sys.exit, event_logger())
+    runner.log_attempts = config.log.attempts
+    await runner.open_store(config.store, targets)
+    runner.apply(targets)  # not started: no timer fires, the records below are the only ones
+    if runner.store is not None:
+        runner.store.start()
+    jobs = sorted(runner.schedule.jobs.values(), key=lambda job: job.phase)
+    work = []
+    for job in jobs:
+        target = job.item
+        address = literal(target.host)
+        assert address is not None
+        path = path_of(target.name, target.addresses, address)
+        extra = runner._extras[target.name]
+        work.append((job, target, address, path, extra, target.port % OPEN_EVERY == 1))
+    refused = errno.ECONNREFUSED
+    started = time.time()
+    per_attempt: list[float] = []
+    store_per_attempt: list[float] = []
+    pages: list[float] = []
+    profile = cProfile.Profile() if a.profile else None
+    store_thread = getattr(runner.store, "_thread", None)
+    for r in range(a.rounds + WARMUP):
+        counted = r >= WARMUP
+        if profile is not None and counted:
+            profile.enable()
+        cpu0, store0 = time.thread_time(), thread_cpu(store_thread)
+        for job, target, address, path, extra, is_open in work:
+            # What the engine's _deliver and the runner's done() do with an answer.
+            err = 0 if is_open else refused
+            outcome = OPEN if is_open else REFUSED
+            job.running = True
+            record = Record(
+                started=started + job.phase + r * INTERVAL,
+                target=target.address,
+                host=target.host,
+                port=target.port,
+                address=address.ip,
+                family=address.family_name,
+                local_address="127.0.0.1",
+                local_port=40000 + (r * 7 + target.port) % 20000,
+                outcome=outcome,
+                error=None if is_open else errno_name(err),
+                latency_ms=0.05 + (target.port % 7) * 0.01,
+                rtt_ms=0.02 if is_open else None,
+                syn_retransmits=0,
+                dns_ms=0.0,
+                attempt=r + 1,
+                stages=None,
+            )
+            record.extra = extra
+            runner._finished(job, record, path)
+        writer.flush()
+        cpu = time.thread_time() - cpu0
+        if profile is not None and counted:
+            profile.disable()
+        page, size = page_cost(metrics)
+        if runner.store is not None:
+            runner.store.flush_now()
+            await asyncio.sleep(0.3)  # the writer's batch, on its own thread
+        if counted:
+            per_attempt.append(cpu / len(work) * 1e6)
+            store_per_attempt.append((thread_cpu(store_thread) - store0) / len(work) * 1e6)
+            pages.append(page * 1000)
+    loop_us = statistics.median(per_attempt)
+    store_us = statistics.median(store_per_attempt)
+    page_ms = statistics.median(pages)
+    print(f"{len(work):,} targets, {a.rounds} rounds counted (after {WARMUP}), store "
+          f"{'off' if a.no_store else 'on'}, gzipped page {size:,} bytes")  # fmt: skip
+    print(f"record path on the loop: median {loop_us:.2f} µs an attempt "
+          f"(min {min(per_attempt):.2f}, max {max(per_attempt):.2f})")  # fmt: skip
+    print(f"store writer thread: median {store_us:.2f} µs an attempt")
+    print(f"page rendered and gzipped: median {page_ms:.1f} ms (min {min(pages):.1f})")
+    rate = TARGETS / INTERVAL
+    share = (loop_us + store_us) * rate / 1e4 + page_ms / 15.0 / 10.0
+    print(f"at {rate:,.0f} attempts/s and a page every 15 s: {share:.2f} % of a core")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    await runner.close()
+    engine.close()
+    writer.close(1.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--no-store", action="store_true", help='[store] path = "" (no store)')
+    ap.add_argument("--profile", action="store_true", help="cProfile the counted rounds")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        event_loop.run(bench(a, Path(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
