@@ -12,10 +12,13 @@ metrics (labels `target`, `address`, `family`; daemon/paths.py says why).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
+import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import (
@@ -30,6 +33,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -89,11 +94,20 @@ def core_name() -> str:
     return core if isinstance(core, str) else "python"
 
 
+_ERROR_LABELS: dict[str, str] = {}  # error → label, for the few errors attempts meet
+_ERROR_LABELS_KEPT = 256
+
+
 def error_label(error: str | None) -> str | None:
     """The `error` label of a record's error, from a bounded set of names."""
     if error is None:
         return None
-    return error if _ERROR_NAME.match(error) else "OTHER"
+    label = _ERROR_LABELS.get(error)
+    if label is None:
+        label = error if _ERROR_NAME.match(error) else "OTHER"
+        if len(_ERROR_LABELS) < _ERROR_LABELS_KEPT:
+            _ERROR_LABELS[error] = label
+    return label
 
 
 def sanitize_label_name(name: str) -> str:
@@ -168,11 +182,10 @@ class Metrics:
         self._paths: dict[str, set[tuple[str, str]]] = {}  # name → (address, family) seen
         self.inflight = Gauge("probe_inflight", "Attempts in flight now.", registry=None)
         self.inflight.set_function(inflight)
-        self.lag = Histogram(
+        self.lag = PlainHistogram(
             "probe_schedule_lag_seconds",
             "Actual start minus planned start of scheduled attempts.",
-            buckets=LAG_BUCKETS,
-            registry=None,
+            LAG_BUCKETS,
         )
         self.targets = Gauge("probe_targets", "Targets in the running config.", registry=None)
         self.reloads = Counter(
@@ -389,6 +402,32 @@ def render(registry: CollectorRegistry) -> bytes:
             labels = ",".join(f'{k}="{escape(v)}"' for k, v in items)
             out.append(f"{sname}{{{labels}}} {value}\n")
     return "".join(out).encode("utf-8")
+
+
+class PlainHistogram(Collector):
+    """A histogram without labels, observed at every scheduled start (1,000 a second at
+    10,000 targets): a list of counts, ~4x quicker than prometheus-client's Histogram (a
+    lock and a value object per bucket); its samples are the same."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = (*buckets, math.inf)
+        self._le = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self.counts = [0] * len(self.bounds)  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1  # the first bound >= amount
+        self.sum += amount
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation)
+        cumulative = itertools.accumulate(self.counts)
+        family.add_metric([], list(zip(self._le, cumulative, strict=True)), self.sum)
+        return [family]
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:

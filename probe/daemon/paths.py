@@ -16,8 +16,8 @@ meaning the configured name that `probe_target_info` and every alert join on. Se
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..resolve import Address
 from .state import Damper, Transition
@@ -25,9 +25,9 @@ from .state import Damper, Transition
 ALL = "all"
 
 
-@dataclass(frozen=True, slots=True)
-class Path:
-    """One series of a target: its name, and for `addresses = "all"` the address probed."""
+class Path(NamedTuple):
+    """One series of a target: its name, and for `addresses = "all"` the address probed.
+    (A tuple: hashed and compared in C, several times an attempt.)"""
 
     name: str
     address: str = ""  # "" for a target probed at its first address only
@@ -61,7 +61,7 @@ class Health:
         damper = dampers.get(path)
         if damper is None:
             damper = dampers[path] = Damper(down_after, up_after)
-        elif (damper.down_after, damper.up_after) != (down_after, up_after):
+        elif damper.down_after != down_after or damper.up_after != up_after:
             damper.retune(down_after, up_after)  # a reload changed them: the next result counts
         return damper.observe(up)
 
@@ -76,7 +76,13 @@ class Health:
     def combined(self, name: str) -> bool | None:
         """The target's state over its paths: down when any is down, up when all are up,
         unknown otherwise. With one path (addresses = "first") simply that path's."""
-        states = [d.state for d in self._by_name.get(name, {}).values()]
+        dampers = self._by_name.get(name)
+        if not dampers:
+            return None
+        if len(dampers) == 1:
+            for damper in dampers.values():
+                return damper.state
+        states = [d.state for d in dampers.values()]
         if False in states:
             return False
         if states and None not in states:
@@ -86,12 +92,14 @@ class Health:
     def paths(self, name: str) -> list[Path]:
         return list(self._by_name.get(name, ()))
 
-    def keep(self, name: str, live: Iterable[Path]) -> list[Path]:
+    def keep(self, name: str, live: Sequence[Path]) -> list[Path]:
         """Forget the series of `name` not in `live` (an address left the name, or the
         target changed mode); the forgotten ones are returned, for the metrics."""
         dampers = self._by_name.get(name)
         if not dampers:
             return []
+        if len(dampers) == 1 and len(live) == 1 and live[0] in dampers:
+            return []  # the common case, every attempt: one path, the same as before
         wanted = set(live)
         gone = [p for p in dampers if p not in wanted]
         for path in gone:

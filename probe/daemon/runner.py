@@ -55,12 +55,13 @@ def _job_key(target: ResolvedTarget) -> str:
     return f"{target.name}\0{target.address}"
 
 
-def extra_of(target: ResolvedTarget) -> dict[str, Any]:
-    """The fields a target's records carry beyond the contract's: its name and labels."""
+def extra_of(target: ResolvedTarget) -> tuple[Endpoint, dict[str, Any]]:
+    """A target's attempts' endpoint, and the fields its records carry beyond the
+    contract's: its name and labels."""
     extra: dict[str, Any] = {"name": target.name}
     if target.labels:
         extra["labels"] = dict(target.labels)
-    return extra
+    return Endpoint(target.address, target.host, target.port), extra
 
 
 def _updown(up: bool | None) -> str:
@@ -122,7 +123,8 @@ class Runner:
         self.names = KeptNames(resolver, ttl, deadline, self._stale)
         self._hosts: dict[str, list[str]] = {}  # host → names of the targets on it
         self._literals: dict[str, tuple[Address, ...]] = {}  # hosts that are IP literals
-        self._extras: dict[str, dict[str, Any]] = {}  # name → its records' extra fields
+        # name → its attempts' endpoint and its records' extra fields, made once per config
+        self._shared: dict[str, tuple[Endpoint, dict[str, Any]]] = {}
         self._since: dict[str, float] = {}  # name → start of its attempt not finished yet
         self._timer: asyncio.TimerHandle | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -267,7 +269,7 @@ class Runner:
             self._hosts.setdefault(t.host, []).append(t.name)
         # Worked out once per config, not once per attempt (parsing an address is ~10 µs).
         self._literals = {h: (a,) for h in self._hosts if (a := literal(h)) is not None}
-        self._extras = {t.name: extra_of(t) for t in targets}
+        self._shared = {t.name: extra_of(t) for t in targets}
         self.names.keep_only(set(self._hosts))
         self.metrics.set_targets(targets)
         if self._last:
@@ -322,7 +324,11 @@ class Runner:
         self._since[target.name] = self.clock.now()
         number = self.attempts.get(target.name, 0) + 1
         self.attempts[target.name] = number
-        addresses = self._literals.get(target.host) or self.names.get(target.host)
+        addresses = self._literals.get(target.host)
+        if addresses is not None:  # an IP literal: no lookup behind it
+            self._submit_paths(job, addresses, number, 0.0)
+            return
+        addresses = self.names.get(target.host)
         if addresses is not None:
             self._submit_paths(job, addresses, number, self.names.cost_ms(target.host))
         else:
@@ -365,14 +371,14 @@ class Runner:
         for path in self.health.keep(target.name, live):
             self._forget_path(path)  # the address left the name (or the mode changed)
         pending = [len(chosen)]
-        for address in chosen:
-            self._submit(job, address, number, dns_ms, pending)
+        for address, path in zip(chosen, live, strict=True):
+            self._submit(job, address, path, number, dns_ms, pending)
 
     def _unresolved(self, job: Job[ResolvedTarget], code: str, number: int, dns_ms: float) -> None:
         """No address to connect to: the attempt's record carries the resolver's `code`."""
         target = job.item
         record = unresolved_record(target.address, target.host, target.port, code, number)
-        record.extra = extra_of(target)
+        record.extra = extra_of(target)[1]
         record.dns_ms = dns_ms
         self._finished(job, record, Path(target.name))
 
@@ -380,17 +386,17 @@ class Runner:
         self,
         job: Job[ResolvedTarget],
         address: Address,
+        path: Path,
         number: int,
         dns_ms: float,
         pending: list[int],
     ) -> None:
         target = job.item
-        endpoint = Endpoint(target.address, target.host, target.port)
+        kept = self._shared.get(target.name)  # shared by its attempts: never changed
+        endpoint, extra = kept if kept is not None else extra_of(target)
         attempt = Attempt(
             endpoint, address, number, target.timeout, dns_ms=dns_ms, stages=target.stages
         )
-        extra = self._extras.get(target.name) or extra_of(target)  # shared: never changed
-        path = path_of(target.name, target.addresses, address)
 
         def done(record: Record, _: Attempt, final: bool) -> None:
             record.extra = extra

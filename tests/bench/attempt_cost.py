@@ -10,7 +10,13 @@ figures are CPU time of this thread (and of the store's writer thread), far less
 to the machine's load than a whole daemon's CPU share. The first rounds (state being built)
 are not counted. A page is rendered and gzipped (level 1, as served) after every round.
 
-Usage: .venv/bin/python tests/bench/attempt_cost.py [--rounds 12] [--no-store] [--profile]
+With `--connect` the attempts are real instead: each round starts every target through the
+runner (`_start`, as its timer would) and the engine, against 127.0.0.1 (a port nothing
+listens on, and for every tenth target one a child process accepts on): the whole path
+from the slot to the record, the kernel's share of the sockets included.
+
+Usage: .venv/bin/python tests/bench/attempt_cost.py [--rounds 12] [--no-store] [--connect]
+    [--profile]
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import asyncio
 import cProfile
 import errno
 import pstats
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -65,19 +73,45 @@ def page_cost(metrics: Metrics) -> tuple[float, int]:
     return time.thread_time() - began, size
 
 
-async def bench(a: argparse.Namespace, tmp: Path) -> None:
-    ports = range(FIRST_PORT, FIRST_PORT + TARGETS)
+ACCEPTOR = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4096)
+print(s.getsockname()[1], flush=True)
+while True:
+    s.accept()[0].close()
+"""
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def target_lines(listening: int | None) -> str:
+    if listening is None:
+        ports = range(FIRST_PORT, FIRST_PORT + TARGETS)
+        return "".join(f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in ports)
+    refused = closed_port()  # named targets: every one on one of two ports
+    return "".join(
+        f'[[targets]]\nname = "t{i}"\n'
+        f'address = "127.0.0.1:{listening if i % OPEN_EVERY == 0 else refused}"\n'
+        for i in range(TARGETS)
+    )
+
+
+async def bench(a: argparse.Namespace, tmp: Path, listening: int | None) -> None:
     head = f"[defaults]\ninterval = {INTERVAL}\ntimeout = 1.0\n"
     head += f'[log]\nformat = "json"\nfile = "{tmp / "probe.log"}"\nattempts = "changes"\n'
     head += f'[store]\npath = "{"" if a.no_store else tmp / "store"}"\n'
-    (tmp / "config.toml").write_text(
-        head + "".join(f'[[targets]]\naddress = "127.0.0.1:{p}"\n' for p in ports)
-    )
+    (tmp / "config.toml").write_text(head + target_lines(listening))
     config = load_config(str(tmp / "config.toml"), None)
     targets, _ = own_targets(str(tmp / "config.toml"), config, None)
     writer = stdout_writer(config.log.file)
     write_record = configure(writer, "json")
-    engine = Engine(EngineOptions(timeout=1.0, concurrency=1000, lag_limit_ms=None))
+    engine = Engine(EngineOptions(timeout=1.0, concurrency=1000, lag_limit_ms=None), False)
     metrics = Metrics(lambda: 0.0)
     runner = Runner(engine, (60.0, 5.0, 4), metrics, writer, write_record, sys.exit, event_logger())
     runner.log_attempts = config.log.attempts
@@ -92,8 +126,9 @@ async def bench(a: argparse.Namespace, tmp: Path) -> None:
         address = literal(target.host)
         assert address is not None
         path = path_of(target.name, target.addresses, address)
-        extra = runner._extras[target.name]
-        work.append((job, target, address, path, extra, target.port % OPEN_EVERY == 1))
+        extra = runner._shared[target.name][1]
+        opened = target.port == listening if listening else target.port % OPEN_EVERY == 1
+        work.append((job, target, address, path, extra, opened))
     refused = errno.ECONNREFUSED
     started = time.time()
     per_attempt: list[float] = []
@@ -106,7 +141,16 @@ async def bench(a: argparse.Namespace, tmp: Path) -> None:
         if profile is not None and counted:
             profile.enable()
         cpu0, store0 = time.thread_time(), thread_cpu(store_thread)
-        for job, target, address, path, extra, is_open in work:
+        if listening is not None:
+            runner.running = True
+            for start in range(0, len(work), 100):  # a hundred slots a turn, as ~0.1 s of them
+                for job, *_ in work[start : start + 100]:
+                    runner._start(job)
+                await asyncio.sleep(0)
+            runner.running = False
+            await engine.drain()
+            assert engine.stats.finished == (r + 1) * len(work), engine.stats
+        for job, target, address, path, extra, is_open in [] if listening else work:
             # What the engine's _deliver and the runner's done() do with an answer.
             err = 0 if is_open else refused
             outcome = OPEN if is_open else REFUSED
@@ -148,7 +192,8 @@ async def bench(a: argparse.Namespace, tmp: Path) -> None:
     page_ms = statistics.median(pages)
     print(f"{len(work):,} targets, {a.rounds} rounds counted (after {WARMUP}), store "
           f"{'off' if a.no_store else 'on'}, gzipped page {size:,} bytes")  # fmt: skip
-    print(f"record path on the loop: median {loop_us:.2f} µs an attempt "
+    path = "slot to record, real connects" if listening else "record path"
+    print(f"{path} on the loop: median {loop_us:.2f} µs an attempt "
           f"(min {min(per_attempt):.2f}, max {max(per_attempt):.2f})")  # fmt: skip
     print(f"store writer thread: median {store_us:.2f} µs an attempt")
     print(f"page rendered and gzipped: median {page_ms:.1f} ms (min {min(pages):.1f})")
@@ -166,10 +211,22 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--no-store", action="store_true", help='[store] path = "" (no store)')
+    ap.add_argument("--connect", action="store_true", help="real connects from the slot on")
     ap.add_argument("--profile", action="store_true", help="cProfile the counted rounds")
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        event_loop.run(bench(a, Path(tmp)))
+    acceptor = None
+    listening = None
+    if a.connect:
+        acceptor = subprocess.Popen([sys.executable, "-c", ACCEPTOR], stdout=subprocess.PIPE)
+        assert acceptor.stdout is not None
+        listening = int(acceptor.stdout.readline())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            event_loop.run(bench(a, Path(tmp), listening))
+    finally:
+        if acceptor is not None:
+            acceptor.kill()
+            acceptor.wait()
     return 0
 
 

@@ -40,7 +40,7 @@ from helpers import (
     wait_for,
     with_label,
 )
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from probe import __version__
 from probe.daemon import fleet
@@ -48,8 +48,10 @@ from probe.daemon.app import own_targets
 from probe.daemon.config import parse_config
 from probe.daemon.http import accepts_gzip
 from probe.daemon.metrics import (
+    LAG_BUCKETS,
     LATENCY_BUCKETS,
     Metrics,
+    PlainHistogram,
     core_name,
     error_label,
     info_labels,
@@ -229,6 +231,20 @@ def test_render_is_prometheus_clients_text_byte_for_byte() -> None:
     text = render(m.registry)
     assert text == generate_latest(m.registry)
     assert b'team="q\\"uote\\\\back\\nline"' in text
+
+
+def test_plain_histogram_is_prometheus_clients_histogram_byte_for_byte() -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    doc = "Actual start minus planned start of scheduled attempts."
+    h = Histogram("probe_schedule_lag_seconds", doc, buckets=LAG_BUCKETS, registry=theirs)
+    plain = PlainHistogram("probe_schedule_lag_seconds", doc, LAG_BUCKETS)
+    ours.register(plain)
+    assert generate_latest(ours) == generate_latest(theirs)  # empty: every bucket at 0
+    for amount in (0.0, 0.0005, 0.00051, 0.001, 0.0123, 1.0, 2.5, 1e-9, 0.3):  # edges: `<=`
+        h.observe(amount)
+        plain.observe(amount)
+    assert generate_latest(ours) == generate_latest(theirs)
+    assert render(ours) == generate_latest(theirs)
 
 
 def test_the_daemons_page_is_prometheus_clients_text_byte_for_byte() -> None:
