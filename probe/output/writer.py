@@ -55,10 +55,11 @@ class Stalled(OSError):
 class PipeStream:
     """A pipe, FIFO or socket, written only when poll() says it takes a chunk at once, in
     whole lines of at most PIPE_BUF bytes (a pipe writes those whole or not at all): a
-    reader that stops reading never blocks the process and never gets half a record. What
-    it has not taken waits here, up to BACKLOG_MAX when `stall` (past that, or when a
-    stopping run's drain limit passes, `Stalled` counts the records that were never
-    written); without `stall` the writer is to wait while `full()`."""
+    reader that stops reading never blocks the process and never gets half a record (a
+    line longer than PIPE_BUF goes in pieces of that size). What it has not taken waits
+    here, up to BACKLOG_MAX when `stall` (past that, or when a stopping run's drain limit
+    passes, `Stalled` counts the records that were never written); without `stall` the
+    writer is to wait while `full()`."""
 
     def __init__(self, fd: int, stall: bool = True) -> None:
         self._fd = fd
@@ -115,8 +116,8 @@ class PipeStream:
                 return
             wait = 0.0
             end = buf.rfind(b"\n", 0, PIPE_CHUNK) + 1 if len(buf) > PIPE_CHUNK else len(buf)
-            if end <= 0:  # one line longer than PIPE_BUF: it goes as it can
-                end = buf.find(b"\n") + 1 or len(buf)
+            if end <= 0:  # one line longer than PIPE_BUF: in pieces the pipe takes at once
+                end = PIPE_CHUNK  # (written whole, it would block on a pipe with less room)
             try:
                 written = os.write(self._fd, buf[:end])
             except BlockingIOError:
