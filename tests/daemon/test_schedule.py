@@ -227,11 +227,35 @@ def test_removed_then_readded_key_is_one_job() -> None:
     assert all(job is s.jobs["a"] for job, _, _ in out)
 
 
-def test_heap_is_compacted_after_churn() -> None:
+def test_calendar_is_compacted_after_churn() -> None:
     s: Schedule[str] = Schedule()
     for round_ in range(50):
         s.update([(f"{round_}-{i}", 1.0, "") for i in range(100)], T0 + round_)
-    assert len(s._heap) <= 2 * 100 + 64 + 100
+    assert s._entries <= 2 * 100 + 64 + 100
+    assert s._entries == sum(len(bucket) for bucket in s._buckets.values())
+    assert sorted(s._heap) == sorted(s._buckets)
+
+
+def test_a_slot_popped_early_is_started_once_per_call() -> None:
+    """A slot within `early` whose next slot is within it too (an interval shorter than the
+    margin) starts once per call: the next one waits for the next call."""
+    s, job = one_job(0.001)
+    first = job.due
+    assert s.pop_due(first, early=0.005) == [(job, first, True)]
+    second = job.due
+    assert second == pytest.approx(first + 0.001)
+    assert s.pop_due(first, early=0.005) == [(job, second, True)]
+
+
+def test_pop_due_at_a_bucket_edge() -> None:
+    """Slots on both sides of the limit in its calendar bucket: only those up to it."""
+    s: Schedule[str] = Schedule()
+    s.update([(key(i), 1.0, key(i)) for i in range(2000)], T0)
+    dues = sorted(job.due for job in s.jobs.values())
+    limit = dues[1000]
+    popped = s.pop_due(limit)
+    assert [p for _, p, _ in popped] == dues[:1001]
+    assert s.next_due() == dues[1001]
 
 
 # -- pop_due ---------------------------------------------------------------------------------
@@ -246,9 +270,9 @@ def test_pop_due_nothing_before_the_slot() -> None:
 
 
 def test_pop_due_early_starts_a_slot_within_the_margin_and_skips_nothing() -> None:
-    """The daemon pops slots up to 1 ms ahead (its loop's timers count whole ms): such a
-    slot starts once, its next slot is the one after it, and none counts as skipped, even
-    at the smallest interval the config allows."""
+    """The daemon pops slots a few ms ahead (one wake-up starts them all): such a slot
+    starts once, its next slot is the one after it, and none counts as skipped, even at
+    the smallest interval the config allows."""
     s, job = one_job(0.001)
     first = job.due
     assert s.pop_due(first - 0.0011, early=0.001) == []
