@@ -24,6 +24,8 @@ from .sinks import Sinks
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .share import Progress
+
 ROOM_WAIT = 0.1  # seconds between two looks at a stop while the reader is waited for
 
 
@@ -67,6 +69,9 @@ class HumanReader:
         read_fd, self.write_fd = os.pipe()
         self.stream = os.fdopen(read_fd, "rb", buffering=1 << 16)
         self.failure: SinkError | None = None
+        # held while a line is written: a progress line drawn between its erase and the
+        # line, from the core's thread, would run into it on a shared terminal
+        self.writing = threading.Lock()
         self.ending = threading.Event()  # the sweep is over: what is left is read at once
         self.stop = select.poll()
         if stop_fd >= 0:
@@ -81,7 +86,8 @@ class HumanReader:
                 for line in self.stream:
                     record = _record(line)
                     self.tally.add(record)
-                    write(record)  # the sinks flush each line (list mode is live)
+                    with self.writing:
+                        write(record)  # the sinks flush each line (list mode is live)
                     self._room()
                 return
             light = _sweep_decoder()
@@ -89,13 +95,30 @@ class HumanReader:
                 rec = light(line)
                 add(rec.outcome, rec.host, rec.address, rec.port)
                 if rec.outcome == OPEN:
-                    write(_record(line))
-                    self.sinks.flush()
+                    with self.writing:
+                        write(_record(line))
+                        self.sinks.flush()
                     self._room()
         except SinkError as exc:
             self.failure = exc
         finally:
             self.stream.close()  # a writer still going gets EPIPE and stops
+
+    def beside(self, progress: Progress | None) -> Progress | None:
+        """`progress` drawn only while no line is being written; a draw that would wait is
+        skipped (the core calls again within 0.2 s), so the core is never held by it."""
+        if progress is None:
+            return None
+        draw = progress
+
+        def progress_beside(attempts: int, opened: int) -> None:
+            if self.writing.acquire(blocking=False):
+                try:
+                    draw(attempts, opened)
+                finally:
+                    self.writing.release()
+
+        return progress_beside
 
     def _room(self) -> None:
         """While the reader of the human lines has too much unread, read no further: the

@@ -80,6 +80,7 @@ def _run_on_native(
                 # what the Python engine would, on stdout only: -o FILE is written by the core
                 lines = Sinks(output, sinks.out, None, sinks.before_stdout)
                 reader = HumanReader(lines, tally, every_line=listed, stop_fd=stop_fd)
+                progress = reader.beside(progress)
             fd = sinks.out.fileno() if reader is None else reader.write_fd
             file_fd = -1 if sinks.json_out is None else sinks.json_out.fileno()
             done = native.sweep(
