@@ -43,23 +43,32 @@ settings.register_profile("probe", deadline=None)
 settings.register_profile("ci", parent=settings.get_profile("probe"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "probe")
 
-# The suite runs on five pytest-xdist workers (`-n 5 --dist loadgroup` in pyproject's
-# addopts). Tests that look at time (rate, pacing, lag, latency, schedule slots, "promptly")
-# or that use a fixed resource are marked `@pytest.mark.serial` (a module: `pytestmark`):
-# they run one after another on one worker, so none of them ever shares the machine with
-# another of its kind; everything else is independent (free ports, tmp_path, namespaces of
-# its own; every iptables rule is inside a namespace the test made). `--strict-markers`
-# makes a misspelt mark an error.
+# The suite runs on six pytest-xdist workers (`-n 6 --dist loadgroup` in pyproject's addopts).
+# Tests that look at time (rate, pacing, lag, latency, schedule slots, "promptly") or that use a
+# fixed resource run one at a time in a lane of their own kind, so none of them ever shares the
+# machine with another of that lane; everything else is independent (free ports, tmp_path,
+# namespaces of its own; every iptables rule is inside a namespace the test made). Two lanes,
+# side by side, each on one worker:
+# - `@pytest.mark.serial` (a module: `pytestmark`): timing with tight margins (rate, pacing,
+#   lag, schedule slots, promptness within a second);
+# - `@pytest.mark.serial_long`: long windows (a write deadline, an alert's grace, a stalled
+#   pipe, a mesh's intervals) whose margins are a second or more, so the other lane's tests
+#   (mostly waiting: ~a fifth of a core on average) cannot eat them.
+# `--strict-markers` makes a misspelt mark an error; a test in both lanes is one too.
 #
 # Modules whose tests share module-scoped fixtures (a daemon) are marked `module_unit`: one unit
 # each (but for their serial tests), so the fixture starts once a run. Split over the workers,
 # interleaved with other modules, pytest tore such a fixture down at every change of module
 # and started it again.
 #
+# Tests marked `slow` (most of a run's longest, ~8 s or more, mostly waiting) go out first
+# among the rest on a fresh checkout, which has no times of an earlier run: a 30 s test that
+# starts last, while the other workers have nothing left, is the run's end.
+#
 # The scheduler runs in the controller, which collects nothing and sees node ids only: each
-# worker writes the scheduling unit of every marked test to a file this process names
-# (workers inherit the environment) before it reports its collection, and the scheduler
-# reads it.
+# worker writes the scheduling unit of every marked test (and whether it is `slow`) to a file
+# this process names (workers inherit the environment) before it reports its collection, and
+# the scheduler reads it.
 UNITS_FILE = "PROBE_TEST_UNITS"
 if "PYTEST_XDIST_WORKER" not in os.environ:
     _units_dir = tempfile.mkdtemp(prefix="probe-test-units-")
@@ -67,17 +76,29 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     os.environ[UNITS_FILE] = os.path.join(_units_dir, "units")
 
 
+LANES = ("serial", "serial_long")  # marks whose tests run one at a time, a lane each
+
+
+def lane_of(item: pytest.Item) -> str | None:
+    """The serial lane a test runs in, if any."""
+    lanes = [lane for lane in LANES if item.get_closest_marker(lane)]
+    if len(lanes) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked for two lanes: {', '.join(lanes)}")
+    return lanes[0] if lanes else None
+
+
 def unit_of(item: pytest.Item) -> str | None:
-    """The scheduling unit of a marked test: the serial group, or its module."""
-    if item.get_closest_marker("serial"):
-        return "serial"
+    """The scheduling unit of a marked test: its serial lane, or its module."""
+    lane = lane_of(item)
+    if lane:
+        return lane
     if item.get_closest_marker("module_unit"):
         return item.nodeid.split("::")[0]
     return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """An xdist_group mark reaches no scheduler (see below): `serial` is the one mark.
+    """An xdist_group mark reaches no scheduler (see below): the lanes' marks are the way.
     On a worker, hand the marked tests' units to the controller's scheduler."""
     stray = [i.nodeid for i in items if i.get_closest_marker("xdist_group")]
     if stray:
@@ -85,26 +106,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "xdist_group groups nothing here; mark the test @pytest.mark.serial: "
             + ", ".join(stray)
         )
+    for item in items:
+        lane_of(item)  # a test marked for two lanes is an error
     path = os.environ.get(UNITS_FILE)
     if path and hasattr(config, "workerinput"):
-        marked = ((unit_of(i), i.nodeid) for i in items)
-        lines = "".join(f"{unit}\t{nodeid}\n" for unit, nodeid in marked if unit)
+        marked = ((unit_of(i), i.nodeid, bool(i.get_closest_marker("slow"))) for i in items)
+        lines = "".join(
+            f"{unit or nodeid}\t{nodeid}\t{'slow' if slow else ''}\n"
+            for unit, nodeid, slow in marked
+            if unit or slow
+        )
         part = f"{path}.{config.workerinput['workerid']}"
         with open(part, "w") as out:
             out.write(lines)
         os.replace(part, path)  # every worker collects the same tests: the same file
 
 
-def _units() -> dict[str, str]:
-    """node id → unit, for the marked tests (every other test is a unit of its own)."""
+def _units() -> tuple[dict[str, str], frozenset[str]]:
+    """node id → unit, for the marked tests (every other test is a unit of its own); and the
+    node ids of the `slow` ones."""
     path = os.environ.get(UNITS_FILE)
     if not path or not os.path.exists(path):
-        return {}
+        return {}, frozenset()
     with open(path) as lines:
-        return {
-            nodeid: unit
-            for unit, _, nodeid in (ln.partition("\t") for ln in lines.read().splitlines())
-        }
+        rows = [ln.split("\t") for ln in lines.read().splitlines()]
+    return {nodeid: unit for unit, nodeid, _ in rows}, frozenset(n for _, n, slow in rows if slow)
+
+
+SLOW = 10.0  # seconds a `slow` test counts for when no earlier run timed it
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -112,10 +141,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup` with the units above, given to the scheduler by node id.
     (xdist's own xdist_group marks no longer reach it: pytest 9.2 ignores the nodeid suffix
     xdist 3.8 writes, so grouped tests were spread over both workers, pytest-xdist#1386.)
-    The serial group goes out first: it is the run's critical path (one worker, one test
-    at a time, while the others share the rest). The other units go out longest first by
-    the last run's times (.pytest_cache), else largest first; a worker takes the next when
-    it has two tests or fewer left."""
+    The serial lanes go out first: they are the run's critical path (a worker each, one
+    test at a time, while the others share the rest). The other units go out longest first by
+    the last run's times (.pytest_cache; a `slow` test not timed yet counts SLOW), else
+    largest first; a worker takes the next when it has two tests or fewer left."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
@@ -126,21 +155,24 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class Units(LoadScopeScheduling):  # type: ignore[misc]
         ordered = False
         units: dict[str, str] | None = None
+        slow: frozenset[str] = frozenset()
 
         def _split_scope(self, nodeid: str) -> str:
             if self.units is None:  # first called once every worker has collected
-                self.units = _units()
+                self.units, self.slow = _units()
             return self.units.get(nodeid, nodeid)
 
+        def _weight(self, tests: dict[str, bool]) -> float:
+            return sum(last.get(t, SLOW if t in self.slow else 0.0) for t in tests)
+
         def _assign_work_unit(self, node: Any) -> None:
-            # Longest first, by the last run's durations (none known: xdist's order, the
-            # units with most tests first), so a 30 s test does not start last while the
-            # other workers have nothing left; the serial group before everything.
+            # Longest first, by the last run's durations and the `slow` marks (none known:
+            # xdist's order, the units with most tests first), so a 30 s test does not start
+            # last while the other workers have nothing left; the serial lanes before all.
             if not self.ordered:
                 order = list(self.workqueue.items())
-                if last:
-                    order.sort(key=lambda u: -sum(last.get(t, 0.0) for t in u[1]))
-                order.sort(key=lambda u: u[0] != "serial")  # stable: the rest keep their order
+                order.sort(key=lambda u: -self._weight(u[1]))  # stable: ties keep their order
+                order.sort(key=lambda u: u[0] not in LANES)
                 self.workqueue.clear()
                 self.workqueue.update(order)
                 self.ordered = True
@@ -149,15 +181,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return Units(config, log)
 
 
-# A worker about to run a test outside the serial group gives way on the CPU (nice 10, for
-# it and the processes its tests start): the serial group is the run's critical path, and
-# mostly waits on timers, sockets and daemons that then get the CPU when they need it.
+# A worker about to run a test outside the serial lanes gives way on the CPU (nice 10, for
+# it and the processes its tests start): the lanes are the run's critical path, and mostly
+# wait on timers, sockets and daemons that then get the CPU when they need it.
 YIELDING = 10
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if not hasattr(item.config, "workerinput") or item.get_closest_marker("serial"):
+    if not hasattr(item.config, "workerinput") or lane_of(item):
         return
     if os.getpriority(os.PRIO_PROCESS, 0) < YIELDING:
         os.setpriority(os.PRIO_PROCESS, 0, YIELDING)  # for good: raising it back takes root

@@ -198,6 +198,7 @@ def consume(
     return got, None
 
 
+@pytest.mark.slow  # ~8-15 s
 @settings(max_examples=300)
 @given(st.data(), st.sampled_from([None, ((80, 80),), ((1, 3), (8080, 8080))]))
 def test_reader_yields_what_the_lines_say(data: st.DataObject, default: PortRanges | None) -> None:

@@ -81,6 +81,7 @@ def test_edges_step_at_the_syn_retransmission_times() -> None:
     assert all(b / a <= 2.5 + 1e-9 for a, b in itertools.pairwise(small))
 
 
+@pytest.mark.slow  # ~12 s
 def test_one_dropped_syn_quantiles_within_ten_percent(netns: Netns, tmp_path: Path) -> None:
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")

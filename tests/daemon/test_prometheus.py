@@ -115,17 +115,19 @@ class Prometheus:
             self.proc.wait(5)
 
 
-def start_prometheus(tmp_path: Path, ports: list[int], rule_files: list[str]) -> Prometheus:
-    """Prometheus scraping the daemons on `ports` every second, evaluating every second."""
+def start_prometheus(
+    tmp_path: Path, ports: list[int], rule_files: list[str], interval: str = "1s"
+) -> Prometheus:
+    """Prometheus scraping the daemons on `ports` every `interval`, evaluating as often."""
     (tmp_path / "prometheus.yml").write_text(
         json.dumps(  # YAML is a superset of JSON
             {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "global": {"scrape_interval": interval, "evaluation_interval": interval},
                 "rule_files": rule_files,
                 "scrape_configs": [
                     {
                         "job_name": "probe",
-                        "scrape_timeout": "1s",
+                        "scrape_timeout": interval,
                         "static_configs": [{"targets": [f"127.0.0.1:{port}" for port in ports]}],
                     }
                 ],
@@ -214,6 +216,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Prometheus, list[Daemon], dict[str, 
 
 # Not serial: free ports and a Prometheus of its own; its only clock is the deadline for
 # what Prometheus must show, and medians of loopback connects under 0.1 s.
+@pytest.mark.slow  # ~7-12 s
 def test_prometheus_scrapes_three_shards(
     world: tuple[Prometheus, list[Daemon], dict[str, str]],
 ) -> None:
@@ -295,21 +298,23 @@ def test_prometheus_scrapes_three_shards(
 RESTART_RULES = """\
 groups:
   - name: probe-restart
-    interval: 1s
+    interval: {every}
     rules:
       - alert: RestartTargetDown
-        expr: probe_up{target="down"} == 0
+        expr: probe_up{{target="down"}} == 0
         for: 0s
-        keep_firing_for: %ds
+        keep_firing_for: {keep}s
         labels:
           severity: test
 """
+# Prometheus scrapes and evaluates every half second here: the window below is counted in them.
+RESTART_EVERY = 0.5
 # seconds: covers the scrapes a restart misses (about 2 s seen on a 2-core machine at load 9,
-# stop to the second daemon's first scrape), on a more loaded machine too
-KEEP_FIRING = 8
+# stop to the second daemon's first scrape, at 1 s scrapes), on a more loaded machine too
+KEEP_FIRING = 5
 
 
-@pytest.mark.serial  # the restart must fit in keep_firing_for: timing under load
+@pytest.mark.serial_long  # the restart must fit in keep_firing_for: timing under load
 def test_alert_stays_firing_across_a_restart(tmp_path: Path) -> None:
     """A restart in the middle of an outage: the daemon restores the target's state from its
     store, so probe_up is 0 from its first scrape, long before the first attempts could
@@ -320,7 +325,8 @@ def test_alert_stays_firing_across_a_restart(tmp_path: Path) -> None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
     refused = f"127.0.0.1:{closed_port()}"
     listen = f"127.0.0.1:{free_port()}"  # the same port across the restart: one scrape target
-    (tmp_path / "rules.yml").write_text(RESTART_RULES % KEEP_FIRING)
+    every = f"{int(RESTART_EVERY * 1000)}ms"
+    (tmp_path / "rules.yml").write_text(RESTART_RULES.format(every=every, keep=KEEP_FIRING))
 
     def start(run: int, down_after: int) -> Daemon:
         text = target_toml("down", refused) + f"down_after = {down_after}\n"
@@ -341,7 +347,10 @@ def test_alert_stays_firing_across_a_restart(tmp_path: Path) -> None:
     first = start(1, 1)  # starting while Prometheus does
     try:
         prom = start_prometheus(
-            tmp_path, [int(listen.rsplit(":", 1)[1])], [str(tmp_path / "rules.yml")]
+            tmp_path,
+            [int(listen.rsplit(":", 1)[1])],
+            [str(tmp_path / "rules.yml")],
+            interval=every,
         )
     except BaseException:
         first.close()
@@ -365,10 +374,10 @@ def test_alert_stays_firing_across_a_restart(tmp_path: Path) -> None:
 
         assert prom.poll("probe_up again", up_again, time.monotonic() + 10) == "0"
         # Firing throughout, and past keep_firing_for: the data keeps it, not the grace.
-        # Without the data the grace would end by stopped + KEEP_FIRING + 3 (the first failed
-        # scrape, then a rule evaluation, each within 1 s, and the evaluation that resolves):
-        # the window watches 2 s past that.
-        while time.monotonic() < stopped + KEEP_FIRING + 5:
+        # Without the data the grace would end by stopped + KEEP_FIRING + 3 RESTART_EVERY (the
+        # first failed scrape, then a rule evaluation, each within one, and the evaluation that
+        # resolves): the window watches 2 s past that.
+        while time.monotonic() < stopped + KEEP_FIRING + 3 * RESTART_EVERY + 2:
             now = firing()
             assert now is not None, prom.api("alerts")
             assert now["activeAt"] == alert["activeAt"], (now, alert)

@@ -180,6 +180,7 @@ def _after_polls(web: Any, n: int) -> None:
     wait_for(f"{n} refreshes", lambda: _polls(web) >= start + n, timeout=30)
 
 
+@pytest.mark.slow  # ~12 s
 def test_status_page_in_a_browser(
     daemon: Daemon, targets: dict[str, Any], browser: Any, tmp_path: Path
 ) -> None:

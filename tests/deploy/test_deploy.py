@@ -214,6 +214,7 @@ def test_unwritable_stdout_is_exit_2_with_one_line() -> None:
     assert err.count("\n") == 1 and "standard output" in err, err
 
 
+@pytest.mark.slow  # ~10-30 s: builds a wheel
 def test_a_built_and_installed_wheel_ships_and_prints_every_file(tmp_path: Path) -> None:
     """Non-editable: the wheel carries the files, and an install of it (away from the
     checkout) finds them through importlib.resources. It is built from what the

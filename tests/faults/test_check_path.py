@@ -274,6 +274,7 @@ def test_ports_taken_by_another_process_are_a_shortage_not_an_error(netns: Netns
     assert_local_endpoint(rec, (40000, 40001))
 
 
+@pytest.mark.slow  # 30 s of waiting
 def test_ports_held_elsewhere_for_good_end_in_exit_2_after_30_s(netns: Netns) -> None:
     """Both ephemeral ports are bound by another process and never come back, and none of
     ours is in flight: after 30 s without progress, one line and exit 2, no record."""

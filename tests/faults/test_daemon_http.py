@@ -61,7 +61,7 @@ def still_held(pid: int, clients: list[socket.socket]) -> list[int]:
 # -- clients that do not read or never finish their headers ----------------------------------------
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 def test_clients_that_do_not_read_are_cut_and_healthz_keeps_answering(
     netns: Netns, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -208,7 +208,7 @@ def test_head_metrics_has_no_body_and_the_next_answer_follows_cleanly(
     assert d.stop() == 0
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 def test_a_half_closed_request_gets_its_answer(tmp_path: Path, daemons: list[Daemon]) -> None:
     """As `nc -N` sends: the request, then FIN. The answer comes, then the daemon closes."""
     d = many_targets_daemon(tmp_path, daemons, n=1)

@@ -103,7 +103,7 @@ def test_a_fifo_without_a_reader_as_log_file_is_one_line_and_exit_2(tmp_path: Pa
     assert str(fifo) in line and "FIFO with no reader" in line, line
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 def test_a_fifo_log_nobody_reads_holds_neither_healthz_nor_sigterm(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -130,7 +130,7 @@ def test_a_fifo_log_nobody_reads_holds_neither_healthz_nor_sigterm(
         os.close(reader)
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 def test_sigterm_ends_probe_run_logging_to_an_unread_stdout(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(busy_config(None))
     r, w = os.pipe()
@@ -152,7 +152,7 @@ def test_sigterm_ends_probe_run_logging_to_an_unread_stdout(tmp_path: Path) -> N
         os.close(r)
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 def test_sigterm_ends_a_continuous_check_into_an_unread_pipe() -> None:
     r, w = os.pipe()
     proc = subprocess.Popen(
@@ -210,7 +210,7 @@ def listening_ports() -> set[int]:
     return ports
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 @pytest.mark.parametrize(
     ("workers", "core"),
     [
@@ -258,7 +258,7 @@ def test_a_late_reader_gets_every_record_and_no_false_timeout(
     assert code == (0 if outcomes["open"] == SWEPT else 1)
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 @pytest.mark.parametrize(
     ("workers", "core"),
     [((), "native"), ((), "python"), (("--workers", "1"), "python")],
@@ -292,7 +292,7 @@ def test_sigterm_ends_a_check_waiting_for_its_reader(workers: tuple[str, ...], c
         os.close(r)
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long
 def test_a_reader_that_leaves_while_the_check_waits_ends_it_quietly() -> None:
     """Workers held for a slow reader that then closes the pipe: they are stopped at once
     (nobody will read what they find), and the check exits 141 without a word."""

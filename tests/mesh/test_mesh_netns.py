@@ -33,7 +33,7 @@ from helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.serial  # timing under load, or a fixed resource: one at a time
+pytestmark = pytest.mark.serial_long  # intervals of 3 s, margins of seconds: one at a time
 
 NODES = int(os.environ.get("PROBE_MESH_NODES", "6"))
 INTERVAL, TIMEOUT = MESH_INTERVAL, MESH_TIMEOUT
