@@ -3,7 +3,8 @@ half-closed requests, `HEAD`, the headers on every answer, and `/probe`'s allow-
 after resolution. The schedule keeps its slots and no answer is a traceback.
 
 Every test runs the real daemon as a subprocess and talks to it over raw sockets on loopback.
-Tests that look at time or hold a fixed resource are marked `serial` (tests/conftest.py).
+Tests that look at time or hold a fixed resource are marked `serial` or `serial_long`
+(tests/conftest.py's two lanes).
 """
 
 from __future__ import annotations

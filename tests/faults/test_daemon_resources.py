@@ -5,7 +5,7 @@ HTTP clients cannot take the descriptors the schedule needs.
 Traffic stays on loopback: inside a network namespace the test creates (iptables rules go on
 its `lo`), or on the host's 127.0.0.1 to ports the test holds. Namespace tests skip when
 there is no root, no `ip` or no `iptables`. Tests that look at time or hold a fixed resource
-are marked `serial` one by one (tests/conftest.py).
+are marked `serial` or `serial_long` one by one (tests/conftest.py's two lanes).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class PortFiller:
         kill(self.proc)
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long  # twenty slots in 5 s, 2 s of margin
 def test_one_destination_out_of_ports_leaves_the_others_their_slots(
     netns: Netns, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -277,7 +277,7 @@ def test_probe_flood_gets_ten_slots_by_default_then_busy(
 # -- descriptors -----------------------------------------------------------------------------------
 
 
-@pytest.mark.serial
+@pytest.mark.serial_long  # twenty slots in 5 s, 2 s of margin
 def test_http_clients_under_nofile_64_leave_the_schedule_its_slots(
     tmp_path: Path, daemons: list[Daemon], listener: RecordingListener
 ) -> None:

@@ -3,8 +3,8 @@ cannot be written, a full disk, a log file removed or replaced. Records stay who
 the process stays stoppable, and what was not written is counted, never invented.
 
 Faults come from real kernels: FIFOs and pipes nobody reads, `/dev/full`, read-only and
-64 KiB tmpfs mounts. Tests that look at time or hold a fixed resource are marked `serial`
-(tests/conftest.py).
+64 KiB tmpfs mounts. Tests that look at time or hold a fixed resource are marked `serial` or
+`serial_long` (tests/conftest.py's two lanes).
 """
 
 from __future__ import annotations
