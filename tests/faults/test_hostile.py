@@ -113,22 +113,25 @@ def test_a_hung_re_resolution_keeps_the_last_good_address(
         tmp_path, text, log, daemons, dns.ns, {"RESOLVE_TTL": 1.0, "RESOLVE_DEADLINE": 1.0}
     )
     d.wait_records("named", 2)
+    port = int(d.events("listening")[0]["address"].rpartition(":")[2])
+    get = lambda path: ns_get(dns.ns, port, path)  # noqa: E731
+    skipped, waited = skipped_total(metrics_of(get)), run_queue_wait(d.proc.pid)
     dns.hang()
     mark = len(d.lines())
     # the answer expires after 1 s; the re-resolution hangs; 1 s later it is given up
     time.sleep(3.5)  # an observation window: the schedule's slots through all of that
     after = records_between(d, "named", mark)
     span = ts_span(after)
+    lost = (run_queue_wait(d.proc.pid) - waited) / (INTERVAL / 2)  # as assert_no_skip_but_for_waits
     # every slot of the 3.5 s since the DNS died was probed, on the old address
-    assert len(after) >= 3.5 / INTERVAL - 3 and span > 3.0, (len(after), span)
+    assert len(after) >= 3.5 / INTERVAL - 3 - lost and span > 3.0, (len(after), span, lost)
     assert {r["address"] for r in after} == {"127.0.0.1"}
     assert {r["outcome"] for r in after} == {"refused"}
     stale = d.wait_event("resolve", result="stale", host="good.test")
     assert stale["error"] == "EAI_AGAIN"
     assert stale["names"] == ["named"]
-    port = int(d.events("listening")[0]["address"].rpartition(":")[2])
-    samples = metrics_of(lambda path: ns_get(dns.ns, port, path))
-    assert skipped_total(samples) == 0
+    samples = metrics_of(get)
+    assert_no_skip_but_for_waits(skipped_total(samples) - skipped, d, waited)
     failures = value(samples, "probe_resolve_failures_total", target="named")
     assert failures is not None and failures >= 1
 
@@ -145,6 +148,9 @@ def test_a_failed_re_resolution_keeps_the_last_good_address(
         tmp_path, text, log, daemons, dns.ns, {"RESOLVE_TTL": 1.0, "RESOLVE_DEADLINE": 1.0}
     )
     d.wait_records("named", 2)
+    port = int(d.events("listening")[0]["address"].rpartition(":")[2])
+    get = lambda path: ns_get(dns.ns, port, path)  # noqa: E731
+    skipped, waited = skipped_total(metrics_of(get)), run_queue_wait(d.proc.pid)
     dns.server.kill()
     dns.server.wait(5)
     killed = time.time()
@@ -155,11 +161,18 @@ def test_a_failed_re_resolution_keeps_the_last_good_address(
     after = [r for r in d.records("named") if ts(r) > killed]
     span = ts(after[-1]) - ts(after[0])
     assert len(after) >= span / INTERVAL - 2, (len(after), span)  # no slot lost
-    port = int(d.events("listening")[0]["address"].rpartition(":")[2])
-    samples = metrics_of(lambda path: ns_get(dns.ns, port, path))
-    assert skipped_total(samples) == 0
+    samples = metrics_of(get)
+    assert_no_skip_but_for_waits(skipped_total(samples) - skipped, d, waited)
     assert (value(samples, "probe_resolve_failures_total", target="named") or 0) >= 1
     d.kill()
+
+
+def assert_no_skip_but_for_waits(skipped: float, d: Daemon, waited: float) -> None:
+    """No slot skipped since the daemon's loop had `waited` for a CPU, but those a loaded
+    machine took: one per half an interval it has since spent ready to run without one (on a
+    quiet machine: none)."""
+    waited = run_queue_wait(d.proc.pid) - waited
+    assert skipped <= waited / (INTERVAL / 2), (skipped, waited)
 
 
 def ts_span(records: list[dict[str, Any]]) -> float:
