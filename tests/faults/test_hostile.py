@@ -384,7 +384,7 @@ def test_a_stall_skips_slots_and_does_not_make_them_up(
 ) -> None:
     log = tmp_path / "probe.log"
     d = logging_one_target(tmp_path, log, daemons)
-    assert skipped_total(metrics_of(d.get)) == 0
+    skipped = skipped_total(metrics_of(d.get))  # 0 unless the machine stalled it already
     d.proc.send_signal(signal.SIGSTOP)
     time.sleep(1.2)  # six slots of 0.2 s
     resumed = time.time()
@@ -392,7 +392,7 @@ def test_a_stall_skips_slots_and_does_not_make_them_up(
     d.wait_event("late")
     d.wait_records("a", 4, after=resumed)
     samples = metrics_of(d.get)
-    assert skipped_total(samples) >= 3, samples
+    assert skipped_total(samples) - skipped >= 3, samples
     assert (value(samples, "probe_late_starts_total") or 0) >= 1
     first = [ts(r) for r in d.records("a") if resumed <= ts(r) < resumed + 0.5]
     assert len(first) <= 4, first  # 0.5 s holds 2-3 slots; a make-up burst would add 5
