@@ -54,7 +54,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "probe")
 # - `@pytest.mark.serial_long`: long windows (a write deadline, an alert's grace, a stalled
 #   pipe, a mesh's intervals) whose margins are a second or more, so the other lane's tests
 #   (mostly waiting: ~a fifth of a core on average) cannot eat them.
-# `--strict-markers` makes a misspelt mark an error; a test in both lanes is one too.
+# `--strict-markers` makes a misspelt mark an error; a test marked for both lanes fails.
 #
 # Modules whose tests share module-scoped fixtures (a daemon) are marked `module_unit`: one unit
 # each (but for their serial tests), so the fixture starts once a run. Split over the workers,
@@ -79,19 +79,16 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
 LANES = ("serial", "serial_long")  # marks whose tests run one at a time, a lane each
 
 
-def lane_of(item: pytest.Item) -> str | None:
-    """The serial lane a test runs in, if any."""
-    lanes = [lane for lane in LANES if item.get_closest_marker(lane)]
-    if len(lanes) > 1:
-        raise pytest.UsageError(f"{item.nodeid} is marked for two lanes: {', '.join(lanes)}")
-    return lanes[0] if lanes else None
+def lanes_of(item: pytest.Item) -> list[str]:
+    """The serial lanes a test is marked for: one at most (pytest_runtest_setup fails it)."""
+    return [lane for lane in LANES if item.get_closest_marker(lane)]
 
 
 def unit_of(item: pytest.Item) -> str | None:
     """The scheduling unit of a marked test: its serial lane, or its module."""
-    lane = lane_of(item)
-    if lane:
-        return lane
+    lanes = lanes_of(item)
+    if lanes:
+        return lanes[0]
     if item.get_closest_marker("module_unit"):
         return item.nodeid.split("::")[0]
     return None
@@ -106,8 +103,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "xdist_group groups nothing here; mark the test @pytest.mark.serial: "
             + ", ".join(stray)
         )
-    for item in items:
-        lane_of(item)  # a test marked for two lanes is an error
     path = os.environ.get(UNITS_FILE)
     if path and hasattr(config, "workerinput"):
         marked = ((unit_of(i), i.nodeid, bool(i.get_closest_marker("slow"))) for i in items)
@@ -189,7 +184,12 @@ YIELDING = 10
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if not hasattr(item.config, "workerinput") or lane_of(item):
+    # A test marked for both lanes fails here, by name (an error raised while a worker
+    # collects reaches the controller as an internal error that names no reason).
+    lanes = lanes_of(item)
+    if len(lanes) > 1:
+        pytest.fail(f"marked for two lanes ({', '.join(lanes)}): one at most", pytrace=False)
+    if not hasattr(item.config, "workerinput") or lanes:
         return
     if os.getpriority(os.PRIO_PROCESS, 0) < YIELDING:
         os.setpriority(os.PRIO_PROCESS, 0, YIELDING)  # for good: raising it back takes root
