@@ -354,6 +354,7 @@ def test_probe_localhost_resolves_inside_allow(shared: Shared) -> None:
 # -- 6. SIGHUP ---------------------------------------------------------------------------------
 
 
+@pytest.mark.serial  # the kept target's starts stay within GRID_SLACK of its grid
 def test_reload_adds_and_removes_targets_and_keeps_the_kept_one(
     start: Callable[..., Daemon], tmp_path: Path, listener: RecordingListener
 ) -> None:
