@@ -624,6 +624,7 @@ def test_sighup_storm_ends_on_the_last_valid_config(
 # -- 8. SIGTERM / SIGINT -----------------------------------------------------------------------
 
 
+@pytest.mark.serial  # aims SIGTERM at a moment of the schedule, an attempt 1 s in flight
 def test_sigterm_finishes_the_attempt_in_flight(
     start: Callable[..., Daemon], tmp_path: Path, full_queue: FullQueueListener
 ) -> None:
