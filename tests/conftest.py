@@ -43,7 +43,7 @@ settings.register_profile("probe", deadline=None)
 settings.register_profile("ci", parent=settings.get_profile("probe"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "probe")
 
-# The suite runs on six pytest-xdist workers (`-n 6 --dist loadgroup` in pyproject's addopts).
+# The suite runs on seven pytest-xdist workers (`-n 7 --dist loadgroup` in pyproject's addopts).
 # Tests that look at time (rate, pacing, lag, latency, schedule slots, "promptly") or that use a
 # fixed resource run one at a time in a lane of their own kind, so none of them ever shares the
 # machine with another of that lane; everything else is independent (free ports, tmp_path,
